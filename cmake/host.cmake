@@ -1,0 +1,29 @@
+# Host-side build rules: the guest's logic compiled for Linux with sanitizers, and GoogleTest.
+find_package(GTest REQUIRED)
+include(GoogleTest)
+find_package(Threads REQUIRED)
+
+set(BLIMP_SANITIZE "-fsanitize=address,undefined;-fno-sanitize-recover=all;-fno-omit-frame-pointer")
+
+add_library(blimp_host_flags INTERFACE)
+target_compile_definitions(blimp_host_flags INTERFACE BLIMP_HOST=1)
+target_compile_options(blimp_host_flags INTERFACE -Wall -Wextra -Werror -g ${BLIMP_SANITIZE})
+target_link_options(blimp_host_flags INTERFACE ${BLIMP_SANITIZE})
+target_include_directories(blimp_host_flags INTERFACE ${CMAKE_SOURCE_DIR})
+target_link_libraries(blimp_host_flags INTERFACE Threads::Threads)
+
+# blimp_host_library(NAME SOURCES ...): guest logic built for the host, for unit tests.
+function(blimp_host_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES" ${ARGN})
+  add_library(${name} STATIC ${ARG_SOURCES})
+  target_link_libraries(${name} PUBLIC blimp_host_flags)
+endfunction()
+
+# blimp_unit_test(NAME SOURCES ... [LIBS ...]): a GoogleTest binary registered with CTest.
+function(blimp_unit_test name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;LIBS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE blimp_host_flags GTest::gtest_main ${ARG_LIBS})
+  gtest_discover_tests(${name} TEST_PREFIX "unit." DISCOVERY_TIMEOUT 60
+                       PROPERTIES LABELS unit TIMEOUT 300)
+endfunction()
