@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "lib/error.h"
+
 namespace blimp::timer {
 
 void init();
@@ -12,5 +14,17 @@ uint64_t now_ns();
 void wait_until(uint64_t deadline_ns);
 void sleep_ns(uint64_t ns);
 inline void sleep_ms(uint64_t ms) { sleep_ns(ms * 1000000ull); }
+
+}  // namespace blimp::timer
+
+namespace blimp::timer {
+
+// One-shot callbacks run from the timer interrupt (interrupts masked) at or after `deadline_ns`.
+// A handful of slots: for periodic device work (balloon stats, reporting delay), not for apps.
+using Callback = void (*)(void* context);
+ErrorOr<void> call_at(uint64_t deadline_ns, Callback fn, void* context);
+void cancel(Callback fn, void* context);
+
+uint64_t tsc_hz();
 
 }  // namespace blimp::timer

@@ -1,0 +1,90 @@
+#include "kernel/arch/apic.h"
+
+#include "kernel/arch/cpu.h"
+#include "kernel/arch/io.h"
+
+namespace blimp::arch::apic {
+namespace {
+
+constexpr uint32_t kRegId = 0x20, kRegTpr = 0x80, kRegEoi = 0xb0, kRegSvr = 0xf0,
+                   kRegLvtTimer = 0x320, kRegLvtLint0 = 0x350, kRegLvtLint1 = 0x360,
+                   kRegLvtError = 0x370, kRegTimerInitial = 0x380, kRegTimerCurrent = 0x390,
+                   kRegTimerDivide = 0x3e0;
+constexpr uint32_t kLvtMasked = 1u << 16;
+
+uint64_t g_lapic = 0xfee00000;
+uint64_t g_ioapic = 0xfec00000;
+uint32_t g_ioapic_gsi_base = 0;
+uint32_t g_ioapic_entries = 0;
+
+uint32_t lapic_read(uint32_t reg) { return mmio_read<uint32_t>(g_lapic + reg); }
+void lapic_write(uint32_t reg, uint32_t v) { mmio_write<uint32_t>(g_lapic + reg, v); }
+
+uint32_t ioapic_read(uint32_t reg) {
+  mmio_write<uint32_t>(g_ioapic, reg);
+  return mmio_read<uint32_t>(g_ioapic + 0x10);
+}
+void ioapic_write(uint32_t reg, uint32_t v) {
+  mmio_write<uint32_t>(g_ioapic, reg);
+  mmio_write<uint32_t>(g_ioapic + 0x10, v);
+}
+
+void disable_legacy_pic() {
+  // ICW1..ICW4: remap to kLegacyPicBase so a stray 8259 interrupt cannot look like an exception.
+  outb(0x20, 0x11);
+  outb(0xa0, 0x11);
+  outb(0x21, kLegacyPicBase);
+  outb(0xa1, kLegacyPicBase + 8);
+  outb(0x21, 4);
+  outb(0xa1, 2);
+  outb(0x21, 1);
+  outb(0xa1, 1);
+  outb(0x21, 0xff);
+  outb(0xa1, 0xff);
+}
+
+}  // namespace
+
+void init(uint64_t lapic_base, uint64_t ioapic_base, uint32_t ioapic_gsi_base) {
+  g_lapic = lapic_base;
+  g_ioapic = ioapic_base;
+  g_ioapic_gsi_base = ioapic_gsi_base;
+  disable_legacy_pic();
+  wrmsr(0x1b, rdmsr(0x1b) | (1u << 11));  // IA32_APIC_BASE: global enable
+  lapic_write(kRegTpr, 0);
+  lapic_write(kRegLvtTimer, kLvtMasked);
+  lapic_write(kRegLvtLint0, kLvtMasked);
+  lapic_write(kRegLvtLint1, 0x400);  // NMI
+  lapic_write(kRegLvtError, kLvtMasked);
+  lapic_write(kRegSvr, 0x100 | kSpuriousVector);
+  lapic_write(kRegTimerDivide, 0x3);  // divide by 16
+  g_ioapic_entries = ((ioapic_read(1) >> 16) & 0xff) + 1;
+  for (uint32_t i = 0; i < g_ioapic_entries; i++) {
+    ioapic_write(0x10 + 2 * i, kLvtMasked);
+    ioapic_write(0x11 + 2 * i, 0);
+  }
+}
+
+void eoi() { lapic_write(kRegEoi, 0); }
+uint32_t local_id() { return lapic_read(kRegId) >> 24; }
+
+void timer_one_shot(uint32_t count) {
+  lapic_write(kRegLvtTimer, kTimerVector);  // one-shot, unmasked
+  lapic_write(kRegTimerInitial, count ? count : 1);
+}
+void timer_stop() {
+  lapic_write(kRegLvtTimer, kLvtMasked);
+  lapic_write(kRegTimerInitial, 0);
+}
+uint32_t timer_current() { return lapic_read(kRegTimerCurrent); }
+
+bool ioapic_route(uint32_t gsi, uint8_t vector, bool level, bool active_low) {
+  if (gsi < g_ioapic_gsi_base || gsi - g_ioapic_gsi_base >= g_ioapic_entries) return false;
+  uint32_t pin = gsi - g_ioapic_gsi_base;
+  uint32_t low = vector | (active_low ? 1u << 13 : 0) | (level ? 1u << 15 : 0);
+  ioapic_write(0x11 + 2 * pin, local_id() << 24);
+  ioapic_write(0x10 + 2 * pin, low);
+  return true;
+}
+
+}  // namespace blimp::arch::apic

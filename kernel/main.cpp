@@ -1,0 +1,109 @@
+// kernel_main: from the 32-bit loaders' hand-off to the app's exit status.
+#include <cstdint>
+#include <cstring>
+
+#include "apps/app.h"
+#include "kernel/acpi.h"
+#include "kernel/arch/apic.h"
+#include "kernel/arch/descriptor_tables.h"
+#include "kernel/boot/boot_info.h"
+#include "kernel/boot/boot_protocol.h"
+#include "kernel/cmdline.h"
+#include "kernel/console.h"
+#include "kernel/memory_init.h"
+#include "kernel/paging.h"
+#include "kernel/panic.h"
+#include "kernel/power.h"
+#include "kernel/timer.h"
+#if __has_include("drivers/drivers.h")
+#include "drivers/drivers.h"
+#define BLIMP_HAVE_DRIVERS 1
+#endif
+
+namespace blimp {
+void run_global_constructors();
+}
+
+namespace {
+
+using namespace blimp;
+
+BootInfo g_boot;
+
+constexpr int kMaxArgs = 64;
+char g_arg_storage[4096];
+char* g_argv[kMaxArgs + 1];
+
+// Splits the command line into the app's argv: argv[0] is the app name; QEMU's and the kernel's
+// own words are left out.
+int build_argv(const char* app_name) {
+  int argc = 0;
+  size_t used = 0;
+  auto push = [&](const char* s, size_t len) {
+    if (argc == kMaxArgs || used + len + 1 > sizeof g_arg_storage) return;
+    memcpy(g_arg_storage + used, s, len);
+    g_arg_storage[used + len] = '\0';
+    g_argv[argc++] = g_arg_storage + used;
+    used += len + 1;
+  };
+  push(app_name, strlen(app_name));
+  const char* p = cmdline::raw();
+  while (*p) {
+    while (*p == ' ') p++;
+    const char* start = p;
+    while (*p && *p != ' ') p++;
+    size_t len = p - start;
+    if (len == 0) continue;
+    if (strncmp(start, "app=", 4) == 0 || strncmp(start, "virtio_mmio.", 12) == 0) continue;
+    push(start, len);
+  }
+  g_argv[argc] = nullptr;
+  return argc;
+}
+
+[[noreturn]] void run_app() {
+  char name[64];
+  if (!cmdline::get("app", name, sizeof name)) strcpy(name, "hello");
+  const App* app = find_app(name);
+  if (!app) {
+    kprintf("blimp: unknown app '%s'. Available apps:\n", name);
+    for (auto* a = apps_begin(); a != apps_end(); a++)
+      kprintf("  %-16s %s\n", (*a)->name, (*a)->summary);
+    power::exit(2);
+  }
+  int argc = build_argv(app->name);
+  kprintf("blimp: starting app '%s'\n", app->name);
+  int status = app->main(argc, g_argv);
+  kprintf("blimp: app '%s' exited with status %d\n", app->name, status);
+  power::exit(status);
+}
+
+}  // namespace
+
+extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) {
+  console::init();
+  arch::init_descriptor_tables();
+  const char* error = nullptr;
+  if (!parse_boot_info(static_cast<int>(protocol), info_phys, g_boot, error))
+    panic("cannot boot: %s", error);
+  cmdline::init(g_boot.cmdline);
+  kprintf("blimp: booted via %s, %lu MiB RAM in %zu ranges, command line: %s\n",
+          protocol == BOOT_PROTOCOL_PVH ? "PVH" : "multiboot2", g_boot.total_ram() >> 20,
+          g_boot.ram_count, g_boot.cmdline);
+  for (size_t i = 0; i < g_boot.ram_count; i++) {
+    if (g_boot.ram[i].end() > (4ull << 30) && !paging::map_ram(g_boot.ram[i].base, g_boot.ram[i].size))
+      kprintf("blimp: RAM at %#lx is not mapped and will not be used\n", g_boot.ram[i].base);
+  }
+  acpi::init(g_boot.rsdp);  // before protect_null_page: the RSDP scan reads the BIOS data area
+  paging::protect_null_page();
+  const auto& platform = acpi::platform();
+  arch::apic::init(platform.lapic_base, platform.ioapic_base, platform.ioapic_gsi_base);
+  init_memory(g_boot);
+  run_global_constructors();
+  timer::init();
+  asm volatile("sti");
+#ifdef BLIMP_HAVE_DRIVERS
+  drivers::init();
+#endif
+  run_app();
+}
