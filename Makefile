@@ -1,0 +1,36 @@
+# Thin wrapper: what the README tells people to type. The build itself is CMake + Ninja.
+BUILD ?= build
+CTEST_ARGS ?=
+
+.PHONY: all deps configure build run test unit integration clean format
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+configure: deps
+	@cmake -S . -B $(BUILD) -G Ninja >/dev/null
+
+build: configure
+	@cmake --build $(BUILD)
+
+# The demo: boot blimp on QEMU and run the default app.
+run: build
+	image/run.sh --build $(BUILD) --app hello
+
+# Everything: host unit tests (ASan/UBSan) and integration tests that boot real VMs.
+test: build
+	ctest --test-dir $(BUILD) --output-on-failure $(CTEST_ARGS)
+
+unit: build
+	ctest --test-dir $(BUILD) --output-on-failure -L unit $(CTEST_ARGS)
+
+integration: build
+	ctest --test-dir $(BUILD) --output-on-failure -L integration $(CTEST_ARGS)
+
+format:
+	@git ls-files '*.cpp' '*.h' | xargs clang-format -i
+
+clean:
+	rm -rf $(BUILD)

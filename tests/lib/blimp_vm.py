@@ -1,0 +1,187 @@
+"""Boots blimp (or any kernel) in QEMU for integration tests.
+
+    with BlimpVM(build_dir, app="hello", machine="microvm") as vm:
+        vm.wait_for(r"heap works", timeout=30)
+        status = vm.wait_exit(timeout=30)   # the app's exit status
+
+Every QEMU runs under `timeout` (a hung guest fails the test, it never hangs CI), its serial
+output is collected by a thread, and leaving the `with` block kills whatever is still running.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+QEMU = os.environ.get("BLIMP_QEMU", "qemu-system-x86_64")
+QBOOT = "/usr/share/qemu/qboot.rom"
+FAULT_STATUS = 125
+
+
+class VMError(Exception):
+    pass
+
+
+class BlimpVM:
+    def __init__(self, build_dir, app="hello", args=(), machine="microvm", memory="256M",
+                 extra=(), iso=False, qmp=False, limit=600, qemu=None, kernel=None,
+                 name=None):
+        self.build_dir = build_dir
+        self.machine = machine
+        self.tmp = tempfile.mkdtemp(prefix="blimp-vm-")
+        self.qmp_path = os.path.join(self.tmp, "qmp.sock") if qmp else None
+        self.name = name or app
+        cmd = ["timeout", "--kill-after=5", str(limit), qemu or QEMU, "-accel", "tcg",
+               "-m", memory, "-display", "none", "-serial", "stdio", "-no-reboot",
+               "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-nodefaults"]
+        if machine == "microvm":
+            cmd += ["-M", "microvm"]
+        elif machine in ("q35", "pc"):
+            cmd += ["-M", machine]
+            if not iso:
+                cmd += ["-bios", QBOOT]
+        else:
+            cmd += ["-M", machine]
+        if iso:
+            cmd += ["-cdrom", os.path.join(build_dir, "blimp.iso")]
+        else:
+            cmd += ["-kernel", kernel or os.path.join(build_dir, "blimp.elf"),
+                    "-append", " ".join([f"app={app}", *args])]
+        if self.qmp_path:
+            cmd += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        cmd += list(extra)
+        self.cmd = cmd
+        self.output = ""
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.started = time.monotonic()
+
+    def _read(self):
+        for raw in iter(lambda: self.proc.stdout.read1(4096), b""):
+            text = raw.decode("utf-8", "replace").replace("\r", "")
+            with self._changed:
+                self.output += text
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self._reader.join(timeout=5)
+
+    @property
+    def pid(self):
+        """The QEMU process (the child of `timeout`)."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        pids = out.stdout.split()
+        return int(pids[0]) if pids else None
+
+    def wait_for(self, pattern, timeout=60, start=0):
+        """Waits until the serial output (from offset `start`) matches; returns the match."""
+        rx = re.compile(pattern, re.M)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                m = rx.search(self.output, start)
+                if m:
+                    return m
+                if self.proc.poll() is not None and not self._reader.is_alive():
+                    raise VMError(f"{self.name}: QEMU exited before /{pattern}/ appeared\n"
+                                  f"--- output ---\n{self.output}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise VMError(f"{self.name}: /{pattern}/ not seen within {timeout}s\n"
+                                  f"--- output ---\n{self.output}")
+                self._changed.wait(min(left, 0.5))
+
+    def wait_exit(self, timeout=120):
+        """Waits for QEMU to exit and returns the guest's status (isa-debug-exit decoding)."""
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise VMError(f"{self.name}: guest did not exit within {timeout}s\n"
+                          f"--- output ---\n{self.output}")
+        self._reader.join(timeout=5)
+        if rc == 124:
+            raise VMError(f"{self.name}: QEMU was killed by its timeout\n{self.output}")
+        if rc & 1:
+            return rc >> 1
+        raise VMError(f"{self.name}: QEMU exited with {rc} without a guest status\n{self.output}")
+
+    def rss_kib(self):
+        pid = self.pid
+        if pid is None:
+            return None
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return None
+
+
+class TestRunner:
+    """Minimal runner: python3 test_x.py --build-dir DIR [-k substring]. Prints one line per test
+    and the closing line 'N passed, N failed'."""
+
+    def __init__(self):
+        self.tests = []
+
+    def test(self, fn):
+        self.tests.append(fn)
+        return fn
+
+    def main(self):
+        import argparse
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--build-dir", default="build")
+        ap.add_argument("-k", dest="filter", default="")
+        opts = ap.parse_args()
+        build = os.path.abspath(opts.build_dir)
+        passed = failed = 0
+        for fn in self.tests:
+            if opts.filter not in fn.__name__:
+                continue
+            t0 = time.monotonic()
+            try:
+                fn(build)
+            except Skip as e:
+                print(f"SKIP {fn.__name__}: {e}", flush=True)
+                continue
+            except Exception as e:  # noqa: BLE001 - report every failure the same way
+                failed += 1
+                print(f"FAIL {fn.__name__} ({time.monotonic() - t0:.1f}s): {e}", flush=True)
+                continue
+            passed += 1
+            print(f"ok   {fn.__name__} ({time.monotonic() - t0:.1f}s)", flush=True)
+        print(f"{passed} passed, {failed} failed")
+        sys.exit(1 if failed else (0 if passed else 77))
+
+
+class Skip(Exception):
+    pass
+
+
+def check(cond, message):
+    if not cond:
+        raise AssertionError(message)
