@@ -1,5 +1,7 @@
 #include "kernel/timer.h"
 
+#include <utility>
+
 #include "kernel/arch/apic.h"
 #include "kernel/arch/cpu.h"
 #include "kernel/arch/io.h"
@@ -99,16 +101,26 @@ void init() {
     kprintf("timer: no PIT to calibrate against; assuming a %lu MHz TSC\n", g_tsc_hz / 1000000);
   }
   g_tsc_base = arch::rdtsc();
-  // LAPIC timer rate: let it run for ~10 ms of TSC time.
+  // LAPIC timer rate against the TSC: three ~10 ms samples, each the ratio of the two counters
+  // read back to back (the spin can overshoot by a lot when the host deschedules the vCPU, so
+  // the loop's target is not the measurement), and the median of the three.
   arch::apic::timer_stop();
   asm volatile("cli");
-  arch::apic::timer_one_shot(0xffffffffu);
-  uint64_t start = arch::rdtsc();
-  while (arch::rdtsc() - start < g_tsc_hz / 100) arch::cpu_pause();
-  uint32_t remaining = arch::apic::timer_current();
-  arch::apic::timer_stop();
-  g_lapic_ticks_per_ms = (0xffffffffull - remaining) / 10;
-  if (g_lapic_ticks_per_ms == 0) g_lapic_ticks_per_ms = 1;
+  uint64_t samples[3];
+  for (auto& sample : samples) {
+    arch::apic::timer_one_shot(0xffffffffu);
+    uint32_t first = arch::apic::timer_current();
+    uint64_t start = arch::rdtsc();
+    while (arch::rdtsc() - start < g_tsc_hz / 100) arch::cpu_pause();
+    uint32_t last = arch::apic::timer_current();
+    uint64_t cycles = arch::rdtsc() - start;
+    arch::apic::timer_stop();
+    sample = uint64_t(first - last) * (g_tsc_hz / 1000) / (cycles ? cycles : 1);
+  }
+  if (samples[0] > samples[1]) std::swap(samples[0], samples[1]);
+  if (samples[1] > samples[2]) std::swap(samples[1], samples[2]);
+  if (samples[0] > samples[1]) std::swap(samples[0], samples[1]);
+  g_lapic_ticks_per_ms = samples[1] ? samples[1] : 1;
   interrupts::set_fixed_handler(arch::apic::kTimerVector, on_timer_interrupt, nullptr);
   kprintf("timer: TSC %lu MHz, LAPIC timer %lu kHz\n", g_tsc_hz / 1000000, g_lapic_ticks_per_ms);
 }
