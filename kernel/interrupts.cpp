@@ -4,6 +4,7 @@
 #include "kernel/arch/cpu.h"
 #include "kernel/arch/descriptor_tables.h"
 #include "kernel/console.h"
+#include "kernel/deferred_work.h"
 #include "kernel/fault.h"
 #include "lib/irq.h"
 
@@ -67,4 +68,7 @@ extern "C" void interrupt_dispatch(blimp::arch::InterruptFrame* frame) {
     kprintf("interrupts: unexpected vector %lu\n", v);
   }
   arch::apic::eoi();
+  // The bottom half: queued work runs here with interrupts enabled (see deferred_work.h). The
+  // interrupted context's registers are safe in this frame until we return.
+  work::run_pending();
 }
