@@ -1,0 +1,315 @@
+/*
+ * Blimp virtio-balloon extensions: guest-input decoders. See blimp-balloon-decode.h.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#include "blimp-balloon-decode.h"
+
+uint16_t blimp_le16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+uint32_t blimp_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+           ((uint32_t)p[3] << 24);
+}
+
+uint64_t blimp_le64(const uint8_t *p)
+{
+    return (uint64_t)blimp_le32(p) | ((uint64_t)blimp_le32(p + 4) << 32);
+}
+
+void blimp_put_le32(uint8_t *p, uint32_t v)
+{
+    p[0] = v & 0xff;
+    p[1] = (v >> 8) & 0xff;
+    p[2] = (v >> 16) & 0xff;
+    p[3] = (v >> 24) & 0xff;
+}
+
+/* ---- sort + merge ---------------------------------------------------------------------- */
+
+static void sift_down(uint64_t *a, size_t start, size_t end)
+{
+    size_t root = start;
+    while (2 * root + 1 < end) {
+        size_t child = 2 * root + 1;
+        if (child + 1 < end && a[child] < a[child + 1]) {
+            child++;
+        }
+        if (a[root] >= a[child]) {
+            return;
+        }
+        uint64_t t = a[root];
+        a[root] = a[child];
+        a[child] = t;
+        root = child;
+    }
+}
+
+static bool is_sorted(const uint64_t *a, size_t n)
+{
+    for (size_t i = 1; i < n; i++) {
+        if (a[i - 1] > a[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+size_t blimp_pfns_to_runs(uint64_t *pfns, size_t n, BlimpRun *runs)
+{
+    size_t nr = 0;
+
+    if (n == 0) {
+        return 0;
+    }
+    if (!is_sorted(pfns, n)) {   /* Linux sends mostly sorted buffers: skip the sort then */
+        for (size_t i = n / 2; i-- > 0;) {
+            sift_down(pfns, i, n);
+        }
+        for (size_t end = n - 1; end > 0; end--) {
+            uint64_t t = pfns[0];
+            pfns[0] = pfns[end];
+            pfns[end] = t;
+            sift_down(pfns, 0, end);
+        }
+    }
+    runs[0].pfn = pfns[0];
+    runs[0].npages = 1;
+    for (size_t i = 1; i < n; i++) {
+        BlimpRun *r = &runs[nr];
+        if (pfns[i] == r->pfn + r->npages - 1) {
+            continue;                                   /* duplicate */
+        }
+        if (pfns[i] == r->pfn + r->npages && r->pfn + r->npages != 0) {
+            r->npages++;                                /* extends the run */
+            continue;
+        }
+        nr++;
+        runs[nr].pfn = pfns[i];
+        runs[nr].npages = 1;
+    }
+    return nr + 1;
+}
+
+/* ---- extension queue requests ---------------------------------------------------------- */
+
+static size_t entry_size(uint16_t type, bool *fixed_count)
+{
+    *fixed_count = false;
+    switch (type) {
+    case BLIMP_REQ_PSTATE_REGISTER:
+        *fixed_count = true;
+        return BLIMP_PSTATE_REG_SIZE;
+    case BLIMP_REQ_PSTATE_UNREGISTER:
+        *fixed_count = true;
+        return 0;
+    case BLIMP_REQ_SEAL:
+        return BLIMP_SEAL_ENTRY_SIZE;
+    case BLIMP_REQ_UNSEAL:
+        return BLIMP_UNSEAL_ENTRY_SIZE;
+    default:
+        return (size_t)-1;
+    }
+}
+
+int blimp_decode_req(const uint8_t *buf, size_t len, BlimpReq *req)
+{
+    bool fixed;
+    size_t esz;
+
+    if (!buf || len < BLIMP_REQ_HDR_SIZE) {
+        return BLIMP_S_EINVAL;
+    }
+    req->type = blimp_le16(buf);
+    req->flags = blimp_le16(buf + 2);
+    req->count = blimp_le32(buf + 4);
+    req->payload = buf + BLIMP_REQ_HDR_SIZE;
+    req->payload_len = len - BLIMP_REQ_HDR_SIZE;
+    if (req->flags != 0 || blimp_le64(buf + 8) != 0) {
+        return BLIMP_S_EINVAL;
+    }
+    esz = entry_size(req->type, &fixed);
+    if (esz == (size_t)-1) {
+        return BLIMP_S_EUNSUPP;
+    }
+    if (fixed) {
+        /* count must be 1 (register) or 0 (unregister): exactly one fixed payload */
+        if (req->count != (esz ? 1u : 0u) || req->payload_len != esz) {
+            return BLIMP_S_EINVAL;
+        }
+        return BLIMP_S_OK;
+    }
+    if (req->count == 0 || req->count > BLIMP_MAX_ENTRIES ||
+        req->payload_len != (size_t)req->count * esz) {
+        return BLIMP_S_EINVAL;
+    }
+    return BLIMP_S_OK;
+}
+
+int blimp_decode_pstate_register(const BlimpReq *req, BlimpPstateReg *reg, uint64_t max_pfn)
+{
+    if (req->type != BLIMP_REQ_PSTATE_REGISTER || req->payload_len != BLIMP_PSTATE_REG_SIZE) {
+        return BLIMP_S_EINVAL;
+    }
+    reg->array_gpa = blimp_le64(req->payload);
+    reg->npages = blimp_le64(req->payload + 8);
+    reg->base_pfn = blimp_le64(req->payload + 16);
+    if (reg->array_gpa & (BLIMP_PAGE_SIZE - 1)) {
+        return BLIMP_S_EINVAL;                  /* array must start on a page boundary */
+    }
+    if (reg->npages == 0 || reg->npages > max_pfn || reg->base_pfn > max_pfn ||
+        reg->npages > max_pfn - reg->base_pfn) {
+        return BLIMP_S_ERANGE;                  /* describes pages beyond guest RAM */
+    }
+    if (reg->array_gpa + reg->npages < reg->array_gpa) {
+        return BLIMP_S_ERANGE;                  /* wraps */
+    }
+    return BLIMP_S_OK;
+}
+
+static int check_run(uint64_t pfn, uint64_t npages, uint64_t max_pfn)
+{
+    if (npages == 0) {
+        return BLIMP_S_EINVAL;
+    }
+    if (pfn >= max_pfn || npages > max_pfn - pfn) {
+        return BLIMP_S_ERANGE;
+    }
+    return BLIMP_S_OK;
+}
+
+int blimp_decode_seal(const BlimpReq *req, uint32_t i, BlimpSeal *out, uint64_t max_pfn)
+{
+    const uint8_t *e;
+
+    if (req->type != BLIMP_REQ_SEAL || i >= req->count ||
+        (size_t)(i + 1) * BLIMP_SEAL_ENTRY_SIZE > req->payload_len) {
+        return BLIMP_S_EINVAL;
+    }
+    e = req->payload + (size_t)i * BLIMP_SEAL_ENTRY_SIZE;
+    out->pfn = blimp_le64(e);
+    out->npages = blimp_le32(e + 8);
+    out->flags = blimp_le32(e + 12);
+    out->hash = blimp_le64(e + 16);
+    if (out->flags & ~BLIMP_SEAL_F_KNOWN) {
+        return BLIMP_S_EINVAL;
+    }
+    return check_run(out->pfn, out->npages, max_pfn);
+}
+
+int blimp_decode_unseal(const BlimpReq *req, uint32_t i, BlimpSeal *out, uint64_t max_pfn)
+{
+    const uint8_t *e;
+
+    if (req->type != BLIMP_REQ_UNSEAL || i >= req->count ||
+        (size_t)(i + 1) * BLIMP_UNSEAL_ENTRY_SIZE > req->payload_len) {
+        return BLIMP_S_EINVAL;
+    }
+    e = req->payload + (size_t)i * BLIMP_UNSEAL_ENTRY_SIZE;
+    out->pfn = blimp_le64(e);
+    out->npages = blimp_le32(e + 8);
+    out->flags = 0;
+    out->hash = 0;
+    if (blimp_le32(e + 12) != 0) {
+        return BLIMP_S_EINVAL;
+    }
+    return check_run(out->pfn, out->npages, max_pfn);
+}
+
+/* ---- page states ----------------------------------------------------------------------- */
+
+bool blimp_pstate_valid(uint8_t v)
+{
+    switch (v) {
+    case BLIMP_PS_STABLE:
+    case BLIMP_PS_UNUSED:
+    case BLIMP_PS_POT_VOLATILE:
+    case BLIMP_PS_VOLATILE:
+    case BLIMP_PS_DISCARDING_UNUSED:
+    case BLIMP_PS_DISCARDING_VOLATILE:
+    case BLIMP_PS_DISCARDED_UNUSED:
+    case BLIMP_PS_DISCARDED_VOLATILE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static bool cas8(uint8_t *p, uint8_t expect, uint8_t desired)
+{
+    return __atomic_compare_exchange_n(p, &expect, desired, false, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
+
+uint64_t blimp_pstate_claim(uint8_t *states, uint64_t n, uint64_t skip_lo, uint64_t skip_hi,
+                            uint64_t max_claim, bool claim_unused, BlimpRunFn emit,
+                            void *opaque, uint64_t *invalid)
+{
+    uint64_t claimed = 0, run_start = 0, run_len = 0;
+
+    for (uint64_t i = 0; i < n && claimed < max_claim; i++) {
+        bool got = false;
+        if (i >= skip_lo && i < skip_hi) {
+            i = skip_hi - 1;                    /* never the array's own pages */
+        } else {
+            uint8_t v = __atomic_load_n(&states[i], __ATOMIC_ACQUIRE);
+            if (v == BLIMP_PS_UNUSED && claim_unused) {
+                got = cas8(&states[i], v, BLIMP_PS_DISCARDING_UNUSED);
+            } else if (v == BLIMP_PS_VOLATILE) {
+                got = cas8(&states[i], v, BLIMP_PS_DISCARDING_VOLATILE);
+            } else if (!blimp_pstate_valid(v) && invalid) {
+                (*invalid)++;                   /* treated as stable */
+            }
+        }
+        if (got) {
+            if (run_len == 0) {
+                run_start = i;
+            }
+            run_len++;
+            claimed++;
+            continue;
+        }
+        if (run_len) {
+            bool more = emit(opaque, run_start, run_len);
+            run_len = 0;
+            if (!more) {
+                return claimed;
+            }
+        }
+    }
+    if (run_len) {
+        emit(opaque, run_start, run_len);
+    }
+    return claimed;
+}
+
+uint64_t blimp_pstate_finish(uint8_t *states, uint64_t first, uint64_t count, bool discarded,
+                             uint64_t *n_unused, uint64_t *n_volatile)
+{
+    uint64_t changed = 0;
+
+    for (uint64_t i = first; i < first + count; i++) {
+        uint8_t v = __atomic_load_n(&states[i], __ATOMIC_ACQUIRE);
+        uint8_t to;
+        if (v == BLIMP_PS_DISCARDING_UNUSED) {
+            to = discarded ? BLIMP_PS_DISCARDED_UNUSED : BLIMP_PS_UNUSED;
+        } else if (v == BLIMP_PS_DISCARDING_VOLATILE) {
+            to = discarded ? BLIMP_PS_DISCARDED_VOLATILE : BLIMP_PS_VOLATILE;
+        } else {
+            continue;       /* not ours (the guest must not write DISCARDING values) */
+        }
+        if (cas8(&states[i], v, to)) {
+            changed++;
+            if (v == BLIMP_PS_DISCARDING_UNUSED && n_unused) {
+                (*n_unused)++;
+            } else if (v == BLIMP_PS_DISCARDING_VOLATILE && n_volatile) {
+                (*n_volatile)++;
+            }
+        }
+    }
+    return changed;
+}

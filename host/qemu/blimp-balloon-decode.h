@@ -1,0 +1,143 @@
+/*
+ * Blimp virtio-balloon extensions: decoders for guest input, shared verbatim by the QEMU patch
+ * series (copied into hw/virtio/ by host/qemu/build.sh) and by the libFuzzer targets in
+ * tests/fuzz/. Pure C11, no QEMU dependency, no allocation, no I/O.
+ *
+ * Wire format: docs/spec-virtio-balloon-blimp.md. Everything the guest sends is untrusted:
+ * every function here validates lengths, overflow and reserved fields and never reads outside
+ * the buffer it is given.
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ */
+#ifndef BLIMP_BALLOON_DECODE_H
+#define BLIMP_BALLOON_DECODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define BLIMP_PAGE_SHIFT 12
+#define BLIMP_PAGE_SIZE  (1u << BLIMP_PAGE_SHIFT)
+
+/* Feature bits (spec section 2). */
+#define VIRTIO_BALLOON_F_BLIMP_PAGE_STATES 56
+#define VIRTIO_BALLOON_F_BLIMP_SHARE_HINTS 57
+
+/* ---- page-state bytes (spec section 4) ---- */
+#define BLIMP_PS_STABLE               0x00
+#define BLIMP_PS_UNUSED               0x01
+#define BLIMP_PS_POT_VOLATILE         0x02
+#define BLIMP_PS_VOLATILE             0x03
+#define BLIMP_PS_DISCARDING_UNUSED    0x41 /* host-owned transient */
+#define BLIMP_PS_DISCARDING_VOLATILE  0x43 /* host-owned transient */
+#define BLIMP_PS_DISCARDED_UNUSED     0x81 /* content is zero */
+#define BLIMP_PS_DISCARDED_VOLATILE   0x83 /* content lost (reads as zero) */
+
+/* ---- extension queue requests (spec section 5) ---- */
+#define BLIMP_REQ_HDR_SIZE      16
+#define BLIMP_RESP_SIZE         16
+#define BLIMP_MAX_ENTRIES       4096
+
+#define BLIMP_REQ_PSTATE_REGISTER   1
+#define BLIMP_REQ_PSTATE_UNREGISTER 2
+#define BLIMP_REQ_SEAL              3
+#define BLIMP_REQ_UNSEAL            4
+
+#define BLIMP_PSTATE_REG_SIZE   24 /* le64 array_gpa, le64 npages, le64 base_pfn */
+#define BLIMP_SEAL_ENTRY_SIZE   24 /* le64 pfn, le32 npages, le32 flags, le64 hash */
+#define BLIMP_UNSEAL_ENTRY_SIZE 16 /* le64 pfn, le32 npages, le32 reserved */
+
+#define BLIMP_SEAL_F_ZERO       0x1u /* every page of the run is zero-filled */
+#define BLIMP_SEAL_F_KNOWN      (BLIMP_SEAL_F_ZERO)
+
+/* Response status (le32 at offset 0 of the device-writable part). */
+#define BLIMP_S_OK      0
+#define BLIMP_S_EINVAL  1 /* malformed request: bad header, size, reserved bits */
+#define BLIMP_S_ERANGE  2 /* some range outside guest RAM (that entry rejected) */
+#define BLIMP_S_ENOSPC  3 /* a host limit was reached (entries beyond it rejected) */
+#define BLIMP_S_EUNSUPP 4 /* request type unknown or its feature not negotiated */
+#define BLIMP_S_EBUSY   5 /* e.g. array already registered */
+
+typedef struct BlimpRun {
+    uint64_t pfn;
+    uint64_t npages;
+} BlimpRun;
+
+typedef struct BlimpReq {
+    uint16_t type;
+    uint16_t flags;
+    uint32_t count;
+    const uint8_t *payload;
+    size_t payload_len;
+} BlimpReq;
+
+typedef struct BlimpPstateReg {
+    uint64_t array_gpa;
+    uint64_t npages;
+    uint64_t base_pfn;
+} BlimpPstateReg;
+
+typedef struct BlimpSeal {
+    uint64_t pfn;
+    uint32_t npages;
+    uint32_t flags;
+    uint64_t hash;
+} BlimpSeal;
+
+/* Little-endian loads from an untrusted byte buffer (no alignment assumed). */
+uint16_t blimp_le16(const uint8_t *p);
+uint32_t blimp_le32(const uint8_t *p);
+uint64_t blimp_le64(const uint8_t *p);
+void blimp_put_le32(uint8_t *p, uint32_t v);
+
+/*
+ * Sort @pfns in place and merge them into runs of consecutive page frames, duplicates
+ * collapsed. @runs must have room for @n entries. Returns the number of runs. O(n log n),
+ * no allocation (heap sort, so the worst case is bounded for hostile input).
+ */
+size_t blimp_pfns_to_runs(uint64_t *pfns, size_t n, BlimpRun *runs);
+
+/*
+ * Decode a request header from the driver-readable bytes of one buffer. Returns BLIMP_S_OK
+ * and fills @req, or BLIMP_S_EINVAL (short buffer, nonzero flags/reserved, count beyond
+ * BLIMP_MAX_ENTRIES, payload length not equal to count * entry size for the type) or
+ * BLIMP_S_EUNSUPP (unknown type).
+ */
+int blimp_decode_req(const uint8_t *buf, size_t len, BlimpReq *req);
+
+/* PSTATE_REGISTER payload: array of @npages bytes at @array_gpa for pfns from @base_pfn. */
+int blimp_decode_pstate_register(const BlimpReq *req, BlimpPstateReg *reg,
+                                 uint64_t max_pfn);
+
+/* SEAL entry @i (i < req->count): npages >= 1, no overflow, pfn + npages <= max_pfn, only
+ * known flags. UNSEAL entries decode into the same struct with hash = 0 and flags = 0. */
+int blimp_decode_seal(const BlimpReq *req, uint32_t i, BlimpSeal *out, uint64_t max_pfn);
+int blimp_decode_unseal(const BlimpReq *req, uint32_t i, BlimpSeal *out, uint64_t max_pfn);
+
+/*
+ * Page-state sweep, host side. Claims every discardable page (UNUSED, VOLATILE) of the
+ * @n-byte state array by one-byte compare-and-swap to the matching DISCARDING value, skipping
+ * indices in [skip_lo, skip_hi) (the pages holding the array itself). Emits maximal runs of
+ * claimed indices through @emit; stops claiming when @max_claim pages are claimed. UNUSED
+ * pages are only claimed when @claim_unused (false when the guest asked for page poisoning). Counts
+ * every byte that is not a defined state in *@invalid. Returns the number of pages claimed.
+ * If @emit returns false the sweep stops (after emitting that run).
+ */
+typedef bool (*BlimpRunFn)(void *opaque, uint64_t first, uint64_t count);
+uint64_t blimp_pstate_claim(uint8_t *states, uint64_t n, uint64_t skip_lo, uint64_t skip_hi,
+                            uint64_t max_claim, bool claim_unused, BlimpRunFn emit,
+                            void *opaque, uint64_t *invalid);
+
+/*
+ * Finish a claimed run: @discarded true turns DISCARDING_x into DISCARDED_x, false puts the
+ * original state (x) back. Only bytes still holding a DISCARDING value are touched (the guest
+ * never writes those). Returns the number of bytes changed; adds the ones that were UNUSED /
+ * VOLATILE to *@n_unused / *@n_volatile (either may be NULL).
+ */
+uint64_t blimp_pstate_finish(uint8_t *states, uint64_t first, uint64_t count, bool discarded,
+                             uint64_t *n_unused, uint64_t *n_volatile);
+
+/* True for the 8 defined byte values. */
+bool blimp_pstate_valid(uint8_t v);
+
+#endif
