@@ -145,6 +145,12 @@ bool parse_boot_info(int protocol, uint64_t info_phys, BootInfo& out, const char
     return false;
   }
   if (!out.cmdline) out.cmdline = "";
+  // The loader's command line (in the multiboot2 information, or wherever PVH put it) lives in
+  // memory the allocator will hand out: keep our own copy.
+  size_t i = 0;
+  for (; out.cmdline[i] && i + 1 < sizeof out.cmdline_copy; i++) out.cmdline_copy[i] = out.cmdline[i];
+  out.cmdline_copy[i] = '\0';
+  out.cmdline = out.cmdline_copy;
   out.ram_count = normalize_ranges(out.ram, out.ram_count);
   if (ok && out.ram_count == 0) {
     error = "memory map lists no usable RAM";

@@ -18,7 +18,8 @@ struct BootInfo {
   int protocol = 0;  // BOOT_PROTOCOL_*
   MemoryRange ram[kMaxRanges];
   size_t ram_count = 0;
-  const char* cmdline = "";
+  const char* cmdline = "";  // points into cmdline_copy: the loader's copy may be reused as RAM
+  char cmdline_copy[2048] = {};
   uint64_t rsdp = 0;  // 0 when the loader did not say; acpi.cpp then scans the BIOS areas
 
   uint64_t total_ram() const;

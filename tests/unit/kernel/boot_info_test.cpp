@@ -52,6 +52,7 @@ TEST(ParseBootInfo, PvhMemoryMapAndCommandLine) {
   ASSERT_TRUE(blimp::parse_boot_info(BOOT_PROTOCOL_PVH, reinterpret_cast<uint64_t>(&info), boot,
                                      error));
   EXPECT_STREQ(boot.cmdline, cmdline);
+  EXPECT_NE(boot.cmdline, cmdline);  // a copy, not the loader's memory
   EXPECT_EQ(boot.rsdp, 0x12345u);
   ASSERT_EQ(boot.ram_count, 2u);  // the reserved entry is not RAM
   EXPECT_EQ(boot.ram[0].base, 0u);
