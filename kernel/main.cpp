@@ -28,7 +28,8 @@ namespace {
 
 using namespace blimp;
 
-BootInfo g_boot;
+// constinit: no constructor may run (global constructors run later and would wipe it).
+constinit BootInfo g_boot;
 
 constexpr int kMaxArgs = 64;
 char g_arg_storage[4096];
