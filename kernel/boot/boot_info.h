@@ -8,8 +8,8 @@
 namespace blimp {
 
 struct MemoryRange {
-  uint64_t base;
-  uint64_t size;
+  uint64_t base = 0;
+  uint64_t size = 0;
   uint64_t end() const { return base + size; }
 };
 
