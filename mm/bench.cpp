@@ -1,0 +1,82 @@
+#include "mm/bench.h"
+
+#include "kernel/console.h"
+
+namespace blimp::mm {
+
+namespace {
+
+AllocBenchFigures measure(PageAllocator& pa, BenchClock now_ns, unsigned rounds, size_t batch,
+                          unsigned order, PhysAddr* scratch) {
+  AllocBenchFigures f = {};
+  f.order = order;
+  uint64_t limit = pa.free_pages_count() / pages_of_order(order) / 4;
+  size_t n = batch < limit ? batch : static_cast<size_t>(limit);
+  for (unsigned r = 0; r < rounds; ++r) {
+    size_t got = 0;
+    uint64_t t0 = now_ns();
+    for (; got < n; ++got) {
+      auto a = pa.alloc_pages(order, Owner::App, kAllocNoReclaim);
+      if (a.is_error()) break;
+      scratch[got] = a.value();
+    }
+    uint64_t t1 = now_ns();
+    for (size_t i = 0; i < got; ++i) pa.free_pages(scratch[i], order);
+    uint64_t t2 = now_ns();
+    f.ops += got;
+    f.alloc_ns += t1 - t0;
+    f.free_ns += t2 - t1;
+  }
+  uint64_t pairs = static_cast<uint64_t>(rounds) * n;
+  uint64_t t0 = now_ns();
+  for (uint64_t i = 0; i < pairs; ++i) {
+    auto a = pa.alloc_pages(order, Owner::App, kAllocNoReclaim);
+    if (a.is_error()) break;
+    pa.free_pages(a.value(), order);
+    ++f.pair_ops;
+  }
+  f.pair_ns = now_ns() - t0;
+  return f;
+}
+
+void print_one(const char* what, const AllocBenchFigures& f) {
+  auto per_op = [](uint64_t ns, uint64_t ops) { return ops ? ns * 10 / ops : 0; };
+  auto mib_s = [&](uint64_t ns, uint64_t ops) {
+    return ns ? (ops * bytes_of_order(f.order) >> 20) * 1000000000ull / ns : 0;
+  };
+  uint64_t a = per_op(f.alloc_ns, f.ops), fr = per_op(f.free_ns, f.ops),
+           p = per_op(f.pair_ns, f.pair_ops);
+  kprintf(
+      "mm bench %s: %llu ops: alloc %llu.%llu ns (%llu MiB/s), free %llu.%llu ns, "
+      "alloc+free pair %llu.%llu ns\n",
+      what, (unsigned long long)f.ops, (unsigned long long)(a / 10), (unsigned long long)(a % 10),
+      (unsigned long long)mib_s(f.alloc_ns, f.ops), (unsigned long long)(fr / 10),
+      (unsigned long long)(fr % 10), (unsigned long long)(p / 10), (unsigned long long)(p % 10));
+}
+
+}  // namespace
+
+AllocBenchResult run_alloc_benchmark(PageAllocator& pa, BenchClock now_ns, unsigned rounds,
+                                     size_t batch) {
+  AllocBenchResult r = {};
+  uint64_t scratch_pages = (batch * sizeof(PhysAddr) + kPageSize - 1) / kPageSize;
+  auto s = pa.alloc_run(scratch_pages, Owner::Kernel, kAllocNoReclaim);
+  if (s.is_error()) return r;
+  PhysAddr* scratch = phys_to_virt<PhysAddr>(s.value());
+  r.single = measure(pa, now_ns, rounds, batch, 0, scratch);
+  r.huge = measure(pa, now_ns, rounds, batch, 9, scratch);
+  pa.free_run(s.value(), scratch_pages);
+  r.ok = true;
+  return r;
+}
+
+void print_alloc_benchmark(const AllocBenchResult& r) {
+  if (!r.ok) {
+    kprintf("mm bench: no memory for the scratch array\n");
+    return;
+  }
+  print_one("4 KiB", r.single);
+  print_one("2 MiB", r.huge);
+}
+
+}  // namespace blimp::mm

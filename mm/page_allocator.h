@@ -1,0 +1,273 @@
+// The page allocator: a buddy allocator over the usable RAM ranges, built to cooperate with the
+// hypervisor. The balloon, free page reporting and the page-state array are clients of it, not
+// bolt-ons: they take and return pages through the same free lists the app allocates from.
+//
+// # Structure
+//
+// Blocks of 2^order pages (order 0..kMaxOrder), naturally aligned in physical memory. Each page has
+// a PageInfo (mm/page.h) in an array carved out of managed RAM at init; a block is described by
+// its head page. Free lists are doubly linked through PageInfo (never through the free memory,
+// which the host may have discarded). Per order there are two lists:
+//
+//   unreported list:  head = most recently freed (warm) ... tail = cold (boot memory, blocks that
+//                     came back from the balloon, isolated blocks returned unreported)
+//   reported list:    blocks the host has discarded (free page reporting); cold, and zero unless
+//                     page poisoning is in effect
+//
+// # Warm/cold policy
+//
+// The host only saves memory on pages it backs, and it backs exactly the pages the guest touched.
+// Every pick makes two passes over the orders, from the order asked for up: the first accepts only
+// blocks of the temperature the policy wants (splitting a bigger block of the right temperature
+// beats taking a smaller one of the wrong temperature), the second takes anything, smallest order
+// first.
+//  - The app (alloc_pages/alloc_run; kAllocPreferWarm is the default): pass 1 takes the smallest
+//    warm block, from the head of the unreported list, i.e. the most recently freed memory, which
+//    the host backs; so the app does not make the host back fresh memory while backed free memory
+//    sits idle. Pass 2: unreported (cold) before reported within an order.
+//  - kAllocPreferCold: pass 1 takes reported blocks (not backed, and zero: good for big zeroed
+//    buffers); pass 2 the cold end of the unreported list.
+//  - The balloon (take_pages): largest blocks first (whole 4 MiB blocks make long discard runs and
+//    leave the app's small blocks alone); per order, pass 1 takes cold unreported blocks, then
+//    reported ones; warm blocks only in pass 2. Unreported-before-reported is deliberate: a cold
+//    unreported block is most likely still backed by the host (boot memory the loader touched,
+//    memory freed long ago), so inflating it lowers the host's RSS, while inflating an already
+//    discarded block gives the host nothing it does not already have.
+//  - Free page reporting isolates unreported blocks of at least the requested order from the cold
+//    end, so the blocks the app is about to reuse are the last to be discarded.
+// Buddies merge whatever their temperature: a merged block is warm if either half was warm, zero
+// only if both were, and reported only if both were. Blocks given back by the balloon with
+// content_zeroed (the host discarded them) are filed as reported: cold and zero.
+//
+// # Locking
+//
+// One SpinLock (interrupts masked in the guest) protects everything; every public method takes it.
+// Hooks:
+//  - the state hook runs WITH the lock held and interrupts masked, inside every transition, so that
+//    the page-state array sees transitions in the order they happen (a hook run after unlocking
+//    could mark a page unused after it was already handed out again). It must be short and must
+//    not call the allocator.
+//  - shrinkers and the OOM handler run WITHOUT the lock, from the allocating context; they may
+//    allocate and free. Never from an interrupt handler: allocations there must pass
+//    kAllocNoReclaim.
+//  - the report hook runs WITHOUT the lock, from whatever context freed the memory (possibly an
+//    interrupt handler): it should only wake the reporting worker.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "lib/atomic.h"
+#include "lib/error.h"
+#include "lib/spinlock.h"
+#include "mm/page.h"
+#include "mm/stats.h"
+
+namespace blimp::mm {
+
+// An app cache that can give memory back under pressure, in the style of Linux's shrinkers.
+// Shrinkers are asked in registration order, before the OOM handler (the balloon) is.
+class Shrinker {
+ public:
+  // Pages scan_objects could free right now. Must be cheap and safe in any context where
+  // PageAllocator::stats() is called (the balloon's stats answer calls it).
+  virtual size_t count_objects() = 0;
+  // Free up to `nr_pages` pages back to the allocator; returns the pages actually freed.
+  virtual size_t scan_objects(size_t nr_pages) = 0;
+
+ protected:
+  ~Shrinker() = default;
+
+ private:
+  friend class PageAllocator;
+  Shrinker* next_ = nullptr;
+  bool registered_ = false;
+};
+
+// Called with the number of pages an allocation needs, after the shrinkers could not satisfy it.
+// Returns the pages it gave back (the balloon deflates); 0 means "nothing more to give".
+using OomHandler = size_t (*)(size_t pages_needed, void* ctx);
+
+// Called on every allocate/free/take/give_back/isolate/return, with the lock held (see above).
+// Returns true if the hook knows every page of the range now reads as zero (e.g. the host
+// discarded it while it was unused); only consulted when pages leave the free state, so that
+// zero-on-allocate can skip them.
+using StateHook = bool (*)(PhysAddr first_page, size_t count, Owner new_owner, void* ctx);
+
+// Called (without the lock) when unreported free memory in blocks of at least the configured order
+// first reaches the threshold. Edge-triggered: fires once, re-armed by each isolate_unreported().
+using ReportHook = void (*)(uint64_t unreported_pages, void* ctx);
+
+class PageAllocator {
+ public:
+  static constexpr size_t kMaxRanges = 64;
+
+  constexpr PageAllocator() = default;
+  PageAllocator(const PageAllocator&) = delete;
+  PageAllocator& operator=(const PageAllocator&) = delete;
+
+  // Takes over the given ranges (any order; trimmed to whole pages; overlaps merged). The page
+  // metadata array is carved from the largest range. Only once.
+  ErrorOr<void> init(const MemoryRange* ranges, size_t n);
+  bool initialized() const { return initialized_; }
+
+  // ---- Allocation -------------------------------------------------------------------------------
+
+  // A naturally aligned block of 2^order pages. On failure: shrinkers in order, then the OOM
+  // handler (unless kAllocNoOomHook/kAllocNoReclaim), then Error::NoMemory.
+  ErrorOr<PhysAddr> alloc_pages(unsigned order, Owner owner = Owner::Kernel,
+                                AllocFlags flags = kAllocNone);
+  // `order` must be the order it was allocated with.
+  void free_pages(PhysAddr base, unsigned order);
+
+  // Exactly `pages` contiguous pages (any count, also beyond 4 MiB), aligned to the largest power
+  // of two not above `pages` (capped at 4 MiB). The excess of the underlying block goes straight
+  // back to the free lists. Free with free_run and the same count (or parts of it, page-aligned).
+  ErrorOr<PhysAddr> alloc_run(uint64_t pages, Owner owner = Owner::Kernel,
+                              AllocFlags flags = kAllocNone);
+  void free_run(PhysAddr base, uint64_t pages);
+
+  // ---- Balloon
+  // -----------------------------------------------------------------------------------
+
+  // Takes up to `max_pages` free pages, largest blocks first and cold first (see the policy
+  // above), writing at most `max_runs` runs (adjacent blocks are merged into one run). Never
+  // reclaims: the balloon must not push the app's caches out. Returns the number of runs.
+  size_t take_pages(size_t max_pages, Owner owner, PageRun* out, size_t max_runs);
+  // Returns pages taken by take_pages, in any split (runs may cover parts of what was taken).
+  // `content_zeroed`: the host discarded them, so they read as zero. Pages not held by the balloon
+  // are skipped and counted (bad_give_back_pages()).
+  void give_back(const PageRun* runs, size_t n, bool content_zeroed);
+
+  // ---- Free page reporting ----------------------------------------------------------------------
+
+  // Takes free, unreported blocks of order >= min_order off the free lists (largest and coldest
+  // first) and marks them Isolated: they are never handed out until return_isolated. Stops before
+  // free memory would drop below the reporting reserve. Returns the number of runs written.
+  size_t isolate_unreported(unsigned min_order, PageRun* out, size_t max_runs);
+  // Puts isolated runs back. `reported`: the host took them (they become Reported, cold, and
+  // Zeroed unless page poisoning is on); otherwise they go back as they were.
+  void return_isolated(const PageRun* runs, size_t n, bool reported);
+  // With page poisoning the host refills discarded pages with the poison value, not zero.
+  void set_page_poisoning(bool enabled);
+  // Free memory isolate_unreported leaves alone, so reporting never starves the app.
+  void set_reporting_reserve(uint64_t pages);
+  void set_report_hook(ReportHook fn, void* ctx, unsigned min_order, uint64_t threshold_pages);
+  uint64_t unreported_free_pages(unsigned min_order);
+
+  // ---- Hooks
+  // ---------------------------------------------------------------------------------------
+
+  void set_oom_handler(OomHandler fn, void* ctx = nullptr);
+  void register_shrinker(Shrinker* s);
+  // Waits for reclaim in progress to finish; not from inside a shrinker.
+  void unregister_shrinker(Shrinker* s);
+  void set_state_hook(StateHook fn, void* ctx = nullptr);
+
+  // ---- Queries
+  // -------------------------------------------------------------------------------------
+
+  MemoryStats stats();
+  uint64_t total_pages() const { return total_pages_; }
+  uint64_t free_pages_count();
+  // Free blocks of exactly `order` (reported or not).
+  uint64_t free_block_count(unsigned order);
+  uint64_t bad_give_back_pages() const { return bad_give_back_pages_; }
+  bool contains(PhysAddr addr) const;
+  // Owner of the block containing `addr` (Reserved if unmanaged).
+  Owner owner_of(PhysAddr addr);
+  // True if `addr` is inside a free block known to be zero.
+  bool is_known_zero(PhysAddr addr);
+  // A word per page for the owner of an allocated page (the heap's slab tags). Unlocked: only the
+  // page's owner may use it.
+  void set_tag(PhysAddr page, uint32_t tag);
+  uint32_t tag(PhysAddr page) const;
+
+  // Walks all metadata and free lists; prints the first inconsistency and returns false.
+  // `verify_zeroed` also reads every free block marked Zeroed (slow, and it touches memory the
+  // host may have discarded: tests only).
+  bool check_invariants(bool verify_zeroed = false);
+
+ private:
+  struct Range {
+    uint64_t base_pfn;
+    uint64_t pages;
+    uint32_t first_index;
+  };
+  struct List {
+    uint32_t head = kNoPage;
+    uint32_t tail = kNoPage;
+    uint64_t count = 0;
+  };
+  enum class Policy { Warm, Cold, Balloon };
+
+  // Index <-> address.
+  int range_of_pfn(uint64_t pfn) const;
+  uint32_t index_of(PhysAddr addr) const;  // kNoPage if unmanaged
+  uint64_t pfn_of(uint32_t idx) const {
+    const Range& r = ranges_[info_[idx].range];
+    return r.base_pfn + (idx - r.first_index);
+  }
+  PhysAddr addr_of(uint32_t idx) const { return pfn_of(idx) << kPageShift; }
+  uint32_t buddy_of(uint32_t idx, unsigned order) const;
+
+  List& list_for(Owner o, unsigned order) {
+    return o == Owner::Reported ? reported_[order] : unreported_[order];
+  }
+  void list_remove(uint32_t idx);
+  void list_insert(uint32_t idx, unsigned order, Owner owner, uint8_t flags);
+  uint32_t pick(unsigned order, Policy p, bool strict);
+  uint32_t split_off_locked(uint32_t idx, unsigned from_order, unsigned order);
+  uint32_t grab_block_locked(unsigned order, Policy p);
+  void set_owner_locked(uint32_t idx, Owner o);
+  void free_block_locked(uint32_t idx, unsigned order, uint8_t flags, Owner as);
+  // Frees [idx, idx+count) of blocks owned by `expected`, splitting covering heads as needed.
+  // Returns the pages released; stops at the first page not held by `expected`.
+  uint64_t release_range_locked(uint32_t idx, uint64_t count, Owner expected, uint8_t flags,
+                                Owner as, bool notify);
+  uint32_t covering_head(uint32_t idx) const;
+  void split_head_locked(uint32_t head);
+  bool notify_locked(uint32_t idx, uint64_t pages, Owner owner);
+  uint32_t alloc_block_locked(unsigned order, Owner owner, AllocFlags flags);
+  uint32_t alloc_contiguous_locked(uint64_t pages, Owner owner);
+  void zero_allocated(uint32_t idx, uint64_t pages, bool zero_requested);
+  void account_free_list(uint32_t idx, unsigned order, Owner owner, int64_t sign);
+  void maybe_fire_report_hook();
+  template <typename Attempt>
+  ErrorOr<PhysAddr> with_reclaim(uint64_t pages, AllocFlags flags, Attempt attempt);
+
+  SpinLock lock_;
+  bool initialized_ = false;
+  PageInfo* info_ = nullptr;
+  Range ranges_[kMaxRanges] = {};
+  size_t num_ranges_ = 0;
+  uint64_t total_pages_ = 0;  // managed, metadata excluded
+  uint64_t reserved_pages_ = 0;
+
+  List unreported_[kNumOrders] = {};
+  List reported_[kNumOrders] = {};
+  uint64_t owner_pages_[kNumOwners] = {};
+
+  StateHook state_hook_ = nullptr;
+  void* state_ctx_ = nullptr;
+  OomHandler oom_handler_ = nullptr;
+  void* oom_ctx_ = nullptr;
+  Shrinker* shrinkers_ = nullptr;
+  Atomic<uint32_t> reclaimers_{0};
+
+  ReportHook report_hook_ = nullptr;
+  void* report_ctx_ = nullptr;
+  unsigned report_min_order_ = kMaxOrder;
+  uint64_t report_threshold_ = 0;
+  uint64_t unreported_tracked_ = 0;  // unreported free pages in blocks >= report_min_order_
+  bool report_armed_ = true;
+  bool page_poisoning_ = false;
+  uint64_t reporting_reserve_ = 0;
+
+  uint64_t bad_give_back_pages_ = 0;
+  MemoryStats counters_ = {};
+  Atomic<uint64_t> zero_fills_{0};
+  Atomic<uint64_t> zero_skips_{0};
+};
+
+}  // namespace blimp::mm

@@ -1,0 +1,145 @@
+// Exhaustion: shrinkers (in registration order), then the OOM handler, then an error.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "arena.h"
+
+namespace blimp::mm::test {
+namespace {
+
+// A cache holding pages it can give back.
+struct FakeCache : Shrinker {
+  FakeCache(PageAllocator& pa, std::string name, std::vector<std::string>* log)
+      : pa(pa), name(std::move(name)), log(log) {}
+  bool fill(size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      auto a = pa.alloc_pages(0, Owner::App, kAllocNoReclaim);
+      if (a.is_error()) return false;
+      held.push_back(a.value());
+    }
+    return true;
+  }
+  size_t count_objects() override { return held.size(); }
+  size_t scan_objects(size_t n) override {
+    log->push_back(name + ":" + std::to_string(n));
+    size_t freed = 0;
+    while (freed < n && !held.empty()) {
+      pa.free_pages(held.back(), 0);
+      held.pop_back();
+      ++freed;
+    }
+    return freed;
+  }
+  PageAllocator& pa;
+  std::string name;
+  std::vector<std::string>* log;
+  std::vector<PhysAddr> held;
+};
+
+// The balloon: holds runs, deflates on OOM.
+struct FakeBalloon {
+  PageAllocator* pa;
+  std::vector<PageRun> runs;
+  std::vector<std::string>* log;
+  static size_t oom(size_t needed, void* ctx) {
+    auto* b = static_cast<FakeBalloon*>(ctx);
+    b->log->push_back("oom:" + std::to_string(needed));
+    size_t given = 0;
+    while (given < needed && !b->runs.empty()) {
+      PageRun r = b->runs.back();
+      b->runs.pop_back();
+      b->pa->give_back(&r, 1, true);
+      given += r.pages;
+    }
+    return given;
+  }
+};
+
+std::vector<PhysAddr> exhaust(PageAllocator& pa) {
+  std::vector<PhysAddr> v;
+  for (;;) {
+    auto a = pa.alloc_pages(0, Owner::App, kAllocNoReclaim);
+    if (a.is_error()) return v;
+    v.push_back(a.value());
+  }
+}
+
+TEST(Reclaim, ShrinkersInOrderThenOomThenError) {
+  Fixture f(16 * kMiB);
+  PageAllocator& pa = *f.pa;
+  std::vector<std::string> log;
+  FakeCache a(pa, "a", &log), b(pa, "b", &log);
+  FakeBalloon balloon{&pa, {}, &log};
+  pa.register_shrinker(&a);
+  pa.register_shrinker(&b);
+  pa.set_oom_handler(&FakeBalloon::oom, &balloon);
+  // Balloon takes 64 pages, caches hold 40 each, the app the rest.
+  PageRun r[8];
+  size_t n = pa.take_pages(64, Owner::Balloon, r, 8);
+  balloon.runs.assign(r, r + n);
+  ASSERT_TRUE(a.fill(40));
+  ASSERT_TRUE(b.fill(40));
+  auto app = exhaust(pa);
+  EXPECT_EQ(pa.stats().available_bytes, 80 * kPageSize);
+  EXPECT_EQ(pa.stats().cache_bytes, 80 * kPageSize);
+
+  // 1: shrinker a alone suffices (asked for a batch of 32, not 1 page).
+  ASSERT_FALSE(pa.alloc_pages(0, Owner::App).is_error());
+  EXPECT_EQ(log, (std::vector<std::string>{"a:32"}));
+  EXPECT_EQ(a.held.size(), 8u);
+  exhaust(pa);
+  // 2: a has 8, then b is asked.
+  log.clear();
+  ASSERT_FALSE(pa.alloc_pages(4, Owner::App).is_error());  // 16 pages: a's 8 don't make one
+  EXPECT_EQ(log, (std::vector<std::string>{"a:8", "b:32"}));
+  exhaust(pa);
+  // 3: drain b; then the balloon deflates.
+  log.clear();
+  b.scan_objects(1000);
+  exhaust(pa);
+  log.clear();
+  uint64_t oom_before = pa.stats().oom_events;
+  ASSERT_FALSE(pa.alloc_pages(2, Owner::App).is_error());
+  EXPECT_EQ(log, (std::vector<std::string>{"oom:4"}));
+  EXPECT_EQ(pa.stats().oom_events, oom_before + 1);
+  // 4: kAllocNoOomHook and kAllocNoReclaim.
+  exhaust(pa);
+  log.clear();
+  EXPECT_EQ(pa.alloc_pages(0, Owner::App, kAllocNoOomHook).error(), Error::NoMemory);
+  EXPECT_TRUE(log.empty());
+  EXPECT_EQ(pa.alloc_pages(0, Owner::App, kAllocNoReclaim).error(), Error::NoMemory);
+  // 5: everything exhausted: the OOM handler is asked until it has nothing, then the error.
+  balloon.runs.clear();
+  log.clear();
+  uint64_t failures = pa.stats().alloc_failures;
+  uint64_t stalls = pa.stats().alloc_stalls;
+  EXPECT_EQ(pa.alloc_pages(0, Owner::App).error(), Error::NoMemory);
+  EXPECT_EQ(log, (std::vector<std::string>{"oom:1"}));
+  EXPECT_EQ(pa.stats().alloc_failures, failures + 1);
+  EXPECT_EQ(pa.stats().alloc_stalls, stalls + 1);
+  pa.unregister_shrinker(&a);
+  pa.unregister_shrinker(&b);
+  for (PhysAddr p : a.held) pa.free_pages(p, 0);
+  EXPECT_TRUE(pa.check_invariants());
+}
+
+TEST(Reclaim, UnregisteredShrinkerIsNotAsked) {
+  Fixture f(8 * kMiB);
+  PageAllocator& pa = *f.pa;
+  std::vector<std::string> log;
+  FakeCache a(pa, "a", &log), b(pa, "b", &log);
+  pa.register_shrinker(&a);
+  pa.register_shrinker(&b);
+  pa.register_shrinker(&a);  // twice is once
+  ASSERT_TRUE(a.fill(10));
+  ASSERT_TRUE(b.fill(10));
+  pa.unregister_shrinker(&a);
+  exhaust(pa);
+  ASSERT_FALSE(pa.alloc_pages(0).is_error());
+  EXPECT_EQ(log, (std::vector<std::string>{"b:10"}));
+  pa.unregister_shrinker(&b);
+}
+
+}  // namespace
+}  // namespace blimp::mm::test

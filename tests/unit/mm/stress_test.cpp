@@ -1,0 +1,108 @@
+// Several threads hammering the allocator through every entry point at once, under its SpinLock.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "arena.h"
+#include "mm/heap.h"
+
+namespace blimp::mm::test {
+namespace {
+
+TEST(Stress, ThreadsHammerAllocFreeTakeGiveBackReport) {
+  Fixture f(64 * kMiB);
+  PageAllocator& pa = *f.pa;
+  pa.set_reporting_reserve(256);
+  Heap heap(pa);
+  auto shape = free_shape(pa);
+  std::atomic<bool> failed{false};
+  auto worker = [&](unsigned id) {
+    std::mt19937_64 rng(1000 + id);
+    std::vector<std::pair<PhysAddr, unsigned>> live;
+    std::vector<PageRun> balloon;
+    std::vector<std::pair<void*, size_t>> objs;
+    const uint64_t seed = id * 0x9e3779b97f4a7c15ull;
+    for (int step = 0; step < 6000 && !failed; ++step) {
+      switch (rng() % 8) {
+        case 0:
+        case 1:
+        case 2: {
+          unsigned o = rng() % 6;
+          auto a = pa.alloc_pages(o, Owner::App, kAllocNoReclaim);
+          if (!a.is_error()) {
+            fill(a.value(), pages_of_order(o), seed);
+            live.push_back({a.value(), o});
+          }
+          break;
+        }
+        case 3:
+          if (!live.empty()) {
+            size_t i = rng() % live.size();
+            if (!check(live[i].first, pages_of_order(live[i].second), seed)) failed = true;
+            pa.free_pages(live[i].first, live[i].second);
+            live[i] = live.back();
+            live.pop_back();
+          }
+          break;
+        case 4: {
+          PageRun r[4];
+          size_t n = pa.take_pages(1 + rng() % 1500, Owner::Balloon, r, 4);
+          for (size_t i = 0; i < n; ++i) fill(r[i].base, r[i].pages, seed);
+          balloon.insert(balloon.end(), r, r + n);
+          break;
+        }
+        case 5:
+          if (!balloon.empty()) {
+            PageRun r = balloon.back();
+            balloon.pop_back();
+            if (!check(r.base, r.pages, seed)) failed = true;
+            pa.give_back(&r, 1, false);
+          }
+          break;
+        case 6: {
+          PageRun r[8];
+          size_t n = pa.isolate_unreported(5, r, 8);
+          for (size_t i = 0; i < n; ++i)
+            std::memset(reinterpret_cast<void*>(r[i].base), 0, r[i].pages * kPageSize);
+          pa.return_isolated(r, n, true);
+          break;
+        }
+        case 7:
+          if (objs.size() < 200 && rng() % 2) {
+            size_t size = rng() % 3000;
+            void* p = heap.alloc(size);
+            if (p) {
+              std::memset(p, id, size);
+              objs.push_back({p, size});
+            }
+          } else if (!objs.empty()) {
+            auto [p, size] = objs.back();
+            objs.pop_back();
+            for (size_t k = 0; k < size; ++k)
+              if (static_cast<uint8_t*>(p)[k] != static_cast<uint8_t>(id)) failed = true;
+            heap.free(p);
+          }
+          break;
+      }
+    }
+    for (auto& l : live) {
+      if (!check(l.first, pages_of_order(l.second), seed)) failed = true;
+      pa.free_pages(l.first, l.second);
+    }
+    pa.give_back(balloon.data(), balloon.size(), false);
+    for (auto& o : objs) heap.free(o.first);
+  };
+  std::vector<std::thread> threads;
+  for (unsigned i = 0; i < 4; ++i) threads.emplace_back(worker, i);
+  for (auto& t : threads) t.join();
+  EXPECT_FALSE(failed.load()) << "a block's pattern was overwritten";
+  heap.trim();
+  EXPECT_TRUE(pa.check_invariants(true));
+  EXPECT_EQ(pa.free_pages_count(), pa.total_pages());
+  EXPECT_EQ(free_shape(pa), shape);
+  EXPECT_EQ(pa.bad_give_back_pages(), 0u);
+}
+
+}  // namespace
+}  // namespace blimp::mm::test
