@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernel/boot/boot_info.h"
 #include "kernel/memory.h"
 
 namespace blimp::mm {
@@ -83,11 +84,9 @@ struct PageRun {
   uint64_t pages;
 };
 
-// A usable RAM range from the firmware memory map.
-struct MemoryRange {
-  PhysAddr base;
-  uint64_t size;
-};
+// A usable RAM range from the firmware memory map: the boot code's own type, so that
+// mm::init(boot_info.ram, boot_info.ram_count, ...) needs no conversion.
+using MemoryRange = ::blimp::MemoryRange;
 
 // Allocation flags, ORed.
 //   Zero:       return zeroed memory; blocks known to be zero are not written again.
