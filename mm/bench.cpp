@@ -40,18 +40,18 @@ AllocBenchFigures measure(PageAllocator& pa, BenchClock now_ns, unsigned rounds,
 }
 
 void print_one(const char* what, const AllocBenchFigures& f) {
+  // Tenths of a nanosecond: kprintf has no floating point.
   auto per_op = [](uint64_t ns, uint64_t ops) { return ops ? ns * 10 / ops : 0; };
-  auto mib_s = [&](uint64_t ns, uint64_t ops) {
-    return ns ? (ops * bytes_of_order(f.order) >> 20) * 1000000000ull / ns : 0;
-  };
+  auto kops_s = [](uint64_t ns, uint64_t ops) { return ns ? ops * 1000000ull / ns : 0; };
   uint64_t a = per_op(f.alloc_ns, f.ops), fr = per_op(f.free_ns, f.ops),
            p = per_op(f.pair_ns, f.pair_ops);
   kprintf(
-      "mm bench %s: %llu ops: alloc %llu.%llu ns (%llu MiB/s), free %llu.%llu ns, "
+      "mm bench %s: %llu blocks: alloc %llu.%llu ns (%llu k/s), free %llu.%llu ns (%llu k/s), "
       "alloc+free pair %llu.%llu ns\n",
       what, (unsigned long long)f.ops, (unsigned long long)(a / 10), (unsigned long long)(a % 10),
-      (unsigned long long)mib_s(f.alloc_ns, f.ops), (unsigned long long)(fr / 10),
-      (unsigned long long)(fr % 10), (unsigned long long)(p / 10), (unsigned long long)(p % 10));
+      (unsigned long long)kops_s(f.alloc_ns, f.ops), (unsigned long long)(fr / 10),
+      (unsigned long long)(fr % 10), (unsigned long long)kops_s(f.free_ns, f.ops),
+      (unsigned long long)(p / 10), (unsigned long long)(p % 10));
 }
 
 }  // namespace

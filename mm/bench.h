@@ -32,7 +32,7 @@ using BenchClock = uint64_t (*)();
 // Guest: run_alloc_benchmark(mm::pages(), timer::now_ns, 20, 4096).
 AllocBenchResult run_alloc_benchmark(PageAllocator& pa, BenchClock now_ns, unsigned rounds,
                                      size_t batch);
-// One line per order on the console: ns per alloc/free/pair and MiB/s.
+// One line per order on the console: ns per alloc/free/pair and thousands of blocks per second.
 void print_alloc_benchmark(const AllocBenchResult& r);
 
 }  // namespace blimp::mm
