@@ -154,7 +154,7 @@ log "ninja -j$JOBS qemu-system-x86_64 (a clean build takes a few minutes on 2 co
 start=$(date +%s)
 ninja -C "$BLD" -j"$JOBS" qemu-system-x86_64 | \
     awk '/^\[[0-9]+\/[0-9]+\]/ { n++; if (n % 200 == 0) print "[qemu-build]  " $1; next }
-         /^(FAILED|.*error)/ { print; next } { if (verbose) print }' verbose="${VERBOSE:-0}"
+         { print (length($0) > 300 ? substr($0, 1, 300) " ..." : $0) }'
 test "${PIPESTATUS[0]}" -eq 0
 log "built in $(( $(date +%s) - start ))s"
 cp "$BLD/qemu-system-x86_64" "$OUT/qemu-system-x86_64.tmp"
