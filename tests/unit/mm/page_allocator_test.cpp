@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "arena.h"
+#include "mm/self_test.h"
 
 namespace blimp::mm::test {
 namespace {
@@ -502,6 +503,19 @@ TEST(PageAllocator, StateHookCanReportZeroPages) {
   EXPECT_EQ(pa.stats().zero_fills, 0u);
   EXPECT_EQ(reinterpret_cast<uint8_t*>(a)[0], 0xa5);  // untouched: the hook vouched for it
   pa.free_pages(a, 3);
+}
+
+TEST(PageAllocator, SelfTestCoversAllFreeMemory) {
+  Fixture f(32 * kMiB);
+  auto shape = free_shape(*f.pa);
+  SelfTestResult r = self_test(*f.pa, 20 * kMiB);
+  EXPECT_TRUE(r.ok);
+  EXPECT_EQ(r.bytes_tested, 20 * kMiB);
+  EXPECT_EQ(r.bad_words, 0u);
+  r = self_test(*f.pa, UINT64_MAX);
+  EXPECT_TRUE(r.ok);
+  EXPECT_EQ(r.bytes_tested, f.pa->total_pages() * kPageSize);
+  EXPECT_EQ(free_shape(*f.pa), shape);
 }
 
 }  // namespace
