@@ -1,0 +1,512 @@
+#include "config.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace hangar {
+
+using json = nlohmann::json;
+
+namespace {
+
+std::string lower(std::string_view s) {
+    std::string out(s);
+    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+    return s;
+}
+
+// Splits "1.5GiB" into the number and the unit, accepting only a plain decimal number: no sign,
+// no exponent, no hex, so that "-1G" or "1e9" are errors rather than surprises.
+bool split_number(std::string_view s, double& value, std::string& unit) {
+    size_t i = 0;
+    bool digits = false, dot = false;
+    while (i < s.size()) {
+        char c = s[i];
+        if (c >= '0' && c <= '9') {
+            digits = true;
+        } else if (c == '.' && !dot) {
+            dot = true;
+        } else {
+            break;
+        }
+        ++i;
+    }
+    if (!digits || i > 24) return false;
+    value = std::stod(std::string(s.substr(0, i)));
+    unit = lower(trim(s.substr(i)));
+    return true;
+}
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+        size_t prev = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= b.size(); ++j) {
+            size_t cur = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            prev = cur;
+        }
+    }
+    return row[b.size()];
+}
+
+std::string unknown_key_message(std::string_view where, const std::string& key,
+                                const std::vector<std::string_view>& known) {
+    std::string best;
+    size_t best_d = 3;  // only suggest close matches: a typo, not a different word
+    for (auto k : known) {
+        size_t d = edit_distance(lower(key), k);
+        if (d < best_d) {
+            best_d = d;
+            best = k;
+        }
+    }
+    std::string msg = std::string(where) + ": unknown key \"" + key + "\"";
+    if (!best.empty()) msg += " (did you mean \"" + best + "\"?)";
+    return msg;
+}
+
+// Reads JSON values with messages that say where in the file the problem is.
+class Reader {
+public:
+    Reader(std::string where) : where_(std::move(where)) {}
+
+    [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+        throw ConfigError(where_ + (key.empty() ? "" : "." + key) + ": " + what);
+    }
+
+    void check_keys(const json& obj, const std::vector<std::string_view>& known) const {
+        if (!obj.is_object()) throw ConfigError(where_ + ": expected an object");
+        for (auto it = obj.begin(); it != obj.end(); ++it) {
+            if (std::find(known.begin(), known.end(), it.key()) == known.end())
+                throw ConfigError(unknown_key_message(where_, it.key(), known));
+        }
+    }
+
+    std::string str(const json& v, const std::string& key) const {
+        if (!v.is_string()) fail(key, "expected a string, got " + v.dump());
+        return v.get<std::string>();
+    }
+    bool boolean(const json& v, const std::string& key) const {
+        if (!v.is_boolean()) fail(key, "expected true or false, got " + v.dump());
+        return v.get<bool>();
+    }
+    uint64_t uint(const json& v, const std::string& key, uint64_t max) const {
+        if (!v.is_number_unsigned()) fail(key, "expected a non-negative integer, got " + v.dump());
+        uint64_t n = v.get<uint64_t>();
+        if (n > max) fail(key, "value " + std::to_string(n) + " is above " + std::to_string(max));
+        return n;
+    }
+    double number(const json& v, const std::string& key) const {
+        if (!v.is_number()) fail(key, "expected a number, got " + v.dump());
+        return v.get<double>();
+    }
+    // Sizes may be JSON integers (bytes) or strings with units.
+    uint64_t size(const json& v, const std::string& key) const {
+        if (v.is_number_unsigned()) return v.get<uint64_t>();
+        if (!v.is_string()) fail(key, "expected a size such as \"512M\", got " + v.dump());
+        try {
+            return parse_size(v.get<std::string>());
+        } catch (const ConfigError& e) {
+            fail(key, e.what());
+        }
+    }
+    Millis duration(const json& v, const std::string& key) const {
+        if (v.is_number_unsigned()) return Millis(v.get<uint64_t>() * 1000);
+        if (!v.is_string()) fail(key, "expected a duration such as \"60s\", got " + v.dump());
+        try {
+            return parse_duration(v.get<std::string>());
+        } catch (const ConfigError& e) {
+            fail(key, e.what());
+        }
+    }
+    std::vector<std::string> strings(const json& v, const std::string& key) const {
+        // A single string is split on whitespace, as a shell user would expect of "args".
+        if (v.is_string()) {
+            std::vector<std::string> out;
+            std::istringstream in(v.get<std::string>());
+            for (std::string w; in >> w;) out.push_back(w);
+            return out;
+        }
+        if (!v.is_array()) fail(key, "expected a list of strings, got " + v.dump());
+        std::vector<std::string> out;
+        for (const auto& e : v) out.push_back(str(e, key + "[]"));
+        return out;
+    }
+    const std::string& where() const { return where_; }
+
+private:
+    std::string where_;
+};
+
+const std::vector<std::string_view> kVmKeys = {
+    "name", "app", "args", "memory", "min_memory", "machine", "balloon", "start", "shares",
+    "kernel", "qemu_args", "balloon_props", "count"};
+
+void apply_vm_key(VmSpec& vm, const Reader& r, const std::string& key, const json& v) {
+    if (key == "name") vm.name = r.str(v, key);
+    else if (key == "app") vm.app = r.str(v, key);
+    else if (key == "args") vm.args = r.strings(v, key);
+    else if (key == "memory") vm.memory = r.size(v, key);
+    else if (key == "min_memory") vm.min_memory = r.size(v, key);
+    else if (key == "machine") {
+        try {
+            vm.machine = parse_machine(r.str(v, key));
+        } catch (const ConfigError& e) {
+            r.fail(key, e.what());
+        }
+    } else if (key == "balloon") vm.balloon = r.boolean(v, key);
+    else if (key == "start") {
+        std::string s = r.str(v, key);
+        if (s == "running") vm.start = StartMode::Running;
+        else if (s == "paused") vm.start = StartMode::Paused;
+        else r.fail(key, "expected \"running\" or \"paused\", got \"" + s + "\"");
+    } else if (key == "shares") vm.shares = static_cast<unsigned>(r.uint(v, key, 1000000));
+    else if (key == "kernel") vm.kernel = r.str(v, key);
+    else if (key == "qemu_args") vm.qemu_args = r.strings(v, key);
+    else if (key == "balloon_props") {
+        if (!v.is_object()) r.fail(key, "expected an object of device properties");
+        vm.balloon_props.clear();
+        for (auto it = v.begin(); it != v.end(); ++it) {
+            const json& pv = it.value();
+            if (pv.is_string()) vm.balloon_props[it.key()] = pv.get<std::string>();
+            else if (pv.is_boolean()) vm.balloon_props[it.key()] = pv.get<bool>() ? "on" : "off";
+            else if (pv.is_number_unsigned()) vm.balloon_props[it.key()] = std::to_string(pv.get<uint64_t>());
+            else r.fail(key + "." + it.key(), "expected a string, boolean or integer");
+        }
+    }
+}
+
+void parse_policy(PolicyConfig& p, const json& v, const std::string& where) {
+    Reader r(where);
+    r.check_keys(v, {"name", "tax_rate", "floor", "hysteresis", "max_step", "pressure_grow"});
+    for (auto it = v.begin(); it != v.end(); ++it) {
+        const std::string& k = it.key();
+        if (k == "name") p.name = r.str(*it, k);
+        else if (k == "tax_rate") p.tax_rate = r.number(*it, k);
+        else if (k == "floor") p.floor = r.size(*it, k);
+        else if (k == "hysteresis") p.hysteresis = r.size(*it, k);
+        else if (k == "max_step") p.max_step = r.size(*it, k);
+        else if (k == "pressure_grow") p.pressure_grow = r.number(*it, k);
+    }
+}
+
+void parse_ksm(KsmConfig& k, const json& v, const std::string& where) {
+    Reader r(where);
+    if (v.is_string()) {
+        k.mode = parse_ksm_mode(v.get<std::string>());
+        return;
+    }
+    r.check_keys(v, {"mode", "pages_to_scan", "sleep_millisecs", "merge_across_nodes",
+                     "use_zero_pages", "sysfs"});
+    for (auto it = v.begin(); it != v.end(); ++it) {
+        const std::string& key = it.key();
+        if (key == "mode") {
+            try {
+                k.mode = parse_ksm_mode(r.str(*it, key));
+            } catch (const ConfigError& e) {
+                r.fail(key, e.what());
+            }
+        } else if (key == "pages_to_scan") k.pages_to_scan = r.uint(*it, key, 1u << 30);
+        else if (key == "sleep_millisecs") k.sleep_millisecs = r.uint(*it, key, 1u << 30);
+        else if (key == "merge_across_nodes") k.merge_across_nodes = r.uint(*it, key, 1);
+        else if (key == "use_zero_pages") k.use_zero_pages = r.uint(*it, key, 1);
+        else if (key == "sysfs") k.sysfs = r.str(*it, key);
+    }
+}
+
+}  // namespace
+
+std::string_view to_string(Machine m) {
+    switch (m) {
+    case Machine::Microvm: return "microvm";
+    case Machine::Q35: return "q35";
+    case Machine::Pc: return "pc";
+    }
+    return "?";
+}
+
+std::string_view to_string(KsmMode m) {
+    switch (m) {
+    case KsmMode::Unchanged: return "unchanged";
+    case KsmMode::Off: return "off";
+    case KsmMode::Blind: return "blind";
+    case KsmMode::Targeted: return "targeted";
+    }
+    return "?";
+}
+
+uint64_t parse_size(std::string_view text) {
+    std::string_view s = trim(text);
+    double value = 0;
+    std::string unit;
+    if (s.empty() || !split_number(s, value, unit))
+        throw ConfigError("invalid size \"" + std::string(text) + "\" (expected e.g. 512M, 1G, 1.5GiB)");
+    double mult;
+    if (unit.empty() || unit == "b") mult = 1;
+    else if (unit == "k" || unit == "kb" || unit == "kib") mult = 1024.0;
+    else if (unit == "m" || unit == "mb" || unit == "mib") mult = 1024.0 * 1024;
+    else if (unit == "g" || unit == "gb" || unit == "gib") mult = 1024.0 * 1024 * 1024;
+    else if (unit == "t" || unit == "tb" || unit == "tib") mult = 1024.0 * 1024 * 1024 * 1024;
+    else throw ConfigError("invalid size unit in \"" + std::string(text) + "\" (use K, M, G or T)");
+    double bytes = value * mult;
+    if (!std::isfinite(bytes) || bytes >= 18446744073709549568.0)
+        throw ConfigError("size \"" + std::string(text) + "\" is too large");
+    if (bytes != std::floor(bytes))
+        throw ConfigError("size \"" + std::string(text) + "\" is not a whole number of bytes");
+    return static_cast<uint64_t>(bytes);
+}
+
+Millis parse_duration(std::string_view text) {
+    std::string_view s = trim(text);
+    double value = 0;
+    std::string unit;
+    if (s.empty() || !split_number(s, value, unit))
+        throw ConfigError("invalid duration \"" + std::string(text) + "\" (expected e.g. 60s, 500ms, 2m)");
+    double ms;
+    if (unit.empty() || unit == "s") ms = value * 1000;
+    else if (unit == "ms") ms = value;
+    else if (unit == "m" || unit == "min") ms = value * 60000;
+    else if (unit == "h") ms = value * 3600000;
+    else throw ConfigError("invalid duration unit in \"" + std::string(text) + "\" (use ms, s, m or h)");
+    if (!std::isfinite(ms) || ms > 1e12)
+        throw ConfigError("duration \"" + std::string(text) + "\" is too long");
+    return Millis(static_cast<int64_t>(ms));
+}
+
+Machine parse_machine(std::string_view text) {
+    if (text == "microvm") return Machine::Microvm;
+    if (text == "q35") return Machine::Q35;
+    if (text == "pc") return Machine::Pc;
+    throw ConfigError("unknown machine \"" + std::string(text) + "\" (microvm, q35 or pc)");
+}
+
+KsmMode parse_ksm_mode(std::string_view text) {
+    if (text == "unchanged") return KsmMode::Unchanged;
+    if (text == "off") return KsmMode::Off;
+    if (text == "blind") return KsmMode::Blind;
+    if (text == "targeted") return KsmMode::Targeted;
+    throw ConfigError("unknown KSM mode \"" + std::string(text) + "\" (unchanged, off, blind or targeted)");
+}
+
+std::string format_size(uint64_t bytes) {
+    char buf[48];
+    const double mib = static_cast<double>(bytes) / (1024.0 * 1024.0);
+    if (bytes >= (1ull << 30)) snprintf(buf, sizeof buf, "%.2f GiB", mib / 1024.0);
+    else if (bytes >= (1ull << 20) || bytes == 0) snprintf(buf, sizeof buf, "%.0f MiB", mib);
+    else snprintf(buf, sizeof buf, "%.0f KiB", static_cast<double>(bytes) / 1024.0);
+    return buf;
+}
+
+VmSpec parse_vm_flag(std::string_view text) {
+    // key=value pairs separated by commas; a value may be double-quoted to hold commas and spaces.
+    VmSpec vm;
+    Reader r("--vm " + std::string(text));
+    size_t i = 0;
+    bool any = false;
+    while (i < text.size()) {
+        size_t eq = text.find('=', i);
+        size_t comma = text.find(',', i);
+        if (eq == std::string_view::npos || (comma != std::string_view::npos && comma < eq))
+            throw ConfigError("--vm " + std::string(text) + ": expected key=value, got \"" +
+                              std::string(text.substr(i, comma == std::string_view::npos ? std::string_view::npos : comma - i)) + "\"");
+        std::string key(trim(text.substr(i, eq - i)));
+        i = eq + 1;
+        std::string value;
+        if (i < text.size() && text[i] == '"') {
+            ++i;
+            bool closed = false;
+            while (i < text.size()) {
+                char c = text[i++];
+                if (c == '\\' && i < text.size()) {
+                    value += text[i++];
+                } else if (c == '"') {
+                    closed = true;
+                    break;
+                } else {
+                    value += c;
+                }
+            }
+            if (!closed) throw ConfigError("--vm " + std::string(text) + ": unterminated quote in " + key);
+            if (i < text.size() && text[i] != ',')
+                throw ConfigError("--vm " + std::string(text) + ": expected ',' after the quoted value of " + key);
+        } else {
+            size_t end = text.find(',', i);
+            if (end == std::string_view::npos) end = text.size();
+            value = std::string(text.substr(i, end - i));
+            i = end;
+        }
+        if (i < text.size()) ++i;  // the comma
+        any = true;
+        if (key == "count" || key == "balloon_props")
+            throw ConfigError("--vm: \"" + key + "\" is only available in a config file");
+        if (std::find(kVmKeys.begin(), kVmKeys.end(), key) == kVmKeys.end())
+            throw ConfigError(unknown_key_message("--vm " + std::string(text), key, kVmKeys));
+        json v;
+        if (key == "balloon") {
+            if (value == "on" || value == "true" || value == "1") v = true;
+            else if (value == "off" || value == "false" || value == "0") v = false;
+            else r.fail(key, "expected on or off, got \"" + value + "\"");
+        } else if (key == "shares") {
+            if (value.empty() || value.size() > 9 ||
+                !std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; }))
+                r.fail(key, "expected a positive integer, got \"" + value + "\"");
+            v = static_cast<uint64_t>(std::stoull(value));
+        } else {
+            v = value;
+        }
+        apply_vm_key(vm, r, key, v);
+    }
+    if (!any) throw ConfigError("--vm: empty VM description");
+    return vm;
+}
+
+Config parse_config_json(std::string_view text, std::string_view origin) {
+    const std::string where(origin);
+    json doc;
+    try {
+        doc = json::parse(text.begin(), text.end(), nullptr, true, /*ignore_comments=*/true);
+    } catch (const json::parse_error& e) {
+        // nlohmann's message carries the byte offset; keep it, drop its exception-id prefix.
+        std::string what = e.what();
+        auto pos = what.find("parse error");
+        throw ConfigError(where + ": not valid JSON: " + (pos == std::string::npos ? what : what.substr(pos)));
+    }
+    Config cfg;
+    Reader r(where);
+    r.check_keys(doc, {"vms", "defaults", "budget", "qemu", "kernel", "accel", "duration",
+                       "interval", "grace", "qmp_timeout", "stats_interval", "csv", "plot",
+                       "run_dir", "status", "policy", "ksm"});
+    VmSpec defaults;
+    if (doc.contains("defaults")) {
+        Reader dr(where + ": defaults");
+        dr.check_keys(doc["defaults"], kVmKeys);
+        for (auto it = doc["defaults"].begin(); it != doc["defaults"].end(); ++it) {
+            if (it.key() == "name" || it.key() == "count") dr.fail(it.key(), "cannot be a default");
+            apply_vm_key(defaults, dr, it.key(), it.value());
+        }
+    }
+    for (auto it = doc.begin(); it != doc.end(); ++it) {
+        const std::string& k = it.key();
+        const json& v = it.value();
+        if (k == "vms") {
+            if (!v.is_array()) r.fail(k, "expected a list of VMs");
+            for (size_t i = 0; i < v.size(); ++i) {
+                Reader vr(where + ": vms[" + std::to_string(i) + "]");
+                vr.check_keys(v[i], kVmKeys);
+                VmSpec vm = defaults;
+                uint64_t count = 1;
+                for (auto f = v[i].begin(); f != v[i].end(); ++f) {
+                    if (f.key() == "count") count = vr.uint(f.value(), "count", 256);
+                    else apply_vm_key(vm, vr, f.key(), f.value());
+                }
+                if (count == 0) vr.fail("count", "must be at least 1");
+                if (vm.name.empty()) vm.name = "vm" + std::to_string(cfg.vms.size() + 1);
+                if (count == 1) {
+                    cfg.vms.push_back(vm);
+                } else {
+                    for (uint64_t n = 1; n <= count; ++n) {
+                        VmSpec copy = vm;
+                        copy.name = vm.name + std::to_string(n);
+                        cfg.vms.push_back(copy);
+                    }
+                }
+            }
+        } else if (k == "budget") cfg.budget = r.size(v, k);
+        else if (k == "qemu") cfg.qemu = r.str(v, k);
+        else if (k == "kernel") cfg.kernel = r.str(v, k);
+        else if (k == "accel") cfg.accel = r.str(v, k);
+        else if (k == "duration") cfg.duration = r.duration(v, k);
+        else if (k == "interval") cfg.interval = r.duration(v, k);
+        else if (k == "grace") cfg.grace = r.duration(v, k);
+        else if (k == "qmp_timeout") cfg.qmp_timeout = r.duration(v, k);
+        else if (k == "stats_interval") cfg.stats_interval_s = static_cast<unsigned>(r.uint(v, k, 3600));
+        else if (k == "csv") cfg.csv = r.str(v, k);
+        else if (k == "plot") cfg.plot = r.str(v, k);
+        else if (k == "run_dir") cfg.run_dir = r.str(v, k);
+        else if (k == "status") cfg.status = r.str(v, k);
+        else if (k == "policy") parse_policy(cfg.policy, v, where + ": policy");
+        else if (k == "ksm") parse_ksm(cfg.ksm, v, where + ": ksm");
+    }
+    return cfg;
+}
+
+Config load_config_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw ConfigError(path + ": cannot open: " + std::strerror(errno));
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    if (ss.str().size() > (1u << 20)) throw ConfigError(path + ": larger than 1 MiB, not a fleet file");
+    return parse_config_json(ss.str(), path);
+}
+
+void validate(const Config& c) {
+    if (c.vms.empty()) throw ConfigError("no VMs: give --vm or a config file with \"vms\"");
+    if (c.vms.size() > 256) throw ConfigError("too many VMs (" + std::to_string(c.vms.size()) + ", at most 256)");
+    std::set<std::string> names;
+    uint64_t total = 0, floors = 0;
+    for (const auto& vm : c.vms) {
+        const std::string where = "VM \"" + vm.name + "\"";
+        if (vm.name.empty() || vm.name.size() > 32 ||
+            !std::all_of(vm.name.begin(), vm.name.end(), [](char ch) {
+                return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_';
+            }))
+            throw ConfigError(where + ": a name is 1-32 letters, digits, '-' or '_'");
+        if (!names.insert(vm.name).second) throw ConfigError(where + ": duplicate name");
+        if (vm.app.empty() || std::any_of(vm.app.begin(), vm.app.end(), [](char ch) {
+                return std::isspace(static_cast<unsigned char>(ch)) || ch == '=' || ch == '"';
+            }))
+            throw ConfigError(where + ": invalid app name \"" + vm.app + "\"");
+        for (const auto& a : vm.args)
+            if (a.find_first_of("\"\n") != std::string::npos)
+                throw ConfigError(where + ": app argument \"" + a + "\" may not contain quotes or newlines");
+        if (vm.memory < (16ull << 20)) throw ConfigError(where + ": memory " + format_size(vm.memory) + " is below 16 MiB");
+        if (vm.memory > (1ull << 40)) throw ConfigError(where + ": memory " + format_size(vm.memory) + " is above 1 TiB");
+        if (vm.memory % (1ull << 20)) throw ConfigError(where + ": memory must be a whole number of MiB");
+        if (vm.min_memory > vm.memory)
+            throw ConfigError(where + ": min_memory " + format_size(vm.min_memory) + " is above its memory " + format_size(vm.memory));
+        if (vm.shares == 0) throw ConfigError(where + ": shares must be positive");
+        for (const auto& [k, v] : vm.balloon_props)
+            if (k.empty() || k.find_first_of(",= ") != std::string::npos || v.find(',') != std::string::npos)
+                throw ConfigError(where + ": invalid balloon property \"" + k + "=" + v + "\"");
+        total += vm.memory;
+        floors += std::max(vm.min_memory, c.policy.floor);
+    }
+    if (c.budget) {
+        if (*c.budget == 0) throw ConfigError("budget must be positive");
+        if (floors > *c.budget)
+            throw ConfigError("budget " + format_size(*c.budget) + " is below the VMs' floors (" + format_size(floors) + ")");
+    }
+    if (c.duration && c.duration->count() <= 0) throw ConfigError("duration must be positive");
+    if (c.interval < Millis(100)) throw ConfigError("interval must be at least 100ms");
+    if (c.qmp_timeout < Millis(100)) throw ConfigError("qmp_timeout must be at least 100ms");
+    if (c.accel != "tcg" && c.accel != "kvm") throw ConfigError("accel must be tcg or kvm, got \"" + c.accel + "\"");
+    if (c.status != "auto" && c.status != "tty" && c.status != "plain" && c.status != "off")
+        throw ConfigError("status must be auto, tty, plain or off, got \"" + c.status + "\"");
+    if (c.policy.name != "idle-tax" && c.policy.name != "none")
+        throw ConfigError("unknown policy \"" + c.policy.name + "\" (idle-tax or none)");
+    if (!(c.policy.tax_rate >= 0.0 && c.policy.tax_rate < 1.0))
+        throw ConfigError("policy tax_rate must be in [0, 1)");
+    if (!(c.policy.pressure_grow > 0.0 && c.policy.pressure_grow <= 1.0))
+        throw ConfigError("policy pressure_grow must be in (0, 1]");
+    if (c.policy.max_step == 0) throw ConfigError("policy max_step must be positive");
+    if (c.ksm.mode == KsmMode::Targeted && c.qemu == "stock")
+        throw ConfigError("--ksm targeted needs the patched QEMU (share-hints); stock QEMU cannot target KSM");
+    (void)total;
+}
+
+}  // namespace hangar

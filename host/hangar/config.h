@@ -1,0 +1,102 @@
+// Config: what a hangar run is asked to do, from a JSON file and/or command-line flags.
+//
+// Everything the user can get wrong is caught here, before a single QEMU starts, with a message
+// that names the file, the place in it and the offending value.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hangar {
+
+using Millis = std::chrono::milliseconds;
+
+struct ConfigError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+enum class Machine { Microvm, Q35, Pc };
+enum class KsmMode { Unchanged, Off, Blind, Targeted };
+enum class StartMode { Running, Paused };
+
+std::string_view to_string(Machine m);
+std::string_view to_string(KsmMode m);
+
+struct VmSpec {
+    std::string name;
+    std::string app = "hello";
+    std::vector<std::string> args;  // passed to the app on the kernel command line
+    uint64_t memory = 256ull << 20;
+    uint64_t min_memory = 0;  // policy floor; 0 = the policy's default floor
+    Machine machine = Machine::Microvm;
+    bool balloon = true;
+    // Paused VMs hold their memory and never run the guest: a fleet member that stays up without
+    // an app that waits (useful until `idle` exists, and for tests).
+    StartMode start = StartMode::Running;
+    unsigned shares = 1000;  // relative weight for the overcommit policy (ESX "shares")
+    std::string kernel;      // empty = the fleet's kernel
+    std::vector<std::string> qemu_args;                // appended verbatim
+    std::map<std::string, std::string> balloon_props;  // extra -device properties (patched QEMU)
+};
+
+struct PolicyConfig {
+    std::string name = "idle-tax";  // idle-tax | none
+    double tax_rate = 0.75;         // ESX's default idle memory tax
+    uint64_t floor = 32ull << 20;   // headroom kept above a guest's working set
+    uint64_t hysteresis = 16ull << 20;
+    uint64_t max_step = 256ull << 20;  // largest inflate per VM per period
+    double pressure_grow = 0.25;       // fraction of RAM handed back when a guest is under pressure
+};
+
+struct KsmConfig {
+    KsmMode mode = KsmMode::Unchanged;
+    std::optional<uint64_t> pages_to_scan;
+    std::optional<uint64_t> sleep_millisecs;
+    std::optional<uint64_t> merge_across_nodes;
+    std::optional<uint64_t> use_zero_pages;
+    std::string sysfs = "/sys/kernel/mm/ksm";  // a directory of the same shape, for tests
+};
+
+struct Config {
+    std::vector<VmSpec> vms;
+    std::optional<uint64_t> budget;  // host memory budget for all guests; none = no overcommit
+    std::string qemu = "auto";       // auto | stock | patched | a path
+    std::string kernel;              // empty = found next to the hangar binary
+    std::string accel = "tcg";
+    std::optional<Millis> duration;  // none = until every VM has exited
+    Millis interval{1000};           // metrics and policy period
+    Millis grace{5000};              // quit over QMP, then SIGKILL after this long
+    Millis qmp_timeout{10000};       // per command, and to connect
+    unsigned stats_interval_s = 1;   // guest-stats-polling-interval
+    std::string csv;
+    std::string plot;
+    std::string run_dir;             // empty = a fresh directory under $TMPDIR
+    std::string status = "auto";     // auto | tty | plain | off
+    PolicyConfig policy;
+    KsmConfig ksm;
+};
+
+// Parsing primitives, exposed for the flag parser and tests. All throw ConfigError.
+uint64_t parse_size(std::string_view text);        // "512M", "1G", "1.5GiB", "4096" (bytes)
+Millis parse_duration(std::string_view text);      // "60s", "500ms", "2m", "1h", "10" (seconds)
+Machine parse_machine(std::string_view text);
+KsmMode parse_ksm_mode(std::string_view text);
+std::string format_size(uint64_t bytes);           // "512 MiB", "1.5 GiB"
+
+// One `--vm name=a,app=idle,memory=512M,args="x=1 y=2"` flag.
+VmSpec parse_vm_flag(std::string_view text);
+
+// A whole fleet file. `origin` names it in messages.
+Config parse_config_json(std::string_view text, std::string_view origin);
+Config load_config_file(const std::string& path);
+
+// Cross-field checks (unique names, floors below memory, ...). Throws ConfigError.
+void validate(const Config& config);
+
+}  // namespace hangar

@@ -1,0 +1,92 @@
+// Fleet: runs the VMs of one Config to the end and says how each one ended.
+//
+// One thread, one epoll loop: SIGCHLD/SIGINT/SIGTERM arrive through a signalfd, each QMP
+// connection is a non-blocking socket, and periodic work (metrics, policy, QMP connect retries,
+// the duration, the shutdown grace period) are timers. A VM that dies, fails to start or loses
+// its QMP connection is reported and taken out; the others carry on.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "balloon_policy.h"
+#include "config.h"
+#include "event_loop.h"
+#include "ksm_control.h"
+#include "metrics.h"
+#include "qmp.h"
+#include "sharing_index.h"
+#include "vm_process.h"
+
+namespace hangar {
+
+// hangar's exit statuses (documented in docs/hangar.md and `hangar --help`).
+enum ExitStatus : int {
+    kExitOk = 0,
+    kExitVmFailed = 1,    // at least one VM ended badly (guest status != 0, killed, failed to start...)
+    kExitUsage = 2,       // bad command line or config: nothing was started
+    kExitEnvironment = 3, // run directory, KSM control or signal setup failed
+    kExitQmpErrors = 4,   // every VM ended well, but QMP commands failed along the way
+};
+
+// QEMU's guest-stats QOM property ({"stats": {"stat-free-memory": N, ...}, "last-update": T})
+// to GuestStats; values QEMU has never received are 2^64-1 and come back empty. Nothing when
+// the guest has never reported (last-update 0) or the value is malformed.
+std::optional<GuestStats> guest_stats_from_qom(const json& value);
+
+class Fleet {
+public:
+    Fleet(Config config, LaunchPlan plan, std::string run_dir, KsmControl* ksm);
+    ~Fleet();
+
+    // Runs until every VM has ended (or the duration passes, or a signal arrives) and everything
+    // is stopped. Returns the exit status.
+    int run();
+
+private:
+    struct Vm;
+    void launch(Vm& vm);
+    void try_connect(Vm& vm);
+    void on_qmp_ready(Vm& vm);
+    void on_qmp_closed(Vm& vm, const std::string& why);
+    void sync_watch(Vm& vm);
+    void reap_all();
+    void finish_vm(Vm& vm);
+    void sample();
+    void apply_policy();
+    void poll_guest_stats(Vm& vm);
+    void stop_all(const std::string& why);
+    void kill_all();
+    void handle_signals();
+    void qmp_problem(Vm& vm, const std::string& what);
+    bool any_running() const;
+    void report(const std::string& line);
+    void write_summary(int status);
+    int exit_status() const;
+    double now_s() const;
+
+    Config cfg_;
+    LaunchPlan plan_;
+    std::string run_dir_;
+    KsmControl* ksm_;
+    EventLoop loop_;
+    std::vector<std::unique_ptr<Vm>> vms_;
+    std::unique_ptr<BalloonPolicy> policy_;
+    MetricsSampler metrics_;
+    StatusView view_;
+    SharingIndex sharing_;
+    int signal_fd_ = -1;
+    bool stopping_ = false;
+    bool env_error_ = false;
+    int interrupted_by_ = 0;
+    std::string stop_reason_;
+    std::vector<std::string> ksm_restore_errors_;
+    Clock::time_point started_;
+    EventLoop::TimerId sample_timer_ = 0;
+};
+
+}  // namespace hangar

@@ -1,0 +1,246 @@
+// hangar: launches and manages a fleet of blimp VMs. See docs/hangar.md.
+#include <CLI/CLI.hpp>
+
+#include <cerrno>
+#include <climits>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "fleet.h"
+#include "ksm_control.h"
+#include "vm_process.h"
+
+namespace fs = std::filesystem;
+using namespace hangar;
+
+namespace {
+
+// The build directory hangar was built in (BUILD/host/hangar/hangar -> BUILD), where blimp.elf
+// and the patched QEMU live.
+fs::path build_dir() {
+    std::error_code ec;
+    fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (ec) return fs::current_path();
+    return exe.parent_path().parent_path().parent_path();
+}
+
+bool executable(const fs::path& p) { return ::access(p.c_str(), X_OK) == 0; }
+
+// Turns stock/patched/auto/PATH into a binary. A path is taken as given: if it cannot be
+// executed, each VM reports that it failed to start, which is the clearest place to say so.
+LaunchPlan resolve_plan(const Config& c) {
+    LaunchPlan plan;
+    const fs::path patched = build_dir() / "qemu" / "qemu-system-x86_64";
+    const std::string stock = executable("/usr/bin/qemu-system-x86_64") ? "/usr/bin/qemu-system-x86_64" : "qemu-system-x86_64";
+    if (c.qemu == "stock") {
+        plan.qemu = stock;
+    } else if (c.qemu == "patched") {
+        if (!executable(patched))
+            throw ConfigError("--qemu patched: " + patched.string() + " is not built (host/qemu/build.sh " +
+                              build_dir().string() + ")");
+        plan.qemu = patched;
+        plan.patched = true;
+    } else if (c.qemu == "auto") {
+        plan.patched = executable(patched);
+        plan.qemu = plan.patched ? patched.string() : stock;
+    } else {
+        plan.qemu = c.qemu;
+    }
+    fs::path kernel = c.kernel.empty() ? build_dir() / "blimp.elf" : fs::path(c.kernel);
+    if (!fs::exists(kernel)) throw ConfigError("kernel " + kernel.string() + " not found (make build, or --kernel PATH)");
+    plan.kernel = fs::absolute(kernel);
+    plan.accel = c.accel;
+    plan.ksm = c.ksm.mode;
+    if (c.ksm.mode == KsmMode::Targeted && !plan.patched)
+        throw ConfigError("--ksm targeted needs the patched QEMU (share-hints); " + plan.qemu + " is not it");
+    return plan;
+}
+
+std::string make_run_dir(const std::string& wanted) {
+    if (!wanted.empty()) {
+        std::error_code ec;
+        fs::create_directories(wanted, ec);
+        if (ec) throw std::runtime_error("cannot create run directory " + wanted + ": " + ec.message());
+        return fs::absolute(wanted);
+    }
+    const char* tmp = getenv("TMPDIR");
+    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/hangar-XXXXXX";
+    if (!mkdtemp(tmpl.data())) throw std::runtime_error("cannot create a run directory under " + tmpl + ": " + std::strerror(errno));
+    return tmpl;
+}
+
+struct RunFlags {
+    std::string config;
+    std::vector<std::string> vms;
+    std::string budget, qemu, kernel, duration, interval, grace, csv, plot, run_dir, ksm, ksm_sysfs, policy, status, accel;
+    std::optional<double> tax_rate;
+    std::optional<uint64_t> ksm_pages_to_scan, ksm_sleep_ms;
+    bool dry_run = false;
+};
+
+Config build_config(const RunFlags& f) {
+    Config c;
+    if (!f.config.empty()) c = load_config_file(f.config);
+    for (const auto& v : f.vms) c.vms.push_back(parse_vm_flag(v));
+    for (size_t i = 0; i < c.vms.size(); ++i)
+        if (c.vms[i].name.empty()) c.vms[i].name = "vm" + std::to_string(i + 1);
+    if (!f.budget.empty()) c.budget = parse_size(f.budget);
+    if (!f.qemu.empty()) c.qemu = f.qemu;
+    if (!f.kernel.empty()) c.kernel = f.kernel;
+    if (!f.duration.empty()) c.duration = parse_duration(f.duration);
+    if (!f.interval.empty()) c.interval = parse_duration(f.interval);
+    if (!f.grace.empty()) c.grace = parse_duration(f.grace);
+    if (!f.csv.empty()) c.csv = f.csv;
+    if (!f.plot.empty()) c.plot = f.plot;
+    if (!f.run_dir.empty()) c.run_dir = f.run_dir;
+    if (!f.ksm.empty()) c.ksm.mode = parse_ksm_mode(f.ksm);
+    if (!f.ksm_sysfs.empty()) c.ksm.sysfs = f.ksm_sysfs;
+    if (f.ksm_pages_to_scan) c.ksm.pages_to_scan = *f.ksm_pages_to_scan;
+    if (f.ksm_sleep_ms) c.ksm.sleep_millisecs = *f.ksm_sleep_ms;
+    if (!f.policy.empty()) c.policy.name = f.policy;
+    if (f.tax_rate) c.policy.tax_rate = *f.tax_rate;
+    if (!f.status.empty()) c.status = f.status;
+    if (!f.accel.empty()) c.accel = f.accel;
+    validate(c);
+    return c;
+}
+
+int do_run(const RunFlags& f) {
+    Config cfg;
+    LaunchPlan plan;
+    try {
+        cfg = build_config(f);
+        plan = resolve_plan(cfg);
+    } catch (const ConfigError& e) {
+        std::fprintf(stderr, "hangar: %s\n", e.what());
+        return kExitUsage;
+    }
+    if (f.dry_run) {
+        for (const auto& vm : cfg.vms) {
+            LaunchPlan p = plan;
+            p.qmp_socket = "RUN_DIR/" + vm.name + ".qmp";
+            p.serial_log = "RUN_DIR/" + vm.name + ".serial.log";
+            for (const auto& a : build_qemu_argv(vm, p)) std::printf("%s ", a.c_str());
+            std::printf("\n");
+        }
+        return kExitOk;
+    }
+    std::string run_dir;
+    try {
+        run_dir = make_run_dir(cfg.run_dir);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "hangar: %s\n", e.what());
+        return kExitEnvironment;
+    }
+    if (run_dir.size() + 40 > sizeof(sockaddr_un{}.sun_path)) {
+        std::fprintf(stderr, "hangar: run directory %s is too long for QMP unix socket paths\n", run_dir.c_str());
+        return kExitEnvironment;
+    }
+    if (!cfg.plot.empty() && cfg.csv.empty()) cfg.csv = run_dir + "/metrics.csv";
+    std::fprintf(stderr, "hangar: run directory %s, QEMU %s%s, kernel %s\n", run_dir.c_str(), plan.qemu.c_str(),
+                 plan.patched ? " (patched)" : "", plan.kernel.c_str());
+
+    // Signals must be blocked before any VM or KSM change exists, so a ^C at any point goes
+    // through the orderly path (the fleet reads them from a signalfd).
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int s : {SIGINT, SIGTERM, SIGCHLD}) sigaddset(&mask, s);
+    sigprocmask(SIG_BLOCK, &mask, nullptr);
+    std::signal(SIGPIPE, SIG_IGN);
+
+    KsmControl ksm(cfg.ksm.sysfs);
+    ksm.set_save_file(run_dir + "/ksm-saved.json");
+    std::string error;
+    if (!ksm.apply(cfg.ksm, error)) {
+        std::fprintf(stderr, "hangar: KSM: %s\n", error.c_str());
+        for (const auto& e : ksm.restore()) std::fprintf(stderr, "hangar: KSM restore failed: %s\n", e.c_str());
+        return kExitEnvironment;
+    }
+    if (cfg.ksm.mode != KsmMode::Unchanged)
+        std::fprintf(stderr, "hangar: KSM %s (settings saved in %s/ksm-saved.json, restored on exit)\n",
+                     std::string(to_string(cfg.ksm.mode)).c_str(), run_dir.c_str());
+    try {
+        Fleet fleet(cfg, plan, run_dir, &ksm);
+        return fleet.run();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "hangar: internal error: %s\n", e.what());
+        return kExitEnvironment;
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"hangar: launch and manage a fleet of blimp VMs (overcommit policy, KSM control, metrics)"};
+    app.require_subcommand(1);
+    app.footer(
+        "Exit status: 0 all VMs ended well (or were stopped by hangar); 1 a VM failed (guest status != 0,\n"
+        "unknown app, fault, QEMU died or failed to start, QMP lost); 2 bad command line or config;\n"
+        "3 environment (run directory, KSM, signals); 4 QMP commands failed but every VM ended well;\n"
+        "128+N stopped by signal N. See docs/hangar.md.");
+
+    RunFlags f;
+    auto* run = app.add_subcommand("run", "launch the fleet and manage it until it ends");
+    auto* check = app.add_subcommand("check", "validate a config (and flags), print the QEMU command lines");
+    for (auto* sub : {run, check}) {
+        sub->add_option("-c,--config", f.config, "fleet file (JSON)");
+        sub->add_option("--vm", f.vms, "a VM: name=a,app=hello,memory=512M,machine=microvm,args=\"x=1 y=2\" (repeatable)");
+        sub->add_option("--budget", f.budget, "host memory budget for all guests, e.g. 1G");
+        sub->add_option("--qemu", f.qemu, "stock | patched | auto | PATH (default auto: patched if built)");
+        sub->add_option("--kernel", f.kernel, "blimp.elf (default: next to the build)");
+        sub->add_option("--duration", f.duration, "stop everything after this long, e.g. 60s");
+        sub->add_option("--interval", f.interval, "metrics and policy period (default 1s)");
+        sub->add_option("--grace", f.grace, "time between QMP quit and SIGKILL (default 5s)");
+        sub->add_option("--csv", f.csv, "write metrics here (one row per VM per sample)");
+        sub->add_option("--plot", f.plot, "write a PNG plot of RSS and balloon per VM (gnuplot)");
+        sub->add_option("--run-dir", f.run_dir, "directory for QMP sockets and logs (default: fresh under $TMPDIR)");
+        sub->add_option("--ksm", f.ksm, "unchanged | off | blind | targeted");
+        sub->add_option("--ksm-pages-to-scan", f.ksm_pages_to_scan, "KSM pages_to_scan while running");
+        sub->add_option("--ksm-sleep-ms", f.ksm_sleep_ms, "KSM sleep_millisecs while running");
+        sub->add_option("--ksm-sysfs", f.ksm_sysfs, "KSM sysfs directory (default /sys/kernel/mm/ksm)");
+        sub->add_option("--policy", f.policy, "idle-tax | none");
+        sub->add_option("--tax-rate", f.tax_rate, "idle memory tax rate in [0,1) (default 0.75)");
+        sub->add_option("--status", f.status, "auto | tty | plain | off");
+        sub->add_option("--accel", f.accel, "tcg (default) | kvm");
+    }
+    run->add_flag("--dry-run", f.dry_run, "print the QEMU command lines and exit");
+
+    std::string restore_file, restore_sysfs;
+    auto* restore = app.add_subcommand("ksm-restore", "put back KSM settings saved by a hangar that did not exit cleanly");
+    restore->add_option("file", restore_file, "RUN_DIR/ksm-saved.json")->required();
+    restore->add_option("--ksm-sysfs", restore_sysfs, "KSM sysfs directory (default: as saved)");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        app.exit(e);
+        return kExitUsage;
+    }
+    try {
+        if (*run) return do_run(f);
+        if (*check) {
+            f.dry_run = true;
+            return do_run(f);
+        }
+        if (*restore) {
+            auto failures = KsmControl::restore_from_file(restore_file, restore_sysfs);
+            for (const auto& e : failures) std::fprintf(stderr, "hangar: %s\n", e.c_str());
+            if (failures.empty()) std::fprintf(stderr, "hangar: KSM settings restored from %s\n", restore_file.c_str());
+            return failures.empty() ? kExitOk : kExitEnvironment;
+        }
+    } catch (const ConfigError& e) {
+        std::fprintf(stderr, "hangar: %s\n", e.what());
+        return kExitUsage;
+    }
+    return kExitUsage;
+}

@@ -1,0 +1,203 @@
+#include "metrics.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "vm_process.h"
+
+namespace hangar {
+
+namespace {
+
+std::string cell(const std::optional<uint64_t>& v) { return v ? std::to_string(*v) : ""; }
+
+std::string mib(const std::optional<uint64_t>& v) {
+    return v ? std::to_string(*v >> 20) : "-";
+}
+
+}  // namespace
+
+const std::vector<std::string>& csv_columns() {
+    static const std::vector<std::string> cols = {
+        "time_s", "vm", "pid", "state", "memory_bytes", "rss_bytes", "balloon_actual_bytes",
+        "balloon_target_bytes", "guest_free_bytes", "guest_available_bytes", "guest_total_bytes",
+        "guest_disk_caches_bytes", "guest_major_faults", "guest_minor_faults", "guest_swap_in",
+        "guest_swap_out", "guest_alloc_stalls", "guest_stats_update", "vm_ksm_merging_pages",
+        "ksm_pages_shared", "ksm_pages_sharing", "ksm_pages_unshared", "ksm_pages_volatile",
+        "ksm_full_scans", "ksm_pages_scanned", "ksmd_cpu_s"};
+    return cols;
+}
+
+MetricsSampler::MetricsSampler(const KsmControl* ksm, std::string proc_root)
+    : ksm_(ksm), proc_(std::move(proc_root)) {}
+
+MetricsSampler::~MetricsSampler() {
+    if (csv_) std::fclose(csv_);
+}
+
+bool MetricsSampler::open_csv(const std::string& path, std::string& error) {
+    csv_ = std::fopen(path.c_str(), "w");
+    if (!csv_) {
+        error = "cannot create " + path + ": " + std::strerror(errno);
+        return false;
+    }
+    const auto& cols = csv_columns();
+    for (size_t i = 0; i < cols.size(); ++i) std::fprintf(csv_, "%s%s", i ? "," : "", cols[i].c_str());
+    std::fprintf(csv_, "\n");
+    std::fflush(csv_);
+    return true;
+}
+
+void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
+    KsmCounters ksm;
+    if (ksm_) ksm = ksm_->counters();
+    if (!have_ksm_) {
+        first_ksm_ = ksm;
+        have_ksm_ = true;
+    }
+    last_ksm_ = ksm;
+    for (auto& s : samples) {
+        if (s.pid > 0 && !s.rss) s.rss = read_rss(s.pid, proc_);
+        if (s.pid > 0 && !s.ksm_merging_pages) s.ksm_merging_pages = read_ksm_merging_pages(s.pid, proc_);
+        auto& sum = summary_[s.vm];
+        sum.memory = s.memory;
+        if (s.rss) {
+            sum.peak_rss = std::max(sum.peak_rss, *s.rss);
+            sum.last_rss = *s.rss;
+        }
+        if (s.balloon_actual) {
+            sum.last_actual = s.balloon_actual;
+            sum.min_actual = sum.min_actual ? std::min(*sum.min_actual, *s.balloon_actual) : *s.balloon_actual;
+        }
+        if (!csv_) continue;
+        const GuestStats g = s.stats.value_or(GuestStats{});
+        std::string row = std::to_string(t).substr(0, std::to_string(t).find('.') + 4);
+        auto add = [&row](const std::string& v) { row += "," + v; };
+        add(s.vm);
+        add(s.pid > 0 ? std::to_string(s.pid) : "");
+        add(s.state);
+        add(std::to_string(s.memory));
+        add(cell(s.rss));
+        add(cell(s.balloon_actual));
+        add(cell(s.balloon_target));
+        add(cell(g.free_memory));
+        add(cell(g.available_memory));
+        add(cell(g.total_memory));
+        add(cell(g.disk_caches));
+        add(cell(g.major_faults));
+        add(cell(g.minor_faults));
+        add(cell(g.swap_in));
+        add(cell(g.swap_out));
+        add(cell(g.htlb_pgfail));
+        add(s.stats ? std::to_string(g.last_update) : "");
+        add(cell(s.ksm_merging_pages));
+        for (const char* k : {"pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "full_scans", "pages_scanned"})
+            add(ksm.values.count(k) ? std::to_string(ksm.values.at(k)) : "");
+        if (ksm.ksmd_cpu_seconds) {
+            char buf[32];
+            std::snprintf(buf, sizeof buf, "%.2f", *ksm.ksmd_cpu_seconds);
+            add(buf);
+        } else {
+            add("");
+        }
+        std::fprintf(csv_, "%s\n", row.c_str());
+        ++rows_;
+    }
+    if (csv_) std::fflush(csv_);
+}
+
+bool write_plot(const std::string& csv_path, const std::string& png_path, const std::vector<std::string>& vms,
+                std::string& error) {
+    const std::string script = png_path + ".gp";
+    {
+        std::ofstream gp(script, std::ios::trunc);
+        if (!gp) {
+            error = "cannot create " + script;
+            return false;
+        }
+        // Column numbers follow csv_columns(): 1 time, 2 vm, 6 rss, 7 balloon actual.
+        gp << "set terminal pngcairo size 1200,700 noenhanced\n"
+           << "set output '" << png_path << "'\n"
+           << "set datafile separator ','\n"
+           << "set key outside right\n"
+           << "set xlabel 'time (s)'\nset ylabel 'MiB'\n"
+           << "set title 'hangar: QEMU RSS (solid) and balloon size (dashed) per VM'\n"
+           << "set grid\n";
+        if (vms.empty()) {
+            gp << "set xrange [0:1]\nplot 0 title 'no VMs'\n";
+        } else {
+            gp << "plot ";
+            for (size_t i = 0; i < vms.size(); ++i) {
+                const std::string sel = "(strcol(2) eq '" + vms[i] + "' ? ";
+                if (i) gp << ", \\\n     ";
+                gp << "'" << csv_path << "' every ::1 using 1:" << sel << "$6/1048576.0 : 1/0) with lines lw 2 lc "
+                   << i + 1 << " title '" << vms[i] << " rss', \\\n     '" << csv_path << "' every ::1 using 1:" << sel
+                   << "$7/1048576.0 : 1/0) with lines dt 2 lc " << i + 1 << " title '" << vms[i] << " balloon'";
+            }
+            gp << "\n";
+        }
+    }
+    std::string cmd = "gnuplot '" + script + "' 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) {
+        error = "cannot run gnuplot";
+        return false;
+    }
+    std::string out;
+    char buf[512];
+    while (std::fgets(buf, sizeof buf, p)) out += buf;
+    int rc = pclose(p);
+    if (rc != 0) {
+        error = "gnuplot failed (" + std::to_string(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1) + "): " + out.substr(0, 400);
+        return false;
+    }
+    return true;
+}
+
+StatusView::Mode StatusView::choose(const std::string& setting, int fd) {
+    if (setting == "off") return Mode::Off;
+    if (setting == "plain") return Mode::Plain;
+    if (setting == "tty") return Mode::Tty;
+    const char* term = getenv("TERM");
+    return isatty(fd) && term && std::strcmp(term, "dumb") != 0 ? Mode::Tty : Mode::Plain;
+}
+
+void StatusView::show(const std::vector<std::string>& lines) {
+    if (mode_ == Mode::Off) return;
+    if (mode_ == Mode::Tty) {
+        // Cursor up over the previous block, then rewrite each line and clear its tail.
+        if (drawn_) std::fprintf(out_, "\033[%zuA", drawn_);
+        for (const auto& l : lines) std::fprintf(out_, "\r%s\033[K\n", l.c_str());
+        for (size_t i = lines.size(); i < drawn_; ++i) std::fprintf(out_, "\r\033[K\n");
+        drawn_ = std::max(drawn_, lines.size());
+    } else {
+        for (const auto& l : lines) std::fprintf(out_, "%s\n", l.c_str());
+    }
+    std::fflush(out_);
+}
+
+void StatusView::message(const std::string& line) {
+    if (mode_ == Mode::Tty && drawn_) {
+        std::fprintf(out_, "\033[%zuA\r\033[J", drawn_);
+        drawn_ = 0;
+    }
+    std::fprintf(out_, "%s\n", line.c_str());
+    std::fflush(out_);
+}
+
+std::string StatusView::format_line(const VmSample& s) {
+    char buf[256];
+    std::string free = s.stats && s.stats->available_memory ? mib(s.stats->available_memory)
+                       : s.stats                           ? mib(s.stats->free_memory)
+                                                           : "-";
+    std::snprintf(buf, sizeof buf, "%-12s %-9s pid %-7s rss %6s MiB  balloon %6s/%-6s MiB  target %6s  guest-avail %6s MiB",
+                  s.vm.c_str(), s.state.c_str(), s.pid > 0 ? std::to_string(s.pid).c_str() : "-", mib(s.rss).c_str(),
+                  mib(s.balloon_actual).c_str(), std::to_string(s.memory >> 20).c_str(), mib(s.balloon_target).c_str(),
+                  free.c_str());
+    return buf;
+}
+
+}  // namespace hangar

@@ -1,0 +1,89 @@
+// MetricsSampler: what each VM costs the host over time, as CSV rows and a gnuplot plot.
+// StatusView: the same numbers as one live line per VM.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <optional>
+#include <string>
+#include <sys/types.h>
+#include <vector>
+
+#include "balloon_policy.h"
+#include "ksm_control.h"
+
+namespace hangar {
+
+struct VmSample {
+    std::string vm;
+    pid_t pid = -1;
+    std::string state;
+    uint64_t memory = 0;
+    std::optional<uint64_t> rss;
+    std::optional<uint64_t> balloon_actual;
+    std::optional<uint64_t> balloon_target;
+    std::optional<GuestStats> stats;
+    std::optional<uint64_t> ksm_merging_pages;
+};
+
+// The CSV's columns, in order (documented in docs/hangar.md).
+const std::vector<std::string>& csv_columns();
+
+class MetricsSampler {
+public:
+    explicit MetricsSampler(const KsmControl* ksm, std::string proc_root = "/proc");
+    ~MetricsSampler();
+    MetricsSampler(const MetricsSampler&) = delete;
+    MetricsSampler& operator=(const MetricsSampler&) = delete;
+
+    bool open_csv(const std::string& path, std::string& error);
+    // Completes the samples from /proc (RSS, KSM merging pages of live pids), reads the KSM
+    // counters, writes one CSV row per VM and updates the running summary.
+    void record(double time_s, std::vector<VmSample>& samples);
+
+    struct VmSummary {
+        uint64_t peak_rss = 0;
+        uint64_t last_rss = 0;
+        uint64_t memory = 0;
+        std::optional<uint64_t> min_actual;
+        std::optional<uint64_t> last_actual;
+    };
+    const std::map<std::string, VmSummary>& summary() const { return summary_; }
+    const KsmCounters& first_ksm() const { return first_ksm_; }
+    const KsmCounters& last_ksm() const { return last_ksm_; }
+    size_t rows() const { return rows_; }
+
+private:
+    const KsmControl* ksm_;
+    std::string proc_;
+    FILE* csv_ = nullptr;
+    std::map<std::string, VmSummary> summary_;
+    KsmCounters first_ksm_, last_ksm_;
+    bool have_ksm_ = false;
+    size_t rows_ = 0;
+};
+
+// Writes a gnuplot script next to the PNG and runs gnuplot on the CSV: RSS and balloon size per
+// VM over time. Returns false with `error` when gnuplot is missing or fails.
+bool write_plot(const std::string& csv_path, const std::string& png_path,
+                const std::vector<std::string>& vms, std::string& error);
+
+class StatusView {
+public:
+    enum class Mode { Tty, Plain, Off };
+    StatusView(Mode mode, FILE* out) : mode_(mode), out_(out) {}
+    static Mode choose(const std::string& setting, int fd);
+    // Tty: redraws the block in place. Plain: prints the lines.
+    void show(const std::vector<std::string>& lines);
+    // Prints a message above the live block (so it is not overdrawn).
+    void message(const std::string& line);
+    static std::string format_line(const VmSample& s);
+
+private:
+    Mode mode_;
+    FILE* out_;
+    size_t drawn_ = 0;
+};
+
+}  // namespace hangar

@@ -1,0 +1,269 @@
+#include "vm_process.h"
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <sstream>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace hangar {
+
+namespace {
+
+std::string mib_arg(uint64_t bytes) { return std::to_string(bytes >> 20) + "M"; }
+
+// The line of `text` that contains `needle`, trimmed, or "".
+std::string line_with(const std::string& text, std::string_view needle) {
+    size_t pos = text.find(needle);
+    if (pos == std::string::npos) return "";
+    size_t begin = text.rfind('\n', pos);
+    begin = begin == std::string::npos ? 0 : begin + 1;
+    size_t end = text.find('\n', pos);
+    std::string line = text.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    return line;
+}
+
+std::string last_line(const std::string& text) {
+    size_t end = text.find_last_not_of("\r\n ");
+    if (end == std::string::npos) return "";
+    size_t begin = text.rfind('\n', end);
+    begin = begin == std::string::npos ? 0 : begin + 1;
+    return text.substr(begin, end + 1 - begin);
+}
+
+}  // namespace
+
+std::vector<std::string> build_qemu_argv(const VmSpec& vm, const LaunchPlan& plan) {
+    std::vector<std::string> a = {plan.qemu, "-name", vm.name};
+    std::string machine(to_string(vm.machine));
+    // QEMU's own blind KSM (mem-merge) is on by default; other modes must switch it off.
+    if (plan.ksm == KsmMode::Off || plan.ksm == KsmMode::Targeted) machine += ",mem-merge=off";
+    a.insert(a.end(), {"-M", machine, "-accel", plan.accel, "-m", mib_arg(vm.memory), "-smp", "1",
+                       "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                       // Start stopped: hangar connects QMP and sets up stats before the guest runs.
+                       "-S",
+                       "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                       "-serial", "file:" + plan.serial_log,
+                       "-qmp", "unix:" + plan.qmp_socket + ",server=on,wait=off"});
+    if (vm.machine != Machine::Microvm) a.insert(a.end(), {"-bios", "/usr/share/qemu/qboot.rom"});
+    std::string cmdline = "app=" + vm.app;
+    for (const auto& arg : vm.args) cmdline += " " + arg;
+    a.insert(a.end(), {"-kernel", vm.kernel.empty() ? plan.kernel : vm.kernel, "-append", cmdline});
+    if (vm.balloon) {
+        std::string dev = vm.machine == Machine::Microvm ? "virtio-balloon-device" : "virtio-balloon-pci";
+        dev += std::string(",id=") + kBalloonId;
+        auto props = vm.balloon_props;
+        if (plan.ksm == KsmMode::Targeted && plan.patched && !props.count("share-hints")) props["share-hints"] = "on";
+        for (const auto& [k, v] : props) dev += "," + k + "=" + v;
+        a.insert(a.end(), {"-device", dev});
+    }
+    a.insert(a.end(), vm.qemu_args.begin(), vm.qemu_args.end());
+    return a;
+}
+
+bool VmExit::ok() const {
+    return (kind == Kind::GuestExit && guest_status == 0) || kind == Kind::Stopped ||
+           (kind == Kind::QemuExit && exit_code == 0);
+}
+
+std::string_view VmExit::kind_name(Kind k) {
+    switch (k) {
+    case Kind::GuestExit: return "exited";
+    case Kind::UnknownApp: return "unknown-app";
+    case Kind::GuestFault: return "guest-fault";
+    case Kind::QemuExit: return "qemu-exit";
+    case Kind::QemuError: return "qemu-error";
+    case Kind::Signaled: return "killed";
+    case Kind::Stopped: return "stopped";
+    case Kind::FailedToStart: return "failed-to-start";
+    }
+    return "?";
+}
+
+std::string VmExit::describe() const {
+    std::string s;
+    switch (kind) {
+    case Kind::GuestExit: s = "guest exited with status " + std::to_string(guest_status); break;
+    case Kind::UnknownApp: s = "unknown app (guest exited with status 2)"; break;
+    case Kind::GuestFault: s = "guest faulted or panicked (status 125)"; break;
+    case Kind::QemuExit:
+        s = exit_code == 0 ? "QEMU exited (guest powered off without a status)"
+                           : "QEMU exited with " + std::to_string(exit_code);
+        break;
+    case Kind::QemuError: s = "QEMU failed with exit code " + std::to_string(exit_code); break;
+    case Kind::Signaled:
+        s = "QEMU was killed by signal " + std::to_string(signal) + " (" + strsignal(signal) + "), not by hangar";
+        break;
+    case Kind::Stopped: s = "stopped by hangar"; break;
+    case Kind::FailedToStart: s = "QEMU failed to start"; break;
+    }
+    if (!detail.empty()) s += ": " + detail;
+    return s;
+}
+
+VmExit decode_exit(int ws, const std::string& serial, const std::string& qemu_log, bool stopping) {
+    VmExit e;
+    if (WIFSIGNALED(ws)) {
+        e.signal = WTERMSIG(ws);
+        e.kind = stopping && (e.signal == SIGKILL || e.signal == SIGTERM) ? VmExit::Kind::Stopped
+                                                                          : VmExit::Kind::Signaled;
+        return e;
+    }
+    e.exit_code = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
+    if (e.exit_code >= 0 && (e.exit_code & 1)) {
+        // isa-debug-exit: QEMU leaves with (status << 1) | 1.
+        e.guest_status = e.exit_code >> 1;
+        e.kind = VmExit::Kind::GuestExit;
+        if (e.guest_status == 2) {
+            std::string line = line_with(serial, "unknown app");
+            if (!line.empty()) {
+                e.kind = VmExit::Kind::UnknownApp;
+                // The guest follows with the list of apps; the line up to there is the message.
+                e.detail = line.substr(0, line.find(". Available"));
+            }
+        } else if (e.guest_status == 125) {
+            e.kind = VmExit::Kind::GuestFault;
+            for (auto needle : {"CPU exception", "panic", "PANIC"}) {
+                e.detail = line_with(serial, needle);
+                if (!e.detail.empty()) break;
+            }
+        }
+        return e;
+    }
+    if (e.exit_code == 0) {
+        e.kind = stopping ? VmExit::Kind::Stopped : VmExit::Kind::QemuExit;
+        return e;
+    }
+    e.kind = VmExit::Kind::QemuError;
+    e.detail = last_line(qemu_log);
+    return e;
+}
+
+VmProcess::~VmProcess() {
+    // Never leave a QEMU behind, whatever path brought us here.
+    if (running()) {
+        ::kill(pid_, SIGKILL);
+        int ws;
+        waitpid(pid_, &ws, 0);
+    }
+}
+
+bool VmProcess::spawn(const std::vector<std::string>& argv, const std::string& log_path, std::string& error) {
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) < 0) {
+        error = std::string("pipe: ") + std::strerror(errno);
+        return false;
+    }
+    int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (log < 0) {
+        error = "cannot create " + log_path + ": " + std::strerror(errno);
+        ::close(pipefd[0]);
+        ::close(pipefd[1]);
+        return false;
+    }
+    std::vector<char*> cargv;
+    for (const auto& s : argv) cargv.push_back(const_cast<char*>(s.c_str()));
+    cargv.push_back(nullptr);
+    const pid_t parent = getpid();
+
+    pid_t pid = fork();
+    if (pid < 0) {
+        error = std::string("fork: ") + std::strerror(errno);
+        ::close(pipefd[0]);
+        ::close(pipefd[1]);
+        ::close(log);
+        return false;
+    }
+    if (pid == 0) {
+        // Own process group: a terminal ^C reaches hangar only, which then stops VMs in order.
+        setpgid(0, 0);
+        // If hangar dies without cleaning up (SIGKILL), its QEMUs die with it.
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, nullptr);
+        for (int s : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE}) ::signal(s, SIG_DFL);
+        int devnull = ::open("/dev/null", O_RDONLY);
+        if (devnull >= 0) dup2(devnull, 0);
+        dup2(log, 1);
+        dup2(log, 2);
+        if (argv[0].find('/') != std::string::npos) execv(cargv[0], cargv.data());
+        else execvp(cargv[0], cargv.data());
+        int e = errno;
+        ssize_t ignored = write(pipefd[1], &e, sizeof e);
+        (void)ignored;
+        _exit(127);
+    }
+    ::close(pipefd[1]);
+    ::close(log);
+    int child_errno = 0;
+    ssize_t n;
+    do {
+        n = read(pipefd[0], &child_errno, sizeof child_errno);
+    } while (n < 0 && errno == EINTR);
+    ::close(pipefd[0]);
+    pid_ = pid;
+    if (n == static_cast<ssize_t>(sizeof child_errno)) {
+        int ws;
+        waitpid(pid, &ws, 0);
+        reaped_ = true;
+        wait_status_ = ws;
+        error = "cannot execute " + argv[0] + ": " + std::strerror(child_errno);
+        return false;
+    }
+    return true;
+}
+
+bool VmProcess::try_reap() {
+    if (pid_ <= 0 || reaped_) return reaped_;
+    int ws;
+    pid_t r = waitpid(pid_, &ws, WNOHANG);
+    if (r == pid_) {
+        reaped_ = true;
+        wait_status_ = ws;
+    }
+    return reaped_;
+}
+
+void VmProcess::signal(int sig) {
+    if (running()) ::kill(pid_, sig);
+}
+
+std::optional<uint64_t> read_rss(pid_t pid, const std::string& proc_root) {
+    std::ifstream in(proc_root + "/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind("VmRSS:", 0) == 0) {
+            std::istringstream ss(line.substr(6));
+            uint64_t kib = 0;
+            if (ss >> kib) return kib * 1024;
+        }
+    }
+    return std::nullopt;
+}
+
+std::optional<uint64_t> read_ksm_merging_pages(pid_t pid, const std::string& proc_root) {
+    std::ifstream in(proc_root + "/" + std::to_string(pid) + "/ksm_merging_pages");
+    uint64_t v;
+    if (in >> v) return v;
+    return std::nullopt;
+}
+
+std::string read_file_tail(const std::string& path, size_t max_bytes) {
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    if (!in) return "";
+    auto size = static_cast<size_t>(in.tellg());
+    size_t start = size > max_bytes ? size - max_bytes : 0;
+    in.seekg(static_cast<std::streamoff>(start));
+    std::string out(size - start, '\0');
+    in.read(out.data(), static_cast<std::streamsize>(out.size()));
+    return out;
+}
+
+}  // namespace hangar

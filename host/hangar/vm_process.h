@@ -1,0 +1,88 @@
+// VmProcess: one QEMU under hangar's supervision: its command line, its process, how it ended.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <sys/types.h>
+#include <vector>
+
+#include "config.h"
+
+namespace hangar {
+
+// Where a VM's files live and which QEMU runs it.
+struct LaunchPlan {
+    std::string qemu;         // resolved binary path
+    bool patched = false;     // the Blimp patch series (extension properties available)
+    std::string kernel;       // resolved blimp.elf
+    std::string qmp_socket;
+    std::string serial_log;
+    std::string accel = "tcg";
+    KsmMode ksm = KsmMode::Unchanged;
+};
+
+// The device id hangar gives the balloon, so its QOM path is known without qom-list.
+inline constexpr const char* kBalloonId = "balloon0";
+inline constexpr const char* kBalloonPath = "/machine/peripheral/balloon0";
+
+// QEMU's argv (argv[0] = the binary). Pure: unit-tested.
+std::vector<std::string> build_qemu_argv(const VmSpec& vm, const LaunchPlan& plan);
+
+// How a VM ended, in words a user can act on.
+struct VmExit {
+    enum class Kind {
+        GuestExit,     // the app returned a status through isa-debug-exit
+        UnknownApp,    // the guest said "unknown app" (status 2)
+        GuestFault,    // CPU exception or panic (status 125)
+        QemuExit,      // QEMU exited on its own without a guest status (0: quit/poweroff)
+        QemuError,     // QEMU exited with an error of its own (bad arguments, ...)
+        Signaled,      // killed by a signal hangar did not send
+        Stopped,       // stopped by hangar (quit over QMP or its signals at shutdown)
+        FailedToStart, // fork/exec failed
+    };
+    Kind kind = Kind::QemuExit;
+    int guest_status = -1;
+    int exit_code = -1;
+    int signal = 0;
+    std::string detail;  // a line from the serial log or QEMU's stderr that explains it
+    bool ok() const;
+    std::string describe() const;
+    static std::string_view kind_name(Kind k);
+};
+
+// Decodes waitpid status with the evidence from the serial log and QEMU's stderr.
+// `stopping` says hangar asked it to stop, so SIGTERM/SIGKILL and a plain exit are expected.
+VmExit decode_exit(int wait_status, const std::string& serial, const std::string& qemu_log, bool stopping);
+
+class VmProcess {
+public:
+    VmProcess() = default;
+    ~VmProcess();
+    VmProcess(const VmProcess&) = delete;
+    VmProcess& operator=(const VmProcess&) = delete;
+
+    // Forks and execs. stdout/stderr go to `log_path`. Returns false with `error` set when the
+    // binary cannot be executed (reported through a close-on-exec pipe, so it is exact).
+    bool spawn(const std::vector<std::string>& argv, const std::string& log_path, std::string& error);
+    // Non-blocking reap; returns true once the process is gone (wait_status() valid).
+    bool try_reap();
+    void signal(int sig);
+    pid_t pid() const { return pid_; }
+    bool running() const { return pid_ > 0 && !reaped_; }
+    int wait_status() const { return wait_status_; }
+
+private:
+    pid_t pid_ = -1;
+    bool reaped_ = false;
+    int wait_status_ = 0;
+};
+
+// Resident set size of a process in bytes (VmRSS), or nothing if it is gone.
+std::optional<uint64_t> read_rss(pid_t pid, const std::string& proc_root = "/proc");
+// /proc/<pid>/ksm_merging_pages (Linux 5.19+), or nothing.
+std::optional<uint64_t> read_ksm_merging_pages(pid_t pid, const std::string& proc_root = "/proc");
+
+std::string read_file_tail(const std::string& path, size_t max_bytes);
+
+}  // namespace hangar
