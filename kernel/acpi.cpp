@@ -45,15 +45,15 @@ const Rsdp* scan_rsdp(uint64_t start, uint64_t end) {
 void parse_madt(const SdtHeader* h) {
   auto* base = reinterpret_cast<const uint8_t*>(h);
   g_info.lapic_base = *reinterpret_cast<const uint32_t*>(base + 36);
-  bool have_ioapic = false;
+  int ioapics = 0;
   for (uint32_t off = 44; off + 2 <= h->length;) {
     uint8_t type = base[off], len = base[off + 1];
     if (len < 2 || off + len > h->length) break;
     const uint8_t* e = base + off;
-    if (type == 1 && len >= 12 && !have_ioapic) {  // I/O APIC: take the first
-      g_info.ioapic_base = *reinterpret_cast<const uint32_t*>(e + 4);
-      g_info.ioapic_gsi_base = *reinterpret_cast<const uint32_t*>(e + 8);
-      have_ioapic = true;
+    if (type == 1 && len >= 12 && ioapics < PlatformInfo::kMaxIoApics) {  // I/O APIC
+      g_info.ioapics[ioapics].base = *reinterpret_cast<const uint32_t*>(e + 4);
+      g_info.ioapics[ioapics].gsi_base = *reinterpret_cast<const uint32_t*>(e + 8);
+      ioapics++;
     } else if (type == 2 && len >= 10) {  // interrupt source override
       uint8_t irq = e[3];
       if (irq < 16) {
@@ -65,6 +65,7 @@ void parse_madt(const SdtHeader* h) {
     }
     off += len;
   }
+  if (ioapics) g_info.ioapic_count = ioapics;
 }
 
 void parse_fadt(const SdtHeader* h) {

@@ -20,8 +20,13 @@ struct [[gnu::packed]] SdtHeader {
 
 struct PlatformInfo {
   uint64_t lapic_base = 0xfee00000;
-  uint64_t ioapic_base = 0xfec00000;
-  uint32_t ioapic_gsi_base = 0;
+  // I/O APICs (microvm has a second one for virtio-mmio interrupts at GSI 24 and up).
+  static constexpr int kMaxIoApics = 4;
+  struct IoApic {
+    uint64_t base;
+    uint32_t gsi_base;
+  } ioapics[kMaxIoApics] = {{0xfec00000, 0}};
+  int ioapic_count = 1;
   // ISA IRQ -> GSI overrides from the MADT (identity unless overridden).
   uint32_t isa_gsi[16];
   uint16_t isa_flags[16];

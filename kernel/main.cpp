@@ -98,7 +98,9 @@ extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) 
   acpi::init(g_boot.rsdp);  // before protect_null_page: the RSDP scan reads the BIOS data area
   paging::protect_null_page();
   const auto& platform = acpi::platform();
-  arch::apic::init(platform.lapic_base, platform.ioapic_base, platform.ioapic_gsi_base);
+  arch::apic::init(platform.lapic_base);
+  for (int i = 0; i < platform.ioapic_count; i++)
+    arch::apic::add_ioapic(platform.ioapics[i].base, platform.ioapics[i].gsi_base);
   init_memory(g_boot);
   run_global_constructors();
   timer::init();

@@ -63,6 +63,7 @@ class [[nodiscard]] ErrorOr<void> {
   bool is_error() const { return has_error_; }
   explicit operator bool() const { return !has_error_; }
   Error error() const { return error_; }
+  void release_value() {}  // lets TRY() work on ErrorOr<void>
 
  private:
   Error error_{};

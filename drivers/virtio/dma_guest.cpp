@@ -1,14 +1,12 @@
 // The guest's DmaAllocator: a page pool in .bss (always there, identity mapped, never handed to
-// the page allocator), with the kernel's early heap as overflow. Virtqueue rings are allocated at
+// the page allocator), with the page allocator as overflow. Virtqueue rings are allocated at
 // device probe time and live as long as the device, so the pool sees few frees.
-// TODO(mm): back this with mm::pages().alloc_pages(order, Owner::Kernel, AllocFlags::Zero) once
-// mm/ has landed, keeping the pool for devices probed before mm is up.
 #include <cstring>
 
 #include "drivers/log.h"
 #include "drivers/virtio/dma.h"
 #include "kernel/memory.h"
-#include "kernel/memory_init.h"
+#include "mm/mm.h"
 #include "lib/spinlock.h"
 
 namespace blimp::virtio {
@@ -37,19 +35,22 @@ class GuestDma final : public DmaAllocator {
         }
       }
     }
-    void* p = early_heap_alloc(pages * kPageSize, kPageSize);
-    if (!p) {
+    auto r = mm::pages().alloc_run(pages, mm::Owner::Kernel,
+                                   mm::AllocFlags(mm::kAllocZero | mm::kAllocNoReclaim));
+    if (r.is_error()) {
       drivers::log("virtio: out of DMA memory (%zu pages)\n", pages);
       return Error::NoMemory;
     }
-    memset(p, 0, pages * kPageSize);
-    return DmaRegion{p, virt_to_phys(p), pages * kPageSize};
+    return DmaRegion{phys_to_virt(r.value()), r.value(), pages * kPageSize};
   }
 
   void free(const DmaRegion& r) override {
     auto* p = static_cast<uint8_t*>(r.virt);
     auto* base = &pool_[0][0];
-    if (p < base || p >= base + sizeof pool_) return;  // early heap memory is never returned
+    if (p < base || p >= base + sizeof pool_) {
+      mm::pages().free_run(r.phys, r.size / kPageSize);
+      return;
+    }
     SpinLockGuard guard(lock_);
     size_t first = size_t(p - base) / kPageSize;
     size_t n = run_len_[first];

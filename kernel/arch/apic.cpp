@@ -13,20 +13,24 @@ constexpr uint32_t kRegId = 0x20, kRegTpr = 0x80, kRegEoi = 0xb0, kRegSvr = 0xf0
 constexpr uint32_t kLvtMasked = 1u << 16;
 
 uint64_t g_lapic = 0xfee00000;
-uint64_t g_ioapic = 0xfec00000;
-uint32_t g_ioapic_gsi_base = 0;
-uint32_t g_ioapic_entries = 0;
+struct IoApic {
+  uint64_t base;
+  uint32_t gsi_base;
+  uint32_t entries;
+};
+IoApic g_ioapics[4];
+int g_ioapic_count = 0;
 
 uint32_t lapic_read(uint32_t reg) { return mmio_read<uint32_t>(g_lapic + reg); }
 void lapic_write(uint32_t reg, uint32_t v) { mmio_write<uint32_t>(g_lapic + reg, v); }
 
-uint32_t ioapic_read(uint32_t reg) {
-  mmio_write<uint32_t>(g_ioapic, reg);
-  return mmio_read<uint32_t>(g_ioapic + 0x10);
+uint32_t ioapic_read(const IoApic& io, uint32_t reg) {
+  mmio_write<uint32_t>(io.base, reg);
+  return mmio_read<uint32_t>(io.base + 0x10);
 }
-void ioapic_write(uint32_t reg, uint32_t v) {
-  mmio_write<uint32_t>(g_ioapic, reg);
-  mmio_write<uint32_t>(g_ioapic + 0x10, v);
+void ioapic_write(const IoApic& io, uint32_t reg, uint32_t v) {
+  mmio_write<uint32_t>(io.base, reg);
+  mmio_write<uint32_t>(io.base + 0x10, v);
 }
 
 void disable_legacy_pic() {
@@ -45,10 +49,8 @@ void disable_legacy_pic() {
 
 }  // namespace
 
-void init(uint64_t lapic_base, uint64_t ioapic_base, uint32_t ioapic_gsi_base) {
+void init(uint64_t lapic_base) {
   g_lapic = lapic_base;
-  g_ioapic = ioapic_base;
-  g_ioapic_gsi_base = ioapic_gsi_base;
   disable_legacy_pic();
   wrmsr(0x1b, rdmsr(0x1b) | (1u << 11));  // IA32_APIC_BASE: global enable
   lapic_write(kRegTpr, 0);
@@ -58,10 +60,17 @@ void init(uint64_t lapic_base, uint64_t ioapic_base, uint32_t ioapic_gsi_base) {
   lapic_write(kRegLvtError, kLvtMasked);
   lapic_write(kRegSvr, 0x100 | kSpuriousVector);
   lapic_write(kRegTimerDivide, 0x3);  // divide by 16
-  g_ioapic_entries = ((ioapic_read(1) >> 16) & 0xff) + 1;
-  for (uint32_t i = 0; i < g_ioapic_entries; i++) {
-    ioapic_write(0x10 + 2 * i, kLvtMasked);
-    ioapic_write(0x11 + 2 * i, 0);
+}
+
+void add_ioapic(uint64_t base, uint32_t gsi_base) {
+  if (g_ioapic_count == 4) return;
+  IoApic& io = g_ioapics[g_ioapic_count++];
+  io.base = base;
+  io.gsi_base = gsi_base;
+  io.entries = ((ioapic_read(io, 1) >> 16) & 0xff) + 1;
+  for (uint32_t i = 0; i < io.entries; i++) {
+    ioapic_write(io, 0x10 + 2 * i, kLvtMasked);
+    ioapic_write(io, 0x11 + 2 * i, 0);
   }
 }
 
@@ -79,12 +88,16 @@ void timer_stop() {
 uint32_t timer_current() { return lapic_read(kRegTimerCurrent); }
 
 bool ioapic_route(uint32_t gsi, uint8_t vector, bool level, bool active_low) {
-  if (gsi < g_ioapic_gsi_base || gsi - g_ioapic_gsi_base >= g_ioapic_entries) return false;
-  uint32_t pin = gsi - g_ioapic_gsi_base;
-  uint32_t low = vector | (active_low ? 1u << 13 : 0) | (level ? 1u << 15 : 0);
-  ioapic_write(0x11 + 2 * pin, local_id() << 24);
-  ioapic_write(0x10 + 2 * pin, low);
-  return true;
+  for (int i = 0; i < g_ioapic_count; i++) {
+    const IoApic& io = g_ioapics[i];
+    if (gsi < io.gsi_base || gsi - io.gsi_base >= io.entries) continue;
+    uint32_t pin = gsi - io.gsi_base;
+    uint32_t low = vector | (active_low ? 1u << 13 : 0) | (level ? 1u << 15 : 0);
+    ioapic_write(io, 0x11 + 2 * pin, local_id() << 24);
+    ioapic_write(io, 0x10 + 2 * pin, low);
+    return true;
+  }
+  return false;
 }
 
 }  // namespace blimp::arch::apic

@@ -12,7 +12,9 @@ constexpr uint8_t kLastDynamicVector = 0xdf;
 constexpr uint8_t kLegacyPicBase = 0xe0;  // 0xe0..0xef: masked 8259 leftovers, ignored
 constexpr uint8_t kSpuriousVector = 0xff;
 
-void init(uint64_t lapic_base, uint64_t ioapic_base, uint32_t ioapic_gsi_base);
+void init(uint64_t lapic_base);
+// Adds an I/O APIC (all its inputs masked). Up to four.
+void add_ioapic(uint64_t base, uint32_t gsi_base);
 void eoi();
 uint32_t local_id();
 

@@ -1,0 +1,550 @@
+#include "drivers/balloon/balloon.h"
+
+#include <new>
+
+#include "drivers/balloon/balloon_policy.h"
+#include "drivers/balloon/balloon_protocol.h"
+#include "drivers/balloon/balloon_stats.h"
+#include "kernel/arch/cpu.h"
+#include "kernel/arch/io.h"
+#include "kernel/cmdline.h"
+#include "kernel/console.h"
+#include "kernel/timer.h"
+#include "lib/irq.h"
+#include "mm/mm.h"
+
+namespace blimp::balloon {
+namespace {
+
+using mm::PageRun;
+
+constexpr uint64_t kWaitTimeoutNs = 5000000000ul;  // a host that holds a buffer this long is broken
+
+// Device-visible buffers live in .bss: identity mapped, so their addresses are guest-physical.
+struct alignas(4096) StaticBuffers {
+  uint32_t pfns[4][4096];
+  PageRun runs[512];
+  StatEntry stats[kMaxStats];
+  uint32_t hint_cmd;
+  PageRun report_runs[256];
+  virtio::Segment report_segs[256];
+};
+StaticBuffers g_buf;
+uint64_t g_buffer_pages[4];  // pages carried by each PFN buffer while in flight
+
+alignas(Balloon) unsigned char g_storage[sizeof(Balloon)];
+Balloon* g_instance = nullptr;
+
+void* alloc_list_page(void*) {
+  auto r = mm::pages().alloc_pages(0, mm::Owner::Kernel,
+                                   mm::AllocFlags(mm::kAllocZero | mm::kAllocNoReclaim));
+  return r.is_error() ? nullptr : phys_to_virt(r.value());
+}
+void free_list_page(void* p, void*) { mm::pages().free_pages(virt_to_phys(p), 0); }
+
+uint64_t mib(uint64_t pages) { return pages >> (20 - kBalloonPageShift); }
+
+}  // namespace
+
+Balloon::Balloon(virtio::Device& dev)
+    : dev_(dev), held_(alloc_list_page, free_list_page, nullptr),
+      hinted_(alloc_list_page, free_list_page, nullptr) {}
+
+Balloon* Balloon::instance() { return g_instance; }
+
+void Balloon::register_driver() {
+  (void)virtio::register_driver({"virtio-balloon", kDeviceId, probe});
+}
+
+ErrorOr<void> Balloon::probe(virtio::Device& dev) {
+  if (g_instance) {
+    kprintf("balloon: a second balloon device is ignored\n");
+    return Error::Busy;
+  }
+  if (!mm::initialized()) return Error::Unsupported;
+  auto* b = new (g_storage) Balloon(dev);
+  auto r = b->start();
+  if (r.is_error()) {
+    b->~Balloon();
+    return r.error();
+  }
+  g_instance = b;
+  return {};
+}
+
+ErrorOr<void> Balloon::start() {
+  unsigned long long poison = 0;
+  if (cmdline::get_u64("balloon.poison", poison)) poison_ = static_cast<uint32_t>(poison);
+  unsigned long long delay_ms = 0;
+  if (cmdline::get_u64("balloon.report_delay_ms", delay_ms)) report_delay_ns_ = delay_ms * 1000000ull;
+  bool reporting_wanted = !cmdline::has_flag("balloon.report=off");
+
+  uint64_t wanted = (1ull << kFeatureMustTellHost) | (1ull << kFeatureStatsVq) |
+                    (1ull << kFeatureDeflateOnOom) | (1ull << kFeatureFreePageHint);
+  // Linux's rule: PAGE_POISON only when the guest poisons free pages; otherwise the host may
+  // discard reported pages and they come back as zero, which is what Blimp expects.
+  if (poison_) wanted |= 1ull << kFeaturePagePoison;
+  if (reporting_wanted) wanted |= 1ull << kFeaturePageReporting;
+  features_ = TRY(dev_.negotiate(wanted));
+
+  // 5.5.2: queues numbered densely in feature order.
+  uint16_t next = 0;
+  inflate_vq_ = TRY(dev_.add_queue(next++, on_queue_used, this));
+  deflate_vq_ = TRY(dev_.add_queue(next++, on_queue_used, this));
+  if (dev_.has_feature(kFeatureStatsVq)) stats_vq_ = TRY(dev_.add_queue(next++, on_stats_used, this));
+  if (dev_.has_feature(kFeatureFreePageHint)) hint_vq_ = TRY(dev_.add_queue(next++, on_queue_used, this));
+  if (dev_.has_feature(kFeaturePageReporting)) {
+    virtio::QueueOptions o;
+    o.max_indirect = kReportBatch;
+    report_vq_ = TRY(dev_.add_queue(next++, on_queue_used, this, o));
+  }
+  dev_.set_config_callback(on_config, this);
+  dev_.set_error_callback(on_error, this);
+  if (dev_.has_feature(kFeaturePagePoison)) dev_.config_write<uint32_t>(kConfigPoisonVal, poison_);
+  TRY(dev_.start());
+
+  auto& pages = mm::pages();
+  floor_pages_ = default_floor_pages(pages.total_pages());
+  unsigned long long floor = 0;
+  if (cmdline::get_u64("balloon.floor", floor)) floor_pages_ = floor >> kBalloonPageShift;
+  work_item_.fn = work_fn;
+  work_item_.context = this;
+
+  // The stats queue starts with one buffer the host returns whenever it wants fresh numbers.
+  if (stats_vq_) stats_requested_ = true;
+  if (dev_.has_feature(kFeatureDeflateOnOom)) pages.set_oom_handler(on_oom, this);
+  if (report_vq_) {
+    // A reported page comes back either discarded (zero, or poison_val) or untouched (a host
+    // that cannot discard, e.g. while the balloon is inhibited): its content is never known, so
+    // the allocator must not count reported pages as zero. Only the page-state protocol, where
+    // the host says what it discarded, tells us a page is zero.
+    pages.set_page_poisoning(true);
+    pages.set_reporting_reserve(floor_pages_);
+    // Report once 16 MiB of 2 MiB+ blocks are unreported (and everything free at boot).
+    pages.set_report_hook(on_report_hook, this, kReportOrder, (16ull << 20) >> 12);
+    report_pending_ = true;
+  }
+  kprintf("balloon: ready, features=%#lx (%s%s%s%s%s%s), floor %lu MiB, reporting delay %lu ms\n",
+          features_, dev_.has_feature(kFeatureMustTellHost) ? "tell-host " : "",
+          stats_vq_ ? "stats " : "", dev_.has_feature(kFeatureDeflateOnOom) ? "deflate-on-oom " : "",
+          hint_vq_ ? "free-page-hint " : "", dev_.has_feature(kFeaturePagePoison) ? "poison " : "",
+          report_vq_ ? "reporting" : "", mib(floor_pages_), report_delay_ns_ / 1000000);
+  work::schedule(work_item_);
+  return {};
+}
+
+// ---- Interrupt context --------------------------------------------------------------------------
+
+void Balloon::on_config(virtio::Device&, void* ctx) {
+  auto* b = static_cast<Balloon*>(ctx);
+  b->config_changed_ = true;
+  work::schedule(b->work_item_);
+}
+
+void Balloon::on_error(virtio::Device&, void* ctx) {
+  auto* b = static_cast<Balloon*>(ctx);
+  b->recover_pending_ = true;
+  work::schedule(b->work_item_);
+}
+
+void Balloon::on_stats_used(virtio::Virtqueue& vq, void* ctx) {
+  auto* b = static_cast<Balloon*>(ctx);
+  void* token;
+  uint32_t len;
+  while (true) {
+    auto r = vq.pop_used(token, len);
+    if (r.is_error() || !r.value()) break;
+    b->stats_requested_ = true;
+  }
+  if (b->stats_requested_) work::schedule(b->work_item_);
+}
+
+// Inflate, deflate, hint and reporting completions are collected by the work that waits for
+// them; the interrupt only has to wake the CPU.
+void Balloon::on_queue_used(virtio::Virtqueue&, void*) {}
+
+void Balloon::on_report_hook(uint64_t, void* ctx) {
+  auto* b = static_cast<Balloon*>(ctx);
+  IrqGuard guard;
+  if (b->report_timer_armed_) return;
+  b->report_timer_armed_ = true;
+  if (timer::call_at(timer::now_ns() + b->report_delay_ns_, on_report_timer, b).is_error()) {
+    b->report_timer_armed_ = false;
+    b->report_pending_ = true;
+    work::schedule(b->work_item_);
+  }
+}
+
+void Balloon::on_report_timer(void* ctx) {
+  auto* b = static_cast<Balloon*>(ctx);
+  b->report_timer_armed_ = false;
+  b->report_pending_ = true;
+  work::schedule(b->work_item_);
+}
+
+// ---- Bottom half ----------------------------------------------------------------------------------
+
+void Balloon::work_fn(void* ctx) { static_cast<Balloon*>(ctx)->work(); }
+
+void Balloon::work() {
+  {
+    IrqGuard guard;
+    if (busy_) {
+      // The OOM path is mid-operation further up this stack: try again shortly.
+      (void)timer::call_at(timer::now_ns() + 10000000ull, [](void* c) {
+        work::schedule(static_cast<Balloon*>(c)->work_item_);
+      }, this);
+      return;
+    }
+    busy_ = true;
+  }
+  if (recover_pending_) recover();
+  if (!dev_.failed()) {
+    if (stats_requested_) answer_stats();
+    if (config_changed_) {
+      config_changed_ = false;
+      if (hint_vq_) handle_hint_command();
+      adjust_to_target();
+    }
+    if (report_pending_) {
+      report_pending_ = false;
+      report_free_pages();
+    }
+  }
+  busy_ = false;
+}
+
+bool Balloon::wait_used(virtio::Virtqueue& vq, void*& token, uint32_t& len) {
+  uint64_t deadline = timer::now_ns() + kWaitTimeoutNs;
+  for (;;) {
+    uint64_t flags = irq_save();
+    auto r = vq.pop_used(token, len);
+    if (r.is_error()) {
+      irq_restore(flags);
+      return false;
+    }
+    if (r.value()) {
+      irq_restore(flags);
+      return true;
+    }
+    if (timer::now_ns() > deadline) {
+      irq_restore(flags);
+      kprintf("balloon: the host did not return a buffer on queue %u within %lu s\n", vq.index(),
+              kWaitTimeoutNs / 1000000000ul);
+      return false;
+    }
+    if (flags & (1u << 9)) {
+      // Interrupts were on: sleep until the completion interrupt (or a 10 ms tick, in case the
+      // device suppresses interrupts for this queue).
+      irq_restore(flags);
+      timer::wait_until(timer::now_ns() + 10000000ull);
+    } else {
+      irq_restore(flags);
+      arch::cpu_pause();
+    }
+  }
+}
+
+uint64_t Balloon::read_target() {
+  uint32_t t = dev_.config_read<uint32_t>(kConfigNumPages);
+  return t;
+}
+
+void Balloon::set_actual(uint64_t pages) {
+  actual_ = pages;
+  dev_.config_write<uint32_t>(kConfigActual, static_cast<uint32_t>(pages));
+}
+
+void Balloon::answer_stats() {
+  stats_requested_ = false;
+  size_t n = build_stats(mm::pages().stats(), g_buf.stats);
+  auto r = stats_vq_->add_out(virt_to_phys(g_buf.stats), uint32_t(n * sizeof(StatEntry)), g_buf.stats);
+  if (r.is_error()) {
+    kprintf("balloon: cannot queue the stats buffer: %s\n", error_name(r.error()));
+    return;
+  }
+  stats_vq_->kick();
+  counters_.stats_answers++;
+}
+
+void Balloon::adjust_to_target() {
+  target_ = read_target();
+  uint64_t total = mm::pages().total_pages();
+  if (target_ > total) {
+    kprintf("balloon: host asks for %lu MiB, more than the guest's %lu MiB of RAM; "
+            "inflating as far as the floor allows\n", mib(target_), mib(total));
+  }
+  if (target_ > actual_) {
+    inflate(target_ - actual_);
+  } else if (target_ < actual_) {
+    deflate(actual_ - target_);
+  }
+}
+
+void Balloon::inflate(uint64_t want) {
+  auto& pages = mm::pages();
+  uint64_t t0 = timer::now_ns(), done = 0;
+  const uint64_t goal = held_.pages() + want;
+  size_t next = 0, in_flight = 0;
+  bool stop = false;
+  while (!stop || in_flight) {
+    // Fill free buffers while there is something to inflate.
+    while (!stop && in_flight < kBuffersInFlight) {
+      InflatePlan plan = plan_inflate(goal, held_.pages(), pages.free_pages_count(), floor_pages_);
+      if (plan.pages == 0) {
+        if (plan.limited) {
+          counters_.floor_limited++;
+          if (!floor_warned_) {
+            kprintf("balloon: target %lu MiB not reachable: holding %lu MiB, keeping %lu MiB "
+                    "free for the kernel and the app\n", mib(target_), mib(held_.pages()),
+                    mib(floor_pages_));
+            floor_warned_ = true;
+          }
+        }
+        stop = true;
+        break;
+      }
+      size_t slot = next;
+      uint64_t chunk = plan.pages < kPfnsPerBuffer ? plan.pages : kPfnsPerBuffer;
+      size_t nruns = pages.take_pages(chunk, mm::Owner::Balloon, g_buf.runs, kRunsPerBuffer);
+      if (nruns == 0) {
+        stop = true;
+        break;
+      }
+      uint64_t taken = 0;
+      for (size_t i = 0; i < nruns; i++) {
+        if (!held_.push(g_buf.runs[i])) {
+          kprintf("balloon: out of memory for the balloon's page list; stopping at %lu MiB\n",
+                  mib(held_.pages()));
+          pages.give_back(g_buf.runs + i, nruns - i, false);
+          nruns = i;
+          stop = true;
+          break;
+        }
+        taken += g_buf.runs[i].pages;
+      }
+      PfnCursor cursor(g_buf.runs, nruns);
+      size_t n = cursor.fill(g_buf.pfns[slot], kPfnsPerBuffer);
+      if (n == 0) break;
+      auto r = inflate_vq_->add_out(virt_to_phys(g_buf.pfns[slot]), uint32_t(n * 4),
+                                    &g_buffer_pages[slot]);
+      if (r.is_error()) {
+        kprintf("balloon: cannot queue an inflate buffer: %s\n", error_name(r.error()));
+        stop = true;
+        break;
+      }
+      g_buffer_pages[slot] = taken;
+      done += taken;
+      in_flight++;
+      next = (next + 1) % kBuffersInFlight;
+      inflate_vq_->kick();
+      // A new, lower target (config interrupt while we work) ends this inflation early.
+      if (config_changed_ && read_target() < actual_ + done) stop = true;
+    }
+    if (!in_flight) break;
+    void* token;
+    uint32_t len;
+    if (!wait_used(*inflate_vq_, token, len)) break;
+    in_flight--;
+    uint64_t acked = *static_cast<uint64_t*>(token);
+    set_actual(actual_ + acked);
+    counters_.inflated_pages += acked;
+  }
+  uint64_t ms = (timer::now_ns() - t0) / 1000000;
+  if (done) kprintf("balloon: inflated %lu MiB in %lu ms, now %lu MiB\n", mib(done), ms, mib(actual_));
+}
+
+uint64_t Balloon::deflate(uint64_t want) {
+  auto& pages = mm::pages();
+  bool tell_first = dev_.has_feature(kFeatureMustTellHost);
+  uint64_t t0 = timer::now_ns(), done = 0;
+  while (done < want && held_.pages()) {
+    uint64_t chunk = want - done < kPfnsPerBuffer ? want - done : kPfnsPerBuffer;
+    size_t nruns = held_.pop(chunk, g_buf.runs, kRunsPerBuffer);
+    if (nruns == 0) break;
+    uint64_t n_pages = 0;
+    for (size_t i = 0; i < nruns; i++) n_pages += g_buf.runs[i].pages;
+    PfnCursor cursor(g_buf.runs, nruns);
+    size_t n = cursor.fill(g_buf.pfns[0], kPfnsPerBuffer);
+    // Without MUST_TELL_HOST the pages may be used before the host hears of them (5.5.6.2).
+    if (!tell_first) pages.give_back(g_buf.runs, nruns, false);
+    bool told = false;
+    if (n && deflate_vq_->add_out(virt_to_phys(g_buf.pfns[0]), uint32_t(n * 4), g_buf.pfns[0])) {
+      deflate_vq_->kick();
+      void* token;
+      uint32_t len;
+      told = wait_used(*deflate_vq_, token, len);
+    }
+    if (tell_first) {
+      if (!told) {
+        // 5.5.6.2: with MUST_TELL_HOST the driver must not reuse pages before the host has
+        // acknowledged them. Keep them ballooned and stop.
+        for (size_t i = 0; i < nruns; i++) (void)held_.push(g_buf.runs[i]);
+        kprintf("balloon: the host did not acknowledge a deflate; keeping %lu MiB ballooned\n",
+                mib(n_pages));
+        break;
+      }
+      pages.give_back(g_buf.runs, nruns, false);
+    }
+    done += n_pages;
+    set_actual(actual_ > n_pages ? actual_ - n_pages : 0);
+    counters_.deflated_pages += n_pages;
+  }
+  if (done) {
+    kprintf("balloon: deflated %lu MiB in %lu ms, now %lu MiB\n", mib(done),
+            (timer::now_ns() - t0) / 1000000, mib(actual_));
+  }
+  return done;
+}
+
+size_t Balloon::on_oom(size_t needed, void* ctx) {
+  auto* b = static_cast<Balloon*>(ctx);
+  {
+    IrqGuard guard;
+    if (b->busy_) return 0;  // the balloon's own work is what is allocating
+    b->busy_ = true;
+  }
+  b->counters_.oom_events++;
+  uint64_t freed = b->release_hinted_pages();
+  if (freed < needed) {
+    uint64_t n = plan_oom_deflate(needed - freed, b->held_.pages());
+    uint64_t got = n ? b->deflate(n) : 0;
+    b->counters_.oom_deflated_pages += got;
+    freed += got;
+    if (got) kprintf("balloon: deflated %lu MiB on out-of-memory\n", mib(got));
+  }
+  b->busy_ = false;
+  return freed;
+}
+
+void Balloon::report_free_pages() {
+  auto& pages = mm::pages();
+  uint64_t t0 = timer::now_ns(), total = 0;
+  for (;;) {
+    size_t n = pages.isolate_unreported(kReportOrder, g_buf.report_runs, kReportBatch);
+    if (n == 0) break;
+    size_t segs = 0;
+    uint64_t batch = 0;
+    for (size_t i = 0; i < n; i++) {
+      // A run can exceed what a 32-bit descriptor length holds: 1 GiB per segment.
+      PageRun r = g_buf.report_runs[i];
+      batch += r.pages;
+      while (r.pages && segs < kReportBatch) {
+        uint64_t p = r.pages > (1ull << 18) ? (1ull << 18) : r.pages;
+        g_buf.report_segs[segs++] = {r.base, uint32_t(p << kBalloonPageShift)};
+        r.base += p << kBalloonPageShift;
+        r.pages -= p;
+      }
+    }
+    // Reported pages are device-writable: the host may discard them (as Linux does, an in-buffer).
+    auto r = report_vq_->add({}, std::span<const virtio::Segment>(g_buf.report_segs, segs),
+                             g_buf.report_runs);
+    if (r.is_error()) {
+      pages.return_isolated(g_buf.report_runs, n, false);
+      kprintf("balloon: cannot queue a report: %s\n", error_name(r.error()));
+      break;
+    }
+    report_vq_->kick();
+    void* token;
+    uint32_t len;
+    bool ok = wait_used(*report_vq_, token, len);
+    pages.return_isolated(g_buf.report_runs, n, ok);
+    if (!ok) break;
+    total += batch;
+    counters_.report_buffers++;
+  }
+  counters_.reported_pages += total;
+  if (total && cmdline::has_flag("balloon.verbose"))
+    kprintf("balloon: reported %lu MiB in %lu ms\n", mib(total), (timer::now_ns() - t0) / 1000000);
+}
+
+// Free page hinting (5.5.6.4): the host announces a command id; the driver answers with the id,
+// then hints free blocks, then STOP. Hinted blocks stay off the free lists until the host says
+// DONE (or memory gets tight: the OOM path takes them back first).
+void Balloon::handle_hint_command() {
+  uint32_t id = dev_.config_read<uint32_t>(kConfigFreePageHintCmdId);
+  if (id == hint_cmd_id_) return;
+  hint_cmd_id_ = id;
+  if (id == kCmdIdDone) {
+    uint64_t n = release_hinted_pages();
+    if (n) kprintf("balloon: free page hinting done, %lu MiB returned\n", mib(n));
+  } else if (id != kCmdIdStop) {
+    hint_free_pages(id);
+  }
+}
+
+void Balloon::hint_free_pages(uint32_t cmd_id) {
+  auto& pages = mm::pages();
+  g_buf.hint_cmd = cmd_id;
+  void* token;
+  uint32_t len;
+  if (hint_vq_->add_out(virt_to_phys(&g_buf.hint_cmd), 4, &g_buf.hint_cmd).is_error()) return;
+  hint_vq_->kick();
+  if (!wait_used(*hint_vq_, token, len)) return;
+  uint64_t hinted = 0;
+  for (;;) {
+    if (dev_.config_read<uint32_t>(kConfigFreePageHintCmdId) != cmd_id) break;  // host moved on
+    size_t n = pages.isolate_unreported(kReportOrder, g_buf.runs, 64);
+    if (n == 0) break;
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) {
+      if (!hinted_.push(g_buf.runs[i])) {
+        pages.return_isolated(g_buf.runs + i, n - i, false);
+        n = i;
+        ok = false;
+        break;
+      }
+      hinted += g_buf.runs[i].pages;
+    }
+    // One block per buffer, as the device expects hints (address, length) one element at a time.
+    for (size_t i = 0; i < n && ok; i++) {
+      PageRun r = g_buf.runs[i];
+      uint32_t len32 = uint32_t((r.pages > (1ull << 18) ? (1ull << 18) : r.pages) << kBalloonPageShift);
+      if (hint_vq_->add_in(r.base, len32, &g_buf.runs[i]).is_error()) {
+        ok = false;
+        break;
+      }
+      hint_vq_->kick();
+      if (!wait_used(*hint_vq_, token, len)) ok = false;
+    }
+    if (!ok) break;
+  }
+  g_buf.hint_cmd = kCmdIdStop;
+  if (hint_vq_->add_out(virt_to_phys(&g_buf.hint_cmd), 4, &g_buf.hint_cmd)) {
+    hint_vq_->kick();
+    (void)wait_used(*hint_vq_, token, len);
+  }
+  counters_.hinted_pages += hinted;
+  kprintf("balloon: hinted %lu MiB of free memory for command %#x\n", mib(hinted), cmd_id);
+}
+
+uint64_t Balloon::release_hinted_pages() {
+  uint64_t total = 0;
+  while (hinted_.pages()) {
+    size_t n = hinted_.pop(hinted_.pages(), g_buf.report_runs, kReportBatch);
+    if (n == 0) break;
+    for (size_t i = 0; i < n; i++) total += g_buf.report_runs[i].pages;
+    mm::pages().return_isolated(g_buf.report_runs, n, false);
+  }
+  return total;
+}
+
+void Balloon::recover() {
+  recover_pending_ = false;
+  kprintf("balloon: device reset under us; recovering (holding %lu MiB)\n", mib(held_.pages()));
+  // Every wait on a queue is synchronous, so a buffer still in flight belongs to an operation
+  // that already gave up on it (its pages stayed where they were): nothing to reclaim.
+  auto reclaim = [](uint16_t, void*, void*) {};
+  auto r = dev_.recover(reclaim, this);
+  if (r.is_error()) {
+    kprintf("balloon: recovery failed (%s); the balloon keeps %lu MiB and stops\n",
+            error_name(r.error()), mib(held_.pages()));
+    return;
+  }
+  // Everything we hold counts as inflated from the host's point of view after a reset: tell it.
+  set_actual(held_.pages());
+  stats_requested_ = stats_vq_ != nullptr;
+  config_changed_ = true;
+}
+
+}  // namespace blimp::balloon

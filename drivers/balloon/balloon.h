@@ -1,0 +1,140 @@
+// The virtio-balloon driver (virtio 1.2, 5.5), built into the page allocator.
+//
+// All six standard features are negotiated when the device offers them: MUST_TELL_HOST,
+// STATS_VQ, DEFLATE_ON_OOM, FREE_PAGE_HINT, PAGE_POISON (only with balloon.poison=VAL) and
+// PAGE_REPORTING. Queues are numbered densely by negotiated feature, as QEMU and Linux do:
+// inflate 0, deflate 1, then stats, free-page-hint and reporting when negotiated.
+//
+// # Where the work happens
+// Interrupt handlers only record what changed (config change, stats request, device error) and
+// queue the balloon's WorkItem; the work runs in the interrupt's bottom half with interrupts
+// enabled (kernel/deferred_work.h), so a new target is acted on within one interrupt even while
+// the app computes. The OOM path (mm's OOM handler) runs in the allocating context. `busy_`
+// keeps the two from interleaving: one operation at a time, the other retries.
+//
+// # State
+//   actual_    pages the host has been told about and acknowledged (written to config `actual`)
+//   held_      every page the balloon owns (RunSet), including buffers still in flight
+//   target     read from config `num_pages` whenever the device says its config changed
+// Inflate takes cold pages and whole blocks from the allocator (take_pages), several buffers of
+// up to kPfnsPerBuffer PFNs in flight; deflate tells the host first when MUST_TELL_HOST was
+// negotiated and then gives the pages back. A target the guest cannot meet without dropping below
+// the free-memory floor is met as far as the floor allows, and reported once.
+//
+// # Free page reporting
+// The allocator calls the report hook when enough unreported free memory in blocks of 2 MiB and
+// up has accumulated; after balloon.report_delay (default 100 ms, so a burst of frees is reported
+// together) the work isolates such blocks, up to kReportBatch per buffer, sends them on the
+// reporting queue, and returns them as Reported when the host has discarded them.
+#pragma once
+
+#include <cstdint>
+
+#include "drivers/balloon/pfn_list.h"
+#include "drivers/virtio/device.h"
+#include "kernel/deferred_work.h"
+#include "lib/error.h"
+#include "mm/page.h"
+
+namespace blimp::balloon {
+
+struct BalloonCounters {
+  uint64_t inflated_pages;     // total ever inflated
+  uint64_t deflated_pages;     // total ever deflated (including OOM)
+  uint64_t oom_deflated_pages;
+  uint64_t oom_events;
+  uint64_t reported_pages;
+  uint64_t report_buffers;
+  uint64_t hinted_pages;
+  uint64_t stats_answers;
+  uint64_t floor_limited;  // times a target was capped by the floor
+};
+
+class Balloon {
+ public:
+  // Registers the driver with the virtio core (device id 5).
+  static void register_driver();
+  // The bound balloon, if any.
+  static Balloon* instance();
+
+  uint64_t actual_pages() const { return actual_; }
+  uint64_t held_pages() const { return held_.pages(); }
+  uint64_t target_pages() const { return target_; }
+  uint64_t features() const { return features_; }
+  const BalloonCounters& counters() const { return counters_; }
+
+ private:
+  static constexpr size_t kPfnsPerBuffer = 4096;  // 16 KiB of PFNs: 16 MiB of balloon
+  static constexpr size_t kBuffersInFlight = 4;
+  static constexpr size_t kRunsPerBuffer = 512;
+  static constexpr size_t kReportBatch = 256;  // blocks per reporting buffer (indirect table)
+  static constexpr unsigned kReportOrder = 9;  // 2 MiB
+
+  struct Buffer {
+    uint32_t pfns[kPfnsPerBuffer];
+    uint64_t pages;
+    bool in_flight;
+  };
+
+  explicit Balloon(virtio::Device& dev);
+  static ErrorOr<void> probe(virtio::Device& dev);
+  ErrorOr<void> start();
+
+  // Interrupt context.
+  static void on_config(virtio::Device& dev, void* ctx);
+  static void on_error(virtio::Device& dev, void* ctx);
+  static void on_stats_used(virtio::Virtqueue& vq, void* ctx);
+  static void on_queue_used(virtio::Virtqueue& vq, void* ctx);
+  static void on_report_hook(uint64_t unreported_pages, void* ctx);
+  static void on_report_timer(void* ctx);
+  static size_t on_oom(size_t pages_needed, void* ctx);
+
+  // Bottom half.
+  static void work_fn(void* ctx);
+  void work();
+  void recover();
+  void answer_stats();
+  void adjust_to_target();
+  void inflate(uint64_t pages);
+  uint64_t deflate(uint64_t pages);
+  void report_free_pages();
+  void handle_hint_command();
+  void hint_free_pages(uint32_t cmd_id);
+  uint64_t release_hinted_pages();
+
+  // Waits for one used buffer on `vq`; false on timeout or a broken queue.
+  bool wait_used(virtio::Virtqueue& vq, void*& token, uint32_t& len);
+  void set_actual(uint64_t pages);
+  uint64_t read_target();
+
+  virtio::Device& dev_;
+  uint64_t features_ = 0;
+  virtio::Virtqueue* inflate_vq_ = nullptr;
+  virtio::Virtqueue* deflate_vq_ = nullptr;
+  virtio::Virtqueue* stats_vq_ = nullptr;
+  virtio::Virtqueue* hint_vq_ = nullptr;
+  virtio::Virtqueue* report_vq_ = nullptr;
+
+  work::WorkItem work_item_{};
+  bool busy_ = false;
+  bool config_changed_ = true;
+  bool stats_requested_ = false;
+  bool report_pending_ = false;
+  bool report_timer_armed_ = false;
+  bool recover_pending_ = false;
+  bool floor_warned_ = false;
+
+  uint64_t actual_ = 0;
+  uint64_t target_ = 0;
+  uint64_t floor_pages_ = 0;
+  uint64_t report_delay_ns_ = 100000000ull;
+  uint32_t poison_ = 0;
+  RunSet held_;
+
+  uint32_t hint_cmd_id_ = 0;    // the command id we last saw
+  uint32_t hint_active_id_ = 0; // the id being hinted for; 0 when none
+  RunSet hinted_;
+  BalloonCounters counters_{};
+};
+
+}  // namespace blimp::balloon
