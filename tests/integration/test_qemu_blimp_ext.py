@@ -441,6 +441,120 @@ def bad_input_checks(vm, hints):
     check(vm.alive(), "QEMU survived the bad input")
 
 
+def mergeable_bytes(pid):
+    """Total size of QEMU's VMAs flagged mergeable ('mg' in VmFlags)."""
+    total, start, end = 0, 0, 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for ln in f:
+            parts = ln.split()
+            if parts and "-" in parts[0] and len(parts) >= 5 and ":" not in parts[0]:
+                a, b = parts[0].split("-")
+                start, end = int(a, 16), int(b, 16)
+            elif ln.startswith("VmFlags:") and " mg" in ln:
+                total += end - start
+    return total
+
+
+def seal(dev, entries):
+    payload = b"".join(struct.pack("<QIIQ", p, n, fl, h) for p, n, fl, h in entries)
+    return dev.request(REQ_SEAL, len(entries), payload)
+
+
+def unseal(dev, entries):
+    payload = b"".join(struct.pack("<QII", p, n, 0) for p, n in entries)
+    return dev.request(REQ_UNSEAL, len(entries), payload)
+
+
+def test_share_hints(qemu):
+    print("[share hints]")
+    vm = Vm(qemu, "share-hints=on", extra=["-machine", "mem-merge=off"])
+    dev = vm.dev
+    try:
+        feats = dev.init((1 << F_STATS) | (1 << F_VERSION_1) | (1 << F_SHARE_HINTS) |
+                         (1 << F_PAGE_STATES))
+        check(feats & (1 << F_SHARE_HINTS) and not feats & (1 << F_PAGE_STATES),
+              "bit 57 offered and negotiated, 56 not offered")
+        check(dev.blimpq == 3, "blimpq is queue 3")
+        check(mergeable_bytes(vm.pid()) == 0, "nothing mergeable before hints (mem-merge=off)")
+        h1, h2, h3, hz = 0x1111222233334444, 0xFEDCBA9876543210, 0x5, 0xC0FFEE
+        st, acc, rej, _ = seal(dev, [(DATA_PFN, 1, 0, h1), (DATA_PFN + 1, 1, 0, h2),
+                                     (DATA_PFN + 2, 1, 0, h1), (DATA_PFN + 100, 64, 1, hz),
+                                     (DATA_PFN + 10, 1, 0, h3)])
+        check((st, acc, rej) == (S_OK, 5, 0), "SEAL of 5 entries accepted")
+        info = vm.qmp.execute("x-blimp-balloon-info")
+        check(info["hints"] == 5 and info["hint-pages"] == 68, "5 hints, 68 pages recorded")
+        check(info["hint-marked-runs"] == 2 and info["hint-marked-pages"] == 75,
+              f"adjacent and near runs merged: 2 runs, 75 pages "
+              f"({info['hint-marked-runs']}, {info['hint-marked-pages']})")
+        check(mergeable_bytes(vm.pid()) == 75 * PAGE, "smaps: exactly 75 pages MADV_MERGEABLE")
+        q = vm.qmp.execute("x-blimp-balloon-query-hints")
+        check(q["total"] == 5 and [h["pfn"] for h in q["hints"]] ==
+              [DATA_PFN, DATA_PFN + 1, DATA_PFN + 2, DATA_PFN + 10, DATA_PFN + 100],
+              "query-hints lists the hints in PFN order")
+        check(q["hints"][1]["hash"] == "fedcba9876543210" and q["hints"][4]["zero"] and
+              all(h["marked"] for h in q["hints"]), "hashes as hex strings, zero flag, marked")
+        q = vm.qmp.execute("x-blimp-balloon-query-hints", start=3, max=1)
+        check(len(q["hints"]) == 1 and q["hints"][0]["pfn"] == DATA_PFN + 10, "paging works")
+
+        r = vm.qmp.execute("x-blimp-balloon-hint-filter", hashes=[f"{h1:016x}"])
+        check(r == {"marked-runs": 1, "marked-pages": 3}, f"filter to h1: 1 run, 3 pages ({r})")
+        check(mergeable_bytes(vm.pid()) == 3 * PAGE, "smaps: 3 pages mergeable after filter")
+        q = vm.qmp.execute("x-blimp-balloon-query-hints")
+        check([h["marked"] for h in q["hints"]] == [True, True, True, False, False],
+              "only h1 hints (and the page between them) marked")
+        r = vm.qmp.execute("x-blimp-balloon-hint-filter")
+        check(r == {"marked-runs": 2, "marked-pages": 75}, "filter cleared: all marked again")
+        try:
+            vm.qmp.execute("x-blimp-balloon-hint-filter", hashes=["xyz"])
+            check(False, "bad hash refused")
+        except QmpError as e:
+            check(e.cls == "GenericError", f"bad hash refused ({e.desc})")
+
+        st, acc, rej, _ = unseal(dev, [(DATA_PFN + 100, 64)])
+        info = vm.qmp.execute("x-blimp-balloon-info")
+        check(st == S_OK and info["hints"] == 4 and info["hint-marked-pages"] == 11,
+              "UNSEAL drops the hint and unmarks its run")
+        check(mergeable_bytes(vm.pid()) == 11 * PAGE, "smaps: 11 pages mergeable")
+
+        # bad entries next to good ones
+        st, acc, rej, _ = seal(dev, [(VIRTIO_MMIO_BASE // PAGE, 1, 0, 1),
+                                     (DATA_PFN + 300, 1, 0, 2),
+                                     (MEM_MB * 256 - 1, 2, 0, 3),
+                                     (DATA_PFN + 301, 0, 0, 4),
+                                     (DATA_PFN + 302, 1, 0x80, 5),
+                                     (1 << 63, 1, 0, 6),
+                                     ((1 << 64) - 1, 0xFFFFFFFF, 0, 7)])
+        check((st, acc, rej) == (S_ERANGE, 1, 6),
+              f"bad SEAL entries rejected one by one, the good one applied ({st}, {acc}, {rej})")
+        st, *_ = register_array(dev)
+        check(st == S_EUNSUPP, "PSTATE_REGISTER without page-states -> EUNSUPP")
+        bad_input_checks(vm, hints=True)
+        dev.w(0x70, 0)
+        info = vm.qmp.execute("x-blimp-balloon-info")
+        check(info["hints"] == 0 and info["hint-marked-pages"] == 0 and
+              mergeable_bytes(vm.pid()) == 0, "device reset drops hints and unmarks")
+    finally:
+        vm.stop()
+
+    print("[share hints limits]")
+    vm = Vm(qemu, "share-hints=on,hint-max-runs=4,hint-max-entries=8,hint-merge-gap=0",
+            extra=["-machine", "mem-merge=off"])
+    dev = vm.dev
+    try:
+        dev.init((1 << F_STATS) | (1 << F_VERSION_1) | (1 << F_SHARE_HINTS))
+        st, acc, rej, _ = seal(dev, [(DATA_PFN + 2 * i, 1, 0, i) for i in range(10)])
+        check((st, acc, rej) == (S_ENOSPC, 8, 2), f"hint-max-entries: 8 accepted, 2 ENOSPC "
+              f"({st}, {acc}, {rej})")
+        info = vm.qmp.execute("x-blimp-balloon-info")
+        check(info["hint-marked-runs"] == 4 and info["hint-limit-hits"] == 4,
+              "hint-max-runs: 4 runs marked, 4 limit hits")
+        check(mergeable_bytes(vm.pid()) == 4 * PAGE, "smaps: 4 pages mergeable")
+        check("hint-max-runs (4) reached" in vm.logtext(), "limit stated clearly in the log")
+        check(vm.alive(), "QEMU alive")
+    finally:
+        vm.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build-dir", required=True)
