@@ -12,6 +12,8 @@ void vlog(const char* fmt, va_list ap);
 #if defined(BLIMP_HOST)
 // Host builds only: the most recent message and how many were logged.
 const char* last_log();
+// Everything logged since clear_log() (the newest 16 KiB).
+const char* log_history();
 unsigned log_count();
 void clear_log();
 #endif

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <sys/mman.h>
 #include <vector>
 
 #include "drivers/virtio/dma.h"
@@ -22,15 +23,15 @@ class HostDma : public DmaAllocator {
       return Error::NoMemory;
     }
     size = (size + 4095) & ~size_t(4095);
-    void* p = aligned_alloc(4096, size);
-    if (!p) return Error::NoMemory;
-    memset(p, 0xa5, size);  // must be zeroed by us: catch the allocator contract in tests
-    memset(p, 0, size);
+    // Below 2 GiB, like guest RAM: legacy devices take 32-bit page frame numbers.
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT,
+                   -1, 0);
+    if (p == MAP_FAILED) return Error::NoMemory;
     ++live;
     return DmaRegion{p, reinterpret_cast<uint64_t>(p), size};
   }
   void free(const DmaRegion& r) override {
-    ::free(r.virt);
+    munmap(r.virt, r.size);
     --live;
   }
   int live = 0;
