@@ -466,11 +466,16 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
       }
       while (s && idx == kNoPage) {
         size_t can = s->count_objects();
+        size_t asked = 0, got = 0;
         if (can > 0) {
-          freed += s->scan_objects(can < want ? can : want);
+          asked = can < want ? can : want;
+          got = s->scan_objects(asked);
+          freed += got;
           idx = attempt();
         }
         SpinLockGuard g(lock_);
+        counters_.direct_scan_pages += asked;
+        counters_.direct_reclaim_pages += got;
         s = s->next_;
       }
       if (freed == 0) break;
@@ -488,6 +493,10 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
         }
         if (!h) break;
         size_t got = h(pages, ctx);
+        {
+          SpinLockGuard g(lock_);
+          counters_.oom_pages += got;
+        }
         idx = attempt();
         if (got == 0) break;
       }

@@ -120,9 +120,10 @@ class PageAllocator {
   // `order` must be the order it was allocated with.
   void free_pages(PhysAddr base, unsigned order);
 
-  // Exactly `pages` contiguous pages (any count, also beyond 4 MiB), aligned to the largest power
-  // of two not above `pages` (capped at 4 MiB). The excess of the underlying block goes straight
-  // back to the free lists. Free with free_run and the same count (or parts of it, page-aligned).
+  // Exactly `pages` contiguous pages (any count, also beyond 4 MiB). Up to 4 MiB the run starts
+  // aligned to `pages` rounded up to a power of two (it is cut from such a block, whose excess goes
+  // straight back to the free lists); larger runs are only page aligned. Free with free_run, all
+  // at once or in page-aligned parts.
   ErrorOr<PhysAddr> alloc_run(uint64_t pages, Owner owner = Owner::Kernel,
                               AllocFlags flags = kAllocNone);
   void free_run(PhysAddr base, uint64_t pages);

@@ -103,6 +103,9 @@ TEST(Reclaim, ShrinkersInOrderThenOomThenError) {
   ASSERT_FALSE(pa.alloc_pages(2, Owner::App).is_error());
   EXPECT_EQ(log, (std::vector<std::string>{"oom:4"}));
   EXPECT_EQ(pa.stats().oom_events, oom_before + 1);
+  EXPECT_GE(pa.stats().oom_pages, 4u);
+X
+  EXPECT_EQ(pa.stats().direct_reclaim_pages, 32u + 8 + 32 + 8);
   // 4: kAllocNoOomHook and kAllocNoReclaim.
   exhaust(pa);
   log.clear();
