@@ -220,7 +220,13 @@ void bind(Device& dev) {
     log("virtio: %s at %s (%s): driver %s failed: %s\n", dev.name(), dev.transport().location(),
         mode, driver->name, error_name(r.error()));
     if (!dev.failed()) dev.fail("probe failed");
+    return;
   }
+  // One line per bound device: what was negotiated, for people and for the integration tests.
+  char desc[200];
+  dev.describe(desc, sizeof desc);
+  log("virtio: %s at %s (%s) driver=%s %s\n", dev.name(), dev.transport().location(), mode,
+      driver->name, desc);
 }
 
 }  // namespace

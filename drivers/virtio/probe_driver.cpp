@@ -65,13 +65,8 @@ ErrorOr<void> probe(Device& dev) {
   const char* roundtrip = g_state.error ? "device-error" : g_state.done ? "ok" : "timeout";
   uint64_t us = (timer::now_ns() - start) / 1000;
 
-  char desc[200];
-  dev.describe(desc, sizeof desc);
-  const char* mode = "legacy";
-  if (dev.transport().modern()) mode = "modern";
-  drivers::log("virtio: %s at %s (%s) %s roundtrip=%s (%llu us)\n", dev.name(),
-               dev.transport().location(), mode, desc, roundtrip,
-               static_cast<unsigned long long>(us));
+  drivers::log("virtio: %s at %s: roundtrip=%s (%llu us)\n", dev.name(),
+               dev.transport().location(), roundtrip, static_cast<unsigned long long>(us));
   if (!g_state.done) return Error::Timeout;
   return {};
 }
@@ -106,10 +101,8 @@ ErrorOr<void> probe_rng(Device& dev) {
     IrqGuard guard;
     while (!g_rng.done && !g_rng.error && timer::now_ns() < deadline) timer::wait_until(deadline);
   }
-  char desc[200];
-  dev.describe(desc, sizeof desc);
-  drivers::log("virtio: %s at %s (%s) %s roundtrip=%s (%u bytes)\n", dev.name(),
-               dev.transport().location(), dev.transport().modern() ? "modern" : "legacy", desc,
+  drivers::log("virtio: %s at %s: roundtrip=%s (%u bytes)\n", dev.name(),
+               dev.transport().location(),
                g_rng.error ? "device-error" : g_rng.done ? "ok" : "timeout", g_rng.len);
   if (!g_rng.done) return Error::Timeout;
   return {};
