@@ -7,7 +7,7 @@
 #include "lib/atomic.h"
 
 #if defined(BLIMP_GUEST)
-#include "kernel/interrupts.h"
+#include "drivers/shared_irq.h"
 #endif
 
 namespace blimp::virtio {
@@ -140,12 +140,12 @@ uint8_t MmioTransport::read_isr() {
 ErrorOr<void> MmioTransport::setup_interrupts(InterruptSink& sink, uint16_t) {
 #if defined(BLIMP_GUEST)
   if (irq_ready_) return {};
-  uint8_t vector = TRY(interrupts::allocate_vector(
-      [](void* ctx) { static_cast<InterruptSink*>(ctx)->irq_shared(); }, &sink));
   // QEMU's microvm describes its virtio-mmio lines in ACPI as level-triggered, active high;
   // from the command line (no ACPI) they are edge-triggered ISA-style lines. Either works with
   // the read-and-ack in irq_shared: the device drops the line once InterruptStatus is acked.
-  VTRY(interrupts::route_gsi(gsi_, vector, level_triggered_, active_low_));
+  uint8_t vector = TRY(drivers::attach_gsi(
+      gsi_, level_triggered_, active_low_,
+      [](void* ctx) { static_cast<InterruptSink*>(ctx)->irq_shared(); }, &sink));
   irq_ready_ = true;
   drivers::StrBuf(irq_desc_, sizeof irq_desc_).str("irq=").dec(gsi_).str(level_triggered_ ? " level" : " edge").str(" vector=").dec(vector);
   return {};

@@ -7,6 +7,7 @@
 
 #if defined(BLIMP_GUEST)
 #include "drivers/pci/pci.h"
+#include "drivers/shared_irq.h"
 #include "kernel/interrupts.h"
 #endif
 
@@ -81,9 +82,9 @@ ErrorOr<void> PciTransportBase::setup_interrupts(InterruptSink& sink, uint16_t n
   }
   unsigned line = route.value().gsi;
   vector_ctx_[0] = {&sink, kNoVector};
-  uint8_t vector = TRY(interrupts::allocate_vector(
+  uint8_t vector = TRY(drivers::attach_gsi(
+      line, true, route.value().active_low,
       [](void* ctx) { static_cast<VectorContext*>(ctx)->sink->irq_shared(); }, &vector_ctx_[0]));
-  VTRY(interrupts::route_gsi(line, vector, true, route.value().active_low));
   pci::set_command_bits(a, pci::command::kBusMaster, pci::command::kIntxDisable);
   drivers::StrBuf(irq_desc_, sizeof irq_desc_).str("intx gsi=").dec(line).str(" vector=").dec(vector);
   return {};

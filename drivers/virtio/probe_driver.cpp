@@ -37,6 +37,8 @@ void on_deflate_used(Virtqueue& vq, void* ctx) {
 }
 
 ErrorOr<void> probe(Device& dev) {
+  g_state.done = false;
+  g_state.error = false;
   uint64_t wanted = feature::bit(kMustTellHost) | feature::bit(kStatsVq) |
                     feature::bit(kDeflateOnOom) | feature::bit(kFreePageHint) |
                     feature::bit(kPageReporting);
@@ -91,6 +93,9 @@ void on_rng_used(Virtqueue& vq, void* ctx) {
 }
 
 ErrorOr<void> probe_rng(Device& dev) {
+  g_rng.done = false;
+  g_rng.error = false;
+  g_rng.len = 0;
   TRY(dev.negotiate(0));
   Virtqueue* vq = TRY(dev.add_queue(0, &on_rng_used, &g_rng));
   VTRY(dev.start());

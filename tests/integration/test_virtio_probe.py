@@ -5,8 +5,8 @@ round trip proves interrupt-driven completion) on every transport and prints wha
     virtio: balloon at mmio 0xfeb02e00 (legacy) driver=... features=0x30000002 queues=3 ...
 
 Configurations: microvm virtio-mmio legacy (QEMU's default) and modern, q35 virtio-pci modern and
-legacy (disable-modern=on), pc virtio-pci (transitional, used as modern). The rng on PCI has MSI-X,
-the balloon only INTx, so both interrupt paths run.
+legacy (disable-modern=on), pc virtio-pci (transitional, used as modern). The rng on q35 has MSI-X,
+the balloon only INTx, so both interrupt paths run; on pc the two share one INTx line.
 
 Usage: python3 tests/integration/test_virtio_probe.py --build-dir BUILD [-k NAME]
 Exit status: 0 pass, 77 skip (no blimp.elf or no QEMU), anything else fail.
@@ -117,9 +117,14 @@ def test_q35_pci_legacy(build):
 
 @t.test
 def test_pc_pci(build):
-    out = boot(build, "pc", ["virtio-balloon-pci", "virtio-rng-pci,vectors=0"])
+    # The rng without MSI-X in slot 6 shares PIRQB (and so its GSI) with the balloon in slot 2:
+    # the INTx path, with a line shared by two devices.
+    out = boot(build, "pc", ["virtio-balloon-pci,addr=2", "virtio-rng-pci,vectors=0,addr=6"])
     found = check_balloon(out, "pci", "modern")
-    check_rng(out, found, "pci", "modern", r"intx gsi=\d+")  # no MSI-X: the INTx path
+    check_rng(out, found, "pci", "modern", r"intx gsi=\d+")
+    gsi = re.search(r"intx gsi=(\d+)", found["balloon"].group("rest"))
+    check(gsi and f"intx gsi={gsi.group(1)} " in found["rng"].group("rest"),
+          f"expected a shared line:\n{found['balloon'].group(0)}\n{found['rng'].group(0)}")
 
 
 if __name__ == "__main__":
