@@ -6,7 +6,9 @@ For each QEMU configuration: boot, read the negotiated balloon features, collect
 free page reporting (QEMU RSS falls after the guest frees memory), inflate (guest MemFree falls,
 query-balloon reaches the target, BALLOON_CHANGE arrives), deflate. Then compare: same features,
 same set of stats, every step passed everywhere. On the patched QEMU also check the discard
-counters of x-blimp-balloon-info (one discard per page with coalescing off, far fewer with it on).
+counters of x-blimp-balloon-info (one discard per page with coalescing off, far fewer with it on),
+and that with every extension property on the standard guest negotiates exactly the same
+features and never touches the extension queue.
 
 Exit 0 pass, 77 skip (patched QEMU or Linux guest not built, no stock QEMU), 1 fail.
 """
@@ -104,6 +106,8 @@ def run_one(label, qemu, build_dir, extra):
             info = q.execute("x-blimp-balloon-info")
             res["info"] = info
             pages = (MEM_MB - TARGET_MB) * 256
+            if info["pstate-registered"] or info["hints"] or info["req-ok"]:
+                err("a standard guest used the Blimp extensions?")
             if info["inflate-pfns"] != pages:
                 err(f"inflate-pfns {info['inflate-pfns']} != {pages}")
             if info["discard-pages"] != pages:
@@ -138,13 +142,23 @@ def main():
 
     runs = [run_one("stock", STOCK_QEMU, bd, ""),
             run_one("patched", patched, bd, ""),
-            run_one("patched-coalesce", patched, bd, ",coalesce-discard=on")]
+            run_one("patched-coalesce", patched, bd, ",coalesce-discard=on"),
+            # every extension on: a standard guest must not notice (bits 56/57 not accepted,
+            # blimpq after the standard queues)
+            run_one("patched-all", patched, bd, ",coalesce-discard=on,page-states=on,"
+                    "page-states-interval-ms=500,share-hints=on")]
     failed = False
     for r in runs:
         print(f"[{r['label']}] features={r.get('features')} stats={len(r.get('stat_keys', []))} "
               f"reported={r.get('reported_mib')}MiB rss={r.get('rss')} "
               f"inflate={r.get('inflate_s', 0):.2f}s deflate={r.get('deflate_s', 0):.2f}s "
-              f"memfree-drop={r.get('memfree_drop_mib')}MiB info={r.get('info')}")
+              f"memfree-drop={r.get('memfree_drop_mib')}MiB")
+        if r.get("info"):
+            i = r["info"]
+            print(f"    x-blimp-balloon-info: inflate-pfns={i['inflate-pfns']} "
+                  f"discard-calls={i['discard-calls']} discard-pages={i['discard-pages']} "
+                  f"bad-pfns={i['bad-pfns']} pstate-registered={i['pstate-registered']} "
+                  f"hints={i['hints']}")
         for e in r["errors"]:
             print(f"  FAIL [{r['label']}]: {e}")
             failed = True
