@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <mutex>
 #include <thread>
 
 #include "arena.h"
@@ -23,7 +24,7 @@ TEST(Stress, ThreadsHammerAllocFreeTakeGiveBackReport) {
     std::vector<PageRun> balloon;
     std::vector<std::pair<void*, size_t>> objs;
     const uint64_t seed = id * 0x9e3779b97f4a7c15ull;
-    for (int step = 0; step < 6000 && !failed; ++step) {
+    for (int step = 0; step < 20000 && !failed; ++step) {
       switch (rng() % 8) {
         case 0:
         case 1:
@@ -102,6 +103,123 @@ TEST(Stress, ThreadsHammerAllocFreeTakeGiveBackReport) {
   EXPECT_EQ(pa.free_pages_count(), pa.total_pages());
   EXPECT_EQ(free_shape(pa), shape);
   EXPECT_EQ(pa.bad_give_back_pages(), 0u);
+}
+
+// Memory pressure from several threads at once: allocations that reclaim run shrinkers and the
+// OOM handler concurrently with other threads filling the cache and inflating the balloon.
+struct LockedCache : Shrinker {
+  explicit LockedCache(PageAllocator& pa) : pa(pa) {}
+  size_t count_objects() override { return count.load(); }
+  size_t scan_objects(size_t n) override {
+    std::lock_guard<std::mutex> g(mu);
+    size_t freed = 0;
+    while (freed < n && !pages.empty()) {
+      pa.free_pages(pages.back(), 0);
+      pages.pop_back();
+      ++freed;
+    }
+    count = pages.size();
+    return freed;
+  }
+  void fill(size_t n) {
+    std::lock_guard<std::mutex> g(mu);
+    for (size_t i = 0; i < n; ++i) {
+      auto a = pa.alloc_pages(0, Owner::App, kAllocNoReclaim);
+      if (a.is_error()) break;
+      pages.push_back(a.value());
+    }
+    count = pages.size();
+  }
+  PageAllocator& pa;
+  std::mutex mu;
+  std::vector<PhysAddr> pages;
+  std::atomic<size_t> count{0};
+};
+
+struct LockedBalloon {
+  PageAllocator& pa;
+  std::mutex mu;
+  std::vector<PageRun> runs;
+  std::atomic<uint64_t> deflated{0};
+  static size_t oom(size_t needed, void* ctx) {
+    auto* b = static_cast<LockedBalloon*>(ctx);
+    std::lock_guard<std::mutex> g(b->mu);
+    size_t given = 0;
+    while (given < needed && !b->runs.empty()) {
+      PageRun r = b->runs.back();
+      b->runs.pop_back();
+      b->pa.give_back(&r, 1, false);
+      given += r.pages;
+    }
+    b->deflated += given;
+    return given;
+  }
+  void inflate(size_t pages) {
+    std::lock_guard<std::mutex> g(mu);
+    PageRun r[8];
+    size_t n = pa.take_pages(pages, Owner::Balloon, r, 8);
+    runs.insert(runs.end(), r, r + n);
+  }
+};
+
+TEST(Stress, ConcurrentReclaimUnderPressure) {
+  Fixture f(16 * kMiB);
+  PageAllocator& pa = *f.pa;
+  auto shape = free_shape(pa);
+  LockedCache cache(pa);
+  LockedBalloon balloon{pa, {}, {}, {0}};
+  pa.register_shrinker(&cache);
+  pa.set_oom_handler(&LockedBalloon::oom, &balloon);
+  std::atomic<bool> failed{false};
+  std::atomic<uint64_t> ok_allocs{0}, failed_allocs{0};
+  auto worker = [&](unsigned id) {
+    std::mt19937_64 rng(77 + id);
+    std::vector<std::pair<PhysAddr, unsigned>> live;
+    const uint64_t seed = 0xabcdef00ull + id;
+    for (int step = 0; step < 4000 && !failed; ++step) {
+      unsigned r = rng() % 10;
+      if (r < 5) {
+        unsigned o = rng() % 3;
+        auto a = pa.alloc_pages(o, Owner::App);
+        if (a.is_error()) {
+          ++failed_allocs;
+        } else {
+          ++ok_allocs;
+          fill(a.value(), pages_of_order(o), seed);
+          live.push_back({a.value(), o});
+        }
+      } else if (r < 8) {
+        if (!live.empty()) {
+          size_t i = rng() % live.size();
+          if (!check(live[i].first, pages_of_order(live[i].second), seed)) failed = true;
+          pa.free_pages(live[i].first, live[i].second);
+          live[i] = live.back();
+          live.pop_back();
+        }
+      } else if (r < 9) {
+        cache.fill(1 + rng() % 64);
+      } else {
+        balloon.inflate(1 + rng() % 256);
+      }
+    }
+    for (auto& l : live) {
+      if (!check(l.first, pages_of_order(l.second), seed)) failed = true;
+      pa.free_pages(l.first, l.second);
+    }
+  };
+  std::vector<std::thread> threads;
+  for (unsigned i = 0; i < 4; ++i) threads.emplace_back(worker, i);
+  for (auto& t : threads) t.join();
+  EXPECT_FALSE(failed.load());
+  MemoryStats s = pa.stats();
+  EXPECT_GT(s.alloc_stalls, 0u);
+  EXPECT_GT(s.direct_reclaim_pages, 0u);
+  pa.unregister_shrinker(&cache);
+  cache.scan_objects(SIZE_MAX);
+  LockedBalloon::oom(SIZE_MAX, &balloon);
+  EXPECT_TRUE(pa.check_invariants());
+  EXPECT_EQ(free_shape(pa), shape);
+  EXPECT_GT(ok_allocs.load(), 0u);
 }
 
 }  // namespace
