@@ -217,6 +217,9 @@ void Heap::free(void* p) {
   Slab* to_release = nullptr;
   {
     SpinLockGuard g(lock_);
+    // Catches the double frees that would empty a slab twice; others corrupt the free list
+    // silently (a per-object bitmap would catch them all, at a cost on every free).
+    if (s->in_use == 0) panic("heap_free(%p): double free", p);
     *static_cast<void**>(p) = s->free_list;
     s->free_list = p;
     if (s->in_use-- == s->capacity) list_push(partial_[cls], s);

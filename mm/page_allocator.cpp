@@ -42,6 +42,26 @@ unsigned fitting_order(uint64_t pfn, uint64_t count) {
   return o;
 }
 
+// Extends the last run when the block is adjacent to it on either side (cold blocks come off the
+// list tails in descending address order), else starts a new run. False when out of runs.
+bool add_to_runs(PageRun* out, size_t& runs, size_t max_runs, PhysAddr a, uint64_t pages) {
+  if (runs > 0) {
+    PageRun& last = out[runs - 1];
+    if (last.base + last.pages * kPageSize == a) {
+      last.pages += pages;
+      return true;
+    }
+    if (a + pages * kPageSize == last.base) {
+      last.base = a;
+      last.pages += pages;
+      return true;
+    }
+  }
+  if (runs == max_runs) return false;
+  out[runs++] = PageRun{a, pages};
+  return true;
+}
+
 bool is_allocatable_owner(Owner o) {
   return o == Owner::Kernel || o == Owner::App || o == Owner::Volatile || o == Owner::Balloon;
 }
@@ -611,13 +631,9 @@ size_t PageAllocator::take_pages(size_t max_pages, Owner owner, PageRun* out, si
       uint32_t idx = grab_block_locked(static_cast<unsigned>(o), Policy::Balloon);
       if (idx == kNoPage) break;
       PhysAddr a = addr_of(idx);
-      if (runs > 0 && out[runs - 1].base + out[runs - 1].pages * kPageSize == a) {
-        out[runs - 1].pages += n;
-      } else if (runs == max_runs) {
+      if (!add_to_runs(out, runs, max_runs, a, n)) {
         free_block_locked(idx, static_cast<unsigned>(o), info_[idx].flags, info_[idx].owner);
         return runs;
-      } else {
-        out[runs++] = PageRun{a, n};
       }
       notify_locked(idx, n, owner);
       set_owner_locked(idx, owner);
@@ -683,13 +699,7 @@ size_t PageAllocator::isolate_unreported(unsigned min_order, PageRun* out, size_
       if (free_now < reporting_reserve_ + n) return runs;
       uint32_t idx = unreported_[o].tail;
       PhysAddr a = addr_of(idx);
-      if (runs > 0 && out[runs - 1].base + out[runs - 1].pages * kPageSize == a) {
-        out[runs - 1].pages += n;
-      } else if (runs == max_runs) {
-        return runs;
-      } else {
-        out[runs++] = PageRun{a, n};
-      }
+      if (!add_to_runs(out, runs, max_runs, a, n)) return runs;
       list_remove(idx);
       notify_locked(idx, n, Owner::Isolated);
       set_owner_locked(idx, Owner::Isolated);

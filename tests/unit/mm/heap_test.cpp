@@ -94,6 +94,9 @@ TEST(Heap, BadPointersPanic) {
   PhysAddr page = f.pa->alloc_pages(0).value();
   EXPECT_THROW(f.heap.free(reinterpret_cast<void*>(page + 128)), std::runtime_error);
   f.heap.free(p);
+  void* q = f.heap.alloc(64);
+  f.heap.free(q);
+  EXPECT_THROW(f.heap.free(q), std::runtime_error);  // the slab is empty: a double free
 }
 
 TEST(Heap, RandomizedWithPatterns) {

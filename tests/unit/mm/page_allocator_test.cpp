@@ -518,5 +518,21 @@ TEST(PageAllocator, SelfTestCoversAllFreeMemory) {
   EXPECT_EQ(free_shape(*f.pa), shape);
 }
 
+TEST(PageAllocator, BootMemoryComesOutInLongRuns) {
+  Fixture f(64 * kMiB);
+  PageAllocator& pa = *f.pa;
+  // Cold blocks come off the list tails in descending address order: runs must still merge.
+  PageRun runs[16];
+  size_t n = pa.take_pages(12 * kMaxOrderPages, Owner::Balloon, runs, 16);
+  ASSERT_EQ(n, 1u);
+  EXPECT_EQ(runs[0].pages, 12 * kMaxOrderPages);
+  pa.give_back(runs, n, false);
+  n = pa.isolate_unreported(kMaxOrder, runs, 16);
+  ASSERT_EQ(n, 1u);
+  EXPECT_EQ(runs[0].pages, 15 * kMaxOrderPages);
+  pa.return_isolated(runs, n, true);
+  EXPECT_TRUE(pa.check_invariants());
+}
+
 }  // namespace
 }  // namespace blimp::mm::test

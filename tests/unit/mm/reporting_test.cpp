@@ -1,6 +1,7 @@
 // Free page reporting: isolation, return, reported/zero marks, the notification hook.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 
 #include "arena.h"
@@ -130,13 +131,31 @@ TEST(Reporting, MaxRunsAndColdFirst) {
   PageAllocator& pa = *f.pa;
   PhysAddr w = pa.alloc_pages(kMaxOrder).value();
   pa.free_pages(w, kMaxOrder);  // warm: isolated last
+  // Room for two blocks: the coldest two, in one run (they are adjacent), not the warm one.
+  pa.set_reporting_reserve(pa.free_pages_count() - 2 * kMaxOrderPages);
   PageRun runs[2];
   size_t n = pa.isolate_unreported(kMaxOrder, runs, 2);
-  ASSERT_EQ(n, 2u);
-  for (size_t i = 0; i < n; ++i) {
-    EXPECT_FALSE(w >= runs[i].base && w < runs[i].base + runs[i].pages * kPageSize);
-  }
+  ASSERT_EQ(n, 1u);
+  EXPECT_EQ(runs[0].pages, 2 * kMaxOrderPages);
+  EXPECT_FALSE(w >= runs[0].base && w < runs[0].base + runs[0].pages * kPageSize);
   pa.return_isolated(runs, n, false);
+  // Checkerboard of free 4 MiB blocks: max_runs bounds the batch.
+  pa.set_reporting_reserve(0);
+  std::vector<PhysAddr> big;
+  for (;;) {
+    auto a = pa.alloc_pages(kMaxOrder, Owner::App, kAllocNoReclaim);
+    if (a.is_error()) break;
+    big.push_back(a.value());
+  }
+  std::sort(big.begin(), big.end());
+  for (size_t i = 0; i < big.size(); i += 2) pa.free_pages(big[i], kMaxOrder);
+  n = pa.isolate_unreported(kMaxOrder, runs, 2);
+  ASSERT_EQ(n, 2u);
+  EXPECT_EQ(runs[0].pages + runs[1].pages, 2 * kMaxOrderPages);
+  EXPECT_EQ(pa.unreported_free_pages(kMaxOrder),
+            (big.size() + 1) / 2 * kMaxOrderPages - 2 * kMaxOrderPages);
+  pa.return_isolated(runs, n, false);
+  for (size_t i = 1; i < big.size(); i += 2) pa.free_pages(big[i], kMaxOrder);
   // Bogus returns are ignored (logged), not fatal.
   PageRun bogus{w, kMaxOrderPages};
   pa.return_isolated(&bogus, 1, true);
