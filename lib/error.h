@@ -33,7 +33,12 @@ class [[nodiscard]] ErrorOr {
     else
       storage_.error = o.storage_.error;
   }
-  ErrorOr& operator=(const ErrorOr&) = delete;
+  ErrorOr& operator=(const ErrorOr& o) {
+    if (this == &o) return *this;
+    this->~ErrorOr();
+    new (this) ErrorOr(o);
+    return *this;
+  }
   ~ErrorOr() {
     if (has_value_) storage_.value.~T();
   }

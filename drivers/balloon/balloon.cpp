@@ -77,17 +77,24 @@ ErrorOr<void> Balloon::start() {
   if (cmdline::get_u64("balloon.poison", poison)) poison_ = static_cast<uint32_t>(poison);
   unsigned long long delay_ms = 0;
   if (cmdline::get_u64("balloon.report_delay_ms", delay_ms)) report_delay_ns_ = delay_ms * 1000000ull;
-  bool reporting_wanted = !cmdline::has_flag("balloon.report=off");
+  reporting_enabled_ = !cmdline::has_flag("balloon.report=off");
+  bool extensions_wanted = !cmdline::has_flag("balloon.extensions=off");
 
   uint64_t wanted = (1ull << kFeatureMustTellHost) | (1ull << kFeatureStatsVq) |
-                    (1ull << kFeatureDeflateOnOom) | (1ull << kFeatureFreePageHint);
+                    (1ull << kFeatureDeflateOnOom) | (1ull << kFeatureFreePageHint) |
+                    (1ull << kFeaturePageReporting);
   // Linux's rule: PAGE_POISON only when the guest poisons free pages; otherwise the host may
   // discard reported pages and they come back as zero, which is what Blimp expects.
   if (poison_) wanted |= 1ull << kFeaturePagePoison;
-  if (reporting_wanted) wanted |= 1ull << kFeaturePageReporting;
+  // The extensions need the 64-bit feature window of a modern transport (spec section 2).
+  if (extensions_wanted && dev_.transport().modern())
+    wanted |= (1ull << kFeatureBlimpPageStates) | (1ull << kFeatureBlimpShareHints);
+  // Every queue-bearing feature offered is accepted (even reporting with balloon.report=off,
+  // which then just goes unused): QEMU creates queues for what it offers, so accepting all of
+  // them is the only way both sides agree where each queue is (spec section 3).
   features_ = TRY(dev_.negotiate(wanted));
 
-  // 5.5.2: queues numbered densely in feature order.
+  // 5.5.2: queues numbered densely in feature order; blimpq last.
   uint16_t next = 0;
   inflate_vq_ = TRY(dev_.add_queue(next++, on_queue_used, this));
   deflate_vq_ = TRY(dev_.add_queue(next++, on_queue_used, this));
@@ -96,7 +103,13 @@ ErrorOr<void> Balloon::start() {
   if (dev_.has_feature(kFeaturePageReporting)) {
     virtio::QueueOptions o;
     o.max_indirect = kReportBatch;
-    report_vq_ = TRY(dev_.add_queue(next++, on_queue_used, this, o));
+    virtio::Virtqueue* vq = TRY(dev_.add_queue(next++, on_queue_used, this, o));
+    if (reporting_enabled_) report_vq_ = vq;
+  }
+  if (dev_.has_feature(kFeatureBlimpPageStates) || dev_.has_feature(kFeatureBlimpShareHints)) {
+    virtio::QueueOptions o;
+    o.max_indirect = 4;
+    blimp_vq_ = TRY(dev_.add_queue(next++, on_queue_used, this, o));
   }
   dev_.set_config_callback(on_config, this);
   dev_.set_error_callback(on_error, this);
@@ -129,6 +142,10 @@ ErrorOr<void> Balloon::start() {
           stats_vq_ ? "stats " : "", dev_.has_feature(kFeatureDeflateOnOom) ? "deflate-on-oom " : "",
           hint_vq_ ? "free-page-hint " : "", dev_.has_feature(kFeaturePagePoison) ? "poison " : "",
           report_vq_ ? "reporting" : "", mib(floor_pages_), report_delay_ns_ / 1000000);
+  if (blimp_vq_) {
+    kprintf("balloon: Blimp extensions:%s%s\n", has_page_states() ? " page-states" : "",
+            has_share_hints() ? " share-hints" : "");
+  }
   work::schedule(work_item_);
   return {};
 }
@@ -527,6 +544,44 @@ uint64_t Balloon::release_hinted_pages() {
     mm::pages().return_isolated(g_buf.report_runs, n, false);
   }
   return total;
+}
+
+ErrorOr<BlimpResponse> Balloon::blimp_request(uint16_t type, const void* entries,
+                                              uint32_t count, size_t entry_size) {
+  if (!blimp_vq_) return Error::Unsupported;
+  if (count > kBlimpMaxEntries || (count && !entries)) return Error::InvalidArgument;
+  {
+    IrqGuard guard;
+    if (blimp_busy_) return Error::Busy;
+    blimp_busy_ = true;
+  }
+  static BlimpRequestHeader header;
+  static BlimpResponse response;
+  header = {type, 0, count, 0};
+  response = {~0u, 0, 0, 0};
+  virtio::Segment out[2] = {{virt_to_phys(&header), sizeof header},
+                            {virt_to_phys(entries), uint32_t(count * entry_size)}};
+  virtio::Segment in[1] = {{virt_to_phys(&response), sizeof response}};
+  ErrorOr<BlimpResponse> result = Error::DeviceError;
+  auto r = blimp_vq_->add(std::span<const virtio::Segment>(out, count ? 2 : 1),
+                          std::span<const virtio::Segment>(in, 1), &header);
+  if (r.is_error()) {
+    result = r.error();
+  } else {
+    blimp_vq_->kick();
+    void* token;
+    uint32_t len;
+    if (wait_used(*blimp_vq_, token, len)) {
+      if (len >= sizeof response) {
+        result = response;
+      } else {
+        kprintf("balloon: blimpq answered request type %u with %u bytes, not a response\n", type,
+                len);
+      }
+    }
+  }
+  blimp_busy_ = false;
+  return result;
 }
 
 void Balloon::recover() {

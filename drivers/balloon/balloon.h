@@ -30,6 +30,7 @@
 
 #include <cstdint>
 
+#include "drivers/balloon/balloon_protocol.h"
 #include "drivers/balloon/pfn_list.h"
 #include "drivers/virtio/device.h"
 #include "kernel/deferred_work.h"
@@ -62,6 +63,16 @@ class Balloon {
   uint64_t target_pages() const { return target_; }
   uint64_t features() const { return features_; }
   const BalloonCounters& counters() const { return counters_; }
+
+  // ---- Blimp extensions (docs/spec-virtio-balloon-blimp.md) ----------------------------------
+  bool has_page_states() const { return blimp_vq_ && (features_ >> kFeatureBlimpPageStates) & 1; }
+  bool has_share_hints() const { return blimp_vq_ && (features_ >> kFeatureBlimpShareHints) & 1; }
+  // Sends one blimpq request (header + `count` entries of `entry_size` bytes at `entries`, which
+  // must stay valid until it returns) and waits for the device's response. Thread or work
+  // context, not interrupt context. Errors: Unsupported (extension not negotiated), Busy (another
+  // request in progress), InvalidArgument (count), DeviceError (no answer, broken queue).
+  ErrorOr<BlimpResponse> blimp_request(uint16_t type, const void* entries, uint32_t count,
+                                       size_t entry_size);
 
  private:
   static constexpr size_t kPfnsPerBuffer = 4096;  // 16 KiB of PFNs: 16 MiB of balloon
@@ -114,6 +125,9 @@ class Balloon {
   virtio::Virtqueue* stats_vq_ = nullptr;
   virtio::Virtqueue* hint_vq_ = nullptr;
   virtio::Virtqueue* report_vq_ = nullptr;
+  virtio::Virtqueue* blimp_vq_ = nullptr;
+  bool blimp_busy_ = false;
+  bool reporting_enabled_ = true;
 
   work::WorkItem work_item_{};
   bool busy_ = false;

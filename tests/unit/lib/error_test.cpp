@@ -25,6 +25,16 @@ TEST(ErrorOr, ValuesAndErrorsPropagate) {
   EXPECT_STREQ(blimp::error_name(r.error()), "invalid argument");
 }
 
+TEST(ErrorOr, Assignment) {
+  ErrorOr<int> r = Error::Timeout;
+  r = 5;
+  ASSERT_FALSE(r.is_error());
+  EXPECT_EQ(r.value(), 5);
+  r = Error::Busy;
+  ASSERT_TRUE(r.is_error());
+  EXPECT_EQ(r.error(), Error::Busy);
+}
+
 TEST(ErrorOr, VoidSpecialisation) {
   ErrorOr<void> ok;
   ErrorOr<void> bad = Error::NoMemory;
