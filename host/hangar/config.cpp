@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -380,7 +382,7 @@ Config parse_config_json(std::string_view text, std::string_view origin) {
     json doc;
     try {
         doc = json::parse(text.begin(), text.end(), nullptr, true, /*ignore_comments=*/true);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers like 1e999
         // nlohmann's message carries the byte offset; keep it, drop its exception-id prefix.
         std::string what = e.what();
         auto pos = what.find("parse error");

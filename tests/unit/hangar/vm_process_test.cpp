@@ -1,0 +1,119 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <csignal>
+#include <sys/wait.h>
+
+#include "fleet.h"
+#include "vm_process.h"
+
+using namespace hangar;
+
+namespace {
+bool has(const std::vector<std::string>& v, const std::string& s) { return std::find(v.begin(), v.end(), s) != v.end(); }
+int exited(int code) { return (code & 0xff) << 8; }   // a waitpid status for exit(code)
+int signaled(int sig) { return sig; }
+}  // namespace
+
+TEST(QemuArgv, MicrovmWithBalloon) {
+    VmSpec vm = parse_vm_flag("name=a,app=hello,memory=512M,args=\"x=1 y=2\"");
+    LaunchPlan plan{"/usr/bin/qemu-system-x86_64", false, "/k/blimp.elf", "/r/a.qmp", "/r/a.serial.log", "tcg", KsmMode::Unchanged};
+    auto a = build_qemu_argv(vm, plan);
+    EXPECT_EQ(a[0], "/usr/bin/qemu-system-x86_64");
+    EXPECT_TRUE(has(a, "microvm"));
+    EXPECT_TRUE(has(a, "512M"));
+    EXPECT_TRUE(has(a, "-S"));
+    EXPECT_TRUE(has(a, "tcg"));
+    EXPECT_TRUE(has(a, "app=hello x=1 y=2"));
+    EXPECT_TRUE(has(a, "virtio-balloon-device,id=balloon0"));
+    EXPECT_TRUE(has(a, "unix:/r/a.qmp,server=on,wait=off"));
+    EXPECT_TRUE(has(a, "file:/r/a.serial.log"));
+    EXPECT_TRUE(has(a, "isa-debug-exit,iobase=0xf4,iosize=0x04"));
+}
+
+TEST(QemuArgv, PciMachineKsmModesAndProps) {
+    VmSpec vm = parse_vm_flag("name=b,machine=q35");
+    vm.balloon_props["coalesce-discard"] = "on";
+    vm.qemu_args = {"-smp", "2"};
+    LaunchPlan plan{"q", true, "k", "s", "l", "tcg", KsmMode::Targeted};
+    auto a = build_qemu_argv(vm, plan);
+    EXPECT_TRUE(has(a, "q35,mem-merge=off"));
+    EXPECT_TRUE(has(a, "/usr/share/qemu/qboot.rom"));
+    EXPECT_TRUE(has(a, "virtio-balloon-pci,id=balloon0,coalesce-discard=on,share-hints=on"));
+    EXPECT_EQ(a.back(), "2");
+    plan.ksm = KsmMode::Blind;
+    vm.balloon = false;
+    a = build_qemu_argv(vm, plan);
+    EXPECT_TRUE(has(a, "q35"));
+    EXPECT_FALSE(std::any_of(a.begin(), a.end(), [](const std::string& s) { return s.find("balloon") != std::string::npos; }));
+}
+
+TEST(DecodeExit, GuestStatuses) {
+    EXPECT_TRUE(decode_exit(exited(1), "", "", false).ok());  // status 0 through isa-debug-exit
+    auto e = decode_exit(exited((3 << 1) | 1), "", "", false);
+    EXPECT_EQ(e.kind, VmExit::Kind::GuestExit);
+    EXPECT_EQ(e.guest_status, 3);
+    EXPECT_FALSE(e.ok());
+    e = decode_exit(exited((2 << 1) | 1), "boot\nblimp: unknown app 'nope'. Available apps:\n  hello\n", "", false);
+    EXPECT_EQ(e.kind, VmExit::Kind::UnknownApp);
+    EXPECT_EQ(e.detail, "blimp: unknown app 'nope'");
+    e = decode_exit(exited((125 << 1) | 1), "*** blimp: CPU exception 14 (page fault)\n", "", false);
+    EXPECT_EQ(e.kind, VmExit::Kind::GuestFault);
+    EXPECT_NE(e.detail.find("page fault"), std::string::npos);
+}
+
+TEST(DecodeExit, QemuOutcomes) {
+    auto e = decode_exit(exited(1 << 1), "", "qemu-system-x86_64: -foo: invalid option\n", false);
+    EXPECT_EQ(e.kind, VmExit::Kind::QemuError);
+    EXPECT_EQ(e.detail, "qemu-system-x86_64: -foo: invalid option");
+    EXPECT_EQ(decode_exit(signaled(SIGKILL), "", "", false).kind, VmExit::Kind::Signaled);
+    EXPECT_FALSE(decode_exit(signaled(SIGKILL), "", "", false).ok());
+    EXPECT_EQ(decode_exit(signaled(SIGKILL), "", "", true).kind, VmExit::Kind::Stopped);
+    EXPECT_EQ(decode_exit(exited(0), "", "", true).kind, VmExit::Kind::Stopped);
+    EXPECT_EQ(decode_exit(exited(0), "", "", false).kind, VmExit::Kind::QemuExit);
+    EXPECT_TRUE(decode_exit(exited(0), "", "", false).ok());
+}
+
+TEST(VmProcess, ExecFailureIsExact) {
+    VmProcess p;
+    std::string err;
+    EXPECT_FALSE(p.spawn({"/nonexistent/qemu"}, "/dev/null", err));
+    EXPECT_NE(err.find("cannot execute /nonexistent/qemu: No such file or directory"), std::string::npos);
+    EXPECT_FALSE(p.running());
+}
+
+TEST(VmProcess, SpawnReapAndRss) {
+    VmProcess p;
+    std::string err;
+    ASSERT_TRUE(p.spawn({"/bin/sh", "-c", "exit 3"}, "/dev/null", err)) << err;
+    for (int i = 0; i < 500 && !p.try_reap(); ++i) usleep(10000);
+    ASSERT_FALSE(p.running());
+    EXPECT_EQ(WEXITSTATUS(p.wait_status()), 3);
+    EXPECT_TRUE(read_rss(getpid()));
+    EXPECT_FALSE(read_rss(p.pid()));
+}
+
+TEST(VmProcess, DestructorKillsWhatIsLeft) {
+    pid_t pid;
+    {
+        VmProcess p;
+        std::string err;
+        ASSERT_TRUE(p.spawn({"/bin/sleep", "60"}, "/dev/null", err)) << err;
+        pid = p.pid();
+    }
+    EXPECT_NE(kill(pid, 0), 0);
+}
+
+TEST(GuestStats, FromQom) {
+    json v = json::parse(R"({"stats": {"stat-free-memory": 1000, "stat-available-memory": 2000,
+        "stat-total-memory": 4000, "stat-major-faults": 18446744073709551615}, "last-update": 42})");
+    auto g = guest_stats_from_qom(v);
+    ASSERT_TRUE(g);
+    EXPECT_EQ(*g->free_memory, 1000u);
+    EXPECT_EQ(*g->available_memory, 2000u);
+    EXPECT_FALSE(g->major_faults);  // 2^64-1: never reported
+    EXPECT_EQ(g->last_update, 42u);
+    EXPECT_FALSE(guest_stats_from_qom(json::parse(R"({"stats": {}, "last-update": 0})")));
+    EXPECT_FALSE(guest_stats_from_qom(json::parse(R"({"stats": 5})")));
+    EXPECT_FALSE(guest_stats_from_qom(json::parse("[]")));
+}
