@@ -114,6 +114,9 @@ ErrorOr<Virtqueue*> Device::add_queue(uint16_t index, Virtqueue::Callback cb, vo
   QueueSlot& slot = queues_[index];
   VTRY(slot.vq.init(index, o, dma_, &Device::notify_trampoline, this));
   slot.vq.set_callback(cb, ctx);
+  char qname[32];
+  drivers::StrBuf(qname, sizeof qname).str("virtio: ").str(name());
+  slot.vq.set_name(qname);
   slot.used = true;
   if (index + 1u > num_queues_) num_queues_ = index + 1u;
   return &slot.vq;

@@ -231,7 +231,7 @@ void Virtqueue::mark_broken(const char* why) {
     broken_ = true;
     return;
   }
-  broken_locked("virtio: queue %u: %s; queue disabled until device reset\n", index_, why);
+  broken_locked("%s queue %u: %s; queue disabled until device reset\n", name_, index_, why);
 }
 
 void Virtqueue::free_chain(uint16_t head) {
@@ -258,7 +258,7 @@ ErrorOr<bool> Virtqueue::pop_used(void*& token, uint32_t& len) {
   __atomic_thread_fence(__ATOMIC_ACQUIRE);
   uint16_t pending = uint16_t(idx - last_used_);
   if (pending > in_flight_) {
-    broken_locked("virtio: queue %u: used idx %u runs %u entries ahead of %u buffers in flight; queue disabled until device reset\n", index_, idx, pending,
+    broken_locked("%s queue %u: used idx %u runs %u entries ahead of %u buffers in flight; queue disabled until device reset\n", name_, index_, idx, pending,
                   in_flight_);
     return Error::DeviceError;
   }
@@ -266,15 +266,15 @@ ErrorOr<bool> Virtqueue::pop_used(void*& token, uint32_t& len) {
   uint32_t id = load32(&elem->id);
   uint32_t used_len = load32(&elem->len);
   if (id >= size_) {
-    broken_locked("virtio: queue %u: device returned used id %u, out of range (queue size %u); queue disabled until device reset\n", index_, id, size_);
+    broken_locked("%s queue %u: device returned used id %u, out of range (queue size %u); queue disabled until device reset\n", name_, index_, id, size_);
     return Error::DeviceError;
   }
   if (!slots_[id].token) {
-    broken_locked("virtio: queue %u: device returned used id %u, which is not in flight; queue disabled until device reset\n", index_, id);
+    broken_locked("%s queue %u: device returned used id %u, which is not in flight; queue disabled until device reset\n", name_, index_, id);
     return Error::DeviceError;
   }
   if (used_len > slots_[id].in_len) {
-    broken_locked("virtio: queue %u: device wrote %u bytes into buffer id %u, which has only %u writable; queue disabled until device reset\n", index_, used_len,
+    broken_locked("%s queue %u: device wrote %u bytes into buffer id %u, which has only %u writable; queue disabled until device reset\n", name_, index_, used_len,
                   id, slots_[id].in_len);
     return Error::DeviceError;
   }

@@ -104,6 +104,13 @@ class Virtqueue {
   uint16_t num_free() const { return num_free_; }
   uint16_t in_flight() const { return in_flight_; }
 
+  // Prefix for this queue's messages, e.g. "virtio: balloon" (copied; "virtio" by default).
+  void set_name(const char* name) {
+    size_t i = 0;
+    for (; name && name[i] && i + 1 < sizeof name_; ++i) name_[i] = name[i];
+    name_[i] = 0;
+  }
+
   void set_callback(Callback cb, void* ctx) {
     callback_ = cb;
     callback_ctx_ = ctx;
@@ -195,6 +202,7 @@ class Virtqueue {
   void broken_locked(const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
   SpinLock lock_;
+  char name_[32] = "virtio";
   DmaAllocator* dma_ = nullptr;
   DmaRegion ring_{};
   DmaRegion slots_region_{};

@@ -208,6 +208,30 @@ TEST_P(MmioDeviceTest, QueueAlreadyLiveIsNotOffered) {
   EXPECT_EQ(dev.add_queue(0, nullptr, nullptr).error(), Error::NotFound);
 }
 
+TEST_P(MmioDeviceTest, BogusUsedIdFromTheDeviceIsContained) {
+  ASSERT_FALSE(transport.init().is_error());
+  ASSERT_FALSE(dev.negotiate(0).is_error());
+  QueueLog log;
+  auto q = dev.add_queue(0, &QueueLog::cb, &log);
+  ASSERT_FALSE(q.is_error());
+  ASSERT_FALSE(dev.start().is_error());
+  ASSERT_FALSE(q.value()->add_in(0x3000, 16, reinterpret_cast<void*>(5)).is_error());
+  q.value()->kick();
+  FakeRing ring(*q.value());
+  ring.pop_avail();
+  ring.push_used(4000, 16);  // id far outside the ring
+  state.isr = kIsrQueue;
+  dev.irq_shared();
+  EXPECT_TRUE(log.tokens.empty());
+  EXPECT_TRUE(q.value()->broken());
+  EXPECT_TRUE(contains(drivers::last_log(), "virtio: balloon queue 0: device returned used id 4000"))
+      << drivers::last_log();
+  state.isr = kIsrQueue;
+  dev.irq_shared();  // later interrupts do not touch the broken queue
+  EXPECT_EQ(log.calls, 1);
+  EXPECT_EQ(q.value()->detach_unused(), reinterpret_cast<void*>(5));
+}
+
 INSTANTIATE_TEST_SUITE_P(Versions, MmioDeviceTest, ::testing::Values(1u, 2u),
                          [](const auto& info) { return info.param == 1 ? "Legacy" : "Modern"; });
 
