@@ -23,6 +23,7 @@ struct Fleet::Vm {
     int watched_fd = -1;
     bool stopping = false;       // hangar asked it to stop
     bool lost_qmp = false;       // hangar gave up on it after its QMP connection broke
+    bool resumed = false;        // "cont" succeeded: the guest has run
     std::optional<uint64_t> actual, target;
     std::optional<GuestStats> stats, prev_stats;
     Clock::time_point stats_seen{};
@@ -185,7 +186,8 @@ void Fleet::on_qmp_ready(Vm& vm) {
     }
     if (vm.spec.start == StartMode::Running) {
         vm.qmp->execute("cont", [this, p](const QmpReply& r) {
-            if (!r.ok && r.error_class != "Disconnected") qmp_problem(*p, "cont failed: " + r.describe());
+            if (r.ok) p->resumed = true;
+            else if (r.error_class != "Disconnected") qmp_problem(*p, "cont failed: " + r.describe());
         });
     } else {
         report("vm " + vm.spec.name + ": left paused (start=paused)");
@@ -203,12 +205,15 @@ void Fleet::on_qmp_closed(Vm& vm, const std::string& why) {
         vm.watched_fd = -1;
     }
     if (vm.phase == Vm::Phase::Gone || vm.stopping) return;
+    // A closure hangar decided on (protocol error, failed write) is news whatever happens next.
+    const bool eof = why.rfind("QMP connection closed by QEMU", 0) == 0;
+    if (!eof) qmp_problem(vm, why);
     // QEMU closes QMP as it exits; give SIGCHLD a moment to explain the closure before treating
     // it as a broken management channel.
     Vm* p = &vm;
-    loop_.after(1s, [this, p, why] {
+    loop_.after(1s, [this, p, why, eof] {
         if (p->phase == Vm::Phase::Gone || p->stopping || !p->proc.running()) return;
-        qmp_problem(*p, why + "; stopping the VM (it cannot be managed without QMP)");
+        qmp_problem(*p, (eof ? why + "; s" : std::string("S")) + "topping the VM (it cannot be managed without QMP)");
         p->lost_qmp = true;
         p->stopping = true;
         p->proc.signal(SIGTERM);
@@ -227,8 +232,8 @@ void Fleet::reap_all() {
 void Fleet::finish_vm(Vm& vm) {
     vm.phase = Vm::Phase::Gone;
     VmExit e = decode_exit(vm.proc.wait_status(), read_file_tail(vm.serial_log, 1 << 16),
-                           read_file_tail(vm.qemu_log, 1 << 14), vm.stopping);
-    if (vm.lost_qmp && e.kind == VmExit::Kind::Stopped) {
+                           read_file_tail(vm.qemu_log, 1 << 14), vm.stopping, vm.resumed);
+    if (vm.lost_qmp && (e.kind == VmExit::Kind::Stopped || e.ok())) {
         e.kind = VmExit::Kind::QemuError;
         e.detail = "stopped after its QMP connection failed";
     }
@@ -396,9 +401,9 @@ void Fleet::handle_signals() {
         if (sig == SIGCHLD) continue;  // reaped below
         if (!stopping_) {
             interrupted_by_ = sig;
-            stop_all(std::string("received ") + sigabbrev_np(sig));
+            stop_all(std::string("received SIG") + sigabbrev_np(sig));
         } else {
-            report(std::string("received ") + sigabbrev_np(sig) + " again: killing every VM now");
+            report(std::string("received SIG") + sigabbrev_np(sig) + " again: killing every VM now");
             kill_all();
         }
     }

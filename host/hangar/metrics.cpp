@@ -180,12 +180,15 @@ void StatusView::show(const std::vector<std::string>& lines) {
 }
 
 void StatusView::message(const std::string& line) {
+    // Messages go to stderr; on a terminal the live block (stdout) is wiped first so the message
+    // is not drawn over, and redrawn below it at the next sample.
     if (mode_ == Mode::Tty && drawn_) {
         std::fprintf(out_, "\033[%zuA\r\033[J", drawn_);
+        std::fflush(out_);
         drawn_ = 0;
     }
-    std::fprintf(out_, "%s\n", line.c_str());
-    std::fflush(out_);
+    std::fprintf(stderr, "%s\n", line.c_str());
+    std::fflush(stderr);
 }
 
 std::string StatusView::format_line(const VmSample& s) {

@@ -76,7 +76,7 @@ public:
     static Mode choose(const std::string& setting, int fd);
     // Tty: redraws the block in place. Plain: prints the lines.
     void show(const std::vector<std::string>& lines);
-    // Prints a message above the live block (so it is not overdrawn).
+    // Prints a message to stderr, above the live block (so it is not overdrawn).
     void message(const std::string& line);
     static std::string format_line(const VmSample& s);
 

@@ -106,7 +106,7 @@ std::string VmExit::describe() const {
     return s;
 }
 
-VmExit decode_exit(int ws, const std::string& serial, const std::string& qemu_log, bool stopping) {
+VmExit decode_exit(int ws, const std::string& serial, const std::string& qemu_log, bool stopping, bool guest_ran) {
     VmExit e;
     if (WIFSIGNALED(ws)) {
         e.signal = WTERMSIG(ws);
@@ -115,7 +115,8 @@ VmExit decode_exit(int ws, const std::string& serial, const std::string& qemu_lo
         return e;
     }
     e.exit_code = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
-    if (e.exit_code >= 0 && (e.exit_code & 1)) {
+    const bool guest_evidence = guest_ran || serial.find_first_not_of(" \r\n") != std::string::npos;
+    if (e.exit_code >= 0 && (e.exit_code & 1) && guest_evidence) {
         // isa-debug-exit: QEMU leaves with (status << 1) | 1.
         e.guest_status = e.exit_code >> 1;
         e.kind = VmExit::Kind::GuestExit;
@@ -141,6 +142,7 @@ VmExit decode_exit(int ws, const std::string& serial, const std::string& qemu_lo
     }
     e.kind = VmExit::Kind::QemuError;
     e.detail = last_line(qemu_log);
+    if (e.detail.empty() && !guest_evidence) e.detail = "QEMU exited before the guest ran";
     return e;
 }
 

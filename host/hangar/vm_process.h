@@ -53,7 +53,11 @@ struct VmExit {
 
 // Decodes waitpid status with the evidence from the serial log and QEMU's stderr.
 // `stopping` says hangar asked it to stop, so SIGTERM/SIGKILL and a plain exit are expected.
-VmExit decode_exit(int wait_status, const std::string& serial, const std::string& qemu_log, bool stopping);
+// `guest_ran` says the guest was resumed (hangar starts QEMU with -S). It matters because QEMU's
+// own error exit (1) is also isa-debug-exit's encoding of guest status 0: a 1 from a QEMU whose
+// guest never ran and never printed is QEMU failing, not the app succeeding.
+VmExit decode_exit(int wait_status, const std::string& serial, const std::string& qemu_log, bool stopping,
+                   bool guest_ran = true);
 
 class VmProcess {
 public:

@@ -62,6 +62,16 @@ TEST(DecodeExit, GuestStatuses) {
     EXPECT_NE(e.detail.find("page fault"), std::string::npos);
 }
 
+TEST(DecodeExit, QemuErrorIsNotGuestStatusZero) {
+    // QEMU's own exit(1) looks like isa-debug-exit's "status 0": only a guest that ran can say 0.
+    auto e = decode_exit(exited(1), "", "qemu-system-x86_64: -foo: invalid option\n", false, false);
+    EXPECT_EQ(e.kind, VmExit::Kind::QemuError);
+    EXPECT_FALSE(e.ok());
+    EXPECT_EQ(decode_exit(exited(1), "", "", false, false).detail, "QEMU exited before the guest ran");
+    EXPECT_TRUE(decode_exit(exited(1), "Hello from blimp!\n", "", false, false).ok());
+    EXPECT_TRUE(decode_exit(exited(1), "", "", false, true).ok());
+}
+
 TEST(DecodeExit, QemuOutcomes) {
     auto e = decode_exit(exited(1 << 1), "", "qemu-system-x86_64: -foo: invalid option\n", false);
     EXPECT_EQ(e.kind, VmExit::Kind::QemuError);

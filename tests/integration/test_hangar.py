@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""hangar end to end on stock QEMU (-accel tcg): a fleet whose VMs exit, a QEMU killed with -9, an
+orderly stop on SIGINT/SIGTERM with KSM settings put back, metrics files, and bad input (config,
+QEMU path, QEMU arguments, unknown app). Each test reads the run's summary.json and checks that no
+QEMU of the run is left behind.
+
+    python3 tests/integration/test_hangar.py --build-dir build [-k name]
+
+The hangar binary is BUILD/host/hangar/hangar (or $HANGAR), the kernel BUILD/blimp.elf (or
+$BLIMP_KERNEL). Skips (77) when either is missing."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
+from blimp_vm import Skip, TestRunner, check  # noqa: E402
+
+t = TestRunner()
+QEMU = "/usr/bin/qemu-system-x86_64"
+
+
+def tools(build):
+    hangar = os.environ.get("HANGAR") or os.path.join(build, "host", "hangar", "hangar")
+    kernel = os.environ.get("BLIMP_KERNEL") or os.path.join(build, "blimp.elf")
+    if not os.access(hangar, os.X_OK):
+        raise Skip(f"{hangar} not built")
+    if not os.path.exists(kernel):
+        raise Skip(f"{kernel} not built")
+    if not os.access(QEMU, os.X_OK):
+        raise Skip(f"{QEMU} missing")
+    return hangar, kernel
+
+
+def available_apps(build):
+    """The guest's app list, from its 'unknown app' message."""
+    _, kernel = tools(build)
+    out = subprocess.run(["timeout", "60", QEMU, "-M", "microvm", "-accel", "tcg", "-m", "64M",
+                          "-display", "none", "-nodefaults", "-serial", "stdio", "-no-reboot",
+                          "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                          "-kernel", kernel, "-append", "app=__list__"],
+                         capture_output=True, text=True, timeout=90).stdout
+    return set(re.findall(r"^\s{2}(\S+)\s", out, re.M))
+
+
+def long_lived_vm(build, name, machine="microvm"):
+    """A VM that stays up until hangar stops it: app=idle once it exists, a paused hello before."""
+    if "idle" in available_apps(build):
+        return f"name={name},app=idle,machine={machine}"
+    return f"name={name},app=hello,machine={machine},start=paused"
+
+
+def qemu_pids_of(run_dir):
+    """Live processes whose command line mentions the run directory (its QEMUs)."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if run_dir in cmd and "qemu" in cmd:
+            pids.append(int(pid))
+    return pids
+
+
+class Run:
+    """hangar run in the background with its own run directory, always bounded by a timeout."""
+
+    def __init__(self, build, args, limit=240, qemu="stock"):
+        self.hangar, self.kernel = tools(build)
+        self.tmp = tempfile.mkdtemp(prefix="hangar-test-")
+        self.run_dir = os.path.join(self.tmp, "run")
+        self.cmd = [self.hangar, "run", "--kernel", self.kernel, "--qemu", qemu,
+                    "--run-dir", self.run_dir, "--status", "plain", "--interval", "500ms", *args]
+        self.out_path = os.path.join(self.tmp, "out.txt")
+        self.err_path = os.path.join(self.tmp, "err.txt")
+        self.proc = subprocess.Popen(self.cmd, stdout=open(self.out_path, "w"),
+                                     stderr=open(self.err_path, "w"), stdin=subprocess.DEVNULL)
+        self.limit = limit
+        self.started = time.monotonic()
+
+    def stderr(self):
+        with open(self.err_path) as f:
+            return f.read()
+
+    def stdout(self):
+        with open(self.out_path) as f:
+            return f.read()
+
+    def wait_for(self, pattern, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.stderr(), re.M)
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"/{pattern}/ not in hangar's stderr\n{self.stderr()}")
+
+    def wait(self, timeout=None):
+        try:
+            return self.proc.wait(timeout=timeout or self.limit)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"hangar did not finish in time\n{self.stderr()}")
+
+    def summary(self):
+        with open(os.path.join(self.run_dir, "summary.json")) as f:
+            s = json.load(f)
+        return s, {v["name"]: v for v in s["vms"]}
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        left = qemu_pids_of(self.run_dir)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        check(not left, f"QEMU processes left running: {left}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@t.test
+def test_three_vms_exit_and_statuses_reported(build):
+    with Run(build, ["--vm", "name=a,app=hello", "--vm", "name=b,app=hello,machine=q35",
+                     "--vm", "name=c,app=hello,args=\"greeting=hi\""]) as r:
+        rc = r.wait()
+        s, vms = r.summary()
+        check(rc == 0, f"exit {rc}\n{r.stderr()}")
+        for name in "abc":
+            check(vms[name]["outcome"] == "exited" and vms[name]["guest_status"] == 0, vms[name])
+        check("vm b: guest exited with status 0" in r.stderr(), r.stderr())
+        with open(vms["c"]["serial_log"]) as f:
+            check("argv[1] = greeting=hi" in f.read(), "argument not passed to the app")
+
+
+@t.test
+def test_unknown_app_reported_others_complete(build):
+    with Run(build, ["--vm", "name=good1,app=hello", "--vm", "name=bad,app=nope",
+                     "--vm", "name=good2,app=hello,machine=pc"]) as r:
+        rc = r.wait()
+        s, vms = r.summary()
+        check(rc == 1, f"exit {rc} (want 1: a VM failed)\n{r.stderr()}")
+        check(vms["bad"]["outcome"] == "unknown-app", vms["bad"])
+        check("unknown app 'nope'" in vms["bad"]["detail"], vms["bad"])
+        check("vm bad: unknown app" in r.stderr(), r.stderr())
+        check(vms["good1"]["ok"] and vms["good2"]["ok"], s)
+
+
+@t.test
+def test_killed_qemu_reported_others_continue(build):
+    specs = [long_lived_vm(build, n) for n in ("a", "b", "c")]
+    with Run(build, [a for s in specs for a in ("--vm", s)] + ["--duration", "120s"]) as r:
+        pids = {}
+        for name in "abc":
+            m = r.wait_for(rf"vm {name}: started QEMU pid (\d+)")
+            pids[name] = int(m.group(1))
+        # Wait until hangar manages all three (QMP up), then kill one behind its back.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(
+                re.search(rf"^{n}\s+(running|paused)", r.stdout(), re.M) for n in "abc"):
+            time.sleep(0.2)
+        os.kill(pids["b"], signal.SIGKILL)
+        r.wait_for(r"vm b: QEMU was killed by signal 9")
+        time.sleep(1.5)
+        for name in "ac":
+            check(os.path.exists(f"/proc/{pids[name]}"), f"{name} died with b\n{r.stderr()}")
+        check(r.proc.poll() is None, f"hangar stopped when one VM died\n{r.stderr()}")
+        r.proc.send_signal(signal.SIGINT)
+        rc = r.wait(timeout=60)
+        s, vms = r.summary()
+        check(rc == 1, f"exit {rc} (want 1: a VM was killed)\n{r.stderr()}")
+        check(vms["b"]["outcome"] == "killed" and vms["b"]["signal"] == 9, vms["b"])
+        check(vms["a"]["outcome"] == "stopped" and vms["c"]["outcome"] == "stopped", s)
+        check("received SIGINT" in s["stop_reason"], s["stop_reason"])
+        for name in "ac":
+            check(not os.path.exists(f"/proc/{pids[name]}"), f"{name} still running")
+
+
+def fake_ksm(tmp):
+    d = os.path.join(tmp, "ksm")
+    os.makedirs(d)
+    values = {"run": "0", "pages_to_scan": "100", "sleep_millisecs": "20", "pages_shared": "0",
+              "pages_sharing": "0", "full_scans": "0", "advisor_mode": "[none] scan-time"}
+    for k, v in values.items():
+        with open(os.path.join(d, k), "w") as f:
+            f.write(v + "\n")
+    return d, values
+
+
+def read_ksm(d, keys):
+    out = {}
+    for k in keys:
+        with open(os.path.join(d, k)) as f:
+            out[k] = f.read().strip()
+    return out
+
+
+@t.test
+def test_sigterm_stops_cleanly_and_restores_ksm(build):
+    tmp = tempfile.mkdtemp(prefix="hangar-ksm-")
+    try:
+        ksm_dir, before = fake_ksm(tmp)
+        csv = os.path.join(tmp, "m.csv")
+        png = os.path.join(tmp, "m.png")
+        with Run(build, ["--vm", long_lived_vm(build, "a"), "--vm", long_lived_vm(build, "b", "q35"),
+                         "--ksm", "blind", "--ksm-pages-to-scan", "5000", "--ksm-sysfs", ksm_dir,
+                         "--budget", "400M", "--csv", csv, "--plot", png,
+                         "--duration", "120s"]) as r:
+            r.wait_for(r"KSM blind")
+            during = read_ksm(ksm_dir, before)
+            check(during["run"] == "1" and during["pages_to_scan"] == "5000", during)
+            check(os.path.exists(os.path.join(r.run_dir, "ksm-saved.json")), "no KSM save file")
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and r.stdout().count("\nb ") + r.stdout().startswith("b ") < 2:
+                time.sleep(0.2)
+            r.proc.send_signal(signal.SIGTERM)
+            rc = r.wait(timeout=60)
+            s, vms = r.summary()
+            check(rc == 128 + signal.SIGTERM, f"exit {rc}\n{r.stderr()}")
+            check(all(v["outcome"] == "stopped" for v in vms.values()), s)
+            check(s["ksm"]["restored"], s["ksm"])
+            check(read_ksm(ksm_dir, before) == before, f"KSM not restored: {read_ksm(ksm_dir, before)}")
+            check(not os.path.exists(os.path.join(r.run_dir, "ksm-saved.json")), "save file left")
+            with open(csv) as f:
+                rows = f.read().splitlines()
+            header = rows[0].split(",")
+            check(header[:4] == ["time_s", "vm", "pid", "state"] and "rss_bytes" in header, header)
+            vm_col, rss_col = header.index("vm"), header.index("rss_bytes")
+            for name in "ab":
+                mine = [row.split(",") for row in rows[1:] if row.split(",")[vm_col] == name]
+                check(mine and any(c[rss_col] for c in mine), f"no RSS rows for {name}")
+            check(os.path.getsize(png) > 1000 if shutil.which("gnuplot") else True, "plot missing")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@t.test
+def test_bad_config_is_a_clear_error(build):
+    hangar, kernel = tools(build)
+    tmp = tempfile.mkdtemp(prefix="hangar-cfg-")
+    try:
+        cases = [
+            ('{"vms": [ {"name": "a", }', "not valid JSON"),
+            ('{"vms": [{"name": "a", "memroy": "1G"}]}', 'unknown key "memroy" (did you mean "memory"?)'),
+            ('{"vms": [{"name": "a", "memory": "lots"}]}', "vms[0].memory: invalid size"),
+            ('{"vms": [{"name": "a"}, {"name": "a"}]}', "duplicate name"),
+            ('{"vms": [{"name": "a", "machine": "virt"}]}', "unknown machine"),
+            ('{"budget": "1M", "vms": [{"name": "a"}]}', "below the VMs' floors"),
+        ]
+        for text, want in cases:
+            path = os.path.join(tmp, "fleet.json")
+            with open(path, "w") as f:
+                f.write(text)
+            p = subprocess.run([hangar, "run", "--config", path, "--kernel", kernel, "--qemu", "stock",
+                                "--run-dir", os.path.join(tmp, "run")],
+                               capture_output=True, text=True, timeout=60)
+            check(p.returncode == 2, f"{text}: exit {p.returncode}\n{p.stderr}")
+            check(want in p.stderr, f"{text}: want {want!r} in\n{p.stderr}")
+            check("fleet.json" in p.stderr or "duplicate" in p.stderr or "floors" in p.stderr, p.stderr)
+            check(not os.path.exists(os.path.join(tmp, "run")), "a run was started for a bad config")
+        p = subprocess.run([hangar, "run", "--vm", "name=a,colour=red", "--kernel", kernel],
+                           capture_output=True, text=True, timeout=60)
+        check(p.returncode == 2 and 'unknown key "colour"' in p.stderr, p.stderr)
+        p = subprocess.run([hangar, "run", "--bogus-flag"], capture_output=True, text=True, timeout=60)
+        check(p.returncode == 2, p.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@t.test
+def test_qemu_that_cannot_start(build):
+    hangar, kernel = tools(build)
+    # A bad path: every VM fails to start, with the reason.
+    tmp = tempfile.mkdtemp(prefix="hangar-qemu-")
+    try:
+        p = subprocess.run([hangar, "run", "--vm", "name=a", "--vm", "name=b", "--kernel", kernel,
+                            "--qemu", "/nonexistent/qemu", "--run-dir", os.path.join(tmp, "run")],
+                           capture_output=True, text=True, timeout=60)
+        check(p.returncode == 1, f"exit {p.returncode}\n{p.stderr}")
+        check("cannot execute /nonexistent/qemu: No such file or directory" in p.stderr, p.stderr)
+        with open(os.path.join(tmp, "run", "summary.json")) as f:
+            s = json.load(f)
+        check(all(v["outcome"] == "failed-to-start" for v in s["vms"]), s)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # Bad QEMU arguments for one VM: QEMU's own message, the others run to completion.
+    with Run(build, ["--vm", "name=ok1", "--vm", "name=broken,qemu_args=-no-such-option",
+                     "--vm", "name=ok2"]) as r:
+        rc = r.wait()
+        s, vms = r.summary()
+        check(rc == 1, f"exit {rc}\n{r.stderr()}")
+        check(vms["broken"]["outcome"] == "qemu-error", vms["broken"])
+        check("no-such-option" in vms["broken"]["detail"], vms["broken"])
+        check(vms["ok1"]["ok"] and vms["ok2"]["ok"], s)
+
+
+# A stand-in for QEMU that speaks QMP badly on purpose; its mode comes from the kernel command
+# line (-append "app=... qmp=MODE"), so one fleet can mix behaviours. It exits like a guest
+# returning 0 (isa-debug-exit status 1) after a few seconds, or 0 on "quit".
+FAKE_QEMU = r"""#!/usr/bin/env python3
+import json, os, re, socket, sys, time
+argv = sys.argv
+path = re.match(r"unix:([^,]+)", argv[argv.index("-qmp") + 1]).group(1)
+mode = re.search(r"qmp=(\w+)", argv[argv.index("-append") + 1]).group(1)
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen(1)
+srv.settimeout(30)
+conn, _ = srv.accept()
+f = conn.makefile("rwb", buffering=0)
+def send(obj):
+    f.write((json.dumps(obj) + "\r\n").encode())
+if mode != "garbage":
+    # What a guest that ran leaves behind: output on its serial port.
+    serial = argv[argv.index("-serial") + 1][len("file:"):]
+    open(serial, "w").write("fake guest running\\n")
+if mode == "silent":
+    time.sleep(30)
+    sys.exit(1)
+send({"QMP": {"version": {}, "capabilities": []}})
+deadline = time.monotonic() + 4
+conn.settimeout(0.2)
+while time.monotonic() < deadline:
+    try:
+        line = f.readline()
+    except (socket.timeout, TimeoutError):
+        continue
+    if not line:
+        break
+    msg = json.loads(line)
+    cmd, mid = msg.get("execute"), msg.get("id")
+    if cmd == "qmp_capabilities":
+        send({"return": {}, "id": mid})
+        if mode == "garbage":
+            f.write(b"this is not QMP\r\n")
+    elif cmd == "quit":
+        send({"return": {}, "id": mid})
+        sys.exit(0)
+    elif mode == "errors":
+        send({"error": {"class": "GenericError", "desc": "fake failure of " + cmd}, "id": mid})
+    else:
+        send({"return": {"actual": 268435456} if cmd == "query-balloon" else {}, "id": mid})
+sys.exit(1)
+"""
+
+
+@t.test
+def test_qmp_errors_reported_vms_continue(build):
+    tmp = tempfile.mkdtemp(prefix="hangar-fake-")
+    try:
+        fake = os.path.join(tmp, "fake-qemu")
+        with open(fake, "w") as f:
+            f.write(FAKE_QEMU)
+        os.chmod(fake, 0o755)
+        args = ["--vm", "name=good,args=qmp=ok", "--vm", "name=erring,args=qmp=errors",
+                "--vm", "name=garbled,args=qmp=garbage"]
+        with Run(build, args, qemu=fake) as r:
+            rc = r.wait()
+            s, vms = r.summary()
+            err = r.stderr()
+            check(rc == 1, f"exit {rc} (want 1: garbled lost its QMP)\n{err}")
+            check("vm erring: QMP: cont failed: GenericError: fake failure of cont" in err, err)
+            check(vms["erring"]["ok"] and vms["erring"]["qmp_errors"], vms["erring"])
+            check("vm garbled: QMP: QMP protocol error" in err, err)
+            check(vms["garbled"]["outcome"] == "qemu-error" and not vms["garbled"]["ok"], vms["garbled"])
+            check(vms["good"]["ok"] and not vms["good"]["qmp_errors"], vms["good"])
+        # Only QMP errors, every VM fine: status 4.
+        with Run(build, ["--vm", "name=erring,args=qmp=errors"], qemu=fake) as r:
+            rc = r.wait()
+            check(rc == 4, f"exit {rc} (want 4)\n{r.stderr()}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    t.main()
