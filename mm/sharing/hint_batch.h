@@ -1,0 +1,85 @@
+// Batching of sharing hints (spec section 5.4): SEAL entries (pfn run, XXH3-64 hash, ZERO flag)
+// and UNSEAL entries, up to a request's worth (at most 4096 entries) at a time.
+//
+// Run merging: a page that directly follows the last entry's run and has the same hash and the
+// same ZERO flag extends that run instead of taking a new entry (runs longer than one page are for
+// pages with identical content, typically zero). UNSEAL runs merge when adjacent or overlapping.
+//
+// The batchers are transport-agnostic: a SendFn carries one request (in the guest:
+// Balloon::blimp_request; in the unit tests: a fake device). Host-compilable.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "drivers/balloon/balloon_protocol.h"
+#include "lib/error.h"
+
+namespace blimp::mm::sharing {
+
+using balloon::BlimpResponse;
+using balloon::BlimpSealEntry;
+using balloon::BlimpUnsealEntry;
+
+// Sends one blimpq request of `count` entries of `entry_size` bytes; returns the device's answer.
+using SendFn = ErrorOr<BlimpResponse> (*)(uint16_t type, const void* entries, uint32_t count,
+                                          size_t entry_size, void* ctx);
+
+struct BatchStats {
+  uint64_t requests = 0;       // requests answered by the device
+  uint64_t entries = 0;        // entries sent
+  uint64_t pages = 0;          // pages covered by the entries sent
+  uint64_t zero_pages = 0;     // of which in ZERO runs
+  uint64_t accepted = 0;       // entries the device accepted
+  uint64_t rejected = 0;       // entries the device rejected
+  uint64_t send_errors = 0;    // requests that failed (no answer, unsupported, busy for too long)
+  uint64_t dropped_pages = 0;  // pages not sent: the device said ENOSPC earlier, or send failed
+  uint32_t last_status = 0;    // status of the last response
+  bool limit_reached = false;  // ENOSPC seen: no more SEALs are sent
+};
+
+class SealBatcher {
+ public:
+  // `buf` holds `capacity` entries (1..4096) and must stay valid (and, in the guest, be RAM the
+  // device can read: identity mapped) for the batcher's life.
+  SealBatcher(BlimpSealEntry* buf, uint32_t capacity, SendFn send, void* ctx);
+
+  // Adds `npages` pages starting at `pfn`, each with content hash `hash`.
+  void add(uint64_t pfn, uint64_t hash, bool zero, uint32_t npages = 1);
+  // Sends what is pending. False if the request failed or was rejected in part.
+  bool flush();
+
+  uint32_t pending() const { return count_; }
+  const BatchStats& stats() const { return stats_; }
+
+ private:
+  BlimpSealEntry* buf_;
+  uint32_t capacity_;
+  uint32_t count_ = 0;
+  SendFn send_;
+  void* ctx_;
+  BatchStats stats_;
+};
+
+class UnsealBatcher {
+ public:
+  UnsealBatcher(BlimpUnsealEntry* buf, uint32_t capacity, SendFn send, void* ctx);
+  void add(uint64_t pfn, uint64_t npages);
+  bool flush();
+  uint32_t pending() const { return count_; }
+  const BatchStats& stats() const { return stats_; }
+
+ private:
+  BlimpUnsealEntry* buf_;
+  uint32_t capacity_;
+  uint32_t count_ = 0;
+  SendFn send_;
+  void* ctx_;
+  BatchStats stats_;
+};
+
+// Shared by both batchers: sends, retrying while the queue is busy, and accounts the answer.
+bool send_batch(SendFn send, void* ctx, uint16_t type, const void* entries, uint32_t count,
+                size_t entry_size, uint64_t pages, BatchStats& stats);
+
+}  // namespace blimp::mm::sharing
