@@ -150,6 +150,9 @@ ErrorOr<void> Device::start() {
       return r.error();
     }
     interrupts_ready_ = true;
+  } else {
+    // Started before (negotiate() reset the device): the device forgot its MSI-X config vector.
+    VTRY(transport_.reapply_config_vector());
   }
   VTRY(enable_queues());
   // Step 8: DRIVER_OK. From here the device may use the queues and raise interrupts.
