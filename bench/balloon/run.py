@@ -1,0 +1,648 @@
+#!/usr/bin/env python3
+"""virtio-balloon benchmark: Blimp against the anchor (Debian 12's Linux), same stock QEMU.
+
+    python3 bench/balloon/run.py [--build-dir build] [--runs 3] [--quick] [--mem 1024]
+                                 [--machines q35,microvm] [--out bench/balloon/RESULTS.md]
+
+Boots, in the same run and one VM at a time, the anchor Linux guest (image/linux/) and Blimp
+(build/blimp.elf, app memhog) under the same /usr/bin/qemu-system-x86_64 (-accel tcg, -smp 1,
+same -m) and measures for each:
+
+  boot      wall clock from QEMU's start to the workload's ready line
+            (Linux: "BLIMP-LINUX: ready", SeaBIOS + -kernel bzImage + initramfs;
+             Blimp: "blimp: starting app", qboot + -kernel PVH ELF). Each run also boots each
+            guest once with the other's firmware (Linux via qboot, Blimp via SeaBIOS) so the
+            firmware's share is visible.
+  inflate   free page reporting off. The guest touches FILL MiB (~80% of RAM) and frees it, so
+            the host backs it (Linux: `fill`/`drop` on tmpfs; Blimp: memhog alloc/free). Then
+            QMP `balloon` to TARGET MiB; query-balloon polled every 5 ms until it reports the
+            target. MiB/s = inflated MiB / that time.
+  returned  QEMU's VmRSS before the inflate and 1 s after it, as a fraction of the inflated MiB.
+  deflate   QMP `balloon` back to the full size, timed the same way.
+  reporting free-page-reporting=on, fresh VM. The guest touches REPORT MiB and frees it (Linux:
+            `fill`/`drop`; Blimp: memhog alloc, wait 1 s, free). QEMU's VmRSS is polled every
+            20 ms until it has fallen by 90% of the freed amount from its peak (give up after
+            60 s). Timed from the free's completion marker ("done drop" / "step 3 freed") and,
+            second figure, from the moment the free started (Linux: `drop` sent; Blimp: the
+            "step 2 waited" line, after which memhog frees at once).
+
+Each measurement is repeated --runs times (median, min-max). A Markdown table goes to
+RESULTS.md (and stdout), raw samples to results.json beside it. Exit status: 0 when every
+guest booted and every balloon target was reached (a reporting give-up is a result, not an
+error), 1 otherwise, 2 on bad usage/missing inputs. Standard library only; every QEMU runs under
+`timeout` in its own process group and is killed on the way out.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+from qmp import Qmp, QmpConnectError, QmpError  # noqa: E402
+
+QEMU = "/usr/bin/qemu-system-x86_64"
+QBOOT = "/usr/share/qemu/qboot.rom"
+MiB = 1 << 20
+VM_LIMIT_S = 900          # `timeout` around every QEMU
+BOOT_TIMEOUT_S = 300
+BALLOON_TIMEOUT_S = 120   # a balloon that has not reached its target by then is an error
+REPORT_GIVE_UP_S = 60
+POLL_BALLOON_S = 0.005
+POLL_RSS_S = 0.020
+
+LIVE = set()              # running guests, killed on exit whatever happens
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class BenchError(Exception):
+    """A real failure: a guest that does not boot, a balloon that never reaches its target."""
+
+
+# --------------------------------------------------------------------------------------------
+# One QEMU process with a console reader (timestamped lines) and a QMP connection.
+class Guest:
+    def __init__(self, kind, machine, mem_mb, build_dir, blimp_elf, balloon_props="",
+                 memhog_steps="", firmware="default", blimp_words=""):
+        self.kind = kind                    # "linux" | "blimp"
+        self.machine = machine              # "q35" | "microvm"
+        self.mem_mb = mem_mb
+        self.tmp = tempfile.mkdtemp(prefix=f"bench-balloon-{kind}-")
+        self.qmp_path = os.path.join(self.tmp, "qmp.sock")
+        self.pidfile = os.path.join(self.tmp, "qemu.pid")
+        dev = "virtio-balloon-device" if machine == "microvm" else "virtio-balloon-pci"
+        argv = ["timeout", "--kill-after=5", str(VM_LIMIT_S), QEMU, "-accel", "tcg",
+                "-M", machine, "-m", str(mem_mb), "-smp", "1", "-display", "none",
+                "-serial", "stdio", "-monitor", "none", "-nodefaults", "-no-reboot",
+                "-pidfile", self.pidfile, "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+                "-device", f"{dev},id=balloon0" + (f",{balloon_props}" if balloon_props else "")]
+        if kind == "linux":
+            d = os.path.join(build_dir, "linux-guest")
+            argv += ["-kernel", os.path.join(d, "vmlinuz"),
+                     "-initrd", os.path.join(d, "initramfs.cpio.gz"),
+                     "-append", "console=ttyS0 quiet panic=-1 blimp.workload=cmd"]
+            if firmware == "qboot":
+                argv += ["-bios", QBOOT]
+            self.ready_rx = r"BLIMP-LINUX: ready"
+        else:
+            argv += ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                     "-kernel", blimp_elf,
+                     "-append", f"app=memhog steps={memhog_steps} chunk=1020K {blimp_words}".strip()]
+            if machine != "microvm" and firmware != "seabios":
+                argv += ["-bios", QBOOT]
+            self.ready_rx = r"blimp: starting app"
+        self.argv = argv
+        self.lines = []                     # (monotonic time, text)
+        self._cv = threading.Condition()
+        self._seen = 0
+        self.proc = None
+        self.qmp = None
+        self.t_start = None
+
+    def start(self):
+        self.t_start = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        LIVE.add(self)
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + 60
+        while self.qmp is None:
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                raise BenchError(f"{self.name()}: QEMU exited ({self.proc.returncode}) at "
+                                 "startup:\n" + self.tail())
+            try:
+                self.qmp = Qmp.connect(self.qmp_path, timeout=1)
+            except QmpConnectError:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{self.name()}: no QMP socket after 60 s")
+        _, t = self.wait_for(self.ready_rx, BOOT_TIMEOUT_S, what="boot")
+        return t - self.t_start
+
+    def name(self):
+        return f"{self.kind}/{self.machine}"
+
+    def _read(self):
+        for raw in iter(self.proc.stdout.readline, b""):
+            now = time.monotonic()
+            line = raw.decode(errors="replace").replace("\r", "").rstrip("\n")
+            with self._cv:
+                self.lines.append((now, line))
+                self._cv.notify_all()
+        with self._cv:
+            self.lines.append((time.monotonic(), None))
+            self._cv.notify_all()
+
+    def tail(self, n=30):
+        with self._cv:
+            return "\n".join(l for _, l in self.lines[-n:] if l is not None)
+
+    def wait_for(self, pattern, timeout, what=None):
+        """Next console line (after the last one matched) matching `pattern`:
+        (re.Match, arrival time)."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            i = self._seen
+            while True:
+                while i < len(self.lines):
+                    t, line = self.lines[i]
+                    i += 1
+                    if line is None:
+                        raise BenchError(f"{self.name()}: QEMU exited while waiting for "
+                                         f"/{pattern}/ ({what or 'console'}); console tail:\n"
+                                         + self.tail())
+                    m = rx.search(line)
+                    if m:
+                        self._seen = i
+                        return m, t
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BenchError(f"{self.name()}: /{pattern}/ not seen within {timeout} s "
+                                     f"({what or 'console'}); console tail:\n" + self.tail())
+                self._cv.wait(left)
+
+    def grep(self, pattern):
+        rx = re.compile(pattern)
+        with self._cv:
+            return [(t, m) for t, l in self.lines if l is not None for m in [rx.search(l)] if m]
+
+    def send(self, line):
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def rss_kib(self):
+        try:
+            with open(self.pidfile) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/status") as f:
+                for ln in f:
+                    if ln.startswith("VmRSS:"):
+                        return int(ln.split()[1])
+        except (OSError, ValueError):
+            pass
+        raise BenchError(f"{self.name()}: cannot read QEMU's RSS")
+
+    def cpu_s(self):
+        """QEMU's (user, system) CPU seconds so far (clock ticks: 10 ms resolution)."""
+        try:
+            with open(self.pidfile) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            hz = os.sysconf("SC_CLK_TCK")
+            return int(fields[11]) / hz, int(fields[12]) / hz
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def actual_mb(self):
+        return self.qmp.execute("query-balloon", timeout=10)["actual"] / MiB
+
+    def balloon(self, target_mb):
+        """QMP balloon to target_mb; poll query-balloon every 5 ms until it reports the target.
+        Returns (seconds, QEMU user CPU s, QEMU system CPU s) over that time. (BALLOON_CHANGE
+        events are no use for timing: QEMU throttles them to one a second.)"""
+        c0 = self.cpu_s()
+        t0 = time.monotonic()
+        self.qmp.execute("balloon", value=int(target_mb * MiB))
+        while True:
+            actual = self.actual_mb()
+            if abs(actual - target_mb) < 1:
+                t = time.monotonic() - t0
+                break
+            if time.monotonic() - t0 > BALLOON_TIMEOUT_S:
+                raise BenchError(f"{self.name()}: balloon never reached {target_mb} MiB: stuck "
+                                 f"at {actual:.0f} MiB after {BALLOON_TIMEOUT_S} s; console "
+                                 "tail:\n" + self.tail())
+            time.sleep(POLL_BALLOON_S)
+        c1 = self.cpu_s()
+        self.qmp.events()   # drop the BALLOON_CHANGE events
+        if c0 and c1:
+            return t, c1[0] - c0[0], c1[1] - c0[1]
+        return t, None, None
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                if self.kind == "linux":
+                    self.send("poweroff")
+                    self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if self.proc.poll() is None and self.qmp is not None:
+            try:
+                self.qmp.execute("quit", timeout=5)
+                self.proc.wait(timeout=10)
+            except (QmpError, QmpConnectError, OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
+        LIVE.discard(self)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def kill_all():
+    for g in list(LIVE):
+        g.kill()
+
+
+# --------------------------------------------------------------------------------------------
+# The measurements.
+def measure_inflate(cfg, a):
+    """One VM, reporting off: boot, touch+free FILL MiB, inflate to TARGET, deflate back."""
+    kind, machine = cfg
+    steps = f"alloc:{a.fill}M,free:all,wait:{VM_LIMIT_S}s"
+    g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf, "free-page-reporting=off", steps)
+    r = {}
+    try:
+        r["boot_s"] = g.start()
+        log(f"  {g.name()}: ready after {r['boot_s']:.2f} s; touching {a.fill} MiB and freeing")
+        if kind == "linux":
+            g.send(f"fill {a.fill}")
+            g.wait_for(r"BLIMP-LINUX: done fill", 300, "fill")
+            g.send("drop")
+            g.wait_for(r"BLIMP-LINUX: done drop", 120, "drop")
+        else:
+            g.wait_for(r"memhog: step 2 freed", 300, "memhog alloc/free")
+        time.sleep(1.0)
+        full = g.actual_mb()
+        rss0 = g.rss_kib() / 1024
+        r["rss_before_mib"] = rss0
+        t, cu, cs = g.balloon(a.target)
+        rss_now = g.rss_kib() / 1024
+        time.sleep(1.0)
+        rss1 = g.rss_kib() / 1024
+        inflated = full - a.target
+        r.update(inflated_mib=inflated, inflate_s=t, inflate_cpu_user_s=cu, inflate_cpu_sys_s=cs,
+                 inflate_mibs=inflated / t, rss_at_target_mib=rss_now, rss_after_mib=rss1,
+                 returned_frac=(rss0 - rss1) / inflated)
+        log(f"  {g.name()}: inflate {inflated:.0f} MiB in {t * 1000:.0f} ms "
+            f"({inflated / t:.0f} MiB/s); RSS {rss0:.0f} -> {rss1:.0f} MiB "
+            f"({100 * (rss0 - rss1) / inflated:.0f}% of inflated)")
+        t, cu, cs = g.balloon(full)
+        r.update(deflate_s=t, deflate_cpu_user_s=cu, deflate_cpu_sys_s=cs,
+                 deflate_mibs=inflated / t)
+        log(f"  {g.name()}: deflate {inflated:.0f} MiB in {t * 1000:.0f} ms "
+            f"({inflated / t:.0f} MiB/s)")
+        time.sleep(0.2)
+        gl = g.grep(r"balloon: (inflated|deflated) (\d+) MiB in (\d+) ms")
+        r["guest_log"] = [m.group(0) for _, m in gl]
+        for _, m in gl:
+            key = "guest_" + m.group(1)[:-1] + "_ms"
+            r.setdefault(key, int(m.group(3)))
+    finally:
+        g.stop()
+    return r
+
+
+def measure_reporting(cfg, a):
+    """One VM, free-page-reporting=on: touch REPORT MiB, free it, time RSS's fall by 90%."""
+    kind, machine = cfg
+    steps = f"alloc:{a.report}M,wait:1s,free:all,wait:{VM_LIMIT_S}s"
+    g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf, "free-page-reporting=on", steps,
+              blimp_words="balloon.verbose")
+    r = {}
+    try:
+        r["boot_s"] = g.start()
+        if kind == "linux":
+            time.sleep(3)   # let Linux report its boot-time free memory first (2 s delay)
+            g.send(f"fill {a.report}")
+            g.wait_for(r"BLIMP-LINUX: done fill", 300, "fill")
+            time.sleep(0.5)
+            peak = g.rss_kib() / 1024
+            c0 = g.cpu_s()
+            t_free = time.monotonic()
+            g.send("drop")
+            _, t_marker = g.wait_for(r"BLIMP-LINUX: done drop", 120, "drop")
+        else:
+            g.wait_for(r"memhog: step 1 alloc", 300, "memhog alloc")
+            time.sleep(0.5)
+            peak = g.rss_kib() / 1024
+            c0 = g.cpu_s()
+            _, t_free = g.wait_for(r"memhog: step 2 waited", 30, "memhog wait")
+            _, t_marker = g.wait_for(r"memhog: step 3 freed", 120, "memhog free")
+        goal = 0.9 * a.report
+        rss = peak
+        while True:
+            rss = g.rss_kib() / 1024
+            now = time.monotonic()
+            if peak - rss >= goal:
+                break
+            if now - t_marker > REPORT_GIVE_UP_S:
+                now = None
+                break
+            time.sleep(POLL_RSS_S)
+        c1 = g.cpu_s()
+        if c0 and c1:
+            r.update(report_cpu_user_s=c1[0] - c0[0], report_cpu_sys_s=c1[1] - c0[1])
+        r.update(peak_rss_mib=peak, final_rss_mib=rss, fell_mib=peak - rss,
+                 free_s=t_marker - t_free)
+        if now is None:
+            r.update(report_gave_up=True, report_from_marker_s=None, report_from_free_s=None)
+            log(f"  {g.name()}: reporting: RSS fell only {peak - rss:.0f} of {a.report} MiB "
+                f"in {REPORT_GIVE_UP_S} s: gave up")
+        else:
+            r.update(report_gave_up=False, report_from_marker_s=max(0.0, now - t_marker),
+                     report_from_free_s=now - t_free,
+                     report_mibs=goal / (now - t_free))
+            log(f"  {g.name()}: reporting: 90% of {a.report} MiB back {now - t_marker:.2f} s "
+                f"after the free marker ({now - t_free:.2f} s after the free started; the "
+                f"free itself took {t_marker - t_free:.2f} s)")
+        time.sleep(0.3)
+        r["guest_log"] = [m.group(0) for _, m in g.grep(r"balloon: reported .*")]
+    finally:
+        g.stop()
+    return r
+
+
+def measure_boot_other_firmware(cfg, a):
+    kind, machine = cfg
+    fw = "qboot" if kind == "linux" else "seabios"
+    g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf, "",
+              f"wait:{VM_LIMIT_S}s", firmware=fw)
+    try:
+        t = g.start()
+        log(f"  {g.name()}: boot via {fw}: {t:.2f} s")
+        return t
+    finally:
+        g.stop()
+
+
+# --------------------------------------------------------------------------------------------
+def ensure_inputs(a):
+    if not os.access(QEMU, os.X_OK):
+        raise BenchError(f"{QEMU} not found (apt-get install qemu-system-x86)")
+    lg = os.path.join(a.build_dir, "linux-guest")
+    if not (os.path.exists(os.path.join(lg, "vmlinuz")) and
+            os.path.exists(os.path.join(lg, "initramfs.cpio.gz"))):
+        log(f"building the Linux guest: image/linux/build.sh {a.build_dir}")
+        rc = subprocess.call([os.path.join(ROOT, "image", "linux", "build.sh"), a.build_dir])
+        if rc != 0:
+            raise BenchError("image/linux/build.sh failed")
+    if not os.path.exists(a.blimp_elf):
+        raise BenchError(f"{a.blimp_elf} missing: build it first "
+                         f"(cmake --build {a.build_dir} --target blimp.elf)")
+
+
+def fmt(vals, digits=0, scale=1.0):
+    vals = [v * scale for v in vals if v is not None]
+    if not vals:
+        return "n/a"
+    med = statistics.median(vals)
+    f = f"{{:.{digits}f}}"
+    if len(vals) == 1:
+        return f.format(med)
+    return f"{f.format(med)} ({f.format(min(vals))}–{f.format(max(vals))})"
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def report(a, results, meta):
+    cfgs = [c for c in results]
+    label = {("linux", "q35"): "Linux q35", ("blimp", "q35"): "Blimp q35",
+             ("blimp", "microvm"): "Blimp microvm"}
+    cols = [label[c] for c in cfgs]
+    L = []
+    L.append("# virtio-balloon benchmark: Blimp vs the Linux anchor (stock QEMU, TCG)\n")
+    L.append(f"- date: {meta['date']}")
+    L.append(f"- machine: {meta['machine']}")
+    L.append(f"- load average: {meta['load_start']} at start, {meta['load_end']} at end "
+             f"({meta['cpus']} CPUs, shared with other builds)")
+    L.append(f"- QEMU: `{QEMU}` {meta['qemu']}, `-accel tcg -smp 1 -m {a.mem}`")
+    L.append(f"- Linux guest: {meta['kernel']} (Debian 12 kernel, virtio_balloon module, busybox "
+             "initramfs), SeaBIOS + `-kernel bzImage`")
+    L.append(f"- Blimp: `{meta['blimp_elf']}` ({meta['blimp_rev']}), app memhog, qboot + PVH "
+             "`-kernel` (microvm: its own qboot firmware)")
+    L.append(f"- command: `{meta['command']}`")
+    L.append(f"- sizes: {a.mem} MiB RAM; inflate: touch+free {a.fill} MiB then balloon to "
+             f"{a.target} MiB; reporting: touch+free {a.report} MiB; {a.runs} run(s), "
+             "median (min–max)\n")
+    L.append("| metric | " + " | ".join(cols) + " | Blimp/Linux (q35, medians) |")
+    L.append("|---|" + "---|" * len(cols) + "---|")
+
+    def row(name, key, digits, scale=1.0, better="higher", src="inflate", note=""):
+        cells = []
+        for c in cfgs:
+            vals = [x.get(key) for x in results[c][src]]
+            cells.append(fmt(vals, digits, scale))
+        ratio = ""
+        lq, bq = ("linux", "q35"), ("blimp", "q35")
+        if lq in results and bq in results:
+            lv = med([x.get(key) for x in results[lq][src]])
+            bv = med([x.get(key) for x in results[bq][src]])
+            if lv and bv:
+                x = bv / lv if better == "higher" else lv / bv
+                verdict = "Blimp faster" if x >= 1 else "**Blimp slower**"
+                if better == "higher" and key == "returned_frac":
+                    verdict = "Blimp better" if x >= 1 else "**Blimp worse**"
+                ratio = f"{x:.2f}× ({verdict})"
+            elif bv is None and lv:
+                ratio = "**Blimp n/a**"
+        L.append(f"| {name} | " + " | ".join(cells) + f" | {ratio}{note} |")
+
+    row("boot to ready, s (own firmware)", "boot_s", 2, better="lower", src="boot")
+    row("boot to ready, s (other firmware: Linux via qboot, Blimp via SeaBIOS)", "boot_other_s",
+        2, better="lower", src="boot")
+    row(f"inflate {a.mem}→{a.target} MiB, MiB/s", "inflate_mibs", 0)
+    row("inflate time, ms", "inflate_s", 0, 1000, better="lower")
+    row("host RSS returned / inflated, %", "returned_frac", 1, 100)
+    row(f"deflate {a.target}→{a.mem} MiB, MiB/s", "deflate_mibs", 0)
+    row("deflate time, ms", "deflate_s", 0, 1000, better="lower")
+    row(f"reporting: 90% of {a.report} MiB back, s after the free marker", "report_from_marker_s",
+        2, better="lower", src="report")
+    row("reporting: same, s after the free started", "report_from_free_s", 2, better="lower",
+        src="report")
+    row("reporting: effective MiB/s (0.9×freed / time from free start)", "report_mibs", 0,
+        src="report")
+    row("guest free itself (free start → marker), s", "free_s", 2, better="lower", src="report")
+    L.append("")
+    gave = {label[c]: sum(1 for x in results[c]["report"] if x.get("report_gave_up"))
+            for c in cfgs}
+    if any(gave.values()):
+        L.append("Reporting gave up (RSS had not fallen by 90% within "
+                 f"{REPORT_GIVE_UP_S} s) in: " +
+                 ", ".join(f"{k} {v}/{a.runs}" for k, v in gave.items() if v) + "\n")
+    L.append("Linux on microvm: not measured. The anchor's /init loads virtio_mmio.ko with "
+             "`insmod`, which does not apply the `virtio_mmio.device=` words QEMU puts on the "
+             "kernel command line (only modprobe reads /proc/cmdline), so the Linux guest finds "
+             "no balloon on microvm (its /init prints `balloon none`).\n")
+    # Guest-side timings (Blimp's own log lines).
+    for c in cfgs:
+        if c[0] != "blimp":
+            continue
+        ms = [x.get("guest_inflate_ms") for x in results[c]["inflate"]]
+        dms = [x.get("guest_deflate_ms") for x in results[c]["inflate"]]
+        L.append(f"{label[c]} guest log, per run: inflate " +
+                 ", ".join(f"{v} ms" for v in ms) + "; deflate " +
+                 ", ".join(f"{v} ms" for v in dms) + " (the guest's own `balloon: inflated/"
+                 "deflated N MiB in M ms`, which includes waiting for QEMU's acknowledgements)."
+                 + (" Reporting lines: " + "; ".join(
+                     "`" + "`, `".join(x.get("guest_log", [])[:4]) + "`"
+                     for x in results[c]["report"][:1]) if results[c]["report"] else ""))
+        L.append("")
+    L.append("QEMU's own CPU time during each phase (from /proc/PID/stat, 10 ms ticks; user = "
+             "TCG running the guest and QEMU's device code, system = the host kernel, mostly "
+             "madvise(DONTNEED) discards on inflate/reporting and page faults on deflate), "
+             "median seconds user/system:\n")
+    L.append("| phase | " + " | ".join(cols) + " |")
+    L.append("|---|" + "---|" * len(cols))
+    for ph, src in (("inflate", "inflate"), ("deflate", "inflate"), ("report", "report")):
+        cells = []
+        for c in cfgs:
+            u = med([x.get(f"{ph}_cpu_user_s") for x in results[c][src]])
+            y = med([x.get(f"{ph}_cpu_sys_s") for x in results[c][src]])
+            cells.append("n/a" if u is None else f"{u:.2f} / {y:.2f}")
+        L.append(f"| {ph} | " + " | ".join(cells) + " |")
+    L.append("")
+    return "\n".join(L) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--blimp-elf", help="default: BUILD_DIR/blimp.elf")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke mode: 1 run, 512 MiB guests, smaller sizes")
+    ap.add_argument("--mem", type=int, default=1024, help="guest RAM, MiB (both guests)")
+    ap.add_argument("--fill", type=int, help="MiB touched and freed before inflating (80%%)")
+    ap.add_argument("--target", type=int, help="balloon target, MiB (default 256)")
+    ap.add_argument("--report", type=int, help="MiB freed for the reporting test (default 512)")
+    ap.add_argument("--machines", default="q35,microvm",
+                    help="q35 (Linux and Blimp), microvm (Blimp only)")
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    a = ap.parse_args()
+    if a.quick:
+        a.runs = 1
+        if a.mem == 1024:
+            a.mem = 512
+    a.fill = a.fill or int(a.mem * 0.8) // 4 * 4
+    a.target = a.target or (128 if a.mem <= 512 else 256)
+    a.report = a.report or min(512, a.mem // 2)
+    a.build_dir = os.path.abspath(a.build_dir)
+    a.blimp_elf = os.path.abspath(a.blimp_elf or os.path.join(a.build_dir, "blimp.elf"))
+    if a.runs < 1 or a.target >= a.mem or a.fill >= a.mem:
+        ap.error("need runs >= 1, target < mem, fill < mem")
+    machines = [m.strip() for m in a.machines.split(",") if m.strip()]
+    cfgs = []
+    if "q35" in machines:
+        cfgs += [("linux", "q35"), ("blimp", "q35")]
+    if "microvm" in machines:
+        cfgs += [("blimp", "microvm")]
+    if not cfgs:
+        ap.error("--machines: q35 and/or microvm")
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, lambda *_: (kill_all(), sys.exit(1)))
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.node()}, {sh(['uname', '-sr'])}, {cpu_model()}",
+        "cpus": os.cpu_count(),
+        "load_start": open("/proc/loadavg").read().split()[:3],
+        "qemu": sh([QEMU, "--version"]).splitlines()[0].replace("QEMU emulator version ", "")
+        if os.path.exists(QEMU) else "?",
+        "command": "python3 bench/balloon/run.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
+        "blimp_elf": os.path.relpath(a.blimp_elf, ROOT) if a.blimp_elf.startswith(ROOT)
+        else a.blimp_elf,
+        "blimp_rev": sh(["git", "-C", os.path.dirname(a.blimp_elf), "rev-parse", "--short",
+                         "HEAD"]) or "?",
+    }
+    results = {c: {"boot": [], "inflate": [], "report": []} for c in cfgs}
+    try:
+        ensure_inputs(a)
+        meta["kernel"] = open(os.path.join(a.build_dir, "linux-guest",
+                                           "KERNEL_VERSION")).read().strip()
+        log(f"{len(cfgs)} configurations x {a.runs} run(s): {cfgs}; mem {a.mem} MiB, fill "
+            f"{a.fill}, target {a.target}, report {a.report}")
+        for run in range(a.runs):
+            log(f"run {run + 1}/{a.runs}")
+            for c in cfgs:
+                log(f" {c[0]}/{c[1]}: inflate/deflate")
+                r = measure_inflate(c, a)
+                results[c]["inflate"].append(r)
+                log(f" {c[0]}/{c[1]}: free page reporting")
+                rr = measure_reporting(c, a)
+                results[c]["report"].append(rr)
+                b = {"boot_s": r["boot_s"]}
+                if c[1] == "q35":
+                    b["boot_other_s"] = measure_boot_other_firmware(c, a)
+                results[c]["boot"].append(b)
+                results[c]["boot"].append({"boot_s": rr["boot_s"]})
+    except BenchError as e:
+        kill_all()
+        print(f"\nbench/balloon: ERROR: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        kill_all()
+        print("\nbench/balloon: interrupted", file=sys.stderr)
+        return 1
+    finally:
+        kill_all()
+    meta["load_end"] = open("/proc/loadavg").read().split()[:3]
+    for k in ("load_start", "load_end"):
+        meta[k] = " ".join(meta[k])
+    md = report(a, results, meta)
+    print("\n" + md, flush=True)
+    with open(a.out, "w") as f:
+        f.write(md)
+    raw = os.path.splitext(a.out)[0] + ".json"
+    with open(raw, "w") as f:
+        json.dump({"meta": meta, "args": vars(a),
+                   "results": {f"{k}/{m}": v for (k, m), v in results.items()}}, f, indent=1)
+    log(f"wrote {a.out} and {raw}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
