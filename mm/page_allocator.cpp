@@ -68,8 +68,7 @@ bool is_allocatable_owner(Owner o) {
 
 }  // namespace
 
-// ---- init
-// -----------------------------------------------------------------------------------------
+// ---- init ----
 
 ErrorOr<void> PageAllocator::init(const MemoryRange* in, size_t n) {
   if (initialized_) return Error::InvalidArgument;
@@ -162,8 +161,7 @@ ErrorOr<void> PageAllocator::init(const MemoryRange* in, size_t n) {
   return {};
 }
 
-// ---- index arithmetic
-// -----------------------------------------------------------------------------
+// ---- index arithmetic ----
 
 int PageAllocator::range_of_pfn(uint64_t pfn) const {
   size_t lo = 0, hi = num_ranges_;
@@ -209,8 +207,7 @@ uint32_t PageAllocator::covering_head(uint32_t idx) const {
   return kNoPage;
 }
 
-// ---- free lists
-// -----------------------------------------------------------------------------------
+// ---- free lists ----
 
 void PageAllocator::account_free_list(uint32_t, unsigned order, Owner owner, int64_t sign) {
   if (owner == Owner::Free && order >= report_min_order_) {
@@ -394,8 +391,7 @@ uint64_t PageAllocator::release_range_locked(uint32_t idx, uint64_t count, Owner
   return done;
 }
 
-// ---- allocation
-// -----------------------------------------------------------------------------------
+// ---- allocation ----
 
 uint32_t PageAllocator::alloc_block_locked(unsigned order, Owner owner, AllocFlags flags) {
   Policy p = (flags & kAllocPreferCold) ? Policy::Cold : Policy::Warm;
@@ -617,8 +613,7 @@ void PageAllocator::free_run(PhysAddr base, uint64_t pages) {
   if (fire) report_hook_(unreported, report_ctx_);
 }
 
-// ---- balloon
-// --------------------------------------------------------------------------------------
+// ---- balloon ----
 
 size_t PageAllocator::take_pages(size_t max_pages, Owner owner, PageRun* out, size_t max_runs) {
   if (!initialized_ || max_runs == 0 || max_pages == 0 || !is_allocatable_owner(owner)) return 0;
@@ -682,8 +677,7 @@ void PageAllocator::give_back(const PageRun* runs, size_t n, bool content_zeroed
   if (fire) report_hook_(unreported, report_ctx_);
 }
 
-// ---- reporting
-// ------------------------------------------------------------------------------------
+// ---- reporting ----
 
 size_t PageAllocator::isolate_unreported(unsigned min_order, PageRun* out, size_t max_runs) {
   if (!initialized_ || max_runs == 0) return 0;
@@ -771,8 +765,7 @@ uint64_t PageAllocator::unreported_free_pages(unsigned min_order) {
   return total;
 }
 
-// ---- hooks
-// ----------------------------------------------------------------------------------------
+// ---- hooks ----
 
 void PageAllocator::set_oom_handler(OomHandler fn, void* ctx) {
   SpinLockGuard g(lock_);
@@ -812,8 +805,7 @@ void PageAllocator::set_state_hook(StateHook fn, void* ctx) {
   state_ctx_ = ctx;
 }
 
-// ---- queries
-// --------------------------------------------------------------------------------------
+// ---- queries ----
 
 MemoryStats PageAllocator::stats() {
   MemoryStats s;

@@ -111,7 +111,7 @@ class PageAllocator {
   ErrorOr<void> init(const MemoryRange* ranges, size_t n);
   bool initialized() const { return initialized_; }
 
-  // ---- Allocation -------------------------------------------------------------------------------
+  // ---- Allocation ----
 
   // A naturally aligned block of 2^order pages. On failure: shrinkers in order, then the OOM
   // handler (unless kAllocNoOomHook/kAllocNoReclaim), then Error::NoMemory.
@@ -128,8 +128,7 @@ class PageAllocator {
                               AllocFlags flags = kAllocNone);
   void free_run(PhysAddr base, uint64_t pages);
 
-  // ---- Balloon
-  // -----------------------------------------------------------------------------------
+  // ---- Balloon ----
 
   // Takes up to `max_pages` free pages, largest blocks first and cold first (see the policy
   // above), writing at most `max_runs` runs (adjacent blocks are merged into one run). Never
@@ -140,7 +139,7 @@ class PageAllocator {
   // are skipped and counted (bad_give_back_pages()).
   void give_back(const PageRun* runs, size_t n, bool content_zeroed);
 
-  // ---- Free page reporting ----------------------------------------------------------------------
+  // ---- Free page reporting ----
 
   // Takes free, unreported blocks of order >= min_order off the free lists (largest and coldest
   // first) and marks them Isolated: they are never handed out until return_isolated. Stops before
@@ -156,8 +155,7 @@ class PageAllocator {
   void set_report_hook(ReportHook fn, void* ctx, unsigned min_order, uint64_t threshold_pages);
   uint64_t unreported_free_pages(unsigned min_order);
 
-  // ---- Hooks
-  // ---------------------------------------------------------------------------------------
+  // ---- Hooks ----
 
   void set_oom_handler(OomHandler fn, void* ctx = nullptr);
   void register_shrinker(Shrinker* s);
@@ -165,8 +163,7 @@ class PageAllocator {
   void unregister_shrinker(Shrinker* s);
   void set_state_hook(StateHook fn, void* ctx = nullptr);
 
-  // ---- Queries
-  // -------------------------------------------------------------------------------------
+  // ---- Queries ----
 
   MemoryStats stats();
   uint64_t total_pages() const { return total_pages_; }

@@ -1,0 +1,92 @@
+// Guest-only part of page states: allocating the array, hooking the allocator and registering
+// with the balloon device (PSTATE_REGISTER, spec section 5.2).
+#include <cstring>
+
+#include "drivers/balloon/balloon.h"
+#include "drivers/balloon/balloon_protocol.h"
+#include "kernel/cmdline.h"
+#include "kernel/console.h"
+#include "lib/irq.h"
+#include "mm/mm.h"
+#include "mm/page_states/page_states.h"
+
+namespace blimp::mm::page_states {
+
+namespace {
+
+bool g_init_done = false;
+
+// One past the highest page the allocator manages. The allocator does not export its ranges, so
+// probe it: every 2 MiB (first and last page of each 2 MiB frame) up to 4 GiB past the managed
+// size (the PCI hole below 4 GiB is smaller than that), then page by page past the last hit. A
+// small range the probes miss stays outside the array: its pages are simply never discarded.
+uint64_t pfn_limit(PageAllocator& pa) {
+  constexpr uint64_t kStride = 2ull << 20;
+  const uint64_t limit = pa.total_pages() * kPageSize + (4ull << 30) + kStride;
+  uint64_t last = 0;
+  bool any = false;
+  for (uint64_t a = 0; a < limit; a += kStride) {
+    if (pa.contains(a + kStride - kPageSize)) {
+      last = a + kStride - kPageSize, any = true;
+    } else if (pa.contains(a)) {
+      last = a, any = true;
+    }
+  }
+  if (!any) return 0;
+  while (pa.contains(last + kPageSize)) last += kPageSize;
+  return (last >> kPageShift) + 1;
+}
+
+}  // namespace
+
+void init() {
+  if (g_init_done) return;
+  g_init_done = true;
+  if (cmdline::has_flag("page_states=off")) {
+    kprintf("page-states: off (page_states=off)\n");
+    return;
+  }
+  balloon::Balloon* b = balloon::Balloon::instance();
+  if (!b || !b->has_page_states()) {
+    kprintf("page-states: off (no balloon device offering page states)\n");
+    return;
+  }
+  PageAllocator& pa = mm::pages();
+  const uint64_t npages = pfn_limit(pa);
+  const uint64_t array_pages = (npages + kPageSize - 1) / kPageSize;
+  if (npages == 0) return;
+  auto r = pa.alloc_run(array_pages, Owner::Kernel, kAllocNoOomHook);
+  if (r.is_error()) {
+    kprintf("page-states: cannot allocate the %lu KiB array: %s\n", (array_pages * kPageSize) >> 10,
+            error_name(r.error()));
+    return;
+  }
+  auto* bytes = phys_to_virt<uint8_t>(r.value());
+  std::memset(bytes, 0, array_pages * kPageSize);  // STABLE, also the tail past npages
+  PageStateArray& a = detail::guest_array();
+  {
+    // One CPU: with interrupts masked no allocation can slip between the sync and the hook.
+    IrqGuard g;
+    a.attach(bytes, 0, npages);
+    a.sync_and_hook(pa);
+  }
+  balloon::BlimpPstateRegister reg{virt_to_phys(bytes), npages, 0};
+  auto resp = b->blimp_request(balloon::kBlimpPstateRegister, &reg, 1, sizeof reg);
+  if (resp.is_error() || resp.value().status != balloon::kBlimpOk) {
+    kprintf("page-states: PSTATE_REGISTER failed: %s\n",
+            resp.is_error() ? error_name(resp.error())
+                            : balloon::blimp_status_name(resp.value().status));
+    {
+      IrqGuard g;
+      a.unhook(pa);
+      a.attach(nullptr, 0, 0);
+    }
+    pa.free_run(r.value(), array_pages);
+    return;
+  }
+  detail::set_active(&a);
+  kprintf("page-states: registered %lu pages (array of %lu KiB at %#lx)\n", npages,
+          (array_pages * kPageSize) >> 10, r.value());
+}
+
+}  // namespace blimp::mm::page_states
