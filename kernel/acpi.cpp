@@ -24,7 +24,7 @@ struct [[gnu::packed]] Gas {
   uint64_t address;
 };
 
-PlatformInfo g_info;
+constinit PlatformInfo g_info;
 const SdtHeader* g_tables[32];
 int g_table_count = 0;
 

@@ -28,8 +28,8 @@ struct PlatformInfo {
   } ioapics[kMaxIoApics] = {{0xfec00000, 0}};
   int ioapic_count = 1;
   // ISA IRQ -> GSI overrides from the MADT (identity unless overridden).
-  uint32_t isa_gsi[16];
-  uint16_t isa_flags[16];
+  uint32_t isa_gsi[16] = {};
+  uint16_t isa_flags[16] = {};
   // Power-off: legacy PM1a control port, or the hardware-reduced sleep control register.
   uint16_t pm1a_control_port = 0;
   uint64_t sleep_control_addr = 0;  // system memory address (GAS space 0) or port (space 1)

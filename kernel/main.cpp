@@ -84,6 +84,10 @@ int build_argv(const char* app_name) {
 extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) {
   console::init();
   arch::init_descriptor_tables();
+  // First thing after the IDT: globals with constructors (default member initialisers count)
+  // must be initialised before any code uses them. Constructors must not allocate: the heap
+  // comes later.
+  run_global_constructors();
   const char* error = nullptr;
   if (!parse_boot_info(static_cast<int>(protocol), info_phys, g_boot, error))
     panic("cannot boot: %s", error);
@@ -102,7 +106,6 @@ extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) 
   for (int i = 0; i < platform.ioapic_count; i++)
     arch::apic::add_ioapic(platform.ioapics[i].base, platform.ioapics[i].gsi_base);
   init_memory(g_boot);
-  run_global_constructors();
   timer::init();
   asm volatile("sti");
 #ifdef BLIMP_HAVE_DRIVERS

@@ -252,9 +252,11 @@ bool Balloon::wait_used(virtio::Virtqueue& vq, void*& token, uint32_t& len) {
     }
     if (flags & (1u << 9)) {
       // Interrupts were on: sleep until the completion interrupt (or a 10 ms tick, in case the
-      // device suppresses interrupts for this queue).
-      irq_restore(flags);
+      // device suppresses interrupts for this queue). wait_until is entered with interrupts
+      // still masked and enables them atomically with the halt, so a completion that arrived
+      // after the check above cannot be missed until the next tick.
       timer::wait_until(timer::now_ns() + 10000000ull);
+      irq_restore(flags);
     } else {
       irq_restore(flags);
       arch::cpu_pause();

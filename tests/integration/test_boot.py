@@ -30,6 +30,18 @@ def test_microvm(build):
 
 
 @t.test
+def test_microvm_without_acpi(build):
+    # acpi=off: no RSDP, default APIC addresses, and QEMU puts the virtio-mmio device on the
+    # command line (virtio_mmio.device=...) instead of in the DSDT.
+    with BlimpVM(build, app="hello", machine="microvm,acpi=off", limit=60,
+                 extra=["-device", "virtio-balloon-device"]) as vm:
+        check(vm.wait_exit(timeout=50) == 0, vm.output)
+        check("no RSDP found" in vm.output, vm.output)
+        check("virtio: balloon at mmio" in vm.output and "driver=virtio-balloon" in vm.output,
+              vm.output)
+
+
+@t.test
 def test_q35(build):
     boot_hello(build, "q35")
 
