@@ -1,0 +1,205 @@
+"""KSM control for the sharing tests and the benchmark (standard library only).
+
+KSM is system-wide: everything changed here is saved first and written back on exit, also on an
+exception, SIGTERM or SIGINT. Only one KSM experiment may run at a time on a host: KsmSession takes
+an exclusive flock on /run/lock/blimp-ksm.lock (hangar users: the same lock is advisory; a hangar
+fleet running its own KSM policy at the same time would still disturb the numbers).
+
+    with KsmSession(pages_to_scan=2000, sleep_millisecs=10) as ksm:   # run stays 0
+        ...start VMs...
+        ksm.start()                       # run=1
+        ksm.counters()                    # pages_sharing, pages_scanned, full_scans, ...
+        ksm.ksmd_cpu_seconds()
+        proc_ksm(pid)                     # per process: ksm_merging_pages, ksm_rmap_items, ...
+
+KsmUnavailable (with the reason) when /sys/kernel/mm/ksm is missing or not writable, or the lock
+is held by another run: tests turn it into a skip (exit 77).
+"""
+
+import errno
+import fcntl
+import os
+import signal
+import time
+
+KSM_DIR = "/sys/kernel/mm/ksm"
+LOCK_PATH = "/run/lock/blimp-ksm.lock"
+# Settings this module may change; restored in reverse order, `run` last.
+TUNABLES = ("pages_to_scan", "sleep_millisecs", "smart_scan", "use_zero_pages", "advisor_mode")
+COUNTERS = ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "pages_scanned",
+            "full_scans", "ksm_zero_pages", "pages_skipped", "general_profit")
+
+
+class KsmUnavailable(Exception):
+    pass
+
+
+def _read(name):
+    with open(os.path.join(KSM_DIR, name)) as f:
+        v = f.read().strip()
+    if "[" in v:  # selection file: "[none] scan-time"
+        v = v[v.index("[") + 1:v.index("]")]
+    return v
+
+
+def _write(name, value):
+    with open(os.path.join(KSM_DIR, name), "w") as f:
+        f.write(str(value))
+
+
+def ksmd_pid():
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() == "ksmd":
+                        return int(pid)
+            except OSError:
+                pass
+    return None
+
+
+def proc_ksm(pid):
+    """A process's /proc/PID/ksm_stat as a dict of ints (bools as 0/1); {} if gone."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/ksm_stat") as f:
+            for line in f:
+                k, _, v = line.replace(":", " ").partition(" ")
+                v = v.strip()
+                out[k] = 1 if v == "yes" else 0 if v == "no" else int(v)
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
+def other_mergeable(exclude=()):
+    """Other processes with KSM-mergeable memory (e.g. QEMUs with mem-merge=on): they disturb
+    system-wide counters and ksmd CPU. Returns [(pid, comm, rss_kib, ksm_rmap_items)]."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) in exclude:
+            continue
+        st = proc_ksm(pid)
+        if not st.get("ksm_mergeable"):
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            rss = 0
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1])
+        except OSError:
+            continue
+        found.append((int(pid), comm, rss, st.get("ksm_rmap_items", 0)))
+    return found
+
+
+class KsmSession:
+    def __init__(self, lock_timeout=600, **settings):
+        self.settings = settings
+        self.lock_timeout = lock_timeout
+        self.saved = []
+        self._lock = None
+        self._old_handlers = {}
+        self.pid = None
+
+    def __enter__(self):
+        if not os.path.isdir(KSM_DIR):
+            raise KsmUnavailable(f"{KSM_DIR} is absent (kernel without CONFIG_KSM)")
+        if not os.access(os.path.join(KSM_DIR, "run"), os.W_OK):
+            raise KsmUnavailable(f"{KSM_DIR}/run is not writable (not root?)")
+        os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
+        self._lock = open(LOCK_PATH, "a+")
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() > deadline:
+                    self._lock.close()
+                    raise KsmUnavailable(f"another KSM experiment holds {LOCK_PATH}")
+                time.sleep(1)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+        try:
+            self.set("run", 0)
+            for k, v in self.settings.items():
+                self.set(k, v)
+        except OSError as e:
+            self.restore()
+            raise KsmUnavailable(f"cannot write KSM settings: {e}") from e
+        self.pid = ksmd_pid()
+        return self
+
+    def _on_signal(self, signum, frame):
+        raise SystemExit(128 + signum)
+
+    def set(self, name, value):
+        if not any(n == name for n, _ in self.saved):
+            self.saved.append((name, _read(name)))
+        _write(name, value)
+
+    def start(self):
+        self.set("run", 1)
+
+    def stop(self):
+        self.set("run", 0)
+
+    def restore(self):
+        failures = []
+        # `run` first back to its old value only at the very end: stop ksmd before retuning it.
+        try:
+            _write("run", 0)
+        except OSError as e:
+            failures.append(f"run=0: {e}")
+        for name, value in reversed(self.saved):
+            if name == "run":
+                continue
+            try:
+                _write(name, value)
+            except OSError as e:
+                failures.append(f"{name}={value}: {e}")
+        for name, value in self.saved:
+            if name == "run":
+                try:
+                    _write("run", value)
+                except OSError as e:
+                    failures.append(f"run={value}: {e}")
+        self.saved = []
+        return failures
+
+    def __exit__(self, *exc):
+        failures = self.restore()
+        for sig, h in self._old_handlers.items():
+            signal.signal(sig, h)
+        if self._lock:
+            self._lock.close()
+        if failures:
+            print("ksm: could not restore: " + "; ".join(failures), flush=True)
+
+    @staticmethod
+    def counters():
+        out = {}
+        for c in COUNTERS:
+            try:
+                out[c] = int(_read(c))
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def ksmd_cpu_seconds(self):
+        if not self.pid:
+            return None
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is state (field 3): utime is field 14, stime 15.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def current(self):
+        return {n: _read(n) for n in ("run", *TUNABLES) if os.path.exists(os.path.join(KSM_DIR, n))}

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Enlightened page sharing end to end (docs/sharing.md): blimp guests running `dataset` on the
+patched QEMU (q35, -machine mem-merge=off, virtio-balloon-pci share-hints=on), the host's KSM
+merging only what the guests hinted.
+
+  same seed:       KSM shares the data set across three VMs; every guest's data verifies; a guest
+                   that unseals and writes one page gets its own copy, the others keep theirs
+  different seeds: nothing is shared beyond the kernel image and zero pages; sharing=off hints
+                   nothing and has nothing merged; sharing=vm hints only within-VM twins
+
+KSM is system-wide: the settings changed are restored on exit (also on failure), and a lock file
+keeps two KSM experiments from running at once. Skips (77) without a writable KSM or without the
+patched QEMU."""
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "bench", "sharing"))
+from blimp_vm import BlimpVM, Skip, TestRunner, check  # noqa: E402
+from ksm_util import KsmSession, KsmUnavailable, other_mergeable, proc_ksm  # noqa: E402
+from qmp import Qmp  # noqa: E402
+
+t = TestRunner()
+PAGE = 4096
+SIZE_MIB = 16
+ZERO_MIB = 1
+DATA_PAGES = SIZE_MIB * 256
+ZERO_PAGES = ZERO_MIB * 256
+# Pages with content. The zero run is hinted and marked too, but the host kernel maps zero-filled
+# subpages of split THPs to its shared zero page (Linux >= 6.12), so they never show up in KSM's
+# counters: only the non-zero pages are counted below.
+NONZERO_PAGES = DATA_PAGES - ZERO_PAGES
+KSM_FAST = dict(pages_to_scan=4000, sleep_millisecs=10)
+
+
+def patched_qemu(build):
+    q = os.path.join(build, "qemu", "qemu-system-x86_64")
+    if not os.access(q, os.X_OK):
+        raise Skip(f"patched QEMU not built ({q}): host/qemu/build.sh build")
+    return q
+
+
+def sharing_vm(build, name, args, memory="256M"):
+    return BlimpVM(build, app="dataset", args=args, machine="q35", memory=memory, qmp=True,
+                   qemu=patched_qemu(build), name=name, limit=600,
+                   extra=["-machine", "mem-merge=off",
+                          "-device", "virtio-balloon-pci,id=balloon0,share-hints=on"])
+
+
+def ksm_session():
+    try:
+        return KsmSession(**KSM_FAST)
+    except KsmUnavailable as e:  # pragma: no cover
+        raise Skip(str(e))
+
+
+def enter_ksm():
+    s = ksm_session()
+    try:
+        return s.__enter__()
+    except KsmUnavailable as e:
+        raise Skip(str(e))
+
+
+def merging(vm):
+    return proc_ksm(vm.pid).get("ksm_merging_pages", 0)
+
+
+def wait_merging(vms, predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        m = [merging(v) for v in vms]
+        if predicate(m):
+            return m
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: ksm_merging_pages {m} after {timeout}s")
+        time.sleep(0.5)
+
+
+def query_hints(q):
+    hints, start = [], 0
+    while True:
+        r = q.execute("x-blimp-balloon-query-hints", start=start, max=65536)
+        hints += r["hints"]
+        start += len(r["hints"])
+        if start >= r["total"] or not r["hints"]:
+            return hints
+
+
+def last_verify(vm):
+    import re
+    m = re.findall(r"dataset: verify n=(\d+) ok=(\d+) bad=(\d+)", vm.output)
+    return tuple(int(x) for x in m[-1]) if m else None
+
+
+def wait_verified_after(vm, rounds_before, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = last_verify(vm)
+        if v and v[0] > rounds_before:
+            return v
+        check(time.monotonic() < deadline, f"{vm.name}: no new verify round\n{vm.output}")
+        time.sleep(0.5)
+
+
+@t.test
+def test_same_seed_shares_and_write_gets_own_copy(build):
+    ksm = enter_ksm()
+    try:
+        common = [f"seed=42", f"size={SIZE_MIB}M", f"zero={ZERO_MIB}M", "verify=2s"]
+        vms = [sharing_vm(build, "vm0", common + ["write_after=30s", "write_page=5"]),
+               sharing_vm(build, "vm1", common), sharing_vm(build, "vm2", common)]
+        try:
+            for v in vms:
+                v.wait_for(r"dataset: ready", 120)
+            qs = [Qmp.connect(v.qmp_path) for v in vms]
+            # The device recorded and marked every hint; the three VMs hinted the same hashes.
+            sets = []
+            for v, q in zip(vms, qs):
+                info = q.execute("x-blimp-balloon-info")
+                check(info["share-hints"] and info["hint-pages"] >= DATA_PAGES,
+                      f"{v.name}: hints {info}")
+                check(info["hint-marked-pages"] >= DATA_PAGES, f"{v.name}: marked {info}")
+                check(info["entries-rejected"] == 0, f"{v.name}: rejected {info}")
+                sets.append({h["hash"] for h in query_hints(q)})
+            check(sets[0] == sets[1] == sets[2], "same seed, different hint hashes")
+            others = other_mergeable(exclude={v.pid for v in vms})
+            t0 = time.monotonic()
+            ksm.start()
+            # Each VM: every non-zero data page merged (plus the kernel image's read-only pages).
+            m = wait_merging(vms, lambda m: min(m) >= NONZERO_PAGES, 120, "same seed")
+            took = time.monotonic() - t0
+            # pages_sharing is host-wide and updated lazily (rmap items of exited processes go
+            # when ksmd next passes): read it after two more full scans, and only trust it when no
+            # other process is mergeable (QEMU's default is mem-merge=on).
+            scans = ksm.counters()["full_scans"]
+            while ksm.counters()["full_scans"] < scans + 2 and time.monotonic() - t0 < 60:
+                time.sleep(0.2)
+            sharing = ksm.counters()["pages_sharing"]
+            print(f"  merged {m} pages per VM in {took:.1f}s; pages_sharing {sharing} "
+                  f"(other mergeable processes: {len(others)})", flush=True)
+            if not others and not other_mergeable(exclude={v.pid for v in vms}):
+                check(sharing >= 2 * NONZERO_PAGES, f"pages_sharing is only {sharing}")
+            else:
+                print("  (other mergeable processes: pages_sharing not checked)", flush=True)
+            for v in vms:
+                check(v.proc.poll() is None, f"{v.name} died\n{v.output}")
+            # vm0 unseals page 5 and writes it: COW gives it its own copy.
+            before = [merging(v) for v in vms]
+            vms[0].wait_for(r"dataset: wrote page 5 pfn=(0x[0-9a-f]+) unsealed=1", 60)
+            rounds = [last_verify(v)[0] for v in vms]
+            for v, r in zip(vms, rounds):
+                n, ok, bad = wait_verified_after(v, r)
+                check(bad == 0 and ok == DATA_PAGES, f"{v.name}: verify ok={ok} bad={bad}")
+            after = [merging(v) for v in vms]
+            print(f"  after the write: merging {before} -> {after}", flush=True)
+            check(after[0] < before[0], f"vm0 still merges {after[0]} >= {before[0]} pages")
+            for i in (1, 2):
+                check(after[i] >= NONZERO_PAGES,
+                      f"vm{i} lost its sharing: {before[i]} -> {after[i]}")
+            info0 = qs[0].execute("x-blimp-balloon-info")
+            check(info0["hint-pages"] < qs[1].execute("x-blimp-balloon-info")["hint-pages"],
+                  f"vm0's UNSEAL did not drop its hint: {info0}")
+            for v in vms:
+                check("MISMATCH" not in v.output, f"{v.name}: mismatch\n{v.output}")
+        finally:
+            for v in vms:
+                v.kill()
+    finally:
+        ksm.__exit__(None, None, None)
+
+
+@t.test
+def test_different_seeds_share_nothing_false(build):
+    ksm = enter_ksm()
+    try:
+        common = [f"size={SIZE_MIB}M", f"zero={ZERO_MIB}M", "verify=2s"]
+        vms = [sharing_vm(build, "seed1-all", ["seed=1", "sharing=all"] + common),
+               sharing_vm(build, "seed2-vm", ["seed=2", "sharing=vm"] + common),
+               sharing_vm(build, "seed1-off", ["seed=1", "sharing=off"] + common)]
+        try:
+            for v in vms:
+                v.wait_for(r"dataset: ready", 120)
+            qs = [Qmp.connect(v.qmp_path) for v in vms]
+            infos = [q.execute("x-blimp-balloon-info") for q in qs]
+            check(infos[2]["hints"] == 0, f"sharing=off sent hints: {infos[2]}")
+            # sharing=vm: only within-VM twins, i.e. the zero run (and duplicate kernel pages).
+            check(ZERO_PAGES <= infos[1]["hint-pages"] < ZERO_PAGES + 64,
+                  f"sharing=vm hinted {infos[1]['hint-pages']} pages")
+            check(infos[0]["hint-pages"] >= DATA_PAGES, f"sharing=all: {infos[0]}")
+            start_scans = ksm.counters()["full_scans"]
+            ksm.start()
+            # Let KSM finish several full scans over everything mergeable.
+            deadline = time.monotonic() + 120
+            while ksm.counters()["full_scans"] < start_scans + 4:
+                check(time.monotonic() < deadline, "KSM did not complete 4 full scans")
+                time.sleep(0.5)
+            m = [merging(v) for v in vms]
+            print(f"  merging pages after 4 full scans: {m}", flush=True)
+            check(m[2] == 0, f"sharing=off VM has merged pages: {m[2]}")
+            # seed1-all's data has its twin only in seed1-off, which marked nothing: at most the
+            # kernel image pages (twins hinted by seed2-vm) and zero pages may merge.
+            baseline = ZERO_PAGES + 128
+            check(m[0] <= baseline, f"seed1-all merged {m[0]} > {baseline} pages: false sharing")
+            check(m[1] <= baseline, f"seed2-vm merged {m[1]} > {baseline} pages")
+            for v in vms:
+                n, ok, bad = wait_verified_after(v, last_verify(v)[0] if last_verify(v) else 0)
+                check(bad == 0 and ok == DATA_PAGES, f"{v.name}: verify ok={ok} bad={bad}")
+        finally:
+            for v in vms:
+                v.kill()
+    finally:
+        ksm.__exit__(None, None, None)
+
+
+if __name__ == "__main__":
+    t.main()
