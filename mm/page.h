@@ -92,8 +92,8 @@ using MemoryRange = ::blimp::MemoryRange;
 //   Zero:       return zeroed memory; blocks known to be zero are not written again.
 //   NoOomHook:  do not call the OOM handler (the balloon uses it for its own buffers, so that an
 //               allocation made while deflating does not recurse into deflating).
-//   NoReclaim:  neither shrinkers nor the OOM handler: for interrupt handlers and code holding
-//               locks that a shrinker might take. Fails fast.
+//   NoReclaim:  neither shrinkers nor the OOM handler: for code holding locks that a shrinker
+//               might take. Fails fast. Implied when interrupts are masked.
 //   PreferCold: take the coldest block (reported first). For memory the guest will not touch soon.
 //   PreferWarm: take the most recently freed block. The default for every allocation.
 enum AllocFlags : uint32_t {

@@ -463,6 +463,9 @@ template <typename Attempt>
 ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, Attempt attempt) {
   uint32_t idx = attempt();
   if (idx != kNoPage) return addr_of(idx);
+  // Interrupts masked means an interrupt handler or a SpinLock holder: a shrinker could deadlock
+  // on a lock held below us, and the balloon could not wait for the host. Fail fast instead.
+  if (!irqs_enabled()) flags = flags | kAllocNoReclaim;
   if (!(flags & kAllocNoReclaim)) {
     {
       SpinLockGuard g(lock_);

@@ -47,9 +47,10 @@
 //    the page-state array sees transitions in the order they happen (a hook run after unlocking
 //    could mark a page unused after it was already handed out again). It must be short and must
 //    not call the allocator.
-//  - shrinkers and the OOM handler run WITHOUT the lock, from the allocating context; they may
-//    allocate and free. Never from an interrupt handler: allocations there must pass
-//    kAllocNoReclaim.
+//  - shrinkers and the OOM handler run WITHOUT the lock, from the allocating context, with
+//    interrupts enabled; they may allocate, free and wait for devices. An allocation made with
+//    interrupts masked (an interrupt handler, a SpinLock holder) never reclaims: it behaves as if
+//    it passed kAllocNoReclaim.
 //  - the report hook runs WITHOUT the lock, from whatever context freed the memory (possibly an
 //    interrupt handler): it should only wake the reporting worker.
 #pragma once
