@@ -14,9 +14,8 @@ constexpr uint32_t kTagSlab = 1u << kTagKindShift;
 constexpr uint32_t kTagLarge = 2u << kTagKindShift;
 constexpr uint32_t kTagKindMask = 0xfu << kTagKindShift;
 constexpr uint32_t kSlabMagic = 0x51ab51abu;
-constexpr uint64_t kLargeMagic = 0x1a76e0b1ec7ull;
 constexpr size_t kSlabHeader = 64;
-constexpr size_t kLargeHeaderSize = 64;
+constexpr uint32_t kTagPagesMask = (1u << kTagKindShift) - 1;
 
 constexpr size_t class_size(unsigned cls) {
   return Heap::kMinClass << cls;
@@ -55,14 +54,6 @@ struct Heap::Slab {
   Slab* prev;
 };
 static_assert(sizeof(Heap::Slab) <= kSlabHeader);
-
-struct Heap::LargeHeader {
-  uint64_t magic;
-  PhysAddr base;
-  uint64_t pages;
-  uint64_t size;
-};
-static_assert(sizeof(Heap::LargeHeader) <= kLargeHeaderSize);
 
 namespace {
 template <typename S>
@@ -145,24 +136,26 @@ void* Heap::alloc_small(unsigned cls) {
   return obj;
 }
 
+// No header: the run starts at the returned pointer and its page count lives in the first page's
+// tag, so a 1 MiB malloc takes exactly 256 pages (a header would make it 257 and cost a whole
+// second 2 MiB buddy block).
 void* Heap::alloc_large(size_t size, size_t align, bool zero) {
-  if (size > (uint64_t{1} << 46)) return nullptr;
-  size_t slack = align > kLargeHeaderSize ? align + kLargeHeaderSize : kLargeHeaderSize;
-  uint64_t pages = (size + slack + kPageSize - 1) / kPageSize;
-  auto r = pages_.alloc_run(pages, Owner::Kernel, zero ? kAllocZero : kAllocNone);
+  uint64_t pages = (size + kPageSize - 1) / kPageSize;
+  if (pages == 0) pages = 1;
+  if (pages > kTagPagesMask) return nullptr;
+  uint64_t slack = align > kPageSize ? align / kPageSize - 1 : 0;
+  auto r = pages_.alloc_run(pages + slack, Owner::Kernel, zero ? kAllocZero : kAllocNone);
   if (r.is_error()) {
     SpinLockGuard g(lock_);
     ++stats_.failures;
     return nullptr;
   }
   PhysAddr base = r.value();
-  PhysAddr p = (base + kLargeHeaderSize + align - 1) & ~(static_cast<PhysAddr>(align) - 1);
-  LargeHeader* h = phys_to_virt<LargeHeader>(p - kLargeHeaderSize);
-  h->magic = kLargeMagic;
-  h->base = base;
-  h->pages = pages;
-  h->size = size;
-  pages_.set_tag(page_of(phys_to_virt(p)), kTagLarge);
+  PhysAddr p = (base + align - 1) & ~(static_cast<PhysAddr>(align) - 1);
+  uint64_t head = (p - base) / kPageSize;
+  if (head) pages_.free_run(base, head);
+  if (slack > head) pages_.free_run(p + pages * kPageSize, slack - head);
+  pages_.set_tag(p, kTagLarge | static_cast<uint32_t>(pages));
   SpinLockGuard g(lock_);
   stats_.large_bytes += pages * kPageSize;
   ++stats_.large_in_use;
@@ -192,19 +185,17 @@ void Heap::free(void* p) {
   if (!p) return;
   uint32_t tag = pages_.tag(page_of(p));
   if ((tag & kTagKindMask) == kTagLarge) {
-    LargeHeader* h = reinterpret_cast<LargeHeader*>(static_cast<char*>(p) - kLargeHeaderSize);
-    if (h->magic != kLargeMagic) panic("heap_free(%p): corrupt large header", p);
-    h->magic = 0;
-    PhysAddr base = h->base;
-    uint64_t pages = h->pages;
-    pages_.set_tag(page_of(p), 0);
+    if (page_of(p) != reinterpret_cast<uintptr_t>(p))
+      panic("heap_free(%p): inside a large allocation", p);
+    uint64_t pages = tag & kTagPagesMask;
+    pages_.set_tag(virt_to_phys(p), 0);
     {
       SpinLockGuard g(lock_);
       stats_.large_bytes -= pages * kPageSize;
       --stats_.large_in_use;
       ++stats_.frees;
     }
-    pages_.free_run(base, pages);
+    pages_.free_run(virt_to_phys(p), pages);
     return;
   }
   if ((tag & kTagKindMask) != kTagSlab) panic("heap_free(%p): not a heap pointer", p);
@@ -241,10 +232,7 @@ void Heap::free(void* p) {
 size_t Heap::usable_size(void* p) {
   if (!p) return 0;
   uint32_t tag = pages_.tag(page_of(p));
-  if ((tag & kTagKindMask) == kTagLarge) {
-    LargeHeader* h = reinterpret_cast<LargeHeader*>(static_cast<char*>(p) - kLargeHeaderSize);
-    return h->base + h->pages * kPageSize - virt_to_phys(p);
-  }
+  if ((tag & kTagKindMask) == kTagLarge) return (tag & kTagPagesMask) * kPageSize;
   if ((tag & kTagKindMask) != kTagSlab) panic("heap_usable_size(%p): not a heap pointer", p);
   Slab* s = reinterpret_cast<Slab*>(page_of(p) - (tag & 0xff) * kPageSize);
   return class_size(s->cls);

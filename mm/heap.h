@@ -12,7 +12,8 @@
 // ping-pong; further empty slabs go straight back to the page allocator, warm.
 //
 // Larger sizes (or alignments above 2048) get a run of pages (PageAllocator::alloc_run, exact
-// page count, any size) with a 64-byte header just below the returned pointer.
+// page count, any size) starting at the returned pointer, with no header: the page count is in the
+// first page's tag, so a power-of-two size takes exactly a buddy block and no more.
 //
 // Locking: one SpinLock for the slab lists, never held across a page allocator call (a shrinker
 // run by the allocator may free heap memory).
@@ -57,9 +58,8 @@ class Heap {
   // Returns every cached empty slab to the page allocator.
   void trim();
 
-  // Layouts private to heap.cpp (declared public only so it can check their sizes).
+  // Layout private to heap.cpp (declared public only so it can check its size).
   struct Slab;
-  struct LargeHeader;
 
  private:
   void* alloc_small(unsigned cls);

@@ -558,6 +558,10 @@ ErrorOr<PhysAddr> PageAllocator::alloc_run(uint64_t pages, Owner owner, AllocFla
     } else {
       idx = alloc_contiguous_locked(pages, owner);
     }
+    // No block of the rounded-up order: the pages may still be free side by side in smaller
+    // blocks (an odd-sized run needs no power-of-two block). Worth a scan before reclaiming.
+    if (idx == kNoPage && pages > 1 && pages <= kMaxOrderPages)
+      idx = alloc_contiguous_locked(pages, owner);
     if (idx != kNoPage) ++counters_.allocations;
     return idx;
   };

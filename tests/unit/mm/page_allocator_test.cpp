@@ -534,5 +534,29 @@ TEST(PageAllocator, BootMemoryComesOutInLongRuns) {
   EXPECT_TRUE(pa.check_invariants());
 }
 
+TEST(PageAllocator, OddRunsUseContiguousSmallerBlocks) {
+  Fixture f(16 * kMiB);
+  PageAllocator& pa = *f.pa;
+  // A 5-page run with no free order-3 block to be cut from, but adjacent free smaller blocks.
+  std::vector<PhysAddr> all;
+  for (;;) {
+    auto a = pa.alloc_pages(1, Owner::App, kAllocNoReclaim);
+    if (a.is_error()) break;
+    all.push_back(a.value());
+  }
+  std::sort(all.begin(), all.end());
+  // Keep every fourth pair: each 8-page group then has 6 free pages (an order-1 and an order-2
+  // block side by side) and no aligned free 8.
+  for (size_t i = 0; i < all.size(); ++i)
+    if (i % 4 != 0) pa.free_pages(all[i], 1);
+  ASSERT_EQ(pa.free_block_count(3), 0u);
+  auto r = pa.alloc_run(5, Owner::App, kAllocNoReclaim);
+  ASSERT_FALSE(r.is_error());
+  EXPECT_TRUE(pa.check_invariants());
+  pa.free_run(r.value(), 5);
+  for (size_t i = 0; i < all.size(); i += 4) pa.free_pages(all[i], 1);
+  EXPECT_TRUE(pa.check_invariants());
+}
+
 }  // namespace
 }  // namespace blimp::mm::test
