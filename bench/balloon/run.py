@@ -74,6 +74,11 @@ class BenchError(Exception):
     """A real failure: a guest that does not boot, a balloon that never reaches its target."""
 
 
+class KilledFromOutside(BenchError):
+    """QEMU died of a signal that neither we nor its `timeout` sent (someone else's cleanup on
+    this shared machine): the measurement is retried once."""
+
+
 # --------------------------------------------------------------------------------------------
 # One QEMU process with a console reader (timestamped lines) and a QMP connection.
 class Guest:
@@ -87,7 +92,9 @@ class Guest:
         self.pidfile = os.path.join(self.tmp, "qemu.pid")
         dev = "virtio-balloon-device" if machine == "microvm" else "virtio-balloon-pci"
         argv = ["timeout", "--kill-after=5", str(VM_LIMIT_S), QEMU, "-accel", "tcg",
-                "-M", machine, "-m", str(mem_mb), "-smp", "1", "-display", "none",
+                # mem-merge=off: the host's KSM (others run it here) must not merge guest pages
+                # (Linux's fill writes zeros) and hide what the balloon returns.
+                "-M", f"{machine},mem-merge=off", "-m", str(mem_mb), "-smp", "1", "-display", "none",
                 "-serial", "stdio", "-monitor", "none", "-nodefaults", "-no-reboot",
                 "-pidfile", self.pidfile, "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                 "-device", f"{dev},id=balloon0" + (f",{balloon_props}" if balloon_props else "")]
@@ -164,8 +171,16 @@ class Guest:
                     t, line = self.lines[i]
                     i += 1
                     if line is None:
-                        raise BenchError(f"{self.name()}: QEMU exited while waiting for "
-                                         f"/{pattern}/ ({what or 'console'}); console tail:\n"
+                        try:
+                            rc = self.proc.wait(timeout=5)
+                        except subprocess.TimeoutExpired:
+                            rc = "?"
+                        how = {124: " (killed by its timeout)", -9: " (SIGKILL)",
+                               137: " (SIGKILL)", -15: " (SIGTERM)", 143: " (SIGTERM)"}
+                        err = KilledFromOutside if rc in (-9, -15, 137, 143) else BenchError
+                        raise err(f"{self.name()}: QEMU exited with status {rc}"
+                                         f"{how.get(rc, '')} while waiting for /{pattern}/ "
+                                         f"({what or 'console'}); console tail:\n"
                                          + self.tail())
                     m = rx.search(line)
                     if m:
@@ -286,6 +301,7 @@ def measure_inflate(cfg, a):
     r = {}
     try:
         r["boot_s"] = g.start()
+        r["rss_boot_mib"] = g.rss_kib() / 1024
         log(f"  {g.name()}: ready after {r['boot_s']:.2f} s; touching {a.fill} MiB and freeing")
         if kind == "linux":
             g.send(f"fill {a.fill}")
@@ -306,12 +322,17 @@ def measure_inflate(cfg, a):
         r.update(inflated_mib=inflated, inflate_s=t, inflate_cpu_user_s=cu, inflate_cpu_sys_s=cs,
                  inflate_mibs=inflated / t, rss_at_target_mib=rss_now, rss_after_mib=rss1,
                  returned_frac=(rss0 - rss1) / inflated)
+        if cu is not None:
+            r["inflate_mib_per_cpu_s"] = inflated / max(cu + cs, 0.01)
+            r["inflate_oncpu_frac"] = (cu + cs) / t
         log(f"  {g.name()}: inflate {inflated:.0f} MiB in {t * 1000:.0f} ms "
             f"({inflated / t:.0f} MiB/s); RSS {rss0:.0f} -> {rss1:.0f} MiB "
             f"({100 * (rss0 - rss1) / inflated:.0f}% of inflated)")
         t, cu, cs = g.balloon(full)
         r.update(deflate_s=t, deflate_cpu_user_s=cu, deflate_cpu_sys_s=cs,
                  deflate_mibs=inflated / t)
+        if cu is not None:
+            r["deflate_mib_per_cpu_s"] = inflated / max(cu + cs, 0.01)
         log(f"  {g.name()}: deflate {inflated:.0f} MiB in {t * 1000:.0f} ms "
             f"({inflated / t:.0f} MiB/s)")
         time.sleep(0.2)
@@ -399,6 +420,15 @@ def measure_boot_other_firmware(cfg, a):
 
 
 # --------------------------------------------------------------------------------------------
+def retry_once(fn, cfg, a):
+    try:
+        return fn(cfg, a)
+    except KilledFromOutside as e:
+        log(f"  {cfg[0]}/{cfg[1]}: QEMU was killed from outside ({str(e).splitlines()[0]}); "
+            "retrying once")
+        return fn(cfg, a)
+
+
 def ensure_inputs(a):
     if not os.access(QEMU, os.X_OK):
         raise BenchError(f"{QEMU} not found (apt-get install qemu-system-x86)")
@@ -448,6 +478,9 @@ def sh(cmd):
         return "?"
 
 
+VERDICTS = []
+
+
 def report(a, results, meta):
     cfgs = [c for c in results]
     label = {("linux", "q35"): "Linux q35", ("blimp", "q35"): "Blimp q35",
@@ -459,7 +492,9 @@ def report(a, results, meta):
     L.append(f"- machine: {meta['machine']}")
     L.append(f"- load average: {meta['load_start']} at start, {meta['load_end']} at end "
              f"({meta['cpus']} CPUs, shared with other builds)")
-    L.append(f"- QEMU: `{QEMU}` {meta['qemu']}, `-accel tcg -smp 1 -m {a.mem}`")
+    L.append(f"- QEMU: `{QEMU}` {meta['qemu']}, `-accel tcg -smp 1 -m {a.mem} "
+             "-M <machine>,mem-merge=off` (host KSM run="
+             f"{meta['ksm']}: guest RAM is kept out of it)")
     L.append(f"- Linux guest: {meta['kernel']} (Debian 12 kernel, virtio_balloon module, busybox "
              "initramfs), SeaBIOS + `-kernel bzImage`")
     L.append(f"- Blimp: `{meta['blimp_elf']}` ({meta['blimp_rev']}), app memhog, qboot + PVH "
@@ -487,6 +522,7 @@ def report(a, results, meta):
                 if better == "higher" and key == "returned_frac":
                     verdict = "Blimp better" if x >= 1 else "**Blimp worse**"
                 ratio = f"{x:.2f}× ({verdict})"
+                VERDICTS.append((name, x))
             elif bv is None and lv:
                 ratio = "**Blimp n/a**"
         L.append(f"| {name} | " + " | ".join(cells) + f" | {ratio}{note} |")
@@ -497,8 +533,10 @@ def report(a, results, meta):
     row(f"inflate {a.mem}→{a.target} MiB, MiB/s", "inflate_mibs", 0)
     row("inflate time, ms", "inflate_s", 0, 1000, better="lower")
     row("host RSS returned / inflated, %", "returned_frac", 1, 100)
+    row("inflate, MiB per QEMU CPU-second (load-independent)", "inflate_mib_per_cpu_s", 0)
     row(f"deflate {a.target}→{a.mem} MiB, MiB/s", "deflate_mibs", 0)
     row("deflate time, ms", "deflate_s", 0, 1000, better="lower")
+    row("deflate, MiB per QEMU CPU-second (load-independent)", "deflate_mib_per_cpu_s", 0)
     row(f"reporting: 90% of {a.report} MiB back, s after the free marker", "report_from_marker_s",
         2, better="lower", src="report")
     row("reporting: same, s after the free started", "report_from_free_s", 2, better="lower",
@@ -544,7 +582,32 @@ def report(a, results, meta):
             y = med([x.get(f"{ph}_cpu_sys_s") for x in results[c][src]])
             cells.append("n/a" if u is None else f"{u:.2f} / {y:.2f}")
         L.append(f"| {ph} | " + " | ".join(cells) + " |")
+    L.append("| inflate: QEMU on CPU, % of wall | " + " | ".join(
+        fmt([x.get("inflate_oncpu_frac") for x in results[c]["inflate"]], 0, 100)
+        for c in cfgs) + " |")
     L.append("")
+    L.append("QEMU's VmRSS (MiB, medians) around the inflate: after boot → after touch+free → "
+             f"1 s after reaching {a.target} MiB:\n")
+    L.append("| | " + " | ".join(cols) + " |")
+    L.append("|---|" + "---|" * len(cols))
+    L.append("| RSS boot → before → after | " + " | ".join(
+        " → ".join(f"{med([x.get(k) for x in results[c]['inflate']]) or 0:.0f}"
+                   for k in ("rss_boot_mib", "rss_before_mib", "rss_after_mib"))
+        for c in cfgs) + " |")
+    L.append("")
+    lose = [(n, x) for n, x in VERDICTS if x < 1]
+    thin = [(n, x) for n, x in VERDICTS if 1 <= x < 3]
+    L.append("## Verdict (q35, medians; goal: Blimp several times better on every figure)\n")
+    if lose:
+        L.append("**Blimp loses on:** " + "; ".join(f"{n} ({x:.2f}×)" for n, x in lose) + ".\n")
+    if thin:
+        L.append("**Blimp wins by less than 3× on:** " +
+                 "; ".join(f"{n} ({x:.2f}×)" for n, x in thin) + ".\n")
+    if not lose and not thin:
+        L.append("Blimp is at least 3× better on every figure.\n")
+    notes = os.path.join(HERE, "observations.md")
+    if os.path.exists(notes):
+        L.append(open(notes).read().rstrip() + "\n")
     return "\n".join(L) + "\n"
 
 
@@ -562,7 +625,21 @@ def main():
     ap.add_argument("--machines", default="q35,microvm",
                     help="q35 (Linux and Blimp), microvm (Blimp only)")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--render", metavar="JSON",
+                    help="only rewrite --out from the raw samples of an earlier run (its .json)")
     a = ap.parse_args()
+    if a.render:
+        with open(a.render) as f:
+            raw = json.load(f)
+        for k, v in raw["args"].items():
+            if k not in ("out", "render"):
+                setattr(a, k, v)
+        results = {tuple(k.split("/")): v for k, v in raw["results"].items()}
+        md = report(a, results, raw["meta"])
+        print(md, flush=True)
+        with open(a.out, "w") as f:
+            f.write(md)
+        return 0
     if a.quick:
         a.runs = 1
         if a.mem == 1024:
@@ -590,6 +667,7 @@ def main():
         "machine": f"{platform.node()}, {sh(['uname', '-sr'])}, {cpu_model()}",
         "cpus": os.cpu_count(),
         "load_start": open("/proc/loadavg").read().split()[:3],
+        "ksm": sh(["cat", "/sys/kernel/mm/ksm/run"]),
         "qemu": sh([QEMU, "--version"]).splitlines()[0].replace("QEMU emulator version ", "")
         if os.path.exists(QEMU) else "?",
         "command": "python3 bench/balloon/run.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
@@ -609,14 +687,14 @@ def main():
             log(f"run {run + 1}/{a.runs}")
             for c in cfgs:
                 log(f" {c[0]}/{c[1]}: inflate/deflate")
-                r = measure_inflate(c, a)
+                r = retry_once(measure_inflate, c, a)
                 results[c]["inflate"].append(r)
                 log(f" {c[0]}/{c[1]}: free page reporting")
-                rr = measure_reporting(c, a)
+                rr = retry_once(measure_reporting, c, a)
                 results[c]["report"].append(rr)
                 b = {"boot_s": r["boot_s"]}
                 if c[1] == "q35":
-                    b["boot_other_s"] = measure_boot_other_firmware(c, a)
+                    b["boot_other_s"] = retry_once(measure_boot_other_firmware, c, a)
                 results[c]["boot"].append(b)
                 results[c]["boot"].append({"boot_s": rr["boot_s"]})
     except BenchError as e:
