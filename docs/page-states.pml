@@ -1,0 +1,142 @@
+/*
+ * Promela model of the Blimp page-state protocol (docs/page-states.md,
+ * docs/spec-virtio-balloon-blimp.md section 4), one page, guest and host.
+ * The protocol is per byte and the two sides never act on two bytes at once,
+ * so one page is the whole story; the sweep over many pages is many copies.
+ *
+ * What is checked (tests/unit/page_states/run_spin.py):
+ *   safety (assertions, no invalid end state, i.e. no guest stuck forever):
+ *     - the host discards only a page it claimed, never one the guest holds
+ *       (ghost `guest_holds`);
+ *     - the guest touches the content only while the byte is STABLE;
+ *     - no lost write: whatever the guest wrote to a page it still holds
+ *       reads back (assert data == mine);
+ *     - no use of discarded content: a pin that says "intact" finds exactly
+ *       the data written before the unpin; a pin that says "lost", and an
+ *       allocation of a page the host discarded while free, find zeros.
+ *   liveness (LTL `settles`, weak fairness): a byte the host holds
+ *     (DISCARDING_x) always comes back to the guest.
+ *
+ * Variants (cpp defines, each MUST make spin report an error; the test checks
+ * that it does, so the properties above are known to have teeth):
+ *   BUG_STORE      the guest pins with a plain store instead of a CAS
+ *   BUG_FREE_STORE the guest frees an unpinned volatile page with a plain
+ *                  store of UNUSED instead of going through STABLE by CAS
+ *   TCG_NONATOMIC  the device pauses vCPUs to claim, but a guest cmpxchg is a
+ *                  load + store in single-threaded TCG and a failed one writes
+ *                  the old value back: a host publish inside that window is
+ *                  overwritten and the byte stays DISCARDING forever (the
+ *                  residual window described in docs/page-states.md).
+ */
+
+#define STABLE     0
+#define UNUSED     1
+#define VOLATILE   3
+#define DISC_U    65   /* 0x41 DISCARDING_UNUSED   */
+#define DISC_V    67   /* 0x43 DISCARDING_VOLATILE */
+#define GONE_U   129   /* 0x81 DISCARDED_UNUSED    */
+#define GONE_V   131   /* 0x83 DISCARDED_VOLATILE  */
+
+#define discarding(v) ((v) == DISC_U || (v) == DISC_V)
+#define discarded(v)  ((v) == GONE_U || (v) == GONE_V)
+
+byte st = STABLE;        /* the shared byte */
+byte data = 7;           /* the page content; 0 = zeros (discarded) */
+bool guest_holds = true; /* ghost: the guest may touch the content */
+bool in_cmpxchg = false; /* TCG: a guest instruction is under way */
+
+/* One-byte compare-and-swap by the guest: ok := (st == exp), st := new if ok. */
+#ifdef TCG_NONATOMIC
+#define CAS(exp, new, ok) \
+  atomic { in_cmpxchg = true; tmp = st }; \
+  atomic { if :: tmp == exp -> st = new; ok = true :: else -> st = tmp; ok = false fi; \
+           in_cmpxchg = false }
+#else
+#define CAS(exp, new, ok) \
+  atomic { if :: st == exp -> st = new; ok = true :: else -> ok = false fi }
+#endif
+
+/* make_stable(): wait_settled, then CAS the value seen to STABLE; `was` is
+ * what it replaced. */
+#ifdef BUG_STORE
+#define MAKE_STABLE(was) \
+  atomic { !discarding(st) -> was = st }; st = STABLE
+#else
+#define MAKE_STABLE(was) \
+  do :: atomic { !discarding(st) -> was = st }; \
+        if :: was == STABLE -> break :: else -> skip fi; \
+        CAS(was, STABLE, ok); if :: ok -> break :: else -> skip fi od
+#endif
+
+/* make_unused() from STABLE: a store (the host never writes a STABLE byte). */
+#define MAKE_UNUSED st = UNUSED
+
+active proctype guest() {
+  byte was, tmp, mine = 7, next = 1;
+  bool ok;
+  /* 0: holds it STABLE, 1: free (UNUSED), 2: volatile, unpinned */
+  byte role = 0;
+  tmp = 0;
+end_idle:
+  do
+  :: role == 0 ->                                   /* use it */
+       assert(st == STABLE && guest_holds);
+       assert(data == mine);                         /* no lost write */
+       if
+       :: data = next; mine = next; next = (next % 3) + 1   /* write */
+       :: guest_holds = false; MAKE_UNUSED; role = 1        /* free */
+       :: guest_holds = false; st = VOLATILE; role = 2      /* unpin */
+       fi
+  :: role == 1 ->                                   /* allocate */
+       MAKE_STABLE(was);
+       guest_holds = true;
+       assert(st == STABLE);
+       if
+       :: discarded(was) -> assert(data == 0)        /* known zero */
+       :: else -> skip
+       fi;
+       data = next; mine = next; next = (next % 3) + 1;
+       role = 0
+  :: role == 2 ->                                   /* pin */
+       MAKE_STABLE(was);
+       guest_holds = true;
+       assert(st == STABLE);
+       if
+       :: was == GONE_V ->                            /* lost: regenerate */
+            assert(data == 0);
+            data = next; mine = next; next = (next % 3) + 1
+       :: else ->                                     /* intact */
+            assert(!discarded(was));
+            assert(data == mine)
+       fi;
+       role = 0
+  :: role == 2 ->                                   /* free an unpinned volatile page */
+#ifdef BUG_FREE_STORE
+       st = UNUSED;
+#else
+       MAKE_STABLE(was); MAKE_UNUSED;                /* VOLATILE/DISCARDED -> STABLE -> UNUSED */
+#endif
+       role = 1
+  od
+}
+
+/* The device: claim by CAS with the vCPUs paused (never inside a guest
+ * instruction), then discard and publish while the guest runs. */
+active proctype host() {
+  byte claimed;
+end_sweep:
+  do
+  :: atomic { !in_cmpxchg && (st == UNUSED || st == VOLATILE) ->
+       if :: st == UNUSED -> st = DISC_U :: else -> st = DISC_V fi; claimed = st };
+     assert(!guest_holds);                           /* never a page the guest holds */
+     if
+     :: data = 0;                                    /* madvise: the content is gone */
+        assert(st == claimed);                       /* nobody wrote our byte */
+        if :: claimed == DISC_U -> st = GONE_U :: else -> st = GONE_V fi
+     :: assert(st == claimed);                       /* the discard failed: put back */
+        if :: claimed == DISC_U -> st = UNUSED :: else -> st = VOLATILE fi
+     fi
+  od
+}
+
+ltl settles { [] (discarding(st) -> <> !discarding(st)) }
