@@ -587,9 +587,7 @@ void PageAllocator::free_pages(PhysAddr base, unsigned order) {
     set_owner_locked(idx, Owner::Free);
     free_block_locked(idx, order, kPageWarm, Owner::Free);
     ++counters_.frees;
-    fire = report_hook_ && report_armed_ && unreported_tracked_ >= report_threshold_;
-    if (fire) report_armed_ = false;
-    unreported = unreported_tracked_;
+    fire = report_due_locked(unreported);
   }
   if (fire) report_hook_(unreported, report_ctx_);
 }
@@ -613,11 +611,18 @@ void PageAllocator::free_run(PhysAddr base, uint64_t pages) {
             (unsigned long long)pages, (unsigned long long)done);
     }
     ++counters_.frees;
-    fire = report_hook_ && report_armed_ && unreported_tracked_ >= report_threshold_;
-    if (fire) report_armed_ = false;
-    unreported = unreported_tracked_;
+    fire = report_due_locked(unreported);
   }
   if (fire) report_hook_(unreported, report_ctx_);
+}
+
+// Edge-triggered: fires once when unreported memory reaches the threshold, then waits for the
+// reporting driver to come back (isolate_unreported re-arms).
+bool PageAllocator::report_due_locked(uint64_t& unreported) {
+  unreported = unreported_tracked_;
+  if (!report_hook_ || !report_armed_ || unreported_tracked_ < report_threshold_) return false;
+  report_armed_ = false;
+  return true;
 }
 
 // ---- balloon ----
@@ -677,9 +682,7 @@ void PageAllocator::give_back(const PageRun* runs, size_t n, bool content_zeroed
         }
       }
     }
-    fire = report_hook_ && report_armed_ && unreported_tracked_ >= report_threshold_;
-    if (fire) report_armed_ = false;
-    unreported = unreported_tracked_;
+    fire = report_due_locked(unreported);
   }
   if (fire) report_hook_(unreported, report_ctx_);
 }
@@ -734,9 +737,7 @@ void PageAllocator::return_isolated(const PageRun* runs, size_t n, bool reported
       }
       if (reported) counters_.pages_reported += done;
     }
-    fire = report_hook_ && report_armed_ && unreported_tracked_ >= report_threshold_;
-    if (fire) report_armed_ = false;
-    unreported = unreported_tracked_;
+    fire = report_due_locked(unreported);
   }
   if (fire) report_hook_(unreported, report_ctx_);
 }

@@ -231,7 +231,7 @@ class PageAllocator {
   uint32_t alloc_contiguous_locked(uint64_t pages, Owner owner);
   void zero_allocated(uint32_t idx, uint64_t pages, bool zero_requested);
   void account_free_list(uint32_t idx, unsigned order, Owner owner, int64_t sign);
-  void maybe_fire_report_hook();
+  bool report_due_locked(uint64_t& unreported);
   template <typename Attempt>
   ErrorOr<PhysAddr> with_reclaim(uint64_t pages, AllocFlags flags, Attempt attempt);
 
