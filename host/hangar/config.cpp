@@ -214,7 +214,7 @@ void parse_ksm(KsmConfig& k, const json& v, const std::string& where) {
         return;
     }
     r.check_keys(v, {"mode", "pages_to_scan", "sleep_millisecs", "merge_across_nodes",
-                     "use_zero_pages", "sysfs"});
+                     "use_zero_pages", "sysfs", "scope", "hint_refresh"});
     for (auto it = v.begin(); it != v.end(); ++it) {
         const std::string& key = it.key();
         if (key == "mode") {
@@ -228,6 +228,8 @@ void parse_ksm(KsmConfig& k, const json& v, const std::string& where) {
         else if (key == "merge_across_nodes") k.merge_across_nodes = r.uint(*it, key, 1);
         else if (key == "use_zero_pages") k.use_zero_pages = r.uint(*it, key, 1);
         else if (key == "sysfs") k.sysfs = r.str(*it, key);
+        else if (key == "scope") k.scope = r.str(*it, key);
+        else if (key == "hint_refresh") k.hint_refresh = r.duration(*it, key);
     }
 }
 
@@ -506,6 +508,9 @@ void validate(const Config& c) {
     if (!(c.policy.pressure_grow > 0.0 && c.policy.pressure_grow <= 1.0))
         throw ConfigError("policy pressure_grow must be in (0, 1]");
     if (c.policy.max_step == 0) throw ConfigError("policy max_step must be positive");
+    if (c.ksm.scope != "across" && c.ksm.scope != "within")
+        throw ConfigError("ksm scope must be across or within, got \"" + c.ksm.scope + "\"");
+    if (c.ksm.hint_refresh < Millis(100)) throw ConfigError("ksm hint_refresh must be at least 100ms");
     if (c.ksm.mode == KsmMode::Targeted && c.qemu == "stock")
         throw ConfigError("--ksm targeted needs the patched QEMU (share-hints); stock QEMU cannot target KSM");
     (void)total;

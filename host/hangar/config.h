@@ -61,6 +61,9 @@ struct KsmConfig {
     std::optional<uint64_t> merge_across_nodes;
     std::optional<uint64_t> use_zero_pages;
     std::string sysfs = "/sys/kernel/mm/ksm";  // a directory of the same shape, for tests
+    // targeted only: hashes need a twin in another VM (across) or in the same VM (within).
+    std::string scope = "across";
+    Millis hint_refresh{2000};  // how often guests' hints are re-read and filters updated
 };
 
 struct Config {

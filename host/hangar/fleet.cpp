@@ -31,6 +31,12 @@ struct Fleet::Vm {
     std::optional<VmExit> exit;
     std::vector<std::string> qmp_errors;
     std::string last_decision;
+    // Sharing (targeted KSM)
+    bool hints_busy = false;
+    bool hints_off = false;  // this QEMU cannot do it; said once
+    std::vector<Hint> hints_accum;
+    std::optional<std::set<uint64_t>> filter_sent;
+    uint64_t hint_pages = 0;  // as last read, kept for the summary after the VM is gone
 };
 
 std::optional<GuestStats> guest_stats_from_qom(const json& v) {
@@ -183,6 +189,13 @@ void Fleet::on_qmp_ready(Vm& vm) {
             if (r.ok && r.value.contains("actual") && r.value["actual"].is_number_unsigned())
                 p->actual = r.value["actual"].get<uint64_t>();
         });
+        // hangar owns the balloon from the start: an explicit target of the full size changes
+        // nothing for the guest but makes the target known, and the config-change interrupt it
+        // raises is what gets some guests to send their first stats buffer.
+        vm.qmp->execute("balloon", {{"value", vm.spec.memory}}, [this, p](const QmpReply& r) {
+            if (r.ok) p->target = p->spec.memory;
+            else if (r.error_class != "Disconnected") qmp_problem(*p, "balloon failed: " + r.describe());
+        });
     }
     if (vm.spec.start == StartMode::Running) {
         vm.qmp->execute("cont", [this, p](const QmpReply& r) {
@@ -240,6 +253,8 @@ void Fleet::finish_vm(Vm& vm) {
     vm.exit = e;
     if (vm.qmp) vm.qmp->close("QEMU exited");
     sharing_.forget(vm.spec.name);
+    // Its hashes no longer count as twins for the others.
+    if (targeting_ && !stopping_) update_filters();
     report("vm " + vm.spec.name + ": " + e.describe());
     if (!e.ok() && (e.kind == VmExit::Kind::QemuError || e.kind == VmExit::Kind::FailedToStart)) {
         std::string log = read_file_tail(vm.qemu_log, 2048);
@@ -293,6 +308,10 @@ void Fleet::sample() {
         s.balloon_actual = vm.actual;
         s.balloon_target = vm.target;
         s.stats = vm.stats;
+        if (targeting_ && !vm.hints_off) {
+            s.hint_pages = sharing_.hinted_pages(vm.spec.name);
+            s.twin_hashes = vm.filter_sent ? vm.filter_sent->size() : 0;
+        }
         samples.push_back(std::move(s));
         if (vm.phase == Vm::Phase::Ready && vm.spec.balloon && vm.qmp && vm.qmp->state() == QmpClient::State::Ready &&
             !vm.stopping) {
@@ -352,6 +371,77 @@ void Fleet::apply_policy() {
             if (!r.ok && r.error_class != "Disconnected") qmp_problem(*p, "balloon failed: " + r.describe());
         });
         sync_watch(*p);
+    }
+}
+
+void Fleet::refresh_hints() {
+    if (stopping_) return;
+    for (auto& up : vms_) {
+        Vm& vm = *up;
+        if (vm.phase != Vm::Phase::Ready || vm.hints_off || vm.hints_busy || vm.stopping || !vm.spec.balloon) continue;
+        if (!vm.qmp || vm.qmp->state() != QmpClient::State::Ready) continue;
+        vm.hints_busy = true;
+        vm.hints_accum.clear();
+        fetch_hints(vm, 0);
+    }
+}
+
+void Fleet::fetch_hints(Vm& vm, uint64_t start) {
+    Vm* p = &vm;
+    vm.qmp->execute("x-blimp-balloon-query-hints", query_hints_args(start), [this, p, start](const QmpReply& r) {
+        if (!r.ok) {
+            p->hints_busy = false;
+            if (r.error_class == "Disconnected") return;
+            // Without the command (or without share-hints on the device) there is nothing to
+            // target; say so once and leave this VM to KSM's defaults.
+            p->hints_off = true;
+            qmp_problem(*p, "sharing hints unavailable, not targeting KSM for this VM: " + r.describe());
+            return;
+        }
+        std::string error;
+        auto page = parse_hints_page(r.value, error);
+        if (!page) {
+            p->hints_busy = false;
+            p->hints_off = true;
+            qmp_problem(*p, error);
+            return;
+        }
+        p->hints_accum.insert(p->hints_accum.end(), page->hints.begin(), page->hints.end());
+        const uint64_t next = start + page->hints.size();
+        if (!page->hints.empty() && next < page->total && !p->stopping) {
+            fetch_hints(*p, next);
+            sync_watch(*p);
+            return;
+        }
+        sharing_.replace(p->spec.name, p->hints_accum);
+        p->hint_pages = sharing_.hinted_pages(p->spec.name);
+        p->hints_accum.clear();
+        p->hints_busy = false;
+        update_filters();
+    });
+    sync_watch(vm);
+}
+
+void Fleet::update_filters() {
+    const ShareScope scope = cfg_.ksm.scope == "within" ? ShareScope::WithinVm : ShareScope::AcrossVms;
+    for (auto& up : vms_) {
+        Vm& vm = *up;
+        if (vm.phase != Vm::Phase::Ready || vm.hints_off || vm.stopping || !vm.qmp ||
+            vm.qmp->state() != QmpClient::State::Ready)
+            continue;
+        std::set<uint64_t> want = sharing_.twins(vm.spec.name, scope);
+        if (vm.filter_sent && *vm.filter_sent == want) continue;
+        Vm* p = &vm;
+        vm.qmp->execute("x-blimp-balloon-hint-filter", hint_filter_args(want), [this, p, want](const QmpReply& r) {
+            if (r.ok) {
+                p->filter_sent = want;
+                return;
+            }
+            if (r.error_class == "Disconnected") return;
+            p->hints_off = true;
+            qmp_problem(*p, "x-blimp-balloon-hint-filter failed: " + r.describe());
+        });
+        sync_watch(vm);
     }
 }
 
@@ -440,6 +530,12 @@ int Fleet::run() {
     }
     for (auto& vm : vms_) launch(*vm);
     if (cfg_.duration) loop_.after(*cfg_.duration, [this] { stop_all("duration reached"); });
+    targeting_ = cfg_.ksm.mode == KsmMode::Targeted && plan_.patched;
+    std::function<void()> hint_tick = [&] {
+        refresh_hints();
+        hint_timer_ = loop_.after(cfg_.ksm.hint_refresh, hint_tick);
+    };
+    if (targeting_) hint_timer_ = loop_.after(cfg_.ksm.hint_refresh, hint_tick);
 
     std::function<void()> tick = [&] {
         sample();
@@ -460,6 +556,7 @@ int Fleet::run() {
         }
     }
     loop_.cancel(sample_timer_);
+    loop_.cancel(hint_timer_);
     // A last row per VM, so the CSV ends with the final state.
     sample();
     if (ksm_) {
@@ -522,6 +619,10 @@ void Fleet::write_summary(int status) {
             v["description"] = vm->exit->describe();
         }
         v["qmp_errors"] = vm->qmp_errors;
+        if (targeting_) {
+            v["hint_pages"] = vm->hint_pages;
+            v["twin_hashes"] = vm->filter_sent ? vm->filter_sent->size() : 0;
+        }
         v["serial_log"] = vm->serial_log;
         auto it = sums.find(vm->spec.name);
         std::string mem;

@@ -20,6 +20,7 @@
 #include "metrics.h"
 #include "qmp.h"
 #include "sharing_index.h"
+#include "sharing_qmp.h"
 #include "vm_process.h"
 
 namespace hangar {
@@ -59,6 +60,9 @@ private:
     void sample();
     void apply_policy();
     void poll_guest_stats(Vm& vm);
+    void refresh_hints();
+    void fetch_hints(Vm& vm, uint64_t start);
+    void update_filters();
     void stop_all(const std::string& why);
     void kill_all();
     void handle_signals();
@@ -87,6 +91,8 @@ private:
     std::vector<std::string> ksm_restore_errors_;
     Clock::time_point started_;
     EventLoop::TimerId sample_timer_ = 0;
+    EventLoop::TimerId hint_timer_ = 0;
+    bool targeting_ = false;  // targeted KSM on the patched QEMU: hints drive the filters
 };
 
 }  // namespace hangar

@@ -32,6 +32,20 @@ fs::path build_dir() {
 
 bool executable(const fs::path& p) { return ::access(p.c_str(), X_OK) == 0; }
 
+// Whether a QEMU binary carries the Blimp patches: its balloon device lists share-hints. Asking
+// the binary beats trusting its path, and costs one short QEMU run.
+bool has_blimp_patches(const std::string& qemu) {
+    std::string cmd = "'" + qemu + "' -device virtio-balloon-device,help 2>/dev/null";
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) return false;
+    char buf[512];
+    bool found = false;
+    while (std::fgets(buf, sizeof buf, p))
+        if (std::strstr(buf, "share-hints")) found = true;
+    pclose(p);
+    return found;
+}
+
 // Turns stock/patched/auto/PATH into a binary. A path is taken as given: if it cannot be
 // executed, each VM reports that it failed to start, which is the clearest place to say so.
 LaunchPlan resolve_plan(const Config& c) {
@@ -51,6 +65,7 @@ LaunchPlan resolve_plan(const Config& c) {
         plan.qemu = plan.patched ? patched.string() : stock;
     } else {
         plan.qemu = c.qemu;
+        plan.patched = c.qemu.find('\'') == std::string::npos && executable(c.qemu) && has_blimp_patches(c.qemu);
     }
     fs::path kernel = c.kernel.empty() ? build_dir() / "blimp.elf" : fs::path(c.kernel);
     if (!fs::exists(kernel)) throw ConfigError("kernel " + kernel.string() + " not found (make build, or --kernel PATH)");
@@ -78,7 +93,7 @@ std::string make_run_dir(const std::string& wanted) {
 struct RunFlags {
     std::string config;
     std::vector<std::string> vms;
-    std::string budget, qemu, kernel, duration, interval, grace, csv, plot, run_dir, ksm, ksm_sysfs, policy, status, accel;
+    std::string budget, qemu, kernel, duration, interval, grace, csv, plot, run_dir, ksm, ksm_sysfs, share_scope, policy, status, accel;
     std::optional<double> tax_rate;
     std::optional<uint64_t> ksm_pages_to_scan, ksm_sleep_ms;
     bool dry_run = false;
@@ -101,6 +116,7 @@ Config build_config(const RunFlags& f) {
     if (!f.run_dir.empty()) c.run_dir = f.run_dir;
     if (!f.ksm.empty()) c.ksm.mode = parse_ksm_mode(f.ksm);
     if (!f.ksm_sysfs.empty()) c.ksm.sysfs = f.ksm_sysfs;
+    if (!f.share_scope.empty()) c.ksm.scope = f.share_scope;
     if (f.ksm_pages_to_scan) c.ksm.pages_to_scan = *f.ksm_pages_to_scan;
     if (f.ksm_sleep_ms) c.ksm.sleep_millisecs = *f.ksm_sleep_ms;
     if (!f.policy.empty()) c.policy.name = f.policy;
@@ -204,6 +220,7 @@ int main(int argc, char** argv) {
         sub->add_option("--ksm-pages-to-scan", f.ksm_pages_to_scan, "KSM pages_to_scan while running");
         sub->add_option("--ksm-sleep-ms", f.ksm_sleep_ms, "KSM sleep_millisecs while running");
         sub->add_option("--ksm-sysfs", f.ksm_sysfs, "KSM sysfs directory (default /sys/kernel/mm/ksm)");
+        sub->add_option("--share-scope", f.share_scope, "targeted KSM: across (twins in other VMs, default) | within");
         sub->add_option("--policy", f.policy, "idle-tax | none");
         sub->add_option("--tax-rate", f.tax_rate, "idle memory tax rate in [0,1) (default 0.75)");
         sub->add_option("--status", f.status, "auto | tty | plain | off");

@@ -25,6 +25,8 @@ struct VmSample {
     std::optional<uint64_t> balloon_target;
     std::optional<GuestStats> stats;
     std::optional<uint64_t> ksm_merging_pages;
+    std::optional<uint64_t> hint_pages;    // pages the guest hinted (patched QEMU, targeted KSM)
+    std::optional<uint64_t> twin_hashes;   // of those hashes, how many have a twin
 };
 
 // The CSV's columns, in order (documented in docs/hangar.md).

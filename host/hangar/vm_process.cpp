@@ -60,6 +60,10 @@ std::vector<std::string> build_qemu_argv(const VmSpec& vm, const LaunchPlan& pla
         auto props = vm.balloon_props;
         if (plan.ksm == KsmMode::Targeted && plan.patched && !props.count("share-hints")) props["share-hints"] = "on";
         for (const auto& [k, v] : props) dev += "," + k + "=" + v;
+        // The Blimp extensions need a modern transport; microvm's virtio-mmio is legacy unless told.
+        const bool extensions = props.count("share-hints") || props.count("page-states");
+        if (vm.machine == Machine::Microvm && plan.patched && extensions)
+            a.insert(a.end(), {"-global", "virtio-mmio.force-legacy=false"});
         a.insert(a.end(), {"-device", dev});
     }
     a.insert(a.end(), vm.qemu_args.begin(), vm.qemu_args.end());

@@ -68,3 +68,29 @@ TEST(SharingIndex, HashHex) {
     EXPECT_FALSE(SharingIndex::parse_hash("9C2D1E0F00AA7B31"));
     EXPECT_FALSE(SharingIndex::parse_hash("zzzzzzzzzzzzzzzz"));
 }
+
+#include "sharing_qmp.h"
+
+TEST(SharingQmp, ParsesHintPages) {
+    std::string err;
+    auto page = parse_hints_page(nlohmann::json::parse(R"({"total": 5120, "hints": [
+        {"pfn": 4096, "npages": 1, "hash": "9c2d1e0f00aa7b31", "zero": false, "marked": true},
+        {"pfn": 8192, "npages": 64, "hash": "c1f7d4e1d7b1a8a0", "zero": true, "marked": true}]})"), err);
+    ASSERT_TRUE(page) << err;
+    EXPECT_EQ(page->total, 5120u);
+    ASSERT_EQ(page->hints.size(), 2u);
+    EXPECT_EQ(page->hints[1].run, (PageRun{8192, 64}));
+    EXPECT_EQ(page->hints[0].hash, 0x9c2d1e0f00aa7b31ull);
+    EXPECT_TRUE(page->hints[1].zero);
+    for (const char* bad : {R"({"hints": []})", R"({"total": 1, "hints": [{"pfn": 1, "npages": 1, "hash": 5}]})",
+                            R"({"total": 1, "hints": [{"pfn": 1, "npages": 1, "hash": "xyz"}]})", "[]"})
+        EXPECT_FALSE(parse_hints_page(nlohmann::json::parse(bad), err)) << bad;
+}
+
+TEST(SharingQmp, FilterArguments) {
+    EXPECT_EQ(hint_filter_args(std::nullopt), nlohmann::json::object());
+    EXPECT_EQ(hint_filter_args(std::set<uint64_t>{}), nlohmann::json::parse(R"({"hashes": []})"));
+    EXPECT_EQ(hint_filter_args(std::set<uint64_t>{1, 0xabc}),
+              nlohmann::json::parse(R"({"hashes": ["0000000000000001", "0000000000000abc"]})"));
+    EXPECT_EQ(query_hints_args(7)["start"], 7);
+}

@@ -41,6 +41,9 @@ TEST(QemuArgv, PciMachineKsmModesAndProps) {
     EXPECT_TRUE(has(a, "/usr/share/qemu/qboot.rom"));
     EXPECT_TRUE(has(a, "virtio-balloon-pci,id=balloon0,coalesce-discard=on,share-hints=on"));
     EXPECT_EQ(a.back(), "2");
+    EXPECT_FALSE(has(a, "virtio-mmio.force-legacy=false"));  // q35: virtio-pci
+    VmSpec micro = parse_vm_flag("name=m");
+    EXPECT_TRUE(has(build_qemu_argv(micro, plan), "virtio-mmio.force-legacy=false"));
     plan.ksm = KsmMode::Blind;
     vm.balloon = false;
     a = build_qemu_argv(vm, plan);
