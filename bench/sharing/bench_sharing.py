@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""The headline sharing experiment: blind KSM over all guest RAM vs hint-targeted KSM.
+
+Same VMs, same guest command line, same KSM settings, same (patched) QEMU binary:
+  blind     -machine mem-merge=on (QEMU's default: all guest RAM MADV_MERGEABLE), balloon with
+            every Blimp extension off (stock device behaviour; the guest sends no hints)
+  targeted  -machine mem-merge=off, virtio-balloon-pci share-hints=on: only what the guests
+            hint (kernel image read-only pages, sealed data) is MADV_MERGEABLE
+
+Each VM runs `dataset` with the same seed: a sealed data set (identical across VMs) plus a
+private working set (unique per VM, touched, never sealed) that blind KSM scans in vain.
+For each mode: KSM is reset (run=2 drops all merges and stale rmap items), the VMs boot and build
+their data with KSM stopped, then run=1 at t=0 and the script samples every 0.25 s:
+  saving        /sys/kernel/mm/ksm/pages_sharing (pages saved host-wide)
+  merging       sum of /proc/<qemu>/ksm_merging_pages over the experiment's VMs
+  pages_scanned /sys/kernel/mm/ksm/pages_scanned
+  ksmd CPU      utime+stime of ksmd (/proc/<ksmd>/stat)
+until the saving has not moved for --settle seconds (and KSM did >= 2 more full scans), or
+--max-time. Results: CSV per mode, RESULTS-style table (markdown) and a gnuplot PNG.
+
+KSM settings are saved and restored (also on failure/SIGTERM), under a lock against other KSM
+experiments. Other mergeable processes (QEMUs of other users with mem-merge=on) disturb the
+host-wide numbers: they are listed in the output.
+
+  python3 bench/sharing/bench_sharing.py --build-dir build --out bench/sharing
+"""
+import argparse
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "lib"))
+sys.path.insert(0, HERE)
+from blimp_vm import BlimpVM  # noqa: E402
+from ksm_util import KsmSession, _write, other_mergeable, proc_ksm  # noqa: E402
+
+MiB = 1 << 20
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def launch(args, mode, i):
+    qemu = os.path.join(args.build_dir, "qemu", "qemu-system-x86_64")
+    if mode == "blind":
+        extra = ["-machine", "mem-merge=on", "-device", "virtio-balloon-pci,id=balloon0"]
+    else:
+        extra = ["-machine", "mem-merge=off",
+                 "-device", "virtio-balloon-pci,id=balloon0,share-hints=on"]
+    gargs = [f"seed={args.seed}", f"size={args.size}", f"zero={args.zero}",
+             f"private={args.private}", "verify=20s"]
+    return BlimpVM(args.build_dir, app="dataset", args=gargs, machine="q35", memory=args.memory,
+                   qemu=qemu, extra=extra, name=f"{mode}{i}", limit=args.max_time + 600)
+
+
+def run_mode(args, mode):
+    print(f"== {mode}: {args.vms} x {args.memory}, dataset size={args.size} zero={args.zero} "
+          f"private={args.private}; load {loadavg()}", flush=True)
+    settings = dict(pages_to_scan=args.pages_to_scan, sleep_millisecs=args.sleep_ms)
+    rows = []
+    deadline = time.monotonic() + args.wait_alone
+    while other_mergeable() and time.monotonic() < deadline:
+        time.sleep(5)  # other users' QEMUs (mem-merge=on) would be scanned too: wait them out
+    with KsmSession(**settings) as ksm:
+        _write("run", 2)  # unmerge everything and drop stale rmap items: a clean pages_sharing
+        _write("run", 0)
+        vms = []
+        try:
+            for i in range(args.vms):
+                vms.append(launch(args, mode, i))
+            ready = []
+            for v in vms:
+                m = v.wait_for(r"dataset: ready .*build_ms=(\d+) seal_ms=(\d+)", 600)
+                ready.append((int(m.group(1)), int(m.group(2))))
+            hash_ms = []
+            for v in vms:
+                m = v.wait_for(r"dataset: sharing: .*hash_ms=(\d+) hints: requests=(\d+) "
+                               r"entries=(\d+) pages=(\d+)", 10)
+                hash_ms.append(tuple(int(x) for x in m.groups()))
+            time.sleep(2)  # let the guests go idle
+            pids = [v.pid for v in vms]
+            others_start = other_mergeable(exclude=set(pids))
+            load_start = loadavg()
+            c0 = ksm.counters()
+            cpu0 = ksm.ksmd_cpu_seconds()
+            rss0 = sum(v.rss_kib() or 0 for v in vms)
+            t0 = time.monotonic()
+            ksm.start()
+            last_change_t, last_saving, scans_at_change = 0.0, -1, c0.get("full_scans", 0)
+            while True:
+                time.sleep(args.interval)
+                t = time.monotonic() - t0
+                c = ksm.counters()
+                merging = sum(proc_ksm(p).get("ksm_merging_pages", 0) for p in pids)
+                row = dict(t=round(t, 3), saving=c["pages_sharing"], shared=c["pages_shared"],
+                           merging=merging,
+                           scanned=c.get("pages_scanned", 0) - c0.get("pages_scanned", 0),
+                           full_scans=c["full_scans"] - c0["full_scans"],
+                           ksmd_cpu=round(ksm.ksmd_cpu_seconds() - cpu0, 3))
+                rows.append(row)
+                if abs(row["saving"] - last_saving) > max(16, 0.002 * max(last_saving, 1)):
+                    last_saving, last_change_t, scans_at_change = row["saving"], t, c["full_scans"]
+                settled = (t - last_change_t >= args.settle and
+                           c["full_scans"] >= scans_at_change + 2 and last_saving > 0)
+                if settled or t >= args.max_time:
+                    break
+            rss1 = sum(v.rss_kib() or 0 for v in vms)
+            others_end = other_mergeable(exclude=set(pids))
+            outputs_ok = all("MISMATCH" not in v.output for v in vms)
+        finally:
+            for v in vms:
+                v.kill()
+    final = rows[-1]["saving"]
+    t95 = next(r for r in rows if r["saving"] >= 0.95 * final) if final > 0 else rows[-1]
+    res = dict(mode=mode, final_saving=final, final_saving_mib=final * 4096 / MiB,
+               t95=t95["t"], cpu95=t95["ksmd_cpu"], scanned95=t95["scanned"],
+               fullscans95=t95["full_scans"], t_end=rows[-1]["t"], cpu_end=rows[-1]["ksmd_cpu"],
+               scanned_end=rows[-1]["scanned"], fullscans_end=rows[-1]["full_scans"],
+               merging_end=rows[-1]["merging"], rss_before_mib=rss0 / 1024,
+               rss_after_mib=rss1 / 1024, load_start=load_start, load_end=loadavg(),
+               others=[o[:2] for o in others_start + others_end], verified=outputs_ok,
+               build_seal_ms=ready, guest_hash=hash_ms, settings=settings)
+    # steady-state cost after convergence: ksmd CPU per minute over the last part of the run
+    tail = [r for r in rows if r["t"] >= t95["t"]]
+    if len(tail) > 2 and tail[-1]["t"] > tail[0]["t"]:
+        res["cpu_per_min_after"] = round((tail[-1]["ksmd_cpu"] - tail[0]["ksmd_cpu"]) * 60 /
+                                         (tail[-1]["t"] - tail[0]["t"]), 3)
+        res["scanned_per_s_after"] = round((tail[-1]["scanned"] - tail[0]["scanned"]) /
+                                           (tail[-1]["t"] - tail[0]["t"]))
+    print(json.dumps(res), flush=True)
+    return res, rows
+
+
+def plot(out, results, tag=""):
+    png = os.path.join(out, "saving.png")
+    rdir = os.path.join(out, "results")
+    cmds = [
+        "set terminal pngcairo size 900,520" if gnuplot_has("pngcairo") else "set terminal png size 900,520",
+        f"set output '{png}'",
+        "set datafile separator ','",
+        "set key bottom right",
+        "set xlabel 'seconds since KSM run=1'",
+        "set ylabel 'host memory saved (MiB, pages_sharing)'",
+        "set title 'Blind KSM vs hint-targeted KSM: 3 x 512 MiB VMs, 64 MiB identical sealed "
+        "data + 384 MiB private each'",
+        "set grid",
+    ]
+    series = []
+    for r in results:
+        f = os.path.join(rdir, f"saving-{r['mode']}{tag}.csv")
+        series.append(f"'{f}' using 1:($2*4096/1048576) skip 1 with lines lw 2 "
+                      f"title '{r['mode']} (95% at {r['t95']:.1f}s, {r['cpu95']:.2f} s ksmd CPU)'")
+    cmds.append("plot " + ", ".join(series))
+    cmds = [c.replace("pages_sharing", "pages\\_sharing") for c in cmds]
+    subprocess.run(["gnuplot"], input="\n".join(cmds), text=True, check=True)
+    return png
+
+
+def gnuplot_has(term):
+    r = subprocess.run(["gnuplot", "-e", "set terminal"], capture_output=True, text=True)
+    return term in (r.stdout + r.stderr)
+
+
+def table(out):
+    """Markdown table of every results*.json under out/results."""
+    import glob
+    lines = ["| run | mode | saved (MiB) | VM pages merging | t95 (s) | ksmd CPU to t95 (s) | "
+             "pages scanned to t95 | full scans to t95 | ksmd CPU/min after | load (1/5/15 min) | "
+             "other mergeable procs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(glob.glob(os.path.join(out, "results", "results*.json"))):
+        tag = os.path.basename(path)[len("results"):-len(".json")] or "-rep1"
+        for r in json.load(open(path))["results"]:
+            others = sorted({o[0] for o in r["others"]})
+            lines.append(f"| {tag[1:]} | {r['mode']} | {r['final_saving_mib']:.1f} | "
+                         f"{r['merging_end']} | {r['t95']:.1f} | {r['cpu95']:.2f} | "
+                         f"{r['scanned95']} | {r['fullscans95']} | "
+                         f"{r.get('cpu_per_min_after', float('nan')):.2f} | {r['load_start']} | "
+                         f"{len(others)} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build-dir", default="build")
+    ap.add_argument("--out", default=HERE)
+    ap.add_argument("--vms", type=int, default=3)
+    ap.add_argument("--memory", default="512M")
+    ap.add_argument("--seed", default="42")
+    ap.add_argument("--size", default="64M")
+    ap.add_argument("--zero", default="4M")
+    ap.add_argument("--private", default="384M")
+    ap.add_argument("--pages-to-scan", type=int, default=1000)
+    ap.add_argument("--sleep-ms", type=int, default=20)
+    ap.add_argument("--interval", type=float, default=0.25)
+    ap.add_argument("--settle", type=float, default=15)
+    ap.add_argument("--max-time", type=float, default=300)
+    ap.add_argument("--modes", default="targeted,blind")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--wait-alone", type=float, default=120,
+                    help="wait up to this long for other mergeable processes to go away")
+    ap.add_argument("--report", action="store_true",
+                    help="only print the table of results/*.json and redraw saving.png")
+    args = ap.parse_args()
+    args.build_dir = os.path.abspath(args.build_dir)
+    rdir = os.path.join(args.out, "results")
+    os.makedirs(rdir, exist_ok=True)
+    if args.report:
+        print(table(args.out))
+        res = json.load(open(os.path.join(rdir, f"results{args.tag}.json")))["results"]
+        print("plot:", plot(args.out, res, args.tag))
+        return
+    results = []
+    for mode in args.modes.split(","):
+        res, rows = run_mode(args, mode)
+        results.append(res)
+        with open(os.path.join(rdir, f"saving-{mode}{args.tag}.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+            w.writeheader()
+            w.writerows(rows)
+    with open(os.path.join(rdir, f"results{args.tag}.json"), "w") as f:
+        json.dump(dict(args=vars(args), results=results), f, indent=1)
+    print("plot:", plot(args.out, results, args.tag))
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()
