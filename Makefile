@@ -2,7 +2,7 @@
 BUILD ?= build
 CTEST_ARGS ?=
 
-.PHONY: all deps configure build run test unit integration clean format
+.PHONY: all deps configure build guest host-qemu linux-guest run test unit integration clean format
 
 all: build
 
@@ -12,11 +12,22 @@ deps:
 configure: deps
 	@cmake -S . -B $(BUILD) -G Ninja >/dev/null
 
-build: configure
+# Everything the tests use: the guest (blimp.elf, blimp.iso), the host tests and hangar, the
+# patched QEMU (host/qemu, built once and reused: a few minutes the first time) and the anchor
+# Linux guest (image/linux, Debian's kernel + busybox, fetched with apt-get download).
+build: guest host-qemu linux-guest
+
+guest: configure
 	@cmake --build $(BUILD)
 
+host-qemu: deps
+	@host/qemu/build.sh $(BUILD)
+
+linux-guest: deps
+	@image/linux/build.sh $(BUILD)
+
 # The demo: boot blimp on QEMU and run the default app.
-run: build
+run: guest
 	image/run.sh --build $(BUILD) --app hello
 
 # Everything: host unit tests (ASan/UBSan) and integration tests that boot real VMs.
