@@ -64,6 +64,7 @@ POLL_BALLOON_S = 0.005
 POLL_RSS_S = 0.020
 
 LIVE = set()              # running guests, killed on exit whatever happens
+GUEST_COPY = None         # private copy of the Linux guest's files for this run
 
 
 def log(msg):
@@ -99,7 +100,7 @@ class Guest:
                 "-pidfile", self.pidfile, "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                 "-device", f"{dev},id=balloon0" + (f",{balloon_props}" if balloon_props else "")]
         if kind == "linux":
-            d = os.path.join(build_dir, "linux-guest")
+            d = GUEST_COPY or os.path.join(build_dir, "linux-guest")
             argv += ["-kernel", os.path.join(d, "vmlinuz"),
                      "-initrd", os.path.join(d, "initramfs.cpio.gz"),
                      "-append", "console=ttyS0 quiet panic=-1 blimp.workload=cmd"]
@@ -297,7 +298,7 @@ def measure_inflate(cfg, a):
     """One VM, reporting off: boot, touch+free FILL MiB, inflate to TARGET, deflate back."""
     kind, machine = cfg
     steps = f"alloc:{a.fill}M,free:all,wait:{VM_LIMIT_S}s"
-    g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf, "free-page-reporting=off", steps)
+    g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf_run, "free-page-reporting=off", steps)
     r = {}
     try:
         r["boot_s"] = g.start()
@@ -350,7 +351,7 @@ def measure_reporting(cfg, a):
     """One VM, free-page-reporting=on: touch REPORT MiB, free it, time RSS's fall by 90%."""
     kind, machine = cfg
     steps = f"alloc:{a.report}M,wait:1s,free:all,wait:{VM_LIMIT_S}s"
-    g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf, "free-page-reporting=on", steps,
+    g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf_run, "free-page-reporting=on", steps,
               blimp_words="balloon.verbose")
     r = {}
     try:
@@ -409,7 +410,7 @@ def measure_reporting(cfg, a):
 def measure_boot_other_firmware(cfg, a):
     kind, machine = cfg
     fw = "qboot" if kind == "linux" else "seabios"
-    g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf, "",
+    g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf_run, "",
               f"wait:{VM_LIMIT_S}s", firmware=fw)
     try:
         t = g.start()
@@ -442,6 +443,14 @@ def ensure_inputs(a):
     if not os.path.exists(a.blimp_elf):
         raise BenchError(f"{a.blimp_elf} missing: build it first "
                          f"(cmake --build {a.build_dir} --target blimp.elf)")
+    # Private copies, so that someone rebuilding either guest mid-run changes nothing here.
+    global GUEST_COPY
+    GUEST_COPY = tempfile.mkdtemp(prefix="bench-balloon-guests-")
+    for f in ("vmlinuz", "initramfs.cpio.gz"):
+        shutil.copy(os.path.join(lg, f), GUEST_COPY)
+    elf = os.path.join(GUEST_COPY, "blimp.elf")
+    shutil.copy(a.blimp_elf, elf)
+    a.blimp_elf_run = elf
 
 
 def fmt(vals, digits=0, scale=1.0):
@@ -670,7 +679,8 @@ def main():
         "ksm": sh(["cat", "/sys/kernel/mm/ksm/run"]),
         "qemu": sh([QEMU, "--version"]).splitlines()[0].replace("QEMU emulator version ", "")
         if os.path.exists(QEMU) else "?",
-        "command": "python3 bench/balloon/run.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
+        "command": " ".join(["python3 bench/balloon/run.py"] +
+                            [shlex.quote(x) for x in sys.argv[1:]]),
         "blimp_elf": os.path.relpath(a.blimp_elf, ROOT) if a.blimp_elf.startswith(ROOT)
         else a.blimp_elf,
         "blimp_rev": sh(["git", "-C", os.path.dirname(a.blimp_elf), "rev-parse", "--short",
@@ -707,6 +717,8 @@ def main():
         return 1
     finally:
         kill_all()
+        if GUEST_COPY:
+            shutil.rmtree(GUEST_COPY, ignore_errors=True)
     meta["load_end"] = open("/proc/loadavg").read().split()[:3]
     for k in ("load_start", "load_end"):
         meta[k] = " ".join(meta[k])
