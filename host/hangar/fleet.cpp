@@ -651,7 +651,7 @@ void Fleet::write_summary(int status) {
                 {"full_scans", k1.get("full_scans") - std::min(k1.get("full_scans"), k0.get("full_scans"))}};
     if (k0.ksmd_cpu_seconds && k1.ksmd_cpu_seconds) j["ksm"]["ksmd_cpu_s"] = *k1.ksmd_cpu_seconds - *k0.ksmd_cpu_seconds;
     const long page = sysconf(_SC_PAGESIZE);
-    std::printf("  reclaimed by ballooning (largest inflation, summed): %s; KSM saving at the end: %s (%llu pages sharing)\n",
+    std::printf("  reclaimed by ballooning (largest inflation, summed): %s; KSM (system-wide) saving at the end: %s (%llu pages sharing)\n",
                 format_size(reclaimed).c_str(), format_size(k1.get("pages_sharing") * static_cast<uint64_t>(page)).c_str(),
                 static_cast<unsigned long long>(k1.get("pages_sharing")));
     j["reclaimed_bytes"] = reclaimed;

@@ -158,6 +158,10 @@ int do_run(const RunFlags& f) {
         std::fprintf(stderr, "hangar: run directory %s is too long for QMP unix socket paths\n", run_dir.c_str());
         return kExitEnvironment;
     }
+    // Output paths from a fleet file are relative to the run directory (a shared config must not
+    // write into whatever directory it is started from); flags are relative to the shell's.
+    for (auto [path, flag] : {std::pair{&cfg.csv, &f.csv}, std::pair{&cfg.plot, &f.plot}})
+        if (!path->empty() && flag->empty() && fs::path(*path).is_relative()) *path = run_dir + "/" + *path;
     if (!cfg.plot.empty() && cfg.csv.empty()) cfg.csv = run_dir + "/metrics.csv";
     std::fprintf(stderr, "hangar: run directory %s, QEMU %s%s, kernel %s\n", run_dir.c_str(), plan.qemu.c_str(),
                  plan.patched ? " (patched)" : "", plan.kernel.c_str());

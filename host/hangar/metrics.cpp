@@ -113,6 +113,38 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
 
 bool write_plot(const std::string& csv_path, const std::string& png_path, const std::vector<std::string>& vms,
                 std::string& error) {
+    // One data file per VM: gnuplot breaks a line at every skipped point, so filtering a mixed
+    // CSV inside gnuplot draws nothing but dots.
+    std::map<std::string, std::ofstream> data;
+    std::map<std::string, std::string> data_path;
+    for (const auto& vm : vms) {
+        data_path[vm] = png_path + "." + vm + ".dat";
+        data[vm].open(data_path[vm], std::ios::trunc);
+        data[vm] << "# time_s rss_mib balloon_mib\n";
+    }
+    {
+        std::ifstream csv(csv_path);
+        if (!csv) {
+            error = "cannot read " + csv_path;
+            return false;
+        }
+        std::string line;
+        std::getline(csv, line);  // header
+        while (std::getline(csv, line)) {
+            std::vector<std::string> cells;
+            size_t pos = 0;
+            for (size_t comma; (comma = line.find(',', pos)) != std::string::npos; pos = comma + 1)
+                cells.push_back(line.substr(pos, comma - pos));
+            cells.push_back(line.substr(pos));
+            if (cells.size() < 7 || !data.count(cells[1])) continue;
+            auto mib = [](const std::string& v) {
+                return v.empty() ? std::string("?") : std::to_string(std::stod(v) / 1048576.0);
+            };
+            // Columns follow csv_columns(): 0 time, 1 vm, 5 rss, 6 balloon actual.
+            data[cells[1]] << cells[0] << " " << mib(cells[5]) << " " << mib(cells[6]) << "\n";
+        }
+    }
+    for (auto& [vm, f] : data) f.close();
     const std::string script = png_path + ".gp";
     {
         std::ofstream gp(script, std::ios::trunc);
@@ -120,12 +152,11 @@ bool write_plot(const std::string& csv_path, const std::string& png_path, const 
             error = "cannot create " + script;
             return false;
         }
-        // Column numbers follow csv_columns(): 1 time, 2 vm, 6 rss, 7 balloon actual.
         gp << "set terminal pngcairo size 1200,700 noenhanced\n"
            << "set output '" << png_path << "'\n"
-           << "set datafile separator ','\n"
+           << "set datafile missing '?'\n"
            << "set key outside right\n"
-           << "set xlabel 'time (s)'\nset ylabel 'MiB'\n"
+           << "set xlabel 'time (s)'\nset ylabel 'MiB'\nset yrange [0:*]\n"
            << "set title 'hangar: QEMU RSS (solid) and balloon size (dashed) per VM'\n"
            << "set grid\n";
         if (vms.empty()) {
@@ -133,11 +164,10 @@ bool write_plot(const std::string& csv_path, const std::string& png_path, const 
         } else {
             gp << "plot ";
             for (size_t i = 0; i < vms.size(); ++i) {
-                const std::string sel = "(strcol(2) eq '" + vms[i] + "' ? ";
+                const std::string& f = data_path[vms[i]];
                 if (i) gp << ", \\\n     ";
-                gp << "'" << csv_path << "' every ::1 using 1:" << sel << "$6/1048576.0 : 1/0) with lines lw 2 lc "
-                   << i + 1 << " title '" << vms[i] << " rss', \\\n     '" << csv_path << "' every ::1 using 1:" << sel
-                   << "$7/1048576.0 : 1/0) with lines dt 2 lc " << i + 1 << " title '" << vms[i] << " balloon'";
+                gp << "'" << f << "' using 1:2 with lines lw 2 lc " << i + 1 << " title '" << vms[i] << " rss', \\\n     '"
+                   << f << "' using 1:3 with lines dt 2 lw 2 lc " << i + 1 << " title '" << vms[i] << " balloon'";
             }
             gp << "\n";
         }

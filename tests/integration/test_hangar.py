@@ -311,6 +311,41 @@ def test_qemu_that_cannot_start(build):
         check(vms["ok1"]["ok"] and vms["ok2"]["ok"], s)
 
 
+@t.test
+def test_budget_below_total_apps_complete(build):
+    """Three VMs whose RAM adds up to more than the budget: the policy brings the balloon targets
+    under it, every app completes, integrity sees zero mismatches."""
+    if not {"integrity", "idle"} <= available_apps(build):
+        raise Skip("needs the integrity and idle apps")
+    budget = 800 << 20
+    tmp = tempfile.mkdtemp(prefix="hangar-budget-")
+    try:
+        csv = os.path.join(tmp, "m.csv")
+        with Run(build, ["--vm", 'name=i1,app=integrity,memory=384M,args="size=64M duration=20s"',
+                         "--vm", 'name=i2,app=integrity,memory=384M,machine=q35,args="size=128M duration=20s"',
+                         "--vm", 'name=idle1,app=idle,memory=384M,args="duration=20s"',
+                         "--budget", "800M", "--csv", csv]) as r:
+            rc = r.wait()
+            s, vms = r.summary()
+            check(rc == 0, f"exit {rc}\n{r.stderr()}")
+            for name in ("i1", "i2"):
+                with open(vms[name]["serial_log"]) as f:
+                    out = f.read()
+                check("integrity: PASS: 0 mismatches" in out, f"{name}: {out[-2000:]}")
+            rows = [line.split(",") for line in open(csv).read().splitlines()]
+            col = {name: i for i, name in enumerate(rows[0])}
+            by_time = {}
+            for row in rows[1:]:
+                by_time.setdefault(row[col["time_s"]], {})[row[col["vm"]]] = row
+            under = [t for t, vs in by_time.items() if len(vs) == 3 and all(v[col["balloon_target_bytes"]] for v in vs.values())
+                     and sum(int(v[col["balloon_target_bytes"]]) for v in vs.values()) <= budget]
+            check(under, f"the targets of the three VMs never fitted the budget\n{r.stderr()}")
+            check(any(v.get("min_balloon_actual_bytes", 384 << 20) < (384 << 20) for v in vms.values()),
+                  f"no guest was ever inflated\n{r.stderr()}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # A stand-in for QEMU that speaks QMP badly on purpose; its mode comes from the kernel command
 # line (-append "app=... qmp=MODE"), so one fleet can mix behaviours. It exits like a guest
 # returning 0 (isa-debug-exit status 1) after a few seconds, or 0 on "quit".
