@@ -605,7 +605,7 @@ def report(a, results, meta):
         for c in cfgs) + " |")
     L.append("")
     lose = [(n, x) for n, x in VERDICTS if x < 1]
-    thin = [(n, x) for n, x in VERDICTS if 1 <= x < 3]
+    thin = [(n, x) for n, x in VERDICTS if 1 <= x and round(x, 2) < 3]
     L.append("## Verdict (q35, medians; goal: Blimp several times better on every figure)\n")
     if lose:
         L.append("**Blimp loses on:** " + "; ".join(f"{n} ({x:.2f}×)" for n, x in lose) + ".\n")
