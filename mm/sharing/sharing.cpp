@@ -90,7 +90,13 @@ void hint_page(uint64_t pfn) {
 
 void hint_range(uint64_t pfn, uint64_t pages) {
   uint64_t t0 = timer::now_ns();
-  for (uint64_t i = 0; i < pages; i++) hint_page(pfn + i);
+  for (uint64_t i = 0; i < pages; i++) {
+    if (g.seals.stats().limit_reached) {  // the device said ENOSPC: no point hashing the rest
+      g.seals.add(pfn + i, 0, false, static_cast<uint32_t>(pages - i));  // counted as dropped
+      break;
+    }
+    hint_page(pfn + i);
+  }
   g.seals.flush();
   g.hash_ns += timer::now_ns() - t0;
 }

@@ -39,7 +39,7 @@ inline bool parse_mode(const char* text, Mode& out) {
 struct Stats {
   Mode mode;
   bool device;                // the balloon negotiated share hints
-  uint64_t kernel_pages;      // read-only kernel image pages hashed
+  uint64_t kernel_pages;      // read-only kernel image pages (hinted when hints are on)
   uint64_t sealed_pages;      // pages sealed now (seal() minus unseal())
   uint64_t sealed_total;      // pages ever sealed
   uint64_t unsealed_total;    // pages ever unsealed
