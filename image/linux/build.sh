@@ -21,7 +21,7 @@ DL="$OUT/debs"
 log() { echo "[linux-guest] $*"; }
 SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
 
-STAMP=$(cat "$HERE/build.sh" "$HERE/init" | sha256sum | cut -d' ' -f1)
+STAMP=$(cat "$HERE/build.sh" "$HERE/init" "$HERE/pstate_hammer.c" | sha256sum | cut -d' ' -f1)
 if [[ -f "$OUT/vmlinuz" && -f "$OUT/initramfs.cpio.gz" && "$(cat "$OUT/stamp" 2>/dev/null)" == "$STAMP" ]]; then
     log "up to date ($OUT)"
     exit 0
@@ -118,6 +118,13 @@ for rel in "${order[@]}"; do
 done
 log "modules: $(tr '\n' ' ' < "$R/lib/modules/load-order")"
 install -m 755 "$HERE/init" "$R/init"
+# The page-state protocol hammer (guest half, via /dev/mem), static so it needs no libc.
+if command -v gcc >/dev/null && gcc -static -O2 -Wall -o "$R/bin/pstate-hammer" \
+        "$HERE/pstate_hammer.c" 2>"$X/hammer.log"; then
+    log "built pstate-hammer"
+else
+    log "pstate-hammer not built (no gcc / static libc): $(head -3 "$X/hammer.log" 2>/dev/null)"
+fi
 echo "$KVER" > "$R/etc/kernel-version"
 
 cp "$X/k/boot/vmlinuz-$KVER" "$OUT/vmlinuz"

@@ -51,7 +51,7 @@ class GuestError(Exception):
 class LinuxGuest:
     def __init__(self, qemu, build_dir, mem_mb=512, balloon="", machine="pc",
                  workload="cmd", extra_args=(), timeout_s=600, name="linux", smp=1,
-                 transport="pci", wrapper=()):
+                 transport="pci", wrapper=(), cmdline=""):
         self.qemu = qemu
         self.build_dir = build_dir
         self.mem_mb = mem_mb
@@ -64,6 +64,7 @@ class LinuxGuest:
         self.smp = smp
         self.transport = transport
         self.wrapper = list(wrapper)      # e.g. ["strace", "-f", "-c", ...]
+        self.cmdline = cmdline            # extra kernel command line
         self.tmp = tempfile.mkdtemp(prefix=f"blimp-{name}-")
         self.qmp_path = os.path.join(self.tmp, "qmp.sock")
         self.pidfile = os.path.join(self.tmp, "qemu.pid")
@@ -88,7 +89,8 @@ class LinuxGuest:
             "-no-reboot", "-nodefaults", "-pidfile", self.pidfile,
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-kernel", kernel, "-initrd", initrd,
-            "-append", f"console=ttyS0 quiet panic=-1 blimp.workload={self.workload}",
+            "-append", f"console=ttyS0 quiet panic=-1 blimp.workload={self.workload} "
+                       f"{self.cmdline}".strip(),
             "-device", bopts] + self.extra_args
 
     def start(self, ready_timeout=180):
