@@ -195,7 +195,7 @@ void apply_vm_key(VmSpec& vm, const Reader& r, const std::string& key, const jso
 
 void parse_policy(PolicyConfig& p, const json& v, const std::string& where) {
     Reader r(where);
-    r.check_keys(v, {"name", "tax_rate", "floor", "hysteresis", "max_step", "pressure_grow"});
+    r.check_keys(v, {"name", "tax_rate", "floor", "hysteresis", "max_step", "pressure_grow", "sweep"});
     for (auto it = v.begin(); it != v.end(); ++it) {
         const std::string& k = it.key();
         if (k == "name") p.name = r.str(*it, k);
@@ -204,6 +204,7 @@ void parse_policy(PolicyConfig& p, const json& v, const std::string& where) {
         else if (k == "hysteresis") p.hysteresis = r.size(*it, k);
         else if (k == "max_step") p.max_step = r.size(*it, k);
         else if (k == "pressure_grow") p.pressure_grow = r.number(*it, k);
+        else if (k == "sweep") p.sweep = r.duration(*it, k);
     }
 }
 
@@ -508,6 +509,8 @@ void validate(const Config& c) {
     if (!(c.policy.pressure_grow > 0.0 && c.policy.pressure_grow <= 1.0))
         throw ConfigError("policy pressure_grow must be in (0, 1]");
     if (c.policy.max_step == 0) throw ConfigError("policy max_step must be positive");
+    if (c.policy.sweep.count() != 0 && c.policy.sweep < Millis(100))
+        throw ConfigError("policy sweep must be 0 (off) or at least 100ms");
     if (c.ksm.scope != "across" && c.ksm.scope != "within")
         throw ConfigError("ksm scope must be across or within, got \"" + c.ksm.scope + "\"");
     if (c.ksm.hint_refresh < Millis(100)) throw ConfigError("ksm hint_refresh must be at least 100ms");

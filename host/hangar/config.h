@@ -52,6 +52,9 @@ struct PolicyConfig {
     uint64_t hysteresis = 16ull << 20;
     uint64_t max_step = 256ull << 20;  // largest inflate per VM per period
     double pressure_grow = 0.25;       // fraction of RAM handed back when a guest is under pressure
+    // Page-state reclaim (patched QEMU, page-states=on): ask QEMU to discard the guests' unused
+    // and volatile pages this often; 0 = never (QEMU's own timer may still do it).
+    Millis sweep{0};
 };
 
 struct KsmConfig {

@@ -37,6 +37,10 @@ struct Fleet::Vm {
     std::vector<Hint> hints_accum;
     std::optional<std::set<uint64_t>> filter_sent;
     uint64_t hint_pages = 0;  // as last read, kept for the summary after the VM is gone
+    // Page-state sweeps
+    bool sweeps = false;      // page-states=on on the patched QEMU
+    bool sweep_busy = false;
+    uint64_t swept_pages = 0;
 };
 
 std::optional<GuestStats> guest_stats_from_qom(const json& v) {
@@ -308,6 +312,7 @@ void Fleet::sample() {
         s.balloon_actual = vm.actual;
         s.balloon_target = vm.target;
         s.stats = vm.stats;
+        if (vm.sweeps) s.pstate_discarded = vm.swept_pages;
         if (targeting_ && !vm.hints_off) {
             s.hint_pages = sharing_.hinted_pages(vm.spec.name);
             s.twin_hashes = vm.filter_sent ? vm.filter_sent->size() : 0;
@@ -371,6 +376,32 @@ void Fleet::apply_policy() {
             if (!r.ok && r.error_class != "Disconnected") qmp_problem(*p, "balloon failed: " + r.describe());
         });
         sync_watch(*p);
+    }
+}
+
+void Fleet::sweep_page_states() {
+    if (stopping_) return;
+    for (auto& up : vms_) {
+        Vm& vm = *up;
+        if (!vm.sweeps || vm.sweep_busy || vm.phase != Vm::Phase::Ready || vm.stopping || !vm.qmp ||
+            vm.qmp->state() != QmpClient::State::Ready)
+            continue;
+        Vm* p = &vm;
+        vm.sweep_busy = true;
+        // The protocol makes a sweep safe at any time: QEMU claims only pages the guest marked
+        // unused or volatile, by compare-and-swap (docs/spec-virtio-balloon-blimp.md, section 4).
+        vm.qmp->execute("x-blimp-balloon-discard", json::object(), [this, p](const QmpReply& r) {
+            p->sweep_busy = false;
+            if (r.ok) {
+                for (const char* k : {"discarded-unused", "discarded-volatile"})
+                    if (r.value.contains(k) && r.value[k].is_number_unsigned()) p->swept_pages += r.value[k].get<uint64_t>();
+                return;
+            }
+            if (r.error_class == "Disconnected") return;
+            p->sweeps = false;  // said once; QEMU's own timer (if any) still runs
+            qmp_problem(*p, "page-state sweep failed, not sweeping this VM again: " + r.describe());
+        });
+        sync_watch(vm);
     }
 }
 
@@ -536,6 +567,15 @@ int Fleet::run() {
         hint_timer_ = loop_.after(cfg_.ksm.hint_refresh, hint_tick);
     };
     if (targeting_) hint_timer_ = loop_.after(cfg_.ksm.hint_refresh, hint_tick);
+    for (auto& vm : vms_) {
+        auto it = vm->spec.balloon_props.find("page-states");
+        vm->sweeps = plan_.patched && vm->spec.balloon && it != vm->spec.balloon_props.end() && it->second == "on";
+    }
+    std::function<void()> sweep_tick = [&] {
+        sweep_page_states();
+        sweep_timer_ = loop_.after(cfg_.policy.sweep, sweep_tick);
+    };
+    if (cfg_.policy.sweep.count() > 0) sweep_timer_ = loop_.after(cfg_.policy.sweep, sweep_tick);
 
     std::function<void()> tick = [&] {
         sample();
@@ -557,6 +597,7 @@ int Fleet::run() {
     }
     loop_.cancel(sample_timer_);
     loop_.cancel(hint_timer_);
+    loop_.cancel(sweep_timer_);
     // A last row per VM, so the CSV ends with the final state.
     sample();
     if (ksm_) {
@@ -619,6 +660,7 @@ void Fleet::write_summary(int status) {
             v["description"] = vm->exit->describe();
         }
         v["qmp_errors"] = vm->qmp_errors;
+        if (vm->sweeps || vm->swept_pages) v["pstate_discarded_pages"] = vm->swept_pages;
         if (targeting_) {
             v["hint_pages"] = vm->hint_pages;
             v["twin_hashes"] = vm->filter_sent ? vm->filter_sent->size() : 0;

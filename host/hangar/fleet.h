@@ -60,6 +60,7 @@ private:
     void sample();
     void apply_policy();
     void poll_guest_stats(Vm& vm);
+    void sweep_page_states();
     void refresh_hints();
     void fetch_hints(Vm& vm, uint64_t start);
     void update_filters();
@@ -92,6 +93,7 @@ private:
     Clock::time_point started_;
     EventLoop::TimerId sample_timer_ = 0;
     EventLoop::TimerId hint_timer_ = 0;
+    EventLoop::TimerId sweep_timer_ = 0;
     bool targeting_ = false;  // targeted KSM on the patched QEMU: hints drive the filters
 };
 

@@ -95,6 +95,7 @@ struct RunFlags {
     std::vector<std::string> vms;
     std::string budget, qemu, kernel, duration, interval, grace, csv, plot, run_dir, ksm, ksm_sysfs, share_scope, policy, status, accel;
     std::optional<double> tax_rate;
+    std::string sweep;
     std::optional<uint64_t> ksm_pages_to_scan, ksm_sleep_ms;
     bool dry_run = false;
 };
@@ -121,6 +122,7 @@ Config build_config(const RunFlags& f) {
     if (f.ksm_sleep_ms) c.ksm.sleep_millisecs = *f.ksm_sleep_ms;
     if (!f.policy.empty()) c.policy.name = f.policy;
     if (f.tax_rate) c.policy.tax_rate = *f.tax_rate;
+    if (!f.sweep.empty()) c.policy.sweep = parse_duration(f.sweep);
     if (!f.status.empty()) c.status = f.status;
     if (!f.accel.empty()) c.accel = f.accel;
     validate(c);
@@ -227,6 +229,7 @@ int main(int argc, char** argv) {
         sub->add_option("--share-scope", f.share_scope, "targeted KSM: across (twins in other VMs, default) | within");
         sub->add_option("--policy", f.policy, "idle-tax | none");
         sub->add_option("--tax-rate", f.tax_rate, "idle memory tax rate in [0,1) (default 0.75)");
+        sub->add_option("--sweep", f.sweep, "page-state reclaim period for VMs with balloon_props page-states=on (patched QEMU)");
         sub->add_option("--status", f.status, "auto | tty | plain | off");
         sub->add_option("--accel", f.accel, "tcg (default) | kvm");
     }

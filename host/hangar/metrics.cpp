@@ -27,7 +27,7 @@ const std::vector<std::string>& csv_columns() {
         "guest_disk_caches_bytes", "guest_major_faults", "guest_minor_faults", "guest_swap_in",
         "guest_swap_out", "guest_alloc_stalls", "guest_stats_update", "vm_ksm_merging_pages",
         "ksm_pages_shared", "ksm_pages_sharing", "ksm_pages_unshared", "ksm_pages_volatile",
-        "ksm_full_scans", "ksm_pages_scanned", "ksmd_cpu_s", "hint_pages", "twin_hashes"};
+        "ksm_full_scans", "ksm_pages_scanned", "ksmd_cpu_s", "hint_pages", "twin_hashes", "pstate_discarded_pages"};
     return cols;
 }
 
@@ -105,6 +105,7 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
         }
         add(cell(s.hint_pages));
         add(cell(s.twin_hashes));
+        add(cell(s.pstate_discarded));
         std::fprintf(csv_, "%s\n", row.c_str());
         ++rows_;
     }

@@ -27,6 +27,7 @@ struct VmSample {
     std::optional<uint64_t> ksm_merging_pages;
     std::optional<uint64_t> hint_pages;    // pages the guest hinted (patched QEMU, targeted KSM)
     std::optional<uint64_t> twin_hashes;   // of those hashes, how many have a twin
+    std::optional<uint64_t> pstate_discarded;  // pages reclaimed through page states (sweeps, cumulative)
 };
 
 // The CSV's columns, in order (documented in docs/hangar.md).

@@ -65,7 +65,7 @@ TEST(ConfigJson, FullFile) {
         "budget": "1G", "qemu": "stock", "duration": "30s", "interval": "500ms",
         "csv": "out.csv", "plot": "out.png",
         "ksm": {"mode": "blind", "pages_to_scan": 1000},
-        "policy": {"tax_rate": 0.5, "floor": "48M"},
+        "policy": {"tax_rate": 0.5, "floor": "48M", "sweep": "5s"},
         "defaults": {"memory": "384M", "machine": "microvm"},
         "vms": [
             {"name": "web", "count": 3, "app": "kvcache", "args": ["size=64M"]},
@@ -83,6 +83,7 @@ TEST(ConfigJson, FullFile) {
     EXPECT_EQ(*c.ksm.pages_to_scan, 1000u);
     EXPECT_DOUBLE_EQ(c.policy.tax_rate, 0.5);
     EXPECT_EQ(c.policy.floor, 48ull << 20);
+    EXPECT_EQ(c.policy.sweep.count(), 5000);
     EXPECT_EQ(c.interval.count(), 500);
     EXPECT_NO_THROW(validate(c));
 }
