@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
 #include <fstream>
@@ -142,6 +143,14 @@ VmExit decode_exit(int ws, const std::string& serial, const std::string& qemu_lo
     }
     if (e.exit_code == 0) {
         e.kind = stopping ? VmExit::Kind::Stopped : VmExit::Kind::QemuExit;
+        // QEMU turns SIGTERM/SIGINT/SIGHUP into a clean exit 0, but says so on stderr: a signal
+        // from someone other than hangar is not a guest powering off.
+        const std::string line = line_with(qemu_log, "terminating on signal");
+        if (!stopping && !line.empty()) {
+            e.kind = VmExit::Kind::Signaled;
+            e.signal = std::atoi(line.c_str() + line.find("terminating on signal") + 22);
+            e.detail = line;
+        }
         return e;
     }
     e.kind = VmExit::Kind::QemuError;

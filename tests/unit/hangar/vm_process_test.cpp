@@ -85,6 +85,12 @@ TEST(DecodeExit, QemuOutcomes) {
     EXPECT_EQ(decode_exit(exited(0), "", "", true).kind, VmExit::Kind::Stopped);
     EXPECT_EQ(decode_exit(exited(0), "", "", false).kind, VmExit::Kind::QemuExit);
     EXPECT_TRUE(decode_exit(exited(0), "", "", false).ok());
+    auto term = decode_exit(exited(0), "", "qemu-system-x86_64: terminating on signal 15 from pid 99 (bash)\n", false);
+    EXPECT_EQ(term.kind, VmExit::Kind::Signaled);
+    EXPECT_EQ(term.signal, 15);
+    EXPECT_FALSE(term.ok());
+    EXPECT_EQ(decode_exit(exited(0), "", "qemu-system-x86_64: terminating on signal 15 from pid 1\n", true).kind,
+              VmExit::Kind::Stopped);
 }
 
 TEST(VmProcess, ExecFailureIsExact) {
