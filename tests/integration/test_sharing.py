@@ -167,7 +167,11 @@ def test_same_seed_shares_and_write_gets_own_copy(build):
                 check(bad == 0 and ok == DATA_PAGES, f"{v.name}: verify ok={ok} bad={bad}")
             after = [merging(v) for v in vms]
             print(f"  after the write: merging {before} -> {after}", flush=True)
-            check(after[0] < before[0], f"vm0 still merges {after[0]} >= {before[0]} pages")
+            # Compared with its peers, not with its own earlier count: other users' VMs booted
+            # from the same blimp.elf (mem-merge=on) can merge kernel pages with all three VMs
+            # at any time, which moves every VM's count alike.
+            check(after[0] < min(after[1], after[2]),
+                  f"vm0 merges {after[0]} pages, not fewer than its peers {after[1:]}")
             for i in (1, 2):
                 check(after[i] >= NONZERO_PAGES,
                       f"vm{i} lost its sharing: {before[i]} -> {after[i]}")
@@ -212,7 +216,8 @@ def test_different_seeds_share_nothing_false(build):
             print(f"  merging pages after 4 full scans: {m}", flush=True)
             check(m[2] == 0, f"sharing=off VM has merged pages: {m[2]}")
             # seed1-all's data has its twin only in seed1-off, which marked nothing: at most the
-            # kernel image pages (twins hinted by seed2-vm) and zero pages may merge.
+            # kernel image pages (twins in seed2-vm, or in other users' VMs booted from the same
+            # blimp.elf with mem-merge=on) and zero pages may merge.
             baseline = ZERO_PAGES + 128
             check(m[0] <= baseline, f"seed1-all merged {m[0]} > {baseline} pages: false sharing")
             check(m[1] <= baseline, f"seed2-vm merged {m[1]} > {baseline} pages")
