@@ -26,7 +26,14 @@
  *                  load + store in single-threaded TCG and a failed one writes
  *                  the old value back: a host publish inside that window is
  *                  overwritten and the byte stays DISCARDING forever (the
- *                  residual window described in docs/page-states.md).
+ *                  window described in docs/page-states.md) if the guest
+ *                  compare-exchanges a value it read in an earlier block.
+ *
+ * Variant that MUST verify like the protocol itself:
+ *   TCG_SAME_TB    the same TCG semantics, with the guest's CAS as Blimp does
+ *                  it (blimp_pstate_cas): load, compare and cmpxchg in one
+ *                  translation block, and no cmpxchg on the shared byte unless
+ *                  the load saw the expected value.
  */
 
 #define STABLE     0
@@ -46,7 +53,22 @@ bool guest_holds = true; /* ghost: the guest may touch the content */
 bool in_cmpxchg = false; /* TCG: a guest instruction is under way */
 
 /* One-byte compare-and-swap by the guest: ok := (st == exp), st := new if ok. */
-#ifdef TCG_NONATOMIC
+#if defined(TCG_SAME_TB)
+/* What the guest runs (blimp_pstate_cas): under single-threaded TCG the
+ * load, the compare and the cmpxchg are one translation block, so no claim
+ * (vCPUs paused) lands inside it; the cmpxchg itself is still a load and a
+ * store (written back on failure) that the host's publish can interleave
+ * with; a value other than `exp` sends the cmpxchg to a dummy byte. */
+#define CAS(exp, new, ok) \
+  atomic { in_cmpxchg = true; tmp = st }; \
+  if \
+  :: tmp == exp -> \
+       tmp = st; \
+       if :: tmp == exp -> st = new; ok = true :: else -> st = tmp; ok = false fi \
+  :: else -> ok = false \
+  fi; \
+  in_cmpxchg = false
+#elif defined(TCG_NONATOMIC)
 #define CAS(exp, new, ok) \
   atomic { in_cmpxchg = true; tmp = st }; \
   atomic { if :: tmp == exp -> st = new; ok = true :: else -> st = tmp; ok = false fi; \

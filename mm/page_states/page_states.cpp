@@ -2,6 +2,32 @@
 
 #include "lib/irq.h"
 
+// bool blimp_pstate_cas(volatile uint8_t* b, uint8_t expected, uint8_t desired): see guest_cas in
+// protocol.h. One translation block: no branch before the ret, and 64-byte aligned so that the
+// 32 bytes of code never straddle a page.
+#if defined(__x86_64__)
+asm(R"(
+  .pushsection .text
+  .globl blimp_pstate_cas
+  .type blimp_pstate_cas, @function
+  .balign 64
+blimp_pstate_cas:
+  movzbl (%rdi), %eax              # v = *b
+  leaq blimp_pstate_cas_dummy(%rip), %rcx
+  cmpb %sil, %al                   # v == expected ?
+  cmovneq %rcx, %rdi               # no: the cmpxchg goes to the dummy byte
+  sete %r8b
+  lock cmpxchgb %dl, (%rdi)        # al = v
+  sete %al
+  andb %r8b, %al
+  ret
+  .size blimp_pstate_cas, . - blimp_pstate_cas
+  .local blimp_pstate_cas_dummy
+  .comm blimp_pstate_cas_dummy, 64, 64
+  .popsection
+)");
+#endif
+
 namespace blimp::mm::page_states {
 
 const char* state_name(uint8_t v) {

@@ -52,6 +52,25 @@ inline void cpu_relax() {
 
 // ---- guest side ---------------------------------------------------------------------------------
 
+// The guest's one-byte CAS: loads the byte and, if it holds `expected`, compare-exchanges it to
+// `desired`, all in one branch-free, 64-byte-aligned instruction sequence (page_states.cpp). If
+// the load finds anything else, the cmpxchg goes to a private dummy byte instead and the call
+// fails: the shared byte is then never written. Why: under single-threaded TCG a cmpxchg is a
+// load and a store that also writes back on failure, and the device claims with the vCPUs
+// paused, which can only happen between translation blocks. A branch-free sequence inside one
+// aligned 64-byte block is one translation block, so no claim can land between our load and our
+// cmpxchg, and a cmpxchg whose load saw DISCARDING_x (which the host may be publishing right
+// now) is never issued on the shared byte. See docs/page-states.md, "TCG". Host builds run the
+// same code (x86_64), other hosts a plain CAS.
+extern "C" bool blimp_pstate_cas(volatile uint8_t* b, uint8_t expected, uint8_t desired);
+inline bool guest_cas(volatile uint8_t* b, uint8_t expected, uint8_t desired) {
+#if defined(__x86_64__)
+  return blimp_pstate_cas(b, expected, desired);
+#else
+  return cas_byte(b, expected, desired);
+#endif
+}
+
 // Waits while the host holds the byte (DISCARDING_x); returns the first guest-owned value seen.
 // `spins` (optional) counts the pause iterations, so callers can report contention.
 inline uint8_t wait_settled(const volatile uint8_t* b, uint64_t* spins = nullptr) {
@@ -73,8 +92,7 @@ inline uint8_t make_stable(volatile uint8_t* b, uint64_t* spins = nullptr) {
   for (;;) {
     uint8_t v = wait_settled(b, spins);
     if (v == kStable) return kStable;
-    uint8_t expected = v;
-    if (cas_byte(b, expected, kStable)) return v;
+    if (guest_cas(b, v, kStable)) return v;
     // The host claimed it between our load and the CAS (or, on a host-compiled test, changed it
     // in any other legal way): look again.
   }
@@ -98,9 +116,8 @@ inline void make_unused(volatile uint8_t* b, uint64_t* spins = nullptr) {
       release_stable(b, kUnused);
       return;
     }
-    uint8_t expected = v;
     uint8_t to = is_discarded(v) ? kUnused : kStable;
-    if (cas_byte(b, expected, to)) {
+    if (guest_cas(b, v, to)) {
       if (to == kStable) release_stable(b, kUnused);
       return;
     }

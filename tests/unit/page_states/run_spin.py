@@ -37,15 +37,16 @@ def main():
         print("SKIP: spin or gcc not installed (scripts/install-deps.sh installs spin)")
         return 77
     failed = False
-    for safety in (True, False):
-        errors, out = pan(model, workdir, [], safety)
-        kind = "safety (assertions, end states)" if safety else "LTL settles (weak fairness)"
-        states = re.search(r"(\d+) states, stored", out)
-        print(f"{'ok  ' if errors == 0 else 'FAIL'} protocol, {kind}: {errors} errors, "
-              f"{states.group(1) if states else '?'} states")
-        if errors:
-            print(out)
-            failed = True
+    for defines, name in (([], "protocol"), (["-DTCG_SAME_TB"], "protocol under TCG (TCG_SAME_TB)")):
+        for safety in (True, False):
+            errors, out = pan(model, workdir, defines, safety)
+            kind = "safety (assertions, end states)" if safety else "LTL settles (weak fairness)"
+            states = re.search(r"(\d+) states, stored", out)
+            print(f"{'ok  ' if errors == 0 else 'FAIL'} {name}, {kind}: {errors} errors, "
+                  f"{states.group(1) if states else '?'} states")
+            if errors:
+                print(out)
+                failed = True
     for variant in ("BUG_STORE", "BUG_FREE_STORE", "TCG_NONATOMIC"):
         e1, _ = pan(model, workdir, [f"-D{variant}"], True)
         e2, _ = pan(model, workdir, [f"-D{variant}"], False)
