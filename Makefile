@@ -26,9 +26,10 @@ host-qemu: deps
 linux-guest: deps
 	@image/linux/build.sh $(BUILD)
 
-# The demo: boot blimp on QEMU and run the default app.
+# The demo: a fleet of blimp VMs under hangar, with a memory budget below their sum
+# (bench/hangar/demo.json); a single VM: image/run.sh --app hello.
 run: guest
-	image/run.sh --build $(BUILD) --app hello
+	$(BUILD)/host/hangar/hangar run --config bench/hangar/demo.json
 
 # Everything: host unit tests (ASan/UBSan) and integration tests that boot real VMs.
 test: build

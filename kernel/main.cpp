@@ -15,10 +15,10 @@
 #include "kernel/panic.h"
 #include "kernel/power.h"
 #include "kernel/timer.h"
-#if __has_include("drivers/drivers.h")
 #include "drivers/drivers.h"
-#define BLIMP_HAVE_DRIVERS 1
-#endif
+#include "kernel/deferred_work.h"
+#include "mm/page_states/page_states.h"
+#include "mm/sharing/sharing.h"
 
 namespace blimp {
 void run_global_constructors();
@@ -108,8 +108,12 @@ extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) 
   init_memory(g_boot);
   timer::init();
   asm volatile("sti");
-#ifdef BLIMP_HAVE_DRIVERS
   drivers::init();
-#endif
+  // Cooperative memory on top of the balloon device (each does nothing on a stock device).
+  mm::page_states::init();
+  mm::sharing::init();
+  // Work the drivers queued at probe (the balloon's first stats buffer and target check) runs
+  // now, not at whatever interrupt happens to come next.
+  work::run_pending();
   run_app();
 }

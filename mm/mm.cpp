@@ -24,7 +24,7 @@ void init(const MemoryRange* usable, size_t n, PhysAddr kernel_end) {
     if (base < floor) base = floor;
     trimmed[m++] = MemoryRange{base, end - base};
   }
-  auto r = g_pages.init(trimmed, m);
+  auto r = g_pages.init(trimmed, m, /*untouched_is_unbacked=*/true);
   if (r.is_error()) panic("mm: cannot initialize the page allocator: %s", error_name(r.error()));
   MemoryStats s = g_pages.stats();
   kprintf("mm: %llu MiB managed in %zu ranges, %llu KiB of page metadata\n",

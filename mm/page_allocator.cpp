@@ -70,7 +70,7 @@ bool is_allocatable_owner(Owner o) {
 
 // ---- init ----
 
-ErrorOr<void> PageAllocator::init(const MemoryRange* in, size_t n) {
+ErrorOr<void> PageAllocator::init(const MemoryRange* in, size_t n, bool untouched_is_unbacked) {
   if (initialized_) return Error::InvalidArgument;
 
   // Page-align inward, sort by base, merge overlaps and neighbours: a buddy may then span the
@@ -130,8 +130,13 @@ ErrorOr<void> PageAllocator::init(const MemoryRange* in, size_t n) {
     }
   }
 
-  // The metadata's own pages are Reserved blocks; everything else goes on the free lists cold and
-  // not known zero (firmware and the loader may have written anywhere).
+  // The metadata's own pages are Reserved blocks; everything else goes on the free lists, cold
+  // and not known zero (firmware and the loader may have written anywhere). With
+  // untouched_is_unbacked it goes on the reported lists instead: memory nobody has touched since
+  // boot is not backed by the host, exactly like memory the host discarded, so the balloon leaves
+  // it for last (inflating it would give the host nothing back) and the app takes it only when no
+  // backed memory is free.
+  const Owner boot_owner = untouched_is_unbacked ? Owner::Reported : Owner::Free;
   for (size_t r = 0; r < num_ranges_; ++r) {
     const Range& rg = ranges_[r];
     uint64_t local = 0;
@@ -147,8 +152,8 @@ ErrorOr<void> PageAllocator::init(const MemoryRange* in, size_t n) {
         info_[idx].owner = Owner::Reserved;
         owner_pages_[static_cast<unsigned>(Owner::Reserved)] += pages_of_order(o);
       } else {
-        list_insert(idx, o, Owner::Free, 0);
-        owner_pages_[static_cast<unsigned>(Owner::Free)] += pages_of_order(o);
+        list_insert(idx, o, boot_owner, 0);
+        owner_pages_[static_cast<unsigned>(boot_owner)] += pages_of_order(o);
       }
       local += pages_of_order(o);
     }
@@ -278,9 +283,11 @@ uint32_t PageAllocator::pick(unsigned order, Policy p, bool strict) {
       if (r.head != kNoPage) return r.head;
       return strict ? kNoPage : u.tail;
     case Policy::Balloon:
-      if (tail_cold) return u.tail;
-      if (r.head != kNoPage) return r.head;
-      return strict ? kNoPage : u.tail;
+      // Backed memory first, whatever its temperature (coldest end first): inflating memory the
+      // host never backed, or already discarded, gives the host nothing back.
+      // Pass 1 (strict): cold backed blocks; pass 2: warm backed ones, then unbacked.
+      if (strict) return tail_cold ? u.tail : kNoPage;
+      return u.tail != kNoPage ? u.tail : r.head;
   }
   return kNoPage;
 }
@@ -656,10 +663,11 @@ void PageAllocator::give_back(const PageRun* runs, size_t n, bool content_zeroed
   uint64_t unreported;
   {
     SpinLockGuard g(lock_);
-    // Pages the host discarded are what reporting would produce: file them as reported (cold,
-    // zero), so reporting does not send them again and the app reuses them last.
+    // Pages the host discarded are what reporting would produce: file them as reported (not
+    // backed), so reporting does not send them again and the app reuses them last; zero only
+    // when discarded pages are known to read as zero (see set_page_poisoning).
     Owner as = content_zeroed ? Owner::Reported : Owner::Free;
-    uint8_t flags = content_zeroed ? kPageZeroed : 0;
+    uint8_t flags = content_zeroed && !page_poisoning_ ? kPageZeroed : 0;
     for (size_t i = 0; i < n; ++i) {
       uint64_t done = 0;
       while (done < runs[i].pages) {

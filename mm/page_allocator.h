@@ -28,11 +28,11 @@
 //  - kAllocPreferCold: pass 1 takes reported blocks (not backed, and zero: good for big zeroed
 //    buffers); pass 2 the cold end of the unreported list.
 //  - The balloon (take_pages): largest blocks first (whole 4 MiB blocks make long discard runs and
-//    leave the app's small blocks alone); per order, pass 1 takes cold unreported blocks, then
-//    reported ones; warm blocks only in pass 2. Unreported-before-reported is deliberate: a cold
-//    unreported block is most likely still backed by the host (boot memory the loader touched,
-//    memory freed long ago), so inflating it lowers the host's RSS, while inflating an already
-//    discarded block gives the host nothing it does not already have.
+//    leave the app's small blocks alone); pass 1 takes cold unreported (backed) blocks of any
+//    order, pass 2 warm unreported ones and only then reported (not backed) ones.
+//    Backed-before-unbacked is the point: inflating memory the host never backed (the guest's
+//    untouched boot memory, filed as reported by mm::init) or already discarded gives the host
+//    nothing back.
 //  - Free page reporting isolates unreported blocks of at least the requested order from the cold
 //    end, so the blocks the app is about to reuse are the last to be discarded.
 // Buddies merge whatever their temperature: a merged block is warm if either half was warm, zero
@@ -109,7 +109,10 @@ class PageAllocator {
 
   // Takes over the given ranges (any order; trimmed to whole pages; overlaps merged). The page
   // metadata array is carved from the largest range. Only once.
-  ErrorOr<void> init(const MemoryRange* ranges, size_t n);
+  // `untouched_is_unbacked`: the memory has not been touched since the VM started (the guest's
+  // boot case), so the host does not back it: file it with the reported blocks, which the balloon
+  // takes last and the app reuses last. Host tests use the default (plain cold free memory).
+  ErrorOr<void> init(const MemoryRange* ranges, size_t n, bool untouched_is_unbacked = false);
   bool initialized() const { return initialized_; }
 
   // ---- Allocation ----
@@ -136,8 +139,9 @@ class PageAllocator {
   // reclaims: the balloon must not push the app's caches out. Returns the number of runs.
   size_t take_pages(size_t max_pages, Owner owner, PageRun* out, size_t max_runs);
   // Returns pages taken by take_pages, in any split (runs may cover parts of what was taken).
-  // `content_zeroed`: the host discarded them, so they read as zero. Pages not held by the balloon
-  // are skipped and counted (bad_give_back_pages()).
+  // `content_zeroed`: the host discarded them (they are filed as reported: not backed, and zero
+  // unless set_page_poisoning(true)). Pages not held by the balloon are skipped and counted
+  // (bad_give_back_pages()).
   void give_back(const PageRun* runs, size_t n, bool content_zeroed);
 
   // ---- Free page reporting ----
@@ -149,7 +153,9 @@ class PageAllocator {
   // Puts isolated runs back. `reported`: the host took them (they become Reported, cold, and
   // Zeroed unless page poisoning is on); otherwise they go back as they were.
   void return_isolated(const PageRun* runs, size_t n, bool reported);
-  // With page poisoning the host refills discarded pages with the poison value, not zero.
+  // True when discarded pages cannot be assumed to read as zero: page poisoning (the host refills
+  // them with the poison value), or a host that may skip a discard (stock QEMU while its balloon
+  // is inhibited). Reported and given-back pages are then never marked Zeroed.
   void set_page_poisoning(bool enabled);
   // Free memory isolate_unreported leaves alone, so reporting never starves the app.
   void set_reporting_reserve(uint64_t pages);

@@ -126,12 +126,12 @@ ErrorOr<void> Balloon::start() {
   // The stats queue starts with one buffer the host returns whenever it wants fresh numbers.
   if (stats_vq_) stats_requested_ = true;
   if (dev_.has_feature(kFeatureDeflateOnOom)) pages.set_oom_handler(on_oom, this);
+  // A reported or deflated page comes back either discarded (zero, or poison_val) or untouched
+  // (a host that cannot discard, e.g. while its balloon is inhibited): its content is never
+  // known, so the allocator must not count such pages as zero. Only the page-state protocol,
+  // where the host says what it discarded, tells us a page is zero.
+  pages.set_page_poisoning(true);
   if (report_vq_) {
-    // A reported page comes back either discarded (zero, or poison_val) or untouched (a host
-    // that cannot discard, e.g. while the balloon is inhibited): its content is never known, so
-    // the allocator must not count reported pages as zero. Only the page-state protocol, where
-    // the host says what it discarded, tells us a page is zero.
-    pages.set_page_poisoning(true);
     pages.set_reporting_reserve(floor_pages_);
     // Report once 16 MiB of 2 MiB+ blocks are unreported (and everything free at boot).
     pages.set_report_hook(on_report_hook, this, kReportOrder, (16ull << 20) >> 12);
@@ -386,7 +386,7 @@ uint64_t Balloon::deflate(uint64_t want) {
     PfnCursor cursor(g_buf.runs, nruns);
     size_t n = cursor.fill(g_buf.pfns[0], kPfnsPerBuffer);
     // Without MUST_TELL_HOST the pages may be used before the host hears of them (5.5.6.2).
-    if (!tell_first) pages.give_back(g_buf.runs, nruns, false);
+    if (!tell_first) pages.give_back(g_buf.runs, nruns, true);
     bool told = false;
     if (n && deflate_vq_->add_out(virt_to_phys(g_buf.pfns[0]), uint32_t(n * 4), g_buf.pfns[0])) {
       deflate_vq_->kick();
@@ -403,7 +403,7 @@ uint64_t Balloon::deflate(uint64_t want) {
                 mib(n_pages));
         break;
       }
-      pages.give_back(g_buf.runs, nruns, false);
+      pages.give_back(g_buf.runs, nruns, true);
     }
     done += n_pages;
     set_actual(actual_ > n_pages ? actual_ - n_pages : 0);
