@@ -19,18 +19,27 @@ namespace {
 using mm::PageRun;
 
 constexpr uint64_t kWaitTimeoutNs = 5000000000ul;  // a host that holds a buffer this long is broken
+constexpr size_t kPfnsPerBuffer = 4096;  // 16 KiB of PFNs: 16 MiB of balloon
+constexpr size_t kBuffersInFlight = 4;
+constexpr size_t kRunsPerBuffer = 512;
+constexpr size_t kReportBatch = 256;  // blocks per reporting buffer (indirect table)
+constexpr unsigned kReportOrder = 9;  // 2 MiB
+// A descriptor's length is 32 bits: longer runs go out as several 1 GiB segments.
+constexpr uint64_t kMaxSegmentPages = 1ull << 18;
+
+uint64_t segment_pages(uint64_t pages) { return pages < kMaxSegmentPages ? pages : kMaxSegmentPages; }
 
 // Device-visible buffers live in .bss: identity mapped, so their addresses are guest-physical.
 struct alignas(4096) StaticBuffers {
-  uint32_t pfns[4][4096];
-  PageRun runs[512];
+  uint32_t pfns[kBuffersInFlight][kPfnsPerBuffer];
+  PageRun runs[kRunsPerBuffer];
   StatEntry stats[kMaxStats];
   uint32_t hint_cmd;
-  PageRun report_runs[256];
-  virtio::Segment report_segs[256];
+  PageRun report_runs[kReportBatch];
+  virtio::Segment report_segs[kReportBatch];
 };
 StaticBuffers g_buf;
-uint64_t g_buffer_pages[4];  // pages carried by each PFN buffer while in flight
+uint64_t g_buffer_pages[kBuffersInFlight];  // pages carried by each PFN buffer while in flight
 
 alignas(Balloon) unsigned char g_storage[sizeof(Balloon)];
 Balloon* g_instance = nullptr;
@@ -77,7 +86,7 @@ ErrorOr<void> Balloon::start() {
   if (cmdline::get_u64("balloon.poison", poison)) poison_ = static_cast<uint32_t>(poison);
   unsigned long long delay_ms = 0;
   if (cmdline::get_u64("balloon.report_delay_ms", delay_ms)) report_delay_ns_ = delay_ms * 1000000ull;
-  reporting_enabled_ = !cmdline::has_flag("balloon.report=off");
+  const bool reporting_enabled = !cmdline::has_flag("balloon.report=off");
   bool extensions_wanted = !cmdline::has_flag("balloon.extensions=off");
 
   uint64_t wanted = (1ull << kFeatureMustTellHost) | (1ull << kFeatureStatsVq) |
@@ -104,7 +113,7 @@ ErrorOr<void> Balloon::start() {
     virtio::QueueOptions o;
     o.max_indirect = kReportBatch;
     virtio::Virtqueue* vq = TRY(dev_.add_queue(next++, on_queue_used, this, o));
-    if (reporting_enabled_) report_vq_ = vq;
+    if (reporting_enabled) report_vq_ = vq;
   }
   if (dev_.has_feature(kFeatureBlimpPageStates) || dev_.has_feature(kFeatureBlimpShareHints)) {
     virtio::QueueOptions o;
@@ -445,11 +454,10 @@ void Balloon::report_free_pages() {
     size_t segs = 0;
     uint64_t batch = 0;
     for (size_t i = 0; i < n; i++) {
-      // A run can exceed what a 32-bit descriptor length holds: 1 GiB per segment.
       PageRun r = g_buf.report_runs[i];
       batch += r.pages;
       while (r.pages && segs < kReportBatch) {
-        uint64_t p = r.pages > (1ull << 18) ? (1ull << 18) : r.pages;
+        uint64_t p = segment_pages(r.pages);
         g_buf.report_segs[segs++] = {r.base, uint32_t(p << kBalloonPageShift)};
         r.base += p << kBalloonPageShift;
         r.pages -= p;
@@ -518,7 +526,7 @@ void Balloon::hint_free_pages(uint32_t cmd_id) {
     // One block per buffer, as the device expects hints (address, length) one element at a time.
     for (size_t i = 0; i < n && ok; i++) {
       PageRun r = g_buf.runs[i];
-      uint32_t len32 = uint32_t((r.pages > (1ull << 18) ? (1ull << 18) : r.pages) << kBalloonPageShift);
+      uint32_t len32 = uint32_t(segment_pages(r.pages) << kBalloonPageShift);
       if (hint_vq_->add_in(r.base, len32, &g_buf.runs[i]).is_error()) {
         ok = false;
         break;

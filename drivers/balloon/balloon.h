@@ -17,14 +17,14 @@
 //   held_      every page the balloon owns (RunSet), including buffers still in flight
 //   target     read from config `num_pages` whenever the device says its config changed
 // Inflate takes cold pages and whole blocks from the allocator (take_pages), several buffers of
-// up to kPfnsPerBuffer PFNs in flight; deflate tells the host first when MUST_TELL_HOST was
+// up to 4096 PFNs in flight; deflate tells the host first when MUST_TELL_HOST was
 // negotiated and then gives the pages back. A target the guest cannot meet without dropping below
 // the free-memory floor is met as far as the floor allows, and reported once.
 //
 // # Free page reporting
 // The allocator calls the report hook when enough unreported free memory in blocks of 2 MiB and
 // up has accumulated; after balloon.report_delay (default 100 ms, so a burst of frees is reported
-// together) the work isolates such blocks, up to kReportBatch per buffer, sends them on the
+// together) the work isolates such blocks, up to 256 per buffer, sends them on the
 // reporting queue, and returns them as Reported when the host has discarded them.
 #pragma once
 
@@ -75,18 +75,6 @@ class Balloon {
                                        size_t entry_size);
 
  private:
-  static constexpr size_t kPfnsPerBuffer = 4096;  // 16 KiB of PFNs: 16 MiB of balloon
-  static constexpr size_t kBuffersInFlight = 4;
-  static constexpr size_t kRunsPerBuffer = 512;
-  static constexpr size_t kReportBatch = 256;  // blocks per reporting buffer (indirect table)
-  static constexpr unsigned kReportOrder = 9;  // 2 MiB
-
-  struct Buffer {
-    uint32_t pfns[kPfnsPerBuffer];
-    uint64_t pages;
-    bool in_flight;
-  };
-
   explicit Balloon(virtio::Device& dev);
   static ErrorOr<void> probe(virtio::Device& dev);
   ErrorOr<void> start();
@@ -127,7 +115,6 @@ class Balloon {
   virtio::Virtqueue* report_vq_ = nullptr;
   virtio::Virtqueue* blimp_vq_ = nullptr;
   bool blimp_busy_ = false;
-  bool reporting_enabled_ = true;
 
   work::WorkItem work_item_{};
   bool busy_ = false;
