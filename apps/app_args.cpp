@@ -1,33 +1,11 @@
 #include "apps/app_args.h"
 
+#include "lib/parse.h"
+
 #include <cstdio>
 #include <cstring>
 
 namespace blimp::app_args {
-namespace {
-
-bool parse_number(const char*& p, uint64_t& v) {
-  unsigned base = 10;
-  if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
-    base = 16;
-    p += 2;
-  }
-  bool any = false;
-  v = 0;
-  for (;; p++) {
-    unsigned d;
-    if (*p >= '0' && *p <= '9') d = *p - '0';
-    else if (base == 16 && *p >= 'a' && *p <= 'f') d = *p - 'a' + 10;
-    else if (base == 16 && *p >= 'A' && *p <= 'F') d = *p - 'A' + 10;
-    else break;
-    if (v > (UINT64_MAX - d) / base) return false;
-    v = v * base + d;
-    any = true;
-  }
-  return any;
-}
-
-}  // namespace
 
 const char* find(int argc, char** argv, const char* key) {
   size_t n = strlen(key);
@@ -37,28 +15,12 @@ const char* find(int argc, char** argv, const char* key) {
   return nullptr;
 }
 
-bool parse_size(const char* text, uint64_t& out) {
-  const char* p = text;
-  uint64_t v;
-  if (!parse_number(p, v)) return false;
-  unsigned shift = 0;
-  switch (*p) {
-    case 'K': case 'k': shift = 10; p++; break;
-    case 'M': case 'm': shift = 20; p++; break;
-    case 'G': case 'g': shift = 30; p++; break;
-    default: break;
-  }
-  if (*p == 'i' && shift) p++;  // KiB/MiB/GiB spellings
-  if (*p == 'B' && shift) p++;
-  if (*p || (shift && v > (UINT64_MAX >> shift))) return false;
-  out = v << shift;
-  return true;
-}
+bool parse_size(const char* text, uint64_t& out) { return blimp::parse_size(text, out); }
 
 bool parse_duration(const char* text, uint64_t& out_ns) {
   const char* p = text;
   uint64_t v;
-  if (!parse_number(p, v)) return false;
+  if (!blimp::parse_leading_u64(p, v)) return false;
   uint64_t unit = 1000000000ull;
   if (strcmp(p, "ms") == 0) unit = 1000000ull;
   else if (strcmp(p, "us") == 0) unit = 1000ull;
@@ -89,12 +51,7 @@ bool get_duration(const char* app, int argc, char** argv, const char* key, uint6
 bool get_u64(const char* app, int argc, char** argv, const char* key, uint64_t& out) {
   const char* v = find(argc, argv, key);
   if (!v) return true;
-  const char* p = v;
-  uint64_t x;
-  if (parse_number(p, x) && *p == '\0') {
-    out = x;
-    return true;
-  }
+  if (blimp::parse_u64(v, out)) return true;
   printf("%s: bad number for %s: '%s'\n", app, key, v);
   return false;
 }

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "lib/parse.h"
+
 namespace blimp::cmdline {
 namespace {
 
@@ -53,32 +55,8 @@ bool get(const char* key, char* buf, size_t buf_size) {
 
 bool get_u64(const char* key, unsigned long long& out) {
   char buf[32];
-  if (!get(key, buf, sizeof buf)) return false;
-  const char* p = buf;
-  unsigned base = 10;
-  if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
-    base = 16;
-    p += 2;
-  }
-  unsigned long long v = 0;
-  bool any = false;
-  for (; *p; p++) {
-    unsigned d;
-    if (*p >= '0' && *p <= '9') d = *p - '0';
-    else if (base == 16 && *p >= 'a' && *p <= 'f') d = *p - 'a' + 10;
-    else if (base == 16 && *p >= 'A' && *p <= 'F') d = *p - 'A' + 10;
-    else break;
-    v = v * base + d;
-    any = true;
-  }
-  if (!any) return false;
-  switch (*p) {
-    case 'K': case 'k': v <<= 10; p++; break;
-    case 'M': case 'm': v <<= 20; p++; break;
-    case 'G': case 'g': v <<= 30; p++; break;
-    default: break;
-  }
-  if (*p) return false;
+  uint64_t v;
+  if (!get(key, buf, sizeof buf) || !parse_size(buf, v)) return false;
   out = v;
   return true;
 }
