@@ -28,6 +28,24 @@ size_t PfnCursor::fill(uint32_t* out, size_t max) {
   return n;
 }
 
+bool SegmentCursor::done() {
+  while (run_ < n_ && offset_ == runs_[run_].pages) {
+    run_++;
+    offset_ = 0;
+  }
+  return run_ == n_;
+}
+
+bool SegmentCursor::next(mm::PageRun& out) {
+  if (done()) return false;
+  const mm::PageRun& r = runs_[run_];
+  uint64_t left = r.pages - offset_;
+  uint64_t take = left < max_pages_ ? left : max_pages_;
+  out = {r.base + (offset_ << kBalloonPageShift), take};
+  offset_ += take;
+  return true;
+}
+
 RunSet::~RunSet() {
   while (tail_) {
     Chunk* prev = tail_->prev;

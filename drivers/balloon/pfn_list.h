@@ -32,6 +32,24 @@ class PfnCursor {
   uint64_t unrepresentable_ = 0;
 };
 
+// Walks `runs` and emits them as segments of at most `max_pages` pages each (a virtqueue
+// descriptor's length is 32 bits, so a run longer than that goes out as several segments).
+class SegmentCursor {
+ public:
+  SegmentCursor(const mm::PageRun* runs, size_t n, uint64_t max_pages)
+      : runs_(runs), n_(n), max_pages_(max_pages ? max_pages : 1) {}
+  // The next segment; false when all runs are out.
+  bool next(mm::PageRun& out);
+  bool done();
+
+ private:
+  const mm::PageRun* runs_;
+  size_t n_;
+  uint64_t max_pages_;
+  size_t run_ = 0;
+  uint64_t offset_ = 0;  // pages into runs_[run_]
+};
+
 class RunSet {
  public:
   // Storage provider: a zeroed page-sized block (4096 bytes) or nullptr; and its release.
@@ -51,6 +69,17 @@ class RunSet {
 
   uint64_t pages() const { return pages_; }
   size_t runs() const { return count_; }
+
+  // Calls f(const mm::PageRun&) for every run, most recently added first, without changing the
+  // set; stops when f returns false. Returns false if it stopped early.
+  template <typename F>
+  bool for_each(F&& f) const {
+    size_t in = in_tail_;
+    for (const Chunk* c = tail_; c; c = c->prev, in = kRunsPerChunk)
+      for (size_t i = in; i-- > 0;)
+        if (!f(c->runs[i])) return false;
+    return true;
+  }
 
  private:
   static constexpr size_t kRunsPerChunk = (4096 - sizeof(void*)) / sizeof(mm::PageRun);

@@ -78,6 +78,42 @@ TEST(PfnCursor, SkipsPfnsBeyond32Bits) {
 void* host_page(void*) { return calloc(1, 4096); }
 void host_free(void* p, void*) { free(p); }
 
+TEST(SegmentCursor, SplitsRunsLongerThanTheLimit) {
+  // 2.5 GiB, an empty run, then 8 KiB: 1 GiB + 1 GiB + 512 MiB + 8 KiB.
+  const uint64_t gib = 1ull << 18;  // pages
+  PageRun runs[] = {{0x100000000ull, 2 * gib + gib / 2}, {0x50000000, 0}, {0x2000, 2}};
+  SegmentCursor c(runs, 3, gib);
+  std::vector<PageRun> segs;
+  PageRun s;
+  while (c.next(s)) segs.push_back(s);
+  ASSERT_EQ(segs.size(), 4u);
+  EXPECT_EQ(segs[0].base, 0x100000000ull);
+  EXPECT_EQ(segs[0].pages, gib);
+  EXPECT_EQ(segs[1].base, 0x140000000ull);
+  EXPECT_EQ(segs[1].pages, gib);
+  EXPECT_EQ(segs[2].base, 0x180000000ull);
+  EXPECT_EQ(segs[2].pages, gib / 2);
+  EXPECT_EQ(segs[3].base, 0x2000u);
+  EXPECT_EQ(segs[3].pages, 2u);
+  EXPECT_TRUE(c.done());
+  for (const PageRun& p : segs) EXPECT_LE(p.pages << 12, 0xffffffffull);
+}
+
+TEST(SegmentCursor, ExactMultipleAndEmptyInput) {
+  PageRun runs[] = {{0, 8}};
+  SegmentCursor c(runs, 1, 4);
+  PageRun s;
+  ASSERT_TRUE(c.next(s));
+  EXPECT_EQ(s.pages, 4u);
+  ASSERT_TRUE(c.next(s));
+  EXPECT_EQ(s.base, 4u * 4096);
+  EXPECT_TRUE(c.done());
+  EXPECT_FALSE(c.next(s));
+  SegmentCursor empty(nullptr, 0, 4);
+  EXPECT_TRUE(empty.done());
+  EXPECT_FALSE(empty.next(s));
+}
+
 TEST(RunSet, MergesAdjacentAndPopsFromTheEnd) {
   RunSet s(host_page, host_free, nullptr);
   ASSERT_TRUE(s.push({0x10000, 4}));
