@@ -24,6 +24,10 @@ constexpr size_t kBuffersInFlight = 4;
 constexpr size_t kRunsPerBuffer = 512;
 constexpr size_t kReportBatch = 256;  // blocks per reporting buffer (indirect table)
 constexpr unsigned kReportOrder = 9;  // 2 MiB
+// Free page hinting: runs isolated per step (in g_buf.runs) and hint buffers queued before
+// waiting for them.
+constexpr size_t kHintRuns = 64;
+constexpr size_t kHintsInFlight = 32;
 // A descriptor's length is 32 bits: longer runs go out as several 1 GiB segments.
 constexpr uint64_t kMaxSegmentPages = 1ull << 18;
 
@@ -488,6 +492,11 @@ void Balloon::report_free_pages() {
 // Free page hinting (5.5.6.4): the host announces a command id; the driver answers with the id,
 // then hints free blocks, then STOP. Hinted blocks stay off the free lists until the host says
 // DONE (or memory gets tight: the OOM path takes them back first).
+//
+// QEMU (7.2) shows the command id in the config field only while it waits for the driver's
+// answer: once hinting has started (its status S_START), the field reads 0, i.e. STOP. So the
+// field is read when the device says its configuration changed, never polled: a driver that
+// polls it sees STOP right after sending the id and hints nothing.
 void Balloon::handle_hint_command() {
   uint32_t id = dev_.config_read<uint32_t>(kConfigFreePageHintCmdId);
   if (id == hint_cmd_id_) return;
@@ -500,41 +509,62 @@ void Balloon::handle_hint_command() {
   }
 }
 
+bool Balloon::hint_cancelled(uint32_t cmd_id) {
+  // config_changed_ is set by the config interrupt (work() clears it before handling a new id):
+  // only then does the field say something new (a new id, STOP or DONE).
+  if (!config_changed_) return false;
+  return dev_.config_read<uint32_t>(kConfigFreePageHintCmdId) != cmd_id;
+}
+
 void Balloon::hint_free_pages(uint32_t cmd_id) {
   auto& pages = mm::pages();
-  g_buf.hint_cmd = cmd_id;
+  uint64_t t0 = timer::now_ns();
   void* token;
   uint32_t len;
+  g_buf.hint_cmd = cmd_id;
   if (hint_vq_->add_out(virt_to_phys(&g_buf.hint_cmd), 4, &g_buf.hint_cmd).is_error()) return;
   hint_vq_->kick();
   if (!wait_used(*hint_vq_, token, len)) return;
-  uint64_t hinted = 0;
-  for (;;) {
-    if (dev_.config_read<uint32_t>(kConfigFreePageHintCmdId) != cmd_id) break;  // host moved on
-    size_t n = pages.isolate_unreported(kReportOrder, g_buf.runs, 64);
+
+  uint64_t hinted = 0, buffers = 0;
+  bool ok = true;
+  while (ok && !hint_cancelled(cmd_id)) {
+    size_t n = pages.isolate_unreported(kReportOrder, g_buf.runs, kHintRuns);
     if (n == 0) break;
-    bool ok = true;
-    for (size_t i = 0; i < n; i++) {
-      if (!hinted_.push(g_buf.runs[i])) {
-        pages.return_isolated(g_buf.runs + i, n - i, false);
-        n = i;
-        ok = false;
-        break;
+    // One range per buffer, at most 1 GiB each (a descriptor's length is 32 bits), up to
+    // kHintsInFlight buffers queued at a time. A range is held in hinted_ before the host sees it.
+    SegmentCursor segs(g_buf.runs, n, kMaxSegmentPages);
+    PageRun seg;
+    bool have = segs.next(seg);
+    while (have && ok && !hint_cancelled(cmd_id)) {
+      size_t queued = 0;
+      while (have && queued < kHintsInFlight && !hint_cancelled(cmd_id)) {
+        if (!hinted_.push(seg)) {
+          ok = false;
+          break;
+        }
+        if (hint_vq_->add_in(seg.base, uint32_t(seg.pages << kBalloonPageShift), &g_buf.hint_cmd)
+                .is_error()) {
+          PageRun undo;
+          (void)hinted_.pop(seg.pages, &undo, 1);  // the range just pushed: it was never sent
+          ok = false;
+          break;
+        }
+        queued++;
+        buffers++;
+        hinted += seg.pages;
+        have = segs.next(seg);
       }
-      hinted += g_buf.runs[i].pages;
-    }
-    // One block per buffer, as the device expects hints (address, length) one element at a time.
-    for (size_t i = 0; i < n && ok; i++) {
-      PageRun r = g_buf.runs[i];
-      uint32_t len32 = uint32_t(segment_pages(r.pages) << kBalloonPageShift);
-      if (hint_vq_->add_in(r.base, len32, &g_buf.runs[i]).is_error()) {
-        ok = false;
-        break;
+      if (queued) hint_vq_->kick();
+      for (; queued; queued--) {
+        if (!wait_used(*hint_vq_, token, len)) {
+          ok = false;  // the ranges stay held (isolated) until DONE or the OOM path
+          break;
+        }
       }
-      hint_vq_->kick();
-      if (!wait_used(*hint_vq_, token, len)) ok = false;
     }
-    if (!ok) break;
+    // Ranges isolated but not sent go straight back to the allocator.
+    for (; have; have = segs.next(seg)) pages.return_isolated(&seg, 1, false);
   }
   g_buf.hint_cmd = kCmdIdStop;
   if (hint_vq_->add_out(virt_to_phys(&g_buf.hint_cmd), 4, &g_buf.hint_cmd)) {
@@ -542,7 +572,12 @@ void Balloon::hint_free_pages(uint32_t cmd_id) {
     (void)wait_used(*hint_vq_, token, len);
   }
   counters_.hinted_pages += hinted;
-  kprintf("balloon: hinted %lu MiB of free memory for command %#x\n", mib(hinted), cmd_id);
+  if (hinted || cmdline::has_flag("balloon.verbose")) {
+    kprintf(
+        "balloon: hinted %lu MiB of free memory for command %#x (%lu buffers, %lu ms), "
+        "holding %lu MiB\n",
+        mib(hinted), cmd_id, buffers, (timer::now_ns() - t0) / 1000000, mib(hinted_.pages()));
+  }
 }
 
 uint64_t Balloon::release_hinted_pages() {

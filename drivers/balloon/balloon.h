@@ -99,6 +99,7 @@ class Balloon {
   void report_free_pages();
   void handle_hint_command();
   void hint_free_pages(uint32_t cmd_id);
+  bool hint_cancelled(uint32_t cmd_id);
   uint64_t release_hinted_pages();
 
   // Waits for one used buffer on `vq`; false on timeout or a broken queue.
@@ -132,9 +133,8 @@ class Balloon {
   uint32_t poison_ = 0;
   RunSet held_;
 
-  uint32_t hint_cmd_id_ = 0;    // the command id we last saw
-  uint32_t hint_active_id_ = 0; // the id being hinted for; 0 when none
-  RunSet hinted_;
+  uint32_t hint_cmd_id_ = 0;  // the command id we last saw
+  RunSet hinted_;             // hinted ranges, isolated from the allocator until DONE
   BalloonCounters counters_{};
 };
 
