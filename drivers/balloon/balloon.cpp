@@ -24,10 +24,11 @@ constexpr size_t kBuffersInFlight = 4;
 constexpr size_t kRunsPerBuffer = 512;
 constexpr size_t kReportBatch = 256;  // blocks per reporting buffer (indirect table)
 constexpr unsigned kReportOrder = 9;  // 2 MiB
-// Free page hinting: runs isolated per step (in g_buf.runs) and hint buffers queued before
-// waiting for them.
+// Free page hinting: runs isolated per step (in g_buf.runs), hint buffers queued before waiting
+// for them, and the least the OOM path takes back (64 MiB).
 constexpr size_t kHintRuns = 64;
 constexpr size_t kHintsInFlight = 32;
+constexpr uint64_t kOomHintRelease = 16384;
 // A descriptor's length is 32 bits: longer runs go out as several 1 GiB segments.
 constexpr uint64_t kMaxSegmentPages = 1ull << 18;
 
@@ -138,14 +139,16 @@ ErrorOr<void> Balloon::start() {
 
   // The stats queue starts with one buffer the host returns whenever it wants fresh numbers.
   if (stats_vq_) stats_requested_ = true;
-  if (dev_.has_feature(kFeatureDeflateOnOom)) pages.set_oom_handler(on_oom, this);
+  // The OOM handler deflates (DEFLATE_ON_OOM) and returns hinted pages (FREE_PAGE_HINT).
+  if (dev_.has_feature(kFeatureDeflateOnOom) || hint_vq_) pages.set_oom_handler(on_oom, this);
+  // Reporting and hinting both isolate free blocks; neither may take the floor.
+  if (report_vq_ || hint_vq_) pages.set_reporting_reserve(floor_pages_);
   // A reported or deflated page comes back either discarded (zero, or poison_val) or untouched
   // (a host that cannot discard, e.g. while its balloon is inhibited): its content is never
   // known, so the allocator must not count such pages as zero. Only the page-state protocol,
   // where the host says what it discarded, tells us a page is zero.
   pages.set_page_poisoning(true);
   if (report_vq_) {
-    pages.set_reporting_reserve(floor_pages_);
     // Report once 16 MiB of 2 MiB+ blocks are unreported (and everything free at boot).
     pages.set_report_hook(on_report_hook, this, kReportOrder, (16ull << 20) >> 12);
     report_pending_ = true;
@@ -437,8 +440,10 @@ size_t Balloon::on_oom(size_t needed, void* ctx) {
     b->busy_ = true;
   }
   b->counters_.oom_events++;
-  uint64_t freed = b->release_hinted_pages();
-  if (freed < needed) {
+  // Hinted pages first: they are free memory the host merely knows about.
+  uint64_t freed = b->release_hinted_pages(needed > kOomHintRelease ? needed : kOomHintRelease);
+  if (freed) kprintf("balloon: returned %lu MiB of hinted pages on out-of-memory\n", mib(freed));
+  if (freed < needed && b->dev_.has_feature(kFeatureDeflateOnOom)) {
     uint64_t n = plan_oom_deflate(needed - freed, b->held_.pages());
     uint64_t got = n ? b->deflate(n) : 0;
     b->counters_.oom_deflated_pages += got;
@@ -502,7 +507,7 @@ void Balloon::handle_hint_command() {
   if (id == hint_cmd_id_) return;
   hint_cmd_id_ = id;
   if (id == kCmdIdDone) {
-    uint64_t n = release_hinted_pages();
+    uint64_t n = release_hinted_pages(~0ull);
     if (n) kprintf("balloon: free page hinting done, %lu MiB returned\n", mib(n));
   } else if (id != kCmdIdStop) {
     hint_free_pages(id);
@@ -580,10 +585,10 @@ void Balloon::hint_free_pages(uint32_t cmd_id) {
   }
 }
 
-uint64_t Balloon::release_hinted_pages() {
+uint64_t Balloon::release_hinted_pages(uint64_t max_pages) {
   uint64_t total = 0;
-  while (hinted_.pages()) {
-    size_t n = hinted_.pop(hinted_.pages(), g_buf.report_runs, kReportBatch);
+  while (hinted_.pages() && total < max_pages) {
+    size_t n = hinted_.pop(max_pages - total, g_buf.report_runs, kReportBatch);
     if (n == 0) break;
     for (size_t i = 0; i < n; i++) total += g_buf.report_runs[i].pages;
     mm::pages().return_isolated(g_buf.report_runs, n, false);

@@ -100,7 +100,8 @@ class Balloon {
   void handle_hint_command();
   void hint_free_pages(uint32_t cmd_id);
   bool hint_cancelled(uint32_t cmd_id);
-  uint64_t release_hinted_pages();
+  // Returns up to `max_pages` hinted pages to the allocator; how many it returned.
+  uint64_t release_hinted_pages(uint64_t max_pages);
 
   // Waits for one used buffer on `vq`; false on timeout or a broken queue.
   bool wait_used(virtio::Virtqueue& vq, void*& token, uint32_t& len);
