@@ -18,6 +18,12 @@ size_t build_stats(const mm::MemoryStats& s, StatEntry* out) {
   put(kStatHugetlbFailures, s.hugetlb_failures);
   put(kStatOomKills, s.alloc_failures);
   put(kStatAllocStalls, s.alloc_stalls);
+  // Reclaim happens only in the allocating context (shrinkers, then the balloon's OOM deflate):
+  // there is no background reclaimer, so the async counters are a true 0.
+  put(kStatAsyncScans, 0);
+  put(kStatDirectScans, s.direct_scan_pages);
+  put(kStatAsyncReclaims, 0);
+  put(kStatDirectReclaims, s.direct_reclaim_pages);
   return n;
 }
 

@@ -8,11 +8,13 @@
 
 namespace blimp::balloon {
 
-constexpr size_t kMaxStats = 12;
+constexpr size_t kMaxStats = 16;
 
-// Fills `out` (kMaxStats entries) and returns how many it wrote. Every tag 0-9 is present; of
-// the Linux extensions, those Blimp has a meaning for (OOM kills: allocations that failed after
-// all reclaim; allocation stalls). MEMTOT excludes the balloon, as Linux's totalram does, so
+// Fills `out` (kMaxStats entries) and returns how many it wrote. Every tag 0-15 is present; the
+// Linux extensions 10-15 mean: OOM kills = allocations that failed after all reclaim, allocation
+// stalls = allocations that entered the reclaim slow path, direct scans/reclaims = pages asked
+// of / given back by shrinkers (a host sees a guest whose caches are being squeezed by these,
+// while its available memory still looks ample). MEMTOT excludes the balloon, as Linux's totalram does, so
 // that total - free is what the guest really uses.
 size_t build_stats(const mm::MemoryStats& s, StatEntry* out);
 

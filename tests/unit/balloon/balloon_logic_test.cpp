@@ -23,11 +23,13 @@ TEST(BalloonStats, EveryStandardTagWithAllocatorValues) {
   s.cache_bytes = 100ull << 20;
   s.alloc_stalls = 7;
   s.alloc_failures = 2;
+  s.direct_scan_pages = 900;
+  s.direct_reclaim_pages = 800;
   StatEntry e[kMaxStats];
   size_t n = build_stats(s, e);
   std::set<uint16_t> tags;
   for (size_t i = 0; i < n; i++) tags.insert(e[i].tag);
-  for (uint16_t t = 0; t <= 9; t++) EXPECT_TRUE(tags.count(t)) << "missing tag " << t;
+  for (uint16_t t = 0; t <= 15; t++) EXPECT_TRUE(tags.count(t)) << "missing tag " << t;
   auto value = [&](uint16_t tag) {
     for (size_t i = 0; i < n; i++)
       if (e[i].tag == tag) return e[i].value;
@@ -40,6 +42,9 @@ TEST(BalloonStats, EveryStandardTagWithAllocatorValues) {
   EXPECT_EQ(value(kStatDiskCaches), 100ull << 20);
   EXPECT_EQ(value(kStatAllocStalls), 7u);
   EXPECT_EQ(value(kStatOomKills), 2u);
+  EXPECT_EQ(value(kStatDirectScans), 900u);
+  EXPECT_EQ(value(kStatDirectReclaims), 800u);
+  EXPECT_EQ(value(kStatAsyncReclaims), 0u);
   EXPECT_EQ(value(kStatMajorFaults), 0u);
 }
 
