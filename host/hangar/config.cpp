@@ -215,7 +215,7 @@ void parse_ksm(KsmConfig& k, const json& v, const std::string& where) {
         return;
     }
     r.check_keys(v, {"mode", "pages_to_scan", "sleep_millisecs", "merge_across_nodes",
-                     "use_zero_pages", "sysfs", "scope", "hint_refresh"});
+                     "use_zero_pages", "sysfs", "scope", "hint_refresh", "lock", "lock_wait"});
     for (auto it = v.begin(); it != v.end(); ++it) {
         const std::string& key = it.key();
         if (key == "mode") {
@@ -231,6 +231,8 @@ void parse_ksm(KsmConfig& k, const json& v, const std::string& where) {
         else if (key == "sysfs") k.sysfs = r.str(*it, key);
         else if (key == "scope") k.scope = r.str(*it, key);
         else if (key == "hint_refresh") k.hint_refresh = r.duration(*it, key);
+        else if (key == "lock") k.lock = r.str(*it, key);
+        else if (key == "lock_wait") k.lock_wait = r.duration(*it, key);
     }
 }
 
@@ -514,6 +516,7 @@ void validate(const Config& c) {
     if (c.ksm.scope != "across" && c.ksm.scope != "within")
         throw ConfigError("ksm scope must be across or within, got \"" + c.ksm.scope + "\"");
     if (c.ksm.hint_refresh < Millis(100)) throw ConfigError("ksm hint_refresh must be at least 100ms");
+    if (c.ksm.lock.empty()) throw ConfigError("ksm lock must be auto, none or a path, not empty");
     if (c.ksm.mode == KsmMode::Targeted && c.qemu == "stock")
         throw ConfigError("--ksm targeted needs the patched QEMU (share-hints); stock QEMU cannot target KSM");
     (void)total;

@@ -64,6 +64,11 @@ struct KsmConfig {
     std::optional<uint64_t> merge_across_nodes;
     std::optional<uint64_t> use_zero_pages;
     std::string sysfs = "/sys/kernel/mm/ksm";  // a directory of the same shape, for tests
+    // The flock shared with other KSM users (ksm_control.h): "auto" = /run/lock/blimp-ksm.lock
+    // for the real sysfs, none for another directory; "none"; or a path. Held while hangar owns
+    // KSM's settings; another holder is waited for up to lock_wait, then hangar gives up (exit 3).
+    std::string lock = "auto";
+    Millis lock_wait{30000};
     // targeted only: hashes need a twin in another VM (across) or in the same VM (within).
     std::string scope = "across";
     Millis hint_refresh{2000};  // how often guests' hints are re-read and filters updated

@@ -4,9 +4,16 @@
 // workload on the host. Each setting's first value is remembered before it is written, kept in a
 // file beside the run (for `hangar ksm-restore` after a hangar that was SIGKILLed), and written
 // back in reverse order by restore(), which the destructor also calls.
+//
+// Other KSM users on the machine (the sharing tests and benchmarks, another hangar) must not
+// change the same knobs at the same time: whoever owns the settings holds an exclusive flock on
+// a shared lock file (/run/lock/blimp-ksm.lock, the one bench/sharing/ksm_util.py takes), from
+// before the first setting is saved until after the last one is restored.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -26,6 +33,23 @@ struct KsmCounters {
     }
 };
 
+inline constexpr const char* kKsmSysfs = "/sys/kernel/mm/ksm";
+inline constexpr const char* kKsmLockPath = "/run/lock/blimp-ksm.lock";
+
+// How KsmControl serialises with other KSM users.
+struct KsmLock {
+    std::string path;  // "" = no lock (a fake sysfs private to a test)
+    std::chrono::milliseconds wait{30000};  // how long to wait for another holder; 0 = not at all
+    std::function<void(const std::string&)> on_wait;  // told once, when the lock is busy
+    std::function<bool()> cancelled;                   // polled while waiting (a pending SIGINT)
+};
+
+// The lock file for a KSM sysfs directory given "auto", "none" or a path: "auto" means the
+// machine-wide lock for the real sysfs and none for any other directory.
+std::string resolve_ksm_lock_path(const std::string& setting, const std::string& sysfs_dir);
+// Who holds an flock on `path`, from /proc/locks: "pid 123 (python3 tests/...)", or "".
+std::string describe_lock_holder(const std::string& path, const std::string& proc_root = "/proc");
+
 class KsmControl {
 public:
     explicit KsmControl(std::string sysfs_dir = "/sys/kernel/mm/ksm", std::string proc_root = "/proc");
@@ -36,29 +60,44 @@ public:
     bool available() const;
     // Reads a knob; selection files ("[none] scan-time") yield the selected word.
     std::optional<std::string> read(const std::string& name) const;
-    // Writes a knob, saving its first value. Returns false with `error` on failure.
+    // The lock to take before the first setting is saved (default: none).
+    void set_lock(KsmLock lock) { lock_ = std::move(lock); }
+    // Takes the lock now if one is configured and not yet held; waits up to lock.wait for another
+    // holder. False with `error` (naming the lock and its holder) when it cannot.
+    bool acquire_lock(std::string& error);
+    bool lock_held() const { return lock_fd_ >= 0; }
+    const std::string& lock_path() const { return lock_.path; }
+
+    // Writes a knob, saving its first value (taking the lock first). Returns false with `error`
+    // on failure.
     bool set(const std::string& name, const std::string& value, std::string& error);
     // Applies a mode: off (run=0), blind/targeted (run=1 plus the given tuning).
     bool apply(const KsmConfig& config, std::string& error);
-    // Writes every saved value back (reverse order of first change); returns the failures.
+    // Writes every saved value back (reverse order of first change), then releases the lock;
+    // returns the failures.
     std::vector<std::string> restore();
     const std::vector<std::pair<std::string, std::string>>& saved() const { return saved_; }
 
     // Where to persist the saved values as they are taken (JSON); "" = nowhere.
     void set_save_file(std::string path) { save_file_ = std::move(path); }
-    // Restores from such a file (for `hangar ksm-restore`).
-    static std::vector<std::string> restore_from_file(const std::string& path, std::string sysfs_dir);
+    // Restores from such a file (for `hangar ksm-restore`), under `lock` ("auto" in lock.path:
+    // resolved for the sysfs directory used).
+    static std::vector<std::string> restore_from_file(const std::string& path, std::string sysfs_dir,
+                                                      KsmLock lock = {});
 
     KsmCounters counters() const;
 
 private:
     void persist() const;
+    void release_lock();
     std::optional<int> find_ksmd() const;
 
     std::string dir_;
     std::string proc_;
     std::vector<std::pair<std::string, std::string>> saved_;
     std::string save_file_;
+    KsmLock lock_;
+    int lock_fd_ = -1;
     mutable std::optional<int> ksmd_pid_;
 };
 

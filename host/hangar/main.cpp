@@ -94,6 +94,7 @@ struct RunFlags {
     std::string config;
     std::vector<std::string> vms;
     std::string budget, qemu, kernel, duration, interval, grace, csv, plot, run_dir, ksm, ksm_sysfs, share_scope, policy, status, accel;
+    std::string ksm_lock, ksm_lock_wait;
     std::optional<double> tax_rate;
     std::string sweep;
     std::optional<uint64_t> ksm_pages_to_scan, ksm_sleep_ms;
@@ -118,6 +119,8 @@ Config build_config(const RunFlags& f) {
     if (!f.ksm.empty()) c.ksm.mode = parse_ksm_mode(f.ksm);
     if (!f.ksm_sysfs.empty()) c.ksm.sysfs = f.ksm_sysfs;
     if (!f.share_scope.empty()) c.ksm.scope = f.share_scope;
+    if (!f.ksm_lock.empty()) c.ksm.lock = f.ksm_lock;
+    if (!f.ksm_lock_wait.empty()) c.ksm.lock_wait = parse_duration(f.ksm_lock_wait);
     if (f.ksm_pages_to_scan) c.ksm.pages_to_scan = *f.ksm_pages_to_scan;
     if (f.ksm_sleep_ms) c.ksm.sleep_millisecs = *f.ksm_sleep_ms;
     if (!f.policy.empty()) c.policy.name = f.policy;
@@ -127,6 +130,27 @@ Config build_config(const RunFlags& f) {
     if (!f.accel.empty()) c.accel = f.accel;
     validate(c);
     return c;
+}
+
+// The KSM lock as main sets it up: messages on stderr, and a ^C or SIGTERM (blocked, so only
+// pending) ends the wait; `signal` says which.
+KsmLock ksm_lock(const std::string& setting, const std::string& sysfs, Millis wait, int* signal) {
+    KsmLock lock;
+    lock.path = resolve_ksm_lock_path(setting, sysfs);
+    lock.wait = wait;
+    lock.on_wait = [](const std::string& m) { std::fprintf(stderr, "hangar: KSM: %s\n", m.c_str()); };
+    lock.cancelled = [signal] {
+        sigset_t pending;
+        sigpending(&pending);
+        for (int s : {SIGINT, SIGTERM}) {
+            if (sigismember(&pending, s)) {
+                *signal = s;
+                return true;
+            }
+        }
+        return false;
+    };
+    return lock;
 }
 
 int do_run(const RunFlags& f) {
@@ -178,15 +202,19 @@ int do_run(const RunFlags& f) {
 
     KsmControl ksm(cfg.ksm.sysfs);
     ksm.set_save_file(run_dir + "/ksm-saved.json");
+    int interrupted = 0;
+    ksm.set_lock(ksm_lock(cfg.ksm.lock, cfg.ksm.sysfs, cfg.ksm.lock_wait, &interrupted));
     std::string error;
+    // Before any QEMU starts: a fleet that cannot have KSM as asked does not run at all.
     if (!ksm.apply(cfg.ksm, error)) {
         std::fprintf(stderr, "hangar: KSM: %s\n", error.c_str());
         for (const auto& e : ksm.restore()) std::fprintf(stderr, "hangar: KSM restore failed: %s\n", e.c_str());
-        return kExitEnvironment;
+        return interrupted ? 128 + interrupted : kExitEnvironment;
     }
     if (cfg.ksm.mode != KsmMode::Unchanged)
-        std::fprintf(stderr, "hangar: KSM %s (settings saved in %s/ksm-saved.json, restored on exit)\n",
-                     std::string(to_string(cfg.ksm.mode)).c_str(), run_dir.c_str());
+        std::fprintf(stderr, "hangar: KSM %s (settings saved in %s/ksm-saved.json, restored on exit%s)\n",
+                     std::string(to_string(cfg.ksm.mode)).c_str(), run_dir.c_str(),
+                     ksm.lock_held() ? ("; holding " + ksm.lock_path()).c_str() : "");
     try {
         Fleet fleet(cfg, plan, run_dir, &ksm);
         return fleet.run();
@@ -226,6 +254,11 @@ int main(int argc, char** argv) {
         sub->add_option("--ksm-pages-to-scan", f.ksm_pages_to_scan, "KSM pages_to_scan while running");
         sub->add_option("--ksm-sleep-ms", f.ksm_sleep_ms, "KSM sleep_millisecs while running");
         sub->add_option("--ksm-sysfs", f.ksm_sysfs, "KSM sysfs directory (default /sys/kernel/mm/ksm)");
+        sub->add_option("--ksm-lock", f.ksm_lock,
+                        "lock shared with other KSM users: auto (default: /run/lock/blimp-ksm.lock for the real "
+                        "sysfs) | none | PATH");
+        sub->add_option("--ksm-lock-wait", f.ksm_lock_wait,
+                        "how long to wait for another holder of the KSM lock before giving up (default 30s)");
         sub->add_option("--share-scope", f.share_scope, "targeted KSM: across (twins in other VMs, default) | within");
         sub->add_option("--policy", f.policy, "idle-tax | none");
         sub->add_option("--tax-rate", f.tax_rate, "idle memory tax rate in [0,1) (default 0.75)");
@@ -235,10 +268,12 @@ int main(int argc, char** argv) {
     }
     run->add_flag("--dry-run", f.dry_run, "print the QEMU command lines and exit");
 
-    std::string restore_file, restore_sysfs;
+    std::string restore_file, restore_sysfs, restore_lock = "auto", restore_lock_wait = "30s";
     auto* restore = app.add_subcommand("ksm-restore", "put back KSM settings saved by a hangar that did not exit cleanly");
     restore->add_option("file", restore_file, "RUN_DIR/ksm-saved.json")->required();
     restore->add_option("--ksm-sysfs", restore_sysfs, "KSM sysfs directory (default: as saved)");
+    restore->add_option("--ksm-lock", restore_lock, "auto (default) | none | PATH, as for run");
+    restore->add_option("--ksm-lock-wait", restore_lock_wait, "how long to wait for the KSM lock (default 30s)");
 
     try {
         app.parse(argc, argv);
@@ -257,7 +292,10 @@ int main(int argc, char** argv) {
             return do_run(f);
         }
         if (*restore) {
-            auto failures = KsmControl::restore_from_file(restore_file, restore_sysfs);
+            int interrupted = 0;
+            KsmLock lock = ksm_lock("none", "", parse_duration(restore_lock_wait), &interrupted);
+            lock.path = restore_lock;  // resolved against the sysfs directory the file names
+            auto failures = KsmControl::restore_from_file(restore_file, restore_sysfs, std::move(lock));
             for (const auto& e : failures) std::fprintf(stderr, "hangar: %s\n", e.c_str());
             if (failures.empty()) std::fprintf(stderr, "hangar: KSM settings restored from %s\n", restore_file.c_str());
             return failures.empty() ? kExitOk : kExitEnvironment;

@@ -129,3 +129,17 @@ TEST(ConfigValidate, CrossFieldChecks) {
     c.ksm.mode = KsmMode::Blind;
     EXPECT_NO_THROW(validate(c));
 }
+
+TEST(ConfigJson, KsmLock) {
+    Config c = parse_config_json(R"({"ksm": {"mode": "targeted", "lock": "/tmp/x.lock", "lock_wait": "2m"},
+                                     "vms": [{"name": "a"}]})",
+                                 "f.json");
+    EXPECT_EQ(c.ksm.lock, "/tmp/x.lock");
+    EXPECT_EQ(c.ksm.lock_wait.count(), 120000);
+    EXPECT_EQ(Config{}.ksm.lock, "auto");
+    EXPECT_EQ(Config{}.ksm.lock_wait.count(), 30000);
+    EXPECT_NE(error_of([] { parse_config_json(R"({"ksm": {"lock_wait": "soon"}})", "f.json"); }).find("ksm.lock_wait"),
+              std::string::npos);
+    c.ksm.lock = "";
+    EXPECT_NE(error_of([&] { validate(c); }).find("ksm lock"), std::string::npos);
+}

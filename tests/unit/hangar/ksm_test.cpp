@@ -1,8 +1,13 @@
 // KSM control against a fake sysfs directory.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <fcntl.h>
 #include <filesystem>
 #include <fstream>
+#include <sys/file.h>
+#include <thread>
+#include <unistd.h>
 
 #include "ksm_control.h"
 
@@ -152,4 +157,182 @@ TEST_F(FakeSysfs, CountersAndKsmdCpu) {
     EXPECT_EQ(c.get("general_profit"), 0u);  // negative profit clamps to 0
     ASSERT_TRUE(c.ksmd_cpu_seconds);
     EXPECT_NEAR(*c.ksmd_cpu_seconds, 200.0 / static_cast<double>(sysconf(_SC_CLK_TCK)), 1e-9);
+}
+
+// The KSM lock (shared with bench/sharing/ksm_util.py and the sharing tests): a second holder is
+// another open file description of the same file, so flock conflicts even inside this process.
+class KsmLockTest : public FakeSysfs {
+protected:
+    std::string lock_path() const { return (dir_ / "locks" / "ksm.lock").string(); }
+    // Another KSM user: true if it could take the lock right now (then it holds it until release()).
+    bool other_takes() {
+        fs::create_directories(dir_ / "locks");
+        if (other_ < 0) other_ = ::open(lock_path().c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        return ::flock(other_, LOCK_EX | LOCK_NB) == 0;
+    }
+    void release() {
+        if (other_ >= 0) ::close(other_);
+        other_ = -1;
+    }
+    void TearDown() override {
+        release();
+        FakeSysfs::TearDown();
+    }
+    KsmLock lock(std::chrono::milliseconds wait) {
+        KsmLock l;
+        l.path = lock_path();
+        l.wait = wait;
+        l.on_wait = [this](const std::string& m) { waits_.push_back(m); };
+        return l;
+    }
+    KsmConfig blind() const {
+        KsmConfig c;
+        c.mode = KsmMode::Blind;
+        c.pages_to_scan = 5000;
+        return c;
+    }
+    int other_ = -1;
+    std::vector<std::string> waits_;
+};
+
+TEST_F(KsmLockTest, HeldFromFirstChangeUntilRestored) {
+    KsmControl k(ksm());
+    k.set_lock(lock(std::chrono::milliseconds(0)));
+    EXPECT_FALSE(k.lock_held());
+    ASSERT_TRUE(other_takes());  // nothing changed yet: the lock is free
+    release();
+    std::string err;
+    ASSERT_TRUE(k.apply(blind(), err)) << err;  // creates the lock file's directory too
+    EXPECT_TRUE(k.lock_held());
+    EXPECT_FALSE(other_takes());
+    EXPECT_TRUE(k.restore().empty());
+    EXPECT_EQ(get("run"), "0");
+    EXPECT_FALSE(k.lock_held());
+    EXPECT_TRUE(other_takes());
+    EXPECT_TRUE(waits_.empty());
+}
+
+TEST_F(KsmLockTest, UnchangedTakesNoLock) {
+    KsmControl k(ksm());
+    k.set_lock(lock(std::chrono::milliseconds(0)));
+    std::string err;
+    ASSERT_TRUE(k.apply(KsmConfig{}, err));
+    EXPECT_FALSE(k.lock_held());
+}
+
+TEST_F(KsmLockTest, DestructorRestoresThenReleases) {
+    {
+        KsmControl k(ksm());
+        k.set_lock(lock(std::chrono::milliseconds(0)));
+        std::string err;
+        ASSERT_TRUE(k.apply(blind(), err)) << err;
+        EXPECT_FALSE(other_takes());
+    }
+    EXPECT_EQ(get("pages_to_scan"), "100");
+    EXPECT_TRUE(other_takes());
+}
+
+TEST_F(KsmLockTest, BusyLockIsWaitedForThenAClearError) {
+    ASSERT_TRUE(other_takes());
+    const std::string save = (dir_ / "ksm-saved.json").string();
+    KsmControl k(ksm());
+    k.set_save_file(save);
+    k.set_lock(lock(std::chrono::milliseconds(300)));
+    std::string err;
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_FALSE(k.apply(blind(), err));
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    EXPECT_GE(waited, std::chrono::milliseconds(300));
+    EXPECT_LT(waited, std::chrono::seconds(5));
+    // Names the lock, its holder (this process, from /proc/locks) and the way out.
+    EXPECT_NE(err.find("KSM is in use"), std::string::npos) << err;
+    EXPECT_NE(err.find(lock_path()), std::string::npos) << err;
+    EXPECT_NE(err.find("pid " + std::to_string(getpid())), std::string::npos) << err;
+    EXPECT_NE(err.find("--ksm-lock-wait"), std::string::npos) << err;
+    ASSERT_EQ(waits_.size(), 1u);  // told once, not on every poll
+    EXPECT_NE(waits_[0].find("waiting up to 0.3 s"), std::string::npos) << waits_[0];
+    // Nothing was saved, written or persisted.
+    EXPECT_TRUE(k.saved().empty());
+    EXPECT_EQ(get("run"), "0");
+    EXPECT_EQ(get("pages_to_scan"), "100");
+    EXPECT_FALSE(fs::exists(save));
+    EXPECT_FALSE(k.lock_held());
+}
+
+TEST_F(KsmLockTest, NoWaitFailsAtOnce) {
+    ASSERT_TRUE(other_takes());
+    KsmControl k(ksm());
+    k.set_lock(lock(std::chrono::milliseconds(0)));
+    std::string err;
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_FALSE(k.apply(blind(), err));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(1));
+    EXPECT_NE(err.find("held by pid"), std::string::npos) << err;
+    EXPECT_EQ(err.find("still after"), std::string::npos) << err;
+}
+
+TEST_F(KsmLockTest, LockReleasedDuringTheWaitIsTaken) {
+    ASSERT_TRUE(other_takes());
+    std::thread releaser([this] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        release();
+    });
+    KsmControl k(ksm());
+    k.set_lock(lock(std::chrono::seconds(20)));
+    std::string err;
+    const bool ok = k.apply(blind(), err);
+    releaser.join();
+    ASSERT_TRUE(ok) << err;
+    EXPECT_EQ(waits_.size(), 1u);
+    EXPECT_EQ(get("pages_to_scan"), "5000");
+    EXPECT_FALSE(other_takes());
+}
+
+TEST_F(KsmLockTest, CancelledWaitGivesUp) {
+    ASSERT_TRUE(other_takes());
+    KsmControl k(ksm());
+    KsmLock l = lock(std::chrono::seconds(20));
+    l.cancelled = [] { return true; };  // a ^C is pending
+    k.set_lock(l);
+    std::string err;
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_FALSE(k.apply(blind(), err));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+    EXPECT_NE(err.find("interrupted"), std::string::npos) << err;
+}
+
+TEST_F(KsmLockTest, RestoreFromFileWaitsForTheLock) {
+    const std::string save = (dir_ / "ksm-saved.json").string();
+    std::ofstream(save) << R"({"sysfs": ")" << ksm() << R"(", "saved": [{"name": "pages_to_scan", "value": "100"}]})";
+    put("pages_to_scan", "777");
+    ASSERT_TRUE(other_takes());  // someone else owns KSM now: do not write under their feet
+    auto failures = KsmControl::restore_from_file(save, "", lock(std::chrono::milliseconds(100)));
+    ASSERT_EQ(failures.size(), 1u);
+    EXPECT_NE(failures[0].find("KSM is in use"), std::string::npos) << failures[0];
+    EXPECT_EQ(get("pages_to_scan"), "777");
+    EXPECT_TRUE(fs::exists(save));  // kept for a later attempt
+    release();
+    failures = KsmControl::restore_from_file(save, "", lock(std::chrono::milliseconds(100)));
+    EXPECT_TRUE(failures.empty());
+    EXPECT_EQ(get("pages_to_scan"), "100");
+    EXPECT_FALSE(fs::exists(save));
+    EXPECT_TRUE(other_takes());  // released afterwards
+}
+
+TEST_F(KsmLockTest, LockPathResolution) {
+    EXPECT_EQ(resolve_ksm_lock_path("auto", "/sys/kernel/mm/ksm"), kKsmLockPath);
+    EXPECT_EQ(resolve_ksm_lock_path("auto", "/sys/kernel/mm/ksm/"), kKsmLockPath);
+    EXPECT_EQ(resolve_ksm_lock_path("auto", ksm()), "");  // a fake sysfs is private
+    EXPECT_EQ(resolve_ksm_lock_path("none", "/sys/kernel/mm/ksm"), "");
+    EXPECT_EQ(resolve_ksm_lock_path("", "/sys/kernel/mm/ksm"), "");
+    EXPECT_EQ(resolve_ksm_lock_path("/tmp/x.lock", ksm()), "/tmp/x.lock");
+}
+
+TEST_F(KsmLockTest, HolderFromProcLocks) {
+    EXPECT_EQ(describe_lock_holder((dir_ / "nope").string()), "");
+    ASSERT_TRUE(other_takes());
+    const std::string who = describe_lock_holder(lock_path());
+    EXPECT_EQ(who.rfind("pid " + std::to_string(getpid()) + " (", 0), 0u) << who;
+    release();
+    EXPECT_EQ(describe_lock_holder(lock_path()), "");
 }
