@@ -56,13 +56,19 @@ std::vector<PolicyDecision> IdleTaxPolicy::decide(const std::vector<VmObservatio
         x.protect = std::min(vm.memory, std::max(used + c_.floor, floor));
         x.reason = "working set " + format_size(used);
         if (vm.previous) {
-            if (grew(s.major_faults, vm.previous->major_faults)) {
+            const GuestStats& p = *vm.previous;
+            if (grew(s.alloc_stalls, p.alloc_stalls) || grew(s.direct_reclaims, p.direct_reclaims)) {
+                const uint64_t free = s.free_memory ? std::min(*s.free_memory, total) : *avail;
+                x.active = std::min(vm.memory, std::max(x.active, total - std::min(total, free)));
+                x.reason += ", caches under reclaim";
+            }
+            if (grew(s.major_faults, p.major_faults)) {
                 x.pressure = true;
                 x.reason = "major faults rising";
             }
-            if (grew(s.htlb_pgfail, vm.previous->htlb_pgfail)) {
+            if (grew(s.oom_kills, p.oom_kills)) {
                 x.pressure = true;
-                x.reason = "allocation stalls";
+                x.reason = "allocations failing";
             }
         }
         if (*avail < c_.floor / 2) {

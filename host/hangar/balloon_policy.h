@@ -25,7 +25,11 @@ struct GuestStats {
     std::optional<uint64_t> swap_in;
     std::optional<uint64_t> swap_out;
     std::optional<uint64_t> htlb_pgalloc;
-    std::optional<uint64_t> htlb_pgfail;  // Blimp reports allocation stalls/failures here
+    std::optional<uint64_t> htlb_pgfail;
+    // Linux 6.10's tags 10-15; QEMU publishes them only with Blimp patch 4 (stock 7.2 drops them).
+    std::optional<uint64_t> oom_kills;        // allocations that failed after all reclaim
+    std::optional<uint64_t> alloc_stalls;     // allocations that had to reclaim first
+    std::optional<uint64_t> direct_reclaims;  // pages the guest's caches gave back to allocations
     uint64_t last_update = 0;             // guest time of the last report, 0 = never
 };
 
@@ -67,11 +71,15 @@ public:
 //
 // Every guest is first guaranteed what it must keep: its working set (total - available, or
 // total - free) plus a floor, its configured min_memory, and more when it shows pressure (major
-// faults, allocation stalls, or available memory below the floor). What is left of the budget is
-// then handed out in chunks, each to the guest with the highest shares-per-page ratio
+// faults, allocations failing, or available memory below the floor). What is left of the budget
+// is then handed out in chunks, each to the guest with the highest shares-per-page ratio
 //     rho = shares / (active + k * idle),   k = 1 / (1 - tax_rate)
 // so idle memory "costs" k times active memory and idle guests give up memory first (tax 0 is
-// plain proportional share). A guest without stats is never inflated: without a working set we
+// plain proportional share). "Active" is the working set, plus the guest's caches while they
+// are being reclaimed (alloc stalls or direct reclaims rising): a cache the guest keeps
+// squeezing to make room is in use, though the guest counts it as available. This raises what
+// the guest may be given, not what it is guaranteed, so caches competing for a tight budget
+// still split it by shares instead of all claiming their full size. A guest without stats is never inflated: without a working set we
 // cannot promise it will not OOM. Targets move only when the change beats the hysteresis, and an
 // inflate is capped at max_step per period so a guest can react before the next one.
 class IdleTaxPolicy : public BalloonPolicy {

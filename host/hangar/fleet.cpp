@@ -68,6 +68,9 @@ std::optional<GuestStats> guest_stats_from_qom(const json& v) {
     g.swap_out = get("stat-swap-out");
     g.htlb_pgalloc = get("stat-htlb-pgalloc");
     g.htlb_pgfail = get("stat-htlb-pgfail");
+    g.oom_kills = get("stat-oom-kills");  // these three need Blimp patch 4
+    g.alloc_stalls = get("stat-alloc-stalls");
+    g.direct_reclaims = get("stat-direct-reclaims");
     return g;
 }
 

@@ -25,7 +25,7 @@ const std::vector<std::string>& csv_columns() {
         "time_s", "vm", "pid", "state", "memory_bytes", "rss_bytes", "balloon_actual_bytes",
         "balloon_target_bytes", "guest_free_bytes", "guest_available_bytes", "guest_total_bytes",
         "guest_disk_caches_bytes", "guest_major_faults", "guest_minor_faults", "guest_swap_in",
-        "guest_swap_out", "guest_alloc_stalls", "guest_stats_update", "vm_ksm_merging_pages",
+        "guest_swap_out", "guest_alloc_stalls", "guest_direct_reclaims", "guest_stats_update", "vm_ksm_merging_pages",
         "ksm_pages_shared", "ksm_pages_sharing", "ksm_pages_unshared", "ksm_pages_volatile",
         "ksm_full_scans", "ksm_pages_scanned", "ksmd_cpu_s", "hint_pages", "twin_hashes", "pstate_discarded_pages"};
     return cols;
@@ -91,7 +91,8 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
         add(cell(g.minor_faults));
         add(cell(g.swap_in));
         add(cell(g.swap_out));
-        add(cell(g.htlb_pgfail));
+        add(cell(g.alloc_stalls));
+        add(cell(g.direct_reclaims));
         add(s.stats ? std::to_string(g.last_update) : "");
         add(cell(s.ksm_merging_pages));
         for (const char* k : {"pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "full_scans", "pages_scanned"})

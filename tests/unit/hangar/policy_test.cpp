@@ -164,6 +164,86 @@ TEST(IdleTaxPolicy, LowAvailableMemoryIsPressure) {
     EXPECT_NE(d[0].reason.find("below half the floor"), std::string::npos);
 }
 
+// A guest whose cache fills its memory reports it all as available: without a reclaim signal it
+// looks as idle as a guest with nothing to do.
+VmObservation cache_guest(const std::string& name, uint64_t memory_mib, uint64_t used_mib, bool reclaiming) {
+    auto o = guest(name, memory_mib, used_mib);
+    o.stats->free_memory = 1 * MiB;
+    o.stats->disk_caches = (memory_mib - used_mib - 1) * MiB;
+    o.stats->alloc_stalls = o.stats->direct_reclaims = 1000;
+    o.previous = o.stats;
+    if (reclaiming) o.stats->direct_reclaims = 5000;
+    return o;
+}
+
+// Applies the targets and lets each guest's memory fill up again, as a cache does.
+std::vector<uint64_t> settle_caches(BalloonPolicy& p, std::vector<VmObservation>& vms, uint64_t budget,
+                                    const std::vector<bool>& hungry) {
+    std::vector<uint64_t> out(vms.size());
+    for (int r = 0; r < 40; ++r) {
+        auto d = p.decide(vms, budget);
+        for (size_t i = 0; i < vms.size(); ++i) {
+            out[i] = target_or_current(d[i], vms[i]);
+            if (d[i].target) vms[i].target = vms[i].actual = *d[i].target;
+            GuestStats& s = *vms[i].stats;
+            s.total_memory = out[i];
+            if (hungry[i]) {
+                s.free_memory = 1 * MiB;
+                s.available_memory = out[i] - 10 * MiB;
+            } else {
+                s.free_memory = s.available_memory = out[i] - 10 * MiB;
+            }
+        }
+    }
+    return out;
+}
+
+TEST(IdleTaxPolicy, ReclaimedCacheCountsAsActive) {
+    IdleTaxPolicy p(PolicyConfig{});
+    // One guest squeezing its cache, two with the same cache size left alone: same stats but
+    // the reclaim counter.
+    std::vector<VmObservation> vms = {cache_guest("hot", 512, 10, true), cache_guest("cold1", 512, 10, false),
+                                      cache_guest("cold2", 512, 10, false)};
+    auto t = settle(p, vms, 768 * MiB, 1);
+    EXPECT_GT(t[0], t[1] + 64 * MiB) << "the reclaiming guest keeps more of its cache";
+    EXPECT_NE(p.decide(vms, 768 * MiB)[0].reason.find("caches under reclaim"), std::string::npos);
+}
+
+TEST(IdleTaxPolicy, HungryCacheTakesWhatIdleGuestsLeave) {
+    IdleTaxPolicy p(PolicyConfig{});
+    std::vector<VmObservation> vms = {cache_guest("big", 512, 10, true), guest("small1", 512, 10),
+                                      guest("small2", 512, 10)};
+    auto t = settle_caches(p, vms, 768 * MiB, {true, false, false});
+    EXPECT_GE(t[0], 400 * MiB) << "the hungry guest gets well above the even 256 MiB split";
+    // Within the hysteresis band (16 MiB by default) per guest of the budget.
+    EXPECT_LE(t[0] + t[1] + t[2], 768 * MiB + 3 * PolicyConfig{}.hysteresis) << t[0] / MiB << " " << t[1] / MiB << " " << t[2] / MiB;
+}
+
+TEST(IdleTaxPolicy, HungryCachesSplitTheBudgetInsteadOfOvercommitting) {
+    IdleTaxPolicy p(PolicyConfig{});
+    std::vector<VmObservation> vms = {cache_guest("a", 512, 10, true), cache_guest("b", 512, 10, true),
+                                      cache_guest("c", 512, 10, true)};
+    auto t = settle_caches(p, vms, 768 * MiB, {true, true, true});
+    for (auto x : t) {
+        EXPECT_GE(x, 240 * MiB);
+        EXPECT_LE(x, 272 * MiB);
+    }
+}
+
+TEST(IdleTaxPolicy, FailingAllocationsArePressure) {
+    IdleTaxPolicy p(PolicyConfig{});
+    std::vector<VmObservation> vms = {guest("a", 1024, 100), guest("b", 1024, 100)};
+    settle(p, vms, 1024 * MiB);
+    const uint64_t before = *vms[0].target;
+    vms[0].stats->oom_kills = 0;
+    vms[0].previous = vms[0].stats;
+    vms[0].stats->oom_kills = 3;
+    auto d = p.decide(vms, 1024 * MiB);
+    ASSERT_TRUE(d[0].target);
+    EXPECT_GT(*d[0].target, before);
+    EXPECT_NE(d[0].reason.find("allocations failing"), std::string::npos);
+}
+
 TEST(NoPolicy, NeverTouches) {
     NoPolicy p;
     auto d = p.decide({guest("a", 512, 10)}, 100 * MiB);
