@@ -33,10 +33,12 @@ struct Fleet::Vm {
     std::string last_decision;
     // Sharing (targeted KSM)
     bool hints_busy = false;
-    bool hints_off = false;  // this QEMU cannot do it; said once
+    bool hints_off = false;   // this QEMU cannot do it; said once
+    bool hints_read = false;  // its hints have been read into the index at least once
     std::vector<Hint> hints_accum;
     std::optional<std::set<uint64_t>> filter_sent;
     uint64_t hint_pages = 0;  // as last read, kept for the summary after the VM is gone
+    std::optional<uint64_t> marked_pages, marked_runs;  // QEMU's answer to the last filter
     // Page-state sweeps
     bool sweeps = false;      // page-states=on on the patched QEMU
     bool sweep_busy = false;
@@ -204,6 +206,22 @@ void Fleet::on_qmp_ready(Vm& vm) {
             else if (r.error_class != "Disconnected") qmp_problem(*p, "balloon failed: " + r.describe());
         });
     }
+    if (targeting_ && vm.spec.balloon) {
+        // Nothing is mergeable until hangar knows the twins: without a filter QEMU marks every hint
+        // the guest sends, and narrowing that later would unmerge (copy) whatever KSM had merged.
+        vm.filter_sent.reset();
+        vm.qmp->execute("x-blimp-balloon-hint-filter", hint_filter_args(std::set<uint64_t>{}),
+                        [this, p](const QmpReply& r) {
+                            if (r.ok) {
+                                if (!p->filter_sent) p->filter_sent = std::set<uint64_t>{};
+                                return;
+                            }
+                            if (r.error_class == "Disconnected") return;
+                            p->hints_off = true;
+                            qmp_problem(*p, "x-blimp-balloon-hint-filter failed, not targeting KSM for this VM: " +
+                                                r.describe());
+                        });
+    }
     if (vm.spec.start == StartMode::Running) {
         vm.qmp->execute("cont", [this, p](const QmpReply& r) {
             if (r.ok) p->resumed = true;
@@ -261,7 +279,7 @@ void Fleet::finish_vm(Vm& vm) {
     if (vm.qmp) vm.qmp->close("QEMU exited");
     sharing_.forget(vm.spec.name);
     // Its hashes no longer count as twins for the others.
-    if (targeting_ && !stopping_) update_filters();
+    if (targeting_ && !stopping_) hints_settled();
     report("vm " + vm.spec.name + ": " + e.describe());
     if (!e.ok() && (e.kind == VmExit::Kind::QemuError || e.kind == VmExit::Kind::FailedToStart)) {
         std::string log = read_file_tail(vm.qemu_log, 2048);
@@ -425,11 +443,13 @@ void Fleet::fetch_hints(Vm& vm, uint64_t start) {
     vm.qmp->execute("x-blimp-balloon-query-hints", query_hints_args(start), [this, p, start](const QmpReply& r) {
         if (!r.ok) {
             p->hints_busy = false;
-            if (r.error_class == "Disconnected") return;
-            // Without the command (or without share-hints on the device) there is nothing to
-            // target; say so once and leave this VM to KSM's defaults.
-            p->hints_off = true;
-            qmp_problem(*p, "sharing hints unavailable, not targeting KSM for this VM: " + r.describe());
+            if (r.error_class != "Disconnected") {
+                // Without the command (or without share-hints on the device) there is nothing to
+                // target; say so once and leave this VM to KSM's defaults.
+                p->hints_off = true;
+                qmp_problem(*p, "sharing hints unavailable, not targeting KSM for this VM: " + r.describe());
+            }
+            hints_settled();
             return;
         }
         std::string error;
@@ -438,6 +458,7 @@ void Fleet::fetch_hints(Vm& vm, uint64_t start) {
             p->hints_busy = false;
             p->hints_off = true;
             qmp_problem(*p, error);
+            hints_settled();
             return;
         }
         p->hints_accum.insert(p->hints_accum.end(), page->hints.begin(), page->hints.end());
@@ -451,13 +472,50 @@ void Fleet::fetch_hints(Vm& vm, uint64_t start) {
         p->hint_pages = sharing_.hinted_pages(p->spec.name);
         p->hints_accum.clear();
         p->hints_busy = false;
-        update_filters();
+        p->hints_read = true;
+        hints_settled();
     });
     sync_watch(vm);
 }
 
+// Whether `vm` takes part in targeting: its hints are (or will be) read and it gets a filter.
+bool Fleet::hint_member(const Vm& vm) const {
+    return vm.spec.balloon && !vm.hints_off && vm.phase != Vm::Phase::Gone && !vm.stopping;
+}
+
+void Fleet::hints_settled() {
+    // Filters follow complete rounds only: a VM whose hints have not been read yet would make the
+    // others' twins look unique, and dropping a hash from a filter unmerges its pages.
+    for (const auto& up : vms_)
+        if (hint_member(*up) && (up->hints_busy || !up->hints_read)) return;
+    report_index();
+    update_filters();
+}
+
+void Fleet::report_index() {
+    const ShareScope scope = cfg_.ksm.scope == "within" ? ShareScope::WithinVm : ShareScope::AcrossVms;
+    uint64_t pages = 0;
+    std::string twins;
+    size_t n = 0;
+    for (const auto& up : vms_) {
+        if (!hint_member(*up)) continue;
+        pages += sharing_.hinted_pages(up->spec.name);
+        if (n++ < 8) twins += (twins.empty() ? "" : ", ") + up->spec.name + " " + std::to_string(sharing_.twins(up->spec.name, scope).size());
+    }
+    if (n > 8) twins += ", ...";
+    const uint64_t saving = sharing_.potential_savings(scope);
+    potential_saving_ = std::max(potential_saving_, saving);
+    std::string line = "sharing index: " + std::to_string(n) + " VM(s), " + std::to_string(pages) +
+                       " hinted pages; twin hashes " + twins + "; best case saves " + std::to_string(saving) + " pages (" +
+                       format_size(saving * static_cast<uint64_t>(sysconf(_SC_PAGESIZE))) + ")";
+    if (line != last_index_line_) report(line);
+    last_index_line_ = line;
+}
+
 void Fleet::update_filters() {
     const ShareScope scope = cfg_.ksm.scope == "within" ? ShareScope::WithinVm : ShareScope::AcrossVms;
+    for (const auto& up : vms_)
+        if (hint_member(*up) && !up->hints_read) return;  // not every VM indexed yet
     for (auto& up : vms_) {
         Vm& vm = *up;
         if (vm.phase != Vm::Phase::Ready || vm.hints_off || vm.stopping || !vm.qmp ||
@@ -469,6 +527,17 @@ void Fleet::update_filters() {
         vm.qmp->execute("x-blimp-balloon-hint-filter", hint_filter_args(want), [this, p, want](const QmpReply& r) {
             if (r.ok) {
                 p->filter_sent = want;
+                ++filter_updates_;
+                auto num = [&](const char* k) -> std::optional<uint64_t> {
+                    if (r.value.contains(k) && r.value[k].is_number_unsigned()) return r.value[k].get<uint64_t>();
+                    return std::nullopt;
+                };
+                p->marked_pages = num("marked-pages");
+                p->marked_runs = num("marked-runs");
+                report("vm " + p->spec.name + ": KSM targeted at " + std::to_string(want.size()) + " twin hashes" +
+                       (p->marked_pages ? ": QEMU marked " + std::to_string(*p->marked_pages) + " pages in " +
+                                              std::to_string(p->marked_runs.value_or(0)) + " runs mergeable"
+                                        : ""));
                 return;
             }
             if (r.error_class == "Disconnected") return;
@@ -562,9 +631,11 @@ int Fleet::run() {
             return exit_status();
         }
     }
+    ksm_lock_ = ksm_ && ksm_->lock_held() ? ksm_->lock_path() : "";
+    // Before any VM exists: each gets its empty hint filter when its QMP is ready.
+    targeting_ = cfg_.ksm.mode == KsmMode::Targeted && plan_.patched;
     for (auto& vm : vms_) launch(*vm);
     if (cfg_.duration) loop_.after(*cfg_.duration, [this] { stop_all("duration reached"); });
-    targeting_ = cfg_.ksm.mode == KsmMode::Targeted && plan_.patched;
     std::function<void()> hint_tick = [&] {
         refresh_hints();
         hint_timer_ = loop_.after(cfg_.ksm.hint_refresh, hint_tick);
@@ -667,6 +738,8 @@ void Fleet::write_summary(int status) {
         if (targeting_) {
             v["hint_pages"] = vm->hint_pages;
             v["twin_hashes"] = vm->filter_sent ? vm->filter_sent->size() : 0;
+            if (vm->marked_pages) v["marked_pages"] = *vm->marked_pages;
+            if (vm->marked_runs) v["marked_runs"] = *vm->marked_runs;
         }
         v["serial_log"] = vm->serial_log;
         auto it = sums.find(vm->spec.name);
@@ -693,7 +766,12 @@ void Fleet::write_summary(int status) {
                 {"pages_shared_end", k1.get("pages_shared")},
                 {"restored", ksm_restore_errors_.empty()},
                 {"restore_errors", ksm_restore_errors_},
-                {"full_scans", k1.get("full_scans") - std::min(k1.get("full_scans"), k0.get("full_scans"))}};
+                {"full_scans", k1.get("full_scans") - std::min(k1.get("full_scans"), k0.get("full_scans"))},
+                {"lock", ksm_lock_.empty() ? json(nullptr) : json(ksm_lock_)}};
+    if (targeting_)
+        j["sharing"] = {{"scope", cfg_.ksm.scope},
+                        {"potential_saving_pages", potential_saving_},
+                        {"filter_updates", filter_updates_}};
     if (k0.ksmd_cpu_seconds && k1.ksmd_cpu_seconds) j["ksm"]["ksmd_cpu_s"] = *k1.ksmd_cpu_seconds - *k0.ksmd_cpu_seconds;
     const long page = sysconf(_SC_PAGESIZE);
     std::printf("  reclaimed by ballooning (largest inflation, summed): %s; KSM (system-wide) saving at the end: %s (%llu pages sharing)\n",

@@ -64,6 +64,9 @@ private:
     void refresh_hints();
     void fetch_hints(Vm& vm, uint64_t start);
     void update_filters();
+    void hints_settled();
+    void report_index();
+    bool hint_member(const Vm& vm) const;
     void stop_all(const std::string& why);
     void kill_all();
     void handle_signals();
@@ -95,6 +98,10 @@ private:
     EventLoop::TimerId hint_timer_ = 0;
     EventLoop::TimerId sweep_timer_ = 0;
     bool targeting_ = false;  // targeted KSM on the patched QEMU: hints drive the filters
+    uint64_t potential_saving_ = 0;  // the sharing index's best case, largest seen (pages)
+    uint64_t filter_updates_ = 0;
+    std::string last_index_line_;
+    std::string ksm_lock_;  // the KSM lock held for this run ("" = none)
 };
 
 }  // namespace hangar
