@@ -1,0 +1,372 @@
+#!/usr/bin/env python3
+"""Targeted KSM through hangar, against real guest hints (docs/hangar.md, docs/sharing.md).
+
+hangar runs three `dataset` VMs on the patched QEMU with `--ksm targeted`: twin1 and twin2 build
+the same data set (seed 42), loner a different one (seed 7). The guests hash and seal their data;
+hangar reads every QEMU's hints over QMP, finds the hashes with a twin in another VM and gives
+each QEMU that hash filter, so QEMU marks only those runs mergeable. Checked, from the outside:
+
+  - hangar holds /run/lock/blimp-ksm.lock while it owns the KSM settings, and a hangar that finds
+    the lock taken waits a bounded time and gives up with a clear error, starting nothing;
+  - the sharing index found the twins (hangar's log, summary.json, CSV): twin1/twin2 every data
+    page, loner only the kernel image and the zero page;
+  - QEMU marked those runs and nothing else (VmFlags `mg` in /proc/PID/smaps), a small fraction of
+    guest RAM;
+  - KSM merged every non-zero data page of twin1 and twin2 (/proc/PID/ksm_stat, exact per VM) and
+    pages_sharing rose by at least that much; loner merged nothing of its data;
+  - every guest's data verifies; after hangar stops, KSM's settings are what they were, the save
+    file is gone, the lock is free, no QEMU is left.
+
+KSM is system-wide: the test only runs with KSM writable (root) and never beside another KSM
+experiment (the lock; CTest RUN_SERIAL). Skips (77) without KSM, the patched QEMU, hangar or the
+kernel.
+
+    python3 tests/integration/test_hangar_sharing.py --build-dir build [-k name]
+"""
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "bench", "sharing"))
+from blimp_vm import Skip, TestRunner, check  # noqa: E402
+from ksm_util import KSM_DIR, LOCK_PATH, other_mergeable, proc_ksm  # noqa: E402
+
+t = TestRunner()
+PAGE = 4096
+SIZE_MIB = 16
+ZERO_MIB = 1
+DATA_PAGES = SIZE_MIB * 256
+ZERO_PAGES = ZERO_MIB * 256
+# Zero-filled pages are merged into the kernel's zero page (not counted by KSM, docs/sharing.md):
+# what KSM shows for a data set is its non-zero pages.
+NONZERO_PAGES = DATA_PAGES - ZERO_PAGES
+# The kernel image's read-only pages (about 55 today) and a little slack.
+KERNEL_SLACK = 160
+DATASET = f"size={SIZE_MIB}M zero={ZERO_MIB}M verify=3s"
+SETTINGS = ("run", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "merge_across_nodes",
+            "max_page_sharing", "stable_node_chains_prune_millisecs", "smart_scan", "advisor_mode")
+
+
+def tools(build):
+    hangar = os.environ.get("HANGAR") or os.path.join(build, "host", "hangar", "hangar")
+    kernel = os.environ.get("BLIMP_KERNEL") or os.path.join(build, "blimp.elf")
+    qemu = os.path.join(build, "qemu", "qemu-system-x86_64")
+    for path, what in ((hangar, "hangar"), (qemu, "patched QEMU (host/qemu/build.sh)")):
+        if not os.access(path, os.X_OK):
+            raise Skip(f"{what} not built: {path}")
+    if not os.path.exists(kernel):
+        raise Skip(f"{kernel} not built")
+    if not os.path.isdir(KSM_DIR):
+        raise Skip(f"{KSM_DIR} is absent (kernel without CONFIG_KSM)")
+    if not os.access(os.path.join(KSM_DIR, "run"), os.W_OK):
+        raise Skip(f"{KSM_DIR}/run is not writable (not root?)")
+    return hangar, kernel, qemu
+
+
+def read_ksm(name):
+    with open(os.path.join(KSM_DIR, name)) as f:
+        v = f.read().strip()
+    return v[v.index("[") + 1:v.index("]")] if "[" in v else v
+
+
+def ksm_settings():
+    return {n: read_ksm(n) for n in SETTINGS if os.path.exists(os.path.join(KSM_DIR, n))}
+
+
+class KsmLock:
+    """The machine-wide KSM lock, as bench/sharing/ksm_util.py takes it."""
+
+    def __init__(self, timeout=300):
+        os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
+        self.f = open(LOCK_PATH, "a+")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() > deadline:
+                    self.f.close()
+                    raise Skip(f"another KSM experiment holds {LOCK_PATH} for more than {timeout}s")
+                time.sleep(1)
+
+    def release(self):
+        self.f.close()
+
+
+def lock_is_free():
+    with open(LOCK_PATH, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+
+
+def lock_holders():
+    """Pids holding an flock on LOCK_PATH, from /proc/locks."""
+    st = os.stat(LOCK_PATH)
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] != "->" and fields[5] == want:
+                pids.append(int(fields[4]))
+    return pids
+
+
+def mergeable_kib(pid):
+    """KiB of QEMU's address space in VMAs marked MADV_MERGEABLE (VmFlags `mg`)."""
+    total, size = 0, 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
+            if m:
+                size = (int(m.group(2), 16) - int(m.group(1), 16)) // 1024
+            elif line.startswith("VmFlags:") and " mg" in line:
+                total += size
+    return total
+
+
+def merging(pid):
+    return proc_ksm(pid).get("ksm_merging_pages", 0)
+
+
+def qemu_pids_of(run_dir):
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if run_dir in cmd and "qemu" in cmd:
+            pids.append(int(pid))
+    return pids
+
+
+class Hangar:
+    """hangar run in the background with its own run directory. close() always leaves KSM as it
+    found it: SIGTERM (hangar restores), and `hangar ksm-restore` if hangar could not."""
+
+    def __init__(self, build, args):
+        self.hangar, self.kernel, _ = tools(build)
+        self.tmp = tempfile.mkdtemp(prefix="hangar-sharing-")
+        self.run_dir = os.path.join(self.tmp, "run")
+        self.csv = os.path.join(self.tmp, "metrics.csv")
+        cmd = [self.hangar, "run", "--kernel", self.kernel, "--qemu", "patched", "--run-dir",
+               self.run_dir, "--status", "off", "--policy", "none", "--csv", self.csv, *args]
+        self.err_path = os.path.join(self.tmp, "err.txt")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                     stderr=open(self.err_path, "w"))
+
+    def stderr(self):
+        with open(self.err_path) as f:
+            return f.read()
+
+    def wait_for(self, pattern, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.stderr(), re.M)
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"/{pattern}/ not in hangar's stderr\n{self.stderr()}")
+
+    def wait(self, timeout=60):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"hangar did not finish in {timeout}s\n{self.stderr()}")
+
+    def summary(self):
+        with open(os.path.join(self.run_dir, "summary.json")) as f:
+            s = json.load(f)
+        return s, {v["name"]: v for v in s["vms"]}
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        saved = os.path.join(self.run_dir, "ksm-saved.json")
+        if os.path.exists(saved):
+            subprocess.run([self.hangar, "ksm-restore", saved], timeout=120)
+        left = qemu_pids_of(self.run_dir)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        check(not left, f"QEMU processes left running: {left}")
+
+    def cleanup(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def dataset_vm(name, seed):
+    return ["--vm", f'name={name},app=dataset,machine=q35,memory=256M,args="seed={seed} {DATASET}"']
+
+
+@t.test
+def test_busy_ksm_lock_is_a_clear_error(build):
+    tools(build)
+    lock = KsmLock()
+    try:
+        before = ksm_settings()
+        h = Hangar(build, dataset_vm("a", 42) + ["--ksm", "targeted", "--ksm-lock-wait", "2s"])
+        try:
+            t0 = time.monotonic()
+            rc = h.wait(60)
+            took = time.monotonic() - t0
+            err = h.stderr()
+            check(rc == 3, f"exit {rc} (want 3: KSM in use)\n{err}")
+            check(2 <= took < 30, f"gave up after {took:.1f}s, want about 2s")
+            for want in (f"{LOCK_PATH} is held by pid {os.getpid()}", "waiting up to 2 s",
+                         "KSM is in use by another experiment", "--ksm-lock-wait"):
+                check(want in err, f"want {want!r} in\n{err}")
+            check("started QEMU" not in err, f"a VM was started\n{err}")
+            check(not os.path.exists(os.path.join(h.run_dir, "ksm-saved.json")), "KSM save file written")
+            check(ksm_settings() == before, f"KSM changed: {before} -> {ksm_settings()}")
+            print(f"  gave up after {took:.1f}s: {err.strip().splitlines()[-1]}", flush=True)
+        finally:
+            h.close()
+            h.cleanup()
+    finally:
+        lock.release()
+
+
+@t.test
+def test_targeted_sharing_through_hangar(build):
+    tools(build)
+    # KSM's settings at rest: read under the lock (every holder restores before it releases).
+    lock = KsmLock()
+    before = ksm_settings()
+    sharing_before = int(read_ksm("pages_sharing"))
+    lock.release()
+    h = Hangar(build, dataset_vm("twin1", 42) + dataset_vm("twin2", 42) + dataset_vm("loner", 7) +
+               ["--ksm", "targeted", "--ksm-pages-to-scan", "4000", "--ksm-sleep-ms", "10",
+                "--ksm-lock-wait", "300s", "--interval", "1s", "--duration", "240s"])
+    try:
+        t0 = time.monotonic()
+        h.wait_for(rf"KSM targeted \(.*holding {re.escape(LOCK_PATH)}\)", 330)
+        # hangar owns KSM now: the lock is its, not free.
+        check(not lock_is_free(), f"{LOCK_PATH} is free while hangar runs KSM")
+        check(h.proc.pid in lock_holders(), f"lock held by {lock_holders()}, not hangar {h.proc.pid}")
+        pids = {n: int(h.wait_for(rf"vm {n}: started QEMU pid (\d+)").group(1))
+                for n in ("twin1", "twin2", "loner")}
+        others = other_mergeable(exclude=set(pids.values()))
+        # The index: every VM's filter sent once all three were read.
+        marked = {}
+        for n in pids:
+            m = h.wait_for(rf"vm {n}: KSM targeted at (\d+) twin hashes: QEMU marked (\d+) pages in (\d+) runs", 120)
+            marked[n] = tuple(int(x) for x in m.groups())
+        index = re.findall(r"sharing index: (\d+) VM\(s\), (\d+) hinted pages; twin hashes (.*); best case saves "
+                           r"(\d+) pages", h.stderr())
+        check(index, f"no sharing index line\n{h.stderr()}")
+        twins = {k: int(v) for k, v in (x.split() for x in index[-1][2].split(", "))}
+        print(f"  index: {index[-1][1]} hinted pages, twin hashes {twins}, best case {index[-1][3]} pages; "
+              f"filters (hashes, pages marked, runs): {marked}", flush=True)
+        for n in ("twin1", "twin2"):
+            # every data page's hash (distinct per page) plus the zero page's, plus kernel pages
+            check(twins[n] >= NONZERO_PAGES + 1, f"{n}: only {twins[n]} twin hashes")
+            check(DATA_PAGES <= marked[n][1] <= DATA_PAGES + KERNEL_SLACK, f"{n}: QEMU marked {marked[n]}")
+        check(twins["loner"] < KERNEL_SLACK, f"loner has {twins['loner']} twin hashes: its data has no twin")
+        check(marked["loner"][1] <= ZERO_PAGES + KERNEL_SLACK, f"loner: QEMU marked {marked['loner']}")
+
+        # KSM merges every non-zero data page of both twins (exact per process).
+        deadline = time.monotonic() + 120
+        while True:
+            m = {n: merging(p) for n, p in pids.items()}
+            if m["twin1"] >= NONZERO_PAGES and m["twin2"] >= NONZERO_PAGES:
+                break
+            check(time.monotonic() < deadline, f"KSM merged only {m} pages after 120s\n{h.stderr()}")
+            time.sleep(0.5)
+        took = time.monotonic() - t0
+        mg = {n: mergeable_kib(p) for n, p in pids.items()}
+        sharing = int(read_ksm("pages_sharing"))
+        print(f"  merged {m} pages {took:.1f}s after hangar started; pages_sharing {sharing_before} -> "
+              f"{sharing} (expected >= {NONZERO_PAGES}); mergeable KiB {mg}", flush=True)
+        # QEMU marked only the twins: the data set (16 MiB) plus the kernel in the twins, the
+        # kernel and the zero run in loner; a small fraction of the 768 MiB of guest RAM.
+        for n in ("twin1", "twin2"):
+            check(SIZE_MIB * 1024 <= mg[n] <= SIZE_MIB * 1024 + 2048, f"{n}: {mg[n]} KiB mergeable")
+        check(mg["loner"] <= (ZERO_MIB * 1024 + 1024), f"loner: {mg['loner']} KiB mergeable")
+        check(sum(mg.values()) < 0.06 * 3 * 256 * 1024, f"{sum(mg.values())} KiB mergeable of 768 MiB")
+        check(m["loner"] <= KERNEL_SLACK, f"loner merged {m['loner']} pages: its data has no twin")
+        # Host-wide: our twins alone add NONZERO_PAGES (other processes can only add to it).
+        check(sharing >= NONZERO_PAGES, f"pages_sharing is only {sharing}")
+        if not others and not other_mergeable(exclude=set(pids.values())):
+            check(sharing <= NONZERO_PAGES + 2 * KERNEL_SLACK, f"pages_sharing {sharing}: more than ours")
+        else:
+            print(f"  other mergeable processes (pages_sharing upper bound not checked): "
+                  f"{[(p, c) for p, c, _, _ in others]}", flush=True)
+
+        # Every guest verifies its data after the merge.
+        time.sleep(3.5)
+        for n in pids:
+            with open(os.path.join(h.run_dir, f"{n}.serial.log")) as f:
+                out = f.read()
+            rounds = re.findall(r"dataset: verify n=(\d+) ok=(\d+) bad=(\d+)", out)
+            check(rounds and all(int(b) == 0 and int(ok) == DATA_PAGES for _, ok, b in rounds),
+                  f"{n}: verify {rounds}\n{out[-2000:]}")
+
+        # Orderly stop: KSM restored, lock released, summary and CSV tell the story.
+        h.proc.send_signal(signal.SIGTERM)
+        rc = h.wait(60)
+        check(rc == 128 + signal.SIGTERM, f"exit {rc}\n{h.stderr()}")
+        s, vms = h.summary()
+        print(f"  summary: ksm {s['ksm']}, sharing {s.get('sharing')}", flush=True)
+        check(s["ksm"]["restored"] and s["ksm"]["lock"] == LOCK_PATH, s["ksm"])
+        check(s["sharing"]["potential_saving_pages"] >= NONZERO_PAGES, s["sharing"])
+        for n in ("twin1", "twin2"):
+            check(vms[n]["twin_hashes"] == twins[n] and vms[n]["marked_pages"] == marked[n][1], vms[n])
+            check(vms[n]["hint_pages"] >= DATA_PAGES, vms[n])
+        check(vms["loner"]["twin_hashes"] == twins["loner"], vms["loner"])
+        check(all(v["outcome"] == "stopped" for v in vms.values()), s)
+        check(not os.path.exists(os.path.join(h.run_dir, "ksm-saved.json")), "KSM save file left")
+        with open(h.csv) as f:
+            head, *rows = [r.split(",") for r in f.read().splitlines()]
+        col = {c: i for i, c in enumerate(head)}
+        peak = max(int(r[col["ksm_pages_sharing"]] or 0) for r in rows)
+        check(peak >= NONZERO_PAGES, f"CSV ksm_pages_sharing peaked at {peak}")
+        per_vm = {n: max(int(r[col["vm_ksm_merging_pages"]] or 0) for r in rows if r[col["vm"]] == n) for n in pids}
+        check(per_vm["twin1"] >= NONZERO_PAGES and per_vm["twin2"] >= NONZERO_PAGES, f"CSV merging {per_vm}")
+        # Once merged, stays merged: hangar never sends a filter from a half-read index (a hash
+        # dropped from a filter makes QEMU unmerge its pages).
+        for n in ("twin1", "twin2"):
+            series = [int(r[col["vm_ksm_merging_pages"]] or 0) for r in rows
+                      if r[col["vm"]] == n and r[col["state"]] == "running"]
+            first = next(i for i, v in enumerate(series) if v >= NONZERO_PAGES)
+            check(min(series[first:]) >= NONZERO_PAGES, f"{n} was unmerged after merging: {series}")
+        check(lock_is_free() or h.proc.pid not in lock_holders(), "hangar kept the KSM lock")
+    finally:
+        h.close()
+        h.cleanup()
+    # At rest again: compare under the lock (another KSM user may have come and gone meanwhile;
+    # it restores too).
+    lock = KsmLock()
+    after = ksm_settings()
+    lock.release()
+    check(after == before, f"KSM settings not restored: {before} -> {after}")
+
+
+if __name__ == "__main__":
+    t.main()
