@@ -19,6 +19,10 @@ namespace {
 using mm::PageRun;
 
 constexpr uint64_t kWaitTimeoutNs = 5000000000ul;  // a host that holds a buffer this long is broken
+// A wait longer than this reads the device status (a reset raises no interrupt), then again at
+// this interval.
+constexpr uint64_t kAliveCheckNs = 20000000ul;
+constexpr uint64_t kListenerRetryNs = 50000000ul;
 constexpr size_t kPfnsPerBuffer = 4096;  // 16 KiB of PFNs: 16 MiB of balloon
 constexpr size_t kBuffersInFlight = 4;
 constexpr size_t kRunsPerBuffer = 512;
@@ -91,6 +95,9 @@ ErrorOr<void> Balloon::start() {
   if (cmdline::get_u64("balloon.poison", poison)) poison_ = static_cast<uint32_t>(poison);
   unsigned long long delay_ms = 0;
   if (cmdline::get_u64("balloon.report_delay_ms", delay_ms)) report_delay_ns_ = delay_ms * 1000000ull;
+  unsigned long long health_ms = 0;
+  if (cmdline::get_u64("balloon.health_ms", health_ms))
+    health_interval_ns_ = health_ms * 1000000ull;
   const bool reporting_enabled = !cmdline::has_flag("balloon.report=off");
   bool extensions_wanted = !cmdline::has_flag("balloon.extensions=off");
 
@@ -163,6 +170,7 @@ ErrorOr<void> Balloon::start() {
             has_share_hints() ? " share-hints" : "");
   }
   work::schedule(work_item_);
+  arm_health_timer();
   return {};
 }
 
@@ -177,6 +185,21 @@ void Balloon::on_config(virtio::Device&, void* ctx) {
 void Balloon::on_error(virtio::Device&, void* ctx) {
   auto* b = static_cast<Balloon*>(ctx);
   b->recover_pending_ = true;
+  work::schedule(b->work_item_);
+}
+
+// A reset raises no interrupt, and a device that is not DRIVER_OK raises no config interrupt
+// either: without a look at the status now and then, an idle guest would never notice.
+void Balloon::on_health_timer(void* ctx) {
+  auto* b = static_cast<Balloon*>(ctx);
+  b->health_armed_ = false;
+  b->health_check_ = true;
+  work::schedule(b->work_item_);
+}
+
+void Balloon::on_listener_timer(void* ctx) {
+  auto* b = static_cast<Balloon*>(ctx);
+  b->listener_timer_armed_ = false;
   work::schedule(b->work_item_);
 }
 
@@ -231,8 +254,13 @@ void Balloon::work() {
     }
     busy_ = true;
   }
+  if (health_check_) {
+    health_check_ = false;
+    (void)dev_.check_alive();  // a reset: logged, on_error sets recover_pending_
+  }
   if (recover_pending_) recover();
   if (!dev_.failed()) {
+    if (reset_listeners_.pending()) run_reset_listeners();
     if (stats_requested_) answer_stats();
     if (config_changed_) {
       config_changed_ = false;
@@ -245,12 +273,29 @@ void Balloon::work() {
     }
   }
   busy_ = false;
+  arm_health_timer();
+}
+
+void Balloon::arm_health_timer() {
+  IrqGuard guard;
+  if (health_armed_ || health_interval_ns_ == 0 || dev_.failed()) return;
+  if (timer::call_at(timer::now_ns() + health_interval_ns_, on_health_timer, this))
+    health_armed_ = true;
 }
 
 bool Balloon::wait_used(virtio::Virtqueue& vq, void*& token, uint32_t& len) {
-  uint64_t deadline = timer::now_ns() + kWaitTimeoutNs;
+  const uint64_t start = timer::now_ns();
+  const uint64_t deadline = start + kWaitTimeoutNs;
+  const uint64_t resets = resets_;
+  uint64_t next_check = start + kAliveCheckNs;
   for (;;) {
     uint64_t flags = irq_save();
+    if (resets_ != resets) {
+      // The balloon's work recovered from a reset while this (app-context) wait slept: the
+      // buffer went with the old rings.
+      irq_restore(flags);
+      return false;
+    }
     auto r = vq.pop_used(token, len);
     if (r.is_error()) {
       irq_restore(flags);
@@ -260,7 +305,17 @@ bool Balloon::wait_used(virtio::Virtqueue& vq, void*& token, uint32_t& len) {
       irq_restore(flags);
       return true;
     }
-    if (timer::now_ns() > deadline) {
+    const uint64_t now = timer::now_ns();
+    if (now > next_check) {
+      // A device reset raises no interrupt: look. A reset is logged by the core, marks the
+      // queues broken and queues the recovery (on_error).
+      next_check = now + kAliveCheckNs;
+      if (dev_.check_alive().is_error()) {
+        irq_restore(flags);
+        return false;
+      }
+    }
+    if (now > deadline) {
       irq_restore(flags);
       kprintf("balloon: the host did not return a buffer on queue %u within %lu s\n", vq.index(),
               kWaitTimeoutNs / 1000000000ul);
@@ -634,22 +689,97 @@ ErrorOr<BlimpResponse> Balloon::blimp_request(uint16_t type, const void* entries
   return result;
 }
 
+// A reset device has forgotten its rings, the buffers on them and what the Blimp extensions
+// registered. It has not given anything back: every page in held_ is still off the allocator's
+// free lists, some discarded by the host, some (buffers lost in the reset) perhaps never seen by
+// it. (QEMU 7.2 keeps the `actual` it was last told and the target across a reset.)
 void Balloon::recover() {
   recover_pending_ = false;
-  kprintf("balloon: device reset under us; recovering (holding %lu MiB)\n", mib(held_.pages()));
+  kprintf(
+      "balloon: device reset by the host; reinitialising it (holding %lu MiB, %lu MiB "
+      "acknowledged)\n",
+      mib(held_.pages()), mib(actual_));
   // Every wait on a queue is synchronous, so a buffer still in flight belongs to an operation
-  // that already gave up on it (its pages stayed where they were): nothing to reclaim.
+  // that already gave up on it: its pages are in held_ (inflate) or back in held_ (deflate with
+  // MUST_TELL_HOST), and retell_held() below covers them.
   auto reclaim = [](uint16_t, void*, void*) {};
   auto r = dev_.recover(reclaim, this);
+  resets_++;
   if (r.is_error()) {
     kprintf("balloon: recovery failed (%s); the balloon keeps %lu MiB and stops\n",
             error_name(r.error()), mib(held_.pages()));
     return;
   }
-  // Everything we hold counts as inflated from the host's point of view after a reset: tell it.
-  set_actual(held_.pages());
-  stats_requested_ = stats_vq_ != nullptr;
-  config_changed_ = true;
+  counters_.device_resets++;
+  if (hint_vq_) {
+    // The free page hinting command died with the device: hinted blocks go back, and the next
+    // command id is taken as new.
+    uint64_t n = release_hinted_pages(~0ull);
+    hint_cmd_id_ = 0;
+    if (n) kprintf("balloon: %lu MiB of hinted free memory returned after the reset\n", mib(n));
+  }
+  retell_held();
+  stats_requested_ = stats_vq_ != nullptr;  // the stats buffer went with the old ring
+  config_changed_ = true;                   // the target may have moved meanwhile
+  if (report_vq_) report_pending_ = true;   // a report in flight was returned unreported
+  reset_listeners_.device_reset();
+}
+
+// Tells the reinitialised device about every page the balloon holds, as an inflation: a page the
+// old device never saw gets discarded now, and `actual` counts up to what the device acknowledged.
+// Re-inflating a page the host discarded before is harmless (QEMU discards it again).
+void Balloon::retell_held() {
+  const uint64_t t0 = timer::now_ns();
+  const uint64_t held = held_.pages();
+  uint64_t told = 0;
+  size_t fill = 0;
+  set_actual(0);
+  auto send = [&]() -> bool {
+    if (fill == 0) return true;
+    auto r = inflate_vq_->add_out(virt_to_phys(g_buf.pfns[0]), uint32_t(fill * 4), g_buf.pfns[0]);
+    if (r.is_error()) return false;
+    inflate_vq_->kick();
+    void* token;
+    uint32_t len;
+    if (!wait_used(*inflate_vq_, token, len)) return false;
+    told += fill;
+    set_actual(told);
+    fill = 0;
+    return true;
+  };
+  bool ok = held_.for_each([&](const PageRun& run) {
+    PfnCursor cursor(&run, 1);
+    while (!cursor.done()) {
+      fill += cursor.fill(g_buf.pfns[0] + fill, kPfnsPerBuffer - fill);
+      if (fill == kPfnsPerBuffer && !send()) return false;
+    }
+    return true;
+  });
+  ok = ok && send();
+  // The pages are off the allocator either way: count them all as ballooned.
+  set_actual(held);
+  if (ok) {
+    kprintf("balloon: re-inflated the %lu MiB held across the reset in %lu ms\n", mib(held),
+            (timer::now_ns() - t0) / 1000000);
+  } else {
+    kprintf(
+        "balloon: could not tell the device again about %lu of the %lu MiB held across the "
+        "reset; they stay ballooned\n",
+        mib(held - told), mib(held));
+  }
+}
+
+void Balloon::run_reset_listeners() {
+  const uint64_t gave_up = reset_listeners_.gave_up();
+  size_t due = reset_listeners_.run();
+  if (reset_listeners_.gave_up() != gave_up)
+    kprintf("balloon: a reset listener could not run after %u attempts; given up\n",
+            ResetListeners::kMaxAttempts);
+  if (due == 0) return;
+  IrqGuard guard;
+  if (listener_timer_armed_) return;
+  if (timer::call_at(timer::now_ns() + kListenerRetryNs, on_listener_timer, this))
+    listener_timer_armed_ = true;
 }
 
 }  // namespace blimp::balloon

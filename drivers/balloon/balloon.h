@@ -26,12 +26,21 @@
 // up has accumulated; after balloon.report_delay (default 100 ms, so a burst of frees is reported
 // together) the work isolates such blocks, up to 256 per buffer, sends them on the
 // reporting queue, and returns them as Reported when the host has discarded them.
+//
+// # Device reset
+// A reset raises no interrupt, and a reset device raises no config interrupt either (it is not
+// DRIVER_OK), so the driver looks: every wait for a buffer checks the device status after 20 ms,
+// and a health timer (balloon.health_ms, default 1000) does when idle. recover() reinitialises
+// the device, tells it again about every page the balloon holds (an inflation of held_, so
+// `actual` is again what the device acknowledged), re-reads the target, and runs the reset
+// listeners (page states re-register, sharing re-sends its hints). docs/balloon.md.
 #pragma once
 
 #include <cstdint>
 
 #include "drivers/balloon/balloon_protocol.h"
 #include "drivers/balloon/pfn_list.h"
+#include "drivers/balloon/reset_listeners.h"
 #include "drivers/virtio/device.h"
 #include "kernel/deferred_work.h"
 #include "lib/error.h"
@@ -49,6 +58,7 @@ struct BalloonCounters {
   uint64_t hinted_pages;
   uint64_t stats_answers;
   uint64_t floor_limited;  // times a target was capped by the floor
+  uint64_t device_resets;  // resets recovered from
 };
 
 class Balloon {
@@ -74,6 +84,13 @@ class Balloon {
   ErrorOr<BlimpResponse> blimp_request(uint16_t type, const void* entries, uint32_t count,
                                        size_t entry_size);
 
+  // Runs `fn(ctx)` from the balloon's work after every device reset the balloon recovered from,
+  // once the device is working again (reset_listeners.h: Retry runs it again 50 ms later). For
+  // clients that must re-send what the device forgot (page-state registration, sharing hints).
+  ErrorOr<void> add_reset_listener(ResetListeners::Fn fn, void* ctx) {
+    return reset_listeners_.add(fn, ctx);
+  }
+
  private:
   explicit Balloon(virtio::Device& dev);
   static ErrorOr<void> probe(virtio::Device& dev);
@@ -92,6 +109,11 @@ class Balloon {
   static void work_fn(void* ctx);
   void work();
   void recover();
+  void retell_held();
+  void run_reset_listeners();
+  void arm_health_timer();
+  static void on_health_timer(void* ctx);
+  static void on_listener_timer(void* ctx);
   void answer_stats();
   void adjust_to_target();
   void inflate(uint64_t pages);
@@ -126,6 +148,12 @@ class Balloon {
   bool report_timer_armed_ = false;
   bool recover_pending_ = false;
   bool floor_warned_ = false;
+  bool health_check_ = false;
+  bool health_armed_ = false;
+  bool listener_timer_armed_ = false;
+  uint64_t health_interval_ns_ = 1000000000ull;
+  uint64_t resets_ = 0;  // recoveries so far: a wait that sees it change lost its buffer
+  ResetListeners reset_listeners_;
 
   uint64_t actual_ = 0;
   uint64_t target_ = 0;
