@@ -15,6 +15,33 @@ namespace blimp::mm::page_states {
 namespace {
 
 bool g_init_done = false;
+// What PSTATE_REGISTER said, for registering again after a device reset.
+balloon::BlimpPstateRegister g_reg{};
+
+// Balloon reset listener: the device forgot the array (spec section 5.2: reset unregisters), the
+// guest did not: the array and the allocator hook kept running, so registering the same array
+// again is all it takes. Bytes the host left DISCARDED_x are still true (those pages were
+// discarded), and no DISCARDING_x byte can survive a reset (a sweep runs to completion under
+// QEMU's lock, and the reset is handled under the same lock).
+balloon::ResetListeners::Result reregister(void*) {
+  using balloon::ResetListeners;
+  balloon::Balloon* b = balloon::Balloon::instance();
+  if (!b || !b->has_page_states()) return ResetListeners::Result::Done;
+  auto resp = b->blimp_request(balloon::kBlimpPstateRegister, &g_reg, 1, sizeof g_reg);
+  if (resp.is_error() && resp.error() == Error::Busy) return ResetListeners::Result::Retry;
+  if (resp.is_error() || resp.value().status != balloon::kBlimpOk) {
+    // The array stays attached and hooked: without a registration the host never reads it, so
+    // the only loss is that unused memory is not reclaimed until the next reset.
+    kprintf(
+        "page-states: PSTATE_REGISTER after the device reset failed: %s; the host will not "
+        "discard through page states\n",
+        resp.is_error() ? error_name(resp.error())
+                        : balloon::blimp_status_name(resp.value().status));
+    return ResetListeners::Result::Done;
+  }
+  kprintf("page-states: re-registered %lu pages after the device reset\n", g_reg.npages);
+  return ResetListeners::Result::Done;
+}
 
 // One past the highest page the allocator manages. The allocator does not export its ranges, so
 // probe it: every 2 MiB (first and last page of each 2 MiB frame) up to 4 GiB past the managed
@@ -85,6 +112,9 @@ void init() {
     return;
   }
   detail::set_active(&a);
+  g_reg = reg;
+  if (b->add_reset_listener(reregister, nullptr).is_error())
+    kprintf("page-states: no room for a balloon reset listener: not re-registered after a reset\n");
   kprintf("page-states: registered %lu pages (array of %lu KiB at %#lx)\n", npages,
           (array_pages * kPageSize) >> 10, r.value());
 }

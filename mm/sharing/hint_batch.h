@@ -51,6 +51,8 @@ class SealBatcher {
 
   uint32_t pending() const { return count_; }
   const BatchStats& stats() const { return stats_; }
+  // The device was reset and forgot every hint: an ENOSPC it answered before no longer holds.
+  void device_reset() { stats_.limit_reached = false; }
 
  private:
   BlimpSealEntry* buf_;

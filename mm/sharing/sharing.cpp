@@ -123,6 +123,30 @@ void unseal_piece(uint64_t pfn, uint64_t npages, void*) {
   if (hints_on()) g.unseals.add(pfn, npages);
 }
 
+// Balloon reset listener: a reset device forgot every hint (and unmarked the pages), so hint the
+// kernel image and every sealed range again, as init() and seal() did (spec section 10). Runs
+// from the balloon's work, which may have interrupted the app inside seal()/unseal(): then it
+// waits for them (Retry).
+balloon::ResetListeners::Result resend_hints(void*) {
+  using balloon::ResetListeners;
+  if (g.busy) return ResetListeners::Result::Retry;
+  if (!hints_on()) return ResetListeners::Result::Done;
+  g.busy = true;
+  const BatchStats before = g.seals.stats();
+  g.seals.device_reset();
+  if (g.mode == Mode::Vm) g.twins.clear();  // else every page would count as its own twin
+  hint_range(g.kernel_first_pfn, g.kernel_pages);
+  for (size_t i = 0; i < g.registry.range_count(); i++)
+    hint_range(g.registry.range(i).pfn, g.registry.range(i).pages);
+  const BatchStats& s = g.seals.stats();
+  kprintf("sharing: re-sent hints after the device reset: %" PRIu64 " pages in %" PRIu64
+          " entries (%" PRIu64 " sealed ranges, status %u)\n",
+          s.pages - before.pages, s.entries - before.entries,
+          static_cast<uint64_t>(g.registry.range_count()), s.last_status);
+  g.busy = false;
+  return ResetListeners::Result::Done;
+}
+
 bool allocated(PhysAddr a) {
   Owner o = pages().owner_of(a);
   return o == Owner::Kernel || o == Owner::App || o == Owner::Volatile;
@@ -154,6 +178,8 @@ void init() {
     return;
   }
   hint_range(g.kernel_first_pfn, g.kernel_pages);
+  if (b->add_reset_listener(resend_hints, nullptr).is_error())
+    kprintf("sharing: no room for a balloon reset listener: hints are not re-sent after a reset\n");
   const BatchStats& s = g.seals.stats();
   kprintf("sharing: mode=%s, kernel image %#" PRIx64 "-%#" PRIx64 ": %" PRIu64
           " read-only pages hashed, %" PRIu64 " hinted in %" PRIu64 " entries (status %u)\n",

@@ -30,6 +30,8 @@ class TwinTable {
   // `capacity` must be a power of two (rounded down otherwise). Clears the slots.
   void init(Slot* slots, size_t capacity);
   bool ready() const { return slots_ != nullptr; }
+  // Forgets every hash (e.g. before hinting everything again after a device reset).
+  void clear() { init(slots_, capacity_); }
   Seen add(uint64_t hash, uint64_t pfn, uint64_t& first_pfn);
   uint32_t count(uint64_t hash) const;
   size_t size() const { return size_; }
