@@ -30,11 +30,14 @@ class VMError(Exception):
 class BlimpVM:
     def __init__(self, build_dir, app="hello", args=(), machine="microvm", memory="256M",
                  extra=(), iso=False, qmp=False, limit=600, qemu=None, kernel=None,
-                 name=None):
+                 name=None, qtest=False):
         self.build_dir = build_dir
         self.machine = machine
         self.tmp = tempfile.mkdtemp(prefix="blimp-vm-")
         self.qmp_path = os.path.join(self.tmp, "qmp.sock") if qmp else None
+        # qtest=True: a qtest socket beside TCG (tests/lib/qtest.py reads and writes guest
+        # memory and device registers through it).
+        self.qtest_path = os.path.join(self.tmp, "qtest.sock") if qtest else None
         self.name = name or app
         cmd = ["timeout", "--kill-after=5", str(limit), qemu or QEMU, "-accel", "tcg",
                "-m", memory, "-display", "none", "-serial", "stdio", "-no-reboot",
@@ -54,6 +57,9 @@ class BlimpVM:
                     "-append", " ".join([f"app={app}", *args])]
         if self.qmp_path:
             cmd += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        if self.qtest_path:
+            cmd += ["-qtest", f"unix:{self.qtest_path},server=on,wait=off",
+                    "-qtest-log", "/dev/null"]
         cmd += list(extra)
         self.cmd = cmd
         self.output = ""

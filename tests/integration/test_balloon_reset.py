@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""The host resets the virtio-balloon device under a running guest (-accel tcg, microvm,
+virtio-mmio). QEMU has no QMP command that resets one device, so the test writes 0 to the
+device's Status register (virtio-mmio offset 0x070: a device reset, virtio 1.2 4.2.2.1) through
+QEMU's qtest socket, which works beside TCG.
+
+  - stock QEMU, mid-inflate: `integrity` runs, QMP `balloon` asks for a much lower target, and
+    the device is reset once the host has acknowledged the first inflate buffer. The guest must
+    say so, recover, reach the target, follow new targets (query-balloon `actual` exact), give
+    the memory back on deflate, keep answering guest-stats, and integrity must see 0 mismatches.
+    Then a second reset while the balloon is idle: no interrupt, no wait in progress, and a reset
+    device sends no config interrupt either, so only the balloon's health check can notice; the
+    next target must still be reached.
+  - patched QEMU (page-states=on, share-hints=on), reset while idle: the device forgets the
+    page-state array and every sharing hint; the guest must register the same array again and
+    re-send its hints, and the host must use the array again (an x-blimp-balloon-discard
+    reclaims the memory memhog freed).
+"""
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
+from blimp_vm import BlimpVM, Skip, TestRunner, check  # noqa: E402
+from qmp import Qmp  # noqa: E402
+from qtest import QTest  # noqa: E402
+
+t = TestRunner()
+MiB = 1 << 20
+MMIO_FIRST, MMIO_SLOTS, MMIO_STRIDE = 0xfeb00000, 32, 0x200  # microvm's virtio-mmio slots
+MAGIC, REG_DEVICE_ID, REG_STATUS, CONFIG = 0x74726976, 0x008, 0x070, 0x100
+BALLOON_ID = 5
+CFG_NUM_PAGES, CFG_ACTUAL = CONFIG + 0, CONFIG + 4
+DETECTED = r"virtio: balloon at mmio 0x[0-9a-f]+: device reset itself \(status reads 0\)"
+RECOVERING = r"balloon: device reset by the host; reinitialising it \(holding (\d+) MiB, (\d+) MiB"
+RETOLD = r"balloon: re-inflated the (\d+) MiB held across the reset in (\d+) ms"
+
+
+def find_balloon(vm, qt):
+    """The balloon's virtio-mmio window: the one the guest printed, cross-checked by a scan."""
+    m = vm.wait_for(r"virtio: balloon at mmio (0x[0-9a-f]+)", 60)
+    printed = int(m.group(1), 16)
+    found = [MMIO_FIRST + n * MMIO_STRIDE for n in range(MMIO_SLOTS)
+             if qt.readl(MMIO_FIRST + n * MMIO_STRIDE) == MAGIC
+             and qt.readl(MMIO_FIRST + n * MMIO_STRIDE + REG_DEVICE_ID) == BALLOON_ID]
+    check(found == [printed], f"balloon printed at {printed:#x}, scan found {found}")
+    return printed
+
+
+def wait_actual(q, vm, predicate, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        actual = q.execute("query-balloon")["actual"]
+        if predicate(actual):
+            return actual
+        if time.monotonic() > deadline:
+            raise AssertionError(f"balloon did not get there: actual={actual >> 20} MiB\n"
+                                 f"--- output ---\n{vm.output}")
+        time.sleep(0.05)
+
+
+def guest_stats(q):
+    return q.execute("qom-get", path="/machine/peripheral/balloon0", property="guest-stats")
+
+
+def wait_stats(q, predicate, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = guest_stats(q)
+        if st["last-update"] and predicate(st):
+            return st
+        check(time.monotonic() < deadline, f"guest stats never showed {what}: {st}")
+        time.sleep(0.2)
+
+
+def reset_device(qt, base):
+    """Status = 0; returns (status, num_pages, actual) read back right after it."""
+    qt.writel(base + REG_STATUS, 0)
+    return qt.readl(base + REG_STATUS), qt.readl(base + CFG_NUM_PAGES), qt.readl(base + CFG_ACTUAL)
+
+
+@t.test
+def test_reset_mid_inflate_stock_qemu(build):
+    ram = 2048 * MiB
+    extra = ["-device", "virtio-balloon-device,id=balloon0,deflate-on-oom=on"]
+    with BlimpVM(build, app="integrity", args=["size=256M", "pause=200ms"], machine="microvm",
+                 memory="2G", qmp=True, qtest=True, extra=extra, limit=600) as vm:
+        vm.wait_for(r"integrity: round 1 ", 240)
+        qt = QTest.connect(vm.qtest_path)
+        base = find_balloon(vm, qt)
+        q = Qmp.connect(vm.qmp_path)
+        q.execute("qom-set", path="/machine/peripheral/balloon0",
+                  property="guest-stats-polling-interval", value=1)
+        check(q.execute("query-balloon")["actual"] == ram, "balloon not empty at start")
+
+        # Inflate by 1648 MiB (~0.5 s at TCG speed); reset after the first acknowledged buffer.
+        target = 400 * MiB
+        want_pages = (ram - target) >> 12
+        mark = len(vm.output)
+        q.execute("balloon", value=target)
+        deadline = time.monotonic() + 60
+        while (acked := qt.readl(base + CFG_ACTUAL)) == 0:
+            check(time.monotonic() < deadline, "the guest never started inflating")
+        t_reset = time.monotonic()
+        status, num_pages, kept = reset_device(qt, base)
+        check(status == 0, f"status reads {status:#x} after writing 0")
+        check(acked < want_pages,
+              f"too late: {acked} of {want_pages} pages were inflated before the reset")
+        print(f"  reset after {acked * 4096 >> 20} of {want_pages * 4096 >> 20} MiB acknowledged;"
+              f" after it the device's config shows num_pages={num_pages * 4096 >> 20} MiB,"
+              f" actual={kept * 4096 >> 20} MiB", flush=True)
+
+        vm.wait_for(DETECTED, 30, start=mark)
+        detect_s = time.monotonic() - t_reset
+        m = vm.wait_for(RECOVERING, 30, start=mark)
+        holding = int(m.group(1))
+        check(holding < (want_pages * 4096 >> 20), f"not mid-inflate: holding {holding} MiB")
+        m = vm.wait_for(RETOLD, 60, start=mark)
+        check(int(m.group(1)) == holding, m.group(0))
+        wait_actual(q, vm, lambda a: a == target, 120)
+        print(f"  guest noticed the reset within {detect_s:.2f} s (wall clock, upper bound); "
+              f"held {holding} MiB, re-told in {m.group(2)} ms", flush=True)
+        check("did not return a buffer" not in vm.output[mark:],
+              f"a wait ran into its 5 s timeout instead of seeing the reset\n{vm.output[mark:]}")
+
+        # Stats answered again after the reset, reflecting the balloon (MEMTOT excludes it).
+        t_after = time.time()
+        wait_stats(q, lambda s: s["last-update"] > t_after + 1
+                   and 0 < s["stats"].get("stat-total-memory", 0) <= target + 16 * MiB,
+                   "an answer after the reset")
+
+        # New targets: up a little, more, then deflate all the way back.
+        for value in (600 * MiB, 1200 * MiB, ram):
+            q.execute("balloon", value=value)
+            wait_actual(q, vm, lambda a: a == value, 120)
+        st = wait_stats(q, lambda s: s["stats"].get("stat-total-memory", 0) >= ram - 96 * MiB,
+                        "the deflated memory back in the guest's total")
+        print(f"  deflated back: guest total {st['stats']['stat-total-memory'] >> 20} MiB, free "
+              f"{st['stats'].get('stat-free-memory', 0) >> 20} MiB", flush=True)
+
+        # Second reset, balloon idle: only the health check can see it.
+        mark = len(vm.output)
+        t_reset = time.monotonic()
+        status, _, _ = reset_device(qt, base)
+        check(status == 0, f"status reads {status:#x}")
+        vm.wait_for(DETECTED, 30, start=mark)
+        detect_s = time.monotonic() - t_reset
+        vm.wait_for(r"virtio: balloon at mmio 0x[0-9a-f]+: reinitialised after reset", 30,
+                    start=mark)
+        q.execute("balloon", value=500 * MiB)
+        wait_actual(q, vm, lambda a: a == 500 * MiB, 120)
+        print(f"  idle reset noticed within {detect_s:.2f} s; 500 MiB target reached after it",
+              flush=True)
+
+        mark = len(vm.output)
+        vm.wait_for(r"integrity: round \d+ verified", 120, start=mark)
+        check("MISMATCH" not in vm.output, vm.output)
+        check(re.search(r"0 mismatches \(total 0\)", vm.output[mark:]), vm.output[mark:])
+        check("recovery failed" not in vm.output, vm.output)
+        qt.close()
+        q.close()
+
+
+def patched_qemu(build):
+    qemu = os.path.join(build, "qemu", "qemu-system-x86_64")
+    if not os.access(qemu, os.X_OK):
+        raise Skip(f"patched QEMU not built ({qemu}; host/qemu/build.sh build)")
+    return qemu
+
+
+@t.test
+def test_reset_reregisters_page_states_and_hints(build):
+    extra = ["-global", "virtio-mmio.force-legacy=false",
+             "-device", "virtio-balloon-device,id=balloon0,page-states=on,share-hints=on"]
+    with BlimpVM(build, app="memhog", args=["steps=alloc:400M,free:all,wait:300s", "chunk=1020K"],
+                 machine="microvm", memory="1G", qmp=True, qtest=True, extra=extra, limit=600,
+                 qemu=patched_qemu(build), name="memhog-pstates") as vm:
+        m = vm.wait_for(r"blimp: starting app", 180)
+        if not re.search(r"page-states: registered \d+ pages", vm.output[:m.end()]):
+            raise Skip("page states not registered at boot")
+        vm.wait_for(r"memhog: step 2 freed", 240)
+        qt = QTest.connect(vm.qtest_path)
+        base = find_balloon(vm, qt)
+        q = Qmp.connect(vm.qmp_path)
+        before = q.execute("x-blimp-balloon-info")
+        check(before["pstate-registered"] and before["hints"] > 0, f"{before}")
+
+        mark = len(vm.output)
+        status, _, _ = reset_device(qt, base)
+        check(status == 0, f"status reads {status:#x}")
+        right_after = q.execute("x-blimp-balloon-info")
+        noticed = re.search(DETECTED, vm.output[mark:])
+        if not noticed:
+            # The guest had not noticed yet when QEMU answered: the device's view is the reset one.
+            check(not right_after["pstate-registered"] and right_after["hints"] == 0,
+                  f"the reset did not clear the device's extension state: {right_after}")
+        print(f"  right after the reset: pstate-registered={right_after['pstate-registered']} "
+              f"hints={right_after['hints']} (guest noticed already: {bool(noticed)})", flush=True)
+
+        m = vm.wait_for(r"page-states: re-registered (\d+) pages after the device reset", 30,
+                        start=mark)
+        check(int(m.group(1)) == before["pstate-pages"], m.group(0))
+        vm.wait_for(r"sharing: re-sent hints after the device reset: \d+ pages", 30, start=mark)
+        after = q.execute("x-blimp-balloon-info")
+        check(after["pstate-registered"] and after["pstate-gpa"] == before["pstate-gpa"]
+              and after["pstate-pages"] == before["pstate-pages"], f"{before}\n{after}")
+        check(after["hints"] == before["hints"] and after["hint-pages"] == before["hint-pages"],
+              f"hints not re-sent as before: {before}\n{after}")
+        check(after["req-ok"] >= before["req-ok"] + 2, f"{before}\n{after}")
+
+        # The host uses the re-registered array: memhog's freed 400 MiB are unused pages.
+        rss_before = vm.rss_kib() * 1024
+        res = q.execute("x-blimp-balloon-discard", timeout=120)
+        fell = rss_before - vm.rss_kib() * 1024
+        check(res["discarded-unused"] * 4096 >= 300 * MiB, f"sweep after the reset: {res}")
+        check(fell >= 250 * MiB, f"RSS fell by {fell >> 20} MiB only")
+        print(f"  after re-registration a sweep discarded {res['discarded-unused'] * 4096 >> 20}"
+              f" MiB unused, RSS fell {fell >> 20} MiB", flush=True)
+
+        # And the balloon itself still works.
+        q.execute("balloon", value=600 * MiB)
+        wait_actual(q, vm, lambda a: a == 600 * MiB, 120)
+        check("recovery failed" not in vm.output and "failed" not in vm.output[mark:],
+              vm.output[mark:])
+        qt.close()
+        q.close()
+
+
+if __name__ == "__main__":
+    t.main()
