@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""The host resets the virtio-balloon device under a running guest (-accel tcg, microvm,
-virtio-mmio). QEMU has no QMP command that resets one device, so the test writes 0 to the
-device's Status register (virtio-mmio offset 0x070: a device reset, virtio 1.2 4.2.2.1) through
-QEMU's qtest socket, which works beside TCG.
+"""The host resets the virtio-balloon device under a running guest (-accel tcg). QEMU has no QMP
+command that resets one device, so the test writes 0 to the device's status register through
+QEMU's qtest socket, which works beside TCG: virtio-mmio Status (offset 0x070, virtio 1.2
+4.2.2.1) on microvm, device_status in the common configuration structure (4.1.4.3) on q35, found
+through the PCI capabilities with config cycles on ports 0xCF8/0xCFC.
 
-  - stock QEMU, mid-inflate: `integrity` runs, QMP `balloon` asks for a much lower target, and
-    the device is reset once the host has acknowledged the first inflate buffer. The guest must
+  - stock QEMU, mid-inflate (microvm: virtio-mmio legacy; q35: virtio-pci modern): `integrity`
+    runs, QMP `balloon` asks for a much lower target, and the device is reset once the host has
+    acknowledged the first inflate buffer. The guest must
     say so, recover, reach the target, follow new targets (query-balloon `actual` exact), give
     the memory back on deflate, keep answering guest-stats, and integrity must see 0 mismatches.
     Then a second reset while the balloon is idle: no interrupt, no wait in progress, and a reset
@@ -31,21 +33,77 @@ MiB = 1 << 20
 MMIO_FIRST, MMIO_SLOTS, MMIO_STRIDE = 0xfeb00000, 32, 0x200  # microvm's virtio-mmio slots
 MAGIC, REG_DEVICE_ID, REG_STATUS, CONFIG = 0x74726976, 0x008, 0x070, 0x100
 BALLOON_ID = 5
-CFG_NUM_PAGES, CFG_ACTUAL = CONFIG + 0, CONFIG + 4
-DETECTED = r"virtio: balloon at mmio 0x[0-9a-f]+: device reset itself \(status reads 0\)"
+DETECTED = r"virtio: balloon at \S+ [0-9a-f:.x]+: device reset itself \(status reads 0\)"
 RECOVERING = r"balloon: device reset by the host; reinitialising it \(holding (\d+) MiB, (\d+) MiB"
 RETOLD = r"balloon: re-inflated the (\d+) MiB held across the reset in (\d+) ms"
 
 
-def find_balloon(vm, qt):
+class MmioBalloon:
     """The balloon's virtio-mmio window: the one the guest printed, cross-checked by a scan."""
-    m = vm.wait_for(r"virtio: balloon at mmio (0x[0-9a-f]+)", 60)
-    printed = int(m.group(1), 16)
-    found = [MMIO_FIRST + n * MMIO_STRIDE for n in range(MMIO_SLOTS)
-             if qt.readl(MMIO_FIRST + n * MMIO_STRIDE) == MAGIC
-             and qt.readl(MMIO_FIRST + n * MMIO_STRIDE + REG_DEVICE_ID) == BALLOON_ID]
-    check(found == [printed], f"balloon printed at {printed:#x}, scan found {found}")
-    return printed
+
+    def __init__(self, vm, qt):
+        m = vm.wait_for(r"virtio: balloon at mmio (0x[0-9a-f]+)", 60)
+        base = int(m.group(1), 16)
+        found = [MMIO_FIRST + n * MMIO_STRIDE for n in range(MMIO_SLOTS)
+                 if qt.readl(MMIO_FIRST + n * MMIO_STRIDE) == MAGIC
+                 and qt.readl(MMIO_FIRST + n * MMIO_STRIDE + REG_DEVICE_ID) == BALLOON_ID]
+        check(found == [base], f"balloon printed at {base:#x}, scan found {found}")
+        self.qt, self.base = qt, base
+
+    def config(self, offset):
+        return self.qt.readl(self.base + CONFIG + offset)
+
+    def reset(self):
+        self.qt.writel(self.base + REG_STATUS, 0)
+        return self.qt.readl(self.base + REG_STATUS)
+
+
+class PciBalloon:
+    """Modern virtio-pci: the common and device configuration structures, from the vendor
+    capabilities (4.1.4) of the function the guest printed, in the BARs the guest assigned."""
+    COMMON, DEVICE, DEVICE_STATUS = 1, 4, 0x14
+
+    def __init__(self, vm, qt):
+        m = vm.wait_for(r"virtio: balloon at pci ([0-9a-f]{2}):([0-9a-f]{2})\.(\d) \(modern\)", 60)
+        self.qt = qt
+        bus, slot, fn = int(m.group(1), 16), int(m.group(2), 16), int(m.group(3))
+        self.bdf = (bus << 16) | (slot << 11) | (fn << 8)
+        # 0x1045 modern, 0x1002 transitional (what q35's root bus gets by default)
+        check(self.cfg(0) in (0x10451af4, 0x10021af4), f"not a virtio-balloon: {self.cfg(0):#x}")
+        where = {}
+        ptr = self.cfg(0x34) & 0xfc
+        while ptr:
+            head = self.cfg(ptr)
+            kind = (head >> 24) & 0xff
+            if head & 0xff == 0x09 and kind in (self.COMMON, self.DEVICE) and kind not in where:
+                # vendor-specific: a virtio structure (the first of each type counts)
+                where[kind] = self.bar(self.cfg(ptr + 4) & 0xff) + self.cfg(ptr + 8)
+            ptr = (head >> 8) & 0xfc
+        check(self.COMMON in where and self.DEVICE in where, f"virtio capabilities: {where}")
+        self.common, self.device = where[self.COMMON], where[self.DEVICE]
+
+    def cfg(self, offset):
+        self.qt.command(f"outl 0xcf8 {0x80000000 | self.bdf | offset:#x}")
+        return int(self.qt.command("inl 0xcfc")[0], 16)
+
+    def bar(self, i):
+        lo = self.cfg(0x10 + 4 * i)
+        check(not lo & 1, f"BAR {i} is an I/O BAR")
+        addr = lo & ~0xf
+        if (lo >> 1) & 3 == 2:
+            addr |= self.cfg(0x14 + 4 * i) << 32
+        return addr
+
+    def config(self, offset):
+        return self.qt.readl(self.device + offset)
+
+    def reset(self):
+        self.qt.command(f"writeb {self.common + self.DEVICE_STATUS:#x} 0x0")
+        return int(self.qt.command(f"readb {self.common + self.DEVICE_STATUS:#x}")[0], 16)
+
+
+MACHINES = {"microvm": ("virtio-balloon-device", MmioBalloon),
+            "q35": ("virtio-balloon-pci", PciBalloon)}
 
 
 def wait_actual(q, vm, predicate, timeout=60):
@@ -74,21 +132,15 @@ def wait_stats(q, predicate, what, timeout=60):
         time.sleep(0.2)
 
 
-def reset_device(qt, base):
-    """Status = 0; returns (status, num_pages, actual) read back right after it."""
-    qt.writel(base + REG_STATUS, 0)
-    return qt.readl(base + REG_STATUS), qt.readl(base + CFG_NUM_PAGES), qt.readl(base + CFG_ACTUAL)
-
-
-@t.test
-def test_reset_mid_inflate_stock_qemu(build):
+def reset_mid_inflate(build, machine):
     ram = 2048 * MiB
-    extra = ["-device", "virtio-balloon-device,id=balloon0,deflate-on-oom=on"]
-    with BlimpVM(build, app="integrity", args=["size=256M", "pause=200ms"], machine="microvm",
+    device, window = MACHINES[machine]
+    extra = ["-device", f"{device},id=balloon0,deflate-on-oom=on"]
+    with BlimpVM(build, app="integrity", args=["size=256M", "pause=200ms"], machine=machine,
                  memory="2G", qmp=True, qtest=True, extra=extra, limit=600) as vm:
         vm.wait_for(r"integrity: round 1 ", 240)
         qt = QTest.connect(vm.qtest_path)
-        base = find_balloon(vm, qt)
+        dev = window(vm, qt)
         q = Qmp.connect(vm.qmp_path)
         q.execute("qom-set", path="/machine/peripheral/balloon0",
                   property="guest-stats-polling-interval", value=1)
@@ -97,13 +149,14 @@ def test_reset_mid_inflate_stock_qemu(build):
         # Inflate by 1648 MiB (~0.5 s at TCG speed); reset after the first acknowledged buffer.
         target = 400 * MiB
         want_pages = (ram - target) >> 12
-        mark = len(vm.output)
+        mark = first_reset = len(vm.output)
         q.execute("balloon", value=target)
         deadline = time.monotonic() + 60
-        while (acked := qt.readl(base + CFG_ACTUAL)) == 0:
+        while (acked := dev.config(4)) == 0:
             check(time.monotonic() < deadline, "the guest never started inflating")
         t_reset = time.monotonic()
-        status, num_pages, kept = reset_device(qt, base)
+        status = dev.reset()
+        num_pages, kept = dev.config(0), dev.config(4)
         check(status == 0, f"status reads {status:#x} after writing 0")
         check(acked < want_pages,
               f"too late: {acked} of {want_pages} pages were inflated before the reset")
@@ -142,11 +195,11 @@ def test_reset_mid_inflate_stock_qemu(build):
         # Second reset, balloon idle: only the health check can see it.
         mark = len(vm.output)
         t_reset = time.monotonic()
-        status, _, _ = reset_device(qt, base)
+        status = dev.reset()
         check(status == 0, f"status reads {status:#x}")
         vm.wait_for(DETECTED, 30, start=mark)
         detect_s = time.monotonic() - t_reset
-        vm.wait_for(r"virtio: balloon at mmio 0x[0-9a-f]+: reinitialised after reset", 30,
+        vm.wait_for(r"virtio: balloon at \S+ [0-9a-f:.x]+: reinitialised after reset", 30,
                     start=mark)
         q.execute("balloon", value=500 * MiB)
         wait_actual(q, vm, lambda a: a == 500 * MiB, 120)
@@ -157,9 +210,22 @@ def test_reset_mid_inflate_stock_qemu(build):
         vm.wait_for(r"integrity: round \d+ verified", 120, start=mark)
         check("MISMATCH" not in vm.output, vm.output)
         check(re.search(r"0 mismatches \(total 0\)", vm.output[mark:]), vm.output[mark:])
+        rounds = len(re.findall(r"integrity: round \d+ verified", vm.output[first_reset:]))
+        check(rounds >= 3, f"only {rounds} integrity rounds ran after the first reset")
         check("recovery failed" not in vm.output, vm.output)
+        print(f"  {rounds} integrity rounds since the first reset, 0 mismatches", flush=True)
         qt.close()
         q.close()
+
+
+@t.test
+def test_reset_mid_inflate_stock_microvm(build):
+    reset_mid_inflate(build, "microvm")
+
+
+@t.test
+def test_reset_mid_inflate_stock_q35(build):
+    reset_mid_inflate(build, "q35")
 
 
 def patched_qemu(build):
@@ -181,13 +247,13 @@ def test_reset_reregisters_page_states_and_hints(build):
             raise Skip("page states not registered at boot")
         vm.wait_for(r"memhog: step 2 freed", 240)
         qt = QTest.connect(vm.qtest_path)
-        base = find_balloon(vm, qt)
+        dev = MmioBalloon(vm, qt)
         q = Qmp.connect(vm.qmp_path)
         before = q.execute("x-blimp-balloon-info")
         check(before["pstate-registered"] and before["hints"] > 0, f"{before}")
 
         mark = len(vm.output)
-        status, _, _ = reset_device(qt, base)
+        status = dev.reset()
         check(status == 0, f"status reads {status:#x}")
         right_after = q.execute("x-blimp-balloon-info")
         noticed = re.search(DETECTED, vm.output[mark:])
