@@ -5,14 +5,14 @@ QEMU's qtest socket, which works beside TCG: virtio-mmio Status (offset 0x070, v
 4.2.2.1) on microvm, device_status in the common configuration structure (4.1.4.3) on q35, found
 through the PCI capabilities with config cycles on ports 0xCF8/0xCFC.
 
-  - stock QEMU, mid-inflate (microvm: virtio-mmio legacy; q35: virtio-pci modern): `integrity`
-    runs, QMP `balloon` asks for a much lower target, and the device is reset once the host has
-    acknowledged the first inflate buffer. The guest must
-    say so, recover, reach the target, follow new targets (query-balloon `actual` exact), give
-    the memory back on deflate, keep answering guest-stats, and integrity must see 0 mismatches.
-    Then a second reset while the balloon is idle: no interrupt, no wait in progress, and a reset
-    device sends no config interrupt either, so only the balloon's health check can notice; the
-    next target must still be reached.
+  - stock QEMU, mid-inflate (microvm: virtio-mmio legacy; q35: virtio-pci modern, and legacy
+    with the device status in I/O BAR 0): `integrity` runs, QMP `balloon` asks for a much lower
+    target, and the device is reset once the host has acknowledged the first inflate buffer. The
+    guest must say so, recover, reach the target, follow new targets (query-balloon `actual`
+    exact), give the memory back on deflate, keep answering guest-stats, and integrity must see
+    0 mismatches. Then a second reset while the balloon is idle: no interrupt, no wait in
+    progress, and a reset device sends no config interrupt either, so only the balloon's health
+    check can notice; the next target must still be reached.
   - patched QEMU (page-states=on, share-hints=on), reset while idle: the device forgets the
     page-state array and every sharing hint; the guest must register the same array again and
     re-send its hints, and the host must use the array again (an x-blimp-balloon-discard
@@ -102,8 +102,31 @@ class PciBalloon:
         return int(self.qt.command(f"readb {self.common + self.DEVICE_STATUS:#x}")[0], 16)
 
 
-MACHINES = {"microvm": ("virtio-balloon-device", MmioBalloon),
-            "q35": ("virtio-balloon-pci", PciBalloon)}
+class LegacyPciBalloon(PciBalloon):
+    """Legacy virtio-pci (4.1.4.8): registers in I/O BAR 0, device status at 18, the device's
+    configuration at 20 (the balloon has no MSI-X)."""
+    STATUS, CONFIG = 18, 20
+
+    def __init__(self, vm, qt):
+        m = vm.wait_for(r"virtio: balloon at pci ([0-9a-f]{2}):([0-9a-f]{2})\.(\d) \(legacy\)", 60)
+        bus, slot, fn = int(m.group(1), 16), int(m.group(2), 16), int(m.group(3))
+        self.qt, self.bdf = qt, (bus << 16) | (slot << 11) | (fn << 8)
+        check(self.cfg(0) == 0x10021af4, f"not a virtio-balloon: {self.cfg(0):#x}")
+        bar0 = self.cfg(0x10)
+        check(bar0 & 1, f"BAR 0 is not an I/O BAR: {bar0:#x}")
+        self.port = bar0 & ~3
+
+    def config(self, offset):
+        return int(self.qt.command(f"inl {self.port + self.CONFIG + offset:#x}")[0], 16)
+
+    def reset(self):
+        self.qt.command(f"outb {self.port + self.STATUS:#x} 0x0")
+        return int(self.qt.command(f"inb {self.port + self.STATUS:#x}")[0], 16)
+
+
+MACHINES = {"microvm": ("microvm", "virtio-balloon-device", MmioBalloon),
+            "q35": ("q35", "virtio-balloon-pci", PciBalloon),
+            "q35-legacy": ("q35", "virtio-balloon-pci,disable-modern=on", LegacyPciBalloon)}
 
 
 def wait_actual(q, vm, predicate, timeout=60):
@@ -132,9 +155,9 @@ def wait_stats(q, predicate, what, timeout=60):
         time.sleep(0.2)
 
 
-def reset_mid_inflate(build, machine):
+def reset_mid_inflate(build, kind):
     ram = 2048 * MiB
-    device, window = MACHINES[machine]
+    machine, device, window = MACHINES[kind]
     extra = ["-device", f"{device},id=balloon0,deflate-on-oom=on"]
     with BlimpVM(build, app="integrity", args=["size=256M", "pause=200ms"], machine=machine,
                  memory="2G", qmp=True, qtest=True, extra=extra, limit=600) as vm:
@@ -226,6 +249,11 @@ def test_reset_mid_inflate_stock_microvm(build):
 @t.test
 def test_reset_mid_inflate_stock_q35(build):
     reset_mid_inflate(build, "q35")
+
+
+@t.test
+def test_reset_mid_inflate_stock_q35_legacy(build):
+    reset_mid_inflate(build, "q35-legacy")
 
 
 def patched_qemu(build):
