@@ -468,21 +468,31 @@ void PageAllocator::zero_allocated(uint32_t idx, uint64_t pages, bool zero_reque
 
 template <typename Attempt>
 ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, Attempt attempt) {
-  uint32_t idx = attempt();
-  if (idx != kNoPage) return addr_of(idx);
+  // attempt(honour_demand): one try under the lock, leaving the balloon's demand free or not.
   // Interrupts masked means an interrupt handler or a SpinLock holder: a shrinker could deadlock
-  // on a lock held below us, and the balloon could not wait for the host. Fail fast instead.
+  // on a lock held below us, and the balloon could not wait for the host. Fail fast instead, and
+  // do not make such a caller wait for a balloon demand it cannot help with.
   if (!irqs_enabled()) flags = flags | kAllocNoReclaim;
-  if (!(flags & kAllocNoReclaim)) {
+  const bool can_reclaim = !(flags & kAllocNoReclaim);
+  uint32_t idx = attempt(can_reclaim);
+  if (idx != kNoPage) return addr_of(idx);
+  if (can_reclaim) {
+    // Free memory would do, only the balloon's demand is in the way: this stall is the balloon's.
+    bool for_balloon;
+    uint64_t deficit = 0;
     {
       SpinLockGuard g(lock_);
-      ++counters_.alloc_stalls;
+      for_balloon = balloon_demand_ != 0 && free_locked() >= pages;
+      if (for_balloon) deficit = balloon_demand_ + pages - free_locked();
+      else ++counters_.alloc_stalls;
     }
     reclaimers_.fetch_add(1);
     // Shrinkers first, in registration order, each asked for at least a batch so that a cache
-    // is not trimmed one page per allocation; several passes because freed pages may not
-    // coalesce into a block of the order asked for.
-    const size_t want = pages < 32 ? 32 : pages;
+    // is not trimmed one page per allocation (for a balloon demand, up to 2 MiB of it at a time);
+    // several passes because freed pages may not coalesce into a block of the order asked for.
+    size_t want = pages < 32 ? 32 : pages;
+    if (for_balloon && deficit > want) want = deficit < 512 ? deficit : 512;
+    size_t freed_total = 0;
     for (int pass = 0; pass < 4 && idx == kNoPage; ++pass) {
       size_t freed = 0;
       Shrinker* s;
@@ -497,14 +507,36 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
           asked = can < want ? can : want;
           got = s->scan_objects(asked);
           freed += got;
-          idx = attempt();
+          idx = attempt(true);
         }
         SpinLockGuard g(lock_);
-        counters_.direct_scan_pages += asked;
-        counters_.direct_reclaim_pages += got;
+        if (for_balloon) {
+          counters_.balloon_reclaim_pages += got;
+        } else {
+          counters_.direct_scan_pages += asked;
+          counters_.direct_reclaim_pages += got;
+        }
         s = s->next_;
       }
+      freed_total += freed;
       if (freed == 0) break;
+    }
+    if (for_balloon) {
+      // Either the caches freed enough for the demand (tell the balloon to take it), or they are
+      // empty: the demand cannot be met, so drop it (the balloon re-plans and says so) and let
+      // this allocation have the free memory it was kept from.
+      DemandHook hook;
+      void* ctx;
+      bool fire;
+      {
+        SpinLockGuard g(lock_);
+        hook = demand_hook_;
+        ctx = demand_ctx_;
+        if (idx == kNoPage && freed_total == 0) balloon_demand_ = 0;
+        fire = balloon_demand_ == 0 || free_locked() >= balloon_demand_;
+      }
+      if (idx == kNoPage) idx = attempt(false);
+      if (fire && hook) hook(ctx);
     }
     // Then the OOM handler (the balloon deflates), as long as it makes progress.
     if (!(flags & kAllocNoOomHook)) {
@@ -523,11 +555,15 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
           SpinLockGuard g(lock_);
           counters_.oom_pages += got;
         }
-        idx = attempt();
+        idx = attempt(false);
         if (got == 0) break;
       }
     }
     reclaimers_.fetch_sub(1);
+    if (idx != kNoPage) return addr_of(idx);
+  } else {
+    // Cannot reclaim: the demand is the balloon's wish, not a reason to fail this caller.
+    idx = attempt(false);
     if (idx != kNoPage) return addr_of(idx);
   }
   SpinLockGuard g(lock_);
@@ -538,8 +574,9 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
 ErrorOr<PhysAddr> PageAllocator::alloc_pages(unsigned order, Owner owner, AllocFlags flags) {
   if (!initialized_ || order > kMaxOrder || !is_allocatable_owner(owner))
     return Error::InvalidArgument;
-  auto attempt = [&]() -> uint32_t {
+  auto attempt = [&](bool honour_demand) -> uint32_t {
     SpinLockGuard g(lock_);
+    if (honour_demand && !demand_allows_locked(pages_of_order(order))) return kNoPage;
     uint32_t idx = alloc_block_locked(order, owner, flags);
     if (idx != kNoPage) ++counters_.allocations;
     return idx;
@@ -552,8 +589,9 @@ ErrorOr<PhysAddr> PageAllocator::alloc_pages(unsigned order, Owner owner, AllocF
 ErrorOr<PhysAddr> PageAllocator::alloc_run(uint64_t pages, Owner owner, AllocFlags flags) {
   if (!initialized_ || pages == 0 || pages > total_pages_ || !is_allocatable_owner(owner))
     return Error::InvalidArgument;
-  auto attempt = [&]() -> uint32_t {
+  auto attempt = [&](bool honour_demand) -> uint32_t {
     SpinLockGuard g(lock_);
+    if (honour_demand && !demand_allows_locked(pages)) return kNoPage;
     uint32_t idx;
     if (pages <= kMaxOrderPages) {
       unsigned o = order_for_pages(pages);
@@ -783,6 +821,18 @@ uint64_t PageAllocator::unreported_free_pages(unsigned min_order) {
 
 // ---- hooks ----
 
+void PageAllocator::set_balloon_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx) {
+  SpinLockGuard g(lock_);
+  balloon_demand_ = free_pages_wanted;
+  demand_hook_ = hook;
+  demand_ctx_ = ctx;
+}
+
+uint64_t PageAllocator::balloon_demand() {
+  SpinLockGuard g(lock_);
+  return balloon_demand_;
+}
+
 void PageAllocator::set_oom_handler(OomHandler fn, void* ctx) {
   SpinLockGuard g(lock_);
   oom_handler_ = fn;
@@ -860,8 +910,7 @@ MemoryStats PageAllocator::stats() {
 
 uint64_t PageAllocator::free_pages_count() {
   SpinLockGuard g(lock_);
-  return owner_pages_[static_cast<unsigned>(Owner::Free)] +
-         owner_pages_[static_cast<unsigned>(Owner::Reported)];
+  return free_locked();
 }
 
 uint64_t PageAllocator::free_block_count(unsigned order) {

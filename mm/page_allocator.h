@@ -89,6 +89,11 @@ class Shrinker {
 // Returns the pages it gave back (the balloon deflates); 0 means "nothing more to give".
 using OomHandler = size_t (*)(size_t pages_needed, void* ctx);
 
+// Called (without the lock, in an allocating context) when the caches have freed what a balloon
+// demand asked for, or have nothing left to give (the demand is then dropped). See
+// set_balloon_demand.
+using DemandHook = void (*)(void* ctx);
+
 // Called on every allocate/free/take/give_back/isolate/return, with the lock held (see above).
 // Returns true if the hook knows every page of the range now reads as zero (e.g. the host
 // discarded it while it was unused); only consulted when pages leave the free state, so that
@@ -136,8 +141,21 @@ class PageAllocator {
 
   // Takes up to `max_pages` free pages, largest blocks first and cold first (see the policy
   // above), writing at most `max_runs` runs (adjacent blocks are merged into one run). Never
-  // reclaims: the balloon must not push the app's caches out. Returns the number of runs.
+  // reclaims itself (it runs in the balloon's context; see set_balloon_demand for how the
+  // balloon gets cache memory). Returns the number of runs.
   size_t take_pages(size_t max_pages, Owner owner, PageRun* out, size_t max_runs);
+  // The balloon could not reach its target from free memory: it wants `free_pages_wanted` pages
+  // free (its floor included) and asks the app's caches for the difference. The caches cannot be
+  // shrunk from the balloon's context (it runs after interrupts, between any two instructions of
+  // the app, and shrinkers are not reentrant), so the allocating context does it: while a demand
+  // is set, an allocation that would take free memory below it and may reclaim first asks the
+  // shrinkers (counted as balloon_reclaim_pages, not as the app's own stalls). `hook` then tells
+  // the balloon the pages are there, or that the caches are empty and the demand was dropped.
+  // Allocations that cannot reclaim (interrupts masked, kAllocNoReclaim) ignore the demand.
+  // 0 clears it.
+  void set_balloon_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx);
+  uint64_t balloon_demand();
+
   // Returns pages taken by take_pages, in any split (runs may cover parts of what was taken).
   // `content_zeroed`: the host discarded them (they are filed as reported: not backed, and zero
   // unless set_page_poisoning(true)). Pages not held by the balloon are skipped and counted
@@ -240,6 +258,14 @@ class PageAllocator {
   bool report_due_locked(uint64_t& unreported);
   template <typename Attempt>
   ErrorOr<PhysAddr> with_reclaim(uint64_t pages, AllocFlags flags, Attempt attempt);
+  uint64_t free_locked() const {
+    return owner_pages_[static_cast<unsigned>(Owner::Free)] +
+           owner_pages_[static_cast<unsigned>(Owner::Reported)];
+  }
+  // True if taking `pages` leaves free memory at or above the balloon's demand.
+  bool demand_allows_locked(uint64_t pages) const {
+    return balloon_demand_ == 0 || free_locked() >= balloon_demand_ + pages;
+  }
 
   SpinLock lock_;
   bool initialized_ = false;
@@ -259,6 +285,9 @@ class PageAllocator {
   void* oom_ctx_ = nullptr;
   Shrinker* shrinkers_ = nullptr;
   Atomic<uint32_t> reclaimers_{0};
+  uint64_t balloon_demand_ = 0;  // free pages the balloon waits for (0: none)
+  DemandHook demand_hook_ = nullptr;
+  void* demand_ctx_ = nullptr;
 
   ReportHook report_hook_ = nullptr;
   void* report_ctx_ = nullptr;

@@ -25,6 +25,7 @@ struct MemoryStats {
   uint64_t alloc_failures;        // allocations that failed after all reclaim
   uint64_t direct_scan_pages;     // pages asked of shrinkers (the allocating context reclaims;
   uint64_t direct_reclaim_pages;  // there is no background reclaim: async scan/reclaim = 0)
+  uint64_t balloon_reclaim_pages;  // pages the caches gave up for a balloon demand (not above)
   uint64_t allocations;           // successful alloc_pages/alloc_run calls
   uint64_t frees;
   uint64_t pages_taken;     // by take_pages (balloon inflate)

@@ -144,5 +144,95 @@ TEST(Reclaim, UnregisteredShrinkerIsNotAsked) {
   pa.unregister_shrinker(&b);
 }
 
+// A balloon demand: the app's allocations shrink the caches (in their own context) until the
+// free memory the balloon waits for is there, then the balloon is told.
+TEST(Reclaim, BalloonDemandIsMetFromTheCachesByTheAllocatingContext) {
+  Fixture f(16 * kMiB);
+  PageAllocator& pa = *f.pa;
+  std::vector<std::string> log;
+  FakeCache cache(pa, "cache", &log);
+  pa.register_shrinker(&cache);
+  auto app = exhaust(pa);
+  for (size_t i = 0; i < 1000 && !app.empty(); ++i) {  // the cache owns 1000 pages
+    pa.free_pages(app.back(), 0);
+    app.pop_back();
+  }
+  ASSERT_TRUE(cache.fill(1000));
+  ASSERT_EQ(pa.free_pages_count(), 0u);
+  for (int i = 0; i < 20; ++i) {  // 20 pages free, as if the app had just freed them
+    pa.free_pages(app.back(), 0);
+    app.pop_back();
+  }
+  int told = 0;
+  auto hook = [](void* ctx) { ++*static_cast<int*>(ctx); };
+  const uint64_t stalls = pa.stats().alloc_stalls, direct = pa.stats().direct_reclaim_pages;
+  pa.set_balloon_demand(600, hook, &told);
+  // Free pages exist, but they are the balloon's now: each allocation shrinks the cache first
+  // (up to 512 pages at a time) until 600 stay free.
+  for (int i = 0; i < 4; ++i) {
+    auto a = pa.alloc_pages(0, Owner::App);
+    ASSERT_FALSE(a.is_error());
+    app.push_back(a.value());
+  }
+  EXPECT_GE(pa.free_pages_count(), 600u);
+  EXPECT_EQ(log.front(), "cache:512");
+  EXPECT_GE(told, 1);
+  EXPECT_EQ(pa.stats().alloc_stalls, stalls) << "the balloon's stalls are not the app's";
+  EXPECT_EQ(pa.stats().direct_reclaim_pages, direct);
+  EXPECT_GE(pa.stats().balloon_reclaim_pages, 584u);
+  // The balloon takes them; the demand is its to clear.
+  PageRun r[64];
+  size_t n = pa.take_pages(580, Owner::Balloon, r, 64);
+  uint64_t taken = 0;
+  for (size_t i = 0; i < n; ++i) taken += r[i].pages;
+  EXPECT_EQ(taken, 580u);
+  pa.set_balloon_demand(0, nullptr, nullptr);
+  pa.give_back(r, n, true);
+  pa.unregister_shrinker(&cache);
+  for (PhysAddr p : cache.held) pa.free_pages(p, 0);
+  for (PhysAddr p : app) pa.free_pages(p, 0);
+  EXPECT_TRUE(pa.check_invariants());
+}
+
+TEST(Reclaim, BalloonDemandIsDroppedWhenTheCachesAreEmpty) {
+  Fixture f(8 * kMiB);
+  PageAllocator& pa = *f.pa;
+  std::vector<std::string> log;
+  FakeCache cache(pa, "cache", &log);
+  pa.register_shrinker(&cache);
+  auto app = exhaust(pa);
+  for (int i = 0; i < 50; ++i) {
+    pa.free_pages(app.back(), 0);
+    app.pop_back();
+  }
+  ASSERT_TRUE(cache.fill(10));
+  for (int i = 0; i < 30; ++i) {
+    pa.free_pages(app.back(), 0);
+    app.pop_back();
+  }
+  int told = 0;
+  pa.set_balloon_demand(1000, [](void* ctx) { ++*static_cast<int*>(ctx); }, &told);
+  // The cache's 10 pages cannot make 1000 free: the demand goes, the app gets its page.
+  std::vector<PhysAddr> got;
+  for (int i = 0; i < 3; ++i) {
+    auto a = pa.alloc_pages(0, Owner::App);
+    ASSERT_FALSE(a.is_error()) << i;
+    got.push_back(a.value());
+  }
+  EXPECT_EQ(pa.balloon_demand(), 0u);
+  EXPECT_GE(told, 1);
+  EXPECT_TRUE(cache.held.empty());
+  // Allocations that cannot reclaim never wait for a demand.
+  pa.set_balloon_demand(1000, nullptr, nullptr);
+  auto a = pa.alloc_pages(0, Owner::App, kAllocNoReclaim);
+  ASSERT_FALSE(a.is_error());
+  got.push_back(a.value());
+  pa.set_balloon_demand(0, nullptr, nullptr);
+  pa.unregister_shrinker(&cache);
+  for (PhysAddr p : got) pa.free_pages(p, 0);
+  for (PhysAddr p : app) pa.free_pages(p, 0);
+  EXPECT_TRUE(pa.check_invariants());
+}
+
 }  // namespace
 }  // namespace blimp::mm::test
