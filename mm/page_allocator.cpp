@@ -522,21 +522,20 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
       if (freed == 0) break;
     }
     if (for_balloon) {
-      // Either the caches freed enough for the demand (tell the balloon to take it), or they are
-      // empty: the demand cannot be met, so drop it (the balloon re-plans and says so) and let
-      // this allocation have the free memory it was kept from.
+      // The caches gave what they could this time: the balloon takes it now (partial progress
+      // counts: the app keeps allocating, so an exact figure may never be met). If they gave
+      // nothing, they are empty: drop the demand (the balloon re-plans and says so). Either way
+      // this allocation is not kept waiting for more.
       DemandHook hook;
       void* ctx;
-      bool fire;
       {
         SpinLockGuard g(lock_);
         hook = demand_hook_;
         ctx = demand_ctx_;
         if (idx == kNoPage && freed_total == 0) balloon_demand_ = 0;
-        fire = balloon_demand_ == 0 || free_locked() >= balloon_demand_;
       }
       if (idx == kNoPage) idx = attempt(false);
-      if (fire && hook) hook(ctx);
+      if (hook) hook(ctx);
     }
     // Then the OOM handler (the balloon deflates), as long as it makes progress.
     if (!(flags & kAllocNoOomHook)) {

@@ -89,9 +89,9 @@ class Shrinker {
 // Returns the pages it gave back (the balloon deflates); 0 means "nothing more to give".
 using OomHandler = size_t (*)(size_t pages_needed, void* ctx);
 
-// Called (without the lock, in an allocating context) when the caches have freed what a balloon
-// demand asked for, or have nothing left to give (the demand is then dropped). See
-// set_balloon_demand.
+// Called (without the lock, in an allocating context) after the caches were shrunk for a balloon
+// demand: with what they freed now free for the balloon, or with the demand dropped because they
+// had nothing left. See set_balloon_demand.
 using DemandHook = void (*)(void* ctx);
 
 // Called on every allocate/free/take/give_back/isolate/return, with the lock held (see above).
@@ -150,7 +150,7 @@ class PageAllocator {
   // the app, and shrinkers are not reentrant), so the allocating context does it: while a demand
   // is set, an allocation that would take free memory below it and may reclaim first asks the
   // shrinkers (counted as balloon_reclaim_pages, not as the app's own stalls). `hook` then tells
-  // the balloon the pages are there, or that the caches are empty and the demand was dropped.
+  // the balloon to take what they freed, or that they are empty and the demand was dropped.
   // Allocations that cannot reclaim (interrupts masked, kAllocNoReclaim) ignore the demand.
   // 0 clears it.
   void set_balloon_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx);

@@ -238,6 +238,15 @@ void Balloon::on_report_timer(void* ctx) {
   work::schedule(b->work_item_);
 }
 
+// Called from an allocating context once the caches have freed memory for the demand (or have
+// nothing left): inflate now, before the app allocates on.
+void Balloon::on_demand_met(void* ctx) {
+  auto* b = static_cast<Balloon*>(ctx);
+  b->config_changed_ = true;
+  work::schedule(b->work_item_);
+  work::run_pending();
+}
+
 // ---- Bottom half ----------------------------------------------------------------------------------
 
 void Balloon::work_fn(void* ctx) { static_cast<Balloon*>(ctx)->work(); }
@@ -358,7 +367,16 @@ void Balloon::answer_stats() {
 }
 
 void Balloon::adjust_to_target() {
+  uint64_t previous = target_;
   target_ = read_target();
+  // The allocator drops a demand when the caches had nothing more to give: do not ask again
+  // until the host sets a new target.
+  if (demand_out_ && mm::pages().balloon_demand() == 0) caches_exhausted_ = true;
+  if (target_ != previous) caches_exhausted_ = false;
+  demand_out_ = false;
+  // Planned afresh from the free memory there is now (and nothing the balloon itself allocates
+  // below may wait for its own demand).
+  mm::pages().set_balloon_demand(0, nullptr, nullptr);
   uint64_t total = mm::pages().total_pages();
   if (target_ > total) {
     kprintf("balloon: host asks for %lu MiB, more than the guest's %lu MiB of RAM; "
@@ -382,6 +400,22 @@ void Balloon::inflate(uint64_t want) {
     while (!stop && in_flight < kBuffersInFlight) {
       InflatePlan plan = plan_inflate(goal, held_.pages(), pages.free_pages_count(), floor_pages_);
       if (plan.pages == 0) {
+        // Free memory is down to the floor. The app's caches count as available memory (the
+        // host balances guests on that figure), so ask them for the rest: the app's next
+        // allocations shrink them, and on_demand_met brings us back with what they freed. Not
+        // for a cache under a megabyte (one the app refills page by page would be traded back
+        // and forth forever), and not again once a demand found the caches empty.
+        constexpr uint64_t kMinDemand = (1ull << 20) >> kBalloonPageShift;
+        uint64_t cache = plan.limited ? pages.stats().cache_bytes >> kBalloonPageShift : 0;
+        if (cache >= kMinDemand && !caches_exhausted_) {
+          uint64_t missing = goal - held_.pages();
+          demand_out_ = true;
+          pages.set_balloon_demand(floor_pages_ + (missing < cache ? missing : cache), on_demand_met,
+                                   this);
+          counters_.cache_demands++;
+          stop = true;
+          break;
+        }
         if (plan.limited) {
           counters_.floor_limited++;
           if (!floor_warned_) {

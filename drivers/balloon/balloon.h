@@ -58,6 +58,7 @@ struct BalloonCounters {
   uint64_t hinted_pages;
   uint64_t stats_answers;
   uint64_t floor_limited;  // times a target was capped by the floor
+  uint64_t cache_demands;  // times the app's caches were asked for memory to reach a target
   uint64_t device_resets;  // resets recovered from
 };
 
@@ -103,6 +104,7 @@ class Balloon {
   static void on_queue_used(virtio::Virtqueue& vq, void* ctx);
   static void on_report_hook(uint64_t unreported_pages, void* ctx);
   static void on_report_timer(void* ctx);
+  static void on_demand_met(void* ctx);
   static size_t on_oom(size_t pages_needed, void* ctx);
 
   // Bottom half.
@@ -148,6 +150,11 @@ class Balloon {
   bool report_timer_armed_ = false;
   bool recover_pending_ = false;
   bool floor_warned_ = false;
+  // A balloon demand is out (mm::PageAllocator::set_balloon_demand): the app's caches are being
+  // shrunk for the target. caches_exhausted_: the allocator dropped one because the caches gave
+  // nothing; not asked again for the same target.
+  bool demand_out_ = false;
+  bool caches_exhausted_ = false;
   bool health_check_ = false;
   bool health_armed_ = false;
   bool listener_timer_armed_ = false;
