@@ -746,6 +746,8 @@ void Fleet::write_summary(int status) {
         std::string mem;
         if (it != sums.end()) {
             v["peak_rss_bytes"] = it->second.peak_rss;
+            // Load-independent denominators for guest throughput on a shared host.
+            if (it->second.cpu_seconds) v["qemu_cpu_seconds"] = *it->second.cpu_seconds;
             if (it->second.min_actual) {
                 v["min_balloon_actual_bytes"] = *it->second.min_actual;
                 reclaimed += vm->spec.memory - std::min(vm->spec.memory, *it->second.min_actual);

@@ -1,5 +1,7 @@
 #include "ksm_control.h"
 
+#include "vm_process.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -315,24 +317,7 @@ KsmCounters KsmControl::counters() const {
         // general_profit may be negative; clamp so the CSV column stays unsigned.
         if (errno == 0 && end && *end == '\0') c.values[name] = n < 0 ? 0 : static_cast<uint64_t>(n);
     }
-    if (auto pid = find_ksmd()) {
-        auto stat = slurp(proc_ + "/" + std::to_string(*pid) + "/stat");
-        if (stat) {
-            // Fields after the ")" that ends the command name: state is field 3, utime 14, stime 15.
-            auto rp = stat->rfind(')');
-            if (rp != std::string::npos) {
-                std::istringstream ss(stat->substr(rp + 2));
-                std::string field;
-                uint64_t utime = 0, stime = 0;
-                for (int i = 3; i <= 15 && (ss >> field); ++i) {
-                    if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
-                    if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
-                }
-                long hz = sysconf(_SC_CLK_TCK);
-                c.ksmd_cpu_seconds = static_cast<double>(utime + stime) / static_cast<double>(hz > 0 ? hz : 100);
-            }
-        }
-    }
+    if (auto pid = find_ksmd()) c.ksmd_cpu_seconds = read_cpu_seconds(*pid, proc_);
     return c;
 }
 

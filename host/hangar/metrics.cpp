@@ -64,6 +64,9 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
         if (s.pid > 0 && !s.ksm_merging_pages) s.ksm_merging_pages = read_ksm_merging_pages(s.pid, proc_);
         auto& sum = summary_[s.vm];
         sum.memory = s.memory;
+        if (s.pid > 0) {
+            if (auto cpu = read_cpu_seconds(s.pid, proc_)) sum.cpu_seconds = cpu;
+        }
         if (s.rss) {
             sum.peak_rss = std::max(sum.peak_rss, *s.rss);
             sum.last_rss = *s.rss;

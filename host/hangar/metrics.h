@@ -51,6 +51,7 @@ public:
         uint64_t memory = 0;
         std::optional<uint64_t> min_actual;
         std::optional<uint64_t> last_actual;
+        std::optional<double> cpu_seconds;  // QEMU's user+system CPU, as last sampled
     };
     const std::map<std::string, VmSummary>& summary() const { return summary_; }
     const KsmCounters& first_ksm() const { return first_ksm_; }

@@ -263,6 +263,26 @@ std::optional<uint64_t> read_rss(pid_t pid, const std::string& proc_root) {
     return std::nullopt;
 }
 
+std::optional<double> read_cpu_seconds(pid_t pid, const std::string& proc_root) {
+    std::ifstream in(proc_root + "/" + std::to_string(pid) + "/stat");
+    std::string stat;
+    if (!std::getline(in, stat)) return std::nullopt;
+    // The command name may hold spaces and parentheses: fields are counted after the last ")".
+    // State is field 3, utime 14, stime 15 (proc(5)).
+    auto rp = stat.rfind(')');
+    if (rp == std::string::npos || rp + 2 > stat.size()) return std::nullopt;
+    std::istringstream ss(stat.substr(rp + 2));
+    std::string field;
+    std::optional<uint64_t> utime, stime;
+    for (int i = 3; i <= 15 && (ss >> field); ++i) {
+        if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
+        if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
+    }
+    if (!utime || !stime) return std::nullopt;
+    long hz = sysconf(_SC_CLK_TCK);
+    return static_cast<double>(*utime + *stime) / static_cast<double>(hz > 0 ? hz : 100);
+}
+
 std::optional<uint64_t> read_ksm_merging_pages(pid_t pid, const std::string& proc_root) {
     std::ifstream in(proc_root + "/" + std::to_string(pid) + "/ksm_merging_pages");
     uint64_t v;

@@ -86,6 +86,8 @@ private:
 std::optional<uint64_t> read_rss(pid_t pid, const std::string& proc_root = "/proc");
 // /proc/<pid>/ksm_merging_pages (Linux 5.19+), or nothing.
 std::optional<uint64_t> read_ksm_merging_pages(pid_t pid, const std::string& proc_root = "/proc");
+// User + system CPU seconds a process has used (/proc/PID/stat, clock-tick resolution).
+std::optional<double> read_cpu_seconds(pid_t pid, const std::string& proc_root = "/proc");
 
 std::string read_file_tail(const std::string& path, size_t max_bytes);
 

@@ -1,4 +1,7 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
+#include <fstream>
+#include <filesystem>
 
 #include <algorithm>
 #include <csignal>
@@ -121,6 +124,24 @@ TEST(VmProcess, DestructorKillsWhatIsLeft) {
         pid = p.pid();
     }
     EXPECT_NE(kill(pid, 0), 0);
+}
+
+TEST(VmProcess, CpuSecondsFromProcStat) {
+    EXPECT_TRUE(read_cpu_seconds(getpid()));
+    // A command name with spaces and parentheses must not shift the fields.
+    char dir[] = "/tmp/hangar-proc-XXXXXX";
+    ASSERT_TRUE(mkdtemp(dir));
+    std::filesystem::create_directories(std::string(dir) + "/77");
+    {
+        std::ofstream f(std::string(dir) + "/77/stat");
+        f << "77 (qemu (x) y) S 1 77 77 0 -1 4194560 100 0 0 0 " << 250 * sysconf(_SC_CLK_TCK) / 100 << " "
+          << 50 * sysconf(_SC_CLK_TCK) / 100 << " 0 0 20 0 3 0\n";
+    }
+    auto cpu = read_cpu_seconds(77, dir);
+    ASSERT_TRUE(cpu);
+    EXPECT_NEAR(*cpu, 3.0, 0.01);
+    EXPECT_FALSE(read_cpu_seconds(78, dir));
+    std::filesystem::remove_all(dir);
 }
 
 TEST(GuestStats, FromQom) {
