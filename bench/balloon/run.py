@@ -3,6 +3,7 @@
 
     python3 bench/balloon/run.py [--build-dir build] [--runs 3] [--quick] [--mem 1024]
                                  [--machines q35,microvm] [--out bench/balloon/RESULTS.md]
+                                 [--qemu-variants stock,coalesce,patched]
 
 Boots, in the same run and one VM at a time, the anchor Linux guest (image/linux/) and Blimp
 (build/blimp.elf, app memhog) under the same /usr/bin/qemu-system-x86_64 (-accel tcg, -smp 1,
@@ -25,6 +26,12 @@ same -m) and measures for each:
             60 s). Timed from the free's completion marker ("done drop" / "step 3 freed") and,
             second figure, from the moment the free started (Linux: `drop` sent; Blimp: the
             "step 2 waited" line, after which memhog frees at once).
+
+QEMU variants (--qemu-variants, default "stock"): everything above runs on the stock QEMU.
+"coalesce" (Blimp's patched QEMU, build/qemu/, with coalesce-discard=on) and "patched" (the
+same binary, coalesce-discard=off) repeat only the inflate/deflate measurement, right after the
+stock one of the same guest, and read QMP x-blimp-balloon-info before and after the inflate
+(discard calls/pages). Their results get a table of their own.
 
 Each measurement is repeated --runs times (median, min-max). A Markdown table goes to
 RESULTS.md (and stdout), raw samples to results.json beside it. Exit status: 0 when every
@@ -53,7 +60,13 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 from qmp import Qmp, QmpConnectError, QmpError  # noqa: E402
 
-QEMU = "/usr/bin/qemu-system-x86_64"
+QEMU = "/usr/bin/qemu-system-x86_64"   # stock: every measurement of the main table
+# QEMU variants: name -> (binary: "stock" or "patched", extra virtio-balloon properties)
+VARIANTS = {
+    "stock": ("stock", ""),
+    "coalesce": ("patched", "coalesce-discard=on"),
+    "patched": ("patched", "coalesce-discard=off"),
+}
 QBOOT = "/usr/share/qemu/qboot.rom"
 MiB = 1 << 20
 VM_LIMIT_S = 900          # `timeout` around every QEMU
@@ -65,6 +78,7 @@ POLL_RSS_S = 0.020
 
 LIVE = set()              # running guests, killed on exit whatever happens
 GUEST_COPY = None         # private copy of the Linux guest's files for this run
+PATCHED_QEMU = None       # private copy of the patched QEMU binary (--qemu-variants)
 
 
 def log(msg):
@@ -84,15 +98,17 @@ class KilledFromOutside(BenchError):
 # One QEMU process with a console reader (timestamped lines) and a QMP connection.
 class Guest:
     def __init__(self, kind, machine, mem_mb, build_dir, blimp_elf, balloon_props="",
-                 memhog_steps="", firmware="default", blimp_words=""):
+                 memhog_steps="", firmware="default", blimp_words="", qemu=QEMU,
+                 variant="stock"):
         self.kind = kind                    # "linux" | "blimp"
         self.machine = machine              # "q35" | "microvm"
+        self.variant = variant              # key of VARIANTS, for messages only
         self.mem_mb = mem_mb
         self.tmp = tempfile.mkdtemp(prefix=f"bench-balloon-{kind}-")
         self.qmp_path = os.path.join(self.tmp, "qmp.sock")
         self.pidfile = os.path.join(self.tmp, "qemu.pid")
         dev = "virtio-balloon-device" if machine == "microvm" else "virtio-balloon-pci"
-        argv = ["timeout", "--kill-after=5", str(VM_LIMIT_S), QEMU, "-accel", "tcg",
+        argv = ["timeout", "--kill-after=5", str(VM_LIMIT_S), qemu, "-accel", "tcg",
                 # mem-merge=off: the host's KSM (others run it here) must not merge guest pages
                 # (Linux's fill writes zeros) and hide what the balloon returns.
                 "-M", f"{machine},mem-merge=off", "-m", str(mem_mb), "-smp", "1", "-display", "none",
@@ -143,7 +159,8 @@ class Guest:
         return t - self.t_start
 
     def name(self):
-        return f"{self.kind}/{self.machine}"
+        v = "" if self.variant == "stock" else f"/{self.variant}"
+        return f"{self.kind}/{self.machine}{v}"
 
     def _read(self):
         for raw in iter(self.proc.stdout.readline, b""):
@@ -214,6 +231,19 @@ class Guest:
             pass
         raise BenchError(f"{self.name()}: cannot read QEMU's RSS")
 
+    def anon_huge_kib(self):
+        """QEMU's AnonHugePages (transparent huge pages backing guest RAM), None if unknown."""
+        try:
+            with open(self.pidfile) as f:
+                pid = int(f.read().strip())
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for ln in f:
+                    if ln.startswith("AnonHugePages:"):
+                        return int(ln.split()[1])
+        except (OSError, ValueError):
+            pass
+        return None
+
     def cpu_s(self):
         """QEMU's (user, system) CPU seconds so far (clock ticks: 10 ms resolution)."""
         try:
@@ -226,14 +256,34 @@ class Guest:
         except (OSError, ValueError, IndexError):
             return None
 
+    def cpu_ns(self):
+        """QEMU's on-CPU time so far in ns, summed over its threads (/proc/PID/task/*/schedstat):
+        precise where cpu_s()'s 10 ms ticks are not (a coalesced inflate takes ~10 ms). A thread
+        that exits in between loses its share (QEMU's threads live as long as the VM here)."""
+        try:
+            with open(self.pidfile) as f:
+                pid = int(f.read().strip())
+            total = 0
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                        total += int(f.read().split()[0])
+                except (OSError, ValueError, IndexError):
+                    pass
+            return total
+        except (OSError, ValueError):
+            return None
+
     def actual_mb(self):
         return self.qmp.execute("query-balloon", timeout=10)["actual"] / MiB
 
     def balloon(self, target_mb):
         """QMP balloon to target_mb; poll query-balloon every 5 ms until it reports the target.
-        Returns (seconds, QEMU user CPU s, QEMU system CPU s) over that time. (BALLOON_CHANGE
-        events are no use for timing: QEMU throttles them to one a second.)"""
+        Returns (seconds, QEMU user CPU s, QEMU system CPU s, QEMU CPU s from schedstat) over
+        that time. (BALLOON_CHANGE events are no use for timing: QEMU throttles them to one a
+        second.)"""
         c0 = self.cpu_s()
+        n0 = self.cpu_ns()
         t0 = time.monotonic()
         self.qmp.execute("balloon", value=int(target_mb * MiB))
         while True:
@@ -247,10 +297,12 @@ class Guest:
                                  "tail:\n" + self.tail())
             time.sleep(POLL_BALLOON_S)
         c1 = self.cpu_s()
+        n1 = self.cpu_ns()
         self.qmp.events()   # drop the BALLOON_CHANGE events
+        ns = (n1 - n0) / 1e9 if n0 is not None and n1 is not None else None
         if c0 and c1:
-            return t, c1[0] - c0[0], c1[1] - c0[1]
-        return t, None, None
+            return t, c1[0] - c0[0], c1[1] - c0[1], ns
+        return t, None, None, ns
 
     def stop(self):
         if self.proc is None:
@@ -294,11 +346,30 @@ def kill_all():
 
 # --------------------------------------------------------------------------------------------
 # The measurements.
+def qemu_for(variant):
+    """(binary, extra virtio-balloon properties) of a QEMU variant."""
+    binary, props = VARIANTS[variant]
+    return (QEMU if binary == "stock" else PATCHED_QEMU), props
+
+
+def blimp_balloon_info(g):
+    """The patched QEMU's discard counters (QMP x-blimp-balloon-info), None on stock QEMU."""
+    if g.variant == "stock":
+        return None
+    try:
+        return g.qmp.execute("x-blimp-balloon-info", timeout=10)
+    except QmpError as e:
+        raise BenchError(f"{g.name()}: x-blimp-balloon-info failed: {e}")
+
+
 def measure_inflate(cfg, a):
     """One VM, reporting off: boot, touch+free FILL MiB, inflate to TARGET, deflate back."""
-    kind, machine = cfg
+    kind, machine, variant = cfg
+    qemu, props = qemu_for(variant)
     steps = f"alloc:{a.fill}M,free:all,wait:{VM_LIMIT_S}s"
-    g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf_run, "free-page-reporting=off", steps)
+    g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf_run,
+              "free-page-reporting=off" + (f",{props}" if props else ""), steps,
+              qemu=qemu, variant=variant)
     r = {}
     try:
         r["boot_s"] = g.start()
@@ -315,25 +386,42 @@ def measure_inflate(cfg, a):
         full = g.actual_mb()
         rss0 = g.rss_kib() / 1024
         r["rss_before_mib"] = rss0
-        t, cu, cs = g.balloon(a.target)
+        huge = g.anon_huge_kib()
+        if huge is not None:
+            r["anon_huge_before_mib"] = huge / 1024
+        info0 = blimp_balloon_info(g)
+        t, cu, cs, cn = g.balloon(a.target)
         rss_now = g.rss_kib() / 1024
+        info1 = blimp_balloon_info(g)
+        if info0 is not None and info1 is not None:
+            # counters over the inflate alone (the deflate does not touch them)
+            r["coalesce_discard"] = info1.get("coalesce-discard")
+            for k in ("discard-calls", "discard-pages", "inflate-pfns", "bad-pfns"):
+                r[k.replace("-", "_")] = info1[k] - info0[k]
         time.sleep(1.0)
         rss1 = g.rss_kib() / 1024
         inflated = full - a.target
         r.update(inflated_mib=inflated, inflate_s=t, inflate_cpu_user_s=cu, inflate_cpu_sys_s=cs,
                  inflate_mibs=inflated / t, rss_at_target_mib=rss_now, rss_after_mib=rss1,
                  returned_frac=(rss0 - rss1) / inflated)
-        if cu is not None:
-            r["inflate_mib_per_cpu_s"] = inflated / max(cu + cs, 0.01)
-            r["inflate_oncpu_frac"] = (cu + cs) / t
+        # MiB per CPU-second and on-CPU share from schedstat's ns when there, else the ticks
+        cpu = cn if cn is not None else (cu + cs if cu is not None else None)
+        if cpu is not None:
+            r["inflate_cpu_s"] = cpu
+            r["inflate_mib_per_cpu_s"] = inflated / max(cpu, 0.001)
+            r["inflate_oncpu_frac"] = cpu / t
         log(f"  {g.name()}: inflate {inflated:.0f} MiB in {t * 1000:.0f} ms "
             f"({inflated / t:.0f} MiB/s); RSS {rss0:.0f} -> {rss1:.0f} MiB "
-            f"({100 * (rss0 - rss1) / inflated:.0f}% of inflated)")
-        t, cu, cs = g.balloon(full)
+            f"({100 * (rss0 - rss1) / inflated:.0f}% of inflated)"
+            + (f"; {r['discard_calls']} discard calls for {r['discard_pages']} pages"
+               if "discard_calls" in r else ""))
+        t, cu, cs, cn = g.balloon(full)
         r.update(deflate_s=t, deflate_cpu_user_s=cu, deflate_cpu_sys_s=cs,
                  deflate_mibs=inflated / t)
-        if cu is not None:
-            r["deflate_mib_per_cpu_s"] = inflated / max(cu + cs, 0.01)
+        cpu = cn if cn is not None else (cu + cs if cu is not None else None)
+        if cpu is not None:
+            r["deflate_cpu_s"] = cpu
+            r["deflate_mib_per_cpu_s"] = inflated / max(cpu, 0.001)
         log(f"  {g.name()}: deflate {inflated:.0f} MiB in {t * 1000:.0f} ms "
             f"({inflated / t:.0f} MiB/s)")
         time.sleep(0.2)
@@ -349,7 +437,7 @@ def measure_inflate(cfg, a):
 
 def measure_reporting(cfg, a):
     """One VM, free-page-reporting=on: touch REPORT MiB, free it, time RSS's fall by 90%."""
-    kind, machine = cfg
+    kind, machine, _ = cfg     # stock QEMU only
     steps = f"alloc:{a.report}M,wait:1s,free:all,wait:{VM_LIMIT_S}s"
     g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf_run, "free-page-reporting=on", steps,
               blimp_words="balloon.verbose")
@@ -408,7 +496,7 @@ def measure_reporting(cfg, a):
 
 
 def measure_boot_other_firmware(cfg, a):
-    kind, machine = cfg
+    kind, machine, _ = cfg     # stock QEMU only
     fw = "qboot" if kind == "linux" else "seabios"
     g = Guest(kind, machine, a.mem, a.build_dir, a.blimp_elf_run, "",
               f"wait:{VM_LIMIT_S}s", firmware=fw)
@@ -425,14 +513,30 @@ def retry_once(fn, cfg, a):
     try:
         return fn(cfg, a)
     except KilledFromOutside as e:
-        log(f"  {cfg[0]}/{cfg[1]}: QEMU was killed from outside ({str(e).splitlines()[0]}); "
+        log(f"  {cfg_key(cfg)}: QEMU was killed from outside ({str(e).splitlines()[0]}); "
             "retrying once")
         return fn(cfg, a)
 
 
-def ensure_inputs(a):
+def cfg_key(cfg):
+    """"kind/machine" for stock QEMU (the keys of older RESULTS.json), else
+    "kind/machine/variant"."""
+    return "/".join(cfg if cfg[2] != "stock" else cfg[:2])
+
+
+def cfg_from_key(key):
+    parts = key.split("/")
+    return tuple(parts) if len(parts) == 3 else (parts[0], parts[1], "stock")
+
+
+def ensure_inputs(a, variants):
     if not os.access(QEMU, os.X_OK):
         raise BenchError(f"{QEMU} not found (apt-get install qemu-system-x86)")
+    global PATCHED_QEMU
+    if any(VARIANTS[v][0] == "patched" for v in variants):
+        if not os.access(a.patched_qemu, os.X_OK):
+            raise BenchError(f"{a.patched_qemu} missing: build it first "
+                             f"(host/qemu/build.sh {a.build_dir})")
     lg = os.path.join(a.build_dir, "linux-guest")
     if not (os.path.exists(os.path.join(lg, "vmlinuz")) and
             os.path.exists(os.path.join(lg, "initramfs.cpio.gz"))):
@@ -451,6 +555,9 @@ def ensure_inputs(a):
     elf = os.path.join(GUEST_COPY, "blimp.elf")
     shutil.copy(a.blimp_elf, elf)
     a.blimp_elf_run = elf
+    if any(VARIANTS[v][0] == "patched" for v in variants):
+        PATCHED_QEMU = os.path.join(GUEST_COPY, "qemu-system-x86_64")
+        shutil.copy(a.patched_qemu, PATCHED_QEMU)
 
 
 def fmt(vals, digits=0, scale=1.0):
@@ -490,11 +597,18 @@ def sh(cmd):
 VERDICTS = []
 
 
+def label(c):
+    v = {"stock": "", "coalesce": ", coalesce-discard=on",
+         "patched": ", patched, coalesce-discard=off"}[c[2]]
+    return f"{c[0].capitalize()} {c[1]}{v}"
+
+
 def report(a, results, meta):
-    cfgs = [c for c in results]
-    label = {("linux", "q35"): "Linux q35", ("blimp", "q35"): "Blimp q35",
-             ("blimp", "microvm"): "Blimp microvm"}
-    cols = [label[c] for c in cfgs]
+    VERDICTS.clear()
+    allcfgs = list(results)
+    cfgs = [c for c in allcfgs if c[2] == "stock"]     # the main table: stock QEMU
+    cols = [label(c) for c in cfgs]
+    lq, bq = ("linux", "q35", "stock"), ("blimp", "q35", "stock")
     L = []
     L.append("# virtio-balloon benchmark: Blimp vs the Linux anchor (stock QEMU, TCG)\n")
     L.append(f"- date: {meta['date']}")
@@ -512,6 +626,11 @@ def report(a, results, meta):
     L.append(f"- sizes: {a.mem} MiB RAM; inflate: touch+free {a.fill} MiB then balloon to "
              f"{a.target} MiB; reporting: touch+free {a.report} MiB; {a.runs} run(s), "
              "median (min–max)\n")
+    if len(cfgs) < len(allcfgs):
+        L.append(f"- patched QEMU (section \"QEMU variants\" below): `{meta.get('patched_qemu')}` "
+                 f"{meta.get('patched_qemu_version', '?')}, host/qemu at "
+                 f"{meta.get('patched_qemu_rev', '?')}, same argv plus the variant's "
+                 "virtio-balloon property\n")
     L.append("| metric | " + " | ".join(cols) + " | Blimp/Linux (q35, medians) |")
     L.append("|---|" + "---|" * len(cols) + "---|")
 
@@ -520,20 +639,23 @@ def report(a, results, meta):
         for c in cfgs:
             vals = [x.get(key) for x in results[c][src]]
             cells.append(fmt(vals, digits, scale))
-        ratio = ""
-        lq, bq = ("linux", "q35"), ("blimp", "q35")
-        if lq in results and bq in results:
-            lv = med([x.get(key) for x in results[lq][src]])
-            bv = med([x.get(key) for x in results[bq][src]])
+        def ratio_of(lc, bc, verdicts):
+            if lc not in results or bc not in results:
+                return ""
+            lv = med([x.get(key) for x in results[lc][src]])
+            bv = med([x.get(key) for x in results[bc][src]])
             if lv and bv:
                 x = bv / lv if better == "higher" else lv / bv
                 verdict = "Blimp faster" if x >= 1 else "**Blimp slower**"
                 if better == "higher" and key == "returned_frac":
                     verdict = "Blimp better" if x >= 1 else "**Blimp worse**"
-                ratio = f"{x:.2f}× ({verdict})"
-                VERDICTS.append((name, x))
-            elif bv is None and lv:
-                ratio = "**Blimp n/a**"
+                if verdicts:
+                    VERDICTS.append((name, x))
+                return f"{x:.2f}× ({verdict})"
+            if bv is None and lv:
+                return "**Blimp n/a**"
+            return "n/a"
+        ratio = ratio_of(lq, bq, True)
         L.append(f"| {name} | " + " | ".join(cells) + f" | {ratio}{note} |")
 
     row("boot to ready, s (own firmware)", "boot_s", 2, better="lower", src="boot")
@@ -554,7 +676,7 @@ def report(a, results, meta):
         src="report")
     row("guest free itself (free start → marker), s", "free_s", 2, better="lower", src="report")
     L.append("")
-    gave = {label[c]: sum(1 for x in results[c]["report"] if x.get("report_gave_up"))
+    gave = {label(c): sum(1 for x in results[c]["report"] if x.get("report_gave_up"))
             for c in cfgs}
     if any(gave.values()):
         L.append("Reporting gave up (RSS had not fallen by 90% within "
@@ -570,7 +692,7 @@ def report(a, results, meta):
             continue
         ms = [x.get("guest_inflate_ms") for x in results[c]["inflate"]]
         dms = [x.get("guest_deflate_ms") for x in results[c]["inflate"]]
-        L.append(f"{label[c]} guest log, per run: inflate " +
+        L.append(f"{label(c)} guest log, per run: inflate " +
                  ", ".join(f"{v} ms" for v in ms) + "; deflate " +
                  ", ".join(f"{v} ms" for v in dms) + " (the guest's own `balloon: inflated/"
                  "deflated N MiB in M ms`, which includes waiting for QEMU's acknowledgements)."
@@ -581,7 +703,11 @@ def report(a, results, meta):
     L.append("QEMU's own CPU time during each phase (from /proc/PID/stat, 10 ms ticks; user = "
              "TCG running the guest and QEMU's device code, system = the host kernel, mostly "
              "madvise(DONTNEED) discards on inflate/reporting and page faults on deflate), "
-             "median seconds user/system:\n")
+             "median seconds user/system" +
+             ("; the MiB per QEMU CPU-second rows and the on-CPU share use the precise total "
+              "of /proc/PID/task/*/schedstat instead:\n"
+              if any("inflate_cpu_s" in x for c in cfgs for x in results[c]["inflate"])
+              else ":\n"))
     L.append("| phase | " + " | ".join(cols) + " |")
     L.append("|---|" + "---|" * len(cols))
     for ph, src in (("inflate", "inflate"), ("deflate", "inflate"), ("report", "report")):
@@ -604,6 +730,8 @@ def report(a, results, meta):
                    for k in ("rss_boot_mib", "rss_before_mib", "rss_after_mib"))
         for c in cfgs) + " |")
     L.append("")
+    if len(cfgs) < len(allcfgs):
+        L += variants_report(a, results)
     lose = [(n, x) for n, x in VERDICTS if x < 1]
     thin = [(n, x) for n, x in VERDICTS if 1 <= x and round(x, 2) < 3]
     L.append("## Verdict (q35, medians; goal: Blimp several times better on every figure)\n")
@@ -620,6 +748,84 @@ def report(a, results, meta):
     return "\n".join(L) + "\n"
 
 
+def variants_report(a, results):
+    """The QEMU-variant section: inflate/deflate of each guest on stock QEMU and on the patched
+    one (coalesce-discard on / off), with the patched QEMU's discard counters."""
+    order = {"stock": 0, "patched": 1, "coalesce": 2}
+    cfgs = sorted(results, key=lambda c: (list(results).index(c[:2] + ("stock",))
+                                          if c[:2] + ("stock",) in results else 99,
+                                          order[c[2]]))
+    short = {"stock": "stock", "patched": "patched, off", "coalesce": "coalesce=on"}
+    L = ["## QEMU variants: inflate/deflate on stock and patched QEMU\n",
+         "Same guests and argv; *stock* = `/usr/bin/qemu-system-x86_64`, *patched, off* = "
+         "Blimp's patched QEMU (host/qemu/) with `coalesce-discard=off`, *coalesce=on* = the "
+         "same binary with `coalesce-discard=on` (patch 1: each inflate buffer's PFNs sorted "
+         "and merged into runs, one `ram_block_discard_range()` per run instead of one per "
+         "4 KiB page). In every run the variants of one guest are measured back to back. "
+         "Discard calls and pages: QMP `x-blimp-balloon-info` before and after the inflate "
+         "(patched QEMU only; stock QEMU makes one call per 4 KiB page). Median (min–max).\n"]
+    cols = [f"{c[0].capitalize()} {c[1]} {short[c[2]]}" for c in cfgs]
+    L.append("| metric | " + " | ".join(cols) + " |")
+    L.append("|---|" + "---|" * len(cols))
+
+    def vals(c, key):
+        return [x.get(key) for x in results[c]["inflate"]]
+
+    def row(name, key, digits, scale=1.0):
+        cells = [fmt(vals(c, key), digits, scale) for c in cfgs]
+        if any(x != "n/a" for x in cells):      # rows an older series did not record: left out
+            L.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    def cpu_row(name, ph):
+        cells = []
+        for c in cfgs:
+            u, y = med(vals(c, f"{ph}_cpu_user_s")), med(vals(c, f"{ph}_cpu_sys_s"))
+            cells.append("n/a" if u is None else f"{u:.2f} / {y:.2f}")
+        L.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    for c in cfgs:
+        for x in results[c]["inflate"]:
+            if x.get("discard_calls") is not None and x.get("inflated_mib"):
+                x["discard_calls_per_gib"] = x["discard_calls"] * 1024 / x["inflated_mib"]
+    row(f"inflate {a.mem}→{a.target} MiB, MiB/s", "inflate_mibs", 0)
+    row("inflate time, ms", "inflate_s", 0, 1000)
+    row("inflate, MiB per QEMU CPU-second", "inflate_mib_per_cpu_s", 0)
+    row("inflate: QEMU CPU s (schedstat, all threads)", "inflate_cpu_s", 3)
+    cpu_row("inflate: QEMU CPU s, user / system (ticks, medians)", "inflate")
+    row("inflate: QEMU on CPU, % of wall", "inflate_oncpu_frac", 0, 100)
+    row("host RSS returned / inflated, %", "returned_frac", 1, 100)
+    row("QEMU RSS before the inflate, MiB", "rss_before_mib", 0)
+    row("of which transparent huge pages (AnonHugePages), MiB", "anon_huge_before_mib", 0)
+    row("inflate: discard calls (x-blimp-balloon-info)", "discard_calls", 0)
+    row("inflate: pages discarded", "discard_pages", 0)
+    row("inflate: discard calls per GiB inflated", "discard_calls_per_gib", 0)
+    row(f"deflate {a.target}→{a.mem} MiB, MiB/s", "deflate_mibs", 0)
+    row("deflate, MiB per QEMU CPU-second", "deflate_mib_per_cpu_s", 0)
+    row("deflate: QEMU CPU s (schedstat, all threads)", "deflate_cpu_s", 3)
+    cpu_row("deflate: QEMU CPU s, user / system (ticks, medians)", "deflate")
+    L.append("")
+    # coalesce-discard=on against stock, per guest.
+    pairs = [(c[:2] + ("stock",), c) for c in cfgs
+             if c[2] == "coalesce" and c[:2] + ("stock",) in results]
+    if pairs:
+        L.append("coalesce-discard=on against stock QEMU, ratio of medians (>1: the patched "
+                 "QEMU is faster / cheaper):\n")
+        L.append("| guest | inflate MiB/s | inflate MiB per CPU-s | inflate system CPU s "
+                 "(stock → coalesce) | deflate MiB/s | deflate MiB per CPU-s |")
+        L.append("|---|---|---|---|---|---|")
+        for st, co in pairs:
+            def rt(key, st=st, co=co):
+                sv, cv = med(vals(st, key)), med(vals(co, key))
+                return f"{cv / sv:.2f}×" if sv and cv else "n/a"
+            ys, yc = med(vals(st, "inflate_cpu_sys_s")), med(vals(co, "inflate_cpu_sys_s"))
+            sysc = "n/a" if ys is None or yc is None else f"{ys:.2f} → {yc:.2f}"
+            L.append(f"| {st[0].capitalize()} {st[1]} | {rt('inflate_mibs')} | "
+                     f"{rt('inflate_mib_per_cpu_s')} | {sysc} | {rt('deflate_mibs')} | "
+                     f"{rt('deflate_mib_per_cpu_s')} |")
+        L.append("")
+    return L
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"))
@@ -633,6 +839,13 @@ def main():
     ap.add_argument("--report", type=int, help="MiB freed for the reporting test (default 512)")
     ap.add_argument("--machines", default="q35,microvm",
                     help="q35 (Linux and Blimp), microvm (Blimp only)")
+    ap.add_argument("--qemu-variants", default="stock",
+                    help="stock (always measured), coalesce (patched QEMU, "
+                    "coalesce-discard=on), patched (patched QEMU, coalesce-discard=off); the "
+                    "non-stock ones repeat the inflate/deflate measurement only")
+    ap.add_argument("--patched-qemu", help="default: BUILD_DIR/qemu/qemu-system-x86_64")
+    ap.add_argument("--blimp-rev", help="Blimp's revision for the report (default: git "
+                    "rev-parse in the ELF's directory)")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     ap.add_argument("--render", metavar="JSON",
                     help="only rewrite --out from the raw samples of an earlier run (its .json)")
@@ -643,7 +856,7 @@ def main():
         for k, v in raw["args"].items():
             if k not in ("out", "render"):
                 setattr(a, k, v)
-        results = {tuple(k.split("/")): v for k, v in raw["results"].items()}
+        results = {cfg_from_key(k): v for k, v in raw["results"].items()}
         md = report(a, results, raw["meta"])
         print(md, flush=True)
         with open(a.out, "w") as f:
@@ -658,14 +871,20 @@ def main():
     a.report = a.report or min(512, a.mem // 2)
     a.build_dir = os.path.abspath(a.build_dir)
     a.blimp_elf = os.path.abspath(a.blimp_elf or os.path.join(a.build_dir, "blimp.elf"))
+    a.patched_qemu = os.path.abspath(a.patched_qemu or
+                                     os.path.join(a.build_dir, "qemu", "qemu-system-x86_64"))
+    variants = [v.strip() for v in a.qemu_variants.split(",") if v.strip()]
+    if any(v not in VARIANTS for v in variants):
+        ap.error("--qemu-variants: stock, coalesce, patched")
+    variants = ["stock"] + [v for v in VARIANTS if v != "stock" and v in variants]
     if a.runs < 1 or a.target >= a.mem or a.fill >= a.mem:
         ap.error("need runs >= 1, target < mem, fill < mem")
     machines = [m.strip() for m in a.machines.split(",") if m.strip()]
     cfgs = []
     if "q35" in machines:
-        cfgs += [("linux", "q35"), ("blimp", "q35")]
+        cfgs += [("linux", "q35", "stock"), ("blimp", "q35", "stock")]
     if "microvm" in machines:
-        cfgs += [("blimp", "microvm")]
+        cfgs += [("blimp", "microvm", "stock")]
     if not cfgs:
         ap.error("--machines: q35 and/or microvm")
 
@@ -683,15 +902,26 @@ def main():
                             [shlex.quote(x) for x in sys.argv[1:]]),
         "blimp_elf": os.path.relpath(a.blimp_elf, ROOT) if a.blimp_elf.startswith(ROOT)
         else a.blimp_elf,
-        "blimp_rev": sh(["git", "-C", os.path.dirname(a.blimp_elf), "rev-parse", "--short",
-                         "HEAD"]) or "?",
+        "blimp_rev": a.blimp_rev or sh(["git", "-C", os.path.dirname(a.blimp_elf), "rev-parse",
+                                        "--short", "HEAD"]) or "?",
     }
-    results = {c: {"boot": [], "inflate": [], "report": []} for c in cfgs}
+    if len(variants) > 1:
+        meta["patched_qemu"] = (os.path.relpath(a.patched_qemu, ROOT)
+                                if a.patched_qemu.startswith(ROOT) else a.patched_qemu)
+        meta["patched_qemu_version"] = (sh([a.patched_qemu, "--version"]).splitlines() or
+                                        ["?"])[0].replace("QEMU emulator version ", "")
+        meta["patched_qemu_rev"] = sh(["git", "-C", ROOT, "log", "-1", "--format=%h",
+                                       "--", "host/qemu"]) or "?"
+    results = {}
+    for c in cfgs:
+        for v in variants:
+            results[c[:2] + (v,)] = {"boot": [], "inflate": [], "report": []}
     try:
-        ensure_inputs(a)
+        ensure_inputs(a, variants)
         meta["kernel"] = open(os.path.join(a.build_dir, "linux-guest",
                                            "KERNEL_VERSION")).read().strip()
-        log(f"{len(cfgs)} configurations x {a.runs} run(s): {cfgs}; mem {a.mem} MiB, fill "
+        log(f"{len(results)} configurations x {a.runs} run(s): "
+            f"{[cfg_key(c) for c in results]}; mem {a.mem} MiB, fill "
             f"{a.fill}, target {a.target}, report {a.report}")
         for run in range(a.runs):
             log(f"run {run + 1}/{a.runs}")
@@ -699,6 +929,10 @@ def main():
                 log(f" {c[0]}/{c[1]}: inflate/deflate")
                 r = retry_once(measure_inflate, c, a)
                 results[c]["inflate"].append(r)
+                for v in variants[1:]:
+                    cv = c[:2] + (v,)
+                    log(f" {cfg_key(cv)}: inflate/deflate")
+                    results[cv]["inflate"].append(retry_once(measure_inflate, cv, a))
                 log(f" {c[0]}/{c[1]}: free page reporting")
                 rr = retry_once(measure_reporting, c, a)
                 results[c]["report"].append(rr)
@@ -724,12 +958,13 @@ def main():
         meta[k] = " ".join(meta[k])
     md = report(a, results, meta)
     print("\n" + md, flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         f.write(md)
     raw = os.path.splitext(a.out)[0] + ".json"
     with open(raw, "w") as f:
         json.dump({"meta": meta, "args": vars(a),
-                   "results": {f"{k}/{m}": v for (k, m), v in results.items()}}, f, indent=1)
+                   "results": {cfg_key(c): v for c, v in results.items()}}, f, indent=1)
     log(f"wrote {a.out} and {raw}")
     return 0
 
