@@ -182,6 +182,12 @@ void QmpClient::handle_readable() {
         }
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        // A QEMU that exits with our last command unread resets the socket instead of closing
+        // it: the same news as EOF (the fleet waits for the exit status before judging).
+        if (errno == ECONNRESET) {
+            close("QMP connection closed by QEMU (reset)");
+            return;
+        }
         close(std::string("QMP read failed: ") + std::strerror(errno));
         return;
     }
