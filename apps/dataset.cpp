@@ -28,6 +28,7 @@
 
 #include "apps/app.h"
 #include "apps/app_args.h"
+#include "apps/mix.h"
 #include "kernel/arch/cpu.h"
 #include "kernel/memory.h"
 #include "kernel/timer.h"
@@ -44,24 +45,19 @@ constexpr unsigned kChunkOrder = mm::kMaxOrder;  // 4 MiB
 constexpr uint64_t kChunkPages = mm::pages_of_order(kChunkOrder);
 constexpr size_t kMaxChunks = 4096;  // 16 GiB
 
-uint64_t mix(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+using apps::kGoldenGamma;
+using apps::mix64;
 
 // Content of data-set page `index` in version `version` (0: as built; 1: after write_after).
 void fill_page(uint64_t* w, uint64_t seed, uint64_t index, uint64_t version) {
-  uint64_t s = mix(seed * 0x9e3779b97f4a7c15ull ^ mix(index + 1) ^ (version << 61));
-  for (uint64_t j = 0; j < kPageWords; j++) w[j] = s = mix(s + j);
+  uint64_t s = mix64(seed * kGoldenGamma ^ mix64(index + 1) ^ (version << 61));
+  for (uint64_t j = 0; j < kPageWords; j++) w[j] = s = mix64(s + j);
 }
 
 bool page_matches(const uint64_t* w, uint64_t seed, uint64_t index, uint64_t version) {
-  uint64_t s = mix(seed * 0x9e3779b97f4a7c15ull ^ mix(index + 1) ^ (version << 61));
+  uint64_t s = mix64(seed * kGoldenGamma ^ mix64(index + 1) ^ (version << 61));
   uint64_t diff = 0;
-  for (uint64_t j = 0; j < kPageWords; j++) diff |= w[j] ^ (s = mix(s + j));
+  for (uint64_t j = 0; j < kPageWords; j++) diff |= w[j] ^ (s = mix64(s + j));
   return diff == 0;
 }
 
@@ -154,7 +150,7 @@ int dataset_main(int argc, char** argv) {
       printf("dataset: out of memory for %" PRIu64 " MiB of private data\n", priv >> 20);
       return 1;
     }
-    uint64_t salt = mix(arch::rdtsc()) | 1;
+    uint64_t salt = mix64(arch::rdtsc()) | 1;
     for (uint64_t i = 0; i < private_pages; i++) fill_page(g_private.page(i), salt, i, 0);
   }
   uint64_t t1 = timer::now_ns();

@@ -15,6 +15,7 @@
 
 #include "apps/app.h"
 #include "apps/app_args.h"
+#include "apps/mix.h"
 #include "kernel/timer.h"
 
 namespace {
@@ -30,12 +31,7 @@ uint8_t* g_generation;  // per page
 size_t g_chunk_count;
 uint64_t g_total_mismatches;
 
-uint64_t splitmix(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+using apps::splitmix64;
 
 uint64_t* page_ptr(uint64_t page) {
   return g_chunks[page / kPagesPerChunk] + (page % kPagesPerChunk) * 512;
@@ -44,7 +40,7 @@ uint64_t* page_ptr(uint64_t page) {
 void fill(uint64_t page) {
   uint64_t state = (page << 8) | g_generation[page];
   volatile uint64_t* p = page_ptr(page);
-  for (int i = 0; i < 512; i++) p[i] = splitmix(state);
+  for (int i = 0; i < 512; i++) p[i] = splitmix64(state);
 }
 
 uint64_t verify(uint64_t page) {
@@ -52,7 +48,7 @@ uint64_t verify(uint64_t page) {
   volatile uint64_t* p = page_ptr(page);
   uint64_t bad = 0;
   for (int i = 0; i < 512; i++) {
-    uint64_t want = splitmix(state), got = p[i];
+    uint64_t want = splitmix64(state), got = p[i];
     if (got != want) {
       if (g_total_mismatches + bad < 20)
         printf("integrity: MISMATCH page %" PRIu64 " at %p word %d: expected %016" PRIx64

@@ -20,6 +20,7 @@
 
 #include "apps/app.h"
 #include "apps/app_args.h"
+#include "apps/mix.h"
 #include "kernel/timer.h"
 #include "mm/mm.h"
 
@@ -27,13 +28,8 @@ namespace {
 
 using namespace blimp;
 
-uint64_t mix(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+using apps::kGoldenGamma;
+using apps::mix64;
 
 struct Entry {
   uint64_t key;
@@ -98,9 +94,9 @@ class KvCache final : public mm::Shrinker {
   }
 
   void compute(uint64_t key, uint64_t* page, uint64_t& checksum) {
-    uint64_t s = mix(key + 1);
-    for (int i = 0; i < 512; i++) page[i] = s = mix(s + i);
-    for (uint64_t r = 0; r < work_; r++) s = mix(s);  // the expensive part of a miss
+    uint64_t s = mix64(key + 1);
+    for (int i = 0; i < 512; i++) page[i] = s = mix64(s + i);
+    for (uint64_t r = 0; r < work_; r++) s = mix64(s);  // the expensive part of a miss
     page[0] ^= s & 0;  // keep the loop from being optimised away without changing the value
     checksum = 0;
     for (int i = 0; i < 512; i += 64) checksum += page[i];
@@ -192,7 +188,7 @@ int kvcache_main(int argc, char** argv) {
   printf("kvcache: started, %" PRIu64 " keys\n", keys);
   while (ok) {
     for (int i = 0; i < 64; i++) {
-      rng = mix(rng);
+      rng = mix64(rng);
       double u = double(rng >> 11) * (1.0 / 9007199254740992.0);
       uint64_t key = uint64_t(u * u * double(keys));
       bool hit;

@@ -17,6 +17,7 @@
 
 #include "apps/app.h"
 #include "apps/app_args.h"
+#include "apps/mix.h"
 #include "kernel/timer.h"
 
 namespace {
@@ -29,7 +30,7 @@ size_t g_count = 0;
 uint64_t g_chunk_size = 1 << 20;
 uint64_t g_corrupt = 0;
 
-uint64_t tag_for(const void* page) { return reinterpret_cast<uint64_t>(page) * 0x9e3779b97f4a7c15ull; }
+uint64_t tag_for(const void* page) { return reinterpret_cast<uint64_t>(page) * apps::kGoldenGamma; }
 
 void touch(void* chunk) {
   for (uint64_t off = 0; off < g_chunk_size; off += 4096) {

@@ -19,6 +19,7 @@
 
 #include "apps/app.h"
 #include "apps/app_args.h"
+#include "apps/mix.h"
 #include "kernel/timer.h"
 #include "mm/page_states/page_states.h"
 #include "mm/page_states/volatile_memory.h"
@@ -28,13 +29,8 @@ namespace {
 using namespace blimp;
 namespace ps = blimp::mm::page_states;
 
-uint64_t mix(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+using apps::kGoldenGamma;
+using apps::mix64;
 
 struct Stats {
   uint64_t lookups, hits, discards, recomputes, lost_pages, corrupt_bytes;
@@ -43,8 +39,8 @@ struct Stats {
 uint64_t g_work = 0;
 
 uint64_t value_word(uint64_t key, uint64_t w) {
-  uint64_t x = mix((key << 24) ^ w ^ 0x5bd1e995ull);
-  for (uint64_t i = 0; i < g_work; ++i) x = mix(x + i);
+  uint64_t x = mix64((key << 24) ^ w ^ 0x5bd1e995ull);
+  for (uint64_t i = 0; i < g_work; ++i) x = mix64(x + i);
   return x;
 }
 
@@ -108,7 +104,7 @@ int volatile_cache_main(int argc, char** argv) {
   printf("volatile-cache: ready, %" PRIu64 " entries of %" PRIu64 " KiB, page_states=%s\n",
          entries, pages * 4, on ? "on" : "off");
 
-  uint64_t rng = seed * 0x9e3779b97f4a7c15ull + 1;
+  uint64_t rng = seed * kGoldenGamma + 1;
   const uint64_t t0 = timer::now_ns();
   uint64_t next_report = t0 + report;
   for (;;) {
@@ -121,7 +117,7 @@ int volatile_cache_main(int argc, char** argv) {
       next_report += report;
     }
     for (int i = 0; i < 16; ++i) {
-      rng = mix(rng);
+      rng = mix64(rng);
       const uint64_t key = rng % entries;
       ps::VolatileRegion& r = table[key];
       ++s.lookups;
