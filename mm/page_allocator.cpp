@@ -488,10 +488,11 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
     }
     reclaimers_.fetch_add(1);
     // Shrinkers first, in registration order, each asked for at least a batch so that a cache
-    // is not trimmed one page per allocation (for a balloon demand, up to 2 MiB of it at a time);
-    // several passes because freed pages may not coalesce into a block of the order asked for.
+    // is not trimmed one page per allocation (for a balloon demand, up to 16 MiB of it at a time:
+    // each round costs the balloon a trip to the host); several passes because freed pages may
+    // not coalesce into a block of the order asked for.
     size_t want = pages < 32 ? 32 : pages;
-    if (for_balloon && deficit > want) want = deficit < 512 ? deficit : 512;
+    if (for_balloon && deficit > want) want = deficit < 4096 ? deficit : 4096;
     size_t freed_total = 0;
     for (int pass = 0; pass < 4 && idx == kNoPage; ++pass) {
       size_t freed = 0;

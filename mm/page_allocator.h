@@ -149,10 +149,10 @@ class PageAllocator {
   // shrunk from the balloon's context (it runs after interrupts, between any two instructions of
   // the app, and shrinkers are not reentrant), so the allocating context does it: while a demand
   // is set, an allocation that would take free memory below it and may reclaim first asks the
-  // shrinkers (counted as balloon_reclaim_pages, not as the app's own stalls). `hook` then tells
-  // the balloon to take what they freed, or that they are empty and the demand was dropped.
-  // Allocations that cannot reclaim (interrupts masked, kAllocNoReclaim) ignore the demand.
-  // 0 clears it.
+  // shrinkers (up to 16 MiB at a time; counted as balloon_reclaim_pages, not as the app's own
+  // stalls). `hook` then tells the balloon to take what they freed, or that they are empty and
+  // the demand was dropped. Allocations that cannot reclaim (interrupts masked, kAllocNoReclaim)
+  // ignore the demand. 0 clears it.
   void set_balloon_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx);
   uint64_t balloon_demand();
 

@@ -372,7 +372,10 @@ void Balloon::adjust_to_target() {
   // The allocator drops a demand when the caches had nothing more to give: do not ask again
   // until the host sets a new target.
   if (demand_out_ && mm::pages().balloon_demand() == 0) caches_exhausted_ = true;
-  if (target_ != previous) caches_exhausted_ = false;
+  if (target_ != previous) {
+    caches_exhausted_ = false;
+    log_inflation();  // one fed by the caches that this target cuts short
+  }
   demand_out_ = false;
   // Planned afresh from the free memory there is now (and nothing the balloon itself allocates
   // below may wait for its own demand).
@@ -413,6 +416,7 @@ void Balloon::inflate(uint64_t want) {
           pages.set_balloon_demand(floor_pages_ + (missing < cache ? missing : cache), on_demand_met,
                                    this);
           counters_.cache_demands++;
+          cache_round_.rounds++;
           stop = true;
           break;
         }
@@ -474,8 +478,27 @@ void Balloon::inflate(uint64_t want) {
     set_actual(actual_ + acked);
     counters_.inflated_pages += acked;
   }
-  uint64_t ms = (timer::now_ns() - t0) / 1000000;
-  if (done) kprintf("balloon: inflated %lu MiB in %lu ms, now %lu MiB\n", mib(done), ms, mib(actual_));
+  // An inflation fed by the app's caches comes in many rounds (one per demand met): one line for
+  // the whole of it, when it ends.
+  if (!cache_round_.active) {
+    cache_round_.active = true;
+    cache_round_.t0 = t0;
+  }
+  cache_round_.pages += done;
+  if (!demand_out_) log_inflation();
+}
+
+void Balloon::log_inflation() {
+  if (!cache_round_.active) return;
+  uint64_t ms = (timer::now_ns() - cache_round_.t0) / 1000000;
+  if (cache_round_.pages && cache_round_.rounds) {
+    kprintf("balloon: inflated %lu MiB in %lu ms (%lu rounds shrinking the app's caches), now %lu MiB\n",
+            mib(cache_round_.pages), ms, cache_round_.rounds + 1, mib(actual_));
+  } else if (cache_round_.pages) {
+    kprintf("balloon: inflated %lu MiB in %lu ms, now %lu MiB\n", mib(cache_round_.pages), ms,
+            mib(actual_));
+  }
+  cache_round_ = {};
 }
 
 uint64_t Balloon::deflate(uint64_t want) {

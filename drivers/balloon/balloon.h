@@ -105,6 +105,7 @@ class Balloon {
   static void on_report_hook(uint64_t unreported_pages, void* ctx);
   static void on_report_timer(void* ctx);
   static void on_demand_met(void* ctx);
+  void log_inflation();
   static size_t on_oom(size_t pages_needed, void* ctx);
 
   // Bottom half.
@@ -155,6 +156,12 @@ class Balloon {
   // nothing; not asked again for the same target.
   bool demand_out_ = false;
   bool caches_exhausted_ = false;
+  struct {
+    bool active = false;
+    uint64_t pages = 0;  // inflated so far in this (possibly multi-round) inflation
+    uint64_t rounds = 0;
+    uint64_t t0 = 0;
+  } cache_round_;
   bool health_check_ = false;
   bool health_armed_ = false;
   bool listener_timer_armed_ = false;
