@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Device-level tests of the Blimp virtio-balloon extensions (host/qemu patches 0002, 0003)
+"""Device-level tests of the Blimp virtio-balloon extensions (host/qemu patches 0001-0003, 0005)
 against docs/spec-virtio-balloon-blimp.md, with no guest OS: QEMU runs with the qtest
 accelerator and this script is the driver. It pokes virtio-mmio registers and guest RAM
 through the qtest protocol (microvm, modern virtio-mmio), so every byte on the wire is
@@ -12,6 +12,10 @@ Checks:
     timer-driven sweeps; EBUSY, unregister, reset;
   * sharing hints: SEAL marks runs MADV_MERGEABLE (seen in /proc/PID/smaps), adjacent runs
     merge, UNSEAL unmarks, query/filter QMP, hint-max-runs limit;
+  * coalesce-discard: inflate and deflate buffers (unsorted, duplicates, more PFNs than one
+    4096-PFN chunk, PFNs in MMIO / ROM / past RAM / far beyond) give one discard or one
+    MADV_WILLNEED call per run of RAM, hostile PFNs are skipped and counted, deflated pages
+    are usable again; with the property off the same buffers take the stock per-page path;
   * bad input: malformed headers, unknown types, unnegotiated features, ranges in MMIO or past
     RAM, arrays straddling RAM's end, oversized batches, buffers without a response part:
     each answered with the spec's status and counted, QEMU keeps running.
@@ -408,6 +412,91 @@ def test_page_states(qemu):
         vm.stop()
 
 
+def pfn_buf(pfns):
+    return struct.pack(f"<{len(pfns)}I", *pfns)
+
+
+def send_pfns(vm, q, pfns):
+    vm.qt.memwrite(BUF_GPA, pfn_buf(pfns))
+    used = vm.dev.submit(q, [(BUF_GPA, 4 * len(pfns))], [])
+    check(used == 0, f"queue {q} buffer of {len(pfns)} PFNs consumed (used {used})")
+
+
+# PFNs that are not guest RAM on a 256 MiB microvm: past RAM's end, virtio-mmio, the IOAPIC,
+# 16 TiB up. (microvm's firmware below 4 GiB is writable RAM, pc.bios, so not among them.)
+HOSTILE_PFNS = [MEM_MB * 256, MEM_MB * 256 + 1, VIRTIO_MMIO_BASE // PAGE, 0xFEC00, 0xFFFFFFFF]
+
+
+def test_coalesce(qemu):
+    for coalesce in (True, False):
+        print(f"[coalesce-discard={'on' if coalesce else 'off'}] inflate / deflate runs")
+        vm = Vm(qemu, "coalesce-discard=on" if coalesce else "")
+        qt, dev = vm.qt, vm.dev
+        try:
+            dev.init(1 << F_VERSION_1)
+            base = vm.qmp.execute("x-blimp-balloon-info")
+            check(base["coalesce-discard"] == coalesce, "info shows the property")
+            # inflate 64 pages filled with 0xAB, sent in reverse order
+            fill(qt, DATA_PFN, 64, 0xAB)
+            send_pfns(vm, 0, list(range(DATA_PFN + 63, DATA_PFN - 1, -1)))
+            check(all(page_is(qt, DATA_PFN + i, 0) for i in range(64)),
+                  "inflated pages read as zero")
+            info = vm.qmp.execute("x-blimp-balloon-info")
+            check(info["discard-calls"] - base["discard-calls"] == (1 if coalesce else 64),
+                  f"inflate: discard calls {info['discard-calls'] - base['discard-calls']}")
+
+            # deflate the same pages shuffled, with duplicates and hostile PFNs mixed in
+            good = list(range(DATA_PFN, DATA_PFN + 64))
+            order = good[32:] + good[:32][::-1] + good[10:14] + HOSTILE_PFNS + good[:2]
+            before = info
+            send_pfns(vm, 1, order)
+            info = vm.qmp.execute("x-blimp-balloon-info")
+            d = {k: info[k] - before[k] for k in ("deflate-pfns", "deflate-bad-pfns",
+                                                  "willneed-calls", "willneed-pages")}
+            print("   ", d)
+            check(d["deflate-pfns"] == len(order), "deflate-pfns counts every PFN received")
+            check(d["deflate-bad-pfns"] == len(HOSTILE_PFNS),
+                  "PFNs outside guest RAM skipped and counted")
+            if coalesce:
+                check(d["willneed-calls"] == 1 and d["willneed-pages"] == 64,
+                      "one MADV_WILLNEED for the 64-page run (duplicates collapsed)")
+            else:
+                n = len(order) - len(HOSTILE_PFNS)
+                check(d["willneed-calls"] == n and d["willneed-pages"] == n,
+                      "stock path: one MADV_WILLNEED per RAM PFN, duplicates included")
+            fill(qt, DATA_PFN, 64, 0x5A)
+            check(all(page_is(qt, DATA_PFN + i, 0x5A) for i in range(64)),
+                  "deflated pages are usable again")
+
+            # one buffer of 5000 PFNs (two 4096-PFN chunks), two runs split by a hole
+            pfns = list(range(0x3000, 0x3000 + 2500)) + list(range(0x4000, 0x4000 + 2500))
+            before = info
+            send_pfns(vm, 1, pfns[::-1])
+            info = vm.qmp.execute("x-blimp-balloon-info")
+            calls = info["willneed-calls"] - before["willneed-calls"]
+            pages = info["willneed-pages"] - before["willneed-pages"]
+            if coalesce:
+                # reversed: chunk 1 = 0x4000 + 2500 .. and 0x3000 + 904 .., chunk 2 = the rest
+                check(calls == 3 and pages == 5000, f"5000 PFNs: {calls} calls, {pages} pages")
+            else:
+                check(calls == 5000 and pages == 5000, f"5000 PFNs: {calls} calls")
+
+            # a run that starts in RAM and runs off its end, and a buffer not a multiple of 4
+            before = info
+            send_pfns(vm, 1, list(range(MEM_MB * 256 - 8, MEM_MB * 256 + 8)))
+            qt.memwrite(BUF_GPA, pfn_buf([DATA_PFN]) + b"\x01\x02")
+            check(dev.submit(1, [(BUF_GPA, 6)], []) == 0, "6-byte buffer consumed")
+            info = vm.qmp.execute("x-blimp-balloon-info")
+            check(info["willneed-pages"] - before["willneed-pages"] == 9 and
+                  info["deflate-bad-pfns"] - before["deflate-bad-pfns"] == 8,
+                  "run off RAM's end: the RAM part hinted, the rest skipped")
+            check(info["discard-pages"] == base["discard-pages"] + 64,
+                  "deflating never discards")
+            check(vm.alive(), "QEMU alive")
+        finally:
+            vm.stop()
+
+
 def bad_input_checks(vm, hints):
     dev = vm.dev
     before = vm.qmp.execute("x-blimp-balloon-info")
@@ -589,7 +678,7 @@ def main():
     if not os.access(qemu, os.X_OK):
         print(f"SKIP: patched QEMU not built ({qemu}; host/qemu/build.sh BUILD_DIR)")
         return 77
-    tests = [test_props_off, test_page_states]
+    tests = [test_props_off, test_coalesce, test_page_states]
     if "test_share_hints" in globals():
         tests.append(globals()["test_share_hints"])
     failed = 0

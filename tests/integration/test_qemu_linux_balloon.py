@@ -6,7 +6,8 @@ For each QEMU configuration: boot, read the negotiated balloon features, collect
 free page reporting (QEMU RSS falls after the guest frees memory), inflate (guest MemFree falls,
 query-balloon reaches the target, BALLOON_CHANGE arrives), deflate. Then compare: same features,
 same set of stats, every step passed everywhere. On the patched QEMU also check the discard
-counters of x-blimp-balloon-info (one discard per page with coalescing off, far fewer with it on),
+counters of x-blimp-balloon-info (one discard per page with coalescing off, far fewer with it on;
+the same for the deflate's MADV_WILLNEED calls),
 and that with every extension property on the standard guest negotiates exactly the same
 features and never touches the extension queue.
 
@@ -117,6 +118,18 @@ def run_one(label, qemu, build_dir, extra):
                     err(f"coalescing made {info['discard-calls']} calls for {pages} pages")
             elif info["discard-calls"] != pages:
                 err(f"stock path made {info['discard-calls']} calls for {pages} pages")
+            # deflate (host/qemu patch 5): every page back, hinted once, nothing rejected
+            if info["deflate-pfns"] != pages or info["deflate-bad-pfns"]:
+                err(f"deflate-pfns {info['deflate-pfns']} (bad {info['deflate-bad-pfns']}) "
+                    f"!= {pages}")
+            if info["willneed-pages"] != pages:
+                err(f"willneed-pages {info['willneed-pages']} != {pages}")
+            if info["coalesce-discard"]:
+                if info["willneed-calls"] > pages // 8:
+                    err(f"coalescing made {info['willneed-calls']} WILLNEED calls for {pages} "
+                        "pages")
+            elif info["willneed-calls"] != pages:
+                err(f"stock path made {info['willneed-calls']} WILLNEED calls for {pages} pages")
     except GuestError as e:
         err(str(e))
     finally:
@@ -157,6 +170,7 @@ def main():
             i = r["info"]
             print(f"    x-blimp-balloon-info: inflate-pfns={i['inflate-pfns']} "
                   f"discard-calls={i['discard-calls']} discard-pages={i['discard-pages']} "
+                  f"deflate-pfns={i['deflate-pfns']} willneed-calls={i['willneed-calls']} "
                   f"bad-pfns={i['bad-pfns']} pstate-registered={i['pstate-registered']} "
                   f"hints={i['hints']}")
         for e in r["errors"]:
