@@ -466,6 +466,57 @@ void PageAllocator::zero_allocated(uint32_t idx, uint64_t pages, bool zero_reque
   }
 }
 
+template <typename Done>
+size_t PageAllocator::shrink(size_t want, bool for_balloon, Done done) {
+  // Each shrinker in registration order is asked for a batch, so that a cache is not trimmed one
+  // page per allocation; several passes because freed pages may not coalesce into a block of the
+  // order asked for. Stops as soon as done() (checked after every shrinker that freed pages).
+  size_t freed_total = 0;
+  bool finished = false;
+  for (int pass = 0; pass < 4 && !finished; ++pass) {
+    size_t freed = 0;
+    Shrinker* s;
+    {
+      SpinLockGuard g(lock_);
+      s = shrinkers_;
+    }
+    while (s && !finished) {
+      size_t can = s->count_objects();
+      size_t asked = 0, got = 0;
+      if (can > 0) {
+        asked = can < want ? can : want;
+        got = s->scan_objects(asked);
+        freed += got;
+        finished = done();
+      }
+      SpinLockGuard g(lock_);
+      if (for_balloon) {
+        counters_.balloon_reclaim_pages += got;
+      } else {
+        counters_.direct_scan_pages += asked;
+        counters_.direct_reclaim_pages += got;
+      }
+      s = s->next_;
+    }
+    freed_total += freed;
+    if (freed == 0) break;
+  }
+  return freed_total;
+}
+
+void PageAllocator::after_balloon_shrink(size_t freed) {
+  DemandHook hook;
+  void* ctx;
+  {
+    SpinLockGuard g(lock_);
+    hook = demand_hook_;
+    ctx = demand_ctx_;
+    // The caches had nothing left: drop the demand (the balloon re-plans and says so).
+    if (freed == 0) balloon_demand_.store(0);
+  }
+  if (hook) hook(ctx);
+}
+
 template <typename Attempt>
 ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, Attempt attempt) {
   // attempt(honour_demand): one try under the lock, leaving the balloon's demand free or not.
@@ -482,61 +533,27 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
     uint64_t deficit = 0;
     {
       SpinLockGuard g(lock_);
-      for_balloon = balloon_demand_ != 0 && free_locked() >= pages;
-      if (for_balloon) deficit = balloon_demand_ + pages - free_locked();
+      const uint64_t demand = balloon_demand_.load();
+      for_balloon = demand != 0 && free_locked() >= pages;
+      if (for_balloon) deficit = demand + pages - free_locked();
       else ++counters_.alloc_stalls;
     }
     reclaimers_.fetch_add(1);
-    // Shrinkers first, in registration order, each asked for at least a batch so that a cache
-    // is not trimmed one page per allocation (for a balloon demand, up to 16 MiB of it at a time:
-    // each round costs the balloon a trip to the host); several passes because freed pages may
-    // not coalesce into a block of the order asked for.
+    // Shrinkers first, each asked for at least 32 pages; for a balloon demand, for up to 16 MiB
+    // of it at a time (each round costs the balloon a trip to the host).
     size_t want = pages < 32 ? 32 : pages;
     if (for_balloon && deficit > want) want = deficit < 4096 ? deficit : 4096;
-    size_t freed_total = 0;
-    for (int pass = 0; pass < 4 && idx == kNoPage; ++pass) {
-      size_t freed = 0;
-      Shrinker* s;
-      {
-        SpinLockGuard g(lock_);
-        s = shrinkers_;
-      }
-      while (s && idx == kNoPage) {
-        size_t can = s->count_objects();
-        size_t asked = 0, got = 0;
-        if (can > 0) {
-          asked = can < want ? can : want;
-          got = s->scan_objects(asked);
-          freed += got;
-          idx = attempt(true);
-        }
-        SpinLockGuard g(lock_);
-        if (for_balloon) {
-          counters_.balloon_reclaim_pages += got;
-        } else {
-          counters_.direct_scan_pages += asked;
-          counters_.direct_reclaim_pages += got;
-        }
-        s = s->next_;
-      }
-      freed_total += freed;
-      if (freed == 0) break;
-    }
+    size_t freed = shrink(want, for_balloon, [&] {
+      idx = attempt(true);
+      return idx != kNoPage;
+    });
     if (for_balloon) {
-      // The caches gave what they could this time: the balloon takes it now (partial progress
-      // counts: the app keeps allocating, so an exact figure may never be met). If they gave
-      // nothing, they are empty: drop the demand (the balloon re-plans and says so). Either way
-      // this allocation is not kept waiting for more.
-      DemandHook hook;
-      void* ctx;
-      {
-        SpinLockGuard g(lock_);
-        hook = demand_hook_;
-        ctx = demand_ctx_;
-        if (idx == kNoPage && freed_total == 0) balloon_demand_ = 0;
-      }
+      // The balloon takes what the caches gave now (partial progress counts: the app keeps
+      // allocating, so an exact figure may never be met), and this allocation is not kept
+      // waiting for more.
+      if (idx == kNoPage && freed == 0) balloon_demand_.store(0);
       if (idx == kNoPage) idx = attempt(false);
-      if (hook) hook(ctx);
+      after_balloon_shrink(freed);
     }
     // Then the OOM handler (the balloon deflates), as long as it makes progress.
     if (!(flags & kAllocNoOomHook)) {
@@ -569,6 +586,27 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
   SpinLockGuard g(lock_);
   ++counters_.alloc_failures;
   return Error::NoMemory;
+}
+
+void PageAllocator::reclaim_point() {
+  if (balloon_demand_.load(MemoryOrder::Relaxed) == 0 || !irqs_enabled()) return;
+  uint64_t deficit;
+  {
+    SpinLockGuard g(lock_);
+    const uint64_t demand = balloon_demand_.load();
+    if (demand == 0) return;
+    deficit = demand > free_locked() ? demand - free_locked() : 0;
+  }
+  size_t freed = 1;  // nothing to shrink: the pages are there, the balloon only has to take them
+  if (deficit) {
+    reclaimers_.fetch_add(1);
+    freed = shrink(deficit < 4096 ? deficit : 4096, true, [&] {
+      SpinLockGuard g(lock_);
+      return free_locked() >= balloon_demand_.load();
+    });
+    reclaimers_.fetch_sub(1);
+  }
+  after_balloon_shrink(freed);
 }
 
 ErrorOr<PhysAddr> PageAllocator::alloc_pages(unsigned order, Owner owner, AllocFlags flags) {
@@ -823,15 +861,12 @@ uint64_t PageAllocator::unreported_free_pages(unsigned min_order) {
 
 void PageAllocator::set_balloon_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx) {
   SpinLockGuard g(lock_);
-  balloon_demand_ = free_pages_wanted;
+  balloon_demand_.store(free_pages_wanted);
   demand_hook_ = hook;
   demand_ctx_ = ctx;
 }
 
-uint64_t PageAllocator::balloon_demand() {
-  SpinLockGuard g(lock_);
-  return balloon_demand_;
-}
+uint64_t PageAllocator::balloon_demand() { return balloon_demand_.load(); }
 
 void PageAllocator::set_oom_handler(OomHandler fn, void* ctx) {
   SpinLockGuard g(lock_);

@@ -155,6 +155,10 @@ class PageAllocator {
   // ignore the demand. 0 clears it.
   void set_balloon_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx);
   uint64_t balloon_demand();
+  // A point where the caller's shrinkers may run (an app's main loop between requests): serves a
+  // pending balloon demand as an allocation would. For apps whose caches stop allocating once
+  // warm, which would otherwise never meet a demand. One atomic load when there is none.
+  void reclaim_point();
 
   // Returns pages taken by take_pages, in any split (runs may cover parts of what was taken).
   // `content_zeroed`: the host discarded them (they are filed as reported: not backed, and zero
@@ -258,13 +262,17 @@ class PageAllocator {
   bool report_due_locked(uint64_t& unreported);
   template <typename Attempt>
   ErrorOr<PhysAddr> with_reclaim(uint64_t pages, AllocFlags flags, Attempt attempt);
+  template <typename Done>
+  size_t shrink(size_t want, bool for_balloon, Done done);
+  void after_balloon_shrink(size_t freed);
   uint64_t free_locked() const {
     return owner_pages_[static_cast<unsigned>(Owner::Free)] +
            owner_pages_[static_cast<unsigned>(Owner::Reported)];
   }
   // True if taking `pages` leaves free memory at or above the balloon's demand.
   bool demand_allows_locked(uint64_t pages) const {
-    return balloon_demand_ == 0 || free_locked() >= balloon_demand_ + pages;
+    const uint64_t demand = balloon_demand_.load(MemoryOrder::Relaxed);
+    return demand == 0 || free_locked() >= demand + pages;
   }
 
   SpinLock lock_;
@@ -285,7 +293,7 @@ class PageAllocator {
   void* oom_ctx_ = nullptr;
   Shrinker* shrinkers_ = nullptr;
   Atomic<uint32_t> reclaimers_{0};
-  uint64_t balloon_demand_ = 0;  // free pages the balloon waits for (0: none)
+  Atomic<uint64_t> balloon_demand_{0};  // free pages the balloon waits for (0: none)
   DemandHook demand_hook_ = nullptr;
   void* demand_ctx_ = nullptr;
 

@@ -234,5 +234,42 @@ TEST(Reclaim, BalloonDemandIsDroppedWhenTheCachesAreEmpty) {
   EXPECT_TRUE(pa.check_invariants());
 }
 
+TEST(Reclaim, ReclaimPointServesADemandWithoutAllocating) {
+  Fixture f(8 * kMiB);
+  PageAllocator& pa = *f.pa;
+  std::vector<std::string> log;
+  FakeCache cache(pa, "cache", &log);
+  pa.register_shrinker(&cache);
+  auto app = exhaust(pa);
+  for (int i = 0; i < 300; ++i) {
+    pa.free_pages(app.back(), 0);
+    app.pop_back();
+  }
+  ASSERT_TRUE(cache.fill(300));
+  int told = 0;
+  auto hook = [](void* ctx) { ++*static_cast<int*>(ctx); };
+  pa.reclaim_point();  // no demand: nothing happens
+  EXPECT_TRUE(log.empty());
+  pa.set_balloon_demand(200, hook, &told);
+  pa.reclaim_point();
+  EXPECT_EQ(log, (std::vector<std::string>{"cache:200"}));
+  EXPECT_GE(pa.free_pages_count(), 200u);
+  EXPECT_EQ(told, 1);
+  EXPECT_EQ(pa.balloon_demand(), 200u) << "met, not dropped: the balloon clears it";
+  // Met already: the hook only (the balloon has not taken them yet).
+  pa.reclaim_point();
+  EXPECT_EQ(log.size(), 1u);
+  EXPECT_EQ(told, 2);
+  // More than the cache holds: it gives its last 100, then nothing, and the demand is dropped.
+  pa.set_balloon_demand(1000, hook, &told);
+  pa.reclaim_point();
+  pa.reclaim_point();
+  EXPECT_TRUE(cache.held.empty());
+  EXPECT_EQ(pa.balloon_demand(), 0u);
+  pa.unregister_shrinker(&cache);
+  for (PhysAddr p : app) pa.free_pages(p, 0);
+  EXPECT_TRUE(pa.check_invariants());
+}
+
 }  // namespace
 }  // namespace blimp::mm::test
