@@ -31,7 +31,8 @@ QEMU variants (--qemu-variants, default "stock"): everything above runs on the s
 "coalesce" (Blimp's patched QEMU, build/qemu/, with coalesce-discard=on) and "patched" (the
 same binary, coalesce-discard=off) repeat only the inflate/deflate measurement, right after the
 stock one of the same guest, and read QMP x-blimp-balloon-info before and after the inflate
-(discard calls/pages). Their results get a table of their own.
+(discard calls/pages) and after the deflate (MADV_WILLNEED calls/pages). Their results get a
+table of their own.
 
 Each measurement is repeated --runs times (median, min-max). A Markdown table goes to
 RESULTS.md (and stdout), raw samples to results.json beside it. Exit status: 0 when every
@@ -419,6 +420,11 @@ def measure_inflate(cfg, a):
             + (f"; {r['discard_calls']} discard calls for {r['discard_pages']} pages"
                if "discard_calls" in r else ""))
         t, cu, cs, cn = g.balloon(full)
+        info2 = blimp_balloon_info(g)
+        if info1 is not None and info2 is not None and "willneed-calls" in info2:
+            # counters over the deflate alone (host/qemu patch 5; older binaries lack them)
+            for k in ("willneed-calls", "willneed-pages", "deflate-pfns", "deflate-bad-pfns"):
+                r[k.replace("-", "_")] = info2[k] - info1[k]
         r.update(deflate_s=t, deflate_cpu_user_s=cu, deflate_cpu_sys_s=cs,
                  deflate_mibs=inflated / t)
         cpu = cn if cn is not None else (cu + cs if cu is not None else None)
@@ -426,7 +432,9 @@ def measure_inflate(cfg, a):
             r["deflate_cpu_s"] = cpu
             r["deflate_mib_per_cpu_s"] = inflated / max(cpu, 0.001)
         log(f"  {g.name()}: deflate {inflated:.0f} MiB in {t * 1000:.0f} ms "
-            f"({inflated / t:.0f} MiB/s)")
+            f"({inflated / t:.0f} MiB/s)"
+            + (f"; {r['willneed_calls']} MADV_WILLNEED calls for {r['willneed_pages']} pages"
+               if "willneed_calls" in r else ""))
         time.sleep(0.2)
         gl = g.grep(r"balloon: (inflated|deflated) (\d+) MiB in (\d+) ms")
         r["guest_log"] = [m.group(0) for _, m in gl]
@@ -808,9 +816,11 @@ def variants_report(a, results):
          "Blimp's patched QEMU (host/qemu/) with `coalesce-discard=off`, *coalesce=on* = the "
          "same binary with `coalesce-discard=on` (patch 1: each inflate buffer's PFNs sorted "
          "and merged into runs, one `ram_block_discard_range()` per run instead of one per "
-         "4 KiB page). In every run the variants of one guest are measured back to back. "
-         "Discard calls and pages: QMP `x-blimp-balloon-info` before and after the inflate "
-         "(patched QEMU only; stock QEMU makes one call per 4 KiB page). Median (min–max).\n"]
+         "4 KiB page; patch 5: the same for the deflate, one `madvise(MADV_WILLNEED)` per run "
+         "instead of one per 4 KiB page). In every run the variants of one guest are measured "
+         "back to back. Discard / WILLNEED calls and pages: QMP `x-blimp-balloon-info` before "
+         "and after the inflate and the deflate (patched QEMU only; stock QEMU makes one call "
+         "per 4 KiB page). Median (min–max).\n"]
     cols = [f"{c[0].capitalize()} {c[1]} {short[c[2]]}" for c in cfgs]
     L.append("| metric | " + " | ".join(cols) + " |")
     L.append("|---|" + "---|" * len(cols))
@@ -834,6 +844,8 @@ def variants_report(a, results):
         for x in results[c]["inflate"]:
             if x.get("discard_calls") is not None and x.get("inflated_mib"):
                 x["discard_calls_per_gib"] = x["discard_calls"] * 1024 / x["inflated_mib"]
+            if x.get("willneed_calls") is not None and x.get("inflated_mib"):
+                x["willneed_calls_per_gib"] = x["willneed_calls"] * 1024 / x["inflated_mib"]
     row(f"inflate {a.mem}→{a.target} MiB, MiB/s", "inflate_mibs", 0)
     row("inflate time, ms", "inflate_s", 0, 1000)
     row("inflate, MiB per QEMU CPU-second", "inflate_mib_per_cpu_s", 0)
@@ -850,6 +862,9 @@ def variants_report(a, results):
     row("deflate, MiB per QEMU CPU-second", "deflate_mib_per_cpu_s", 0)
     row("deflate: QEMU CPU s (schedstat, all threads)", "deflate_cpu_s", 3)
     cpu_row("deflate: QEMU CPU s, user / system (ticks, medians)", "deflate")
+    row("deflate: MADV_WILLNEED calls (x-blimp-balloon-info)", "willneed_calls", 0)
+    row("deflate: pages hinted", "willneed_pages", 0)
+    row("deflate: MADV_WILLNEED calls per GiB deflated", "willneed_calls_per_gib", 0)
     L.append("")
     # coalesce-discard=on against stock, per guest.
     pairs = [(c[:2] + ("stock",), c) for c in cfgs
@@ -858,17 +873,20 @@ def variants_report(a, results):
         L.append("coalesce-discard=on against stock QEMU, ratio of medians (>1: the patched "
                  "QEMU is faster / cheaper):\n")
         L.append("| guest | inflate MiB/s | inflate MiB per CPU-s | inflate system CPU s "
-                 "(stock → coalesce) | deflate MiB/s | deflate MiB per CPU-s |")
-        L.append("|---|---|---|---|---|---|")
+                 "(stock → coalesce) | deflate MiB/s | deflate MiB per CPU-s | deflate CPU s "
+                 "(stock → coalesce) | deflate system CPU s (stock → coalesce) |")
+        L.append("|---|---|---|---|---|---|---|---|")
         for st, co in pairs:
             def rt(key, st=st, co=co):
                 sv, cv = med(vals(st, key)), med(vals(co, key))
                 return f"{cv / sv:.2f}×" if sv and cv else "n/a"
-            ys, yc = med(vals(st, "inflate_cpu_sys_s")), med(vals(co, "inflate_cpu_sys_s"))
-            sysc = "n/a" if ys is None or yc is None else f"{ys:.2f} → {yc:.2f}"
+            def arrow(key, digits, st=st, co=co):
+                sv, cv = med(vals(st, key)), med(vals(co, key))
+                return "n/a" if sv is None or cv is None else f"{sv:.{digits}f} → {cv:.{digits}f}"
             L.append(f"| {st[0].capitalize()} {st[1]} | {rt('inflate_mibs')} | "
-                     f"{rt('inflate_mib_per_cpu_s')} | {sysc} | {rt('deflate_mibs')} | "
-                     f"{rt('deflate_mib_per_cpu_s')} |")
+                     f"{rt('inflate_mib_per_cpu_s')} | {arrow('inflate_cpu_sys_s', 2)} | "
+                     f"{rt('deflate_mibs')} | {rt('deflate_mib_per_cpu_s')} | "
+                     f"{arrow('deflate_cpu_s', 3)} | {arrow('deflate_cpu_sys_s', 2)} |")
         L.append("")
     return L
 
