@@ -57,10 +57,14 @@ std::vector<PolicyDecision> IdleTaxPolicy::decide(const std::vector<VmObservatio
         x.reason = "working set " + format_size(used);
         if (vm.previous) {
             const GuestStats& p = *vm.previous;
-            if (grew(s.alloc_stalls, p.alloc_stalls) || grew(s.direct_reclaims, p.direct_reclaims)) {
+            unsigned& hold = cache_active_[vm.name];
+            if (grew(s.alloc_stalls, p.alloc_stalls) || grew(s.direct_reclaims, p.direct_reclaims))
+                hold = c_.reclaim_hold + 1;
+            if (hold > 0) {
+                --hold;
                 const uint64_t free = s.free_memory ? std::min(*s.free_memory, total) : *avail;
                 x.active = std::min(vm.memory, std::max(x.active, total - std::min(total, free)));
-                x.reason += ", caches under reclaim";
+                x.reason += hold == c_.reclaim_hold ? ", caches under reclaim" : ", caches recently under reclaim";
             }
             if (grew(s.major_faults, p.major_faults)) {
                 x.pressure = true;

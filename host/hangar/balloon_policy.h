@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -77,7 +78,8 @@ public:
 // so idle memory "costs" k times active memory and idle guests give up memory first (tax 0 is
 // plain proportional share). "Active" is the working set, plus the guest's caches while they
 // are being reclaimed (alloc stalls or direct reclaims rising): a cache the guest keeps
-// squeezing to make room is in use, though the guest counts it as available. This raises what
+// squeezing to make room is in use, though the guest counts it as available; it stays counted
+// so for `reclaim_hold` periods after the counters stop rising. This raises what
 // the guest may be given, not what it is guaranteed, so caches competing for a tight budget
 // still split it by shares instead of all claiming their full size. A guest without stats is never inflated: without a working set we
 // cannot promise it will not OOM. Targets move only when the change beats the hysteresis, and an
@@ -93,6 +95,7 @@ public:
 
 private:
     PolicyConfig c_;
+    std::map<std::string, unsigned> cache_active_;  // VM -> periods its caches still count as active
 };
 
 std::unique_ptr<BalloonPolicy> make_policy(const PolicyConfig& config);

@@ -195,7 +195,7 @@ void apply_vm_key(VmSpec& vm, const Reader& r, const std::string& key, const jso
 
 void parse_policy(PolicyConfig& p, const json& v, const std::string& where) {
     Reader r(where);
-    r.check_keys(v, {"name", "tax_rate", "floor", "hysteresis", "max_step", "pressure_grow", "sweep"});
+    r.check_keys(v, {"name", "tax_rate", "floor", "hysteresis", "max_step", "pressure_grow", "reclaim_hold", "sweep"});
     for (auto it = v.begin(); it != v.end(); ++it) {
         const std::string& k = it.key();
         if (k == "name") p.name = r.str(*it, k);
@@ -204,6 +204,7 @@ void parse_policy(PolicyConfig& p, const json& v, const std::string& where) {
         else if (k == "hysteresis") p.hysteresis = r.size(*it, k);
         else if (k == "max_step") p.max_step = r.size(*it, k);
         else if (k == "pressure_grow") p.pressure_grow = r.number(*it, k);
+        else if (k == "reclaim_hold") p.reclaim_hold = static_cast<unsigned>(r.uint(*it, k, 100000));
         else if (k == "sweep") p.sweep = r.duration(*it, k);
     }
 }

@@ -52,6 +52,10 @@ struct PolicyConfig {
     uint64_t hysteresis = 16ull << 20;
     uint64_t max_step = 256ull << 20;  // largest inflate per VM per period
     double pressure_grow = 0.25;       // fraction of RAM handed back when a guest is under pressure
+    // Periods a guest's caches keep counting as active after their reclaim counters last rose: a
+    // cache that was just given enough stops reclaiming, and must not then look idle at once
+    // (that would take the memory back and start the cycle again).
+    unsigned reclaim_hold = 30;
     // Page-state reclaim (patched QEMU, page-states=on): ask QEMU to discard the guests' unused
     // and volatile pages this often; 0 = never (QEMU's own timer may still do it).
     Millis sweep{0};

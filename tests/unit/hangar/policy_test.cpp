@@ -230,6 +230,20 @@ TEST(IdleTaxPolicy, HungryCachesSplitTheBudgetInsteadOfOvercommitting) {
     }
 }
 
+// A cache given enough stops reclaiming; it must not look idle at once (and be shrunk back into
+// reclaiming), only after reclaim_hold quiet periods.
+TEST(IdleTaxPolicy, ReclaimKeepsCountingForTheHoldPeriods) {
+    PolicyConfig c;
+    c.reclaim_hold = 3;
+    IdleTaxPolicy p(c);
+    std::vector<VmObservation> vms = {cache_guest("hot", 512, 10, true), cache_guest("cold", 512, 10, false)};
+    auto reason = [&] { return p.decide(vms, 768 * MiB)[0].reason; };
+    EXPECT_NE(reason().find("caches under reclaim"), std::string::npos);
+    vms[0].previous = vms[0].stats;  // the counters stop rising
+    for (int i = 0; i < 3; ++i) EXPECT_NE(reason().find("caches recently under reclaim"), std::string::npos) << i;
+    EXPECT_EQ(reason().find("reclaim"), std::string::npos);
+}
+
 TEST(IdleTaxPolicy, FailingAllocationsArePressure) {
     IdleTaxPolicy p(PolicyConfig{});
     std::vector<VmObservation> vms = {guest("a", 1024, 100), guest("b", 1024, 100)};
