@@ -8,7 +8,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from blimp_vm import BlimpVM, TestRunner, check  # noqa: E402
+from blimp_vm import BlimpVM, TestRunner, check, wait_balloon  # noqa: E402
 from qmp import Qmp  # noqa: E402
 
 t = TestRunner()
@@ -27,17 +27,6 @@ def balloon_vm(build, kind, app, args, memory="1G", props="", **kw):
                    extra=extra, limit=300, **kw)
 
 
-def wait_actual(q, predicate, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        actual = q.execute("query-balloon")["actual"]
-        if predicate(actual):
-            return actual
-        if time.monotonic() > deadline:
-            raise AssertionError(f"balloon did not get there: actual={actual >> 20} MiB")
-        time.sleep(0.05)
-
-
 def inflate_deflate(build, kind):
     # memhog touches 900 MiB and frees it: the host now backs ~all guest RAM. Inflating to
     # 256 MiB must give back (in host RSS) at least 90% of what was inflated.
@@ -48,7 +37,7 @@ def inflate_deflate(build, kind):
         ram = q.execute("query-balloon")["actual"]
         rss_before = vm.rss_kib() * 1024
         q.execute("balloon", value=256 * MiB)
-        wait_actual(q, lambda a: a == 256 * MiB)
+        wait_balloon(q, lambda a: a == 256 * MiB)
         vm.wait_for(r"balloon: inflated \d+ MiB", 10)
         inflated = ram - 256 * MiB
         rss_after = vm.rss_kib() * 1024
@@ -76,7 +65,7 @@ def inflate_deflate(build, kind):
         check(s["stat-major-faults"] == 0 and s["stat-swap-in"] == 0, f"{s}")
         # Deflate all the way back.
         q.execute("balloon", value=ram)
-        wait_actual(q, lambda a: a == ram)
+        wait_balloon(q, lambda a: a == ram)
         vm.wait_for(r"balloon: deflated 768 MiB", 10)
 
 
@@ -141,7 +130,7 @@ def test_target_beyond_what_guest_can_give(build):
         mark = len(vm.output)
         vm.wait_for(r"idle: up", 10, start=mark)  # the guest is alive and its timer runs
         q.execute("balloon", value=512 * MiB)
-        wait_actual(q, lambda a: a == 512 * MiB)
+        wait_balloon(q, lambda a: a == 512 * MiB)
 
 
 @t.test
@@ -170,7 +159,7 @@ def test_integrity_through_balloon_cycles(build):
         q = Qmp.connect(vm.qmp_path)
         for target in (520, 1024, 480, 1024, 500):
             q.execute("balloon", value=target * MiB)
-            wait_actual(q, lambda a: abs(a - target * MiB) < 40 * MiB)
+            wait_balloon(q, lambda a: abs(a - target * MiB) < 40 * MiB)
             mark = len(vm.output)
             vm.wait_for(r"integrity: round \d+ verified", 60, start=mark)
         mark = len(vm.output)

@@ -11,23 +11,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from blimp_vm import BlimpVM, TestRunner, check  # noqa: E402
+from blimp_vm import BlimpVM, TestRunner, check, wait_balloon  # noqa: E402
 from qmp import Qmp  # noqa: E402
 
 t = TestRunner()
 MiB = 1 << 20
-
-
-def wait_actual(vm, q, want, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        actual = q.execute("query-balloon")["actual"]
-        if actual == want:
-            return time.monotonic()
-        check(time.monotonic() < deadline,
-              f"balloon stuck at {actual >> 20} MiB, target {want >> 20} MiB; guest log tail:\n"
-              + "\n".join(ln for ln in vm.output.splitlines() if "kvcache: t=" not in ln)[-1500:])
-        time.sleep(0.1)
 
 
 def cache_mib(vm, start=0):
@@ -51,7 +39,7 @@ def test_balloon_takes_memory_from_a_full_cache(build):
         # Free memory is nearly nil: 256 MiB can only come out of the cache.
         mark = len(vm.output)
         q.execute("balloon", value=256 * MiB)
-        wait_actual(vm, q, 256 * MiB, 60)
+        wait_balloon(q, lambda a: a == 256 * MiB, 60, vm)
         vm.wait_for(r"kvcache: t=\S+ ", 30, start=len(vm.output))
         c = cache_mib(vm, mark)
         check(c is not None and c < 256, f"cache still {c} MiB in a 256 MiB guest")
@@ -88,7 +76,7 @@ def test_balloon_takes_memory_from_a_full_cache(build):
         vm.wait_for(r"kvcache: t=\S+ ", 30, start=m2)
         # Back up: the cache grows again.
         q.execute("balloon", value=512 * MiB)
-        wait_actual(vm, q, 512 * MiB, 60)
+        wait_balloon(q, lambda a: a == 512 * MiB, 60, vm)
         deadline = time.monotonic() + 60
         while (cache_mib(vm, m2) or 0) < 300:
             check(time.monotonic() < deadline, f"the cache did not grow back: {vm.output[-400:]}")

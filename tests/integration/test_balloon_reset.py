@@ -24,7 +24,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from blimp_vm import BlimpVM, Skip, TestRunner, check  # noqa: E402
+from blimp_vm import BlimpVM, Skip, TestRunner, check, wait_balloon  # noqa: E402
 from qmp import Qmp  # noqa: E402
 from qtest import QTest  # noqa: E402
 
@@ -129,18 +129,6 @@ MACHINES = {"microvm": ("microvm", "virtio-balloon-device", MmioBalloon),
             "q35-legacy": ("q35", "virtio-balloon-pci,disable-modern=on", LegacyPciBalloon)}
 
 
-def wait_actual(q, vm, predicate, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        actual = q.execute("query-balloon")["actual"]
-        if predicate(actual):
-            return actual
-        if time.monotonic() > deadline:
-            raise AssertionError(f"balloon did not get there: actual={actual >> 20} MiB\n"
-                                 f"--- output ---\n{vm.output}")
-        time.sleep(0.05)
-
-
 def guest_stats(q):
     return q.execute("qom-get", path="/machine/peripheral/balloon0", property="guest-stats")
 
@@ -194,7 +182,7 @@ def reset_mid_inflate(build, kind):
         check(holding < (want_pages * 4096 >> 20), f"not mid-inflate: holding {holding} MiB")
         m = vm.wait_for(RETOLD, 60, start=mark)
         check(int(m.group(1)) == holding, m.group(0))
-        wait_actual(q, vm, lambda a: a == target, 120)
+        wait_balloon(q, lambda a: a == target, 120, vm)
         print(f"  guest noticed the reset within {detect_s:.2f} s (wall clock, upper bound); "
               f"held {holding} MiB, re-told in {m.group(2)} ms", flush=True)
         check("did not return a buffer" not in vm.output[mark:],
@@ -209,7 +197,7 @@ def reset_mid_inflate(build, kind):
         # New targets: up a little, more, then deflate all the way back.
         for value in (600 * MiB, 1200 * MiB, ram):
             q.execute("balloon", value=value)
-            wait_actual(q, vm, lambda a: a == value, 120)
+            wait_balloon(q, lambda a: a == value, 120, vm)
         st = wait_stats(q, lambda s: s["stats"].get("stat-total-memory", 0) >= ram - 96 * MiB,
                         "the deflated memory back in the guest's total")
         print(f"  deflated back: guest total {st['stats']['stat-total-memory'] >> 20} MiB, free "
@@ -225,7 +213,7 @@ def reset_mid_inflate(build, kind):
         vm.wait_for(r"virtio: balloon at \S+ [0-9a-f:.x]+: reinitialised after reset", 30,
                     start=mark)
         q.execute("balloon", value=500 * MiB)
-        wait_actual(q, vm, lambda a: a == 500 * MiB, 120)
+        wait_balloon(q, lambda a: a == 500 * MiB, 120, vm)
         print(f"  idle reset noticed within {detect_s:.2f} s; 500 MiB target reached after it",
               flush=True)
 
@@ -316,7 +304,7 @@ def test_reset_reregisters_page_states_and_hints(build):
 
         # And the balloon itself still works.
         q.execute("balloon", value=600 * MiB)
-        wait_actual(q, vm, lambda a: a == 600 * MiB, 120)
+        wait_balloon(q, lambda a: a == 600 * MiB, 120, vm)
         check("recovery failed" not in vm.output and "failed" not in vm.output[mark:],
               vm.output[mark:])
         qt.close()

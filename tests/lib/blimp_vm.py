@@ -188,6 +188,26 @@ class Skip(Exception):
     pass
 
 
+def wait_balloon(q, predicate, timeout=60, vm=None):
+    """Polls QMP query-balloon until predicate(actual) holds; returns actual. On timeout the
+    error carries the guest's output (balloon lines first) when `vm` is given."""
+    deadline = time.monotonic() + timeout
+    while True:
+        actual = q.execute("query-balloon")["actual"]
+        if predicate(actual):
+            return actual
+        if time.monotonic() > deadline:
+            tail = ""
+            if vm is not None:
+                lines = vm.output.splitlines()
+                tail = "\n--- guest balloon lines ---\n" + "\n".join(
+                    ln for ln in lines if "balloon" in ln)[-2000:] + "\n--- output tail ---\n" + \
+                    "\n".join(lines[-20:])
+            raise AssertionError(f"balloon did not get there in {timeout}s: actual={actual >> 20} MiB"
+                                 + tail)
+        time.sleep(0.05)
+
+
 def check(cond, message):
     if not cond:
         raise AssertionError(message)
