@@ -2,8 +2,9 @@
 
 KSM is system-wide: everything changed here is saved first and written back on exit, also on an
 exception, SIGTERM or SIGINT. Only one KSM experiment may run at a time on a host: KsmSession takes
-an exclusive flock on /run/lock/blimp-ksm.lock (hangar users: the same lock is advisory; a hangar
-fleet running its own KSM policy at the same time would still disturb the numbers).
+an exclusive flock on /run/lock/blimp-ksm.lock, the same lock hangar's KsmControl holds while it
+owns the KSM settings (docs/hangar.md), so a test, a benchmark and a hangar fleet take turns. The
+lock is advisory: anything else that writes /sys/kernel/mm/ksm is not held back by it.
 
     with KsmSession(pages_to_scan=2000, sleep_millisecs=10) as ksm:   # run stays 0
         ...start VMs...
