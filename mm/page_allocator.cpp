@@ -533,9 +533,11 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
     uint64_t deficit = 0;
     {
       SpinLockGuard g(lock_);
-      const uint64_t demand = balloon_demand_.load();
-      for_balloon = demand != 0 && free_locked() >= pages;
-      if (for_balloon) deficit = demand + pages - free_locked();
+      // (With free memory above demand + pages the attempt failed for want of a contiguous
+      // block: that stall is the app's own.)
+      const uint64_t demand = balloon_demand_.load(), free = free_locked();
+      for_balloon = demand != 0 && free >= pages && free < demand + pages;
+      if (for_balloon) deficit = demand + pages - free;
       else ++counters_.alloc_stalls;
     }
     reclaimers_.fetch_add(1);

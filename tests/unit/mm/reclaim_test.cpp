@@ -271,5 +271,27 @@ TEST(Reclaim, ReclaimPointServesADemandWithoutAllocating) {
   EXPECT_TRUE(pa.check_invariants());
 }
 
+// Free memory in plenty but no block of the order asked for: the stall is the app's (counted as
+// such), not the balloon demand's, whatever demand is set.
+TEST(Reclaim, FragmentationStallIsNotTheBalloons) {
+  Fixture f(8 * kMiB);
+  PageAllocator& pa = *f.pa;
+  auto app = exhaust(pa);
+  std::vector<PhysAddr> kept;
+  for (size_t i = 0; i < app.size(); ++i) {
+    if (i % 2) pa.free_pages(app[i], 0);  // every other page: lots free, nothing contiguous
+    else kept.push_back(app[i]);
+  }
+  ASSERT_GT(pa.free_pages_count(), 500u);
+  pa.set_balloon_demand(10, nullptr, nullptr);
+  const auto before = pa.stats();
+  EXPECT_EQ(pa.alloc_pages(2, Owner::App).error(), Error::NoMemory);
+  EXPECT_EQ(pa.stats().alloc_stalls, before.alloc_stalls + 1);
+  EXPECT_EQ(pa.stats().balloon_reclaim_pages, before.balloon_reclaim_pages);
+  pa.set_balloon_demand(0, nullptr, nullptr);
+  for (PhysAddr p : kept) pa.free_pages(p, 0);
+  EXPECT_TRUE(pa.check_invariants());
+}
+
 }  // namespace
 }  // namespace blimp::mm::test
