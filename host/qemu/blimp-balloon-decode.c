@@ -313,3 +313,125 @@ uint64_t blimp_pstate_finish(uint8_t *states, uint64_t first, uint64_t count, bo
     }
     return changed;
 }
+
+/* ---- sharing hints: marked runs -------------------------------------------------------- */
+
+size_t blimp_hints_to_runs(const BlimpSeal *hints, size_t n, uint64_t gap, size_t max_runs,
+                           BlimpHintPred eligible, void *opaque, BlimpRun *out,
+                           uint64_t *skipped, uint64_t *bad)
+{
+    size_t i, k = 0;
+    uint64_t end = 0;           /* end of out[k - 1] */
+
+    for (i = 0; i < n; i++) {
+        const BlimpSeal *h = &hints[i];
+
+        if (h->npages == 0 || h->pfn > UINT64_MAX - h->npages || (k && h->pfn < end)) {
+            if (bad) {
+                (*bad)++;
+            }
+            continue;
+        }
+        if (eligible && !eligible(opaque, h)) {
+            continue;
+        }
+        if (k && h->pfn - end <= gap) {
+            end = h->pfn + h->npages;                   /* join the previous run */
+            out[k - 1].npages = end - out[k - 1].pfn;
+            continue;
+        }
+        if (k >= max_runs) {
+            if (skipped) {
+                (*skipped)++;
+            }
+            continue;
+        }
+        out[k].pfn = h->pfn;
+        out[k].npages = h->npages;
+        end = h->pfn + h->npages;
+        k++;
+    }
+    return k;
+}
+
+static uint64_t run_end(const BlimpRun *r)
+{
+    return r->pfn + (r->npages < UINT64_MAX - r->pfn ? r->npages : UINT64_MAX - r->pfn);
+}
+
+static bool runs_ok(const BlimpRun *r, size_t n)
+{
+    uint64_t end = 0;
+    bool any = false;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (run_end(&r[i]) == r[i].pfn) {
+            continue;                                   /* empty */
+        }
+        if (any && r[i].pfn < end) {
+            return false;
+        }
+        end = run_end(&r[i]);
+        any = true;
+    }
+    return true;
+}
+
+/* Skip runs that are empty or end at or before @x. */
+static size_t runs_skip(const BlimpRun *r, size_t n, size_t i, uint64_t x)
+{
+    while (i < n && (run_end(&r[i]) == r[i].pfn || run_end(&r[i]) <= x)) {
+        i++;
+    }
+    return i;
+}
+
+bool blimp_runs_diff(const BlimpRun *old, size_t n_old, const BlimpRun *new_runs,
+                     size_t n_new, BlimpRunFn drop, BlimpRunFn add, void *opaque)
+{
+    size_t i = 0, j = 0;
+    uint64_t x = 0, pa = 0, pb = 0;
+    int pk = 0;                 /* pending range [pa, pb): 0 none, 1 drop, 2 add */
+
+    if (!runs_ok(old, n_old) || !runs_ok(new_runs, n_new)) {
+        return false;
+    }
+    for (;;) {
+        bool in_o, in_n;
+        uint64_t next = UINT64_MAX;
+        int kind;
+
+        i = runs_skip(old, n_old, i, x);
+        j = runs_skip(new_runs, n_new, j, x);
+        if (i >= n_old && j >= n_new) {
+            break;
+        }
+        in_o = i < n_old && old[i].pfn <= x;
+        in_n = j < n_new && new_runs[j].pfn <= x;
+        if (i < n_old) {
+            next = in_o ? run_end(&old[i]) : old[i].pfn;
+        }
+        if (j < n_new) {
+            uint64_t b = in_n ? run_end(&new_runs[j]) : new_runs[j].pfn;
+            next = b < next ? b : next;
+        }
+        /* [x, next) has one membership; next > x (runs ending at or before x are skipped) */
+        kind = in_o == in_n ? 0 : in_o ? 1 : 2;
+        if (kind && kind == pk && pb == x) {
+            pb = next;                                  /* coalesce */
+        } else if (kind) {
+            if (pk && !(pk == 1 ? drop : add)(opaque, pa, pb - pa)) {
+                return true;
+            }
+            pk = kind;
+            pa = x;
+            pb = next;
+        }
+        x = next;
+    }
+    if (pk) {
+        (pk == 1 ? drop : add)(opaque, pa, pb - pa);
+    }
+    return true;
+}

@@ -140,4 +140,34 @@ uint64_t blimp_pstate_finish(uint8_t *states, uint64_t first, uint64_t count, bo
 /* True for the 8 defined byte values. */
 bool blimp_pstate_valid(uint8_t v);
 
+/* ---- sharing hints: marked runs (patch 0006) ---- */
+
+/*
+ * The runs to mark MADV_MERGEABLE for a hint list, as the device's incremental marking builds
+ * them when hints arrive in PFN order: walk @hints (@n of them, sorted by pfn, disjoint), keep
+ * those for which @eligible(@opaque, hint) is true (every hint when @eligible is NULL), merge a
+ * hint into the previous run when it starts at most @gap pages after that run's end, and open
+ * at most @max_runs runs: a hint that would open one more is left out and counted in
+ * *@skipped (a later hint within @gap of the last run still joins it). Hints with npages 0, a
+ * pfn + npages that wraps, or out of order (starting before the last run's end) are left out
+ * and counted in *@bad (either pointer may be NULL). @out needs room for min(@n, @max_runs)
+ * runs. Returns the number of runs written: sorted, disjoint, more than @gap pages apart.
+ */
+typedef bool (*BlimpHintPred)(void *opaque, const BlimpSeal *hint);
+size_t blimp_hints_to_runs(const BlimpSeal *hints, size_t n, uint64_t gap, size_t max_runs,
+                           BlimpHintPred eligible, void *opaque, BlimpRun *out,
+                           uint64_t *skipped, uint64_t *bad);
+
+/*
+ * Difference of two run sets (each sorted by pfn and disjoint; adjacent runs allowed; runs
+ * with npages 0 ignored; a run whose end would pass 2^64 is cut there). Calls @drop for every
+ * maximal range in @old but not in @new and @add for every maximal range in @new but not in
+ * @old, all in ascending pfn order (drops and adds interleaved), so the caller can turn the
+ * marking @old into @new touching nothing the two share. Stops early when a callback returns
+ * false. O(n_old + n_new), no allocation. Returns false when the inputs are not sorted and
+ * disjoint (then nothing at all is emitted).
+ */
+bool blimp_runs_diff(const BlimpRun *old, size_t n_old, const BlimpRun *new_runs,
+                     size_t n_new, BlimpRunFn drop, BlimpRunFn add, void *opaque);
+
 #endif

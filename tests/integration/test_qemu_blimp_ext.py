@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Device-level tests of the Blimp virtio-balloon extensions (host/qemu patches 0001-0003, 0005)
-against docs/spec-virtio-balloon-blimp.md, with no guest OS: QEMU runs with the qtest
+"""Device-level tests of the Blimp virtio-balloon extensions (host/qemu patches 0001-0003, 0005,
+0006) against docs/spec-virtio-balloon-blimp.md, with no guest OS: QEMU runs with the qtest
 accelerator and this script is the driver. It pokes virtio-mmio registers and guest RAM
 through the qtest protocol (microvm, modern virtio-mmio), so every byte on the wire is
 chosen here, including malformed ones.
@@ -11,7 +11,8 @@ Checks:
     state DISCARDED_x), never STABLE / POT_VOLATILE / invalid bytes / the array itself;
     timer-driven sweeps; EBUSY, unregister, reset;
   * sharing hints: SEAL marks runs MADV_MERGEABLE (seen in /proc/PID/smaps), adjacent runs
-    merge, UNSEAL unmarks, query/filter QMP, hint-max-runs limit;
+    merge, UNSEAL unmarks, query/filter QMP, hint-max-runs limit; a filter change madvises
+    only the difference (patch 0006: added/removed pages, smaps, against a model of the runs);
   * coalesce-discard: inflate and deflate buffers (unsorted, duplicates, more PFNs than one
     4096-PFN chunk, PFNs in MMIO / ROM / past RAM / far beyond) give one discard or one
     MADV_WILLNEED call per run of RAM, hostile PFNs are skipped and counted, deflated pages
@@ -586,13 +587,15 @@ def test_share_hints(qemu):
         check(len(q["hints"]) == 1 and q["hints"][0]["pfn"] == DATA_PFN + 10, "paging works")
 
         r = vm.qmp.execute("x-blimp-balloon-hint-filter", hashes=[f"{h1:016x}"])
-        check(r == {"marked-runs": 1, "marked-pages": 3}, f"filter to h1: 1 run, 3 pages ({r})")
+        check(r == {"marked-runs": 1, "marked-pages": 3, "added-pages": 0, "removed-pages": 72},
+              f"filter to h1: 1 run, 3 pages, 72 unmarked, the 3 kept untouched ({r})")
         check(mergeable_bytes(vm.pid()) == 3 * PAGE, "smaps: 3 pages mergeable after filter")
         q = vm.qmp.execute("x-blimp-balloon-query-hints")
         check([h["marked"] for h in q["hints"]] == [True, True, True, False, False],
               "only h1 hints (and the page between them) marked")
         r = vm.qmp.execute("x-blimp-balloon-hint-filter")
-        check(r == {"marked-runs": 2, "marked-pages": 75}, "filter cleared: all marked again")
+        check(r == {"marked-runs": 2, "marked-pages": 75, "added-pages": 72, "removed-pages": 0},
+              f"filter cleared: all marked again, only the 72 missing pages madvised ({r})")
         try:
             vm.qmp.execute("x-blimp-balloon-hint-filter", hashes=["xyz"])
             check(False, "bad hash refused")
@@ -670,6 +673,137 @@ def test_share_hints(qemu):
         vm.stop()
 
 
+def model_runs(hints, eligible, gap=16, max_runs=16384):
+    """The device's wanted runs (spec 6.2/6.3): eligible hints in PFN order, joined when at most
+    gap pages apart, at most max_runs runs. Returns (set of pages, number of runs, skipped)."""
+    runs, skipped = [], 0
+    for pfn, n, h in sorted(hints):
+        if h not in eligible:
+            continue
+        if runs and pfn - runs[-1][1] <= gap:
+            runs[-1][1] = pfn + n
+        elif len(runs) >= max_runs:
+            skipped += 1
+        else:
+            runs.append([pfn, pfn + n])
+    return {p for a, b in runs for p in range(a, b)}, len(runs), skipped
+
+
+def set_filter(vm, hashes):
+    return vm.qmp.execute("x-blimp-balloon-hint-filter", hashes=[f"{h:016x}" for h in hashes])
+
+
+def test_filter_incremental(qemu):
+    """Patch 0006: a filter change madvises only the difference (spec section 6.3)."""
+    print("[share hints: incremental filter changes]")
+    vm = Vm(qemu, "share-hints=on", extra=["-machine", "mem-merge=off"])
+    dev = vm.dev
+    try:
+        dev.init((1 << F_STATS) | (1 << F_VERSION_1) | (1 << F_SHARE_HINTS))
+        ha, hb, hc, hd = 0xA, 0xB, 0xC, 0xD
+        d = DATA_PFN
+        hints = ([(d + i, 1, ha) for i in range(10)] + [(d + 100 + i, 1, hb) for i in range(10)] +
+                 [(d + 200 + i, 1, hc) for i in range(10)] + [(d + 115, 1, hd)])
+        st, acc, *_ = seal(dev, [(p, n, 0, h) for p, n, h in reversed(hints)])
+        check((st, acc) == (S_OK, len(hints)), "31 hints sealed (descending)")
+        steps = [([], 0, 36, 0, 0, "empty filter: all 36 marked pages (A, B+gap+D, C) unmarked"),
+                 ([ha], 10, 0, 10, 1, "add A: A marked"),
+                 ([ha, hb], 10, 0, 20, 2, "add B: only B madvised, A untouched"),
+                 ([ha, hb, hd], 6, 0, 26, 2, "add D (5 pages past B): the gap and D joined to B"),
+                 ([hb, hd, hc], 10, 10, 26, 2, "swap A for C: A unmarked, C marked, B+D untouched"),
+                 ([hc], 0, 16, 10, 1, "drop B and D: their 16 pages unmarked, C untouched"),
+                 ([hc], 0, 0, 10, 1, "same filter again: nothing madvised")]
+        for hashes, add, rem, pages, runs, what in steps:
+            r = set_filter(vm, hashes)
+            check(r == {"marked-runs": runs, "marked-pages": pages, "added-pages": add,
+                        "removed-pages": rem}, f"{what} ({r})")
+            check(mergeable_bytes(vm.pid()) == pages * PAGE, f"  smaps: {pages} pages mergeable")
+        info = vm.qmp.execute("x-blimp-balloon-info")
+        check(info["hint-filter-updates"] == len(steps) and
+              info["hint-remark-added-pages"] == 36 and info["hint-remark-removed-pages"] == 62,
+              "info counts filter updates and the pages they madvised")
+
+        # random hints (sealed in random order, some unsealed) and random filter changes,
+        # against the model; a filter change must converge to exactly the model's runs
+        import random
+        rnd = random.Random(1234)
+        st, *_ = unseal(dev, [(d, 300)])
+        set_filter(vm, [])
+        base = d + 1000
+        pool = [rnd.randrange(1 << 64) for _ in range(6)]
+        hints, pfn = [], base
+        for _ in range(400):
+            pfn += rnd.choice([0, 0, 1, 3, 10, 17, 40])
+            n = rnd.choice([1, 1, 2, 5])
+            hints.append((pfn, n, rnd.choice(pool)))
+            pfn += n
+        order = hints[:]
+        rnd.shuffle(order)
+        for i in range(0, len(order), 100):
+            st, acc, *_ = seal(dev, [(p, n, 0, h) for p, n, h in order[i:i + 100]])
+            assert st == S_OK and acc == len(order[i:i + 100]), (st, acc)
+        gone = hints[50:60]
+        unseal(dev, [(p, n) for p, n, _ in gone])
+        hints = [h for h in hints if h not in gone]
+        old = set()
+        bad = 0
+        for step in range(20):
+            elig = set(rnd.sample(pool, rnd.randrange(len(pool) + 1)))
+            r = set_filter(vm, sorted(elig))
+            want, nruns, _ = model_runs(hints, elig)
+            exp = {"marked-runs": nruns, "marked-pages": len(want),
+                   "added-pages": len(want - old), "removed-pages": len(old - want)}
+            if r != exp or mergeable_bytes(vm.pid()) != len(want) * PAGE:
+                bad += 1
+                print(f"    step {step}: {r} != {exp}")
+            old = want
+        check(bad == 0, "20 random filter changes: marked runs, added and removed pages as the "
+              "model, smaps agrees")
+        q = vm.qmp.execute("x-blimp-balloon-query-hints")["hints"]
+        check(all(h["marked"] == (h["pfn"] in old) for h in q), "query-hints: marked flags agree")
+
+        # hostile filters: refused whole, the marking is left as it was
+        before = vm.qmp.execute("x-blimp-balloon-info")
+        for badh in ["", "0x", "1" * 17, "-1", "12 34", "0x-5"]:
+            try:
+                vm.qmp.execute("x-blimp-balloon-hint-filter", hashes=["a", badh])
+                check(False, f"bad hash {badh!r} refused")
+            except QmpError:
+                pass
+        after = vm.qmp.execute("x-blimp-balloon-info")
+        check(after["hint-marked-pages"] == before["hint-marked-pages"] and
+              after["hint-filter-updates"] == before["hint-filter-updates"],
+              "bad hashes refused, marking unchanged")
+        big = [f"{rnd.randrange(1 << 64):x}" for _ in range(100000)] + [f"{h:x}" for h in pool]
+        r = vm.qmp.execute("x-blimp-balloon-hint-filter", hashes=big, timeout=60)
+        want, nruns, _ = model_runs(hints, set(pool))
+        check(r["marked-pages"] == len(want) and r["removed-pages"] == 0,
+              f"100006-hash filter accepted ({r})")
+        check(vm.alive(), "QEMU alive")
+    finally:
+        vm.stop()
+
+    print("[share hints: incremental filter changes at hint-max-runs]")
+    vm = Vm(qemu, "share-hints=on,hint-max-runs=3,hint-merge-gap=0",
+            extra=["-machine", "mem-merge=off"])
+    dev = vm.dev
+    try:
+        dev.init((1 << F_STATS) | (1 << F_VERSION_1) | (1 << F_SHARE_HINTS))
+        hints = [(DATA_PFN + 2 * i, 1, i % 3) for i in range(9)]      # hashes 0 1 2 0 1 2 ...
+        set_filter(vm, [])
+        seal(dev, [(p, n, 0, h) for p, n, h in hints])
+        for elig in ([0], [0, 1], [1], [0, 1, 2], [2]):
+            r = set_filter(vm, elig)
+            want, nruns, skipped = model_runs(hints, set(elig), gap=0, max_runs=3)
+            check(r["marked-runs"] == nruns <= 3 and r["marked-pages"] == len(want) and
+                  mergeable_bytes(vm.pid()) == len(want) * PAGE,
+                  f"filter {elig}: {nruns} runs (limit 3, {skipped} hints over it) ({r})")
+        check("hint-max-runs (3) reached" in vm.logtext(), "limit stated in the log")
+        check(vm.alive(), "QEMU alive")
+    finally:
+        vm.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build-dir", required=True)
@@ -681,6 +815,7 @@ def main():
     tests = [test_props_off, test_coalesce, test_page_states]
     if "test_share_hints" in globals():
         tests.append(globals()["test_share_hints"])
+        tests.append(test_filter_incremental)
     failed = 0
     for t in tests:
         try:

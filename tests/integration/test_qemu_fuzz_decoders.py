@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bounded libFuzzer run of the guest-input decoders of the QEMU patch series.
 
-Builds tests/fuzz/fuzz_blimp_{req,runs,pstate}.c against host/qemu/blimp-balloon-decode.c (the
+Builds tests/fuzz/fuzz_blimp_{req,runs,pstate,remark}.c against host/qemu/blimp-balloon-decode.c (the
 same file QEMU compiles) with clang -fsanitize=fuzzer,address,undefined into BUILD_DIR/fuzz/,
 seeds each corpus with valid requests, and runs each target for FUZZ_SECONDS (default 15).
 Exit 0 pass, 77 skip (no clang / libFuzzer runtime), 1 a crash or assertion (the reproducer is
@@ -16,7 +16,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-TARGETS = ["req", "runs", "pstate"]
+TARGETS = ["req", "runs", "pstate", "remark"]
 
 
 def seeds(target):
@@ -30,6 +30,11 @@ def seeds(target):
     if target == "runs":
         return [struct.pack("<8I", 5, 6, 7, 1, 2, 100, 7, 8),
                 struct.pack("<4I", 0xFFFFFFFF, 0xFFFFFFFE, 0, 1)]
+    if target == "remark":
+        # mode/gap/max-runs/stop, then hints (delta, npages, hash bits: 1 old set, 2 new set, x)
+        return [bytes([0, 16, 0x85, 0]) + bytes([0, 1, 3, 0, 1, 1, 1, 0, 20, 4, 2, 0x10,
+                                                  3, 2, 3, 0x21, 30, 8, 1, 0x33]),
+                bytes([1, 0, 2, 3]) + bytes([5, 3, 1, 0xF1, 0, 2, 2, 0x01, 1, 1, 3, 0x70])]
     return [bytes([3, 2, 0, 3, 0, 0, 0, 0]) + bytes([1, 1, 3, 0, 2, 0x81, 0x41, 0x7F, 3, 1]),
             bytes([0, 0, 8, 1, 2, 0, 0, 0]) + bytes([1] * 64)]
 
