@@ -15,7 +15,10 @@ each QEMU that hash filter, so QEMU marks only those runs mergeable. Checked, fr
   - KSM merged every non-zero data page of twin1 and twin2 (/proc/PID/ksm_stat, exact per VM) and
     pages_sharing rose by at least that much; loner merged nothing of its data;
   - every guest's data verifies; after hangar stops, KSM's settings are what they were, the save
-    file is gone, the lock is free, no QEMU is left.
+    file is gone, the lock is free, no QEMU is left;
+  - (host/qemu patch 0006, two qtest QEMUs, no hangar) a filter change that only adds twins
+    leaves the pages KSM merged merged (ksm_merging_pages never falls), one that removes twins
+    unmerges exactly those.
 
 KSM is system-wide: the test only runs with KSM writable (root) and never beside another KSM
 experiment (the lock; CTest RUN_SERIAL). Skips (77) without KSM, the patched QEMU, hangar or the
@@ -366,6 +369,89 @@ def test_targeted_sharing_through_hangar(build):
     after = ksm_settings()
     lock.release()
     check(after == before, f"KSM settings not restored: {before} -> {after}")
+
+
+FILTER_PAGES = 1024     # pages per hash group in test_filter_update_keeps_merged
+
+
+def filter_churn(qemu, ks, n=FILTER_PAGES, timeout=90):
+    """Two qtest QEMUs (no guest: the test writes guest RAM and seals over qtest, as
+    test_qemu_blimp_ext does) hold the same two groups of n distinct pages, A and B, sealed with
+    one hash per page. Filters go {A} -> {A, B} -> {B} in both VMs while ksmd runs; every 0.1 s
+    /proc/PID/ksm_merging_pages of each QEMU is sampled. Returns per phase: the lowest and the
+    last merging count (min over both VMs), seconds until the expected count, ksmd CPU seconds,
+    and QEMU's filter answers."""
+    from test_qemu_blimp_ext import (F_SHARE_HINTS, F_STATS, F_VERSION_1, DATA_PFN, Vm,  # noqa: E402
+                                     seal)
+    import struct as st
+    groups = {"A": (1, DATA_PFN), "B": (2, DATA_PFN + 4 * n)}
+    vms = []
+    try:
+        for _ in range(2):
+            vm = Vm(qemu, "share-hints=on", extra=["-machine", "mem-merge=off"])
+            vms.append(vm)
+            vm.dev.init((1 << F_STATS) | (1 << F_VERSION_1) | (1 << F_SHARE_HINTS))
+            vm.qmp.execute("x-blimp-balloon-hint-filter", hashes=[])
+            for g, (tag, pfn) in groups.items():
+                data = b"".join(st.pack("<QQ", tag, i) * (PAGE // 16) for i in range(n))
+                vm.qt.memwrite(pfn * PAGE, data)
+                for i in range(0, n, 1024):
+                    r = seal(vm.dev, [(pfn + j, 1, 0, tag << 32 | j) for j in range(i, min(n, i + 1024))])
+                    check(r[0] == 0, f"SEAL status {r[0]}")
+        pids = [vm.pid() for vm in vms]
+
+        def hashes(gs):
+            return [f"{groups[g][0] << 32 | j:016x}" for g in gs for j in range(n)]
+
+        def phase(gs, want):
+            answers = [vm.qmp.execute("x-blimp-balloon-hint-filter", hashes=hashes(gs), timeout=60)
+                       for vm in vms]
+            cpu0, t0, low, took = ks.ksmd_cpu_seconds(), time.monotonic(), None, None
+            series = []
+            while time.monotonic() - t0 < timeout:
+                m = min(merging(p) for p in pids)
+                series.append(m)
+                low = m if low is None else min(low, m)
+                if took is None and m == want:
+                    took = time.monotonic() - t0
+                if took is not None and time.monotonic() - t0 > took + 3:
+                    break       # settled: 3 s more at the expected count
+                time.sleep(0.1)
+            return {"filter": "+".join(gs), "want": want, "min": low, "last": series[-1],
+                    "seconds": took, "ksmd_cpu_s": round(ks.ksmd_cpu_seconds() - cpu0, 2),
+                    "answers": answers, "series": series[::5]}
+
+        ks.start()
+        return [phase(["A"], n), phase(["A", "B"], 2 * n), phase(["B"], n)]
+    finally:
+        for vm in vms:
+            vm.stop()
+
+
+@t.test
+def test_filter_update_keeps_merged(build):
+    """host/qemu patch 0006: a filter change that only adds twins leaves KSM's merged pages
+    merged (ksm_merging_pages of the QEMU never falls), one that removes twins unmerges exactly
+    those."""
+    _, _, qemu = tools(build)
+    from ksm_util import KsmSession, KsmUnavailable
+    try:
+        with KsmSession(pages_to_scan=4000, sleep_millisecs=10) as ks:
+            res = filter_churn(qemu, ks)
+    except KsmUnavailable as e:
+        raise Skip(str(e))
+    n = FILTER_PAGES
+    for p in res:
+        print(f"  filter {p['filter']}: merging min {p['min']} last {p['last']} (want {p['want']}), "
+              f"settled after {p['seconds']} s, ksmd CPU {p['ksmd_cpu_s']} s; QEMU {p['answers'][0]}",
+              flush=True)
+    a, ab, b = res
+    check(a["seconds"] is not None, f"A merged in both VMs: {a}")
+    check(ab["answers"][0]["added-pages"] == n and ab["answers"][0]["removed-pages"] == 0, ab["answers"])
+    check(ab["min"] >= n, f"adding B unmerged A: merging fell to {ab['min']} ({ab['series']})")
+    check(ab["seconds"] is not None and ab["last"] == 2 * n, f"A and B merged: {ab}")
+    check(b["answers"][0]["added-pages"] == 0 and b["answers"][0]["removed-pages"] == n, b["answers"])
+    check(b["min"] >= n and b["last"] == n, f"removing A left B merged, unmerged A: {b}")
 
 
 if __name__ == "__main__":
