@@ -84,7 +84,10 @@ class LinuxGuest:
         dev = "virtio-balloon-pci" if self.transport == "pci" else "virtio-balloon-device"
         bopts = f"{dev},id=balloon0" + (f",{self.balloon}" if self.balloon else "")
         return ["timeout", "--kill-after=5", str(self.timeout_s)] + self.wrapper + [
-            self.qemu, "-accel", "tcg", "-M", self.machine, "-m", str(self.mem_mb),
+            # mem-merge=off: the anchor's RSS is what the tests and benches measure, and the
+            # host's KSM (run by other users, or left on by a killed experiment) would merge the
+            # zero pages its fill writes.
+            self.qemu, "-accel", "tcg", "-M", f"{self.machine},mem-merge=off", "-m", str(self.mem_mb),
             "-smp", str(self.smp), "-display", "none", "-serial", "stdio", "-monitor", "none",
             "-no-reboot", "-nodefaults", "-pidfile", self.pidfile,
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
