@@ -541,10 +541,11 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
       else ++counters_.alloc_stalls;
     }
     reclaimers_.fetch_add(1);
-    // Shrinkers first, each asked for at least 32 pages; for a balloon demand, for up to 16 MiB
-    // of it at a time (each round costs the balloon a trip to the host).
+    // Shrinkers first, each asked for at least 32 pages; for a balloon demand, for up to
+    // kBalloonShrinkBatch of it at a time.
     size_t want = pages < 32 ? 32 : pages;
-    if (for_balloon && deficit > want) want = deficit < 4096 ? deficit : 4096;
+    if (for_balloon && deficit > want)
+      want = deficit < kBalloonShrinkBatch ? deficit : kBalloonShrinkBatch;
     size_t freed = shrink(want, for_balloon, [&] {
       idx = attempt(true);
       return idx != kNoPage;
@@ -553,7 +554,7 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
       // The balloon takes what the caches gave now (partial progress counts: the app keeps
       // allocating, so an exact figure may never be met), and this allocation is not kept
       // waiting for more.
-      if (idx == kNoPage && freed == 0) balloon_demand_.store(0);
+      // (after_balloon_shrink drops the demand if they gave nothing.)
       if (idx == kNoPage) idx = attempt(false);
       after_balloon_shrink(freed);
     }
@@ -602,7 +603,7 @@ void PageAllocator::reclaim_point() {
   size_t freed = 1;  // nothing to shrink: the pages are there, the balloon only has to take them
   if (deficit) {
     reclaimers_.fetch_add(1);
-    freed = shrink(deficit < 4096 ? deficit : 4096, true, [&] {
+    freed = shrink(deficit < kBalloonShrinkBatch ? deficit : kBalloonShrinkBatch, true, [&] {
       SpinLockGuard g(lock_);
       return free_locked() >= balloon_demand_.load();
     });

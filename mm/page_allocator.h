@@ -262,6 +262,9 @@ class PageAllocator {
   bool report_due_locked(uint64_t& unreported);
   template <typename Attempt>
   ErrorOr<PhysAddr> with_reclaim(uint64_t pages, AllocFlags flags, Attempt attempt);
+  // Most a balloon demand asks of each shrinker at once, in pages (16 MiB): each round costs the
+  // balloon a trip to the host, and the allocation that pays for it waits meanwhile.
+  static constexpr size_t kBalloonShrinkBatch = 4096;
   template <typename Done>
   size_t shrink(size_t want, bool for_balloon, Done done);
   void after_balloon_shrink(size_t freed);
