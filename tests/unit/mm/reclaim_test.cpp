@@ -65,6 +65,17 @@ std::vector<PhysAddr> exhaust(PageAllocator& pa) {
   }
 }
 
+// Frees the last `n` pages of `app` (taken by exhaust).
+void free_last(PageAllocator& pa, std::vector<PhysAddr>& app, size_t n) {
+  for (size_t i = 0; i < n && !app.empty(); ++i) {
+    pa.free_pages(app.back(), 0);
+    app.pop_back();
+  }
+}
+
+// A DemandHook counting its calls in an int.
+void count_call(void* ctx) { ++*static_cast<int*>(ctx); }
+
 TEST(Reclaim, ShrinkersInOrderThenOomThenError) {
   Fixture f(16 * kMiB);
   PageAllocator& pa = *f.pa;
@@ -153,20 +164,13 @@ TEST(Reclaim, BalloonDemandIsMetFromTheCachesByTheAllocatingContext) {
   FakeCache cache(pa, "cache", &log);
   pa.register_shrinker(&cache);
   auto app = exhaust(pa);
-  for (size_t i = 0; i < 1000 && !app.empty(); ++i) {  // the cache owns 1000 pages
-    pa.free_pages(app.back(), 0);
-    app.pop_back();
-  }
+  free_last(pa, app, 1000);  // the cache owns 1000 pages
   ASSERT_TRUE(cache.fill(1000));
   ASSERT_EQ(pa.free_pages_count(), 0u);
-  for (int i = 0; i < 20; ++i) {  // 20 pages free, as if the app had just freed them
-    pa.free_pages(app.back(), 0);
-    app.pop_back();
-  }
+  free_last(pa, app, 20);  // 20 pages free, as if the app had just freed them
   int told = 0;
-  auto hook = [](void* ctx) { ++*static_cast<int*>(ctx); };
   const uint64_t stalls = pa.stats().alloc_stalls, direct = pa.stats().direct_reclaim_pages;
-  pa.set_balloon_demand(600, hook, &told);
+  pa.set_balloon_demand(600, count_call, &told);
   // Free pages exist, but they are the balloon's now: each allocation shrinks the cache first
   // (for the whole deficit: 600 + 1 - 20 pages) until 600 stay free.
   for (int i = 0; i < 4; ++i) {
@@ -201,17 +205,11 @@ TEST(Reclaim, BalloonDemandIsDroppedWhenTheCachesAreEmpty) {
   FakeCache cache(pa, "cache", &log);
   pa.register_shrinker(&cache);
   auto app = exhaust(pa);
-  for (int i = 0; i < 50; ++i) {
-    pa.free_pages(app.back(), 0);
-    app.pop_back();
-  }
+  free_last(pa, app, 50);
   ASSERT_TRUE(cache.fill(10));
-  for (int i = 0; i < 30; ++i) {
-    pa.free_pages(app.back(), 0);
-    app.pop_back();
-  }
+  free_last(pa, app, 30);
   int told = 0;
-  pa.set_balloon_demand(1000, [](void* ctx) { ++*static_cast<int*>(ctx); }, &told);
+  pa.set_balloon_demand(1000, count_call, &told);
   // The cache's 10 pages cannot make 1000 free: the demand goes, the app gets its page.
   std::vector<PhysAddr> got;
   for (int i = 0; i < 3; ++i) {
@@ -241,16 +239,12 @@ TEST(Reclaim, ReclaimPointServesADemandWithoutAllocating) {
   FakeCache cache(pa, "cache", &log);
   pa.register_shrinker(&cache);
   auto app = exhaust(pa);
-  for (int i = 0; i < 300; ++i) {
-    pa.free_pages(app.back(), 0);
-    app.pop_back();
-  }
+  free_last(pa, app, 300);
   ASSERT_TRUE(cache.fill(300));
   int told = 0;
-  auto hook = [](void* ctx) { ++*static_cast<int*>(ctx); };
   pa.reclaim_point();  // no demand: nothing happens
   EXPECT_TRUE(log.empty());
-  pa.set_balloon_demand(200, hook, &told);
+  pa.set_balloon_demand(200, count_call, &told);
   pa.reclaim_point();
   EXPECT_EQ(log, (std::vector<std::string>{"cache:200"}));
   EXPECT_GE(pa.free_pages_count(), 200u);
@@ -261,7 +255,7 @@ TEST(Reclaim, ReclaimPointServesADemandWithoutAllocating) {
   EXPECT_EQ(log.size(), 1u);
   EXPECT_EQ(told, 2);
   // More than the cache holds: it gives its last 100, then nothing, and the demand is dropped.
-  pa.set_balloon_demand(1000, hook, &told);
+  pa.set_balloon_demand(1000, count_call, &told);
   pa.reclaim_point();
   pa.reclaim_point();
   EXPECT_TRUE(cache.held.empty());
