@@ -34,11 +34,24 @@
 // the device, tells it again about every page the balloon holds (an inflation of held_, so
 // `actual` is again what the device acknowledged), re-reads the target, and runs the reset
 // listeners (page states re-register, sharing re-sends its hints). docs/balloon.md.
+//
+// # A slow or misbehaving host (the ownership rule)
+// Memory the device may still read or write is never reused until the device has returned it or
+// has been reset: each use has its own buffer and token (device_buffers.h), and an operation
+// returns only when every buffer it posted has come back or the device has been reset. A wait
+// that lasts balloon.timeout_ms (default 5000) says so, again every timeout_ms; one that lasts
+// balloon.reset_ms (default 20000) resets the device, as does a broken queue (bogus used entry)
+// or a completion for a buffer that is not in flight. Resets are followed by recover(), counted,
+// and limited: more than kMaxResetsPerMinute in a minute and the balloon gives up, loudly,
+// keeping what it holds. A device that does not even complete a reset is lost: every buffer it
+// was lent stays lent for good (its pages are never reused). docs/balloon.md.
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "drivers/balloon/balloon_protocol.h"
+#include "drivers/balloon/device_buffers.h"
 #include "drivers/balloon/pfn_list.h"
 #include "drivers/balloon/reset_listeners.h"
 #include "drivers/virtio/device.h"
@@ -60,6 +73,10 @@ struct BalloonCounters {
   uint64_t floor_limited;  // times a target was capped by the floor
   uint64_t cache_demands;  // times the app's caches were asked for memory to reach a target
   uint64_t device_resets;  // resets recovered from
+  uint64_t slow_waits;     // waits that lasted past balloon.timeout_ms
+  uint64_t driver_resets;  // resets the driver did: a wait past balloon.reset_ms, a broken queue
+  uint64_t bad_completions;  // completions for a buffer not in flight on that queue
+  uint64_t quarantined_pages;  // pages left with a device that could not be reset
 };
 
 class Balloon {
@@ -81,7 +98,10 @@ class Balloon {
   // Sends one blimpq request (header + `count` entries of `entry_size` bytes at `entries`, which
   // must stay valid until it returns) and waits for the device's response. Thread or work
   // context, not interrupt context. Errors: Unsupported (extension not negotiated), Busy (another
-  // request in progress), InvalidArgument (count), DeviceError (no answer, broken queue).
+  // request in progress), InvalidArgument (count), DeviceError (no answer in balloon.reset_ms,
+  // a broken queue, a short response: the device was reset, so it forgot the request and
+  // everything the extensions registered), Timeout (the device could not even be reset: it may
+  // still read `entries` and act on the request, so keep them and what they point at).
   ErrorOr<BlimpResponse> blimp_request(uint16_t type, const void* entries, uint32_t count,
                                        size_t entry_size);
 
@@ -121,15 +141,29 @@ class Balloon {
   void adjust_to_target();
   void inflate(uint64_t pages);
   uint64_t deflate(uint64_t pages);
+  void keep_ballooned(const mm::PageRun* runs, size_t nruns);
   void report_free_pages();
   void handle_hint_command();
   void hint_free_pages(uint32_t cmd_id);
   bool hint_cancelled(uint32_t cmd_id);
+  bool send_hint_cmd(uint32_t word);
   // Returns up to `max_pages` hinted pages to the allocator; how many it returned.
   uint64_t release_hinted_pages(uint64_t max_pages);
 
-  // Waits for one used buffer on `vq`; false on timeout or a broken queue.
-  bool wait_used(virtio::Virtqueue& vq, void*& token, uint32_t& len);
+  // Waits for the device to return one buffer on `vq` and returns its token. Error::DeviceError:
+  // the device was reset meanwhile (by the host, or by the driver after balloon.reset_ms, a
+  // broken queue or a bad completion), so nothing posted before is in flight any more, unless
+  // the device could not be reset at all (lost()): then every posted buffer stays the device's.
+  ErrorOr<BufferToken*> wait_used(virtio::Virtqueue& vq);
+  // Posts one buffer with token `t` (its own) on `vq`; the token is idle again on failure.
+  ErrorOr<void> post(virtio::Virtqueue& vq, std::span<const virtio::Segment> out,
+                     std::span<const virtio::Segment> in, BufferToken& t, uint16_t slot,
+                     uint64_t pages);
+  // Resets the device after a host fault (`why`), so that no buffer stays with it; schedules
+  // recover(). Sets lost_ if the device does not complete the reset.
+  void reset_device(const char* why);
+  // The device has been reset since the operation that posted its buffers began.
+  bool lost() const { return lost_; }
   void set_actual(uint64_t pages);
   uint64_t read_target();
 
@@ -150,6 +184,7 @@ class Balloon {
   bool report_pending_ = false;
   bool report_timer_armed_ = false;
   bool recover_pending_ = false;
+  bool queue_fault_ = false;  // the stats interrupt found a bogus completion: reset from the work
   bool floor_warned_ = false;
   // A balloon demand is out (mm::PageAllocator::set_balloon_demand): the app's caches are being
   // shrunk for the target. caches_exhausted_: the allocator dropped one because the caches gave
@@ -166,7 +201,19 @@ class Balloon {
   bool health_armed_ = false;
   bool listener_timer_armed_ = false;
   uint64_t health_interval_ns_ = 1000000000ull;
-  uint64_t resets_ = 0;  // recoveries so far: a wait that sees it change lost its buffer
+  uint64_t resets_ = 0;  // device resets so far: a wait that sees it change lost its buffer
+  // A device that did not complete a reset: every buffer it was lent stays lent, and the balloon
+  // does nothing more with it.
+  bool lost_ = false;
+  bool reset_by_driver_ = false;  // the pending recovery follows reset_device(), not the host
+  // Too many resets in a minute: the balloon stops and keeps what it holds.
+  bool gave_up_ = false;
+  static constexpr unsigned kMaxResetsPerMinute = 5;
+  uint64_t reset_times_[kMaxResetsPerMinute] = {};
+  unsigned reset_times_next_ = 0;
+  uint64_t timeout_ns_ = 5000000000ull;   // a wait this long says so (and again every timeout)
+  uint64_t reset_ns_ = 20000000000ull;    // a wait this long resets the device
+  BufferTokens tokens_;
   ResetListeners reset_listeners_;
 
   uint64_t actual_ = 0;
