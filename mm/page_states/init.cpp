@@ -43,6 +43,14 @@ balloon::ResetListeners::Result reregister(void*) {
   return ResetListeners::Result::Done;
 }
 
+// A guest CPU waited unusually long for the host to publish a DISCARDING byte (protocol.h).
+void log_long_wait(const volatile uint8_t* byte, uint64_t spins) {
+  const PageStateArray& a = detail::guest_array();
+  kprintf("page-states: waited %lu spins for the host to finish discarding page %#lx; still "
+          "waiting (the host stalled mid-sweep?)\n",
+          spins, (a.base_pfn() + uint64_t(byte - a.bytes())) << kPageShift);
+}
+
 // One past the highest page the allocator manages. The allocator does not export its ranges, so
 // probe it: every 2 MiB (first and last page of each 2 MiB frame) up to 4 GiB past the managed
 // size (the PCI hole below 4 GiB is smaller than that), then page by page past the last hit. A
@@ -69,6 +77,7 @@ uint64_t pfn_limit(PageAllocator& pa) {
 void init() {
   if (g_init_done) return;
   g_init_done = true;
+  g_long_wait_hook = log_long_wait;
   if (cmdline::has_flag("page_states=off")) {
     kprintf("page-states: off (page_states=off)\n");
     return;
@@ -98,11 +107,12 @@ void init() {
     a.sync_and_hook(pa);
   }
   balloon::BlimpPstateRegister reg{virt_to_phys(bytes), npages, 0};
+  g_reg = reg;
   auto resp = b->blimp_request(balloon::kBlimpPstateRegister, &reg, 1, sizeof reg);
-  if (resp.is_error() || resp.value().status != balloon::kBlimpOk) {
-    kprintf("page-states: PSTATE_REGISTER failed: %s\n",
-            resp.is_error() ? error_name(resp.error())
-                            : balloon::blimp_status_name(resp.value().status));
+  if (!resp.is_error() && resp.value().status != balloon::kBlimpOk) {
+    // The device answered and refused: it holds no pointer to the array, which may go.
+    kprintf("page-states: PSTATE_REGISTER refused: %s\n",
+            balloon::blimp_status_name(resp.value().status));
     {
       IrqGuard g;
       a.unhook(pa);
@@ -111,8 +121,20 @@ void init() {
     pa.free_run(r.value(), array_pages);
     return;
   }
+  if (resp.is_error()) {
+    // No answer: the device was reset (it forgot the request), or could not even be reset (it
+    // may still register the array and sweep through it). Either way the array stays: attached,
+    // hooked and never freed, so no host write can land in reused memory; the reset listener
+    // registers it once the device works again.
+    kprintf("page-states: PSTATE_REGISTER got no answer (%s); the array stays, to be registered "
+            "after the device's recovery\n",
+            error_name(resp.error()));
+    detail::set_active(&a);
+    if (b->add_reset_listener(reregister, nullptr).is_error())
+      kprintf("page-states: no room for a balloon reset listener: never registered\n");
+    return;
+  }
   detail::set_active(&a);
-  g_reg = reg;
   if (b->add_reset_listener(reregister, nullptr).is_error())
     kprintf("page-states: no room for a balloon reset listener: not re-registered after a reset\n");
   kprintf("page-states: registered %lu pages (array of %lu KiB at %#lx)\n", npages,

@@ -71,13 +71,24 @@ inline bool guest_cas(volatile uint8_t* b, uint8_t expected, uint8_t desired) {
 #endif
 }
 
+// A wait on a DISCARDING byte lasts at most one batch of the host's sweep: the host claims,
+// discards and publishes a bounded number of pages at a time (spec section 4.4), so it is a few
+// milliseconds even on a slow host. A wait past kLongWaitSpins pause iterations is reported,
+// once per wait, through the hook (the guest logs it; tests count it), and goes on: until the
+// host publishes the byte the page's content is the host's, and using it could lose a write.
+using LongWaitHook = void (*)(const volatile uint8_t* byte, uint64_t spins);
+inline LongWaitHook g_long_wait_hook = nullptr;
+constexpr uint64_t kLongWaitSpins = 1ull << 24;
+
 // Waits while the host holds the byte (DISCARDING_x); returns the first guest-owned value seen.
 // `spins` (optional) counts the pause iterations, so callers can report contention.
 inline uint8_t wait_settled(const volatile uint8_t* b, uint64_t* spins = nullptr) {
   uint8_t v = load_state(b);
+  uint64_t here = 0;
   while (is_discarding(v)) {
     cpu_relax();
     if (spins) ++*spins;
+    if (++here == kLongWaitSpins && g_long_wait_hook) g_long_wait_hook(b, here);
     v = load_state(b);
   }
   return v;
