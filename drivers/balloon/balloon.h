@@ -162,6 +162,9 @@ class Balloon {
   // Resets the device after a host fault (`why`), so that no buffer stays with it; schedules
   // recover(). Sets lost_ if the device does not complete the reset.
   void reset_device(const char* why);
+  // The host reset the device or asked for a reset: make sure it is reset, schedule recover().
+  void device_stopped();
+  bool take_buffers_back();
   // The device has been reset since the operation that posted its buffers began.
   bool lost() const { return lost_; }
   void set_actual(uint64_t pages);

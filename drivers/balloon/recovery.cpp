@@ -54,8 +54,10 @@ ErrorOr<BufferToken*> Balloon::wait_used(virtio::Virtqueue& vq) {
     auto r = vq.pop_used(raw, len);
     if (r.is_error()) {
       irq_restore(flags);
-      reset_device(dev_.failed() ? "the device stopped (reset by the host, or it needs a reset)"
-                                 : "a queue broke (the device returned a bogus used entry)");
+      if (dev_.failed())
+        device_stopped();
+      else
+        reset_device("a queue broke (the device returned a bogus used entry)");
       return Error::DeviceError;
     }
     if (r.value()) {
@@ -119,11 +121,17 @@ ErrorOr<BufferToken*> Balloon::wait_used(virtio::Virtqueue& vq) {
 // it the device uses none of the rings it was given. So a host fault ends here, never in a guess.
 void Balloon::reset_device(const char* why) {
   if (lost_) return;
-  const size_t lent = tokens_.in_flight();
   kprintf("balloon: host fault: %s; resetting the device (%zu buffers lent to it, holding %lu "
           "MiB)\n",
-          why, lent, mib(held_.pages()));
+          why, tokens_.in_flight(), mib(held_.pages()));
   counters_.driver_resets++;
+  if (take_buffers_back()) reset_by_driver_ = true;
+}
+
+// Resets the device; once it reads status 0 it uses none of the buffers it was lent. False (and
+// lost_) if it does not complete the reset.
+bool Balloon::take_buffers_back() {
+  const size_t lent = tokens_.in_flight();
   auto r = dev_.reset();
   resets_++;
   if (r.is_error()) {
@@ -131,12 +139,20 @@ void Balloon::reset_device(const char* why) {
     kprintf("balloon: host fault: the device did not complete its reset; the %zu buffers lent "
             "to it and the %lu MiB the balloon holds stay with it for good; the balloon stops\n",
             lent, mib(held_.pages()));
-    return;
+    return false;
   }
   tokens_.forget_all();
-  reset_by_driver_ = true;
   recover_pending_ = true;
   work::schedule(work_item_);
+  return true;
+}
+
+// The host reset the device (status reads 0) or it asked for a reset (DEVICE_NEEDS_RESET); the
+// core has logged it and on_error() scheduled recover(). A device that merely asked may still hold
+// its rings, so it is reset here too, before the waiting operation lets go of its buffers.
+void Balloon::device_stopped() {
+  if (lost_) return;
+  take_buffers_back();
 }
 
 // A reset device has forgotten its rings, the buffers on them and what the Blimp extensions
