@@ -6,6 +6,10 @@
 
 Every QEMU runs under `timeout` (a hung guest fails the test, it never hangs CI), its serial
 output is collected by a thread, and leaving the `with` block kills whatever is still running.
+
+wait_exit() tells a guest that exited 0 (QEMU status 1 through isa-debug-exit) from a QEMU that
+exited 1 on an error of its own (bad option, missing device): the latter is a VMError quoting
+QEMU's message (docs/testing.md).
 """
 
 import os
@@ -21,6 +25,11 @@ import time
 QEMU = os.environ.get("BLIMP_QEMU", "qemu-system-x86_64")
 QBOOT = "/usr/share/qemu/qboot.rom"
 FAULT_STATUS = 125
+
+# QEMU's own errors on stderr ("qemu-system-x86_64: -device foo: ..."), not its warnings.
+QEMU_ERROR_RE = re.compile(r"^qemu-system-[\w-]+: (?!warning:).*$", re.M)
+# What kernel_main prints before it powers off with the app's status.
+GUEST_EXIT_RE = re.compile(r"^blimp: app '[^']*' exited with status (\d+)$", re.M)
 
 
 class VMError(Exception):
@@ -62,23 +71,43 @@ class BlimpVM:
                     "-qtest-log", "/dev/null"]
         cmd += list(extra)
         self.cmd = cmd
+        self.kernel = kernel
+        # output: the serial console and QEMU's stderr, as they arrive; serial and stderr: each
+        # alone.
         self.output = ""
+        self.serial = ""
+        self.stderr = ""
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout, False),
+                                        daemon=True)
+        self._err_reader = threading.Thread(target=self._read, args=(self.proc.stderr, True),
+                                            daemon=True)
         self._reader.start()
+        self._err_reader.start()
         self.started = time.monotonic()
 
-    def _read(self):
-        for raw in iter(lambda: self.proc.stdout.read1(4096), b""):
+    def _read(self, pipe, is_stderr):
+        for raw in iter(lambda: pipe.read1(4096), b""):
             text = raw.decode("utf-8", "replace").replace("\r", "")
             with self._changed:
                 self.output += text
+                if is_stderr:
+                    self.stderr += text
+                else:
+                    self.serial += text
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
+
+    def _readers_alive(self):
+        return self._reader.is_alive() or self._err_reader.is_alive()
+
+    def _join_readers(self):
+        self._reader.join(timeout=5)
+        self._err_reader.join(timeout=5)
 
     def __enter__(self):
         return self
@@ -94,7 +123,10 @@ class BlimpVM:
             except ProcessLookupError:
                 pass
         self.proc.wait()
-        self._reader.join(timeout=5)
+        self._join_readers()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if not self._readers_alive():
+                pipe.close()
 
     @property
     def pid(self):
@@ -112,7 +144,7 @@ class BlimpVM:
                 m = rx.search(self.output, start)
                 if m:
                     return m
-                if self.proc.poll() is not None and not self._reader.is_alive():
+                if self.proc.poll() is not None and not self._readers_alive():
                     raise VMError(f"{self.name}: QEMU exited before /{pattern}/ appeared\n"
                                   f"--- output ---\n{self.output}")
                 left = deadline - time.monotonic()
@@ -122,18 +154,36 @@ class BlimpVM:
                 self._changed.wait(min(left, 0.5))
 
     def wait_exit(self, timeout=120):
-        """Waits for QEMU to exit and returns the guest's status (isa-debug-exit decoding)."""
+        """Waits for QEMU to exit and returns the guest's status (isa-debug-exit decoding).
+        VMError if QEMU exited on an error of its own."""
         try:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise VMError(f"{self.name}: guest did not exit within {timeout}s\n"
                           f"--- output ---\n{self.output}")
-        self._reader.join(timeout=5)
+        self._join_readers()
         if rc == 124:
             raise VMError(f"{self.name}: QEMU was killed by its timeout\n{self.output}")
-        if rc & 1:
-            return rc >> 1
-        raise VMError(f"{self.name}: QEMU exited with {rc} without a guest status\n{self.output}")
+        if not rc & 1:
+            raise VMError(f"{self.name}: QEMU exited with {rc} without a guest status\n"
+                          f"{self.output}")
+        status = rc >> 1
+        if status == 0:
+            self._check_not_qemu_error()
+        return status
+
+    def _check_not_qemu_error(self):
+        """QEMU exits 1 both when the guest wrote 0 to isa-debug-exit and when QEMU itself fails
+        (bad option, missing device). The guest's exit line tells them apart; without it, QEMU's
+        error lines on stderr, or no guest output at all, mean QEMU failed."""
+        if GUEST_EXIT_RE.search(self.serial):
+            return
+        errors = QEMU_ERROR_RE.findall(self.stderr)
+        if errors or (self.kernel is None and not self.serial.strip()):
+            raise VMError(f"{self.name}: QEMU exited with status 1 on an error of its own, not "
+                          f"a guest exit status 0:\n  "
+                          + "\n  ".join(errors or [self.stderr.strip() or "(no output at all)"])
+                          + f"\n--- command ---\n{' '.join(self.cmd)}")
 
     def rss_kib(self):
         pid = self.pid
