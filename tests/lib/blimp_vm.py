@@ -7,9 +7,12 @@
 Every QEMU runs under `timeout` (a hung guest fails the test, it never hangs CI), its serial
 output is collected by a thread, and leaving the `with` block kills whatever is still running.
 
-wait_exit() tells a guest that exited 0 (QEMU status 1 through isa-debug-exit) from a QEMU that
-exited 1 on an error of its own (bad option, missing device): the latter is a VMError quoting
-QEMU's message (docs/testing.md).
+The harness refuses silent host faults (docs/testing.md):
+  - a guest line matching HOST_FAULT_RE fails the test at wait_exit() or when the `with` block
+    is left, unless the VM was made with expect_host_faults=True;
+  - wait_exit() tells a guest that exited 0 (QEMU status 1 through isa-debug-exit) from a QEMU
+    that exited 1 on an error of its own (bad option, missing device): the latter is a VMError
+    quoting QEMU's message;
 """
 
 import os
@@ -26,6 +29,14 @@ QEMU = os.environ.get("BLIMP_QEMU", "qemu-system-x86_64")
 QBOOT = "/usr/share/qemu/qboot.rom"
 FAULT_STATUS = 125
 
+# Guest lines that say the host misbehaved: the virtio core's "queue disabled until device
+# reset" (a bogus used ring entry) and "queues stopped, driver must recover" (the device set
+# DEVICE_NEEDS_RESET or reset itself), the balloon's "device reset by the host" and "the host did
+# not return a buffer", and any driver's "host fault" / "... is broken". A test that provokes
+# them on purpose passes expect_host_faults=True; anywhere else they fail the test.
+HOST_FAULT_RE = re.compile(
+    r"^.*(?:host fault|did not return a buffer|queue disabled until device reset"
+    r"|driver must recover|device reset by the host|is broken).*$", re.M)
 # QEMU's own errors on stderr ("qemu-system-x86_64: -device foo: ..."), not its warnings.
 QEMU_ERROR_RE = re.compile(r"^qemu-system-[\w-]+: (?!warning:).*$", re.M)
 # What kernel_main prints before it powers off with the app's status.
@@ -39,8 +50,12 @@ class VMError(Exception):
 class BlimpVM:
     def __init__(self, build_dir, app="hello", args=(), machine="microvm", memory="256M",
                  extra=(), iso=False, qmp=False, limit=600, qemu=None, kernel=None,
-                 name=None, qtest=False):
+                 name=None, qtest=False, expect_host_faults=False):
+        """expect_host_faults=True: the test provokes host faults on purpose, so guest lines
+        matching HOST_FAULT_RE are allowed (the test checks them itself)."""
         self.build_dir = build_dir
+        self.expect_host_faults = expect_host_faults
+        self._faults_checked = False
         self.machine = machine
         self.tmp = tempfile.mkdtemp(prefix="blimp-vm-")
         self.qmp_path = os.path.join(self.tmp, "qmp.sock") if qmp else None
@@ -112,9 +127,31 @@ class BlimpVM:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self.kill()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if exc_type is None:
+            self.check_host_faults()
+        elif not self.expect_host_faults and self.host_faults():
+            # The test failed already; its error stays the one reported, with the faults beside.
+            print(f"{self.name}: host fault lines in the guest output:\n  "
+                  + "\n  ".join(self.host_faults()), flush=True)
+
+    def host_faults(self):
+        """The guest's lines that report a host fault (HOST_FAULT_RE)."""
+        return HOST_FAULT_RE.findall(self.serial)
+
+    def check_host_faults(self):
+        """Raises VMError quoting the host-fault lines, unless expect_host_faults. Runs once, at
+        wait_exit() or when the `with` block is left."""
+        if self.expect_host_faults or self._faults_checked:
+            return
+        self._faults_checked = True
+        lines = self.host_faults()
+        if lines:
+            raise VMError(f"{self.name}: the guest reported host faults the test did not ask for "
+                          f"(BlimpVM(expect_host_faults=True) if it provokes them):\n  "
+                          + "\n  ".join(lines) + f"\n--- output ---\n{self.output[-4000:]}")
 
     def kill(self):
         if self.proc.poll() is None:
@@ -155,7 +192,8 @@ class BlimpVM:
 
     def wait_exit(self, timeout=120):
         """Waits for QEMU to exit and returns the guest's status (isa-debug-exit decoding).
-        VMError if QEMU exited on an error of its own."""
+        VMError if QEMU exited on an error of its own, or if the guest reported host faults the
+        test did not expect."""
         try:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -170,6 +208,7 @@ class BlimpVM:
         status = rc >> 1
         if status == 0:
             self._check_not_qemu_error()
+        self.check_host_faults()
         return status
 
     def _check_not_qemu_error(self):
