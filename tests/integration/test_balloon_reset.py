@@ -27,7 +27,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from blimp_vm import BlimpVM, Skip, TestRunner, check, wait_balloon  # noqa: E402
+from blimp_vm import (BlimpVM, Skip, TestRunner, check, require_page_states,  # noqa: E402
+                      wait_balloon)
 from qmp import Qmp  # noqa: E402
 from qtest import QTest  # noqa: E402
 
@@ -264,9 +265,7 @@ def test_reset_reregisters_page_states_and_hints(build):
     with BlimpVM(build, app="memhog", args=["steps=alloc:400M,free:all,wait:300s", "chunk=1020K"],
                  machine="microvm", memory="1G", qmp=True, qtest=True, extra=extra, limit=600,
                  qemu=patched_qemu(build), name="memhog-pstates", expect_host_faults=True) as vm:
-        m = vm.wait_for(r"blimp: starting app", 180)
-        if not re.search(r"page-states: registered \d+ pages", vm.output[:m.end()]):
-            raise Skip("page states not registered at boot")
+        require_page_states(vm, 180)
         vm.wait_for(r"memhog: step 2 freed", 240)
         qt = QTest.connect(vm.qtest_path)
         dev = MmioBalloon(vm, qt)

@@ -297,6 +297,28 @@ def wait_balloon(q, predicate, timeout=60, vm=None):
         time.sleep(0.05)
 
 
+PAGE_STATES_REGISTERED = r"page-states: registered (\d+) pages"
+
+
+def require_page_states(vm, timeout=120):
+    """For VMs on the patched QEMU with page-states=on: the guest must have registered its
+    page-state array before its app started (kernel_main calls page_states::init()). No
+    registration ("page-states: off", a failed PSTATE_REGISTER, nothing said) fails the test; it is
+    not a skip: the only legitimate skip is the patched QEMU not being built, decided before the
+    VM starts. Returns the registration match."""
+    m = vm.wait_for(r"blimp: starting app", timeout)
+    boot = vm.output[:m.end()]
+    reg = re.search(PAGE_STATES_REGISTERED, boot)
+    if not reg:
+        said = [ln for ln in boot.splitlines() if "page-states" in ln or "page_states" in ln]
+        raise AssertionError(
+            f"{vm.name}: the patched QEMU offered page states but the guest did not register "
+            f"its page-state array before the app started; it said:\n  "
+            + ("\n  ".join(said) or "(no page-states line at all)")
+            + f"\n--- boot output ---\n{boot[-3000:]}")
+    return reg
+
+
 def check(cond, message):
     if not cond:
         raise AssertionError(message)
