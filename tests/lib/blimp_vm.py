@@ -13,6 +13,8 @@ The harness refuses silent host faults (docs/testing.md):
   - wait_exit() tells a guest that exited 0 (QEMU status 1 through isa-debug-exit) from a QEMU
     that exited 1 on an error of its own (bad option, missing device): the latter is a VMError
     quoting QEMU's message;
+  - BLIMP_ACCEL=kvm runs the VMs with -accel kvm where /dev/kvm is usable hardware KVM
+    (kvm_usable()); on kvm_pvm or without /dev/kvm they stay on TCG and say why, once.
 """
 
 import os
@@ -47,15 +49,72 @@ class VMError(Exception):
     pass
 
 
+_kvm_verdict = None
+
+
+def kvm_usable(qemu=None):
+    """(True, reason) if QEMU can run guests with -accel kvm on hardware KVM here, else
+    (False, reason). kvm_pvm (a software nested hypervisor behind /dev/kvm) counts as unusable:
+    it is slower than TCG for these guests and not what the tests mean by KVM. The answer is
+    computed once: /dev/kvm, /sys/module/kvm_pvm, then a probe QEMU that only starts the
+    accelerator."""
+    global _kvm_verdict
+    if _kvm_verdict is not None:
+        return _kvm_verdict
+    if not os.path.exists("/dev/kvm"):
+        _kvm_verdict = (False, "no /dev/kvm")
+    elif not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        _kvm_verdict = (False, "/dev/kvm is not readable and writable by this user")
+    elif os.path.exists("/sys/module/kvm_pvm"):
+        _kvm_verdict = (False, "/dev/kvm is kvm_pvm (a software nested hypervisor, "
+                               "/sys/module/kvm_pvm), not hardware KVM")
+    else:
+        try:
+            r = subprocess.run(["timeout", "--kill-after=2", "20", qemu or QEMU, "-accel", "kvm",
+                                "-M", "none", "-display", "none", "-nodefaults",
+                                "-monitor", "stdio"],
+                               input="quit\n", capture_output=True, text=True)
+            if r.returncode == 0:
+                _kvm_verdict = (True, "hardware KVM: a probe QEMU started with -accel kvm")
+            else:
+                msg = (r.stderr.strip() or f"exit status {r.returncode}").splitlines()[-1]
+                _kvm_verdict = (False, f"a probe QEMU with -accel kvm failed: {msg}")
+        except OSError as e:
+            _kvm_verdict = (False, f"could not run the probe QEMU: {e}")
+    return _kvm_verdict
+
+
+_accel_said = False
+
+
+def requested_accel(qemu=None):
+    """The accelerator BlimpVM uses: BLIMP_ACCEL (tcg, the default, or kvm). kvm where it is not
+    usable falls back to tcg, and says why once per process."""
+    global _accel_said
+    want = os.environ.get("BLIMP_ACCEL", "tcg").strip() or "tcg"
+    if want == "tcg":
+        return "tcg"
+    if want != "kvm":
+        raise VMError(f"BLIMP_ACCEL={want!r}: expected tcg or kvm")
+    ok, reason = kvm_usable(qemu)
+    if not _accel_said:
+        _accel_said = True
+        print(f"BLIMP_ACCEL=kvm: {'using -accel kvm' if ok else 'skipped, using tcg'} ({reason})",
+              flush=True)
+    return "kvm" if ok else "tcg"
+
+
 class BlimpVM:
     def __init__(self, build_dir, app="hello", args=(), machine="microvm", memory="256M",
                  extra=(), iso=False, qmp=False, limit=600, qemu=None, kernel=None,
-                 name=None, qtest=False, expect_host_faults=False):
+                 name=None, qtest=False, expect_host_faults=False, accel=None):
         """expect_host_faults=True: the test provokes host faults on purpose, so guest lines
-        matching HOST_FAULT_RE are allowed (the test checks them itself)."""
+        matching HOST_FAULT_RE are allowed (the test checks them itself). accel: tcg or kvm;
+        None follows BLIMP_ACCEL (requested_accel())."""
         self.build_dir = build_dir
         self.expect_host_faults = expect_host_faults
         self._faults_checked = False
+        self.accel = accel or requested_accel(qemu)
         self.machine = machine
         self.tmp = tempfile.mkdtemp(prefix="blimp-vm-")
         self.qmp_path = os.path.join(self.tmp, "qmp.sock") if qmp else None
@@ -63,7 +122,7 @@ class BlimpVM:
         # memory and device registers through it).
         self.qtest_path = os.path.join(self.tmp, "qtest.sock") if qtest else None
         self.name = name or app
-        cmd = ["timeout", "--kill-after=5", str(limit), qemu or QEMU, "-accel", "tcg",
+        cmd = ["timeout", "--kill-after=5", str(limit), qemu or QEMU, "-accel", self.accel,
                "-m", memory, "-display", "none", "-serial", "stdio", "-no-reboot",
                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-nodefaults"]
         if machine == "microvm":
