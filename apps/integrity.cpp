@@ -2,13 +2,16 @@
 // any page the balloon, free page reporting, page-state discard or sharing got wrong shows up.
 //
 //   integrity [size=256M] [rounds=0] [duration=0] [pause=500ms] [rewrite=8]
+//             [inject=stale|zero|foreign]
 //
 // Memory is malloc'ed in 1 MiB regions of 256 pages. Every fill of a page gets a new 64-bit
 // generation (a per-fill counter, starting at 1) mixed into every word with the page's number
 // (apps/page_pattern.h), so a page holding an earlier fill's content, another page's, or zeros
 // is a mismatch and never passes for valid. Each round verifies every page, then rewrites one
 // page in `rewrite` with a new generation, so pages keep changing under the host's feet.
-// rounds=0 and duration=0 run until killed.
+// rounds=0 and duration=0 run until killed. inject= proves the detector works in this guest: after
+// round 1 the app itself damages the first page it rewrote, putting back its previous content
+// (stale), zeroing it (zero) or copying the next page over it (foreign); round 2 must report it.
 // Output per round: "integrity: round R verified N pages, M mismatches (total T), B bad pages
 // (total P)" (M and T count words, B and P pages). The first 20 bad pages are each printed as
 //   integrity: MISMATCH region R page +O (0xADDR): W of 512 words differ, first word I: expected
@@ -19,6 +22,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "apps/app.h"
 #include "apps/app_args.h"
@@ -88,6 +92,23 @@ uint64_t verify(uint64_t page) {
   return c.bad_words;
 }
 
+enum class Inject { kNone, kStale, kZero, kForeign };
+
+// Damages `page` as `how` says; `before` holds its content before its last fill.
+void inject(Inject how, uint64_t page, uint64_t pages, const uint64_t* before) {
+  uint64_t* p = page_ptr(page);
+  if (how == Inject::kStale) {
+    memcpy(p, before, 4096);
+  } else if (how == Inject::kZero) {
+    memset(p, 0, 4096);
+  } else if (how == Inject::kForeign) {
+    memcpy(p, page_ptr((page + 1) % pages), 4096);
+  }
+  printf("integrity: injected %s content into region %" PRIu64 " page +%" PRIu64 "\n",
+         how == Inject::kStale ? "stale" : how == Inject::kZero ? "zero" : "foreign",
+         page / kPagesPerChunk, page % kPagesPerChunk);
+}
+
 int integrity_main(int argc, char** argv) {
   uint64_t size = 256ull << 20, rounds = 0, duration = 0, pause = 500000000ull, rewrite = 8;
   if (!app_args::get_size("integrity", argc, argv, "size", size) ||
@@ -97,6 +118,17 @@ int integrity_main(int argc, char** argv) {
       !app_args::get_u64("integrity", argc, argv, "rewrite", rewrite))
     return 2;
   if (rewrite == 0) rewrite = 1;
+  Inject how = Inject::kNone;
+  if (const char* what = app_args::find(argc, argv, "inject")) {
+    if (strcmp(what, "stale") == 0) how = Inject::kStale;
+    else if (strcmp(what, "zero") == 0) how = Inject::kZero;
+    else if (strcmp(what, "foreign") == 0) how = Inject::kForeign;
+    else {
+      printf("integrity: bad value for inject: %s (stale, zero, foreign)\n", what);
+      return 2;
+    }
+  }
+  static uint64_t before[512];
   g_chunk_count = (size + kChunk - 1) / kChunk;
   if (g_chunk_count == 0 || g_chunk_count > kMaxChunks) {
     printf("integrity: size must be between 1M and %zu MiB\n", kMaxChunks);
@@ -122,7 +154,10 @@ int integrity_main(int argc, char** argv) {
     uint64_t bad = 0, bad_pages_before = g_total_bad_pages;
     for (uint64_t p = 0; p < pages; p++) bad += verify(p);
     g_total_mismatches += bad;
-    for (uint64_t p = round % rewrite; p < pages; p += rewrite) fill(p);
+    uint64_t first = round % rewrite;
+    if (round == 1 && how != Inject::kNone && first < pages) memcpy(before, page_ptr(first), 4096);
+    for (uint64_t p = first; p < pages; p += rewrite) fill(p);
+    if (round == 1 && how != Inject::kNone && first < pages) inject(how, first, pages, before);
     printf("integrity: round %" PRIu64 " verified %" PRIu64 " pages, %" PRIu64
            " mismatches (total %" PRIu64 "), %" PRIu64 " bad pages (total %" PRIu64 ")\n",
            round, pages, bad, g_total_mismatches, g_total_bad_pages - bad_pages_before,
