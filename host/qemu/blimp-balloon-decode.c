@@ -245,13 +245,13 @@ static bool cas8(uint8_t *p, uint8_t expect, uint8_t desired)
                                        __ATOMIC_ACQUIRE);
 }
 
-uint64_t blimp_pstate_claim(uint8_t *states, uint64_t n, uint64_t skip_lo, uint64_t skip_hi,
-                            uint64_t max_claim, bool claim_unused, BlimpRunFn emit,
-                            void *opaque, uint64_t *invalid)
+uint64_t blimp_pstate_claim_from(uint8_t *states, uint64_t n, uint64_t *pos, uint64_t skip_lo,
+                                 uint64_t skip_hi, uint64_t max_claim, bool claim_unused,
+                                 BlimpRunFn emit, void *opaque, uint64_t *invalid)
 {
-    uint64_t claimed = 0, run_start = 0, run_len = 0;
+    uint64_t claimed = 0, run_start = 0, run_len = 0, i;
 
-    for (uint64_t i = 0; i < n && claimed < max_claim; i++) {
+    for (i = *pos; i < n && claimed < max_claim; i++) {
         bool got = false;
         if (i >= skip_lo && i < skip_hi) {
             i = skip_hi - 1;                    /* never the array's own pages */
@@ -277,8 +277,72 @@ uint64_t blimp_pstate_claim(uint8_t *states, uint64_t n, uint64_t skip_lo, uint6
             bool more = emit(opaque, run_start, run_len);
             run_len = 0;
             if (!more) {
+                *pos = i + 1;
                 return claimed;
             }
+        }
+    }
+    *pos = i < n ? i : n;
+    if (run_len) {
+        emit(opaque, run_start, run_len);
+    }
+    return claimed;
+}
+
+uint64_t blimp_pstate_claim(uint8_t *states, uint64_t n, uint64_t skip_lo, uint64_t skip_hi,
+                            uint64_t max_claim, bool claim_unused, BlimpRunFn emit,
+                            void *opaque, uint64_t *invalid)
+{
+    uint64_t pos = 0;
+
+    return blimp_pstate_claim_from(states, n, &pos, skip_lo, skip_hi, max_claim, claim_unused,
+                                   emit, opaque, invalid);
+}
+
+uint64_t blimp_pstate_guard_claim(uint8_t *states, uint64_t n, uint64_t skip_lo,
+                                  uint64_t skip_hi, uint64_t first, uint64_t count,
+                                  BlimpRunFn emit, void *opaque, uint64_t *already,
+                                  uint64_t *refused, uint64_t *outside)
+{
+    uint64_t claimed = 0, run_start = 0, run_len = 0, inside, i;
+
+    /* indices past the array (or past 2^64) are not ours to decide */
+    inside = first < n ? (count < n - first ? count : n - first) : 0;
+    if (outside) {
+        *outside += count - inside;
+    }
+    for (i = first; i < first + inside; i++) {
+        bool got = false;
+        if (i >= skip_lo && i < skip_hi) {
+            if (refused) {
+                (*refused)++;                   /* the array's own pages: never */
+            }
+        } else {
+            uint8_t v = __atomic_load_n(&states[i], __ATOMIC_ACQUIRE);
+            if (v == BLIMP_PS_UNUSED) {
+                got = cas8(&states[i], v, BLIMP_PS_DISCARDING_UNUSED);
+                if (!got && refused) {
+                    (*refused)++;               /* the guest took it meanwhile */
+                }
+            } else if (v == BLIMP_PS_DISCARDED_UNUSED) {
+                if (already) {
+                    (*already)++;
+                }
+            } else if (refused) {
+                (*refused)++;
+            }
+        }
+        if (got) {
+            if (run_len == 0) {
+                run_start = i;
+            }
+            run_len++;
+            claimed++;
+            continue;
+        }
+        if (run_len) {
+            emit(opaque, run_start, run_len);
+            run_len = 0;
         }
     }
     if (run_len) {

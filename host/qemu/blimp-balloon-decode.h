@@ -129,6 +129,37 @@ uint64_t blimp_pstate_claim(uint8_t *states, uint64_t n, uint64_t skip_lo, uint6
                             void *opaque, uint64_t *invalid);
 
 /*
+ * The same claim, resumable, for sweeps in bounded batches (patch 0007): scans from index
+ * *@pos, claims at most @max_claim pages, and leaves in *@pos the index where the next batch
+ * starts (@n when the whole array was scanned). Runs never extend past the batch. Returns
+ * the number of pages claimed; fewer than @max_claim means the scan reached the end.
+ */
+uint64_t blimp_pstate_claim_from(uint8_t *states, uint64_t n, uint64_t *pos, uint64_t skip_lo,
+                                 uint64_t skip_hi, uint64_t max_claim, bool claim_unused,
+                                 BlimpRunFn emit, void *opaque, uint64_t *invalid);
+
+/*
+ * The STABLE guard (patch 0007, spec section 4.4): the guest handed the device the pages of
+ * array indices [@first, @first + @count) to discard (an inflate buffer, a free-page report),
+ * but the buffer may be stale (completed after the guest gave up on it and reused the pages).
+ * Each page is decided by its byte alone:
+ *   UNUSED            claimed by CAS to DISCARDING_UNUSED and emitted in maximal runs through
+ *                     @emit (the caller discards each run, then finishes it with
+ *                     blimp_pstate_finish); returned count;
+ *   DISCARDED_UNUSED  already discarded, nothing to do: counted in *@already;
+ *   anything else     (STABLE, POT_VOLATILE, VOLATILE, DISCARDING_x, DISCARDED_VOLATILE, an
+ *                     invalid byte, a CAS lost to the guest) and the array's own pages
+ *                     [@skip_lo, @skip_hi): refused, never touched, counted in *@refused.
+ * Indices at or past @n (not described by the array) are the caller's business: they are
+ * counted in *@outside and not touched. @already, @refused, @outside may be NULL. Every index
+ * of the range is counted exactly once: claimed + already + refused + outside == count.
+ */
+uint64_t blimp_pstate_guard_claim(uint8_t *states, uint64_t n, uint64_t skip_lo,
+                                  uint64_t skip_hi, uint64_t first, uint64_t count,
+                                  BlimpRunFn emit, void *opaque, uint64_t *already,
+                                  uint64_t *refused, uint64_t *outside);
+
+/*
  * Finish a claimed run: @discarded true turns DISCARDING_x into DISCARDED_x, false puts the
  * original state (x) back. Only bytes still holding a DISCARDING value are touched (the guest
  * never writes those). Returns the number of bytes changed; adds the ones that were UNUSED /

@@ -73,7 +73,7 @@ fi
 
 # ---- 2. build deps -----------------------------------------------------------------------
 DEPS=(libglib2.0-dev libpixman-1-dev libfdt-dev meson ninja-build dpkg-dev pkg-config
-      python3 gcc make flex bison zlib1g-dev)
+      python3 gcc make flex bison zlib1g-dev libseccomp-dev)
 missing=()
 for d in "${DEPS[@]}"; do
     dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d")
@@ -140,7 +140,7 @@ done
 BLD="$SRC/build"
 # Firmware (SeaBIOS, option ROMs) comes from Debian's packages, as for the stock binary.
 CONF_ARGS=(--target-list=x86_64-softmmu --without-default-features --enable-tcg --enable-kvm
-           --enable-fdt=system --disable-docs --disable-install-blobs --disable-werror
+           --enable-fdt=system --enable-seccomp --disable-docs --disable-install-blobs --disable-werror
            --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu)
 if [[ ! -f "$BLD/build.ninja" || "$(cat "$BLD/configure.args" 2>/dev/null)" != "${CONF_ARGS[*]}" ]]; then
     log "configure ${CONF_ARGS[*]}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bounded libFuzzer run of the guest-input decoders of the QEMU patch series.
 
-Builds tests/fuzz/fuzz_blimp_{req,runs,pstate,remark}.c against host/qemu/blimp-balloon-decode.c (the
+Builds tests/fuzz/fuzz_blimp_{req,runs,pstate,remark,guard}.c against host/qemu/blimp-balloon-decode.c (the
 same file QEMU compiles) with clang -fsanitize=fuzzer,address,undefined into BUILD_DIR/fuzz/,
 seeds each corpus with valid requests, and runs each target for FUZZ_SECONDS (default 15).
 Exit 0 pass, 77 skip (no clang / libFuzzer runtime), 1 a crash or assertion (the reproducer is
@@ -16,7 +16,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-TARGETS = ["req", "runs", "pstate", "remark"]
+TARGETS = ["req", "runs", "pstate", "remark", "guard"]
 
 
 def seeds(target):
@@ -35,6 +35,10 @@ def seeds(target):
         return [bytes([0, 16, 0x85, 0]) + bytes([0, 1, 3, 0, 1, 1, 1, 0, 20, 4, 2, 0x10,
                                                   3, 2, 3, 0x21, 30, 8, 1, 0x33]),
                 bytes([1, 0, 2, 3]) + bytes([5, 3, 1, 0xF1, 0, 2, 2, 0x01, 1, 1, 3, 0x70])]
+    if target == "guard":
+        # skip_lo, skip_len, first, count, count hi, finish/wrap, batch, claim_unused; states
+        return [bytes([2, 1, 0, 12, 0, 1, 3, 1]) + bytes([1, 1, 0, 6, 1, 2, 3, 1, 5, 4, 1, 1]),
+                bytes([0, 0, 4, 200, 1, 0, 7, 0]) + bytes([1, 6, 1, 0xF3, 3, 1, 1, 0] * 8)]
     return [bytes([3, 2, 0, 3, 0, 0, 0, 0]) + bytes([1, 1, 3, 0, 2, 0x81, 0x41, 0x7F, 3, 1]),
             bytes([0, 0, 8, 1, 2, 0, 0, 0]) + bytes([1] * 64)]
 
