@@ -24,24 +24,27 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from blimp_vm import BlimpVM, TestRunner, check  # noqa: E402
+from blimp_vm import HOST_FAULT_RE, BlimpVM, TestRunner, check  # noqa: E402
 from qmp import Qmp, QmpConnectError  # noqa: E402
 
 t = TestRunner()
 MiB = 1 << 20
 HINTED = r"balloon: hinted (\d+) MiB of free memory for command (0x[0-9a-f]+)(?: \((\d+) buffers)?"
 DONE = r"balloon: free page hinting done, (\d+) MiB returned"
+RETURNED_AFTER_RESET = r"balloon: (\d+) MiB of hinted free memory returned after the reset"
 
 
-def hint_vm(build, steps, hint=True, memory="512M", extra=(), name=None):
+def hint_vm(build, steps, hint=True, memory="512M", extra=(), name=None, args=(),
+            expect_host_faults=False):
     dev = [
         "-object", "iothread,id=io0", "-device",
         f"virtio-balloon-pci,id=balloon0,free-page-hint={'on' if hint else 'off'},iothread=io0"
     ]
-    args = [f"steps={steps}", "chunk=1020K", "balloon.report=off"]
+    args = [f"steps={steps}", "chunk=1020K", "balloon.report=off", *args]
     return BlimpVM(build, app="memhog", args=args,
                    machine="q35", memory=memory, qmp=True, extra=dev + list(extra), limit=180,
-                   name=name or f"memhog-hint-{'on' if hint else 'off'}")
+                   name=name or f"memhog-hint-{'on' if hint else 'off'}",
+                   expect_host_faults=expect_host_faults)
 
 
 def migrate(vm, q, uri, timeout=90):
@@ -134,10 +137,27 @@ def test_restored_guest_keeps_its_data(build):
             check(200 * MiB <= size <= 260 * MiB,
                   f"vmstate is {size / MiB:.0f} MiB: expected the 200 MiB held and little "
                   f"else ({st})")
+        # QEMU 7.2 saves the hinting status before the source's DONE, so what the restored
+        # guest sees depends on timing: either DONE, or a command id the destination's device
+        # does not serve. Then the guest's hint buffer is not returned, and after
+        # balloon.reset_ms the guest resets the device and only then returns the hinted pages
+        # (never "as if DONE had come": the device could still write them).
         with hint_vm(build, steps, extra=["-incoming", f"exec:cat {state}"],
-                     name="memhog-destination") as dst:
-            done = dst.wait_for(DONE, 60)
-            check(int(done.group(1)) >= 150, f"DONE returned {done.group(1)} MiB\n{dst.output}")
+                     name="memhog-destination", args=["balloon.reset_ms=2000"],
+                     expect_host_faults=True) as dst:
+            back = dst.wait_for(DONE + "|" + RETURNED_AFTER_RESET, 60)
+            if back.group(0).startswith("balloon: free page hinting done"):
+                check(int(back.group(1)) >= 150, f"DONE returned {back.group(1)} MiB\n{dst.output}")
+                check(not HOST_FAULT_RE.search(dst.output[:back.start()]),
+                      f"a host fault on the destination although DONE came\n{dst.output}")
+                how = "DONE"
+            else:
+                check(int(back.group(2)) >= 150,
+                      f"the reset returned {back.group(2)} MiB\n{dst.output}")
+                check(re.search(r"host fault: queue \d+ held a buffer", dst.output),
+                      f"hinted pages returned without a reset\n{dst.output}")
+                how = "a device reset (the destination did not serve the restored command)"
+            print(f"  destination got its hinted pages back through {how}", flush=True)
             dst.wait_for(r"memhog: step 4 freed 200 MiB", 60)
             dst.wait_for(r"memhog: step 5 alloc 480 MiB", 60)
             clean_memhog_exit(dst)
