@@ -21,7 +21,9 @@ script steps it, so "late" is exact and nothing is timed against the wall clock)
 Guest level (Blimp guest under TCG, QMP):
   * a balloon target with the inflate queue delayed 3 s: `actual` does not move before the
     delay has passed, then reaches the target; corrupt-next on the inflate queue makes the
-    guest report a broken queue; QEMU keeps running.
+    guest report a broken queue; stall-ms returns; QEMU keeps running;
+  * a device reset (status 0 through qtest, as test_balloon_reset does) while an inflate buffer
+    waits in its delay: dropped and counted, the guest recovers and reaches the target.
   * -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny boots.
 
 Exit 0 pass, 77 skip (patched QEMU not built), 1 fail.
@@ -490,6 +492,38 @@ def test_guest(build, qemu):
         st = q.execute("x-blimp-balloon-fault", queue="all", **{"stall-ms": 500})
         check(st["stalled-ms"] >= 500 and vm.proc.poll() is None,
               "stall under a running guest returns; QEMU alive")
+        q.close()
+
+    print("[Blimp guest: device reset with a delayed inflate pending]")
+    from test_balloon_reset import PciBalloon  # noqa: E402  (reset through qtest)
+    from qtest import QTest  # noqa: E402
+    extra = ["-device", "virtio-balloon-pci,id=balloon0,coalesce-discard=on,page-states=on"]
+    with BlimpVM(build, app="memhog", args=["steps=wait:600s"], machine="q35", memory="1G",
+                 qmp=True, qtest=True, extra=extra, limit=400, qemu=qemu,
+                 name="fault-reset") as vm:
+        vm.wait_for(r"blimp: starting app", 180)
+        qt = QTest.connect(vm.qtest_path)
+        dev = PciBalloon(vm, qt)
+        q = Qmp.connect(vm.qmp_path)
+        full = q.execute("query-balloon")["actual"]
+        q.execute("x-blimp-balloon-fault", queue="inflate", **{"delay-ms": 5000})
+        q.execute("balloon", value=full - 64 * MiB)
+        deadline = time.monotonic() + 30
+        while q.execute("x-blimp-balloon-fault", queue="inflate")["queues"][0]["pending-kicks"] == 0:
+            check(time.monotonic() < deadline, "the guest never notified the inflate queue")
+            time.sleep(0.05)
+        mark = len(vm.output)
+        check(dev.reset() == 0, "device reset while an inflate buffer waits in the delay")
+        i = q.execute("x-blimp-balloon-info")
+        check(i["fault-cancelled-kicks"] >= 1 and i["fault-cancelled-buffers"] >= 1,
+              f"the pending work was dropped ({i['fault-cancelled-kicks']} notifies, "
+              f"{i['fault-cancelled-buffers']} buffers)")
+        q.execute("x-blimp-balloon-fault", queue="inflate", **{"delay-ms": 0})
+        vm.wait_for(r"device reset itself|reset by the host", 60, start=mark)
+        wait_balloon(q, lambda a: a == full - 64 * MiB, 120, vm)
+        check(vm.proc.poll() is None and i["stale-discards-refused"] == 0,
+              "QEMU alive; the guest recovered and reached the target")
+        qt.close()
         q.close()
 
 
