@@ -15,8 +15,9 @@
 //   sealed    a sealed region (sharing hints) is verified, unsealed, rewritten with a new
 //             generation, and sealed again.
 // A failed allocation is no error (the host may hold the memory): it is counted and retried.
-// Every word depends on (kind, id or generation, page, word), so a page that is stale, zero, or
-// some other page's shows as a mismatch. Output per report:
+// Every word depends on (kind, id, page, word) and a generation no other fill used
+// (apps/page_pattern.h), so a page that is stale, zero, or some other page's shows as a mismatch,
+// classified as such. Output per report:
 //   "soak: t=S rounds=R verified_pages=V mismatches=M alloc_failures=F volatile_lost=L seals=N"
 // A mismatch prints "soak: MISMATCH kind=... page=... word=... expected=... found=..." (the first
 // 20). Exit 0 when nothing was ever wrong (duration=0 runs until the VM is stopped).
@@ -28,6 +29,7 @@
 #include "apps/app.h"
 #include "apps/app_args.h"
 #include "apps/mix.h"
+#include "apps/page_pattern.h"
 #include "kernel/timer.h"
 #include "mm/page_states/page_states.h"
 #include "mm/page_states/volatile_memory.h"
@@ -37,10 +39,10 @@ namespace {
 
 using namespace blimp;
 namespace ps = blimp::mm::page_states;
+namespace pattern = blimp::apps::pattern;
 using apps::mix64;
 
 constexpr uint64_t kPage = 4096;
-constexpr uint64_t kWords = kPage / 8;
 constexpr size_t kMaxAllocs = 4096;
 
 enum Kind : uint64_t { kFixed = 1, kChurn = 2, kVolatile = 3, kSealed = 4 };
@@ -58,35 +60,43 @@ struct Totals {
 };
 Totals g;
 
-uint64_t word(uint64_t kind, uint64_t id, uint64_t page, uint64_t w) {
-  return mix64((kind << 60) ^ (id << 24) ^ (page << 9) ^ w ^ 0x2545f4914f6cdd1dull);
+// Page contents: apps/page_pattern.h. A page's key comes from (kind, id, page), its generation
+// from one counter for the whole app, so no two fills anywhere write the same page content, and a
+// bad page is told apart as stale (an earlier fill of it), zeroed or foreign.
+uint64_t g_next_generation = 1;
+uint64_t key_of(uint64_t kind, uint64_t id, uint64_t page) {
+  return pattern::page_key(0x50a4c0de00000000ull | kind, (id << 24) ^ page);
 }
 
-void fill_page(void* p, uint64_t kind, uint64_t id, uint64_t page) {
-  auto* words = static_cast<volatile uint64_t*>(p);
-  for (uint64_t w = 0; w < kWords; ++w) words[w] = word(kind, id, page, w);
+uint64_t fill_page(void* p, uint64_t kind, uint64_t id, uint64_t page) {
+  const uint64_t gen = g_next_generation++;
+  pattern::fill_page(static_cast<volatile uint64_t*>(p), key_of(kind, id, page), gen);
+  return gen;
+}
+void fill_page_as(void* p, uint64_t kind, uint64_t id, uint64_t page, uint64_t gen) {
+  pattern::fill_page(static_cast<volatile uint64_t*>(p), key_of(kind, id, page), gen);
 }
 
-bool verify_page(const void* p, uint64_t kind, uint64_t id, uint64_t page) {
-  auto* words = static_cast<const volatile uint64_t*>(p);
+bool verify_page(const void* p, uint64_t kind, uint64_t id, uint64_t page, uint64_t gen) {
   ++g.verified_pages;
-  for (uint64_t w = 0; w < kWords; ++w) {
-    const uint64_t want = word(kind, id, page, w), got = words[w];
-    if (got == want) continue;
-    if (g.mismatches < 20) {
-      printf("soak: MISMATCH kind=%s id=%" PRIu64 " page=%" PRIu64 " word=%" PRIu64
-             " at %p expected=%016" PRIx64 " found=%016" PRIx64 "\n",
-             kind_name(kind), id, page, w, const_cast<uint64_t*>(words + w), want, got);
-    }
-    ++g.mismatches;
-    return false;
+  auto c = pattern::check_page(static_cast<const volatile uint64_t*>(p), key_of(kind, id, page),
+                               gen, g_next_generation);
+  if (c.verdict == pattern::Verdict::kOk) return true;
+  if (g.mismatches < 20) {
+    printf("soak: MISMATCH kind=%s id=%" PRIu64 " page=%" PRIu64 " at %p: %u of 512 words "
+           "differ, first word %u found %016" PRIx64 "; expected generation %" PRIu64 ", %s",
+           kind_name(kind), id, page, p, c.bad_words, c.first_bad, c.first_found, gen,
+           pattern::verdict_name(c.verdict));
+    if (c.verdict == pattern::Verdict::kStale) printf(" (generation %" PRIu64 ")", c.found_generation);
+    printf("\n");
   }
-  return true;
+  ++g.mismatches;
+  return false;
 }
 
 struct Alloc {
   void* data;
-  uint64_t pages, id;
+  uint64_t pages, id, gen;
 };
 
 int soak_main(int argc, char** argv) {
@@ -112,18 +122,22 @@ int soak_main(int argc, char** argv) {
     printf("soak: out of memory for the fixed regions\n");
     return 1;
   }
-  for (uint64_t p = 0; p < fixed_pages; ++p) fill_page(fixed_mem + p * kPage, kFixed, 0, p);
-  uint64_t seal_gen = 1;
+  for (uint64_t p = 0; p < fixed_pages; ++p)
+    fixed_gen[p] = fill_page(fixed_mem + p * kPage, kFixed, 0, p);
+  uint64_t seal_gen = g_next_generation++;
   for (uint64_t p = 0; p < sealed_pages; ++p)
-    fill_page(sealed_mem + p * kPage, kSealed, seal_gen, p);
+    fill_page_as(sealed_mem + p * kPage, kSealed, 0, p, seal_gen);
   const bool can_seal = sealed_pages && !mm::sharing::seal(sealed_mem, sealed_pages * kPage).is_error();
   ps::VolatileRegion volatile_region{};
+  uint64_t vol_gen = 0;
   if (vol_pages) {
     auto r = ps::allocate_volatile(vol_pages);
     if (!r.is_error()) {
       volatile_region = r.value();
+      vol_gen = g_next_generation++;
       for (uint64_t p = 0; p < vol_pages; ++p)
-        fill_page(static_cast<uint8_t*>(volatile_region.data) + p * kPage, kVolatile, 0, p);
+        fill_page_as(static_cast<uint8_t*>(volatile_region.data) + p * kPage, kVolatile, 0, p,
+                     vol_gen);
       ps::unpin(volatile_region);
     }
   }
@@ -152,8 +166,8 @@ int soak_main(int argc, char** argv) {
     const uint64_t quarter = fixed_pages / 4 + 1;
     for (uint64_t i = 0; i < quarter && fixed_pages; ++i) {
       const uint64_t p = fixed_cursor++ % fixed_pages;
-      verify_page(fixed_mem + p * kPage, kFixed, fixed_gen[p], p);
-      if (((rng = mix64(rng)) & 63) == 0) fill_page(fixed_mem + p * kPage, kFixed, ++fixed_gen[p], p);
+      verify_page(fixed_mem + p * kPage, kFixed, 0, p, fixed_gen[p]);
+      if (((rng = mix64(rng)) & 63) == 0) fixed_gen[p] = fill_page(fixed_mem + p * kPage, kFixed, 0, p);
     }
     // Churn: free about a quarter of the live allocations (verified whole), then allocate back.
     for (size_t i = 0; i < nallocs;) {
@@ -163,7 +177,7 @@ int soak_main(int argc, char** argv) {
       }
       Alloc a = allocs[i];
       for (uint64_t p = 0; p < a.pages; ++p)
-        verify_page(static_cast<uint8_t*>(a.data) + p * kPage, kChurn, a.id, p);
+        verify_page(static_cast<uint8_t*>(a.data) + p * kPage, kChurn, a.id, p, a.gen);
       free(a.data);
       live -= a.pages * kPage;
       allocs[i] = allocs[--nallocs];
@@ -175,9 +189,10 @@ int soak_main(int argc, char** argv) {
         ++g.alloc_failures;
         break;
       }
-      const uint64_t id = next_id++;
-      for (uint64_t p = 0; p < pages; ++p) fill_page(static_cast<uint8_t*>(d) + p * kPage, kChurn, id, p);
-      allocs[nallocs++] = {d, pages, id};
+      const uint64_t id = next_id++, gen = g_next_generation++;
+      for (uint64_t p = 0; p < pages; ++p)
+        fill_page_as(static_cast<uint8_t*>(d) + p * kPage, kChurn, id, p, gen);
+      allocs[nallocs++] = {d, pages, id, gen};
       live += pages * kPage;
     }
     // Volatile: pin, verify or refill, unpin.
@@ -186,20 +201,23 @@ int soak_main(int argc, char** argv) {
       auto* base = static_cast<uint8_t*>(volatile_region.data);
       if (ps::pin(volatile_region, &lost) == ps::PinResult::Lost) {
         g.volatile_lost += lost;
-        for (uint64_t p = 0; p < vol_pages; ++p) fill_page(base + p * kPage, kVolatile, 0, p);
+        vol_gen = g_next_generation++;
+        for (uint64_t p = 0; p < vol_pages; ++p)
+          fill_page_as(base + p * kPage, kVolatile, 0, p, vol_gen);
       } else {
-        for (uint64_t p = 0; p < vol_pages; ++p) verify_page(base + p * kPage, kVolatile, 0, p);
+        for (uint64_t p = 0; p < vol_pages; ++p)
+          verify_page(base + p * kPage, kVolatile, 0, p, vol_gen);
       }
       ps::unpin(volatile_region);
     }
     // Sealed: verify, unseal, rewrite, seal (every fourth round: sealing hashes every page).
     if (can_seal && (g.rounds & 3) == 0) {
       for (uint64_t p = 0; p < sealed_pages; ++p)
-        verify_page(sealed_mem + p * kPage, kSealed, seal_gen, p);
+        verify_page(sealed_mem + p * kPage, kSealed, 0, p, seal_gen);
       if (!mm::sharing::unseal(sealed_mem, sealed_pages * kPage).is_error()) {
-        ++seal_gen;
+        seal_gen = g_next_generation++;
         for (uint64_t p = 0; p < sealed_pages; ++p)
-          fill_page(sealed_mem + p * kPage, kSealed, seal_gen, p);
+          fill_page_as(sealed_mem + p * kPage, kSealed, 0, p, seal_gen);
         if (!mm::sharing::seal(sealed_mem, sealed_pages * kPage).is_error()) ++g.seals;
       }
     }
