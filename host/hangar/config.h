@@ -97,6 +97,10 @@ struct Config {
     KsmConfig ksm;
 };
 
+// Upper bounds of numeric settings (validate() names each key's full range in its message).
+inline constexpr uint64_t kMaxBudget = 1ull << 50;   // 1 PiB: 256 VMs of 1 TiB fit
+inline constexpr uint64_t kMaxKsmKnob = 1ull << 30;  // pages_to_scan, sleep_millisecs
+
 // Parsing primitives, exposed for the flag parser and tests. All throw ConfigError.
 uint64_t parse_size(std::string_view text);        // "512M", "1G", "1.5GiB", "4096" (bytes)
 Millis parse_duration(std::string_view text);      // "60s", "500ms", "2m", "1h", "10" (seconds)
