@@ -9,6 +9,8 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "safe_fs.h"
+
 namespace hangar {
 
 using namespace std::chrono_literals;
@@ -113,8 +115,9 @@ void Fleet::launch(Vm& vm) {
     plan.serial_log = vm.serial_log;
     auto argv = build_qemu_argv(vm.spec, plan);
     {
-        std::ofstream cmd(run_dir_ + "/" + vm.spec.name + ".cmdline");
-        for (const auto& a : argv) cmd << a << "\n";
+        std::string text, error;
+        for (const auto& a : argv) text += a + "\n";
+        if (!write_file_atomic(run_dir_ + "/" + vm.spec.name + ".cmdline", text, 0644, error)) report(error);
     }
     ::unlink(vm.qmp_path.c_str());
     std::string error;
@@ -782,8 +785,8 @@ void Fleet::write_summary(int status) {
     j["reclaimed_bytes"] = reclaimed;
     std::printf("  exit status %d\n", status);
     std::fflush(stdout);
-    std::ofstream out(run_dir_ + "/summary.json", std::ios::trunc);
-    out << j.dump(2) << "\n";
+    std::string error;
+    if (!write_file_atomic(run_dir_ + "/summary.json", j.dump(2) + "\n", 0644, error)) report(error);
 }
 
 }  // namespace hangar

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "fleet.h"
 #include "ksm_control.h"
+#include "safe_fs.h"
 #include "vm_process.h"
 
 namespace fs = std::filesystem;
@@ -77,16 +78,23 @@ LaunchPlan resolve_plan(const Config& c) {
     return plan;
 }
 
+// The run directory holds the QMP sockets (root's control of every QEMU) and files hangar writes
+// as root, so it must be private: see safe_fs.h. A given one is created 0700 if missing and
+// refused if unsafe; the default is a fresh mkdtemp (0700).
 std::string make_run_dir(const std::string& wanted) {
+    std::string dir;
     if (!wanted.empty()) {
-        std::error_code ec;
-        fs::create_directories(wanted, ec);
-        if (ec) throw std::runtime_error("cannot create run directory " + wanted + ": " + ec.message());
-        return fs::absolute(wanted);
+        dir = fs::absolute(wanted).lexically_normal().string();
+        while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+        std::string why = make_private_dir(dir);
+        if (!why.empty()) throw std::runtime_error("unsafe run directory: " + why);
+        return dir;
     }
     const char* tmp = getenv("TMPDIR");
     std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/hangar-XXXXXX";
     if (!mkdtemp(tmpl.data())) throw std::runtime_error("cannot create a run directory under " + tmpl + ": " + std::strerror(errno));
+    std::string why = check_private_dir(tmpl);
+    if (!why.empty()) throw std::runtime_error("unsafe run directory: " + why);
     return tmpl;
 }
 

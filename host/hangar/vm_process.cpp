@@ -1,5 +1,7 @@
 #include "vm_process.h"
 
+#include "safe_fs.h"
+
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -174,7 +176,7 @@ bool VmProcess::spawn(const std::vector<std::string>& argv, const std::string& l
         error = std::string("pipe: ") + std::strerror(errno);
         return false;
     }
-    int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int log = open_nofollow(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (log < 0) {
         error = "cannot create " + log_path + ": " + std::strerror(errno);
         ::close(pipefd[0]);
