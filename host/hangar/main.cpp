@@ -147,10 +147,11 @@ KsmLock ksm_lock(const std::string& setting, const std::string& sysfs, Millis wa
     lock.path = resolve_ksm_lock_path(setting, sysfs);
     lock.wait = wait;
     lock.on_wait = [](const std::string& m) { std::fprintf(stderr, "hangar: KSM: %s\n", m.c_str()); };
+    lock.on_note = lock.on_wait;
     lock.cancelled = [signal] {
         sigset_t pending;
         sigpending(&pending);
-        for (int s : {SIGINT, SIGTERM}) {
+        for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) {
             if (sigismember(&pending, s)) {
                 *signal = s;
                 return true;
@@ -204,15 +205,23 @@ int do_run(const RunFlags& f) {
     // through the orderly path (the fleet reads them from a signalfd).
     sigset_t mask;
     sigemptyset(&mask);
-    for (int s : {SIGINT, SIGTERM, SIGCHLD}) sigaddset(&mask, s);
+    // SIGHUP and SIGQUIT stop the fleet in the same orderly way (KSM restored); a crash writes
+    // KSM back from its signal handler; SIGKILL leaves the save file for the next KSM user.
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD}) sigaddset(&mask, s);
     sigprocmask(SIG_BLOCK, &mask, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
+    restore_ksm_on_crash();
 
     KsmControl ksm(cfg.ksm.sysfs);
-    ksm.set_save_file(run_dir + "/ksm-saved.json");
+    const std::string save_file = ksm_save_path(cfg.ksm.sysfs, run_dir);
+    ksm.set_save_file(save_file);
     int interrupted = 0;
     ksm.set_lock(ksm_lock(cfg.ksm.lock, cfg.ksm.sysfs, cfg.ksm.lock_wait, &interrupted));
     std::string error;
+    // A hangar killed with SIGKILL (or a benchmark) left KSM changed: put it back before anything
+    // else, whatever this run does with KSM.
+    if (cfg.ksm.mode == KsmMode::Unchanged && !ksm.recover_stale(error))
+        std::fprintf(stderr, "hangar: KSM: %s\n", error.c_str());
     // Before any QEMU starts: a fleet that cannot have KSM as asked does not run at all.
     if (!ksm.apply(cfg.ksm, error)) {
         std::fprintf(stderr, "hangar: KSM: %s\n", error.c_str());
@@ -220,8 +229,8 @@ int do_run(const RunFlags& f) {
         return interrupted ? 128 + interrupted : kExitEnvironment;
     }
     if (cfg.ksm.mode != KsmMode::Unchanged)
-        std::fprintf(stderr, "hangar: KSM %s (settings saved in %s/ksm-saved.json, restored on exit%s)\n",
-                     std::string(to_string(cfg.ksm.mode)).c_str(), run_dir.c_str(),
+        std::fprintf(stderr, "hangar: KSM %s (settings saved in %s, restored on exit%s)\n",
+                     std::string(to_string(cfg.ksm.mode)).c_str(), save_file.c_str(),
                      ksm.lock_held() ? ("; holding " + ksm.lock_path()).c_str() : "");
     try {
         Fleet fleet(cfg, plan, run_dir, &ksm);
@@ -263,7 +272,7 @@ int main(int argc, char** argv) {
         sub->add_option("--ksm-sleep-ms", f.ksm_sleep_ms, "KSM sleep_millisecs while running");
         sub->add_option("--ksm-sysfs", f.ksm_sysfs, "KSM sysfs directory (default /sys/kernel/mm/ksm)");
         sub->add_option("--ksm-lock", f.ksm_lock,
-                        "lock shared with other KSM users: auto (default: /run/lock/blimp-ksm.lock for the real "
+                        "lock shared with other KSM users: auto (default: /run/blimp/ksm.lock for the real "
                         "sysfs) | none | PATH");
         sub->add_option("--ksm-lock-wait", f.ksm_lock_wait,
                         "how long to wait for another holder of the KSM lock before giving up (default 30s)");
@@ -276,10 +285,9 @@ int main(int argc, char** argv) {
     }
     run->add_flag("--dry-run", f.dry_run, "print the QEMU command lines and exit");
 
-    std::string restore_file, restore_sysfs, restore_lock = "auto", restore_lock_wait = "30s";
+    std::string restore_file = kKsmSaveFile, restore_lock = "auto", restore_lock_wait = "30s";
     auto* restore = app.add_subcommand("ksm-restore", "put back KSM settings saved by a hangar that did not exit cleanly");
-    restore->add_option("file", restore_file, "RUN_DIR/ksm-saved.json")->required();
-    restore->add_option("--ksm-sysfs", restore_sysfs, "KSM sysfs directory (default: as saved)");
+    restore->add_option("file", restore_file, std::string("the save file (default ") + kKsmSaveFile + ")");
     restore->add_option("--ksm-lock", restore_lock, "auto (default) | none | PATH, as for run");
     restore->add_option("--ksm-lock-wait", restore_lock_wait, "how long to wait for the KSM lock (default 30s)");
 
@@ -303,7 +311,12 @@ int main(int argc, char** argv) {
             int interrupted = 0;
             KsmLock lock = ksm_lock("none", "", parse_duration(restore_lock_wait), &interrupted);
             lock.path = restore_lock;  // resolved against the sysfs directory the file names
-            auto failures = KsmControl::restore_from_file(restore_file, restore_sysfs, std::move(lock));
+            // Only ever the real KSM directory, whatever the file says.
+            if (::access(restore_file.c_str(), F_OK) != 0 && restore_file == kKsmSaveFile) {
+                std::fprintf(stderr, "hangar: no saved KSM settings (%s): nothing to restore\n", kKsmSaveFile);
+                return kExitOk;
+            }
+            auto failures = KsmControl::restore_from_file(restore_file, kKsmSysfs, std::move(lock));
             for (const auto& e : failures) std::fprintf(stderr, "hangar: %s\n", e.c_str());
             if (failures.empty()) std::fprintf(stderr, "hangar: KSM settings restored from %s\n", restore_file.c_str());
             return failures.empty() ? kExitOk : kExitEnvironment;

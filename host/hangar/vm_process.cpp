@@ -205,7 +205,7 @@ bool VmProcess::spawn(const std::vector<std::string>& argv, const std::string& l
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, nullptr);
-        for (int s : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE}) ::signal(s, SIG_DFL);
+        for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD, SIGPIPE}) ::signal(s, SIG_DFL);
         int devnull = ::open("/dev/null", O_RDONLY);
         if (devnull >= 0) dup2(devnull, 0);
         dup2(log, 1);
