@@ -440,7 +440,7 @@ Config parse_config_json(std::string_view text, std::string_view origin) {
     Reader r(where);
     r.check_keys(doc, {"vms", "defaults", "budget", "qemu", "kernel", "accel", "duration",
                        "interval", "grace", "qmp_timeout", "stats_interval", "csv", "plot",
-                       "run_dir", "status", "policy", "ksm"});
+                       "run_dir", "status", "policy", "ksm", "qemu_user", "qemu_sandbox"});
     VmSpec defaults;
     if (doc.contains("defaults")) {
         Reader dr(where + ": defaults");
@@ -478,6 +478,8 @@ Config parse_config_json(std::string_view text, std::string_view origin) {
             }
         } else if (k == "budget") cfg.budget = r.size(v, k);
         else if (k == "qemu") cfg.qemu = r.str(v, k);
+        else if (k == "qemu_user") cfg.qemu_user = r.str(v, k);
+        else if (k == "qemu_sandbox") cfg.qemu_sandbox = r.str(v, k);
         else if (k == "kernel") cfg.kernel = r.str(v, k);
         else if (k == "accel") cfg.accel = r.str(v, k);
         else if (k == "duration") cfg.duration = r.duration(v, k);
@@ -564,6 +566,13 @@ void validate(const Config& c) {
     if (c.ksm.use_zero_pages) check_uint("ksm.use_zero_pages", *c.ksm.use_zero_pages, 0, 1);
     check_duration("ksm.hint_refresh", c.ksm.hint_refresh, Millis(100), hours(24));
     check_duration("ksm.lock_wait (--ksm-lock-wait)", c.ksm.lock_wait, Millis(0), hours(24));
+    if (c.qemu_user.empty() || c.qemu_user.size() > 32 ||
+        !std::all_of(c.qemu_user.begin(), c.qemu_user.end(), [](char ch) {
+            return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.';
+        }))
+        throw ConfigError("qemu_user must be auto, none or a user name, got \"" + c.qemu_user + "\"");
+    if (c.qemu_sandbox != "auto" && c.qemu_sandbox != "on" && c.qemu_sandbox != "off")
+        throw ConfigError("qemu_sandbox must be auto, on or off, got \"" + c.qemu_sandbox + "\"");
     if (c.accel != "tcg" && c.accel != "kvm") throw ConfigError("accel must be tcg or kvm, got \"" + c.accel + "\"");
     if (c.status != "auto" && c.status != "tty" && c.status != "plain" && c.status != "off")
         throw ConfigError("status must be auto, tty, plain or off, got \"" + c.status + "\"");

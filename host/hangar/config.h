@@ -82,6 +82,10 @@ struct Config {
     std::vector<VmSpec> vms;
     std::optional<uint64_t> budget;  // host memory budget for all guests; none = no overcommit
     std::string qemu = "auto";       // auto | stock | patched | a path
+    // Who the QEMUs run as when hangar is root: auto (the "blimp" user if it exists, else
+    // "nobody" with a warning), a user name, or none (root: not recommended).
+    std::string qemu_user = "auto";
+    std::string qemu_sandbox = "auto";  // QEMU's seccomp -sandbox: auto (on if supported) | on | off
     std::string kernel;              // empty = found next to the hangar binary
     std::string accel = "tcg";
     std::optional<Millis> duration;  // none = until every VM has exited

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -334,6 +335,36 @@ void QmpClient::close(const std::string& why) {
     for (auto& q : queued)
         if (q.on_reply) q.on_reply(r);
     if (callbacks_.on_closed) callbacks_.on_closed(why);
+}
+
+int listen_unix(const std::string& path, std::string& error) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.size() >= sizeof addr.sun_path) {
+        error = path + ": path too long for a unix socket";
+        return -1;
+    }
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        error = std::string("socket: ") + std::strerror(errno);
+        return -1;
+    }
+    // The socket file gets its mode from the umask at bind (0777 & ~0177): 0600 from the start.
+    const mode_t old = ::umask(0177);
+    int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    int e = errno;
+    ::umask(old);
+    if (rc == 0 && ::listen(fd, 4) != 0) {
+        rc = -1;
+        e = errno;
+    }
+    if (rc != 0) {
+        error = "cannot listen on " + path + ": " + std::strerror(e);
+        ::close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 int connect_unix(const std::string& path) {

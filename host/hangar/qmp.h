@@ -151,5 +151,7 @@ private:
 // Connects to a unix socket without blocking. Returns the fd, or -1 with errno set; ENOENT and
 // ECONNREFUSED mean "QEMU is not listening yet".
 int connect_unix(const std::string& path);
+// Creates a listening unix socket at `path` with mode 0600 (close-on-exec). -1 and `error` on failure.
+int listen_unix(const std::string& path, std::string& error);
 
 }  // namespace hangar
