@@ -47,13 +47,19 @@ size_t real_depth(const nlohmann::json& j) {
 
 int qmp_one(const uint8_t* data, size_t size) {
     std::string_view bytes(reinterpret_cast<const char*>(data), size);
-    // The depth pre-scan agrees with the parser on every document the parser accepts (below the
-    // limit), and never lets a deeper one through to the DOM.
+    // The depth pre-scan never lets a deeper document through to the DOM, and agrees with the
+    // parser on every document the parser accepts (below the limit). nlohmann stops at a NUL
+    // byte as at the end of input, so it parses only what precedes one; the scan reads it all
+    // and can only count deeper.
     {
         const size_t scanned = hangar::json_nesting_depth(bytes, hangar::kQmpMaxDepth);
         if (scanned <= hangar::kQmpMaxDepth) {
             auto j = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
-            if (!j.is_discarded() && real_depth(j) != scanned) __builtin_trap();
+            if (!j.is_discarded()) {
+                const std::string_view parsed = bytes.substr(0, bytes.find('\0'));
+                if (real_depth(j) > scanned) __builtin_trap();
+                if (real_depth(j) != hangar::json_nesting_depth(parsed, hangar::kQmpMaxDepth)) __builtin_trap();
+            }
         }
     }
     // Framing and classification on their own, fed in uneven pieces.
