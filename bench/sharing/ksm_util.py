@@ -1,10 +1,15 @@
 """KSM control for the sharing tests and the benchmark (standard library only).
 
 KSM is system-wide: everything changed here is saved first and written back on exit, also on an
-exception, SIGTERM or SIGINT. Only one KSM experiment may run at a time on a host: KsmSession takes
-an exclusive flock on /run/lock/blimp-ksm.lock, the same lock hangar's KsmControl holds while it
-owns the KSM settings (docs/hangar.md), so a test, a benchmark and a hangar fleet take turns. The
-lock is advisory: anything else that writes /sys/kernel/mm/ksm is not held back by it.
+exception, SIGTERM, SIGINT, SIGHUP or SIGQUIT. Only one KSM experiment may run at a time on a host:
+KsmSession takes an exclusive flock on /run/blimp/ksm.lock (0600 in root's 0700 /run/blimp), the
+same lock hangar's KsmControl holds while it owns the KSM settings (docs/hangar.md), so a test, a
+benchmark and a hangar fleet take turns. The lock is advisory: anything else that writes
+/sys/kernel/mm/ksm is not held back by it.
+
+The original values are also saved to /run/blimp/ksm-saved.json (the file hangar uses, same
+format) before the first write, so a session killed with SIGKILL is undone by the next KSM user:
+every KsmSession and every hangar restores a save whose owner pid is dead once it holds the lock.
 
     with KsmSession(pages_to_scan=2000, sleep_millisecs=10) as ksm:   # run stays 0
         ...start VMs...
@@ -19,12 +24,22 @@ is held by another run: tests turn it into a skip (exit 77).
 
 import errno
 import fcntl
+import json
 import os
+import re
 import signal
+import stat
+import sys
 import time
 
 KSM_DIR = "/sys/kernel/mm/ksm"
-LOCK_PATH = "/run/lock/blimp-ksm.lock"
+STATE_DIR = "/run/blimp"
+LOCK_PATH = STATE_DIR + "/ksm.lock"
+SAVE_PATH = STATE_DIR + "/ksm-saved.json"
+# What a save file may name (hangar's KsmControl list) and hold.
+SAVE_NAMES = ("run", "pages_to_scan", "sleep_millisecs", "merge_across_nodes", "use_zero_pages",
+              "max_page_sharing", "stable_node_chains_prune_millisecs", "smart_scan", "advisor_mode")
+_VALUE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 # Settings this module may change; restored in reverse order, `run` last.
 TUNABLES = ("pages_to_scan", "sleep_millisecs", "smart_scan", "use_zero_pages", "advisor_mode")
 COUNTERS = ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "pages_scanned",
@@ -33,6 +48,70 @@ COUNTERS = ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
 
 class KsmUnavailable(Exception):
     pass
+
+
+def _state_dir():
+    """/run/blimp, root's own (0700): refuse it if anyone else could plant or hold things there."""
+    try:
+        os.mkdir(STATE_DIR, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(STATE_DIR)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise KsmUnavailable(f"{STATE_DIR} is not a private directory of uid {os.geteuid()} "
+                             f"(mode {stat.filemode(st.st_mode)}, uid {st.st_uid}): remove it")
+
+
+def open_lock():
+    """The KSM lock file, opened (not locked): 0600 in root's /run/blimp, no symlink followed."""
+    _state_dir()
+    return os.fdopen(os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "r+")
+
+
+def _start_time(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])  # field 22
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _write_save(saved):
+    doc = {"sysfs": KSM_DIR, "owner": "ksm_util " + " ".join(sys.argv)[:120], "pid": os.getpid(),
+           "pid_start": _start_time(os.getpid()),
+           "saved": [{"name": n, "value": str(v)} for n, v in saved]}
+    tmp = f"{SAVE_PATH}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+    os.replace(tmp, SAVE_PATH)
+
+
+def restore_stale(log=print):
+    """Restores a save file whose owner is gone (a hangar or KsmSession killed with SIGKILL).
+    Call with the lock held. Raises KsmUnavailable if its owner still runs."""
+    try:
+        fd = os.open(SAVE_PATH, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    with os.fdopen(fd) as f:
+        doc = json.load(f)
+    pid, start = doc.get("pid"), doc.get("pid_start")
+    if isinstance(pid, int) and pid != os.getpid() and _start_time(pid) is not None and \
+            (start is None or _start_time(pid) == start):
+        raise KsmUnavailable(f"KSM settings saved in {SAVE_PATH} by running pid {pid} are not restored yet")
+    saved = doc.get("saved", [])
+    for e in saved:
+        if e.get("name") not in SAVE_NAMES or not _VALUE_RE.match(str(e.get("value", ""))):
+            raise KsmUnavailable(f"{SAVE_PATH}: refusing entry {e!r}")
+    done = []
+    for e in reversed(saved):
+        if _read(e["name"]) != e["value"]:
+            _write(e["name"], e["value"])
+            done.append(f'{e["name"]}={e["value"]}')
+    os.unlink(SAVE_PATH)
+    log(f"ksm: restored KSM settings left by pid {pid} ({doc.get('owner', '?')}), no longer running: "
+        f"{', '.join(done) or 'already in place'}", flush=True)
 
 
 def _read(name):
@@ -112,8 +191,7 @@ class KsmSession:
             raise KsmUnavailable(f"{KSM_DIR} is absent (kernel without CONFIG_KSM)")
         if not os.access(os.path.join(KSM_DIR, "run"), os.W_OK):
             raise KsmUnavailable(f"{KSM_DIR}/run is not writable (not root?)")
-        os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
-        self._lock = open(LOCK_PATH, "a+")
+        self._lock = open_lock()
         deadline = time.monotonic() + self.lock_timeout
         while True:
             try:
@@ -126,8 +204,15 @@ class KsmSession:
                     self._lock.close()
                     raise KsmUnavailable(f"another KSM experiment holds {LOCK_PATH}")
                 time.sleep(1)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
             self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+        try:
+            restore_stale()
+        except (KsmUnavailable, OSError, ValueError) as e:
+            for sig, h in self._old_handlers.items():
+                signal.signal(sig, h)
+            self._lock.close()
+            raise KsmUnavailable(f"stale KSM save: {e}") from e
         try:
             self.set("run", 0)
             for k, v in self.settings.items():
@@ -144,6 +229,7 @@ class KsmSession:
     def set(self, name, value):
         if not any(n == name for n, _ in self.saved):
             self.saved.append((name, _read(name)))
+            _write_save(self.saved)  # before the write: a SIGKILL right after it stays undoable
         _write(name, value)
 
     def start(self):
@@ -172,6 +258,11 @@ class KsmSession:
                     _write("run", value)
                 except OSError as e:
                     failures.append(f"run={value}: {e}")
+        if self.saved and not failures:
+            try:
+                os.unlink(SAVE_PATH)
+            except FileNotFoundError:
+                pass
         self.saved = []
         return failures
 

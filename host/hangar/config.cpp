@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "qmp.h"  // json_nesting_depth
+
 namespace hangar {
 
 using json = nlohmann::json;
@@ -82,6 +84,9 @@ std::string unknown_key_message(std::string_view where, const std::string& key,
     return msg;
 }
 
+// The longest duration any key accepts before its own range check (parse_duration's limit too).
+constexpr uint64_t kMaxDurationSeconds = 1'000'000'000;
+
 // Reads JSON values with messages that say where in the file the problem is.
 class Reader {
 public:
@@ -107,10 +112,14 @@ public:
         if (!v.is_boolean()) fail(key, "expected true or false, got " + v.dump());
         return v.get<bool>();
     }
-    uint64_t uint(const json& v, const std::string& key, uint64_t max) const {
-        if (!v.is_number_unsigned()) fail(key, "expected a non-negative integer, got " + v.dump());
+    uint64_t uint(const json& v, const std::string& key, uint64_t max, uint64_t min = 0) const {
+        if (!v.is_number_unsigned())
+            fail(key, "expected an integer from " + std::to_string(min) + " to " + std::to_string(max) + ", got " +
+                          v.dump());
         uint64_t n = v.get<uint64_t>();
-        if (n > max) fail(key, "value " + std::to_string(n) + " is above " + std::to_string(max));
+        if (n < min || n > max)
+            fail(key, std::to_string(n) + " is out of range (allowed: " + std::to_string(min) + " to " +
+                          std::to_string(max) + ")");
         return n;
     }
     double number(const json& v, const std::string& key) const {
@@ -128,7 +137,14 @@ public:
         }
     }
     Millis duration(const json& v, const std::string& key) const {
-        if (v.is_number_unsigned()) return Millis(v.get<uint64_t>() * 1000);
+        if (v.is_number_unsigned()) {
+            // A bare integer is seconds; checked before multiplying, which would wrap.
+            const uint64_t n = v.get<uint64_t>();
+            if (n > kMaxDurationSeconds)
+                fail(key, std::to_string(n) + " s is out of range (allowed: at most " +
+                              std::to_string(kMaxDurationSeconds) + " s)");
+            return Millis(static_cast<int64_t>(n) * 1000);
+        }
         if (!v.is_string()) fail(key, "expected a duration such as \"60s\", got " + v.dump());
         try {
             return parse_duration(v.get<std::string>());
@@ -177,7 +193,7 @@ void apply_vm_key(VmSpec& vm, const Reader& r, const std::string& key, const jso
         if (s == "running") vm.start = StartMode::Running;
         else if (s == "paused") vm.start = StartMode::Paused;
         else r.fail(key, "expected \"running\" or \"paused\", got \"" + s + "\"");
-    } else if (key == "shares") vm.shares = static_cast<unsigned>(r.uint(v, key, 1000000));
+    } else if (key == "shares") vm.shares = static_cast<unsigned>(r.uint(v, key, 1000000, 1));
     else if (key == "kernel") vm.kernel = r.str(v, key);
     else if (key == "qemu_args") vm.qemu_args = r.strings(v, key);
     else if (key == "balloon_props") {
@@ -225,8 +241,8 @@ void parse_ksm(KsmConfig& k, const json& v, const std::string& where) {
             } catch (const ConfigError& e) {
                 r.fail(key, e.what());
             }
-        } else if (key == "pages_to_scan") k.pages_to_scan = r.uint(*it, key, 1u << 30);
-        else if (key == "sleep_millisecs") k.sleep_millisecs = r.uint(*it, key, 1u << 30);
+        } else if (key == "pages_to_scan") k.pages_to_scan = r.uint(*it, key, kMaxKsmKnob, 1);
+        else if (key == "sleep_millisecs") k.sleep_millisecs = r.uint(*it, key, kMaxKsmKnob);
         else if (key == "merge_across_nodes") k.merge_across_nodes = r.uint(*it, key, 1);
         else if (key == "use_zero_pages") k.use_zero_pages = r.uint(*it, key, 1);
         else if (key == "sysfs") k.sysfs = r.str(*it, key);
@@ -235,6 +251,30 @@ void parse_ksm(KsmConfig& k, const json& v, const std::string& where) {
         else if (key == "lock") k.lock = r.str(*it, key);
         else if (key == "lock_wait") k.lock_wait = r.duration(*it, key);
     }
+}
+
+std::string duration_text(Millis d) {
+    const int64_t ms = d.count();
+    if (ms != 0 && ms % 3600000 == 0) return std::to_string(ms / 3600000) + " h";
+    if (ms != 0 && ms % 60000 == 0) return std::to_string(ms / 60000) + " min";
+    if (ms % 1000 == 0) return std::to_string(ms / 1000) + " s";
+    return std::to_string(ms) + " ms";
+}
+
+// Range checks for validate(): each names the key (and its flag) and the allowed range.
+[[noreturn]] void out_of_range(const std::string& key, const std::string& value, const std::string& range) {
+    throw ConfigError(key + ": " + value + " is out of range (allowed: " + range + ")");
+}
+void check_duration(const std::string& key, Millis v, Millis lo, Millis hi, bool zero_ok = false) {
+    if (zero_ok && v.count() == 0) return;
+    if (v < lo || v > hi)
+        out_of_range(key, duration_text(v), (zero_ok ? "0 (off) or " : "") + duration_text(lo) + " to " + duration_text(hi));
+}
+void check_size(const std::string& key, uint64_t v, uint64_t lo, uint64_t hi) {
+    if (v < lo || v > hi) out_of_range(key, format_size(v), format_size(lo) + " to " + format_size(hi));
+}
+void check_uint(const std::string& key, uint64_t v, uint64_t lo, uint64_t hi) {
+    if (v < lo || v > hi) out_of_range(key, std::to_string(v), std::to_string(lo) + " to " + std::to_string(hi));
 }
 
 }  // namespace
@@ -291,7 +331,7 @@ Millis parse_duration(std::string_view text) {
     else if (unit == "m" || unit == "min") ms = value * 60000;
     else if (unit == "h") ms = value * 3600000;
     else throw ConfigError("invalid duration unit in \"" + std::string(text) + "\" (use ms, s, m or h)");
-    if (!std::isfinite(ms) || ms > 1e12)
+    if (!std::isfinite(ms) || ms > static_cast<double>(kMaxDurationSeconds) * 1000)
         throw ConfigError("duration \"" + std::string(text) + "\" is too long");
     return Millis(static_cast<int64_t>(ms));
 }
@@ -385,6 +425,8 @@ VmSpec parse_vm_flag(std::string_view text) {
 
 Config parse_config_json(std::string_view text, std::string_view origin) {
     const std::string where(origin);
+    // Error messages dump values, which recurses: no config nests anywhere near this deep.
+    if (json_nesting_depth(text, 64) > 64) throw ConfigError(where + ": JSON nested deeper than 64 levels");
     json doc;
     try {
         doc = json::parse(text.begin(), text.end(), nullptr, true, /*ignore_comments=*/true);
@@ -398,7 +440,7 @@ Config parse_config_json(std::string_view text, std::string_view origin) {
     Reader r(where);
     r.check_keys(doc, {"vms", "defaults", "budget", "qemu", "kernel", "accel", "duration",
                        "interval", "grace", "qmp_timeout", "stats_interval", "csv", "plot",
-                       "run_dir", "status", "policy", "ksm"});
+                       "run_dir", "status", "policy", "ksm", "qemu_user", "qemu_sandbox"});
     VmSpec defaults;
     if (doc.contains("defaults")) {
         Reader dr(where + ": defaults");
@@ -419,7 +461,7 @@ Config parse_config_json(std::string_view text, std::string_view origin) {
                 VmSpec vm = defaults;
                 uint64_t count = 1;
                 for (auto f = v[i].begin(); f != v[i].end(); ++f) {
-                    if (f.key() == "count") count = vr.uint(f.value(), "count", 256);
+                    if (f.key() == "count") count = vr.uint(f.value(), "count", 256, 1);
                     else apply_vm_key(vm, vr, f.key(), f.value());
                 }
                 if (count == 0) vr.fail("count", "must be at least 1");
@@ -436,6 +478,8 @@ Config parse_config_json(std::string_view text, std::string_view origin) {
             }
         } else if (k == "budget") cfg.budget = r.size(v, k);
         else if (k == "qemu") cfg.qemu = r.str(v, k);
+        else if (k == "qemu_user") cfg.qemu_user = r.str(v, k);
+        else if (k == "qemu_sandbox") cfg.qemu_sandbox = r.str(v, k);
         else if (k == "kernel") cfg.kernel = r.str(v, k);
         else if (k == "accel") cfg.accel = r.str(v, k);
         else if (k == "duration") cfg.duration = r.duration(v, k);
@@ -482,12 +526,15 @@ void validate(const Config& c) {
         for (const auto& a : vm.args)
             if (a.find_first_of("\"\n") != std::string::npos)
                 throw ConfigError(where + ": app argument \"" + a + "\" may not contain quotes or newlines");
-        if (vm.memory < (16ull << 20)) throw ConfigError(where + ": memory " + format_size(vm.memory) + " is below 16 MiB");
-        if (vm.memory > (1ull << 40)) throw ConfigError(where + ": memory " + format_size(vm.memory) + " is above 1 TiB");
+        if (vm.memory < (16ull << 20))
+            throw ConfigError(where + ": memory " + format_size(vm.memory) + " is below 16 MiB (allowed: 16 MiB to 1 TiB)");
+        if (vm.memory > (1ull << 40))
+            throw ConfigError(where + ": memory " + format_size(vm.memory) + " is above 1 TiB (allowed: 16 MiB to 1 TiB)");
         if (vm.memory % (1ull << 20)) throw ConfigError(where + ": memory must be a whole number of MiB");
         if (vm.min_memory > vm.memory)
             throw ConfigError(where + ": min_memory " + format_size(vm.min_memory) + " is above its memory " + format_size(vm.memory));
         if (vm.shares == 0) throw ConfigError(where + ": shares must be positive");
+        check_uint(where + ": shares", vm.shares, 1, 1000000);
         for (const auto& [k, v] : vm.balloon_props)
             if (k.empty() || k.find_first_of(",= ") != std::string::npos || v.find(',') != std::string::npos)
                 throw ConfigError(where + ": invalid balloon property \"" + k + "=" + v + "\"");
@@ -499,24 +546,46 @@ void validate(const Config& c) {
         if (floors > *c.budget)
             throw ConfigError("budget " + format_size(*c.budget) + " is below the VMs' floors (" + format_size(floors) + ")");
     }
-    if (c.duration && c.duration->count() <= 0) throw ConfigError("duration must be positive");
-    if (c.interval < Millis(100)) throw ConfigError("interval must be at least 100ms");
-    if (c.qmp_timeout < Millis(100)) throw ConfigError("qmp_timeout must be at least 100ms");
+    // Every number has a range, whether it came from a file or a flag (a flag skips the reader).
+    using std::chrono::hours;
+    using std::chrono::minutes;
+    if (c.duration) check_duration("duration (--duration)", *c.duration, Millis(1), hours(24 * 365));
+    check_duration("interval (--interval)", c.interval, Millis(100), hours(1));
+    check_duration("grace (--grace)", c.grace, Millis(0), hours(1));
+    check_duration("qmp_timeout", c.qmp_timeout, Millis(100), minutes(10));
+    check_uint("stats_interval", c.stats_interval_s, 0, 3600);
+    if (c.budget) check_size("budget (--budget)", *c.budget, 1, kMaxBudget);
+    check_size("policy.floor", c.policy.floor, 0, 1ull << 40);
+    check_size("policy.hysteresis", c.policy.hysteresis, 0, 1ull << 40);
+    check_size("policy.max_step", c.policy.max_step, 1, 1ull << 40);
+    check_uint("policy.reclaim_hold", c.policy.reclaim_hold, 0, 100000);
+    check_duration("policy.sweep (--sweep)", c.policy.sweep, Millis(100), hours(24), /*zero_ok=*/true);
+    if (c.ksm.pages_to_scan) check_uint("ksm.pages_to_scan (--ksm-pages-to-scan)", *c.ksm.pages_to_scan, 1, kMaxKsmKnob);
+    if (c.ksm.sleep_millisecs) check_uint("ksm.sleep_millisecs (--ksm-sleep-ms)", *c.ksm.sleep_millisecs, 0, kMaxKsmKnob);
+    if (c.ksm.merge_across_nodes) check_uint("ksm.merge_across_nodes", *c.ksm.merge_across_nodes, 0, 1);
+    if (c.ksm.use_zero_pages) check_uint("ksm.use_zero_pages", *c.ksm.use_zero_pages, 0, 1);
+    check_duration("ksm.hint_refresh", c.ksm.hint_refresh, Millis(100), hours(24));
+    check_duration("ksm.lock_wait (--ksm-lock-wait)", c.ksm.lock_wait, Millis(0), hours(24));
+    if (c.qemu_user.empty() || c.qemu_user.size() > 32 ||
+        !std::all_of(c.qemu_user.begin(), c.qemu_user.end(), [](char ch) {
+            return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.';
+        }))
+        throw ConfigError("qemu_user must be auto, none or a user name, got \"" + c.qemu_user + "\"");
+    if (c.qemu_sandbox != "auto" && c.qemu_sandbox != "on" && c.qemu_sandbox != "off")
+        throw ConfigError("qemu_sandbox must be auto, on or off, got \"" + c.qemu_sandbox + "\"");
     if (c.accel != "tcg" && c.accel != "kvm") throw ConfigError("accel must be tcg or kvm, got \"" + c.accel + "\"");
     if (c.status != "auto" && c.status != "tty" && c.status != "plain" && c.status != "off")
         throw ConfigError("status must be auto, tty, plain or off, got \"" + c.status + "\"");
     if (c.policy.name != "idle-tax" && c.policy.name != "none")
         throw ConfigError("unknown policy \"" + c.policy.name + "\" (idle-tax or none)");
     if (!(c.policy.tax_rate >= 0.0 && c.policy.tax_rate < 1.0))
-        throw ConfigError("policy tax_rate must be in [0, 1)");
+        throw ConfigError("policy.tax_rate (--tax-rate): " + std::to_string(c.policy.tax_rate) +
+                          " is out of range (allowed: 0 to 1, 1 excluded)");
     if (!(c.policy.pressure_grow > 0.0 && c.policy.pressure_grow <= 1.0))
-        throw ConfigError("policy pressure_grow must be in (0, 1]");
-    if (c.policy.max_step == 0) throw ConfigError("policy max_step must be positive");
-    if (c.policy.sweep.count() != 0 && c.policy.sweep < Millis(100))
-        throw ConfigError("policy sweep must be 0 (off) or at least 100ms");
+        throw ConfigError("policy.pressure_grow: " + std::to_string(c.policy.pressure_grow) +
+                          " is out of range (allowed: above 0, up to 1)");
     if (c.ksm.scope != "across" && c.ksm.scope != "within")
         throw ConfigError("ksm scope must be across or within, got \"" + c.ksm.scope + "\"");
-    if (c.ksm.hint_refresh < Millis(100)) throw ConfigError("ksm hint_refresh must be at least 100ms");
     if (c.ksm.lock.empty()) throw ConfigError("ksm lock must be auto, none or a path, not empty");
     if (c.ksm.mode == KsmMode::Targeted && c.qemu == "stock")
         throw ConfigError("--ksm targeted needs the patched QEMU (share-hints); stock QEMU cannot target KSM");

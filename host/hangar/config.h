@@ -82,6 +82,10 @@ struct Config {
     std::vector<VmSpec> vms;
     std::optional<uint64_t> budget;  // host memory budget for all guests; none = no overcommit
     std::string qemu = "auto";       // auto | stock | patched | a path
+    // Who the QEMUs run as when hangar is root: auto (the "blimp" user if it exists, else
+    // "nobody" with a warning), a user name, or none (root: not recommended).
+    std::string qemu_user = "auto";
+    std::string qemu_sandbox = "auto";  // QEMU's seccomp -sandbox: auto (on if supported) | on | off
     std::string kernel;              // empty = found next to the hangar binary
     std::string accel = "tcg";
     std::optional<Millis> duration;  // none = until every VM has exited
@@ -96,6 +100,10 @@ struct Config {
     PolicyConfig policy;
     KsmConfig ksm;
 };
+
+// Upper bounds of numeric settings (validate() names each key's full range in its message).
+inline constexpr uint64_t kMaxBudget = 1ull << 50;   // 1 PiB: 256 VMs of 1 TiB fit
+inline constexpr uint64_t kMaxKsmKnob = 1ull << 30;  // pages_to_scan, sleep_millisecs
 
 // Parsing primitives, exposed for the flag parser and tests. All throw ConfigError.
 uint64_t parse_size(std::string_view text);        // "512M", "1G", "1.5GiB", "4096" (bytes)

@@ -4,10 +4,13 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <fcntl.h>
 #include <fstream>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
+
+#include "safe_fs.h"
 
 namespace hangar {
 
@@ -113,12 +116,29 @@ void Fleet::launch(Vm& vm) {
     plan.serial_log = vm.serial_log;
     auto argv = build_qemu_argv(vm.spec, plan);
     {
-        std::ofstream cmd(run_dir_ + "/" + vm.spec.name + ".cmdline");
-        for (const auto& a : argv) cmd << a << "\n";
+        std::string text, error;
+        for (const auto& a : argv) text += a + "\n";
+        if (!write_file_atomic(run_dir_ + "/" + vm.spec.name + ".cmdline", text, 0644, error)) report(error);
     }
     ::unlink(vm.qmp_path.c_str());
     std::string error;
-    if (!vm.proc.spawn(argv, vm.qemu_log, error)) {
+    SpawnOptions opts;
+    opts.uid = plan.uid;
+    opts.gid = plan.gid;
+    opts.groups = plan.groups;
+    int qmp_listen = -1, serial = -1;
+    if (plan.pass_fds) {
+        // hangar makes the QMP socket (0600 in the 0700 run directory) and the serial log, and
+        // QEMU gets the descriptors: it needs no access to the run directory at all.
+        qmp_listen = listen_unix(vm.qmp_path, error);
+        serial = qmp_listen < 0 ? -1 : open_nofollow(vm.serial_log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (qmp_listen >= 0 && serial < 0) error = "cannot create " + vm.serial_log + ": " + std::strerror(errno);
+        opts.fds = {{kQmpFd, qmp_listen}, {kSerialFd, serial}};
+    }
+    const bool spawned = error.empty() && vm.proc.spawn(argv, vm.qemu_log, error, opts);
+    if (qmp_listen >= 0) ::close(qmp_listen);
+    if (serial >= 0) ::close(serial);
+    if (!spawned) {
         VmExit e;
         e.kind = VmExit::Kind::FailedToStart;
         e.detail = error;
@@ -130,7 +150,8 @@ void Fleet::launch(Vm& vm) {
     vm.phase = Vm::Phase::Connecting;
     vm.connect_deadline = Clock::now() + cfg_.qmp_timeout;
     report("vm " + vm.spec.name + ": started QEMU pid " + std::to_string(vm.proc.pid()) + " (app=" + vm.spec.app +
-           ", " + format_size(vm.spec.memory) + ", " + std::string(to_string(vm.spec.machine)) + ")");
+           ", " + format_size(vm.spec.memory) + ", " + std::string(to_string(vm.spec.machine)) +
+           (plan.user.empty() ? "" : ", as " + plan.user) + (plan.sandbox ? ", sandboxed" : "") + ")");
     try_connect(vm);
 }
 
@@ -614,6 +635,8 @@ int Fleet::run() {
     sigaddset(&mask, SIGCHLD);
     sigaddset(&mask, SIGINT);
     sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGHUP);
+    sigaddset(&mask, SIGQUIT);
     sigprocmask(SIG_BLOCK, &mask, nullptr);
     signal_fd_ = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (signal_fd_ < 0) {
@@ -782,8 +805,8 @@ void Fleet::write_summary(int status) {
     j["reclaimed_bytes"] = reclaimed;
     std::printf("  exit status %d\n", status);
     std::fflush(stdout);
-    std::ofstream out(run_dir_ + "/summary.json", std::ios::trunc);
-    out << j.dump(2) << "\n";
+    std::string error;
+    if (!write_file_atomic(run_dir_ + "/summary.json", j.dump(2) + "\n", 0644, error)) report(error);
 }
 
 }  // namespace hangar

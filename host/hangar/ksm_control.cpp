@@ -1,9 +1,12 @@
 #include "ksm_control.h"
 
+#include "qmp.h"
+#include "safe_fs.h"
 #include "vm_process.h"
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
@@ -60,6 +63,96 @@ const std::vector<std::string> kCounters = {
     "pages_scanned", "pages_skipped", "stable_node_chains", "stable_node_dups", "ksm_zero_pages",
     "general_profit"};
 
+// A save file as written by persist() (and bench/sharing/ksm_util.py).
+struct SaveFile {
+    std::string sysfs;
+    int pid = 0;
+    std::optional<uint64_t> pid_start;
+    std::string owner;
+    std::vector<std::pair<std::string, std::string>> saved;
+};
+
+std::optional<SaveFile> load_save_file(const std::string& path, std::string& error) {
+    int fd = open_nofollow(path, O_RDONLY);
+    if (fd < 0) {
+        error = path + ": cannot read: " + std::strerror(errno);
+        return std::nullopt;
+    }
+    std::string text;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0 && text.size() < (1u << 20);) text.append(buf, static_cast<size_t>(n));
+    ::close(fd);
+    nlohmann::json j(nlohmann::json::value_t::discarded);
+    if (json_nesting_depth(text, 8) <= 8) j = nlohmann::json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("saved") || !j["saved"].is_array()) {
+        error = path + ": not a hangar KSM save file";
+        return std::nullopt;
+    }
+    SaveFile f;
+    if (j.contains("sysfs") && j["sysfs"].is_string()) f.sysfs = j["sysfs"].get<std::string>();
+    if (j.contains("pid") && j["pid"].is_number_unsigned() && j["pid"].get<uint64_t>() < (1u << 30))
+        f.pid = static_cast<int>(j["pid"].get<uint64_t>());
+    if (j.contains("pid_start") && j["pid_start"].is_number_unsigned()) f.pid_start = j["pid_start"].get<uint64_t>();
+    if (j.contains("owner") && j["owner"].is_string()) f.owner = j["owner"].get<std::string>();
+    for (const auto& e : j["saved"]) {
+        if (!e.is_object() || !e.contains("name") || !e.contains("value") || !e["name"].is_string() ||
+            !e["value"].is_string()) {
+            error = path + ": malformed entry " + e.dump().substr(0, 200);
+            return std::nullopt;
+        }
+        std::string name = e["name"].get<std::string>();
+        std::string value = e["value"].get<std::string>();
+        if (std::find(kTunables.begin(), kTunables.end(), name) == kTunables.end()) {
+            error = path + ": refusing to write unknown setting \"" + name + "\"";
+            return std::nullopt;
+        }
+        // Knob values are short words or numbers; anything else is not ours to write as root.
+        if (value.empty() || value.size() > 32 ||
+            !std::all_of(value.begin(), value.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'; })) {
+            error = path + ": refusing to write \"" + value.substr(0, 40) + "\" to " + name;
+            return std::nullopt;
+        }
+        f.saved.emplace_back(name, value);
+    }
+    return f;
+}
+
+// Whether the process that wrote a save file still runs (and is not us): then the settings are
+// its to restore.
+bool owner_alive(const SaveFile& f, const std::string& proc_root) {
+    if (f.pid <= 0 || f.pid == ::getpid()) return false;
+    auto start = process_start_time(f.pid, proc_root);
+    if (!start) return false;
+    return !f.pid_start || *f.pid_start == *start;  // a different start time: the pid was reused
+}
+
+std::string owner_text(const SaveFile& f) {
+    return "pid " + std::to_string(f.pid) + (f.owner.empty() ? "" : " (" + f.owner + ")");
+}
+
+// What the crash handler writes back: prepared whenever the saved settings change.
+struct CrashEntry {
+    char path[256];
+    char value[40];
+};
+CrashEntry g_crash_plan[16];
+volatile sig_atomic_t g_crash_entries = 0;
+
+void crash_handler(int sig) {
+    for (int i = g_crash_entries - 1; i >= 0; --i) {
+        int fd = ::open(g_crash_plan[i].path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t ignored = ::write(fd, g_crash_plan[i].value, std::strlen(g_crash_plan[i].value));
+        (void)ignored;
+        ::close(fd);
+    }
+    const char msg[] = "hangar: fatal signal: KSM settings written back\n";
+    ssize_t ignored = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)ignored;
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+}
+
 std::string seconds_text(std::chrono::milliseconds d) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.3g s", static_cast<double>(d.count()) / 1000.0);
@@ -68,15 +161,48 @@ std::string seconds_text(std::chrono::milliseconds d) {
 
 }  // namespace
 
+bool is_real_ksm_sysfs(const std::string& dir) {
+    std::error_code e1, e2;
+    auto a = std::filesystem::weakly_canonical(dir, e1);
+    auto b = std::filesystem::weakly_canonical(kKsmSysfs, e2);
+    return (!e1 && !e2) ? a == b : dir == kKsmSysfs;
+}
+
+std::string ksm_save_path(const std::string& sysfs_dir, const std::string& run_dir) {
+    return is_real_ksm_sysfs(sysfs_dir) ? kKsmSaveFile : run_dir + "/ksm-saved.json";
+}
+
+std::optional<uint64_t> process_start_time(int pid, const std::string& proc_root) {
+    std::ifstream in(proc_root + "/" + std::to_string(pid) + "/stat");
+    std::string stat;
+    if (!std::getline(in, stat)) return std::nullopt;
+    auto rp = stat.rfind(')');
+    if (rp == std::string::npos || rp + 2 > stat.size()) return std::nullopt;
+    std::istringstream ss(stat.substr(rp + 2));
+    std::string field;
+    for (int i = 3; i <= 22 && (ss >> field); ++i)
+        if (i == 22) return std::strtoull(field.c_str(), nullptr, 10);
+    return std::nullopt;
+}
+
+void restore_ksm_on_crash() {
+    static char altstack[64 * 1024];
+    stack_t ss{};
+    ss.ss_sp = altstack;
+    ss.ss_size = sizeof altstack;
+    ::sigaltstack(&ss, nullptr);
+    struct sigaction sa {};
+    sa.sa_handler = crash_handler;
+    sa.sa_flags = SA_ONSTACK | SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    for (int s : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT}) ::sigaction(s, &sa, nullptr);
+}
+
 std::string resolve_ksm_lock_path(const std::string& setting, const std::string& sysfs_dir) {
     if (setting.empty() || setting == "none") return "";
     if (setting != "auto") return setting;
     // Only the real KSM needs the machine-wide lock; a fake sysfs directory is private to its test.
-    std::error_code e1, e2;
-    auto a = std::filesystem::weakly_canonical(sysfs_dir, e1);
-    auto b = std::filesystem::weakly_canonical(kKsmSysfs, e2);
-    const bool real = (!e1 && !e2) ? a == b : sysfs_dir == kKsmSysfs;
-    return real ? kKsmLockPath : "";
+    return is_real_ksm_sysfs(sysfs_dir) ? kKsmLockPath : "";
 }
 
 std::string describe_lock_holder(const std::string& path, const std::string& proc_root) {
@@ -116,15 +242,77 @@ KsmControl::~KsmControl() {
 }
 
 bool KsmControl::acquire_lock(std::string& error) {
-    if (lock_.path.empty() || lock_fd_ >= 0) return true;
+    if (lock_fd_ < 0 && !lock_.path.empty()) {
+        if (!take_lock(error)) return false;
+    }
+    if (!stale_checked_) {
+        // Under the lock: no other KSM user is between its save and its restore now.
+        if (!restore_stale_file(error)) {
+            release_lock();
+            return false;
+        }
+        stale_checked_ = true;
+    }
+    return true;
+}
+
+bool KsmControl::recover_stale(std::string& error) {
+    if (save_file_.empty() || ::access(save_file_.c_str(), F_OK) != 0) return true;
+    if (!acquire_lock(error)) return false;
+    if (saved_.empty()) release_lock();
+    return true;
+}
+
+bool KsmControl::restore_stale_file(std::string& error) {
+    if (save_file_.empty()) return true;
+    struct stat st {};
+    if (::lstat(save_file_.c_str(), &st) != 0) return true;  // none: the last owner restored
+    auto f = load_save_file(save_file_, error);
+    if (!f) {
+        error = "cannot restore stale KSM settings: " + error;
+        return false;
+    }
+    if (owner_alive(*f, proc_)) {
+        error = "KSM settings saved in " + save_file_ + " by " + owner_text(*f) +
+                ", which still runs, are not restored yet; stop it (it restores on exit) or check it";
+        return false;
+    }
+    if (!f->sysfs.empty() && f->sysfs != dir_ && !(is_real_ksm_sysfs(f->sysfs) && is_real_ksm_sysfs(dir_))) {
+        error = save_file_ + " is for " + f->sysfs + ", not " + dir_ + ": move it away or run hangar ksm-restore";
+        return false;
+    }
+    std::string done;
+    for (auto it = f->saved.rbegin(); it != f->saved.rend(); ++it) {
+        auto now = read(it->first);
+        if (now && *now == it->second) continue;
+        if (!write_value(dir_ + "/" + it->first, it->second, error)) return false;
+        done += (done.empty() ? "" : ", ") + it->first + "=" + it->second;
+    }
+    ::unlink(save_file_.c_str());
+    if (lock_.on_note)
+        lock_.on_note("restored KSM settings left by " + owner_text(*f) + ", which is no longer running" +
+                      (done.empty() ? " (they were already in place)" : ": " + done));
+    return true;
+}
+
+bool KsmControl::take_lock(std::string& error) {
     const std::string& path = lock_.path;
-    std::error_code ec;
-    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+    if (path == kKsmLockPath) {
+        // Root's own directory: no other user can create (and so hold) the lock there.
+        std::string why = make_private_dir(kKsmStateDir, 0700);
+        if (!why.empty()) {
+            error = "KSM state directory: " + why;
+            return false;
+        }
+    } else {
+        std::error_code ec;  // a lock of the operator's choice (--ksm-lock PATH), or a test's
+        std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+    }
     // O_CLOEXEC: the QEMUs hangar starts must not inherit (and so prolong) the lock.
-    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (fd < 0 && (errno == EACCES || errno == EROFS)) fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    int fd = open_nofollow(path, O_RDWR | O_CREAT, 0600);
     if (fd < 0) {
-        error = "cannot open the KSM lock " + path + ": " + std::strerror(errno);
+        error = "cannot open the KSM lock " + path + ": " + std::strerror(errno) +
+                (errno == EACCES ? " (KSM control needs root)" : "");
         return false;
     }
     const auto start = std::chrono::steady_clock::now();
@@ -201,6 +389,7 @@ bool KsmControl::set(const std::string& name, const std::string& value, std::str
     if (first) {
         saved_.emplace_back(name, *current);
         persist();  // before the write: a crash right after it must still be undoable
+        update_crash_plan();
     }
     if (*current == value) return true;
     return write_value(dir_ + "/" + name, value, error);
@@ -240,6 +429,7 @@ std::vector<std::string> KsmControl::restore() {
         if (!write_value(dir_ + "/" + it->first, it->second, error)) failures.push_back(error);
     }
     saved_.clear();
+    update_crash_plan();
     if (failures.empty() && !save_file_.empty()) ::unlink(save_file_.c_str());
     // Whatever could not be put back is reported; holding the lock longer would not fix it.
     release_lock();
@@ -248,39 +438,51 @@ std::vector<std::string> KsmControl::restore() {
 
 void KsmControl::persist() const {
     if (save_file_.empty()) return;
-    nlohmann::json j = {{"sysfs", dir_}, {"saved", nlohmann::json::array()}};
+    nlohmann::json j = {{"sysfs", dir_}, {"owner", "hangar"}, {"pid", ::getpid()}, {"saved", nlohmann::json::array()}};
+    if (auto start = process_start_time(::getpid())) j["pid_start"] = *start;
     for (const auto& [k, v] : saved_) j["saved"].push_back({{"name", k}, {"value", v}});
-    std::string tmp = save_file_ + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::trunc);
-        out << j.dump(2) << "\n";
-    }
-    std::rename(tmp.c_str(), save_file_.c_str());
+    // 0600, a fresh file renamed into place: nothing planted at the name is followed.
+    std::string error;
+    if (!write_file_atomic(save_file_, j.dump(2) + "\n", 0600, error))
+        std::fprintf(stderr, "hangar: KSM: cannot save settings: %s\n", error.c_str());
 }
 
-std::vector<std::string> KsmControl::restore_from_file(const std::string& path, std::string sysfs_dir,
-                                                      KsmLock lock) {
-    auto text = slurp(path);
-    if (!text) return {path + ": cannot read: " + std::strerror(errno)};
-    auto j = nlohmann::json::parse(*text, nullptr, false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("saved") || !j["saved"].is_array())
-        return {path + ": not a hangar KSM save file"};
-    if (sysfs_dir.empty() && j.contains("sysfs") && j["sysfs"].is_string()) sysfs_dir = j["sysfs"].get<std::string>();
-    KsmControl k(sysfs_dir);
-    for (const auto& e : j["saved"]) {
-        if (!e.is_object() || !e.contains("name") || !e.contains("value") || !e["name"].is_string() ||
-            !e["value"].is_string())
-            return {path + ": malformed entry " + e.dump()};
-        std::string name = e["name"].get<std::string>();
-        if (std::find(kTunables.begin(), kTunables.end(), name) == kTunables.end())
-            return {path + ": refusing to write unknown setting \"" + name + "\""};
-        k.saved_.emplace_back(name, e["value"].get<std::string>());
+void KsmControl::update_crash_plan() const {
+    int n = 0;
+    g_crash_entries = 0;  // a handler running meanwhile sees no half-written entry
+    for (const auto& [k, v] : saved_) {
+        const std::string path = dir_ + "/" + k;
+        if (n >= 16 || path.size() >= sizeof g_crash_plan[0].path || v.size() + 2 > sizeof g_crash_plan[0].value) continue;
+        std::memcpy(g_crash_plan[n].path, path.c_str(), path.size() + 1);
+        std::memcpy(g_crash_plan[n].value, (v + "\n").c_str(), v.size() + 2);
+        ++n;
     }
+    g_crash_entries = n;
+}
+
+std::vector<std::string> KsmControl::restore_from_file(const std::string& path, std::string sysfs_dir, KsmLock lock,
+                                                      const std::string& allowed_sysfs, const std::string& proc_root) {
+    std::string error;
+    auto f = load_save_file(path, error);
+    if (!f) return {error};
+    if (sysfs_dir.empty()) sysfs_dir = f->sysfs;
+    if (sysfs_dir.empty()) return {path + ": names no KSM directory"};
+    // Only the real KSM's knobs (a test's fake directory in the unit tests): a file that names
+    // another directory must not steer root's writes there.
+    std::error_code e1, e2;
+    auto a = std::filesystem::weakly_canonical(sysfs_dir, e1);
+    auto b = std::filesystem::weakly_canonical(allowed_sysfs, e2);
+    if (e1 || e2 || a != b)
+        return {path + ": refusing to write to " + sysfs_dir + ": only " + allowed_sysfs + " is KSM's sysfs directory"};
+    if (owner_alive(*f, proc_root))
+        return {path + ": its owner, " + owner_text(*f) + ", is still running; it restores KSM when it exits"};
+    KsmControl k(sysfs_dir, proc_root);
+    k.saved_ = f->saved;
+    k.stale_checked_ = true;  // this file is the stale one
     // A hangar that died released its lock with its descriptors; another KSM user may own the
     // settings now, so restore only once they are done.
     lock.path = resolve_ksm_lock_path(lock.path, k.dir_);
     k.set_lock(std::move(lock));
-    std::string error;
     if (!k.acquire_lock(error)) {
         k.saved_.clear();
         return {error};

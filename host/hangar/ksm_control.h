@@ -2,13 +2,16 @@
 //
 // KSM is system-wide: a run that leaves pages_to_scan at 10000 or run=0 changes every other
 // workload on the host. Each setting's first value is remembered before it is written, kept in a
-// file beside the run (for `hangar ksm-restore` after a hangar that was SIGKILLed), and written
-// back in reverse order by restore(), which the destructor also calls.
+// save file at one fixed, root-only place for the real KSM (/run/blimp/ksm-saved.json, 0600 in a
+// 0700 directory; beside the run for a fake sysfs), and written back in reverse order by
+// restore(), which the destructor also calls (and, for a crash, restore_on_crash()'s handler).
+// A hangar that was SIGKILLed leaves the file behind: the next KSM user (every hangar, and
+// bench/sharing/ksm_util.py) restores it once it holds the lock, if its owner pid is dead.
 //
 // Other KSM users on the machine (the sharing tests and benchmarks, another hangar) must not
 // change the same knobs at the same time: whoever owns the settings holds an exclusive flock on
-// a shared lock file (/run/lock/blimp-ksm.lock, the one bench/sharing/ksm_util.py takes), from
-// before the first setting is saved until after the last one is restored.
+// a shared lock file (/run/blimp/ksm.lock, 0600, root's; the one bench/sharing/ksm_util.py
+// takes), from before the first setting is saved until after the last one is restored.
 #pragma once
 
 #include <chrono>
@@ -34,7 +37,22 @@ struct KsmCounters {
 };
 
 inline constexpr const char* kKsmSysfs = "/sys/kernel/mm/ksm";
-inline constexpr const char* kKsmLockPath = "/run/lock/blimp-ksm.lock";
+// Root's KSM state: a directory only root can create entries in (0700), so no other user can
+// hold the lock or plant the save file. Under /run: a reboot resets KSM and empties it alike.
+inline constexpr const char* kKsmStateDir = "/run/blimp";
+inline constexpr const char* kKsmLockPath = "/run/blimp/ksm.lock";
+inline constexpr const char* kKsmSaveFile = "/run/blimp/ksm-saved.json";
+
+// Whether `dir` is the kernel's KSM sysfs directory (after resolving symlinks).
+bool is_real_ksm_sysfs(const std::string& dir);
+// Where the save file goes for `sysfs_dir`: kKsmSaveFile for the real KSM, else RUN_DIR/ksm-saved.json.
+std::string ksm_save_path(const std::string& sysfs_dir, const std::string& run_dir);
+// The start time of a process (/proc/PID/stat field 22), to tell a live owner from a reused pid.
+std::optional<uint64_t> process_start_time(int pid, const std::string& proc_root = "/proc");
+// Installs handlers for SIGSEGV, SIGBUS, SIGILL, SIGFPE and SIGABRT (on an alternate stack) that
+// write the saved KSM settings back (async-signal-safe: open/write/close of sysfs files prepared
+// in advance) and then die of the signal as before.
+void restore_ksm_on_crash();
 
 // How KsmControl serialises with other KSM users.
 struct KsmLock {
@@ -42,6 +60,7 @@ struct KsmLock {
     std::chrono::milliseconds wait{30000};  // how long to wait for another holder; 0 = not at all
     std::function<void(const std::string&)> on_wait;  // told once, when the lock is busy
     std::function<bool()> cancelled;                   // polled while waiting (a pending SIGINT)
+    std::function<void(const std::string&)> on_note;   // told what a stale save restored
 };
 
 // The lock file for a KSM sysfs directory given "auto", "none" or a path: "auto" means the
@@ -63,8 +82,13 @@ public:
     // The lock to take before the first setting is saved (default: none).
     void set_lock(KsmLock lock) { lock_ = std::move(lock); }
     // Takes the lock now if one is configured and not yet held; waits up to lock.wait for another
-    // holder. False with `error` (naming the lock and its holder) when it cannot.
+    // holder. False with `error` (naming the lock and its holder) when it cannot. Once held (or
+    // with no lock), a stale save file (its owner dead) is restored first; one whose owner still
+    // runs is an error.
     bool acquire_lock(std::string& error);
+    // For a run that changes nothing: restores a stale save file, if there is one, under the lock,
+    // and releases the lock again. False with `error` when that fails.
+    bool recover_stale(std::string& error);
     bool lock_held() const { return lock_fd_ >= 0; }
     const std::string& lock_path() const { return lock_.path; }
 
@@ -81,15 +105,21 @@ public:
     // Where to persist the saved values as they are taken (JSON); "" = nowhere.
     void set_save_file(std::string path) { save_file_ = std::move(path); }
     // Restores from such a file (for `hangar ksm-restore`), under `lock` ("auto" in lock.path:
-    // resolved for the sysfs directory used).
+    // resolved for the sysfs directory used). Writes only to `allowed_sysfs` (the real KSM for
+    // the command; a fake directory in tests), only the knobs hangar manages, and only when the
+    // file's owner is no longer running.
     static std::vector<std::string> restore_from_file(const std::string& path, std::string sysfs_dir,
-                                                      KsmLock lock = {});
+                                                      KsmLock lock = {}, const std::string& allowed_sysfs = kKsmSysfs,
+                                                      const std::string& proc_root = "/proc");
 
     KsmCounters counters() const;
 
 private:
     void persist() const;
     void release_lock();
+    bool take_lock(std::string& error);
+    bool restore_stale_file(std::string& error);
+    void update_crash_plan() const;
     std::optional<int> find_ksmd() const;
 
     std::string dir_;
@@ -98,6 +128,7 @@ private:
     std::string save_file_;
     KsmLock lock_;
     int lock_fd_ = -1;
+    bool stale_checked_ = false;
     mutable std::optional<int> ksmd_pid_;
 };
 

@@ -8,12 +8,17 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "config.h"
 #include "fleet.h"
 #include "ksm_control.h"
+#include "safe_fs.h"
 #include "vm_process.h"
 
 namespace fs = std::filesystem;
@@ -46,6 +51,98 @@ bool has_blimp_patches(const std::string& qemu) {
     return found;
 }
 
+// Runs argv (no shell) with stdout/stderr discarded; true when it exits 0. Bounded by `timeout`.
+bool runs_ok(const std::vector<std::string>& argv) {
+    std::vector<std::string> full = {"timeout", "20"};
+    full.insert(full.end(), argv.begin(), argv.end());
+    std::vector<char*> c;
+    for (auto& s : full) c.push_back(s.data());
+    c.push_back(nullptr);
+    pid_t pid = fork();
+    if (pid < 0) return false;
+    if (pid == 0) {
+        int null = ::open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, 0);
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        execvp(c[0], c.data());
+        _exit(127);
+    }
+    int ws = 0;
+    while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(ws) && WEXITSTATUS(ws) == 0;
+}
+
+// Whether this QEMU was built with seccomp: it accepts -sandbox (with every option hangar uses)
+// when it parses its command line, before -version makes it exit.
+bool qemu_has_sandbox(const std::string& qemu) { return runs_ok({qemu, "-sandbox", kSandboxArg, "-version"}); }
+
+// Whether `user` (uid/gid/groups) can read `path`: asked of the kernel, in a child that has
+// dropped to that user, so every directory on the way counts.
+bool readable_as(const LaunchPlan& p, const std::string& path) {
+    pid_t pid = fork();
+    if (pid < 0) return true;  // cannot tell; QEMU will say
+    if (pid == 0) {
+        if (setgroups(p.groups.size(), p.groups.data()) != 0 || setgid(p.gid) != 0 || setuid(*p.uid) != 0) _exit(2);
+        _exit(::access(path.c_str(), R_OK) == 0 ? 0 : 1);
+    }
+    int ws = 0;
+    while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(ws) && WEXITSTATUS(ws) == 0;
+}
+
+const char* kCreateUser = "useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin blimp";
+
+// Who the QEMUs run as (hangar as root only: otherwise they are already unprivileged).
+void resolve_user(const Config& c, LaunchPlan& plan) {
+    if (::geteuid() != 0) return;
+    if (c.qemu_user == "none") {
+        std::fprintf(stderr, "hangar: warning: qemu_user none: the QEMUs run as root\n");
+        return;
+    }
+    std::string name = c.qemu_user;
+    struct passwd* pw = nullptr;
+    if (name == "auto") {
+        name = "blimp";
+        pw = getpwnam(name.c_str());
+        if (!pw) {
+            name = "nobody";
+            pw = getpwnam(name.c_str());
+            if (pw)
+                std::fprintf(stderr,
+                             "hangar: warning: no \"blimp\" user: the QEMUs run as \"nobody\", which other services may "
+                             "share; create a dedicated user with: %s\n",
+                             kCreateUser);
+        }
+        if (!pw) throw ConfigError(std::string("neither a \"blimp\" nor a \"nobody\" user exists to run QEMU as; create one: ") + kCreateUser);
+    } else {
+        pw = getpwnam(name.c_str());
+        if (!pw)
+            throw ConfigError("qemu_user \"" + name + "\" does not exist; create it (e.g. " +
+                              std::string(kCreateUser).replace(std::string(kCreateUser).rfind("blimp"), 5, name) +
+                              ") or give --qemu-user auto");
+    }
+    if (pw->pw_uid == 0) {
+        std::fprintf(stderr, "hangar: warning: qemu_user %s is root: the QEMUs run as root\n", name.c_str());
+        return;
+    }
+    plan.uid = pw->pw_uid;
+    plan.gid = pw->pw_gid;
+    plan.user = name;
+    int n = 64;
+    std::vector<gid_t> groups(static_cast<size_t>(n));
+    if (getgrouplist(name.c_str(), pw->pw_gid, groups.data(), &n) < 0) {
+        groups.resize(static_cast<size_t>(n));
+        if (getgrouplist(name.c_str(), pw->pw_gid, groups.data(), &n) < 0) n = 0;
+    }
+    groups.resize(static_cast<size_t>(n));
+    plan.groups = groups;
+}
+
 // Turns stock/patched/auto/PATH into a binary. A path is taken as given: if it cannot be
 // executed, each VM reports that it failed to start, which is the clearest place to say so.
 LaunchPlan resolve_plan(const Config& c) {
@@ -74,19 +171,48 @@ LaunchPlan resolve_plan(const Config& c) {
     plan.ksm = c.ksm.mode;
     if (c.ksm.mode == KsmMode::Targeted && !plan.patched)
         throw ConfigError("--ksm targeted needs the patched QEMU (share-hints); " + plan.qemu + " is not it");
+    plan.pass_fds = true;
+    resolve_user(c, plan);
+    if (plan.uid) {
+        // QEMU opens the kernel itself, after hangar has dropped its privileges for it.
+        std::vector<std::string> kernels = {plan.kernel};
+        for (const auto& vm : c.vms)
+            if (!vm.kernel.empty()) kernels.push_back(vm.kernel);
+        for (const auto& k : kernels)
+            if (!readable_as(plan, k))
+                throw ConfigError("kernel " + k + " is not readable by " + plan.user +
+                                  ", the user the QEMUs run as (make it and its directories readable, or --qemu-user)");
+    }
+    if (c.qemu_sandbox != "off") {
+        plan.sandbox = qemu_has_sandbox(plan.qemu);
+        if (!plan.sandbox && c.qemu_sandbox == "on")
+            throw ConfigError("qemu_sandbox on: " + plan.qemu + " has no seccomp sandbox (-sandbox); build it with --enable-seccomp");
+        if (!plan.sandbox)
+            std::fprintf(stderr,
+                         "hangar: warning: %s has no seccomp sandbox (-sandbox): the QEMUs run without it (build QEMU "
+                         "with --enable-seccomp; --qemu-sandbox off silences this)\n",
+                         plan.qemu.c_str());
+    }
     return plan;
 }
 
+// The run directory holds the QMP sockets (root's control of every QEMU) and files hangar writes
+// as root, so it must be private: see safe_fs.h. A given one is created 0700 if missing and
+// refused if unsafe; the default is a fresh mkdtemp (0700).
 std::string make_run_dir(const std::string& wanted) {
+    std::string dir;
     if (!wanted.empty()) {
-        std::error_code ec;
-        fs::create_directories(wanted, ec);
-        if (ec) throw std::runtime_error("cannot create run directory " + wanted + ": " + ec.message());
-        return fs::absolute(wanted);
+        dir = fs::absolute(wanted).lexically_normal().string();
+        while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+        std::string why = make_private_dir(dir);
+        if (!why.empty()) throw std::runtime_error("unsafe run directory: " + why);
+        return dir;
     }
     const char* tmp = getenv("TMPDIR");
     std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/hangar-XXXXXX";
     if (!mkdtemp(tmpl.data())) throw std::runtime_error("cannot create a run directory under " + tmpl + ": " + std::strerror(errno));
+    std::string why = check_private_dir(tmpl);
+    if (!why.empty()) throw std::runtime_error("unsafe run directory: " + why);
     return tmpl;
 }
 
@@ -94,7 +220,7 @@ struct RunFlags {
     std::string config;
     std::vector<std::string> vms;
     std::string budget, qemu, kernel, duration, interval, grace, csv, plot, run_dir, ksm, ksm_sysfs, share_scope, policy, status, accel;
-    std::string ksm_lock, ksm_lock_wait;
+    std::string ksm_lock, ksm_lock_wait, qemu_user, qemu_sandbox;
     std::optional<double> tax_rate;
     std::string sweep;
     std::optional<uint64_t> ksm_pages_to_scan, ksm_sleep_ms;
@@ -110,6 +236,8 @@ Config build_config(const RunFlags& f) {
     if (!f.budget.empty()) c.budget = parse_size(f.budget);
     if (!f.qemu.empty()) c.qemu = f.qemu;
     if (!f.kernel.empty()) c.kernel = f.kernel;
+    if (!f.qemu_user.empty()) c.qemu_user = f.qemu_user;
+    if (!f.qemu_sandbox.empty()) c.qemu_sandbox = f.qemu_sandbox;
     if (!f.duration.empty()) c.duration = parse_duration(f.duration);
     if (!f.interval.empty()) c.interval = parse_duration(f.interval);
     if (!f.grace.empty()) c.grace = parse_duration(f.grace);
@@ -139,10 +267,11 @@ KsmLock ksm_lock(const std::string& setting, const std::string& sysfs, Millis wa
     lock.path = resolve_ksm_lock_path(setting, sysfs);
     lock.wait = wait;
     lock.on_wait = [](const std::string& m) { std::fprintf(stderr, "hangar: KSM: %s\n", m.c_str()); };
+    lock.on_note = lock.on_wait;
     lock.cancelled = [signal] {
         sigset_t pending;
         sigpending(&pending);
-        for (int s : {SIGINT, SIGTERM}) {
+        for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) {
             if (sigismember(&pending, s)) {
                 *signal = s;
                 return true;
@@ -196,15 +325,23 @@ int do_run(const RunFlags& f) {
     // through the orderly path (the fleet reads them from a signalfd).
     sigset_t mask;
     sigemptyset(&mask);
-    for (int s : {SIGINT, SIGTERM, SIGCHLD}) sigaddset(&mask, s);
+    // SIGHUP and SIGQUIT stop the fleet in the same orderly way (KSM restored); a crash writes
+    // KSM back from its signal handler; SIGKILL leaves the save file for the next KSM user.
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD}) sigaddset(&mask, s);
     sigprocmask(SIG_BLOCK, &mask, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
+    restore_ksm_on_crash();
 
     KsmControl ksm(cfg.ksm.sysfs);
-    ksm.set_save_file(run_dir + "/ksm-saved.json");
+    const std::string save_file = ksm_save_path(cfg.ksm.sysfs, run_dir);
+    ksm.set_save_file(save_file);
     int interrupted = 0;
     ksm.set_lock(ksm_lock(cfg.ksm.lock, cfg.ksm.sysfs, cfg.ksm.lock_wait, &interrupted));
     std::string error;
+    // A hangar killed with SIGKILL (or a benchmark) left KSM changed: put it back before anything
+    // else, whatever this run does with KSM.
+    if (cfg.ksm.mode == KsmMode::Unchanged && !ksm.recover_stale(error))
+        std::fprintf(stderr, "hangar: KSM: %s\n", error.c_str());
     // Before any QEMU starts: a fleet that cannot have KSM as asked does not run at all.
     if (!ksm.apply(cfg.ksm, error)) {
         std::fprintf(stderr, "hangar: KSM: %s\n", error.c_str());
@@ -212,8 +349,8 @@ int do_run(const RunFlags& f) {
         return interrupted ? 128 + interrupted : kExitEnvironment;
     }
     if (cfg.ksm.mode != KsmMode::Unchanged)
-        std::fprintf(stderr, "hangar: KSM %s (settings saved in %s/ksm-saved.json, restored on exit%s)\n",
-                     std::string(to_string(cfg.ksm.mode)).c_str(), run_dir.c_str(),
+        std::fprintf(stderr, "hangar: KSM %s (settings saved in %s, restored on exit%s)\n",
+                     std::string(to_string(cfg.ksm.mode)).c_str(), save_file.c_str(),
                      ksm.lock_held() ? ("; holding " + ksm.lock_path()).c_str() : "");
     try {
         Fleet fleet(cfg, plan, run_dir, &ksm);
@@ -244,6 +381,9 @@ int main(int argc, char** argv) {
         sub->add_option("--budget", f.budget, "host memory budget for all guests, e.g. 1G");
         sub->add_option("--qemu", f.qemu, "stock | patched | auto | PATH (default auto: patched if built)");
         sub->add_option("--kernel", f.kernel, "blimp.elf (default: next to the build)");
+        sub->add_option("--qemu-user", f.qemu_user,
+                        "who the QEMUs run as when hangar is root: auto (default: blimp, else nobody) | USER | none");
+        sub->add_option("--qemu-sandbox", f.qemu_sandbox, "QEMU's seccomp sandbox: auto (default: on if supported) | on | off");
         sub->add_option("--duration", f.duration, "stop everything after this long, e.g. 60s");
         sub->add_option("--interval", f.interval, "metrics and policy period (default 1s)");
         sub->add_option("--grace", f.grace, "time between QMP quit and SIGKILL (default 5s)");
@@ -255,7 +395,7 @@ int main(int argc, char** argv) {
         sub->add_option("--ksm-sleep-ms", f.ksm_sleep_ms, "KSM sleep_millisecs while running");
         sub->add_option("--ksm-sysfs", f.ksm_sysfs, "KSM sysfs directory (default /sys/kernel/mm/ksm)");
         sub->add_option("--ksm-lock", f.ksm_lock,
-                        "lock shared with other KSM users: auto (default: /run/lock/blimp-ksm.lock for the real "
+                        "lock shared with other KSM users: auto (default: /run/blimp/ksm.lock for the real "
                         "sysfs) | none | PATH");
         sub->add_option("--ksm-lock-wait", f.ksm_lock_wait,
                         "how long to wait for another holder of the KSM lock before giving up (default 30s)");
@@ -268,10 +408,9 @@ int main(int argc, char** argv) {
     }
     run->add_flag("--dry-run", f.dry_run, "print the QEMU command lines and exit");
 
-    std::string restore_file, restore_sysfs, restore_lock = "auto", restore_lock_wait = "30s";
+    std::string restore_file = kKsmSaveFile, restore_lock = "auto", restore_lock_wait = "30s";
     auto* restore = app.add_subcommand("ksm-restore", "put back KSM settings saved by a hangar that did not exit cleanly");
-    restore->add_option("file", restore_file, "RUN_DIR/ksm-saved.json")->required();
-    restore->add_option("--ksm-sysfs", restore_sysfs, "KSM sysfs directory (default: as saved)");
+    restore->add_option("file", restore_file, std::string("the save file (default ") + kKsmSaveFile + ")");
     restore->add_option("--ksm-lock", restore_lock, "auto (default) | none | PATH, as for run");
     restore->add_option("--ksm-lock-wait", restore_lock_wait, "how long to wait for the KSM lock (default 30s)");
 
@@ -295,7 +434,12 @@ int main(int argc, char** argv) {
             int interrupted = 0;
             KsmLock lock = ksm_lock("none", "", parse_duration(restore_lock_wait), &interrupted);
             lock.path = restore_lock;  // resolved against the sysfs directory the file names
-            auto failures = KsmControl::restore_from_file(restore_file, restore_sysfs, std::move(lock));
+            // Only ever the real KSM directory, whatever the file says.
+            if (::access(restore_file.c_str(), F_OK) != 0 && restore_file == kKsmSaveFile) {
+                std::fprintf(stderr, "hangar: no saved KSM settings (%s): nothing to restore\n", kKsmSaveFile);
+                return kExitOk;
+            }
+            auto failures = KsmControl::restore_from_file(restore_file, kKsmSysfs, std::move(lock));
             for (const auto& e : failures) std::fprintf(stderr, "hangar: %s\n", e.c_str());
             if (failures.empty()) std::fprintf(stderr, "hangar: KSM settings restored from %s\n", restore_file.c_str());
             return failures.empty() ? kExitOk : kExitEnvironment;

@@ -3,9 +3,11 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "safe_fs.h"
 #include "vm_process.h"
 
 namespace hangar {
@@ -39,7 +41,7 @@ MetricsSampler::~MetricsSampler() {
 }
 
 bool MetricsSampler::open_csv(const std::string& path, std::string& error) {
-    csv_ = std::fopen(path.c_str(), "w");
+    csv_ = fopen_nofollow(path, "w");
     if (!csv_) {
         error = "cannot create " + path + ": " + std::strerror(errno);
         return false;
@@ -120,11 +122,11 @@ bool write_plot(const std::string& csv_path, const std::string& png_path, const 
                 std::string& error) {
     // One data file per VM: gnuplot breaks a line at every skipped point, so filtering a mixed
     // CSV inside gnuplot draws nothing but dots.
-    std::map<std::string, std::ofstream> data;
+    // Built in memory and written with write_file_atomic (no symlink followed: hangar is root).
+    std::map<std::string, std::ostringstream> data;
     std::map<std::string, std::string> data_path;
     for (const auto& vm : vms) {
         data_path[vm] = png_path + "." + vm + ".dat";
-        data[vm].open(data_path[vm], std::ios::trunc);
         data[vm] << "# time_s rss_mib balloon_mib\n";
     }
     {
@@ -149,14 +151,11 @@ bool write_plot(const std::string& csv_path, const std::string& png_path, const 
             data[cells[1]] << cells[0] << " " << mib(cells[5]) << " " << mib(cells[6]) << "\n";
         }
     }
-    for (auto& [vm, f] : data) f.close();
+    for (auto& [vm, f] : data)
+        if (!write_file_atomic(data_path[vm], f.str(), 0644, error)) return false;
     const std::string script = png_path + ".gp";
     {
-        std::ofstream gp(script, std::ios::trunc);
-        if (!gp) {
-            error = "cannot create " + script;
-            return false;
-        }
+        std::ostringstream gp;
         gp << "set terminal pngcairo size 1200,700 noenhanced\n"
            << "set output '" << png_path << "'\n"
            << "set datafile missing '?'\n"
@@ -176,6 +175,7 @@ bool write_plot(const std::string& csv_path, const std::string& png_path, const 
             }
             gp << "\n";
         }
+        if (!write_file_atomic(script, gp.str(), 0644, error)) return false;
     }
     std::string cmd = "gnuplot '" + script + "' 2>&1";
     FILE* p = popen(cmd.c_str(), "r");

@@ -4,10 +4,40 @@
 #include <cstring>
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 namespace hangar {
+
+size_t json_nesting_depth(std::string_view text, size_t limit) {
+    size_t depth = 0, deepest = 0;
+    bool in_string = false, escaped = false;
+    for (char c : text) {
+        if (in_string) {
+            if (escaped) escaped = false;
+            else if (c == '\\') escaped = true;
+            else if (c == '"') in_string = false;
+            continue;
+        }
+        switch (c) {
+        case '"': in_string = true; break;
+        case '[':
+        case '{':
+            if (++depth > deepest) {
+                deepest = depth;
+                if (deepest > limit) return limit + 1;
+            }
+            break;
+        case ']':
+        case '}':
+            if (depth) --depth;  // unbalanced text is the parser's to reject
+            break;
+        default: break;
+        }
+    }
+    return deepest;
+}
 
 std::optional<std::string> QmpFramer::next() {
     while (!overflow_) {
@@ -37,6 +67,18 @@ std::optional<std::string> QmpFramer::next() {
 }
 
 std::optional<QmpMessage> parse_qmp_message(std::string_view line, std::string& error) {
+    if (line.size() > kQmpMaxMessage) {
+        error = "message of " + std::to_string(line.size()) + " bytes, larger than the " +
+                std::to_string(kQmpMaxMessage) + "-byte limit";
+        return std::nullopt;
+    }
+    // Before the DOM exists: nlohmann builds it iteratively, but copies, dumps and destroys it
+    // recursively.
+    if (json_nesting_depth(line, kQmpMaxDepth) > kQmpMaxDepth) {
+        error = "JSON nested deeper than " + std::to_string(kQmpMaxDepth) + " levels: " +
+                std::string(line.substr(0, 40));
+        return std::nullopt;
+    }
     json doc = json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
     if (doc.is_discarded()) {
         error = "not JSON: " + std::string(line.substr(0, 120));
@@ -50,19 +92,19 @@ std::optional<QmpMessage> parse_qmp_message(std::string_view line, std::string& 
     if (auto it = doc.find("id"); it != doc.end()) {
         // We only ever send unsigned integer ids; anything else is not an answer to us.
         if (!it->is_number_unsigned()) {
-            error = "reply id is not one of ours: " + it->dump();
+            error = "reply id is not one of ours: " + it->dump().substr(0, 120);
             return std::nullopt;
         }
         msg.id = it->get<uint64_t>();
     }
     if (auto it = doc.find("QMP"); it != doc.end()) {
         msg.kind = QmpMessage::Kind::Greeting;
-        msg.value = *it;
+        msg.value = std::move(*it);
         return msg;
     }
     if (auto it = doc.find("return"); it != doc.end()) {
         msg.kind = QmpMessage::Kind::Return;
-        msg.value = *it;
+        msg.value = std::move(*it);
         return msg;
     }
     if (auto it = doc.find("error"); it != doc.end()) {
@@ -75,6 +117,8 @@ std::optional<QmpMessage> parse_qmp_message(std::string_view line, std::string& 
         auto desc = it->find("desc");
         msg.error_class = cls != it->end() && cls->is_string() ? cls->get<std::string>() : "GenericError";
         msg.error_desc = desc != it->end() && desc->is_string() ? desc->get<std::string>() : it->dump();
+        // An error text ends up in logs and summary.json: a page of it says all QEMU has to say.
+        if (msg.error_desc.size() > 4096) msg.error_desc = msg.error_desc.substr(0, 4096) + "...";
         return msg;
     }
     if (auto it = doc.find("event"); it != doc.end()) {
@@ -84,7 +128,7 @@ std::optional<QmpMessage> parse_qmp_message(std::string_view line, std::string& 
         }
         msg.kind = QmpMessage::Kind::Event;
         msg.event = it->get<std::string>();
-        if (auto d = doc.find("data"); d != doc.end()) msg.value = *d;
+        if (auto d = doc.find("data"); d != doc.end()) msg.value = std::move(*d);
         return msg;
     }
     error = "neither greeting, return, error nor event: " + std::string(line.substr(0, 120));
@@ -200,7 +244,7 @@ void QmpClient::dispatch(QmpMessage&& msg) {
             close("QMP protocol error: expected the greeting first");
             return;
         }
-        greeting_ = msg.value;
+        greeting_ = std::move(msg.value);
         state_ = State::Negotiating;
         // Sent directly (not queued): it is the one command allowed before Ready.
         const uint64_t id = next_id_++;
@@ -291,6 +335,36 @@ void QmpClient::close(const std::string& why) {
     for (auto& q : queued)
         if (q.on_reply) q.on_reply(r);
     if (callbacks_.on_closed) callbacks_.on_closed(why);
+}
+
+int listen_unix(const std::string& path, std::string& error) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.size() >= sizeof addr.sun_path) {
+        error = path + ": path too long for a unix socket";
+        return -1;
+    }
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        error = std::string("socket: ") + std::strerror(errno);
+        return -1;
+    }
+    // The socket file gets its mode from the umask at bind (0777 & ~0177): 0600 from the start.
+    const mode_t old = ::umask(0177);
+    int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    int e = errno;
+    ::umask(old);
+    if (rc == 0 && ::listen(fd, 4) != 0) {
+        rc = -1;
+        e = errno;
+    }
+    if (rc != 0) {
+        error = "cannot listen on " + path + ": " + std::strerror(e);
+        ::close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 int connect_unix(const std::string& path) {

@@ -21,12 +21,30 @@ namespace hangar {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
+// Limits on what a QEMU (and through it, a guest) may send hangar, which runs as root and
+// manages every VM: one hostile QEMU must cost its own VM, never hangar.
+//
+// kMaxMessage: the largest reply hangar reads is one page of x-blimp-balloon-query-hints, at most
+// 65536 hints (kHintPageMax). A hint as QEMU prints it is at most 123 bytes even with 20-digit
+// numbers ({"pfn": N, "npages": N, "hash": "<16 hex>", "zero": false, "marked": false}, ), so a
+// page is at most ~8 MiB (realistic pfns: ~6.5 MiB; qmp_test.cpp measures the worst case). 16 MiB
+// leaves 2x margin; every other reply hangar reads is under 4 KiB.
+inline constexpr size_t kQmpMaxMessage = 16u << 20;
+// kMaxDepth: the deepest reply hangar reads nests 4 levels ({"return": {"hints": [{...}]}}). A
+// deeper message is rejected before a DOM is built (copying, dumping and destroying a DOM recurse,
+// so a few million levels would overflow hangar's stack).
+inline constexpr size_t kQmpMaxDepth = 32;
+
+// The nesting depth of JSON text ('[' and '{' outside strings), stopping as soon as it passes
+// `limit` (then returns limit + 1). A cheap scan: no allocation, no recursion.
+size_t json_nesting_depth(std::string_view text, size_t limit);
+
 // Splits the byte stream into messages. QEMU ends every message with "\r\n" and JSON strings
 // cannot hold a raw newline, so a newline is a reliable boundary; a size cap keeps a broken or
 // hostile peer from growing the buffer without bound.
 class QmpFramer {
 public:
-    static constexpr size_t kMaxMessage = 32u << 20;
+    static constexpr size_t kMaxMessage = kQmpMaxMessage;
 
     void feed(std::string_view bytes) { buffer_.append(bytes.data(), bytes.size()); }
     // The next complete, non-blank line, without its line ending. Sets overflow() and returns
@@ -133,5 +151,7 @@ private:
 // Connects to a unix socket without blocking. Returns the fd, or -1 with errno set; ENOENT and
 // ECONNREFUSED mean "QEMU is not listening yet".
 int connect_unix(const std::string& path);
+// Creates a listening unix socket at `path` with mode 0600 (close-on-exec). -1 and `error` on failure.
+int listen_unix(const std::string& path, std::string& error);
 
 }  // namespace hangar

@@ -1,5 +1,7 @@
 #include "vm_process.h"
 
+#include "safe_fs.h"
+
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -7,7 +9,9 @@
 #include <fcntl.h>
 #include <fstream>
 #include <sstream>
+#include <grp.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -48,9 +52,16 @@ std::vector<std::string> build_qemu_argv(const VmSpec& vm, const LaunchPlan& pla
                        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                        // Start stopped: hangar connects QMP and sets up stats before the guest runs.
                        "-S",
-                       "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                       "-serial", "file:" + plan.serial_log,
-                       "-qmp", "unix:" + plan.qmp_socket + ",server=on,wait=off"});
+                       "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"});
+    if (plan.pass_fds) {
+        // Descriptors hangar opened: QEMU never opens a path in the run directory.
+        a.insert(a.end(), {"-add-fd", "fd=" + std::to_string(kSerialFd) + ",set=1", "-serial", "file:/dev/fdset/1",
+                           "-chardev", "socket,id=qmp0,fd=" + std::to_string(kQmpFd) + ",server=on,wait=off",
+                           "-mon", "chardev=qmp0,mode=control"});
+    } else {
+        a.insert(a.end(), {"-serial", "file:" + plan.serial_log, "-qmp", "unix:" + plan.qmp_socket + ",server=on,wait=off"});
+    }
+    if (plan.sandbox) a.insert(a.end(), {"-sandbox", kSandboxArg});
     if (vm.machine != Machine::Microvm) a.insert(a.end(), {"-bios", "/usr/share/qemu/qboot.rom"});
     std::string cmdline = "app=" + vm.app;
     for (const auto& arg : vm.args) cmdline += " " + arg;
@@ -168,13 +179,14 @@ VmProcess::~VmProcess() {
     }
 }
 
-bool VmProcess::spawn(const std::vector<std::string>& argv, const std::string& log_path, std::string& error) {
+bool VmProcess::spawn(const std::vector<std::string>& argv, const std::string& log_path, std::string& error,
+                      const SpawnOptions& options) {
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) < 0) {
         error = std::string("pipe: ") + std::strerror(errno);
         return false;
     }
-    int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int log = open_nofollow(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (log < 0) {
         error = "cannot create " + log_path + ": " + std::strerror(errno);
         ::close(pipefd[0]);
@@ -195,25 +207,52 @@ bool VmProcess::spawn(const std::vector<std::string>& argv, const std::string& l
         return false;
     }
     if (pid == 0) {
+        // Only async-signal-safe calls from here to exec. A failure is reported through the pipe.
+        int errfd = pipefd[1];
+        auto fail = [&](int e) {
+            ssize_t ignored = write(errfd, &e, sizeof e);
+            (void)ignored;
+            _exit(127);
+        };
+        // Our own descriptors above every number a handed-over one may take.
+        if (!options.fds.empty()) {
+            int e2 = fcntl(errfd, F_DUPFD_CLOEXEC, 64);
+            if (e2 >= 0) errfd = e2;
+            if ((log = fcntl(log, F_DUPFD_CLOEXEC, 64)) < 0) fail(errno);
+        }
         // Own process group: a terminal ^C reaches hangar only, which then stops VMs in order.
         setpgid(0, 0);
-        // If hangar dies without cleaning up (SIGKILL), its QEMUs die with it.
+        // Handed-over descriptors at their agreed numbers: first out of the way (a source may sit
+        // on a target number), then into place; dup2 leaves the copies inheritable.
+        int moved[8];
+        const size_t nfd = options.fds.size() < 8 ? options.fds.size() : 8;
+        for (size_t i = 0; i < nfd; ++i)
+            if ((moved[i] = fcntl(options.fds[i].second, F_DUPFD_CLOEXEC, 64)) < 0) fail(errno);
+        for (size_t i = 0; i < nfd; ++i)
+            if (dup2(moved[i], options.fds[i].first) < 0) fail(errno);
+        umask(077);
+        if (options.uid) {
+            // Unprivileged from the first instruction of QEMU: supplementary groups (e.g. kvm),
+            // group, then user; the sandbox may then forbid set*id altogether.
+            if (setgroups(options.groups.size(), options.groups.data()) != 0) fail(errno);
+            if (setgid(options.gid) != 0 || setuid(*options.uid) != 0) fail(errno);
+            if (setuid(0) == 0) fail(EPERM);  // must not be able to get root back
+        }
+        // If hangar dies without cleaning up (SIGKILL), its QEMUs die with it. Set after the
+        // credential change, which clears it.
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent) _exit(127);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, nullptr);
-        for (int s : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE}) ::signal(s, SIG_DFL);
-        int devnull = ::open("/dev/null", O_RDONLY);
+        for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD, SIGPIPE}) ::signal(s, SIG_DFL);
+        int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (devnull >= 0) dup2(devnull, 0);
         dup2(log, 1);
         dup2(log, 2);
         if (argv[0].find('/') != std::string::npos) execv(cargv[0], cargv.data());
         else execvp(cargv[0], cargv.data());
-        int e = errno;
-        ssize_t ignored = write(pipefd[1], &e, sizeof e);
-        (void)ignored;
-        _exit(127);
+        fail(errno);
     }
     ::close(pipefd[1]);
     ::close(log);

@@ -20,6 +20,30 @@ struct LaunchPlan {
     std::string serial_log;
     std::string accel = "tcg";
     KsmMode ksm = KsmMode::Unchanged;
+    // QEMU's seccomp sandbox (-sandbox on,obsolete=deny,elevateprivileges=deny,...).
+    bool sandbox = false;
+    // The QMP listening socket and the serial log are opened by hangar and handed over as these
+    // descriptors (kQmpFd, kSerialFd), so a QEMU that runs unprivileged from its first
+    // instruction needs no access to the run directory. false: QEMU opens the paths itself.
+    bool pass_fds = false;
+    // Who QEMU runs as (set when hangar is root and drops privileges for it).
+    std::optional<uid_t> uid{};
+    gid_t gid = 0;
+    std::vector<gid_t> groups{};
+    std::string user{};  // for messages
+};
+
+// The descriptor numbers QEMU finds its QMP listening socket and serial log at (pass_fds).
+inline constexpr int kQmpFd = 3;
+inline constexpr int kSerialFd = 4;
+inline constexpr const char* kSandboxArg = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+// What spawn() does between fork and exec besides the usual.
+struct SpawnOptions {
+    std::vector<std::pair<int, int>> fds;  // {child fd number, parent fd}: made inheritable there
+    std::optional<uid_t> uid;              // drop to this uid/gid/groups before exec
+    gid_t gid = 0;
+    std::vector<gid_t> groups;
 };
 
 // The device id hangar gives the balloon, so its QOM path is known without qom-list.
@@ -68,7 +92,8 @@ public:
 
     // Forks and execs. stdout/stderr go to `log_path`. Returns false with `error` set when the
     // binary cannot be executed (reported through a close-on-exec pipe, so it is exact).
-    bool spawn(const std::vector<std::string>& argv, const std::string& log_path, std::string& error);
+    bool spawn(const std::vector<std::string>& argv, const std::string& log_path, std::string& error,
+               const SpawnOptions& options = {});
     // Non-blocking reap; returns true once the process is gone (wait_status() valid).
     bool try_reap();
     void signal(int sig);

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -66,9 +67,21 @@ def qemu_pids_of(run_dir):
                 cmd = f.read().decode(errors="replace")
         except OSError:
             continue
-        if run_dir in cmd and "qemu" in cmd:
+        if "qemu" in cmd and (run_dir in cmd or holds_file_in(pid, run_dir)):
             pids.append(int(pid))
     return pids
+
+
+def holds_file_in(pid, run_dir):
+    """Whether a process has a file of run_dir open: hangar hands its QEMUs their serial log as a
+    descriptor, so the run directory is no longer on their command line."""
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(run_dir + "/"):
+                return True
+    except OSError:
+        pass
+    return False
 
 
 class Run:
@@ -354,11 +367,15 @@ def test_budget_below_total_apps_complete(build):
 FAKE_QEMU = r"""#!/usr/bin/env python3
 import json, os, re, socket, sys, time
 argv = sys.argv
-path = re.match(r"unix:([^,]+)", argv[argv.index("-qmp") + 1]).group(1)
 mode = re.search(r"qmp=(\w+)", argv[argv.index("-append") + 1]).group(1)
-srv = socket.socket(socket.AF_UNIX)
-srv.bind(path)
-srv.listen(1)
+if "-qmp" in argv:
+    path = re.match(r"unix:([^,]+)", argv[argv.index("-qmp") + 1]).group(1)
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+else:  # hangar's listening socket, handed over as -chardev socket,fd=N
+    fd = int(re.search(r"fd=(\d+)", argv[argv.index("-chardev") + 1]).group(1))
+    srv = socket.socket(fileno=fd)
 srv.settimeout(30)
 conn, _ = srv.accept()
 f = conn.makefile("rwb", buffering=0)
@@ -367,6 +384,8 @@ def send(obj):
 if mode != "garbage":
     # What a guest that ran leaves behind: output on its serial port.
     serial = argv[argv.index("-serial") + 1][len("file:"):]
+    if serial.startswith("/dev/fdset/"):
+        serial = int(re.search(r"fd=(\d+)", argv[argv.index("-add-fd") + 1]).group(1))
     open(serial, "w").write("fake guest running\\n")
 if mode == "silent":
     time.sleep(30)
@@ -401,6 +420,7 @@ sys.exit(1)
 @t.test
 def test_qmp_errors_reported_vms_continue(build):
     tmp = tempfile.mkdtemp(prefix="hangar-fake-")
+    os.chmod(tmp, 0o755)  # the fake QEMU runs as hangar's unprivileged QEMU user
     try:
         fake = os.path.join(tmp, "fake-qemu")
         with open(fake, "w") as f:
@@ -422,6 +442,139 @@ def test_qmp_errors_reported_vms_continue(build):
         with Run(build, ["--vm", "name=erring,args=qmp=errors"], qemu=fake) as r:
             rc = r.wait()
             check(rc == 4, f"exit {rc} (want 4)\n{r.stderr()}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def status_fields(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def stock_has_sandbox():
+    return subprocess.run(["timeout", "20", QEMU, "-sandbox",
+                           "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+                           "-version"], capture_output=True).returncode == 0
+
+
+@t.test
+def test_qemus_run_unprivileged_sandboxed_with_private_qmp(build):
+    """hangar (root) starts every QEMU as an unprivileged user, under QEMU's seccomp sandbox when
+    the binary has it; the QMP socket is 0600 in a 0700 root-owned run directory."""
+    if os.geteuid() != 0:
+        raise Skip("hangar drops privileges for QEMU only when it runs as root")
+    import pwd
+    try:
+        want = pwd.getpwnam("blimp")
+    except KeyError:
+        want = pwd.getpwnam("nobody")
+    sandbox = stock_has_sandbox()
+    with Run(build, ["--vm", long_lived_vm(build, "a"), "--duration", "120s"]) as r:
+        pid = int(r.wait_for(r"vm a: started QEMU pid (\d+)").group(1))
+        r.wait_for(r"vm a: started QEMU pid \d+ \(.*as " + want.pw_name)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not re.search(r"^a\s+(running|paused)", r.stdout(), re.M):
+            time.sleep(0.2)
+        st = status_fields(pid)
+        uids, gids = st["Uid"].split(), st["Gid"].split()
+        check(uids == [str(want.pw_uid)] * 4, f"QEMU Uid {uids}, want {want.pw_uid} ({want.pw_name})")
+        check(gids == [str(want.pw_gid)] * 4, f"QEMU Gid {gids}, want {want.pw_gid}")
+        check("0" not in st["Groups"].split(), f"QEMU kept root's group: {st['Groups']}")
+        check(int(st["CapEff"], 16) == 0, f"QEMU has capabilities {st['CapEff']}")
+        if sandbox:
+            check(st["Seccomp"].strip() == "2", f"QEMU not sandboxed: Seccomp {st['Seccomp']}")
+            check("-sandbox" in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace"), "no -sandbox")
+        else:
+            check("no seccomp sandbox" in r.stderr(), f"no warning about the missing sandbox\n{r.stderr()}")
+        d = os.stat(r.run_dir)
+        check(d.st_uid == 0 and (d.st_mode & 0o777) == 0o700, f"run dir mode {oct(d.st_mode)} uid {d.st_uid}")
+        q = os.stat(os.path.join(r.run_dir, "a.qmp"))
+        check(stat.S_ISSOCK(q.st_mode) and (q.st_mode & 0o777) == 0o600 and q.st_uid == 0,
+              f"QMP socket mode {oct(q.st_mode)} uid {q.st_uid}")
+        # The guest still runs and reports through QMP (the balloon works as the unprivileged user).
+        r.proc.send_signal(signal.SIGTERM)
+        rc = r.wait(timeout=60)
+        s, vms = r.summary()
+        check(rc == 128 + signal.SIGTERM and vms["a"]["outcome"] == "stopped", f"exit {rc}\n{r.stderr()}")
+        print(f"  QEMU pid {pid}: uid {uids[0]} ({want.pw_name}), Seccomp {st['Seccomp']}, "
+              f"socket {oct(q.st_mode & 0o777)}, run dir {oct(d.st_mode & 0o777)}", flush=True)
+
+
+@t.test
+def test_unsafe_run_dir_refused(build):
+    hangar, kernel = tools(build)
+    tmp = tempfile.mkdtemp(prefix="hangar-rundir-")
+    try:
+        def run(run_dir):
+            return subprocess.run([hangar, "run", "--kernel", kernel, "--qemu", "stock", "--vm", "name=a",
+                                   "--run-dir", run_dir], capture_output=True, text=True, timeout=60)
+        open_dir = os.path.join(tmp, "open")
+        os.mkdir(open_dir)
+        os.chmod(open_dir, 0o777)
+        link = os.path.join(tmp, "link")
+        private = os.path.join(tmp, "private")
+        os.mkdir(private, 0o700)
+        os.symlink(private, link)
+        for d, why in ((open_dir, "writable by everyone"), (link, "symlink")):
+            p = run(d)
+            check(p.returncode == 3, f"{d}: exit {p.returncode}\n{p.stderr}")
+            check("unsafe run directory" in p.stderr and why in p.stderr, p.stderr)
+            check("started QEMU" not in p.stderr, p.stderr)
+        if os.geteuid() == 0:
+            theirs = os.path.join(tmp, "theirs")
+            os.mkdir(theirs, 0o700)
+            os.chown(theirs, 65534, 65534)
+            p = run(theirs)
+            check(p.returncode == 3 and "owned by uid 65534" in p.stderr, f"exit {p.returncode}\n{p.stderr}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@t.test
+def test_sighup_restores_ksm_and_sigkill_is_undone_by_the_next_run(build):
+    hangar, kernel = tools(build)
+    tmp = tempfile.mkdtemp(prefix="hangar-ksm-")
+    try:
+        ksm_dir, before = fake_ksm(tmp)
+        ksm = ["--ksm", "blind", "--ksm-pages-to-scan", "5000", "--ksm-sysfs", ksm_dir]
+        with Run(build, ["--vm", long_lived_vm(build, "a"), "--duration", "120s", *ksm]) as r:
+            r.wait_for(r"KSM blind")
+            r.wait_for(r"vm a: started QEMU pid")
+            r.proc.send_signal(signal.SIGHUP)
+            rc = r.wait(timeout=60)
+            check(rc == 128 + signal.SIGHUP, f"exit {rc}\n{r.stderr()}")
+            check(read_ksm(ksm_dir, before) == before, f"KSM not restored on SIGHUP: {read_ksm(ksm_dir, before)}")
+        # SIGKILL: nothing runs in hangar, so the save file is what undoes it, at the next start.
+        run_dir = os.path.join(tmp, "run")
+        cmd = [hangar, "run", "--kernel", kernel, "--qemu", "stock", "--run-dir", run_dir, "--status", "off",
+               "--vm", long_lived_vm(build, "a"), "--duration", "120s"]
+        err = open(os.path.join(tmp, "err1.txt"), "w+")
+        p = subprocess.Popen(cmd + ksm, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and "started QEMU" not in open(err.name).read():
+                time.sleep(0.2)
+            p.kill()
+            p.wait()
+            check(read_ksm(ksm_dir, ["pages_to_scan"])["pages_to_scan"] == "5000", "KSM not changed by the run")
+            saved = os.path.join(run_dir, "ksm-saved.json")
+            check(os.path.exists(saved), "no save file after SIGKILL")
+            check((os.stat(saved).st_mode & 0o777) == 0o600, oct(os.stat(saved).st_mode))
+            time.sleep(1)  # its QEMU dies with it (PR_SET_PDEATHSIG)
+            check(not qemu_pids_of(run_dir), f"QEMU outlived a SIGKILLed hangar: {qemu_pids_of(run_dir)}")
+            # The next hangar (this one leaves KSM alone) restores the stale save first.
+            q = subprocess.run(cmd[:-4] + ["--vm", "name=b,app=hello", "--ksm-sysfs", ksm_dir],
+                               capture_output=True, text=True, timeout=240)
+            check(q.returncode == 0, f"exit {q.returncode}\n{q.stderr}")
+            check("restored KSM settings left by pid" in q.stderr, q.stderr)
+            check(read_ksm(ksm_dir, before) == before, f"stale save not restored: {read_ksm(ksm_dir, before)}")
+            check(not os.path.exists(saved), "stale save file left")
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            for pid in qemu_pids_of(run_dir):
+                os.kill(pid, signal.SIGKILL)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -42,7 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "bench", "sharing"))
 from blimp_vm import Skip, TestRunner, check  # noqa: E402
-from ksm_util import KSM_DIR, LOCK_PATH, other_mergeable, proc_ksm  # noqa: E402
+from ksm_util import KSM_DIR, LOCK_PATH, SAVE_PATH, open_lock, other_mergeable, proc_ksm  # noqa: E402
 
 t = TestRunner()
 PAGE = 4096
@@ -90,8 +90,7 @@ class KsmLock:
     """The machine-wide KSM lock, as bench/sharing/ksm_util.py takes it."""
 
     def __init__(self, timeout=300):
-        os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
-        self.f = open(LOCK_PATH, "a+")
+        self.f = open_lock()
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -158,9 +157,21 @@ def qemu_pids_of(run_dir):
                 cmd = f.read().decode(errors="replace")
         except OSError:
             continue
-        if run_dir in cmd and "qemu" in cmd:
+        if "qemu" in cmd and (run_dir in cmd or holds_file_in(pid, run_dir)):
             pids.append(int(pid))
     return pids
+
+
+def holds_file_in(pid, run_dir):
+    """Whether a process has a file of run_dir open: hangar hands its QEMUs their serial log as a
+    descriptor, so the run directory is no longer on their command line."""
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(run_dir + "/"):
+                return True
+    except OSError:
+        pass
+    return False
 
 
 class Hangar:
@@ -212,9 +223,9 @@ class Hangar:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        saved = os.path.join(self.run_dir, "ksm-saved.json")
-        if os.path.exists(saved):
-            subprocess.run([self.hangar, "ksm-restore", saved], timeout=120)
+        # A hangar that had to be killed left its save in root's fixed place: put KSM back.
+        if os.path.exists(SAVE_PATH):
+            subprocess.run([self.hangar, "ksm-restore"], timeout=120)
         left = qemu_pids_of(self.run_dir)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
@@ -246,7 +257,7 @@ def test_busy_ksm_lock_is_a_clear_error(build):
                          "KSM is in use by another experiment", "--ksm-lock-wait"):
                 check(want in err, f"want {want!r} in\n{err}")
             check("started QEMU" not in err, f"a VM was started\n{err}")
-            check(not os.path.exists(os.path.join(h.run_dir, "ksm-saved.json")), "KSM save file written")
+            check(not os.path.exists(SAVE_PATH), "KSM save file written")
             check(ksm_settings() == before, f"KSM changed: {before} -> {ksm_settings()}")
             print(f"  gave up after {took:.1f}s: {err.strip().splitlines()[-1]}", flush=True)
         finally:
@@ -344,7 +355,7 @@ def test_targeted_sharing_through_hangar(build):
             check(vms[n]["hint_pages"] >= DATA_PAGES, vms[n])
         check(vms["loner"]["twin_hashes"] == twins["loner"], vms["loner"])
         check(all(v["outcome"] == "stopped" for v in vms.values()), s)
-        check(not os.path.exists(os.path.join(h.run_dir, "ksm-saved.json")), "KSM save file left")
+        check(not os.path.exists(SAVE_PATH), "KSM save file left")
         with open(h.csv) as f:
             head, *rows = [r.split(",") for r in f.read().splitlines()]
         col = {c: i for i, c in enumerate(head)}

@@ -143,3 +143,103 @@ TEST(ConfigJson, KsmLock) {
     c.ksm.lock = "";
     EXPECT_NE(error_of([&] { validate(c); }).find("ksm lock"), std::string::npos);
 }
+
+// Every numeric key has a range, and a value outside it is an error that names the key and the
+// range (issue 15). Durations given as integers no longer wrap.
+TEST(ConfigRanges, EveryNumericKeyIsRangeChecked) {
+    auto json_err = [](const std::string& body) {
+        return error_of([&] {
+            Config c = parse_config_json("{\"vms\": [{\"name\": \"a\"}], " + body + "}", "f.json");
+            validate(c);
+        });
+    };
+    const std::string huge = "18446744073709551615";
+    const std::string wraps = "18446744073709552";  // * 1000 wraps to a small number
+    struct Case {
+        std::string body, key;
+    };
+    const std::vector<Case> cases = {
+        {"\"duration\": " + wraps, "duration"},
+        {"\"duration\": " + huge, "duration"},
+        {"\"duration\": \"400d\"", "duration"},  // unit error, still names the key
+        {"\"duration\": \"9000h\"", "duration"},
+        {"\"interval\": " + wraps, "interval"},
+        {"\"interval\": \"50ms\"", "interval"},
+        {"\"interval\": \"2h\"", "interval"},
+        {"\"grace\": " + wraps, "grace"},
+        {"\"grace\": \"2h\"", "grace"},
+        {"\"qmp_timeout\": " + wraps, "qmp_timeout"},
+        {"\"qmp_timeout\": \"1h\"", "qmp_timeout"},
+        {"\"qmp_timeout\": \"10ms\"", "qmp_timeout"},
+        {"\"stats_interval\": 3601", "stats_interval"},
+        {"\"stats_interval\": " + huge, "stats_interval"},
+        {"\"budget\": " + huge, "budget"},
+        {"\"budget\": 0", "budget"},
+        {"\"budget\": \"2048T\"", "budget"},
+        {"\"policy\": {\"tax_rate\": 1.5}", "tax_rate"},
+        {"\"policy\": {\"tax_rate\": -0.1}", "tax_rate"},
+        {"\"policy\": {\"pressure_grow\": 0}", "pressure_grow"},
+        {"\"policy\": {\"floor\": \"2T\"}", "floor"},
+        {"\"policy\": {\"hysteresis\": \"2T\"}", "hysteresis"},
+        {"\"policy\": {\"max_step\": 0}", "max_step"},
+        {"\"policy\": {\"max_step\": \"2T\"}", "max_step"},
+        {"\"policy\": {\"reclaim_hold\": 100001}", "reclaim_hold"},
+        {"\"policy\": {\"sweep\": " + wraps + "}", "sweep"},
+        {"\"policy\": {\"sweep\": \"50ms\"}", "sweep"},
+        {"\"policy\": {\"sweep\": \"2d\"}", "sweep"},
+        {"\"ksm\": {\"pages_to_scan\": 0}", "pages_to_scan"},
+        {"\"ksm\": {\"pages_to_scan\": " + huge + "}", "pages_to_scan"},
+        {"\"ksm\": {\"sleep_millisecs\": 4294967296}", "sleep_millisecs"},
+        {"\"ksm\": {\"merge_across_nodes\": 2}", "merge_across_nodes"},
+        {"\"ksm\": {\"use_zero_pages\": 2}", "use_zero_pages"},
+        {"\"ksm\": {\"hint_refresh\": " + wraps + "}", "hint_refresh"},
+        {"\"ksm\": {\"hint_refresh\": \"10ms\"}", "hint_refresh"},
+        {"\"ksm\": {\"lock_wait\": " + wraps + "}", "lock_wait"},
+        {"\"ksm\": {\"lock_wait\": \"2d\"}", "lock_wait"},
+        {"\"defaults\": {\"memory\": " + huge + "}", "memory"},
+        {"\"defaults\": {\"memory\": \"8M\"}", "memory"},
+        {"\"defaults\": {\"shares\": 0}", "shares"},
+        {"\"defaults\": {\"shares\": 1000001}", "shares"},
+        {"\"defaults\": {\"min_memory\": \"2T\"}", "min_memory"},
+    };
+    for (const auto& c : cases) {
+        std::string e = json_err(c.body);
+        EXPECT_NE(e.find(c.key), std::string::npos) << c.body << " -> " << e;
+        EXPECT_FALSE(e.empty()) << c.body;
+    }
+    // Range errors say what is allowed.
+    EXPECT_NE(json_err("\"interval\": \"50ms\"").find("allowed: 100 ms to 1 h"), std::string::npos);
+    EXPECT_NE(json_err("\"duration\": " + wraps).find("out of range"), std::string::npos);
+    EXPECT_NE(json_err("\"ksm\": {\"pages_to_scan\": 0}").find("allowed: 1 to 1073741824"), std::string::npos);
+    EXPECT_NE(error_of([&] { parse_config_json("{\"vms\": [{\"count\": 257}]}", "f.json"); }).find("allowed: 1 to 256"),
+              std::string::npos);
+    // The edges of each range are accepted.
+    EXPECT_EQ(json_err("\"interval\": \"100ms\", \"grace\": 0, \"duration\": 31536000, \"qmp_timeout\": \"10m\", "
+                       "\"stats_interval\": 3600, \"policy\": {\"sweep\": 0, \"max_step\": 1}, "
+                       "\"ksm\": {\"pages_to_scan\": 1073741824, \"sleep_millisecs\": 0, \"lock_wait\": 0}"),
+              "");
+}
+
+TEST(ConfigRanges, FlagValuesAreCheckedToo) {
+    // Flags fill Config directly; validate() is what stands between them and KSM/QEMU.
+    Config c;
+    c.vms.push_back(parse_vm_flag("name=a"));
+    c.ksm.pages_to_scan = 1ull << 40;
+    EXPECT_NE(error_of([&] { validate(c); }).find("--ksm-pages-to-scan"), std::string::npos);
+    c.ksm.pages_to_scan.reset();
+    c.ksm.sleep_millisecs = ~0ull;
+    EXPECT_NE(error_of([&] { validate(c); }).find("--ksm-sleep-ms"), std::string::npos);
+    c.ksm.sleep_millisecs.reset();
+    c.policy.tax_rate = std::numeric_limits<double>::quiet_NaN();
+    EXPECT_NE(error_of([&] { validate(c); }).find("--tax-rate"), std::string::npos);
+    c.policy.tax_rate = 0.5;
+    EXPECT_THROW(parse_duration("18446744073709552"), ConfigError);
+    EXPECT_THROW(parse_duration("1e3"), ConfigError);
+    EXPECT_NO_THROW(validate(c));
+}
+
+TEST(ConfigJson, DeepNestingIsAnErrorNotACrash) {
+    // Under the 1 MiB file limit, yet deep enough to overflow the stack when a message dumps it.
+    std::string text = "{\"budget\": " + std::string(500000, '[') + std::string(500000, ']') + "}";
+    EXPECT_NE(error_of([&] { parse_config_json(text, "f.json"); }).find("nested deeper"), std::string::npos);
+}

@@ -1,6 +1,7 @@
 // Fuzz entry points: the config parser and QMP framing/parsing/client. Built two ways: as
 // libFuzzer binaries with clang (HANGAR_LIBFUZZER), and into the GoogleTest binary, where
 // fuzz_test.cpp replays seeds and deterministic random inputs under ASan/UBSan with gcc.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -36,8 +37,31 @@ int config_one(const uint8_t* data, size_t size) {
     return 0;
 }
 
+// The nesting depth of a parsed value, recursively (only called on values the scan bounded).
+size_t real_depth(const nlohmann::json& j) {
+    if (!j.is_structured()) return 0;
+    size_t d = 0;
+    for (const auto& e : j) d = std::max(d, real_depth(e));
+    return d + 1;
+}
+
 int qmp_one(const uint8_t* data, size_t size) {
     std::string_view bytes(reinterpret_cast<const char*>(data), size);
+    // The depth pre-scan never lets a deeper document through to the DOM, and agrees with the
+    // parser on every document the parser accepts (below the limit). nlohmann stops at a NUL
+    // byte as at the end of input, so it parses only what precedes one; the scan reads it all
+    // and can only count deeper.
+    {
+        const size_t scanned = hangar::json_nesting_depth(bytes, hangar::kQmpMaxDepth);
+        if (scanned <= hangar::kQmpMaxDepth) {
+            auto j = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
+            if (!j.is_discarded()) {
+                const std::string_view parsed = bytes.substr(0, bytes.find('\0'));
+                if (real_depth(j) > scanned) __builtin_trap();
+                if (real_depth(j) != hangar::json_nesting_depth(parsed, hangar::kQmpMaxDepth)) __builtin_trap();
+            }
+        }
+    }
     // Framing and classification on their own, fed in uneven pieces.
     hangar::QmpFramer f;
     for (size_t i = 0; i < bytes.size(); i += 1 + (i % 7)) {

@@ -5,9 +5,14 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <fstream>
+#include <csignal>
 #include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include "ksm_control.h"
 
@@ -134,7 +139,7 @@ TEST_F(FakeSysfs, SaveFileLetsAnotherProcessRestore) {
     EXPECT_FALSE(fs::exists(save));  // a clean restore removes its file
     put("run", "1");
     put("pages_to_scan", "999");
-    auto failures = KsmControl::restore_from_file(orphan, "");
+    auto failures = KsmControl::restore_from_file(orphan, "", {}, ksm());
     EXPECT_TRUE(failures.empty());
     EXPECT_EQ(get("pages_to_scan"), "100");
     EXPECT_EQ(get("run"), "0");
@@ -144,7 +149,7 @@ TEST_F(FakeSysfs, SaveFileLetsAnotherProcessRestore) {
 TEST_F(FakeSysfs, RestoreFileRejectsForeignSettings) {
     const std::string save = (dir_ / "evil.json").string();
     std::ofstream(save) << R"({"sysfs": ")" << ksm() << R"(", "saved": [{"name": "../../etc/passwd", "value": "x"}]})";
-    auto failures = KsmControl::restore_from_file(save, "");
+    auto failures = KsmControl::restore_from_file(save, "", {}, ksm());
     ASSERT_EQ(failures.size(), 1u);
     EXPECT_NE(failures[0].find("refusing"), std::string::npos);
 }
@@ -306,13 +311,13 @@ TEST_F(KsmLockTest, RestoreFromFileWaitsForTheLock) {
     std::ofstream(save) << R"({"sysfs": ")" << ksm() << R"(", "saved": [{"name": "pages_to_scan", "value": "100"}]})";
     put("pages_to_scan", "777");
     ASSERT_TRUE(other_takes());  // someone else owns KSM now: do not write under their feet
-    auto failures = KsmControl::restore_from_file(save, "", lock(std::chrono::milliseconds(100)));
+    auto failures = KsmControl::restore_from_file(save, "", lock(std::chrono::milliseconds(100)), ksm());
     ASSERT_EQ(failures.size(), 1u);
     EXPECT_NE(failures[0].find("KSM is in use"), std::string::npos) << failures[0];
     EXPECT_EQ(get("pages_to_scan"), "777");
     EXPECT_TRUE(fs::exists(save));  // kept for a later attempt
     release();
-    failures = KsmControl::restore_from_file(save, "", lock(std::chrono::milliseconds(100)));
+    failures = KsmControl::restore_from_file(save, "", lock(std::chrono::milliseconds(100)), ksm());
     EXPECT_TRUE(failures.empty());
     EXPECT_EQ(get("pages_to_scan"), "100");
     EXPECT_FALSE(fs::exists(save));
@@ -335,4 +340,157 @@ TEST_F(KsmLockTest, HolderFromProcLocks) {
     EXPECT_EQ(who.rfind("pid " + std::to_string(getpid()) + " (", 0), 0u) << who;
     release();
     EXPECT_EQ(describe_lock_holder(lock_path()), "");
+}
+
+// --- Stale saves, the real-sysfs-only restore, and the save file's safety (issue 15) ---
+
+namespace {
+// A pid that no longer runs: a child that exited and was reaped.
+int dead_pid() {
+    pid_t p = fork();
+    if (p == 0) _exit(0);
+    int ws;
+    waitpid(p, &ws, 0);
+    return p;
+}
+}  // namespace
+
+class StaleSave : public KsmLockTest {
+protected:
+    std::string save() const { return (dir_ / "ksm-saved.json").string(); }
+    void write_save(int pid, const std::string& entries) {
+        std::ofstream(save()) << R"({"sysfs": ")" << ksm() << R"(", "owner": "hangar", "pid": )" << pid
+                              << R"(, "saved": [)" << entries << "]}";
+    }
+};
+
+TEST_F(StaleSave, RestoredBeforeTheFirstChange) {
+    // A hangar SIGKILLed with pages_to_scan 777 and run 1 in place (it found 100 and 0).
+    put("pages_to_scan", "777");
+    put("run", "1");
+    write_save(dead_pid(), R"({"name": "pages_to_scan", "value": "100"}, {"name": "run", "value": "0"})");
+    std::vector<std::string> notes;
+    {
+        KsmControl k(ksm());
+        k.set_save_file(save());
+        KsmLock l = lock(std::chrono::milliseconds(0));
+        l.on_note = [&](const std::string& m) { notes.push_back(m); };
+        k.set_lock(l);
+        std::string err;
+        ASSERT_TRUE(k.apply(blind(), err)) << err;
+        EXPECT_EQ(get("pages_to_scan"), "5000");
+        // What this run saved are the values from before the killed run, not its leftovers.
+        ASSERT_FALSE(k.saved().empty());
+        for (const auto& [name, value] : k.saved()) {
+            if (name == "pages_to_scan") {
+                EXPECT_EQ(value, "100");
+            }
+        }
+        ASSERT_EQ(notes.size(), 1u);
+        EXPECT_NE(notes[0].find("no longer running"), std::string::npos) << notes[0];
+        EXPECT_NE(notes[0].find("pages_to_scan=100"), std::string::npos) << notes[0];
+    }
+    EXPECT_EQ(get("pages_to_scan"), "100");
+    EXPECT_EQ(get("run"), "0");
+    EXPECT_FALSE(fs::exists(save()));
+}
+
+TEST_F(StaleSave, UnchangedRunRecoversToo) {
+    put("pages_to_scan", "777");
+    write_save(dead_pid(), R"({"name": "pages_to_scan", "value": "100"})");
+    KsmControl k(ksm());
+    k.set_save_file(save());
+    k.set_lock(lock(std::chrono::milliseconds(0)));
+    std::string err;
+    ASSERT_TRUE(k.recover_stale(err)) << err;
+    EXPECT_EQ(get("pages_to_scan"), "100");
+    EXPECT_FALSE(fs::exists(save()));
+    EXPECT_FALSE(k.lock_held());  // nothing of ours to guard
+    EXPECT_TRUE(other_takes());
+}
+
+TEST_F(StaleSave, LiveOwnerIsLeftAlone) {
+    pid_t child = fork();
+    if (child == 0) {
+        pause();
+        _exit(0);
+    }
+    put("pages_to_scan", "777");
+    write_save(child, R"({"name": "pages_to_scan", "value": "100"})");
+    KsmControl k(ksm());
+    k.set_save_file(save());
+    k.set_lock(lock(std::chrono::milliseconds(0)));
+    std::string err;
+    EXPECT_FALSE(k.apply(blind(), err));
+    EXPECT_NE(err.find("still runs"), std::string::npos) << err;
+    EXPECT_EQ(get("pages_to_scan"), "777");
+    EXPECT_TRUE(fs::exists(save()));
+    EXPECT_FALSE(k.lock_held());
+    auto failures = KsmControl::restore_from_file(save(), "", {}, ksm());
+    ASSERT_EQ(failures.size(), 1u);
+    EXPECT_NE(failures[0].find("still running"), std::string::npos) << failures[0];
+    kill(child, SIGKILL);
+    waitpid(child, nullptr, 0);
+    // Once it is gone, the same file is stale.
+    EXPECT_TRUE(KsmControl::restore_from_file(save(), "", {}, ksm()).empty());
+    EXPECT_EQ(get("pages_to_scan"), "100");
+}
+
+TEST_F(StaleSave, RestoreWritesOnlyToTheKsmDirectory) {
+    // A save file that names another directory (or a command line that does) steers nothing.
+    fs::create_directories(dir_ / "elsewhere");
+    std::ofstream(dir_ / "elsewhere" / "run") << "keep\n";
+    std::ofstream(save()) << R"({"sysfs": ")" << (dir_ / "elsewhere").string()
+                          << R"(", "saved": [{"name": "run", "value": "0"}]})";
+    auto failures = KsmControl::restore_from_file(save(), "", {}, ksm());
+    ASSERT_EQ(failures.size(), 1u);
+    EXPECT_NE(failures[0].find("refusing to write"), std::string::npos) << failures[0];
+    // The command's own default: only the kernel's directory.
+    failures = KsmControl::restore_from_file(save(), (dir_ / "elsewhere").string());
+    ASSERT_EQ(failures.size(), 1u);
+    EXPECT_NE(failures[0].find("only /sys/kernel/mm/ksm"), std::string::npos) << failures[0];
+    std::ifstream in(dir_ / "elsewhere" / "run");
+    std::string v;
+    std::getline(in, v);
+    EXPECT_EQ(v, "keep");
+    // Values are knob words, nothing else.
+    write_save(dead_pid(), R"({"name": "run", "value": "1\n2"})");
+    failures = KsmControl::restore_from_file(save(), "", {}, ksm());
+    ASSERT_EQ(failures.size(), 1u);
+    EXPECT_NE(failures[0].find("refusing"), std::string::npos) << failures[0];
+}
+
+TEST_F(StaleSave, SaveFileIsPrivateAndNamesItsOwner) {
+    // A symlink planted where the save file goes is replaced, never written through.
+    const fs::path victim = dir_ / "victim";
+    std::ofstream(victim) << "keep\n";
+    fs::create_symlink(victim, save());
+    KsmControl k(ksm());
+    k.set_save_file(save());
+    std::string err;
+    // The planted link is not a save file: the stale check refuses it rather than follow it.
+    EXPECT_FALSE(k.apply(blind(), err));
+    fs::remove(save());
+    ASSERT_TRUE(k.apply(blind(), err)) << err;
+    struct stat st {};
+    ASSERT_EQ(::lstat(save().c_str(), &st), 0);
+    EXPECT_TRUE(S_ISREG(st.st_mode));
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    std::ifstream in(save());
+    auto j = nlohmann::json::parse(in);
+    EXPECT_EQ(j["pid"], getpid());
+    EXPECT_TRUE(j.contains("pid_start"));
+    std::ifstream v(victim);
+    std::string line;
+    std::getline(v, line);
+    EXPECT_EQ(line, "keep");
+}
+
+TEST(KsmPaths, StateIsRootsOwn) {
+    EXPECT_EQ(std::string(kKsmLockPath), "/run/blimp/ksm.lock");
+    EXPECT_EQ(std::string(kKsmSaveFile), "/run/blimp/ksm-saved.json");
+    EXPECT_EQ(ksm_save_path("/sys/kernel/mm/ksm", "/r"), kKsmSaveFile);
+    EXPECT_EQ(ksm_save_path("/tmp/fake", "/r"), "/r/ksm-saved.json");
+    EXPECT_TRUE(process_start_time(getpid()).has_value());
+    EXPECT_FALSE(process_start_time(dead_pid()).has_value());
 }

@@ -195,3 +195,91 @@ TEST_F(FakeQemu, MissingGreetingTimesOut) {
     client_->check_timeouts(Clock::now() + 1s);
     EXPECT_EQ(client_->state(), QmpClient::State::Closed);
 }
+
+// --- Limits on what a (compromised) QEMU can send: issue 15 ---
+
+TEST(QmpLimits, NestingDepthScanIgnoresStrings) {
+    EXPECT_EQ(json_nesting_depth(R"({"a": [1, {"b": []}]})", 32), 4u);
+    EXPECT_EQ(json_nesting_depth(R"({"a": "[[[[[[\"[[[[{{{{"})", 32), 1u);
+    EXPECT_EQ(json_nesting_depth(R"(["\\", [[]]])", 32), 3u);
+    EXPECT_EQ(json_nesting_depth("]]]]{", 32), 1u);
+    EXPECT_EQ(json_nesting_depth(std::string(1000, '['), 32), 33u);  // stops at limit + 1
+}
+
+TEST(QmpLimits, DeepNestingIsRejectedWithoutACrash) {
+    // 10 million levels: a DOM of this would overflow the stack when copied, dumped or destroyed.
+    std::string line = "{\"return\":" + std::string(10'000'000, '[');
+    std::string err;
+    EXPECT_FALSE(parse_qmp_message(line, err));
+    EXPECT_NE(err.find("nested deeper than"), std::string::npos) << err;
+    // Balanced (and under the size cap): still refused before a DOM exists.
+    line = "{\"return\":" + std::string(5'000'000, '[') + std::string(5'000'000, ']') + "}";
+    EXPECT_FALSE(parse_qmp_message(line, err));
+    EXPECT_NE(err.find("nested deeper than"), std::string::npos) << err;
+    // At the limit is fine; one more is not.
+    std::string ok = "{\"return\":" + std::string(kQmpMaxDepth - 1, '[') + std::string(kQmpMaxDepth - 1, ']') + "}";
+    EXPECT_TRUE(parse_qmp_message(ok, err)) << err;
+    std::string deep = "{\"return\":" + std::string(kQmpMaxDepth, '[') + std::string(kQmpMaxDepth, ']') + "}";
+    EXPECT_FALSE(parse_qmp_message(deep, err));
+}
+
+TEST(QmpLimits, LargestRealReplyFitsWithMargin) {
+    // One full page of x-blimp-balloon-query-hints (kHintPageMax = 65536 hints) at its widest:
+    // every number 20 digits, as QEMU prints it (", " and ": " separators).
+    std::string hint = R"({"pfn": 18446744073709551615, "npages": 18446744073709551615, "hash": "9c2d1e0f00aa7b31", "zero": false, "marked": false})";
+    std::string reply = R"({"return": {"total": 18446744073709551615, "hints": [)";
+    for (int i = 0; i < 65536; ++i) reply += (i ? ", " : "") + hint;
+    reply += R"(]}, "id": 18446744073709551615})";
+    EXPECT_LE(reply.size() * 2, kQmpMaxMessage) << "worst-case hints page is " << reply.size() << " bytes";
+    std::string err;
+    auto m = parse_qmp_message(reply, err);
+    ASSERT_TRUE(m) << err;
+    EXPECT_EQ(m->value["hints"].size(), 65536u);
+    EXPECT_LE(json_nesting_depth(reply, kQmpMaxDepth), 4u);
+}
+
+TEST(QmpLimits, OverlongLineIsAnError) {
+    std::string err;
+    std::string line = "{\"return\": \"" + std::string(kQmpMaxMessage, 'x') + "\"}";
+    EXPECT_FALSE(parse_qmp_message(line, err));
+    EXPECT_NE(err.find("limit"), std::string::npos) << err;
+    QmpFramer f;
+    f.feed(line + "\r\n");
+    EXPECT_FALSE(f.next());
+    EXPECT_TRUE(f.overflow());
+}
+
+class FakeQemuStream : public FakeQemu {
+protected:
+    // Writes a large stream in pieces the socket can hold, letting the client read in between.
+    void stream(const std::string& text) {
+        size_t off = 0;
+        while (off < text.size() && client_->state() != QmpClient::State::Closed) {
+            ssize_t n = write(server_, text.data() + off, std::min<size_t>(65536, text.size() - off));
+            if (n > 0) off += static_cast<size_t>(n);
+            client_->handle_readable();
+        }
+    }
+};
+
+TEST_F(FakeQemuStream, DeeplyNestedReplyClosesOnlyThisConnection) {
+    negotiate();
+    QmpReply got;
+    client_->execute("query-balloon", [&](const QmpReply& r) { got = r; });
+    received();
+    stream("{\"return\": " + std::string(10'000'000, '[') + "\r\n");
+    EXPECT_EQ(client_->state(), QmpClient::State::Closed);
+    EXPECT_NE(closed_.find("nested deeper"), std::string::npos) << closed_;
+    EXPECT_EQ(got.error_class, "Disconnected");
+}
+
+TEST_F(FakeQemuStream, OverlongReplyClosesOnlyThisConnection) {
+    negotiate();
+    QmpReply got;
+    client_->execute("query-balloon", [&](const QmpReply& r) { got = r; });
+    received();
+    stream("{\"return\": \"" + std::string(kQmpMaxMessage + 100000, 'x'));
+    EXPECT_EQ(client_->state(), QmpClient::State::Closed);
+    EXPECT_NE(closed_.find("larger than"), std::string::npos) << closed_;
+    EXPECT_EQ(got.error_class, "Disconnected");
+}

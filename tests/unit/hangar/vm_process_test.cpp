@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <fcntl.h>
 #include <sys/wait.h>
 
 #include "fleet.h"
@@ -156,4 +157,70 @@ TEST(GuestStats, FromQom) {
     EXPECT_FALSE(guest_stats_from_qom(json::parse(R"({"stats": {}, "last-update": 0})")));
     EXPECT_FALSE(guest_stats_from_qom(json::parse(R"({"stats": 5})")));
     EXPECT_FALSE(guest_stats_from_qom(json::parse("[]")));
+}
+
+// --- Unprivileged, sandboxed QEMUs that get their files as descriptors (issue 15) ---
+
+TEST(QemuArgv, PassedDescriptorsAndSandbox) {
+    VmSpec vm = parse_vm_flag("name=a");
+    LaunchPlan plan{"/usr/bin/qemu-system-x86_64", false, "/k/blimp.elf", "/r/a.qmp", "/r/a.serial.log", "tcg", KsmMode::Unchanged};
+    plan.pass_fds = true;
+    plan.sandbox = true;
+    auto a = build_qemu_argv(vm, plan);
+    EXPECT_TRUE(has(a, "socket,id=qmp0,fd=3,server=on,wait=off"));
+    EXPECT_TRUE(has(a, "chardev=qmp0,mode=control"));
+    EXPECT_TRUE(has(a, "fd=4,set=1"));
+    EXPECT_TRUE(has(a, "file:/dev/fdset/1"));
+    EXPECT_FALSE(has(a, "-qmp"));
+    EXPECT_FALSE(has(a, "-runas"));  // hangar drops privileges itself (elevateprivileges=deny forbids setuid)
+    auto s = std::find(a.begin(), a.end(), "-sandbox");
+    ASSERT_NE(s, a.end());
+    EXPECT_EQ(*(s + 1), "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+    plan.sandbox = false;
+    EXPECT_FALSE(has(build_qemu_argv(vm, plan), "-sandbox"));
+}
+
+TEST(VmProcess, DropsPrivilegesAndPassesDescriptors) {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to drop privileges";
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / ("hangar-spawn-" + std::to_string(getpid()));
+    fs::remove_all(dir);
+    fs::create_directory(dir);
+    fs::permissions(dir, fs::perms::owner_all);
+    const std::string log = (dir / "out.log").string();
+    int a = ::open((dir / "a").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    int b = ::open((dir / "b").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_GE(a, 0);
+    ASSERT_GE(b, 0);
+    SpawnOptions o;
+    o.uid = 65534;
+    o.gid = 65534;
+    // Swapped on purpose: a source may sit on another's target number.
+    o.fds = {{b, a}, {a, b}};
+    VmProcess p;
+    std::string err;
+    ASSERT_TRUE(p.spawn({"/bin/sh", "-c",
+                         "id -u; id -G; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; umask; "
+                         "echo A >&" + std::to_string(b) + "; echo B >&" + std::to_string(a) +
+                         "; ls " + dir.string() + " 2>&1 | head -1"},
+                        log, err, o))
+        << err;
+    for (int i = 0; i < 500 && !p.try_reap(); ++i) usleep(10000);
+    ::close(a);
+    ::close(b);
+    std::ifstream in(log);
+    std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(out.rfind("65534\n65534\n", 0), 0u) << out;  // uid, and no supplementary root groups
+    EXPECT_NE(out.find("CapEff:\t0000000000000000"), std::string::npos) << out;
+    EXPECT_NE(out.find("0077"), std::string::npos) << out;
+    EXPECT_NE(out.find("Permission denied"), std::string::npos) << out;  // the 0700 directory is closed to it
+    auto slurp = [](const fs::path& f) {
+        std::ifstream i(f);
+        std::string s;
+        std::getline(i, s);
+        return s;
+    };
+    EXPECT_EQ(slurp(dir / "a"), "A");
+    EXPECT_EQ(slurp(dir / "b"), "B");
+    fs::remove_all(dir);
 }
