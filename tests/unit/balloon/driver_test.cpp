@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <functional>
 #include <new>
 #include <string>
@@ -87,6 +88,19 @@ struct Options {
   std::string cmdline = "balloon.floor=8M balloon.report=off";
 };
 
+// Memory the guest used and freed: free blocks the host backs, so "unreported" (memory never
+// touched since boot counts as unbacked and is never reported).
+void dirty(unsigned blocks_2m) {
+  std::vector<PhysAddr> v;
+  for (unsigned i = 0; i < blocks_2m; ++i) {
+    auto r = mm::pages().alloc_pages(9, mm::Owner::App, mm::AllocFlags(mm::kAllocNoReclaim));
+    if (r.is_error()) break;
+    std::memset(reinterpret_cast<void*>(r.value()), 0x11, 512 * kPage);
+    v.push_back(r.value());
+  }
+  for (PhysAddr a : v) mm::pages().free_pages(a, 9);
+}
+
 class balloon_driver : public ::testing::Test {
  protected:
   void SetUp() override { SetUpWith(Options{}); }
@@ -96,7 +110,9 @@ class balloon_driver : public ::testing::Test {
     kern::reset();
     cmdline_ = o.cmdline;
     cmdline::init(cmdline_.c_str());
+    dirty(12);  // 24 MiB the reporting and hinting tests find
     start_free_ = mm::pages().free_pages_count();
+    start_kernel_ = count_owned(mm::Owner::Kernel);
     fake_ = std::make_unique<FakeBalloonDevice>(o.features);
     transport_ = std::make_unique<virtio::MmioTransport>(*fake_, 0xfeb00e00, 12);
     ASSERT_FALSE(transport_->init().is_error());
@@ -209,9 +225,17 @@ class balloon_driver : public ::testing::Test {
     EXPECT_TRUE(kern::log_contains(s)) << "log lacks \"" << s << "\":\n" << kern::log();
   }
   const BalloonCounters& c() { return b_->counters(); }
+  // A balloon that stopped (lost device, gave up) keeps what it holds: every page is free, held
+  // (the balloon's pages, plus the pages of its own run list) or quarantined.
+  void expect_accounted() {
+    EXPECT_EQ(mm::pages().free_pages_count() + b_->held_pages() + c().quarantined_pages +
+                  (count_owned(mm::Owner::Kernel) - start_kernel_),
+              start_free_);
+  }
 
   std::string cmdline_;
   uint64_t start_free_ = 0;
+  uint64_t start_kernel_ = 0;  // pages the balloon's own lists take (RunSet storage) come on top
   std::unique_ptr<FakeBalloonDevice> fake_;
   std::unique_ptr<virtio::MmioTransport> transport_;
   virtio::test::HostDma dma_;
@@ -472,6 +496,13 @@ TEST_F(balloon_driver, SilentHintRangeResetsAndReturnsHintedBlocks) {
   check_step("after the reset");
   EXPECT_EQ(c().driver_resets, 1u);
   EXPECT_EQ(c().device_resets, 1u);
+  // recover() returned the blocks hinted to the old device; the command id still in the config
+  // is taken as new and hinted again to the new device (the fake completes it this time).
+  EXPECT_EQ(std::count(fake_->hint_words.begin(), fake_->hint_words.end(), 9u), 2);
+  EXPECT_EQ(count_owned(mm::Owner::Isolated), Access::hinted(*b_));
+  fake_->set_hint_cmd(kCmdIdDone);
+  fake_->raise_config();
+  settle();
   EXPECT_EQ(Access::hinted(*b_), 0u);
   EXPECT_EQ(count_owned(mm::Owner::Isolated), 0u);
   deflate_all_and_check_leaks();
@@ -485,6 +516,11 @@ TEST_F(balloon_driver, SilentHintCommandResets) {
   settle();
   check_step("after the reset");
   EXPECT_EQ(c().driver_resets, 1u);
+  EXPECT_EQ(std::count(fake_->hint_words.begin(), fake_->hint_words.end(), 11u), 1);  // new device
+  EXPECT_EQ(count_owned(mm::Owner::Isolated), Access::hinted(*b_));
+  fake_->set_hint_cmd(kCmdIdDone);
+  fake_->raise_config();
+  settle();
   EXPECT_EQ(count_owned(mm::Owner::Isolated), 0u);
   deflate_all_and_check_leaks();
 }
@@ -609,10 +645,11 @@ TEST_F(balloon_driver, GivesUpAfterFiveResetsInAMinute) {
   EXPECT_TRUE(Access::gave_up(*b_));
   EXPECT_EQ(c().device_resets, 5u);
   expect_log("giving up");
-  EXPECT_EQ(b_->held_pages(), 3000u + 4096u);  // the one buffer taken before the first reset
+  EXPECT_EQ(b_->held_pages(), 6000u);  // taken before the first reset, retold after each
+  EXPECT_LT(b_->actual_pages(), 6000u + 1);
   target(0);  // nothing comes back from a balloon that gave up
-  EXPECT_EQ(b_->held_pages(), 3000u + 4096u);
-  EXPECT_EQ(mm::pages().free_pages_count() + b_->held_pages(), start_free_);
+  EXPECT_EQ(b_->held_pages(), 6000u);
+  expect_accounted();
 }
 
 TEST_F(balloon_driver, ResetsSpreadOverMinutesDoNotGiveUp) {
@@ -645,8 +682,7 @@ TEST_F(balloon_driver, LostDeviceKeepsInflatedPagesForGood) {
   target(0);
   EXPECT_EQ(b_->held_pages(), 8000u);  // nothing the device was lent goes back
   EXPECT_EQ(BalloonTestAccess::oom(*b_, 100), 0u);
-  EXPECT_EQ(mm::pages().free_pages_count() + b_->held_pages() + c().quarantined_pages,
-            start_free_);
+  expect_accounted();
 }
 
 TEST_F(balloon_driver_reporting, LostDeviceQuarantinesTheReport) {
@@ -660,8 +696,7 @@ TEST_F(balloon_driver_reporting, LostDeviceQuarantinesTheReport) {
   fake_->finish_held();
   advance(1 * kSec);
   check_step("after the lost device acted");
-  EXPECT_EQ(mm::pages().free_pages_count() + b_->held_pages() + c().quarantined_pages,
-            start_free_);
+  expect_accounted();
 }
 
 TEST_F(balloon_driver, LostDeviceQuarantinesHintedBlocks) {
@@ -675,8 +710,7 @@ TEST_F(balloon_driver, LostDeviceQuarantinesHintedBlocks) {
   EXPECT_TRUE(Access::lost(*b_));
   EXPECT_EQ(BalloonTestAccess::oom(*b_, 100), 0u);  // hinted blocks stay with the device
   EXPECT_EQ(count_owned(mm::Owner::Isolated), Access::hinted(*b_));
-  EXPECT_EQ(mm::pages().free_pages_count() + b_->held_pages() + c().quarantined_pages,
-            start_free_);
+  expect_accounted();
 }
 
 TEST_F(balloon_driver, LostDeviceBlimpqTimesOut) {
