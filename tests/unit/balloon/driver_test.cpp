@@ -385,6 +385,20 @@ TEST_F(balloon_driver, StaleInflateAfterResetHitsNoPageInUse) {
   deflate_all_and_check_leaks();
 }
 
+// The same for a deflate with MUST_TELL_HOST: the pages were kept ballooned across the reset.
+TEST_F(balloon_driver, StaleDeflateAfterResetHitsNoPageInUse) {
+  settle();
+  target(8000);
+  fake_->script(QueueKind::Deflate, {Behaviour::stale(3 * kSec)});
+  target(2000);
+  check_settled("after the reset and recovery");
+  EXPECT_EQ(c().driver_resets, 1u);
+  advance(4 * kSec);
+  EXPECT_EQ(fake_->stale_done, 1u);
+  check_settled("after the stale deflate");
+  deflate_all_and_check_leaks();
+}
+
 // ---- Stats: the device holds the buffer as long as it likes ---------------------------------------
 
 TEST_F(balloon_driver, StatsHeldForeverBlocksNothing) {
@@ -522,6 +536,22 @@ TEST_F(balloon_driver, SilentHintCommandResets) {
   fake_->raise_config();
   settle();
   EXPECT_EQ(count_owned(mm::Owner::Isolated), 0u);
+  deflate_all_and_check_leaks();
+}
+
+TEST_F(balloon_driver, StaleHintRangeAfterResetTouchesNoPageInUse) {
+  settle();
+  fake_->script(QueueKind::Hint, {Behaviour::now(), Behaviour::stale(3 * kSec)});
+  fake_->set_hint_cmd(15);
+  fake_->raise_config();
+  settle();
+  EXPECT_EQ(c().driver_resets, 1u);
+  advance(4 * kSec);
+  EXPECT_EQ(fake_->stale_done, 1u);
+  check_step("after the stale hint");
+  fake_->set_hint_cmd(kCmdIdDone);
+  fake_->raise_config();
+  settle();
   deflate_all_and_check_leaks();
 }
 
@@ -683,6 +713,17 @@ TEST_F(balloon_driver, LostDeviceKeepsInflatedPagesForGood) {
   EXPECT_EQ(b_->held_pages(), 8000u);  // nothing the device was lent goes back
   EXPECT_EQ(BalloonTestAccess::oom(*b_, 100), 0u);
   expect_accounted();
+}
+
+TEST_F(balloon_driver_reporting, HostResetMidReport) {
+  fake_->script(QueueKind::Report, {Behaviour::never()});
+  at(1 * kSec, [this] { fake_->host_reset(); });
+  settle();
+  check_settled("after the recovery");
+  EXPECT_EQ(c().device_resets, 1u);
+  EXPECT_EQ(count_owned(mm::Owner::Isolated), 0u);
+  EXPECT_GT(c().reported_pages, 0u);
+  deflate_all_and_check_leaks();
 }
 
 TEST_F(balloon_driver_reporting, LostDeviceQuarantinesTheReport) {
