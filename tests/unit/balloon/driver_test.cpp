@@ -603,12 +603,7 @@ TEST_F(balloon_driver, BogusUsedIdOnInflateResets) {
   deflate_all_and_check_leaks();
 }
 
-TEST_F(balloon_driver, OverlongUsedLenOnReportResets) {
-  TearDown();
-  set_up_ = false;
-  Options o;
-  o.cmdline = "balloon.floor=8M";
-  SetUpWith(o);
+TEST_F(balloon_driver_reporting, OverlongUsedLenOnReportResets) {
   fake_->script(QueueKind::Report, {Behaviour::long_len()});
   settle();
   check_settled("after the reset");
