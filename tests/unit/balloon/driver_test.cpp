@@ -671,7 +671,9 @@ TEST_F(balloon_driver, GivesUpAfterFiveResetsInAMinute) {
   EXPECT_EQ(c().device_resets, 5u);
   expect_log("giving up");
   EXPECT_EQ(b_->held_pages(), 6000u);  // taken before the first reset, retold after each
-  EXPECT_LT(b_->actual_pages(), 6000u + 1);
+  // retell_held() counts every held page as ballooned even when the retell failed, so `actual`
+  // reads 6000 although the (reset, given-up) device acknowledged none of them.
+  EXPECT_EQ(fake_->balloon_pfns.size(), 0u);
   target(0);  // nothing comes back from a balloon that gave up
   EXPECT_EQ(b_->held_pages(), 6000u);
   expect_accounted();
