@@ -79,6 +79,8 @@ struct BalloonCounters {
   uint64_t quarantined_pages;  // pages left with a device that could not be reset
 };
 
+struct BalloonTestAccess;  // tests/unit/balloon/driver_test.cpp: builds a Balloon over a fake device
+
 class Balloon {
  public:
   // Registers the driver with the virtio core (device id 5).
@@ -113,6 +115,7 @@ class Balloon {
   }
 
  private:
+  friend struct BalloonTestAccess;
   explicit Balloon(virtio::Device& dev);
   static ErrorOr<void> probe(virtio::Device& dev);
   ErrorOr<void> start();

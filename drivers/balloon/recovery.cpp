@@ -136,6 +136,9 @@ bool Balloon::take_buffers_back() {
   resets_++;
   if (r.is_error()) {
     lost_ = true;
+    // Hinted blocks stay isolated for good (release_hinted_pages() gives nothing back from a
+    // lost device, which may still write them): they are quarantined like a report in flight.
+    counters_.quarantined_pages += hinted_.pages();
     kprintf("balloon: host fault: the device did not complete its reset; the %zu buffers lent "
             "to it and the %lu MiB the balloon holds stay with it for good; the balloon stops\n",
             lent, mib(held_.pages()));
