@@ -13,7 +13,9 @@
 // keeps the two from interleaving: one operation at a time, the other retries.
 //
 // # State
-//   actual_    pages the host has been told about and acknowledged (written to config `actual`)
+//   actual_    pages the host has been told about and acknowledged (written to config `actual`);
+//              after a reset whose re-telling failed, every page held (the guest does not use
+//              them either way, and `actual` is what the host budgets with)
 //   held_      every page the balloon owns (RunSet), including buffers still in flight
 //   target     read from config `num_pages` whenever the device says its config changed
 // Inflate takes cold pages and whole blocks from the allocator (take_pages), several buffers of
