@@ -1,11 +1,13 @@
 // app=idle: boots, says it is ready, and halts. The guest takes interrupts (balloon, timer)
 // but otherwise uses no host CPU. duration=TIME exits after TIME (default: run until killed);
-// report=TIME prints a heartbeat line every TIME.
+// report=TIME prints a heartbeat line every TIME. The power button (power::stop_requested()) ends
+// it with status 0.
 #include <cinttypes>
 #include <cstdio>
 
 #include "apps/app.h"
 #include "apps/app_args.h"
+#include "kernel/power.h"
 #include "kernel/timer.h"
 
 namespace {
@@ -21,6 +23,10 @@ int idle_main(int argc, char** argv) {
   uint64_t start = timer::now_ns();
   uint64_t next_report = report ? start + report : 0;
   for (;;) {
+    if (power::stop_requested()) {
+      printf("idle: stop requested\n");
+      break;
+    }
     uint64_t now = timer::now_ns();
     if (duration && now - start >= duration) break;
     uint64_t wake = duration ? start + duration : now + 3600000000000ull;

@@ -28,6 +28,7 @@
 #include "apps/app_args.h"
 #include "apps/mix.h"
 #include "apps/page_pattern.h"
+#include "kernel/power.h"
 #include "kernel/timer.h"
 
 namespace {
@@ -164,7 +165,11 @@ int integrity_main(int argc, char** argv) {
            g_total_bad_pages);
     if (rounds && round >= rounds) break;
     if (duration && timer::now_ns() - start >= duration) break;
-    timer::sleep_ns(pause);
+    // The power button: the round just verified is the last one.
+    if (power::stop_requested() || power::sleep_unless_stopped(pause)) {
+      printf("integrity: stop requested after round %" PRIu64 "\n", round);
+      break;
+    }
   }
   using pattern::Verdict;
   printf("integrity: %s: %" PRIu64 " mismatches, %" PRIu64 " bad pages (stale %" PRIu64

@@ -21,6 +21,7 @@
 #include "apps/app.h"
 #include "apps/app_args.h"
 #include "apps/mix.h"
+#include "kernel/power.h"
 #include "kernel/timer.h"
 #include "mm/mm.h"
 
@@ -200,6 +201,10 @@ int kvcache_main(int argc, char** argv) {
     // Between requests the cache is consistent: a safe point for the balloon to shrink it (a
     // warm cache that no longer allocates would otherwise never give the balloon anything).
     mm::pages().reclaim_point();
+    if (power::stop_requested()) {
+      printf("kvcache: stop requested\n");
+      break;
+    }
     uint64_t now = timer::now_ns();
     if (now >= next_report || now - start >= duration) {
       uint64_t d_ops = ops - last_ops, d_hits = hits - last_hits;

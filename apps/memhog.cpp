@@ -22,6 +22,8 @@
 // "memhog: done", or "memhog: FAIL: M corrupted pages" (status 1). An allocation that fails
 // (after the allocator has asked shrinkers and the balloon for memory) ends the app with status
 // 1, unless allow_oom=1.
+// The power button (power::stop_requested()) cuts a wait short and skips the remaining steps:
+// what is held is still verified and freed, and the summary printed.
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -31,6 +33,7 @@
 #include "apps/app_args.h"
 #include "apps/mix.h"
 #include "apps/page_pattern.h"
+#include "kernel/power.h"
 #include "kernel/timer.h"
 
 namespace {
@@ -137,6 +140,10 @@ int memhog_main(int argc, char** argv) {
   int step = 0;
   for (char* save = nullptr, *s = strtok_r(buf, ",", &save); s; s = strtok_r(nullptr, ",", &save)) {
     step++;
+    if (power::stop_requested()) {
+      printf("memhog: stop requested before step %d\n", step);
+      break;
+    }
     char* colon = strchr(s, ':');
     if (!colon) {
       printf("memhog: step %d '%s': expected ACTION:VALUE\n", step, s);
@@ -198,7 +205,10 @@ int memhog_main(int argc, char** argv) {
         printf("memhog: step %d: bad duration '%s'\n", step, value);
         return 2;
       }
-      timer::sleep_ns(ns);
+      if (power::sleep_unless_stopped(ns)) {
+        printf("memhog: step %d wait cut short: stop requested\n", step);
+        break;
+      }
       printf("memhog: step %d waited %s\n", step, value);
     } else {
       printf("memhog: step %d: unknown action '%s' (alloc, free, check, wait)\n", step, action);

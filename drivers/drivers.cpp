@@ -5,6 +5,7 @@
 #include "drivers/log.h"
 #include "drivers/pci/bar_window.h"
 #include "drivers/pci/pci.h"
+#include "drivers/power_button.h"
 #include "drivers/virtio/mmio_discovery.h"
 #include "drivers/virtio/mmio_transport.h"
 #include "drivers/virtio/pci_transport.h"
@@ -244,6 +245,7 @@ void init() {
   pci::enumerate(&probe_pci_function, nullptr);
   if (g_num_devices == 0) log("virtio: no devices found\n");
   for (unsigned i = 0; i < g_num_devices; ++i) bind(*g_devices[i]);
+  init_power_button();
 }
 
 }  // namespace blimp::drivers

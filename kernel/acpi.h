@@ -35,6 +35,14 @@ struct PlatformInfo {
   uint64_t sleep_control_addr = 0;  // system memory address (GAS space 0) or port (space 1)
   uint8_t sleep_control_space = 0;
   bool hardware_reduced = false;
+  // The fixed-feature power button (not hardware-reduced): SCI_INT, SMI_CMD and ACPI_ENABLE (to
+  // switch to ACPI mode when SCI_EN is clear), PM1a_EVT_BLK (status, then enable at half its
+  // length).
+  uint16_t sci_irq = 0;
+  uint32_t smi_command_port = 0;
+  uint8_t acpi_enable_value = 0;
+  uint16_t pm1a_event_port = 0;
+  uint8_t pm1_event_length = 0;
   uint64_t ecam_base = 0;  // PCI segment 0 ECAM from MCFG, 0 if none
   uint8_t ecam_bus_start = 0, ecam_bus_end = 0;
   bool found = false;

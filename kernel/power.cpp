@@ -3,8 +3,25 @@
 #include "kernel/acpi.h"
 #include "kernel/arch/io.h"
 #include "kernel/console.h"
+#include "kernel/timer.h"
 
 namespace blimp::power {
+namespace {
+bool g_stop_requested = false;
+}  // namespace
+
+bool stop_requested() { return __atomic_load_n(&g_stop_requested, __ATOMIC_ACQUIRE); }
+
+void request_stop() { __atomic_store_n(&g_stop_requested, true, __ATOMIC_RELEASE); }
+
+bool sleep_unless_stopped(uint64_t ns) {
+  const uint64_t deadline = timer::now_ns() + ns;
+  while (!stop_requested()) {
+    if (timer::now_ns() >= deadline) return false;
+    timer::wait_until(deadline);  // returns early on any interrupt, the button's included
+  }
+  return true;
+}
 
 void exit(int status) {
   asm volatile("cli");

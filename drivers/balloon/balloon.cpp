@@ -66,8 +66,13 @@ ErrorOr<void> Balloon::probe(virtio::Device& dev) {
 }
 
 ErrorOr<void> Balloon::start() {
+  // PAGE_POISON (5.5.6.4) tells the host that free pages hold poison_val. Blimp never writes a
+  // poison value into free pages, so it never accepts the feature: accepting it would be untrue,
+  // and QEMU would then keep every reported page instead of discarding it.
   unsigned long long poison = 0;
-  if (cmdline::get_u64("balloon.poison", poison)) poison_ = static_cast<uint32_t>(poison);
+  if (cmdline::get_u64("balloon.poison", poison))
+    kprintf("balloon: balloon.poison=%#llx ignored: Blimp does not poison free pages, "
+            "PAGE_POISON is not negotiated\n", poison);
   unsigned long long delay_ms = 0;
   if (cmdline::get_u64("balloon.report_delay_ms", delay_ms)) report_delay_ns_ = delay_ms * 1000000ull;
   unsigned long long ms = 0;
@@ -83,9 +88,6 @@ ErrorOr<void> Balloon::start() {
   uint64_t wanted = (1ull << kFeatureMustTellHost) | (1ull << kFeatureStatsVq) |
                     (1ull << kFeatureDeflateOnOom) | (1ull << kFeatureFreePageHint) |
                     (1ull << kFeaturePageReporting);
-  // Linux's rule: PAGE_POISON only when the guest poisons free pages; otherwise the host may
-  // discard reported pages and they come back as zero, which is what Blimp expects.
-  if (poison_) wanted |= 1ull << kFeaturePagePoison;
   // The extensions need the 64-bit feature window of a modern transport (spec section 2).
   if (extensions_wanted && dev_.transport().modern())
     wanted |= (1ull << kFeatureBlimpPageStates) | (1ull << kFeatureBlimpShareHints);
@@ -113,7 +115,6 @@ ErrorOr<void> Balloon::start() {
   }
   dev_.set_config_callback(on_config, this);
   dev_.set_error_callback(on_error, this);
-  if (dev_.has_feature(kFeaturePagePoison)) dev_.config_write<uint32_t>(kConfigPoisonVal, poison_);
   TRY(dev_.start());
 
   auto& pages = mm::pages();
@@ -129,7 +130,7 @@ ErrorOr<void> Balloon::start() {
   if (dev_.has_feature(kFeatureDeflateOnOom) || hint_vq_) pages.set_oom_handler(on_oom, this);
   // Reporting and hinting both isolate free blocks; neither may take the floor.
   if (report_vq_ || hint_vq_) pages.set_reporting_reserve(floor_pages_);
-  // A reported or deflated page comes back either discarded (zero, or poison_val) or untouched
+  // A reported or deflated page comes back either discarded (zero) or untouched
   // (a host that cannot discard, e.g. while its balloon is inhibited): its content is never
   // known, so the allocator must not count such pages as zero. Only the page-state protocol,
   // where the host says what it discarded, tells us a page is zero.
@@ -139,11 +140,11 @@ ErrorOr<void> Balloon::start() {
     pages.set_report_hook(on_report_hook, this, kReportOrder, (16ull << 20) >> 12);
     report_pending_ = true;
   }
-  kprintf("balloon: ready, features=%#lx (%s%s%s%s%s%s), floor %lu MiB, reporting delay %lu ms\n",
+  kprintf("balloon: ready, features=%#lx (%s%s%s%s%s), floor %lu MiB, reporting delay %lu ms\n",
           features_, dev_.has_feature(kFeatureMustTellHost) ? "tell-host " : "",
           stats_vq_ ? "stats " : "", dev_.has_feature(kFeatureDeflateOnOom) ? "deflate-on-oom " : "",
-          hint_vq_ ? "free-page-hint " : "", dev_.has_feature(kFeaturePagePoison) ? "poison " : "",
-          report_vq_ ? "reporting" : "", mib(floor_pages_), report_delay_ns_ / 1000000);
+          hint_vq_ ? "free-page-hint " : "", report_vq_ ? "reporting" : "", mib(floor_pages_),
+          report_delay_ns_ / 1000000);
   if (blimp_vq_) {
     kprintf("balloon: Blimp extensions:%s%s\n", has_page_states() ? " page-states" : "",
             has_share_hints() ? " share-hints" : "");

@@ -1,8 +1,8 @@
 // The virtio-balloon driver (virtio 1.2, 5.5), built into the page allocator.
 //
-// All six standard features are negotiated when the device offers them: MUST_TELL_HOST,
-// STATS_VQ, DEFLATE_ON_OOM, FREE_PAGE_HINT, PAGE_POISON (only with balloon.poison=VAL) and
-// PAGE_REPORTING. Queues are numbered densely by negotiated feature, as QEMU and Linux do:
+// Five of the six standard features are negotiated when the device offers them: MUST_TELL_HOST,
+// STATS_VQ, DEFLATE_ON_OOM, FREE_PAGE_HINT and PAGE_REPORTING. PAGE_POISON never is: Blimp does
+// not fill free pages with a poison value (balloon.poison=VAL is ignored with a warning). Queues are numbered densely by negotiated feature, as QEMU and Linux do:
 // inflate 0, deflate 1, then stats, free-page-hint and reporting when negotiated.
 //
 // # Where the work happens
@@ -228,7 +228,6 @@ class Balloon {
   uint64_t target_ = 0;
   uint64_t floor_pages_ = 0;
   uint64_t report_delay_ns_ = 100000000ull;
-  uint32_t poison_ = 0;
   RunSet held_;
 
   uint32_t hint_cmd_id_ = 0;  // the command id we last saw

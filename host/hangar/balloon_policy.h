@@ -30,7 +30,8 @@ struct GuestStats {
     // Linux 6.10's tags 10-15; QEMU publishes them only with Blimp patch 4 (stock 7.2 drops them).
     std::optional<uint64_t> oom_kills;        // allocations that failed after all reclaim
     std::optional<uint64_t> alloc_stalls;     // allocations that had to reclaim first
-    std::optional<uint64_t> direct_reclaims;  // pages the guest's caches gave back to allocations
+    std::optional<uint64_t> direct_reclaims;  // bytes the guest's caches gave back (Linux's unit;
+                                              // the policy only asks whether it grew)
     uint64_t last_update = 0;             // guest time of the last report, 0 = never
 };
 

@@ -42,10 +42,27 @@ TEST(BalloonStats, EveryStandardTagWithAllocatorValues) {
   EXPECT_EQ(value(kStatDiskCaches), 100ull << 20);
   EXPECT_EQ(value(kStatAllocStalls), 7u);
   EXPECT_EQ(value(kStatOomKills), 2u);
-  EXPECT_EQ(value(kStatDirectScans), 900u);
-  EXPECT_EQ(value(kStatDirectReclaims), 800u);
+  // Tags 12-15 in bytes, as Linux sends them (pages_to_bytes); 10 and 11 are counts.
+  EXPECT_EQ(value(kStatDirectScans), 900u * 4096);
+  EXPECT_EQ(value(kStatDirectReclaims), 800u * 4096);
+  EXPECT_EQ(value(kStatAsyncScans), 0u);
   EXPECT_EQ(value(kStatAsyncReclaims), 0u);
   EXPECT_EQ(value(kStatMajorFaults), 0u);
+}
+
+TEST(BalloonStats, SwapTagsAreBytes) {
+  blimp::mm::MemoryStats s{};
+  s.swap_in = 3;
+  s.swap_out = 5;
+  StatEntry e[kMaxStats];
+  size_t n = build_stats(s, e);
+  uint64_t in = 0, out = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (e[i].tag == kStatSwapIn) in = e[i].value;
+    if (e[i].tag == kStatSwapOut) out = e[i].value;
+  }
+  EXPECT_EQ(in, 3u * 4096);
+  EXPECT_EQ(out, 5u * 4096);
 }
 
 TEST(BalloonStats, WireLayoutIsPacked) {
