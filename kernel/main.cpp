@@ -15,6 +15,7 @@
 #include "kernel/panic.h"
 #include "kernel/power.h"
 #include "kernel/timer.h"
+#include "drivers/balloon/balloon.h"
 #include "drivers/drivers.h"
 #include "kernel/deferred_work.h"
 #include "mm/page_states/page_states.h"
@@ -109,9 +110,11 @@ extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) 
   timer::init();
   asm volatile("sti");
   drivers::init();
-  // Cooperative memory on top of the balloon device (each does nothing on a stock device).
-  mm::page_states::init();
-  mm::sharing::init();
+  // Cooperative memory on top of the balloon device (each does nothing on a stock device, or
+  // with no balloon bound): mm reaches the device only through the channel handed in here.
+  mm::DeviceChannel* channel = balloon::Balloon::instance();
+  mm::page_states::init(channel);
+  mm::sharing::init(channel);
   // Work the drivers queued at probe (the balloon's first stats buffer and target check) runs
   // now, not at whatever interrupt happens to come next.
   work::run_pending();
