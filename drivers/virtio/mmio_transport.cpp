@@ -1,7 +1,6 @@
 #include "drivers/virtio/mmio_transport.h"
 
 #include "drivers/log.h"
-#include "drivers/util/try.h"
 #include "drivers/util/strbuf.h"
 #include "drivers/virtio/virtio.h"
 #include "lib/atomic.h"

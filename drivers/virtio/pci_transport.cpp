@@ -1,7 +1,6 @@
 #include "drivers/virtio/pci_transport.h"
 
 #include "drivers/log.h"
-#include "drivers/util/try.h"
 #include "drivers/util/strbuf.h"
 #include "lib/atomic.h"
 
