@@ -52,27 +52,6 @@ void log_long_wait(const volatile uint8_t* byte, uint64_t spins) {
           spins, (a.base_pfn() + uint64_t(byte - a.bytes())) << kPageShift);
 }
 
-// One past the highest page the allocator manages. The allocator does not export its ranges, so
-// probe it: every 2 MiB (first and last page of each 2 MiB frame) up to 4 GiB past the managed
-// size (the PCI hole below 4 GiB is smaller than that), then page by page past the last hit. A
-// small range the probes miss stays outside the array: its pages are simply never discarded.
-uint64_t pfn_limit(PageAllocator& pa) {
-  constexpr uint64_t kStride = 2ull << 20;
-  const uint64_t limit = pa.total_pages() * kPageSize + (4ull << 30) + kStride;
-  uint64_t last = 0;
-  bool any = false;
-  for (uint64_t a = 0; a < limit; a += kStride) {
-    if (pa.contains(a + kStride - kPageSize)) {
-      last = a + kStride - kPageSize, any = true;
-    } else if (pa.contains(a)) {
-      last = a, any = true;
-    }
-  }
-  if (!any) return 0;
-  while (pa.contains(last + kPageSize)) last += kPageSize;
-  return (last >> kPageShift) + 1;
-}
-
 }  // namespace
 
 void init(DeviceChannel* channel) {
@@ -90,7 +69,8 @@ void init(DeviceChannel* channel) {
     return;
   }
   PageAllocator& pa = mm::pages();
-  const uint64_t npages = pfn_limit(pa);
+  // The array covers page frames [0, end_pfn()): every page the allocator manages.
+  const uint64_t npages = pa.end_pfn();
   const uint64_t array_pages = (npages + kPageSize - 1) / kPageSize;
   if (npages == 0) return;
   auto r = pa.alloc_run(array_pages, Owner::Kernel, kAllocNoOomHook);
