@@ -1,7 +1,7 @@
 #include "drivers/virtio/device.h"
 
 #include "drivers/log.h"
-#include "drivers/util/strbuf.h"
+#include "lib/format.h"
 
 namespace blimp::virtio {
 
@@ -114,7 +114,7 @@ ErrorOr<Virtqueue*> Device::add_queue(uint16_t index, Virtqueue::Callback cb, vo
   TRY(slot.vq.init(index, o, dma_, &Device::notify_trampoline, this));
   slot.vq.set_callback(cb, ctx);
   char qname[32];
-  drivers::StrBuf(qname, sizeof qname).str("virtio: ").str(name());
+  format(qname, sizeof qname, "virtio: %s", name());
   slot.vq.set_name(qname);
   slot.used = true;
   if (index + 1u > num_queues_) num_queues_ = index + 1u;
@@ -292,20 +292,21 @@ void Device::irq_queue(uint16_t index) {
 }
 
 void Device::describe(char* buf, unsigned long size) const {
-  drivers::StrBuf s(buf, size);
-  s.str("features=").hex(features_).str(" queues=").dec(num_queues_);
+  // Appends with lib/format.h, which truncates (and NUL-terminates) at `size`.
+  size_t n = format(buf, size, "features=0x%llx queues=%u",
+                    static_cast<unsigned long long>(features_), num_queues_);
+  auto end = [&] { return buf + (n < size ? n : size); };
+  auto room = [&] { return n < size ? size - n : size_t{0}; };
   const char* sep = " sizes=";
   for (unsigned i = 0; i < num_queues_; ++i) {
-    s.str(sep);
-    sep = "/";
     if (queues_[i].used)
-      s.dec(queues_[i].vq.size());
+      n += format(end(), room(), "%s%u", sep, unsigned{queues_[i].vq.size()});
     else
-      s.str("-");
+      n += format(end(), room(), "%s-", sep);
+    sep = "/";
   }
-  if (has_feature(feature::kEventIdx)) s.str(" event_idx");
-  if (has_feature(feature::kIndirectDesc)) s.str(" indirect");
-  s.str(" ").str(transport_.irq_description());
+  n += format(end(), room(), "%s%s %s", has_feature(feature::kEventIdx) ? " event_idx" : "",
+              has_feature(feature::kIndirectDesc) ? " indirect" : "", transport_.irq_description());
 }
 
 // ---- driver registry ----
