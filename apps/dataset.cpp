@@ -135,9 +135,6 @@ int dataset_main(int argc, char** argv) {
     return 2;
   }
 
-  // Until kernel_main calls it after drivers::init().
-  mm::sharing::init();
-
   uint64_t t0 = timer::now_ns();
   if (!g_data.alloc(pages)) {
     printf("dataset: out of memory for %" PRIu64 " MiB of data\n", size >> 20);

@@ -113,7 +113,6 @@ int soak_main(int argc, char** argv) {
     return 2;
   const uint64_t fixed_pages = fixed / kPage, vol_pages = vol / kPage, sealed_pages = sealed / kPage;
 
-  ps::init();  // idempotent; a no-op without a device offering page states
   auto* fixed_mem = static_cast<uint8_t*>(aligned_alloc(kPage, fixed_pages * kPage + kPage));
   auto* fixed_gen = static_cast<uint64_t*>(calloc(fixed_pages + 1, sizeof(uint64_t)));
   auto* sealed_mem = static_cast<uint8_t*>(aligned_alloc(kPage, sealed_pages * kPage + kPage));

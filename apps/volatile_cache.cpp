@@ -80,8 +80,8 @@ int volatile_cache_main(int argc, char** argv) {
     printf("volatile-cache: entries and pages must be > 0\n");
     return 2;
   }
-  // Until kernel_main does it: idempotent, and a no-op without a device offering page states.
-  ps::init();
+  // kernel_main ran ps::init() with the balloon's channel: active() is null without a device
+  // offering page states.
   const bool on = ps::active() != nullptr;
 
   auto* table = static_cast<ps::VolatileRegion*>(calloc(entries, sizeof(ps::VolatileRegion)));

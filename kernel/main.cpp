@@ -10,15 +10,18 @@
 #include "kernel/boot/boot_protocol.h"
 #include "kernel/cmdline.h"
 #include "kernel/console.h"
-#include "kernel/memory_init.h"
 #include "kernel/paging.h"
 #include "kernel/panic.h"
 #include "kernel/power.h"
 #include "kernel/timer.h"
+#include "drivers/balloon/balloon.h"
 #include "drivers/drivers.h"
 #include "kernel/deferred_work.h"
+#include "mm/mm.h"
 #include "mm/page_states/page_states.h"
 #include "mm/sharing/sharing.h"
+
+extern "C" char __kernel_end[];
 
 namespace blimp {
 void run_global_constructors();
@@ -60,6 +63,16 @@ int build_argv(const char* app_name) {
   }
   g_argv[argc] = nullptr;
   return argc;
+}
+
+// Hands the firmware's usable RAM to the memory manager (mm/). Everything the boot code still
+// needs (command line, ACPI tables) is copied or lies in reserved ranges by now; the loader's
+// structures may be reused.
+void init_memory(const BootInfo& boot) {
+  mm::init(boot.ram, boot.ram_count, reinterpret_cast<PhysAddr>(__kernel_end));
+  auto& pages = mm::pages();
+  kprintf("memory: %lu MiB managed, %lu MiB free\n", (pages.total_pages() * kPageSize) >> 20,
+          (pages.free_pages_count() * kPageSize) >> 20);
 }
 
 [[noreturn]] void run_app() {
@@ -109,9 +122,11 @@ extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) 
   timer::init();
   asm volatile("sti");
   drivers::init();
-  // Cooperative memory on top of the balloon device (each does nothing on a stock device).
-  mm::page_states::init();
-  mm::sharing::init();
+  // Cooperative memory on top of the balloon device (each does nothing on a stock device, or
+  // with no balloon bound): mm reaches the device only through the channel handed in here.
+  mm::DeviceChannel* channel = balloon::Balloon::instance();
+  mm::page_states::init(channel);
+  mm::sharing::init(channel);
   // Work the drivers queued at probe (the balloon's first stats buffer and target check) runs
   // now, not at whatever interrupt happens to come next.
   work::run_pending();

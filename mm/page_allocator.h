@@ -201,6 +201,14 @@ class PageAllocator {
   uint64_t free_block_count(unsigned order);
   uint64_t bad_give_back_pages() const { return bad_give_back_pages_; }
   bool contains(PhysAddr addr) const;
+  // The managed page frames lie in [first_pfn(), end_pfn()) (with holes between ranges); both 0
+  // before init().
+  uint64_t first_pfn() const { return initialized_ ? ranges_[0].base_pfn : 0; }
+  uint64_t end_pfn() const {
+    if (!initialized_) return 0;
+    const Range& r = ranges_[num_ranges_ - 1];
+    return r.base_pfn + r.pages;
+  }
   // Owner of the block containing `addr` (Reserved if unmanaged).
   Owner owner_of(PhysAddr addr);
   // True if `addr` is inside a free block known to be zero.

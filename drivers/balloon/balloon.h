@@ -59,6 +59,7 @@
 #include "drivers/virtio/device.h"
 #include "kernel/deferred_work.h"
 #include "lib/error.h"
+#include "mm/device_channel.h"
 #include "mm/page.h"
 
 namespace blimp::balloon {
@@ -83,7 +84,9 @@ struct BalloonCounters {
 
 struct BalloonTestAccess;  // tests/unit/balloon/driver_test.cpp: builds a Balloon over a fake device
 
-class Balloon {
+// The balloon is mm's device channel (mm/device_channel.h): kernel/main.cpp hands instance() to
+// page_states::init() and sharing::init().
+class Balloon final : public mm::DeviceChannel {
  public:
   // Registers the driver with the virtio core (device id 5).
   static void register_driver();
@@ -97,8 +100,12 @@ class Balloon {
   const BalloonCounters& counters() const { return counters_; }
 
   // ---- Blimp extensions (docs/spec-virtio-balloon-blimp.md) ----------------------------------
-  bool has_page_states() const { return blimp_vq_ && (features_ >> kFeatureBlimpPageStates) & 1; }
-  bool has_share_hints() const { return blimp_vq_ && (features_ >> kFeatureBlimpShareHints) & 1; }
+  bool has_page_states() const override {
+    return blimp_vq_ && (features_ >> kFeatureBlimpPageStates) & 1;
+  }
+  bool has_share_hints() const override {
+    return blimp_vq_ && (features_ >> kFeatureBlimpShareHints) & 1;
+  }
   // Sends one blimpq request (header + `count` entries of `entry_size` bytes at `entries`, which
   // must stay valid until it returns) and waits for the device's response. Thread or work
   // context, not interrupt context. Errors: Unsupported (extension not negotiated), Busy (another
@@ -108,11 +115,16 @@ class Balloon {
   // still read `entries` and act on the request, so keep them and what they point at).
   ErrorOr<BlimpResponse> blimp_request(uint16_t type, const void* entries, uint32_t count,
                                        size_t entry_size);
+  // mm::DeviceChannel::send: blimp_request.
+  ErrorOr<BlimpResponse> send(uint16_t type, const void* entries, uint32_t count,
+                              size_t entry_size) override {
+    return blimp_request(type, entries, count, entry_size);
+  }
 
   // Runs `fn(ctx)` from the balloon's work after every device reset the balloon recovered from,
   // once the device is working again (reset_listeners.h: Retry runs it again 50 ms later). For
   // clients that must re-send what the device forgot (page-state registration, sharing hints).
-  ErrorOr<void> add_reset_listener(ResetListeners::Fn fn, void* ctx) {
+  ErrorOr<void> add_reset_listener(ResetListeners::Fn fn, void* ctx) override {
     return reset_listeners_.add(fn, ctx);
   }
 

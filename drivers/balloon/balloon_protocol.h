@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "lib/blimp_wire.h"
+
 namespace blimp::balloon {
 
 constexpr uint16_t kDeviceId = 5;
@@ -16,63 +18,22 @@ constexpr unsigned kFeatureFreePageHint = 3;
 constexpr unsigned kFeaturePagePoison = 4;
 constexpr unsigned kFeaturePageReporting = 5;
 
-// Blimp extensions (docs/spec-virtio-balloon-blimp.md, section 2): device-specific bits from
-// the 50..127 range, offered only by the patched QEMU and only on modern transports.
-constexpr unsigned kFeatureBlimpPageStates = 56;
-constexpr unsigned kFeatureBlimpShareHints = 57;
-
-// blimpq request types and status codes (spec section 5).
-enum BlimpRequest : uint16_t {
-  kBlimpPstateRegister = 1,
-  kBlimpPstateUnregister = 2,
-  kBlimpSeal = 3,
-  kBlimpUnseal = 4,
-};
-enum BlimpStatus : uint32_t {
-  kBlimpOk = 0,
-  kBlimpEinval = 1,
-  kBlimpErange = 2,
-  kBlimpEnospc = 3,
-  kBlimpEunsupp = 4,
-  kBlimpEbusy = 5,
-};
-struct BlimpRequestHeader {
-  uint16_t type;
-  uint16_t flags;
-  uint32_t count;
-  uint64_t reserved;
-};
-static_assert(sizeof(BlimpRequestHeader) == 16);
-struct BlimpResponse {
-  uint32_t status;
-  uint32_t accepted;
-  uint32_t rejected;
-  uint32_t reserved;
-};
-static_assert(sizeof(BlimpResponse) == 16);
-struct BlimpPstateRegister {
-  uint64_t array_gpa;
-  uint64_t npages;
-  uint64_t base_pfn;
-};
-static_assert(sizeof(BlimpPstateRegister) == 24);
-struct BlimpSealEntry {
-  uint64_t pfn;
-  uint32_t npages;
-  uint32_t flags;  // bit 0: every page of the run is zero-filled
-  uint64_t hash;   // XXH3-64, seed 0, of each page's content
-};
-static_assert(sizeof(BlimpSealEntry) == 24);
-struct BlimpUnsealEntry {
-  uint64_t pfn;
-  uint32_t npages;
-  uint32_t reserved;
-};
-static_assert(sizeof(BlimpUnsealEntry) == 16);
-constexpr uint32_t kBlimpSealZero = 1;
-constexpr uint32_t kBlimpMaxEntries = 4096;
-
-const char* blimp_status_name(uint32_t status);
+// Blimp extensions (docs/spec-virtio-balloon-blimp.md): the wire types live in lib/blimp_wire.h,
+// below both this driver and mm (page states, sharing), which fill the requests.
+using wire::kFeatureBlimpPageStates;
+using wire::kFeatureBlimpShareHints;
+using wire::BlimpRequest;
+using wire::BlimpStatus;
+using enum wire::BlimpRequest;
+using enum wire::BlimpStatus;
+using wire::BlimpRequestHeader;
+using wire::BlimpResponse;
+using wire::BlimpPstateRegister;
+using wire::BlimpSealEntry;
+using wire::BlimpUnsealEntry;
+using wire::kBlimpSealZero;
+using wire::kBlimpMaxEntries;
+using wire::blimp_status_name;
 
 // 5.5.4 Device configuration layout (little-endian; legacy devices use guest endianness, which on
 // x86 is the same).

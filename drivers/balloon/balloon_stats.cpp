@@ -33,16 +33,4 @@ size_t build_stats(const mm::MemoryStats& s, StatEntry* out) {
   return n;
 }
 
-const char* blimp_status_name(uint32_t status) {
-  switch (status) {
-    case kBlimpOk: return "OK";
-    case kBlimpEinval: return "EINVAL";
-    case kBlimpErange: return "ERANGE";
-    case kBlimpEnospc: return "ENOSPC";
-    case kBlimpEunsupp: return "EUNSUPP";
-    case kBlimpEbusy: return "EBUSY";
-    default: return "unknown status";
-  }
-}
-
 }  // namespace blimp::balloon

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "lib/error.h"
+#include "mm/device_channel.h"
 
 namespace blimp::balloon {
 
@@ -24,11 +25,10 @@ class ResetListeners {
   static constexpr size_t kMax = 4;
   static constexpr uint32_t kMaxAttempts = 200;
 
-  enum class Result {
-    Done,   // re-registered (or failed for good: the listener has logged why)
-    Retry,  // cannot run now; run again later
-  };
-  using Fn = Result (*)(void* ctx);
+  // Done: re-registered (or failed for good: the listener has logged why); Retry: cannot run
+  // now, run again later. Defined in mm, whose page states and sharing are the listeners.
+  using Result = mm::ResetListenerResult;
+  using Fn = mm::ResetListenerFn;
 
   // Adds a listener (the same fn/ctx twice is one listener). LimitReached when full.
   ErrorOr<void> add(Fn fn, void* ctx) {

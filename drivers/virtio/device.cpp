@@ -1,8 +1,7 @@
 #include "drivers/virtio/device.h"
 
 #include "drivers/log.h"
-#include "drivers/util/try.h"
-#include "drivers/util/strbuf.h"
+#include "lib/format.h"
 
 namespace blimp::virtio {
 
@@ -112,10 +111,10 @@ ErrorOr<Virtqueue*> Device::add_queue(uint16_t index, Virtqueue::Callback cb, vo
   o.event_idx = has_feature(feature::kEventIdx);
   o.max_indirect = has_feature(feature::kIndirectDesc) ? options.max_indirect : 0;
   QueueSlot& slot = queues_[index];
-  VTRY(slot.vq.init(index, o, dma_, &Device::notify_trampoline, this));
+  TRY(slot.vq.init(index, o, dma_, &Device::notify_trampoline, this));
   slot.vq.set_callback(cb, ctx);
   char qname[32];
-  drivers::StrBuf(qname, sizeof qname).str("virtio: ").str(name());
+  format(qname, sizeof qname, "virtio: %s", name());
   slot.vq.set_name(qname);
   slot.used = true;
   if (index + 1u > num_queues_) num_queues_ = index + 1u;
@@ -152,9 +151,9 @@ ErrorOr<void> Device::start() {
     interrupts_ready_ = true;
   } else {
     // Started before (negotiate() reset the device): the device forgot its MSI-X config vector.
-    VTRY(transport_.reapply_config_vector());
+    TRY(transport_.reapply_config_vector());
   }
-  VTRY(enable_queues());
+  TRY(enable_queues());
   // Step 8: DRIVER_OK. From here the device may use the queues and raise interrupts.
   transport_.set_status(uint8_t(transport_.status() | status::kDriverOk));
   started_ = true;
@@ -198,7 +197,7 @@ ErrorOr<void> Device::recover(void (*reclaim)(uint16_t, void*, void*), void* ctx
   started_ = false;
   for (auto& q : queues_)
     if (q.used) q.vq.mark_broken(nullptr);
-  VTRY(transport_.reset());
+  TRY(transport_.reset());
   for (uint16_t i = 0; i < kMaxQueues; ++i) {
     if (!queues_[i].used) continue;
     while (void* t = queues_[i].vq.detach_unused())
@@ -220,8 +219,8 @@ ErrorOr<void> Device::recover(void (*reclaim)(uint16_t, void*, void*), void* ctx
       return Error::DeviceError;
     }
   }
-  VTRY(transport_.reapply_config_vector());
-  VTRY(enable_queues());
+  TRY(transport_.reapply_config_vector());
+  TRY(enable_queues());
   dead_ = false;
   transport_.set_status(uint8_t(transport_.status() | status::kDriverOk));
   started_ = true;
@@ -293,20 +292,21 @@ void Device::irq_queue(uint16_t index) {
 }
 
 void Device::describe(char* buf, unsigned long size) const {
-  drivers::StrBuf s(buf, size);
-  s.str("features=").hex(features_).str(" queues=").dec(num_queues_);
+  // Appends with lib/format.h, which truncates (and NUL-terminates) at `size`.
+  size_t n = format(buf, size, "features=0x%llx queues=%u",
+                    static_cast<unsigned long long>(features_), num_queues_);
+  auto end = [&] { return buf + (n < size ? n : size); };
+  auto room = [&] { return n < size ? size - n : size_t{0}; };
   const char* sep = " sizes=";
   for (unsigned i = 0; i < num_queues_; ++i) {
-    s.str(sep);
-    sep = "/";
     if (queues_[i].used)
-      s.dec(queues_[i].vq.size());
+      n += format(end(), room(), "%s%u", sep, unsigned{queues_[i].vq.size()});
     else
-      s.str("-");
+      n += format(end(), room(), "%s-", sep);
+    sep = "/";
   }
-  if (has_feature(feature::kEventIdx)) s.str(" event_idx");
-  if (has_feature(feature::kIndirectDesc)) s.str(" indirect");
-  s.str(" ").str(transport_.irq_description());
+  n += format(end(), room(), "%s%s %s", has_feature(feature::kEventIdx) ? " event_idx" : "",
+              has_feature(feature::kIndirectDesc) ? " indirect" : "", transport_.irq_description());
 }
 
 // ---- driver registry ----

@@ -1,10 +1,9 @@
 #include "drivers/virtio/mmio_transport.h"
 
 #include "drivers/log.h"
-#include "drivers/util/try.h"
-#include "drivers/util/strbuf.h"
 #include "drivers/virtio/virtio.h"
 #include "lib/atomic.h"
+#include "lib/format.h"
 
 #if defined(BLIMP_GUEST)
 #include "drivers/shared_irq.h"
@@ -21,7 +20,7 @@ MmioTransport::MmioTransport(RegisterWindow& regs, uint64_t phys_base, uint32_t 
       gsi_(gsi),
       level_triggered_(level_triggered),
       active_low_(active_low) {
-  drivers::StrBuf(location_, sizeof location_).str("mmio ").hex(phys_base);
+  format(location_, sizeof location_, "mmio 0x%llx", static_cast<unsigned long long>(phys_base));
 }
 
 ErrorOr<void> MmioTransport::init() {
@@ -147,13 +146,14 @@ ErrorOr<void> MmioTransport::setup_interrupts(InterruptSink& sink, uint16_t) {
       gsi_, level_triggered_, active_low_,
       [](void* ctx) { static_cast<InterruptSink*>(ctx)->irq_shared(); }, &sink));
   irq_ready_ = true;
-  drivers::StrBuf(irq_desc_, sizeof irq_desc_).str("irq=").dec(gsi_).str(level_triggered_ ? " level" : " edge").str(" vector=").dec(vector);
+  format(irq_desc_, sizeof irq_desc_, "irq=%llu %s vector=%u", static_cast<unsigned long long>(gsi_),
+         level_triggered_ ? "level" : "edge", unsigned{vector});
   return {};
 #else
   // Host builds (unit tests): no interrupt controller; the test delivers interrupts by calling
   // the sink (Device::irq_shared and friends) itself.
   (void)sink;
-  drivers::StrBuf(irq_desc_, sizeof irq_desc_).str("irq=host");
+  format(irq_desc_, sizeof irq_desc_, "irq=host");
   return {};
 #endif
 }

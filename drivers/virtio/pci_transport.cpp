@@ -1,9 +1,8 @@
 #include "drivers/virtio/pci_transport.h"
 
 #include "drivers/log.h"
-#include "drivers/util/try.h"
-#include "drivers/util/strbuf.h"
 #include "lib/atomic.h"
+#include "lib/format.h"
 
 #if defined(BLIMP_GUEST)
 #include "drivers/pci/pci.h"
@@ -18,8 +17,8 @@ namespace blimp::virtio {
 PciTransportBase::PciTransportBase(uint8_t bus, uint8_t dev, uint8_t fn, uint16_t device_id)
     : bus_(bus), dev_(dev), fn_(fn), device_id_(device_id) {
   for (auto& e : queue_entry_) e = kNoVector;
-  drivers::StrBuf s(location_, sizeof location_);
-  s.str("pci ").hex(bus, 2, false).str(":").hex(dev, 2, false).str(".").hex(fn, 1, false);
+  format(location_, sizeof location_, "pci %02x:%02x.%x", unsigned{bus}, unsigned{dev},
+         unsigned{fn});
 }
 
 void PciTransportBase::msix_handler(void* ctx) {
@@ -70,8 +69,9 @@ ErrorOr<void> PciTransportBase::setup_interrupts(InterruptSink& sink, uint16_t n
       drivers::log("virtio: %s: device refused MSI-X config vector\n", location_);
       return Error::DeviceError;
     }
-    drivers::StrBuf s(irq_desc_, sizeof irq_desc_);
-    s.str("msix=").dec(entries).str(" vectors=").dec(first_vector).str("-").dec(last_vector);
+    format(irq_desc_, sizeof irq_desc_, "msix=%llu vectors=%llu-%llu",
+           static_cast<unsigned long long>(entries), static_cast<unsigned long long>(first_vector),
+           static_cast<unsigned long long>(last_vector));
     return {};
   }
   // INTx: level-triggered, shared; the handler reads (and so clears) the ISR.
@@ -86,14 +86,15 @@ ErrorOr<void> PciTransportBase::setup_interrupts(InterruptSink& sink, uint16_t n
       line, true, route.value().active_low,
       [](void* ctx) { static_cast<VectorContext*>(ctx)->sink->irq_shared(); }, &vector_ctx_[0]));
   pci::set_command_bits(a, pci::command::kBusMaster, pci::command::kIntxDisable);
-  drivers::StrBuf(irq_desc_, sizeof irq_desc_).str("intx gsi=").dec(line).str(" vector=").dec(vector);
+  format(irq_desc_, sizeof irq_desc_, "intx gsi=%llu vector=%u",
+         static_cast<unsigned long long>(line), unsigned{vector});
   return {};
 #else
   // Host builds (unit tests): no interrupt controller; the test delivers interrupts by calling
   // the sink (Device::irq_shared and friends) itself.
   (void)sink;
   (void)num_queues;
-  drivers::StrBuf(irq_desc_, sizeof irq_desc_).str("irq=host");
+  format(irq_desc_, sizeof irq_desc_, "irq=host");
   return {};
 #endif
 }

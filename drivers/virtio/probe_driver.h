@@ -1,14 +1,12 @@
-// A minimal driver for virtio-balloon (device id 5) that proves the core end to end: it
-// negotiates features, sets up the queues numbered densely by those features (5.5.2), starts the
-// device, sends one buffer through the deflate queue and waits (halted, interrupt-driven) for the
-// device to return it, and prints one line describing the result. The real balloon driver
-// replaces it by registering its own Driver for id 5.
+// A minimal driver for virtio-rng (device id 4) that proves the core end to end: it negotiates,
+// sets up its one queue, starts the device, reads 64 bytes of entropy once and waits (halted,
+// interrupt-driven) for the device to return the buffer, and prints one line describing the
+// result (tests/integration/test_virtio_probe.py checks it). On PCI the rng has MSI-X, so it
+// exercises the paths the balloon (INTx only on QEMU) does not.
 #pragma once
 
 namespace blimp::virtio {
 
-void register_probe_driver();
-// The same for virtio-rng (device id 4): reads 64 bytes of entropy once.
 void register_rng_probe_driver();
 
 }  // namespace blimp::virtio

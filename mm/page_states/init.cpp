@@ -1,12 +1,12 @@
 // Guest-only part of page states: allocating the array, hooking the allocator and registering
-// with the balloon device (PSTATE_REGISTER, spec section 5.2).
+// with the device through the channel kernel_main hands in (PSTATE_REGISTER, spec section 5.2).
 #include <cstring>
 
-#include "drivers/balloon/balloon.h"
-#include "drivers/balloon/balloon_protocol.h"
 #include "kernel/cmdline.h"
 #include "kernel/console.h"
+#include "lib/blimp_wire.h"
 #include "lib/irq.h"
+#include "mm/device_channel.h"
 #include "mm/mm.h"
 #include "mm/page_states/page_states.h"
 
@@ -15,32 +15,33 @@ namespace blimp::mm::page_states {
 namespace {
 
 bool g_init_done = false;
+// The device channel init() was handed (the balloon), for registering again after a reset.
+DeviceChannel* g_channel = nullptr;
 // What PSTATE_REGISTER said, for registering again after a device reset.
-balloon::BlimpPstateRegister g_reg{};
+wire::BlimpPstateRegister g_reg{};
 
-// Balloon reset listener: the device forgot the array (spec section 5.2: reset unregisters), the
+// Device reset listener: the device forgot the array (spec section 5.2: reset unregisters), the
 // guest did not: the array and the allocator hook kept running, so registering the same array
 // again is all it takes. Bytes the host left DISCARDED_x are still true (those pages were
 // discarded), and no DISCARDING_x byte can survive a reset (a sweep runs to completion under
 // QEMU's lock, and the reset is handled under the same lock).
-balloon::ResetListeners::Result reregister(void*) {
-  using balloon::ResetListeners;
-  balloon::Balloon* b = balloon::Balloon::instance();
-  if (!b || !b->has_page_states()) return ResetListeners::Result::Done;
-  auto resp = b->blimp_request(balloon::kBlimpPstateRegister, &g_reg, 1, sizeof g_reg);
-  if (resp.is_error() && resp.error() == Error::Busy) return ResetListeners::Result::Retry;
-  if (resp.is_error() || resp.value().status != balloon::kBlimpOk) {
+ResetListenerResult reregister(void*) {
+  DeviceChannel* ch = g_channel;
+  if (!ch || !ch->has_page_states()) return ResetListenerResult::Done;
+  auto resp = ch->send(wire::kBlimpPstateRegister, &g_reg, 1, sizeof g_reg);
+  if (resp.is_error() && resp.error() == Error::Busy) return ResetListenerResult::Retry;
+  if (resp.is_error() || resp.value().status != wire::kBlimpOk) {
     // The array stays attached and hooked: without a registration the host never reads it, so
     // the only loss is that unused memory is not reclaimed until the next reset.
     kprintf(
         "page-states: PSTATE_REGISTER after the device reset failed: %s; the host will not "
         "discard through page states\n",
         resp.is_error() ? error_name(resp.error())
-                        : balloon::blimp_status_name(resp.value().status));
-    return ResetListeners::Result::Done;
+                        : wire::blimp_status_name(resp.value().status));
+    return ResetListenerResult::Done;
   }
   kprintf("page-states: re-registered %lu pages after the device reset\n", g_reg.npages);
-  return ResetListeners::Result::Done;
+  return ResetListenerResult::Done;
 }
 
 // A guest CPU waited unusually long for the host to publish a DISCARDING byte (protocol.h).
@@ -51,44 +52,25 @@ void log_long_wait(const volatile uint8_t* byte, uint64_t spins) {
           spins, (a.base_pfn() + uint64_t(byte - a.bytes())) << kPageShift);
 }
 
-// One past the highest page the allocator manages. The allocator does not export its ranges, so
-// probe it: every 2 MiB (first and last page of each 2 MiB frame) up to 4 GiB past the managed
-// size (the PCI hole below 4 GiB is smaller than that), then page by page past the last hit. A
-// small range the probes miss stays outside the array: its pages are simply never discarded.
-uint64_t pfn_limit(PageAllocator& pa) {
-  constexpr uint64_t kStride = 2ull << 20;
-  const uint64_t limit = pa.total_pages() * kPageSize + (4ull << 30) + kStride;
-  uint64_t last = 0;
-  bool any = false;
-  for (uint64_t a = 0; a < limit; a += kStride) {
-    if (pa.contains(a + kStride - kPageSize)) {
-      last = a + kStride - kPageSize, any = true;
-    } else if (pa.contains(a)) {
-      last = a, any = true;
-    }
-  }
-  if (!any) return 0;
-  while (pa.contains(last + kPageSize)) last += kPageSize;
-  return (last >> kPageShift) + 1;
-}
-
 }  // namespace
 
-void init() {
+void init(DeviceChannel* channel) {
   if (g_init_done) return;
   g_init_done = true;
+  g_channel = channel;
   g_long_wait_hook = log_long_wait;
   if (cmdline::has_flag("page_states=off")) {
     kprintf("page-states: off (page_states=off)\n");
     return;
   }
-  balloon::Balloon* b = balloon::Balloon::instance();
+  DeviceChannel* b = channel;
   if (!b || !b->has_page_states()) {
     kprintf("page-states: off (no balloon device offering page states)\n");
     return;
   }
   PageAllocator& pa = mm::pages();
-  const uint64_t npages = pfn_limit(pa);
+  // The array covers page frames [0, end_pfn()): every page the allocator manages.
+  const uint64_t npages = pa.end_pfn();
   const uint64_t array_pages = (npages + kPageSize - 1) / kPageSize;
   if (npages == 0) return;
   auto r = pa.alloc_run(array_pages, Owner::Kernel, kAllocNoOomHook);
@@ -106,13 +88,13 @@ void init() {
     a.attach(bytes, 0, npages);
     a.sync_and_hook(pa);
   }
-  balloon::BlimpPstateRegister reg{virt_to_phys(bytes), npages, 0};
+  wire::BlimpPstateRegister reg{virt_to_phys(bytes), npages, 0};
   g_reg = reg;
-  auto resp = b->blimp_request(balloon::kBlimpPstateRegister, &reg, 1, sizeof reg);
-  if (!resp.is_error() && resp.value().status != balloon::kBlimpOk) {
+  auto resp = b->send(wire::kBlimpPstateRegister, &reg, 1, sizeof reg);
+  if (!resp.is_error() && resp.value().status != wire::kBlimpOk) {
     // The device answered and refused: it holds no pointer to the array, which may go.
     kprintf("page-states: PSTATE_REGISTER refused: %s\n",
-            balloon::blimp_status_name(resp.value().status));
+            wire::blimp_status_name(resp.value().status));
     {
       IrqGuard g;
       a.unhook(pa);

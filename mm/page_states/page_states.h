@@ -23,6 +23,10 @@
 #include "mm/page_allocator.h"
 #include "mm/page_states/protocol.h"
 
+namespace blimp::mm {
+class DeviceChannel;
+}
+
 namespace blimp::mm::page_states {
 
 struct Stats {
@@ -105,10 +109,11 @@ constexpr uint8_t state_for_owner(Owner o) {
 // ---- the guest's instance ------------------------------------------------------------------------
 
 // Allocates and initialises the array, installs the allocator's state hook and registers the
-// array with the balloon device, if the device offers page states (otherwise does nothing).
-// Call once, after drivers::init(), from thread context. Idempotent. Kernel command line
-// `page_states=off` disables it.
-void init();
+// array with the device through `channel` (mm/device_channel.h: the balloon, which kernel_main
+// hands in), if it offers page states (otherwise, or with no channel, does nothing). Called once
+// by kernel_main, after drivers::init(), from thread context; later calls do nothing. Kernel
+// command line `page_states=off` disables it.
+void init(DeviceChannel* channel);
 // The active array (registered with the device), or nullptr.
 PageStateArray* active();
 Stats stats();

@@ -8,7 +8,7 @@ constexpr uint32_t kMaxRun = 0xffffffffu;
 
 uint32_t clamp_capacity(uint32_t c) {
   if (c == 0) return 1;
-  return c > balloon::kBlimpMaxEntries ? balloon::kBlimpMaxEntries : c;
+  return c > wire::kBlimpMaxEntries ? wire::kBlimpMaxEntries : c;
 }
 }  // namespace
 
@@ -38,8 +38,8 @@ bool send_batch(SendFn send, void* ctx, uint16_t type, const void* entries, uint
   stats.accepted += resp.accepted;
   stats.rejected += resp.rejected;
   stats.last_status = resp.status;
-  if (resp.status == balloon::kBlimpEnospc) stats.limit_reached = true;
-  return resp.status == balloon::kBlimpOk && resp.rejected == 0;
+  if (resp.status == wire::kBlimpEnospc) stats.limit_reached = true;
+  return resp.status == wire::kBlimpOk && resp.rejected == 0;
 }
 
 SealBatcher::SealBatcher(BlimpSealEntry* buf, uint32_t capacity, SendFn send, void* ctx)
@@ -51,7 +51,7 @@ void SealBatcher::add(uint64_t pfn, uint64_t hash, bool zero, uint32_t npages) {
     stats_.dropped_pages += npages;
     return;
   }
-  uint32_t flags = zero ? balloon::kBlimpSealZero : 0;
+  uint32_t flags = zero ? wire::kBlimpSealZero : 0;
   if (zero) stats_.zero_pages += npages;
   if (count_) {
     BlimpSealEntry& last = buf_[count_ - 1];
@@ -75,7 +75,7 @@ bool SealBatcher::flush() {
   if (count_ == 0) return true;
   uint64_t pages = 0;
   for (uint32_t i = 0; i < count_; i++) pages += buf_[i].npages;
-  bool ok = send_batch(send_, ctx_, balloon::kBlimpSeal, buf_, count_, sizeof(BlimpSealEntry),
+  bool ok = send_batch(send_, ctx_, wire::kBlimpSeal, buf_, count_, sizeof(BlimpSealEntry),
                        pages, stats_);
   count_ = 0;
   return ok;
@@ -112,7 +112,7 @@ bool UnsealBatcher::flush() {
   if (count_ == 0) return true;
   uint64_t pages = 0;
   for (uint32_t i = 0; i < count_; i++) pages += buf_[i].npages;
-  bool ok = send_batch(send_, ctx_, balloon::kBlimpUnseal, buf_, count_,
+  bool ok = send_batch(send_, ctx_, wire::kBlimpUnseal, buf_, count_,
                        sizeof(BlimpUnsealEntry), pages, stats_);
   count_ = 0;
   return ok;

@@ -12,14 +12,14 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "drivers/balloon/balloon_protocol.h"
+#include "lib/blimp_wire.h"
 #include "lib/error.h"
 
 namespace blimp::mm::sharing {
 
-using balloon::BlimpResponse;
-using balloon::BlimpSealEntry;
-using balloon::BlimpUnsealEntry;
+using wire::BlimpResponse;
+using wire::BlimpSealEntry;
+using wire::BlimpUnsealEntry;
 
 // Sends one blimpq request of `count` entries of `entry_size` bytes; returns the device's answer.
 using SendFn = ErrorOr<BlimpResponse> (*)(uint16_t type, const void* entries, uint32_t count,

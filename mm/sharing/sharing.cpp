@@ -3,11 +3,11 @@
 
 #include <cinttypes>
 
-#include "drivers/balloon/balloon.h"
 #include "kernel/cmdline.h"
 #include "kernel/console.h"
 #include "kernel/memory.h"
 #include "kernel/timer.h"
+#include "mm/device_channel.h"
 #include "mm/mm.h"
 #include "mm/sharing/hint_batch.h"
 #include "mm/sharing/seal.h"
@@ -22,17 +22,20 @@ namespace blimp::mm::sharing {
 
 namespace {
 
-constexpr uint32_t kBatch = balloon::kBlimpMaxEntries;
+constexpr uint32_t kBatch = wire::kBlimpMaxEntries;
 
 // Request buffers: in the kernel's bss (identity mapped, so the device reads them directly).
 alignas(4096) BlimpSealEntry g_seal_buf[kBatch];
 alignas(4096) BlimpUnsealEntry g_unseal_buf[kBatch];
 
-ErrorOr<BlimpResponse> send_to_balloon(uint16_t type, const void* entries, uint32_t count,
-                                       size_t entry_size, void*) {
-  balloon::Balloon* b = balloon::Balloon::instance();
-  if (!b || !b->has_share_hints()) return Error::Unsupported;
-  return b->blimp_request(type, entries, count, entry_size);
+// The device channel init() was handed (the balloon), or nullptr.
+DeviceChannel* g_channel = nullptr;
+
+ErrorOr<BlimpResponse> send_to_device(uint16_t type, const void* entries, uint32_t count,
+                                      size_t entry_size, void*) {
+  DeviceChannel* ch = g_channel;
+  if (!ch || !ch->has_share_hints()) return Error::Unsupported;
+  return ch->send(type, entries, count, entry_size);
 }
 
 struct State {
@@ -50,8 +53,8 @@ struct State {
   uint64_t zero_hash = 0;
   SealRegistry registry;
   TwinTable twins;
-  SealBatcher seals{g_seal_buf, kBatch, send_to_balloon, nullptr};
-  UnsealBatcher unseals{g_unseal_buf, kBatch, send_to_balloon, nullptr};
+  SealBatcher seals{g_seal_buf, kBatch, send_to_device, nullptr};
+  UnsealBatcher unseals{g_unseal_buf, kBatch, send_to_device, nullptr};
 };
 State g;
 
@@ -123,14 +126,13 @@ void unseal_piece(uint64_t pfn, uint64_t npages, void*) {
   if (hints_on()) g.unseals.add(pfn, npages);
 }
 
-// Balloon reset listener: a reset device forgot every hint (and unmarked the pages), so hint the
+// Device reset listener: a reset device forgot every hint (and unmarked the pages), so hint the
 // kernel image and every sealed range again, as init() and seal() did (spec section 10). Runs
 // from the balloon's work, which may have interrupted the app inside seal()/unseal(): then it
 // waits for them (Retry).
-balloon::ResetListeners::Result resend_hints(void*) {
-  using balloon::ResetListeners;
-  if (g.busy) return ResetListeners::Result::Retry;
-  if (!hints_on()) return ResetListeners::Result::Done;
+ResetListenerResult resend_hints(void*) {
+  if (g.busy) return ResetListenerResult::Retry;
+  if (!hints_on()) return ResetListenerResult::Done;
   g.busy = true;
   const BatchStats before = g.seals.stats();
   g.seals.device_reset();
@@ -144,7 +146,7 @@ balloon::ResetListeners::Result resend_hints(void*) {
           s.pages - before.pages, s.entries - before.entries,
           static_cast<uint64_t>(g.registry.range_count()), s.last_status);
   g.busy = false;
-  return ResetListeners::Result::Done;
+  return ResetListenerResult::Done;
 }
 
 bool allocated(PhysAddr a) {
@@ -154,9 +156,10 @@ bool allocated(PhysAddr a) {
 
 }  // namespace
 
-void init() {
+void init(DeviceChannel* channel) {
   if (g.initialized) return;
   g.initialized = true;
+  g_channel = channel;
   g.zero_hash = zero_page_hash();
   char buf[16];
   if (cmdline::get("sharing", buf, sizeof buf)) {
@@ -165,7 +168,7 @@ void init() {
       g.mode = Mode::Off;
     }
   }
-  balloon::Balloon* b = balloon::Balloon::instance();
+  DeviceChannel* b = channel;
   g.device = b && b->has_share_hints();
   uint64_t start = virt_to_phys(__kernel_start);
   uint64_t end = virt_to_phys(__init_array_start) & ~(kPageSize - 1);
@@ -212,7 +215,9 @@ void print_stats(const char* prefix) {
 }
 
 ErrorOr<uint64_t> seal(const void* ptr, size_t bytes) {
-  init();
+  // kernel_main runs init(channel) at boot, before any app: this call only matters in a kernel
+  // that did not, and then sets sharing up without a device (bookkeeping only).
+  init(nullptr);
   uint64_t a = virt_to_phys(ptr);
   uint64_t first = (a + kPageSize - 1) >> kPageShift;
   uint64_t last = (a + bytes) >> kPageShift;  // exclusive

@@ -21,6 +21,10 @@
 #include <cstdint>
 #include <cstring>
 
+namespace blimp::mm {
+class DeviceChannel;
+}
+
 namespace blimp::mm::sharing {
 
 enum class Mode : uint8_t { Off, Vm, All };
@@ -57,10 +61,11 @@ struct Stats {
   bool limit_reached;         // the device answered ENOSPC: hints stopped
 };
 
-// Reads sharing= from the command line, finds the balloon, and hints the kernel image's read-only
-// pages. Idempotent; seal() calls it on first use. Call after drivers::init(), from thread
-// context (it waits for the device).
-void init();
+// Reads sharing= from the command line and, when `channel` (mm/device_channel.h: the balloon,
+// which kernel_main hands in) offers share hints, hints the kernel image's read-only pages.
+// Called once by kernel_main after drivers::init(), from thread context (it waits for the
+// device); later calls do nothing.
+void init(DeviceChannel* channel);
 bool initialized();
 Mode mode();
 Stats stats();

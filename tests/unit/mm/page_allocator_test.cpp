@@ -53,6 +53,10 @@ TEST(PageAllocator, RangesAreSortedTrimmedAndMerged) {
   EXPECT_FALSE(pa.contains(b + 20 * kMiB));  // trimmed partial page
   EXPECT_TRUE(pa.contains(b + 20 * kMiB + 4096));
   EXPECT_TRUE(pa.contains(b + 12 * kMiB + 4096));  // exactly one page survives
+  EXPECT_EQ(pa.first_pfn(), (b + kMiB) >> 12);
+  EXPECT_EQ(pa.end_pfn(), (b + 24 * kMiB) >> 12);  // the last range, trimmed to whole pages
+  EXPECT_TRUE(pa.contains((pa.end_pfn() - 1) << 12));
+  EXPECT_FALSE(pa.contains(pa.end_pfn() << 12));
   uint64_t pages = 7 * 256 + (4 * kMiB - 4096) / 4096 + 1;
   EXPECT_EQ(pa.total_pages() + pa.stats().reserved_bytes / kPageSize, pages);
   // Blocks never span a hole: allocate everything and check each block lies in one range.

@@ -10,10 +10,10 @@
 namespace s = blimp::mm::sharing;
 using blimp::Error;
 using blimp::ErrorOr;
-using blimp::balloon::BlimpResponse;
-using blimp::balloon::BlimpSealEntry;
-using blimp::balloon::BlimpUnsealEntry;
-namespace b = blimp::balloon;
+using blimp::wire::BlimpResponse;
+using blimp::wire::BlimpSealEntry;
+using blimp::wire::BlimpUnsealEntry;
+namespace b = blimp::wire;
 
 namespace {
 

@@ -10,10 +10,10 @@
 #include "mm/sharing/twin_table.h"
 
 namespace s = blimp::mm::sharing;
-namespace b = blimp::balloon;
+namespace b = blimp::wire;
 using blimp::ErrorOr;
-using blimp::balloon::BlimpResponse;
-using blimp::balloon::BlimpSealEntry;
+using blimp::wire::BlimpResponse;
+using blimp::wire::BlimpSealEntry;
 
 namespace {
 

@@ -1,0 +1,84 @@
+// Wire format of the Blimp virtio-balloon extensions (docs/spec-virtio-balloon-blimp.md): feature
+// bits, blimpq request types, status codes and the request, response and entry layouts.
+//
+// It lives in lib/ (layer 0) because two layers speak it: the balloon driver (drivers/balloon,
+// which owns the queue) and mm (page states and sharing, which fill the requests). A header of
+// constants and plain structs has no dependencies, so lib/ is the one place below both that keeps
+// the layering rule as it is. The host decodes the same bytes in host/qemu/blimp-balloon-decode.h;
+// tests/unit/lib/blimp_wire_test.cpp checks that the two agree.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace blimp::wire {
+
+// Device-specific feature bits from the 50..127 range (spec section 2), offered only by the
+// patched QEMU and only on modern transports.
+constexpr unsigned kFeatureBlimpPageStates = 56;
+constexpr unsigned kFeatureBlimpShareHints = 57;
+
+// blimpq request types and status codes (spec section 5).
+enum BlimpRequest : uint16_t {
+  kBlimpPstateRegister = 1,
+  kBlimpPstateUnregister = 2,
+  kBlimpSeal = 3,
+  kBlimpUnseal = 4,
+};
+enum BlimpStatus : uint32_t {
+  kBlimpOk = 0,
+  kBlimpEinval = 1,
+  kBlimpErange = 2,
+  kBlimpEnospc = 3,
+  kBlimpEunsupp = 4,
+  kBlimpEbusy = 5,
+};
+struct BlimpRequestHeader {
+  uint16_t type;
+  uint16_t flags;
+  uint32_t count;
+  uint64_t reserved;
+};
+static_assert(sizeof(BlimpRequestHeader) == 16);
+struct BlimpResponse {
+  uint32_t status;
+  uint32_t accepted;
+  uint32_t rejected;
+  uint32_t reserved;
+};
+static_assert(sizeof(BlimpResponse) == 16);
+struct BlimpPstateRegister {
+  uint64_t array_gpa;
+  uint64_t npages;
+  uint64_t base_pfn;
+};
+static_assert(sizeof(BlimpPstateRegister) == 24);
+struct BlimpSealEntry {
+  uint64_t pfn;
+  uint32_t npages;
+  uint32_t flags;  // bit 0: every page of the run is zero-filled
+  uint64_t hash;   // XXH3-64, seed 0, of each page's content
+};
+static_assert(sizeof(BlimpSealEntry) == 24);
+struct BlimpUnsealEntry {
+  uint64_t pfn;
+  uint32_t npages;
+  uint32_t reserved;
+};
+static_assert(sizeof(BlimpUnsealEntry) == 16);
+constexpr uint32_t kBlimpSealZero = 1;
+constexpr uint32_t kBlimpMaxEntries = 4096;
+
+constexpr const char* blimp_status_name(uint32_t status) {
+  switch (status) {
+    case kBlimpOk: return "OK";
+    case kBlimpEinval: return "EINVAL";
+    case kBlimpErange: return "ERANGE";
+    case kBlimpEnospc: return "ENOSPC";
+    case kBlimpEunsupp: return "EUNSUPP";
+    case kBlimpEbusy: return "EBUSY";
+    default: return "unknown status";
+  }
+}
+
+}  // namespace blimp::wire
