@@ -127,6 +127,13 @@ class balloon_driver : public ::testing::Test {
   void TearDown() override {
     if (!set_up_) return;
     kern::set_poll_hook(nullptr, nullptr);
+    // The allocator's hooks point at the balloon: unhook them before it goes (returning the
+    // pages below would otherwise call its report hook on a destroyed object).
+    auto& pa = mm::pages();
+    pa.set_oom_handler(nullptr, nullptr);
+    pa.set_report_hook(nullptr, nullptr, 0, 0);
+    pa.set_reporting_reserve(0);
+    pa.set_balloon_demand(0, nullptr, nullptr);
     // Whatever a lost or given-up balloon kept goes back by hand (a reboot, for the next test).
     Access::destroy(*b_);
     for (uint64_t a = g_arena; a < g_arena + kArenaBytes; a += kPage) {
@@ -135,11 +142,6 @@ class balloon_driver : public ::testing::Test {
       if (o == mm::Owner::Balloon) mm::pages().give_back(&r, 1, false);
       if (o == mm::Owner::Isolated) mm::pages().return_isolated(&r, 1, false);
     }
-    auto& pa = mm::pages();
-    pa.set_oom_handler(nullptr, nullptr);
-    pa.set_report_hook(nullptr, nullptr, 0, 0);
-    pa.set_reporting_reserve(0);
-    pa.set_balloon_demand(0, nullptr, nullptr);
     dev_.reset();
     kern::reset();
     EXPECT_TRUE(pa.check_invariants());
