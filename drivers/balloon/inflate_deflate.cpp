@@ -161,8 +161,25 @@ void Balloon::log_inflation() {
 
 uint64_t Balloon::deflate(uint64_t want) {
   // A lost device may still read the balloon's buffers: nothing it was lent goes back.
-  if (lost_ || gave_up_) return 0;
+  if (lost_) return 0;
   auto& pages = mm::pages();
+  if (gave_up_) {
+    // The device is reset and stays so: no buffer names these pages and nobody can be told.
+    // Only the OOM path gets here; the app's survival comes before a host that broke its device.
+    uint64_t done = 0;
+    while (done < want && held_.pages()) {
+      size_t nruns = held_.pop(want - done, g_scratch.runs, kRunsPerBuffer);
+      if (nruns == 0) break;
+      for (size_t i = 0; i < nruns; i++) done += g_scratch.runs[i].pages;
+      pages.give_back(g_scratch.runs, nruns, true);
+    }
+    set_actual(actual_ > done ? actual_ - done : 0);
+    counters_.deflated_pages += done;
+    if (done)
+      kprintf("balloon: gave %lu MiB back to the app without telling the device (given up)\n",
+              mib(done));
+    return done;
+  }
   bool tell_first = dev_.has_feature(kFeatureMustTellHost);
   uint64_t t0 = timer::now_ns(), done = 0;
   PageRun* runs = g_scratch.runs;

@@ -676,8 +676,13 @@ TEST_F(balloon_driver, GivesUpAfterFiveResetsInAMinute) {
   // retell_held() counts every held page as ballooned even when the retell failed, so `actual`
   // reads 6000 although the (reset, given-up) device acknowledged none of them.
   EXPECT_EQ(fake_->balloon_pfns.size(), 0u);
-  target(0);  // nothing comes back from a balloon that gave up
+  target(0);  // a new target does nothing for a balloon that gave up
   EXPECT_EQ(b_->held_pages(), 6000u);
+  // but memory pressure does: the device is reset for good, so no buffer names these pages
+  EXPECT_GE(Access::oom(*b_, 1000), 1000u);
+  EXPECT_LT(b_->held_pages(), 6000u);
+  expect_log("without telling the device (given up)");
+  check_step("after an OOM deflate of a balloon that gave up");
   expect_accounted();
 }
 
