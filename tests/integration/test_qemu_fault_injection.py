@@ -464,7 +464,8 @@ def test_guest(build, qemu):
     print("[Blimp guest: inflate delayed 3 s, then corrupt-next]")
     extra = ["-device", "virtio-balloon-pci,id=balloon0,coalesce-discard=on"]
     with BlimpVM(build, app="memhog", args=["steps=wait:600s"], machine="q35", memory="1G",
-                 qmp=True, extra=extra, limit=400, qemu=qemu, name="fault-guest") as vm:
+                 qmp=True, extra=extra, limit=400, qemu=qemu, name="fault-guest",
+                 expect_host_faults=True) as vm:
         vm.wait_for(r"blimp: starting app", 180)
         q = Qmp.connect(vm.qmp_path)
         full = q.execute("query-balloon")["actual"]
@@ -495,12 +496,12 @@ def test_guest(build, qemu):
         q.close()
 
     print("[Blimp guest: device reset with a delayed inflate pending]")
-    from test_balloon_reset import PciBalloon  # noqa: E402  (reset through qtest)
+    from balloon_window import PciBalloon  # noqa: E402  (reset through qtest)
     from qtest import QTest  # noqa: E402
     extra = ["-device", "virtio-balloon-pci,id=balloon0,coalesce-discard=on,page-states=on"]
     with BlimpVM(build, app="memhog", args=["steps=wait:600s"], machine="q35", memory="1G",
                  qmp=True, qtest=True, extra=extra, limit=400, qemu=qemu,
-                 name="fault-reset") as vm:
+                 name="fault-reset", expect_host_faults=True) as vm:
         vm.wait_for(r"blimp: starting app", 180)
         qt = QTest.connect(vm.qtest_path)
         dev = PciBalloon(vm, qt)
