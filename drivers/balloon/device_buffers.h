@@ -92,7 +92,6 @@ class BufferTokens {
     return nullptr;
   }
   uint16_t inflate_slot(const BufferToken& t) const { return uint16_t(&t - inflate); }
-  uint16_t hint_slot(const BufferToken& t) const { return uint16_t(&t - hint); }
 
   template <typename F>
   void for_each(F&& f) {

@@ -73,6 +73,19 @@ def integrity_clean(vm, since, rounds=2, timeout=180):
     check("MISMATCH" not in vm.output, vm.output)
 
 
+def wait_fresh_stats(q, when, predicate=lambda st: True, timeout=60):
+    """Waits for guest stats the guest sent more than 1 s from now (so after whatever just
+    happened) that satisfy `predicate`."""
+    t0 = time.time()
+    deadline = time.monotonic() + timeout
+    while True:
+        st = q.execute("qom-get", path="/machine/peripheral/balloon0", property="guest-stats")
+        if st["last-update"] > t0 + 1 and predicate(st):
+            return st
+        check(time.monotonic() < deadline, f"no stats {when}: {st}")
+        time.sleep(0.2)
+
+
 def no_give_up(vm):
     check("giving up" not in vm.output and "did not complete its reset" not in vm.output,
           vm.output)
@@ -161,14 +174,7 @@ def broken_queue(build, kind):
         # Stats still flow after the recovery.
         q.execute("qom-set", path="/machine/peripheral/balloon0",
                   property="guest-stats-polling-interval", value=1)
-        t0 = time.time()
-        deadline = time.monotonic() + 60
-        while True:
-            st = q.execute("qom-get", path="/machine/peripheral/balloon0", property="guest-stats")
-            if st["last-update"] > t0 + 1:
-                break
-            check(time.monotonic() < deadline, f"no stats after the recovery: {st}")
-            time.sleep(0.2)
+        wait_fresh_stats(q, "after the recovery")
         q.execute("balloon", value=ram)
         wait_balloon(q, lambda a: a == ram, 120, vm)
         integrity_clean(vm, len(vm.output))
@@ -269,15 +275,8 @@ def slow_stats_then_host_reset(build, kind):
             check(dev.reset() == 0, "status does not read 0 after the reset")
             vm.wait_for(r"reinitialised after reset", 60, start=mark)
             fault(q, "stats", delay_ms=0)
-            t0 = time.time()
-            deadline = time.monotonic() + 60
-            while True:
-                st = q.execute("qom-get", path="/machine/peripheral/balloon0",
-                               property="guest-stats")
-                if st["last-update"] > t0 + 1 and st["stats"].get("stat-total-memory", 0) > 0:
-                    break
-                check(time.monotonic() < deadline, f"no stats after the reset: {st}")
-                time.sleep(0.2)
+            wait_fresh_stats(q, "after the reset",
+                             lambda st: st["stats"].get("stat-total-memory", 0) > 0)
             ram = q.execute("query-balloon")["actual"]
             q.execute("balloon", value=ram - 128 * MiB)
             wait_balloon(q, lambda a: a == ram - 128 * MiB, 120, vm)
