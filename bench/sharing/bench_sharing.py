@@ -35,9 +35,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "lib"))
-sys.path.insert(0, HERE)
 from blimp_vm import BlimpVM  # noqa: E402
-from ksm_util import KsmSession, _write, other_mergeable, proc_ksm  # noqa: E402
+from ksm import KsmSession, merging_pages, other_mergeable  # noqa: E402
 
 MiB = 1 << 20
 
@@ -69,8 +68,7 @@ def run_mode(args, mode):
     while other_mergeable() and time.monotonic() < deadline:
         time.sleep(5)  # other users' QEMUs (mem-merge=on) would be scanned too: wait them out
     with KsmSession(**settings) as ksm:
-        _write("run", 2)  # unmerge everything and drop stale rmap items: a clean pages_sharing
-        _write("run", 0)
+        ksm.unmerge_all()  # run=2 then 0: unmerge everything, drop stale rmap items
         vms = []
         try:
             for i in range(args.vms):
@@ -98,7 +96,7 @@ def run_mode(args, mode):
                 time.sleep(args.interval)
                 t = time.monotonic() - t0
                 c = ksm.counters()
-                merging = sum(proc_ksm(p).get("ksm_merging_pages", 0) for p in pids)
+                merging = sum(merging_pages(p) for p in pids)
                 row = dict(t=round(t, 3), saving=c["pages_sharing"], shared=c["pages_shared"],
                            merging=merging,
                            scanned=c.get("pages_scanned", 0) - c0.get("pages_scanned", 0),

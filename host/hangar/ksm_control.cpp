@@ -63,7 +63,7 @@ const std::vector<std::string> kCounters = {
     "pages_scanned", "pages_skipped", "stable_node_chains", "stable_node_dups", "ksm_zero_pages",
     "general_profit"};
 
-// A save file as written by persist() (and bench/sharing/ksm_util.py).
+// A save file as written by persist() (and tests/lib/ksm.py).
 struct SaveFile {
     std::string sysfs;
     int pid = 0;

@@ -6,7 +6,7 @@ the same data set (seed 42), loner a different one (seed 7). The guests hash and
 hangar reads every QEMU's hints over QMP, finds the hashes with a twin in another VM and gives
 each QEMU that hash filter, so QEMU marks only those runs mergeable. Checked, from the outside:
 
-  - hangar holds /run/lock/blimp-ksm.lock while it owns the KSM settings, and a hangar that finds
+  - hangar holds /run/blimp/ksm.lock while it owns the KSM settings, and a hangar that finds
     the lock taken waits a bounded time and gives up with a clear error, starting nothing;
   - the sharing index found the twins (hangar's log, summary.json, CSV): twin1/twin2 every data
     page, loner only the kernel image and the zero page;
@@ -26,8 +26,6 @@ kernel.
 
     python3 tests/integration/test_hangar_sharing.py --build-dir build [-k name]
 """
-import errno
-import fcntl
 import json
 import os
 import re
@@ -40,9 +38,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "bench", "sharing"))
 from blimp_vm import Skip, TestRunner, check  # noqa: E402
-from ksm_util import KSM_DIR, LOCK_PATH, SAVE_PATH, open_lock, other_mergeable, proc_ksm  # noqa: E402
+from ksm import (KSM_DIR, LOCK_PATH, SAVE_PATH, KsmLock, KsmUnavailable, lock_holders,  # noqa: E402
+                 lock_is_free, mergeable_bytes, merging_pages, other_mergeable, read as read_ksm)
 
 t = TestRunner()
 PAGE = 4096
@@ -76,75 +74,24 @@ def tools(build):
     return hangar, kernel, qemu
 
 
-def read_ksm(name):
-    with open(os.path.join(KSM_DIR, name)) as f:
-        v = f.read().strip()
-    return v[v.index("[") + 1:v.index("]")] if "[" in v else v
-
-
 def ksm_settings():
     return {n: read_ksm(n) for n in SETTINGS if os.path.exists(os.path.join(KSM_DIR, n))}
 
 
-class KsmLock:
-    """The machine-wide KSM lock, as bench/sharing/ksm_util.py takes it."""
-
-    def __init__(self, timeout=300):
-        self.f = open_lock()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    self.f.close()
-                    raise Skip(f"another KSM experiment holds {LOCK_PATH} for more than {timeout}s")
-                time.sleep(1)
-
-    def release(self):
-        self.f.close()
-
-
-def lock_is_free():
-    with open(LOCK_PATH, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError:
-            return False
-
-
-def lock_holders():
-    """Pids holding an flock on LOCK_PATH, from /proc/locks."""
-    st = os.stat(LOCK_PATH)
-    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    pids = []
-    with open("/proc/locks") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) >= 6 and fields[1] != "->" and fields[5] == want:
-                pids.append(int(fields[4]))
-    return pids
+def ksm_lock(timeout=300):
+    """The machine-wide KSM lock (tests/lib/ksm.py); a skip when another experiment keeps it."""
+    try:
+        return KsmLock(timeout)
+    except KsmUnavailable as e:
+        raise Skip(str(e))
 
 
 def mergeable_kib(pid):
-    """KiB of QEMU's address space in VMAs marked MADV_MERGEABLE (VmFlags `mg`)."""
-    total, size = 0, 0
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
-            if m:
-                size = (int(m.group(2), 16) - int(m.group(1), 16)) // 1024
-            elif line.startswith("VmFlags:") and " mg" in line:
-                total += size
-    return total
+    return mergeable_bytes(pid) // 1024
 
 
 def merging(pid):
-    return proc_ksm(pid).get("ksm_merging_pages", 0)
+    return merging_pages(pid)
 
 
 def qemu_pids_of(run_dir):
@@ -242,7 +189,7 @@ def dataset_vm(name, seed):
 @t.test
 def test_busy_ksm_lock_is_a_clear_error(build):
     tools(build)
-    lock = KsmLock()
+    lock = ksm_lock()
     try:
         before = ksm_settings()
         h = Hangar(build, dataset_vm("a", 42) + ["--ksm", "targeted", "--ksm-lock-wait", "2s"])
@@ -271,7 +218,7 @@ def test_busy_ksm_lock_is_a_clear_error(build):
 def test_targeted_sharing_through_hangar(build):
     tools(build)
     # KSM's settings at rest: read under the lock (every holder restores before it releases).
-    lock = KsmLock()
+    lock = ksm_lock()
     before = ksm_settings()
     sharing_before = int(read_ksm("pages_sharing"))
     lock.release()
@@ -376,7 +323,7 @@ def test_targeted_sharing_through_hangar(build):
         h.cleanup()
     # At rest again: compare under the lock (another KSM user may have come and gone meanwhile;
     # it restores too).
-    lock = KsmLock()
+    lock = ksm_lock()
     after = ksm_settings()
     lock.release()
     check(after == before, f"KSM settings not restored: {before} -> {after}")
@@ -445,7 +392,7 @@ def test_filter_update_keeps_merged(build):
     merged (ksm_merging_pages of the QEMU never falls), one that removes twins unmerges exactly
     those."""
     _, _, qemu = tools(build)
-    from ksm_util import KsmSession, KsmUnavailable
+    from ksm import KsmSession
     try:
         with KsmSession(pages_to_scan=4000, sleep_millisecs=10) as ks:
             res = filter_churn(qemu, ks)

@@ -17,9 +17,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "bench", "sharing"))
 from blimp_vm import BlimpVM, Skip, TestRunner, check  # noqa: E402
-from ksm_util import KsmSession, KsmUnavailable, other_mergeable, proc_ksm  # noqa: E402
+from ksm import KsmSession, KsmUnavailable, merging_pages, other_mergeable  # noqa: E402
 from qmp import Qmp  # noqa: E402
 
 t = TestRunner()
@@ -76,7 +75,7 @@ def enter_ksm():
 
 
 def merging(vm):
-    return proc_ksm(vm.pid).get("ksm_merging_pages", 0)
+    return merging_pages(vm.pid)
 
 
 def wait_merging(vms, predicate, timeout, what):

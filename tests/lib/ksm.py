@@ -1,4 +1,5 @@
-"""KSM control for the sharing tests and the benchmark (standard library only).
+"""KSM control for the sharing tests and benchmarks (standard library only). The one module that
+touches /sys/kernel/mm/ksm from Python: tests and bench/ import it from tests/lib.
 
 KSM is system-wide: everything changed here is saved first and written back on exit, also on an
 exception, SIGTERM, SIGINT, SIGHUP or SIGQUIT. Only one KSM experiment may run at a time on a host:
@@ -17,6 +18,12 @@ every KsmSession and every hangar restores a save whose owner pid is dead once i
         ksm.counters()                    # pages_sharing, pages_scanned, full_scans, ...
         ksm.ksmd_cpu_seconds()
         proc_ksm(pid)                     # per process: ksm_merging_pages, ksm_rmap_items, ...
+        merging_pages(pid)                # a process's pages merged by KSM
+        mergeable_bytes(pid)              # its VMAs marked MADV_MERGEABLE (smaps VmFlags `mg`)
+
+    lock = KsmLock(timeout=300)           # the lock alone (a test that lets hangar own KSM)
+    ...read(name), lock_holders(), lock_is_free()...
+    lock.release()
 
 KsmUnavailable (with the reason) when /sys/kernel/mm/ksm is missing or not writable, or the lock
 is held by another run: tests turn it into a skip (exit 77).
@@ -77,7 +84,7 @@ def _start_time(pid):
 
 
 def _write_save(saved):
-    doc = {"sysfs": KSM_DIR, "owner": "ksm_util " + " ".join(sys.argv)[:120], "pid": os.getpid(),
+    doc = {"sysfs": KSM_DIR, "owner": "ksm.py " + " ".join(sys.argv)[:120], "pid": os.getpid(),
            "pid_start": _start_time(os.getpid()),
            "saved": [{"name": n, "value": str(v)} for n, v in saved]}
     tmp = f"{SAVE_PATH}.{os.getpid()}.tmp"
@@ -112,6 +119,11 @@ def restore_stale(log=print):
     os.unlink(SAVE_PATH)
     log(f"ksm: restored KSM settings left by pid {pid} ({doc.get('owner', '?')}), no longer running: "
         f"{', '.join(done) or 'already in place'}", flush=True)
+
+
+def read(name):
+    """A KSM sysfs value as a string; for a selection file ("[none] scan-time") the selected one."""
+    return _read(name)
 
 
 def _read(name):
@@ -153,6 +165,27 @@ def proc_ksm(pid):
     return out
 
 
+def merging_pages(pid):
+    """A process's pages merged by KSM (ksm_stat's ksm_merging_pages); 0 if gone."""
+    return proc_ksm(pid).get("ksm_merging_pages", 0)
+
+
+def mergeable_bytes(pid):
+    """Total size of a process's VMAs marked MADV_MERGEABLE (`mg` in smaps' VmFlags)."""
+    total, size = 0, 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            m = _VMA_RE.match(line)
+            if m:
+                size = int(m.group(2), 16) - int(m.group(1), 16)
+            elif line.startswith("VmFlags:") and " mg" in line:
+                total += size
+    return total
+
+
+_VMA_RE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ")
+
+
 def other_mergeable(exclude=()):
     """Other processes with KSM-mergeable memory (e.g. QEMUs with mem-merge=on): they disturb
     system-wide counters and ksmd CPU. Returns [(pid, comm, rss_kib, ksm_rmap_items)]."""
@@ -177,6 +210,61 @@ def other_mergeable(exclude=()):
     return found
 
 
+class KsmLock:
+    """The machine-wide KSM lock (LOCK_PATH), held until release(): what KsmSession takes, and
+    what a test takes alone to read KSM at rest or to keep hangar waiting. Waits up to `timeout`
+    seconds for another holder; KsmUnavailable after that."""
+
+    def __init__(self, timeout=600):
+        self.f = open_lock()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    self.f.close()
+                    raise
+                if time.monotonic() > deadline:
+                    self.f.close()
+                    raise KsmUnavailable(f"another KSM experiment holds {LOCK_PATH} for more than "
+                                         f"{timeout}s")
+                time.sleep(1)
+
+    def release(self):
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def lock_is_free():
+    """Whether nobody holds the KSM lock (takes and drops it at once when free)."""
+    with open(LOCK_PATH, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+
+
+def lock_holders():
+    """Pids holding an flock on LOCK_PATH, from /proc/locks."""
+    st = os.stat(LOCK_PATH)
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] != "->" and fields[5] == want:
+                pids.append(int(fields[4]))
+    return pids
+
+
 class KsmSession:
     def __init__(self, lock_timeout=600, **settings):
         self.settings = settings
@@ -191,19 +279,7 @@ class KsmSession:
             raise KsmUnavailable(f"{KSM_DIR} is absent (kernel without CONFIG_KSM)")
         if not os.access(os.path.join(KSM_DIR, "run"), os.W_OK):
             raise KsmUnavailable(f"{KSM_DIR}/run is not writable (not root?)")
-        self._lock = open_lock()
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            try:
-                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    self._lock.close()
-                    raise KsmUnavailable(f"another KSM experiment holds {LOCK_PATH}")
-                time.sleep(1)
+        self._lock = KsmLock(self.lock_timeout)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
             self._old_handlers[sig] = signal.signal(sig, self._on_signal)
         try:
@@ -211,7 +287,7 @@ class KsmSession:
         except (KsmUnavailable, OSError, ValueError) as e:
             for sig, h in self._old_handlers.items():
                 signal.signal(sig, h)
-            self._lock.close()
+            self._lock.release()
             raise KsmUnavailable(f"stale KSM save: {e}") from e
         try:
             self.set("run", 0)
@@ -234,6 +310,12 @@ class KsmSession:
 
     def start(self):
         self.set("run", 1)
+
+    def unmerge_all(self):
+        """run=2 (KSM unmerges every page and drops its rmap items), then run=0: a clean
+        pages_sharing, KSM stopped."""
+        self.set("run", 2)
+        self.set("run", 0)
 
     def stop(self):
         self.set("run", 0)
@@ -271,7 +353,7 @@ class KsmSession:
         for sig, h in self._old_handlers.items():
             signal.signal(sig, h)
         if self._lock:
-            self._lock.close()
+            self._lock.release()
         if failures:
             print("ksm: could not restore: " + "; ".join(failures), flush=True)
 
