@@ -59,16 +59,16 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+from blimp_vm import QBOOT, STOCK_QEMU, patched_qemu_path  # noqa: E402
 from qmp import Qmp, QmpConnectError, QmpError  # noqa: E402
 
-QEMU = "/usr/bin/qemu-system-x86_64"   # stock: every measurement of the main table
+QEMU = STOCK_QEMU   # stock: every measurement of the main table
 # QEMU variants: name -> (binary: "stock" or "patched", extra virtio-balloon properties)
 VARIANTS = {
     "stock": ("stock", ""),
     "coalesce": ("patched", "coalesce-discard=on"),
     "patched": ("patched", "coalesce-discard=off"),
 }
-QBOOT = "/usr/share/qemu/qboot.rom"
 MiB = 1 << 20
 VM_LIMIT_S = 900          # `timeout` around every QEMU
 BOOT_TIMEOUT_S = 300
@@ -937,7 +937,7 @@ def main():
     a.build_dir = os.path.abspath(a.build_dir)
     a.blimp_elf = os.path.abspath(a.blimp_elf or os.path.join(a.build_dir, "blimp.elf"))
     a.patched_qemu = os.path.abspath(a.patched_qemu or
-                                     os.path.join(a.build_dir, "qemu", "qemu-system-x86_64"))
+                                     patched_qemu_path(a.build_dir))
     variants = [v.strip() for v in a.qemu_variants.split(",") if v.strip()]
     if any(v not in VARIANTS for v in variants):
         ap.error("--qemu-variants: stock, coalesce, patched")

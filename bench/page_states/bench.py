@@ -28,7 +28,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "lib"))
-from blimp_vm import BlimpVM  # noqa: E402
+from blimp_vm import BlimpVM, patched_qemu_path  # noqa: E402
 from qmp import Qmp  # noqa: E402
 
 MiB = 1 << 20
@@ -54,7 +54,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.json"))
     a = ap.parse_args()
     build = os.path.abspath(a.build_dir)
-    qemu = os.path.join(build, "qemu", "qemu-system-x86_64")
+    qemu = patched_qemu_path(build)
     size = a.size * MiB
     cycles = 2 * a.reps
     steps = ",".join([f"alloc:{a.size}M,free:all,wait:25s"] * cycles)

@@ -35,7 +35,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "lib"))
-from blimp_vm import BlimpVM  # noqa: E402
+from blimp_vm import BlimpVM, patched_qemu_path  # noqa: E402
 from ksm import KsmSession, merging_pages, other_mergeable  # noqa: E402
 
 MiB = 1 << 20
@@ -47,7 +47,7 @@ def loadavg():
 
 
 def launch(args, mode, i):
-    qemu = os.path.join(args.build_dir, "qemu", "qemu-system-x86_64")
+    qemu = patched_qemu_path(args.build_dir)
     if mode == "blind":
         extra = ["-machine", "mem-merge=on", "-device", "virtio-balloon-pci,id=balloon0"]
     else:

@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from balloon_window import window_for  # noqa: E402
-from blimp_vm import BlimpVM, Skip, TestRunner, check, wait_balloon  # noqa: E402
+from blimp_vm import BlimpVM, TestRunner, check, require_patched_qemu, wait_balloon  # noqa: E402
 from qmp import Qmp  # noqa: E402
 from qtest import QTest  # noqa: E402
 
@@ -40,19 +40,12 @@ MACHINES = {
 }
 
 
-def patched_qemu(build):
-    qemu = os.path.join(build, "qemu", "qemu-system-x86_64")
-    if not os.access(qemu, os.X_OK):
-        raise Skip(f"patched QEMU not built ({qemu}; host/qemu/build.sh build)")
-    return qemu
-
-
 def vm_for(build, kind, app, args, props="", memory="1G", name=None):
     machine, extra, device = MACHINES[kind]
     dev = f"{device},id=balloon0,deflate-on-oom=on,free-page-reporting=on{props}"
     return BlimpVM(build, app=app, args=[*args, *FAST_TIMEOUTS], machine=machine, memory=memory,
                    qmp=True, extra=[*extra, "-device", dev], limit=600,
-                   qemu=patched_qemu(build), name=name or f"{app}-{kind}",
+                   qemu=require_patched_qemu(build), name=name or f"{app}-{kind}",
                    expect_host_faults=True)
 
 
@@ -214,7 +207,7 @@ def slow_registration(build, kind):
            f"x-fault-delay-ms=4000,x-fault-queues=blimp")
     vm = BlimpVM(build, app="integrity", args=["size=192M", "pause=200ms", *FAST_TIMEOUTS],
                  machine=machine, memory="1G", qmp=True, extra=[*extra, "-device", dev],
-                 limit=600, qemu=patched_qemu(build), name=f"pstate-{kind}",
+                 limit=600, qemu=require_patched_qemu(build), name=f"pstate-{kind}",
                  expect_host_faults=True)
     with vm:
         q = Qmp.connect(vm.qmp_path)
@@ -259,7 +252,7 @@ def slow_stats_then_host_reset(build, kind):
     vm = BlimpVM(build, app="integrity", args=["size=192M", "pause=200ms", *FAST_TIMEOUTS],
                  machine=machine, memory="1G", qmp=True, qtest=True,
                  extra=[*MACHINES[kind][1], "-device", f"{MACHINES[kind][2]},id=balloon0"],
-                 limit=600, qemu=patched_qemu(build), name=f"stats-{kind}",
+                 limit=600, qemu=require_patched_qemu(build), name=f"stats-{kind}",
                  expect_host_faults=True)
     with vm:
         vm.wait_for(r"integrity: round 1 ", 240)
@@ -298,7 +291,7 @@ def slow_hinting(build, kind):
                                             *FAST_TIMEOUTS],
                  machine=machine, memory="512M", qmp=True,
                  extra=[*extra, "-object", "iothread,id=io0", "-device", dev], limit=600,
-                 qemu=patched_qemu(build), name=f"hint-{kind}", expect_host_faults=True)
+                 qemu=require_patched_qemu(build), name=f"hint-{kind}", expect_host_faults=True)
     with vm:
         vm.wait_for(r"memhog: step 2 freed", 120)
         q = Qmp.connect(vm.qmp_path)

@@ -28,8 +28,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from balloon_window import LegacyPciBalloon, MmioBalloon, PciBalloon  # noqa: E402
-from blimp_vm import (BlimpVM, Skip, TestRunner, check, require_page_states,  # noqa: E402
-                      wait_balloon)
+from blimp_vm import (BlimpVM, TestRunner, check, require_page_states,  # noqa: E402
+                      require_patched_qemu, wait_balloon)
 from qmp import Qmp  # noqa: E402
 from qtest import QTest  # noqa: E402
 
@@ -163,20 +163,13 @@ def test_reset_mid_inflate_stock_q35_legacy(build):
     reset_mid_inflate(build, "q35-legacy")
 
 
-def patched_qemu(build):
-    qemu = os.path.join(build, "qemu", "qemu-system-x86_64")
-    if not os.access(qemu, os.X_OK):
-        raise Skip(f"patched QEMU not built ({qemu}; host/qemu/build.sh build)")
-    return qemu
-
-
 @t.test
 def test_reset_reregisters_page_states_and_hints(build):
     extra = ["-global", "virtio-mmio.force-legacy=false",
              "-device", "virtio-balloon-device,id=balloon0,page-states=on,share-hints=on"]
     with BlimpVM(build, app="memhog", args=["steps=alloc:400M,free:all,wait:300s", "chunk=1020K"],
                  machine="microvm", memory="1G", qmp=True, qtest=True, extra=extra, limit=600,
-                 qemu=patched_qemu(build), name="memhog-pstates", expect_host_faults=True) as vm:
+                 qemu=require_patched_qemu(build), name="memhog-pstates", expect_host_faults=True) as vm:
         require_page_states(vm, 180)
         vm.wait_for(r"memhog: step 2 freed", 240)
         qt = QTest.connect(vm.qtest_path)

@@ -20,10 +20,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from blimp_vm import Skip, TestRunner, check  # noqa: E402
+from blimp_vm import STOCK_QEMU as QEMU, Skip, TestRunner, check  # noqa: E402
 
 t = TestRunner()
-QEMU = "/usr/bin/qemu-system-x86_64"
 
 
 def tools(build):

@@ -38,7 +38,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-from blimp_vm import Skip, TestRunner, check  # noqa: E402
+from blimp_vm import Skip, TestRunner, check, patched_qemu_path  # noqa: E402
 from ksm import (KSM_DIR, LOCK_PATH, SAVE_PATH, KsmLock, KsmUnavailable, lock_holders,  # noqa: E402
                  lock_is_free, mergeable_bytes, merging_pages, other_mergeable, read as read_ksm)
 
@@ -61,7 +61,7 @@ SETTINGS = ("run", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "merge_
 def tools(build):
     hangar = os.environ.get("HANGAR") or os.path.join(build, "host", "hangar", "hangar")
     kernel = os.environ.get("BLIMP_KERNEL") or os.path.join(build, "blimp.elf")
-    qemu = os.path.join(build, "qemu", "qemu-system-x86_64")
+    qemu = patched_qemu_path(build)
     for path, what in ((hangar, "hangar"), (qemu, "patched QEMU (host/qemu/build.sh)")):
         if not os.access(path, os.X_OK):
             raise Skip(f"{what} not built: {path}")

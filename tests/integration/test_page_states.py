@@ -20,19 +20,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from blimp_vm import BlimpVM, Skip, TestRunner, check, require_page_states  # noqa: E402
+from blimp_vm import BlimpVM, TestRunner, check, require_page_states, require_patched_qemu  # noqa: E402
 from qmp import Qmp  # noqa: E402
 
 t = TestRunner()
 MiB = 1 << 20
 REGISTERED = r"page-states: registered (\d+) pages"
-
-
-def patched_qemu(build):
-    q = os.path.join(build, "qemu", "qemu-system-x86_64")
-    if not os.access(q, os.X_OK):
-        raise Skip(f"patched QEMU not built ({q}; host/qemu/build.sh build)")
-    return q
 
 
 def pstate_vm(build, app, args, machine="q35", memory="1G", props="", limit=300):
@@ -42,7 +35,7 @@ def pstate_vm(build, app, args, machine="q35", memory="1G", props="", limit=300)
         extra = ["-global", "virtio-mmio.force-legacy=false",
                  "-device", f"virtio-balloon-device,id=balloon0,page-states=on{props}"]
     return BlimpVM(build, app=app, args=args, machine=machine, memory=memory, qmp=True,
-                   extra=extra, limit=limit, qemu=patched_qemu(build))
+                   extra=extra, limit=limit, qemu=require_patched_qemu(build))
 
 
 def require_boot_registration(vm):

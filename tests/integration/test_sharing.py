@@ -17,7 +17,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-from blimp_vm import BlimpVM, Skip, TestRunner, check  # noqa: E402
+from blimp_vm import BlimpVM, Skip, TestRunner, check, require_patched_qemu  # noqa: E402
 from ksm import KsmSession, KsmUnavailable, merging_pages, other_mergeable  # noqa: E402
 from qmp import Qmp  # noqa: E402
 
@@ -45,16 +45,9 @@ def system_xxh3():
     return fn
 
 
-def patched_qemu(build):
-    q = os.path.join(build, "qemu", "qemu-system-x86_64")
-    if not os.access(q, os.X_OK):
-        raise Skip(f"patched QEMU not built ({q}): host/qemu/build.sh build")
-    return q
-
-
 def sharing_vm(build, name, args, memory="256M"):
     return BlimpVM(build, app="dataset", args=args, machine="q35", memory=memory, qmp=True,
-                   qemu=patched_qemu(build), name=name, limit=600,
+                   qemu=require_patched_qemu(build), name=name, limit=600,
                    extra=["-machine", "mem-merge=off",
                           "-device", "virtio-balloon-pci,id=balloon0,share-hints=on"])
 
@@ -234,7 +227,7 @@ def test_different_seeds_share_nothing_false(build):
 def test_device_hint_limit_is_reported_and_harmless(build):
     # No KSM needed: the device records at most hint-max-entries hints and answers ENOSPC; the
     # guest stops hinting (LIMIT-REACHED, the rest counted as dropped), and everything else works.
-    with BlimpVM(build, app="dataset", machine="q35", memory="256M", qemu=patched_qemu(build),
+    with BlimpVM(build, app="dataset", machine="q35", memory="256M", qemu=require_patched_qemu(build),
                  args=["size=16M", "zero=1M", "verify=1s", "duration=3s", "write_after=1s",
                        "write_page=3000"],
                  extra=["-machine", "mem-merge=off",

@@ -28,6 +28,8 @@ import threading
 import time
 
 QEMU = os.environ.get("BLIMP_QEMU", "qemu-system-x86_64")
+# The distribution's QEMU (hangar's `--qemu stock`, the Linux anchor's baseline).
+STOCK_QEMU = "/usr/bin/qemu-system-x86_64"
 QBOOT = "/usr/share/qemu/qboot.rom"
 FAULT_STATUS = 125
 
@@ -376,6 +378,25 @@ def require_page_states(vm, timeout=120):
             + ("\n  ".join(said) or "(no page-states line at all)")
             + f"\n--- boot output ---\n{boot[-3000:]}")
     return reg
+
+
+def patched_qemu_path(build):
+    """Where host/qemu/build.sh BUILD_DIR puts the patched QEMU (built or not)."""
+    return os.path.join(build, "qemu", "qemu-system-x86_64")
+
+
+def find_patched_qemu(build):
+    """The patched QEMU of a build directory, or None when it is not built."""
+    qemu = patched_qemu_path(build)
+    return qemu if os.access(qemu, os.X_OK) else None
+
+
+def require_patched_qemu(build):
+    """The patched QEMU of a build directory; Skip (exit 77) when it is not built."""
+    qemu = find_patched_qemu(build)
+    if not qemu:
+        raise Skip(f"patched QEMU not built ({patched_qemu_path(build)}; host/qemu/build.sh BUILD_DIR)")
+    return qemu
 
 
 def check(cond, message):

@@ -23,13 +23,10 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from blimp_vm import STOCK_QEMU, find_patched_qemu, patched_qemu_path  # noqa: E402,F401
 from qmp import Qmp, QmpConnectError  # noqa: E402
 
-STOCK_QEMU = "/usr/bin/qemu-system-x86_64"
-
-
-def patched_qemu(build_dir):
-    return os.path.join(build_dir, "qemu", "qemu-system-x86_64")
+patched_qemu = patched_qemu_path
 
 
 def guest_files(build_dir):
@@ -40,8 +37,9 @@ def guest_files(build_dir):
 
 
 def find_qemu(build_dir, patched):
-    q = patched_qemu(build_dir) if patched else STOCK_QEMU
-    return q if os.access(q, os.X_OK) else None
+    if patched:
+        return find_patched_qemu(build_dir)
+    return STOCK_QEMU if os.access(STOCK_QEMU, os.X_OK) else None
 
 
 class GuestError(Exception):

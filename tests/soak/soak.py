@@ -34,7 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 from balloon_window import window_for  # noqa: E402
-from blimp_vm import BlimpVM, check, VMError  # noqa: E402
+from blimp_vm import BlimpVM, check, VMError, find_patched_qemu  # noqa: E402
 from qmp import Qmp, QmpError  # noqa: E402
 from qtest import QTest  # noqa: E402
 
@@ -47,11 +47,6 @@ QUEUES = ["inflate", "deflate", "reporting", "stats"]
 RESET_ACTIONS = ("reset", "slow", "corrupt")
 WEIGHTS = {"inflate": 6, "deflate": 5, "oom": 2, "sweep": 4, "reset": 1, "slow": 1, "late": 2,
            "corrupt": 1}
-
-
-def patched_qemu(build):
-    qemu = os.path.join(build, "qemu", "qemu-system-x86_64")
-    return qemu if os.access(qemu, os.X_OK) else None
 
 
 class Soak:
@@ -70,7 +65,7 @@ class Soak:
                      "-device", extra[1].replace("virtio-balloon-pci", "virtio-balloon-device")]
         self.vm = BlimpVM(build, app="soak", args=GUEST_ARGS, machine=machine,
                           memory=f"{memory_mib}M", qmp=True, qtest=True, extra=extra,
-                          limit=4 * 3600, qemu=patched_qemu(build), name=f"soak-{machine}",
+                          limit=4 * 3600, qemu=find_patched_qemu(build), name=f"soak-{machine}",
                           expect_host_faults=True)
 
     def __enter__(self):
@@ -232,7 +227,7 @@ def main():
     ap.add_argument("--results", help="write a JSON record of the run here")
     opts = ap.parse_args()
     build = os.path.abspath(opts.build_dir)
-    if not patched_qemu(build):
+    if not find_patched_qemu(build):
         print(f"SKIP: patched QEMU not built ({build}/qemu; host/qemu/build.sh {build})")
         sys.exit(77)
 
