@@ -39,21 +39,16 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 from blimp_vm import Skip, TestRunner, check, patched_qemu_path  # noqa: E402
-from ksm import (KSM_DIR, LOCK_PATH, SAVE_PATH, KsmLock, KsmUnavailable, lock_holders,  # noqa: E402
-                 lock_is_free, mergeable_bytes, merging_pages, other_mergeable, read as read_ksm)
+from dataset import (DATA_PAGES, NONZERO_PAGES, PAGE, SIZE_MIB, ZERO_MIB, ZERO_PAGES,  # noqa: E402
+                     data_set_args, verify_rounds)
+from ksm import (KSM_DIR, LOCK_PATH, SAVE_PATH, KsmLock, KsmSession, KsmUnavailable,  # noqa: E402
+                 lock_holders, lock_is_free, mergeable_bytes, merging_pages, other_mergeable,
+                 read as read_ksm)
 
 t = TestRunner()
-PAGE = 4096
-SIZE_MIB = 16
-ZERO_MIB = 1
-DATA_PAGES = SIZE_MIB * 256
-ZERO_PAGES = ZERO_MIB * 256
-# Zero-filled pages are merged into the kernel's zero page (not counted by KSM, docs/sharing.md):
-# what KSM shows for a data set is its non-zero pages.
-NONZERO_PAGES = DATA_PAGES - ZERO_PAGES
 # The kernel image's read-only pages (about 55 today) and a little slack.
 KERNEL_SLACK = 160
-DATASET = f"size={SIZE_MIB}M zero={ZERO_MIB}M verify=3s"
+DATASET = " ".join(data_set_args("3s"))
 SETTINGS = ("run", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "merge_across_nodes",
             "max_page_sharing", "stable_node_chains_prune_millisecs", "smart_scan", "advisor_mode")
 
@@ -285,8 +280,8 @@ def test_targeted_sharing_through_hangar(build):
         for n in pids:
             with open(os.path.join(h.run_dir, f"{n}.serial.log")) as f:
                 out = f.read()
-            rounds = re.findall(r"dataset: verify n=(\d+) ok=(\d+) bad=(\d+)", out)
-            check(rounds and all(int(b) == 0 and int(ok) == DATA_PAGES for _, ok, b in rounds),
+            rounds = verify_rounds(out)
+            check(rounds and all(b == 0 and ok == DATA_PAGES for _, ok, b in rounds),
                   f"{n}: verify {rounds}\n{out[-2000:]}")
 
         # Orderly stop: KSM restored, lock released, summary and CSV tell the story.
@@ -392,7 +387,6 @@ def test_filter_update_keeps_merged(build):
     merged (ksm_merging_pages of the QEMU never falls), one that removes twins unmerges exactly
     those."""
     _, _, qemu = tools(build)
-    from ksm import KsmSession
     try:
         with KsmSession(pages_to_scan=4000, sleep_millisecs=10) as ks:
             res = filter_churn(qemu, ks)

@@ -18,19 +18,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 from blimp_vm import BlimpVM, Skip, TestRunner, check, require_patched_qemu  # noqa: E402
+from dataset import (DATA_PAGES, NONZERO_PAGES, PAGE, ZERO_PAGES, data_set_args,  # noqa: E402
+                     last_verify as last_verify_in)
 from ksm import KsmSession, KsmUnavailable, merging_pages, other_mergeable  # noqa: E402
 from qmp import Qmp  # noqa: E402
 
 t = TestRunner()
-PAGE = 4096
-SIZE_MIB = 16
-ZERO_MIB = 1
-DATA_PAGES = SIZE_MIB * 256
-ZERO_PAGES = ZERO_MIB * 256
-# Pages with content. The zero run is hinted and marked too, but the host kernel maps zero-filled
-# subpages of split THPs to its shared zero page (Linux >= 6.12), so they never show up in KSM's
-# counters: only the non-zero pages are counted below.
-NONZERO_PAGES = DATA_PAGES - ZERO_PAGES
 KSM_FAST = dict(pages_to_scan=4000, sleep_millisecs=10)
 
 
@@ -93,9 +86,7 @@ def query_hints(q):
 
 
 def last_verify(vm):
-    import re
-    m = re.findall(r"dataset: verify n=(\d+) ok=(\d+) bad=(\d+)", vm.output)
-    return tuple(int(x) for x in m[-1]) if m else None
+    return last_verify_in(vm.output)
 
 
 def wait_verified_after(vm, rounds_before, timeout=60):
@@ -112,7 +103,7 @@ def wait_verified_after(vm, rounds_before, timeout=60):
 def test_same_seed_shares_and_write_gets_own_copy(build):
     ksm = enter_ksm()
     try:
-        common = [f"seed=42", f"size={SIZE_MIB}M", f"zero={ZERO_MIB}M", "verify=2s"]
+        common = ["seed=42", *data_set_args("2s")]
         vms = [sharing_vm(build, "vm0", common + ["write_after=30s", "write_page=5"]),
                sharing_vm(build, "vm1", common), sharing_vm(build, "vm2", common)]
         try:
@@ -183,7 +174,7 @@ def test_same_seed_shares_and_write_gets_own_copy(build):
 def test_different_seeds_share_nothing_false(build):
     ksm = enter_ksm()
     try:
-        common = [f"size={SIZE_MIB}M", f"zero={ZERO_MIB}M", "verify=2s"]
+        common = data_set_args("2s")
         vms = [sharing_vm(build, "seed1-all", ["seed=1", "sharing=all"] + common),
                sharing_vm(build, "seed2-vm", ["seed=2", "sharing=vm"] + common),
                sharing_vm(build, "seed1-off", ["seed=1", "sharing=off"] + common)]
@@ -228,7 +219,7 @@ def test_device_hint_limit_is_reported_and_harmless(build):
     # No KSM needed: the device records at most hint-max-entries hints and answers ENOSPC; the
     # guest stops hinting (LIMIT-REACHED, the rest counted as dropped), and everything else works.
     with BlimpVM(build, app="dataset", machine="q35", memory="256M", qemu=require_patched_qemu(build),
-                 args=["size=16M", "zero=1M", "verify=1s", "duration=3s", "write_after=1s",
+                 args=[*data_set_args("1s"), "duration=3s", "write_after=1s",
                        "write_page=3000"],
                  extra=["-machine", "mem-merge=off",
                         "-device", "virtio-balloon-pci,share-hints=on,hint-max-entries=1000"],

@@ -1,0 +1,35 @@
+"""The `dataset` app (apps/dataset.cpp) as the sharing tests run it: one data set size, its zero
+part, and the page counts KSM should show for it; the lines the app prints.
+
+    from dataset import DATA_PAGES, NONZERO_PAGES, data_set_args, last_verify
+    BlimpVM(build, app="dataset", args=["seed=42", *data_set_args("2s")], ...)
+"""
+import re
+
+PAGE = 4096
+SIZE_MIB = 16
+ZERO_MIB = 1
+DATA_PAGES = SIZE_MIB * 256
+ZERO_PAGES = ZERO_MIB * 256
+# Pages with content. The zero run is hinted and marked too, but the host kernel maps zero-filled
+# pages to its shared zero page (split THPs' zero subpages on Linux >= 6.12; KSM's
+# use_zero_pages), so they never show up in KSM's counters: only the non-zero pages are counted.
+NONZERO_PAGES = DATA_PAGES - ZERO_PAGES
+
+VERIFY_RE = r"dataset: verify n=(\d+) ok=(\d+) bad=(\d+)"
+
+
+def data_set_args(verify):
+    """The app's arguments for the data set above, verified every `verify` (e.g. "2s")."""
+    return [f"size={SIZE_MIB}M", f"zero={ZERO_MIB}M", f"verify={verify}"]
+
+
+def verify_rounds(output):
+    """Every `dataset: verify` line of an output, as (n, ok, bad) tuples."""
+    return [tuple(int(x) for x in m) for m in re.findall(VERIFY_RE, output)]
+
+
+def last_verify(output):
+    """The last verify round of an output, (n, ok, bad), or None."""
+    rounds = verify_rounds(output)
+    return rounds[-1] if rounds else None
