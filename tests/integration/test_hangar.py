@@ -21,17 +21,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from blimp_vm import STOCK_QEMU as QEMU, Skip, TestRunner, check  # noqa: E402
+from hangar import HangarRun, find_hangar, qemu_pids_of  # noqa: E402
 
 t = TestRunner()
 
 
 def tools(build):
-    hangar = os.environ.get("HANGAR") or os.path.join(build, "host", "hangar", "hangar")
-    kernel = os.environ.get("BLIMP_KERNEL") or os.path.join(build, "blimp.elf")
-    if not os.access(hangar, os.X_OK):
-        raise Skip(f"{hangar} not built")
-    if not os.path.exists(kernel):
-        raise Skip(f"{kernel} not built")
+    hangar, kernel = find_hangar(build)
     if not os.access(QEMU, os.X_OK):
         raise Skip(f"{QEMU} missing")
     return hangar, kernel
@@ -55,97 +51,11 @@ def long_lived_vm(build, name, machine="microvm"):
     return f"name={name},app=hello,machine={machine},start=paused"
 
 
-def qemu_pids_of(run_dir):
-    """Live processes whose command line mentions the run directory (its QEMUs)."""
-    pids = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if "qemu" in cmd and (run_dir in cmd or holds_file_in(pid, run_dir)):
-            pids.append(int(pid))
-    return pids
-
-
-def holds_file_in(pid, run_dir):
-    """Whether a process has a file of run_dir open: hangar hands its QEMUs their serial log as a
-    descriptor, so the run directory is no longer on their command line."""
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(run_dir + "/"):
-                return True
-    except OSError:
-        pass
-    return False
-
-
-class Run:
+def Run(build, args, limit=240, qemu="stock"):
     """hangar run in the background with its own run directory, always bounded by a timeout."""
-
-    def __init__(self, build, args, limit=240, qemu="stock"):
-        self.hangar, self.kernel = tools(build)
-        self.tmp = tempfile.mkdtemp(prefix="hangar-test-")
-        self.run_dir = os.path.join(self.tmp, "run")
-        self.cmd = [self.hangar, "run", "--kernel", self.kernel, "--qemu", qemu,
-                    "--run-dir", self.run_dir, "--status", "plain", "--interval", "500ms", *args]
-        self.out_path = os.path.join(self.tmp, "out.txt")
-        self.err_path = os.path.join(self.tmp, "err.txt")
-        self.proc = subprocess.Popen(self.cmd, stdout=open(self.out_path, "w"),
-                                     stderr=open(self.err_path, "w"), stdin=subprocess.DEVNULL)
-        self.limit = limit
-        self.started = time.monotonic()
-
-    def stderr(self):
-        with open(self.err_path) as f:
-            return f.read()
-
-    def stdout(self):
-        with open(self.out_path) as f:
-            return f.read()
-
-    def wait_for(self, pattern, timeout=120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.stderr(), re.M)
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"/{pattern}/ not in hangar's stderr\n{self.stderr()}")
-
-    def wait(self, timeout=None):
-        try:
-            return self.proc.wait(timeout=timeout or self.limit)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"hangar did not finish in time\n{self.stderr()}")
-
-    def summary(self):
-        with open(os.path.join(self.run_dir, "summary.json")) as f:
-            s = json.load(f)
-        return s, {v["name"]: v for v in s["vms"]}
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        left = qemu_pids_of(self.run_dir)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        check(not left, f"QEMU processes left running: {left}")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    hangar, kernel = tools(build)
+    return HangarRun(hangar, kernel, ["--status", "plain", "--interval", "500ms", *args], qemu=qemu,
+                     limit=limit)
 
 
 @t.test

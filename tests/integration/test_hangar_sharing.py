@@ -26,19 +26,16 @@ kernel.
 
     python3 tests/integration/test_hangar_sharing.py --build-dir build [-k name]
 """
-import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 from blimp_vm import Skip, TestRunner, check, patched_qemu_path  # noqa: E402
+from hangar import HangarRun, find_hangar  # noqa: E402
 from dataset import (DATA_PAGES, NONZERO_PAGES, PAGE, SIZE_MIB, ZERO_MIB, ZERO_PAGES,  # noqa: E402
                      data_set_args, verify_rounds)
 from ksm import (KSM_DIR, LOCK_PATH, SAVE_PATH, KsmLock, KsmSession, KsmUnavailable,  # noqa: E402
@@ -54,14 +51,10 @@ SETTINGS = ("run", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "merge_
 
 
 def tools(build):
-    hangar = os.environ.get("HANGAR") or os.path.join(build, "host", "hangar", "hangar")
-    kernel = os.environ.get("BLIMP_KERNEL") or os.path.join(build, "blimp.elf")
+    hangar, kernel = find_hangar(build)
     qemu = patched_qemu_path(build)
-    for path, what in ((hangar, "hangar"), (qemu, "patched QEMU (host/qemu/build.sh)")):
-        if not os.access(path, os.X_OK):
-            raise Skip(f"{what} not built: {path}")
-    if not os.path.exists(kernel):
-        raise Skip(f"{kernel} not built")
+    if not os.access(qemu, os.X_OK):
+        raise Skip(f"patched QEMU (host/qemu/build.sh) not built: {qemu}")
     if not os.path.isdir(KSM_DIR):
         raise Skip(f"{KSM_DIR} is absent (kernel without CONFIG_KSM)")
     if not os.access(os.path.join(KSM_DIR, "run"), os.W_OK):
@@ -89,92 +82,13 @@ def merging(pid):
     return merging_pages(pid)
 
 
-def qemu_pids_of(run_dir):
-    pids = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if "qemu" in cmd and (run_dir in cmd or holds_file_in(pid, run_dir)):
-            pids.append(int(pid))
-    return pids
-
-
-def holds_file_in(pid, run_dir):
-    """Whether a process has a file of run_dir open: hangar hands its QEMUs their serial log as a
-    descriptor, so the run directory is no longer on their command line."""
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(run_dir + "/"):
-                return True
-    except OSError:
-        pass
-    return False
-
-
-class Hangar:
+def Hangar(build, args):
     """hangar run in the background with its own run directory. close() always leaves KSM as it
     found it: SIGTERM (hangar restores), and `hangar ksm-restore` if hangar could not."""
-
-    def __init__(self, build, args):
-        self.hangar, self.kernel, _ = tools(build)
-        self.tmp = tempfile.mkdtemp(prefix="hangar-sharing-")
-        self.run_dir = os.path.join(self.tmp, "run")
-        self.csv = os.path.join(self.tmp, "metrics.csv")
-        cmd = [self.hangar, "run", "--kernel", self.kernel, "--qemu", "patched", "--run-dir",
-               self.run_dir, "--status", "off", "--policy", "none", "--csv", self.csv, *args]
-        self.err_path = os.path.join(self.tmp, "err.txt")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                     stderr=open(self.err_path, "w"))
-
-    def stderr(self):
-        with open(self.err_path) as f:
-            return f.read()
-
-    def wait_for(self, pattern, timeout=120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.stderr(), re.M)
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"/{pattern}/ not in hangar's stderr\n{self.stderr()}")
-
-    def wait(self, timeout=60):
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"hangar did not finish in {timeout}s\n{self.stderr()}")
-
-    def summary(self):
-        with open(os.path.join(self.run_dir, "summary.json")) as f:
-            s = json.load(f)
-        return s, {v["name"]: v for v in s["vms"]}
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        # A hangar that had to be killed left its save in root's fixed place: put KSM back.
-        if os.path.exists(SAVE_PATH):
-            subprocess.run([self.hangar, "ksm-restore"], timeout=120)
-        left = qemu_pids_of(self.run_dir)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        check(not left, f"QEMU processes left running: {left}")
-
-    def cleanup(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
+    hangar, kernel, _ = tools(build)
+    return HangarRun(hangar, kernel, ["--status", "off", "--policy", "none", *args], qemu="patched",
+                     csv=True, stop_signal=signal.SIGTERM, restore_ksm=True,
+                     prefix="hangar-sharing-")
 
 
 def dataset_vm(name, seed):
@@ -204,7 +118,6 @@ def test_busy_ksm_lock_is_a_clear_error(build):
             print(f"  gave up after {took:.1f}s: {err.strip().splitlines()[-1]}", flush=True)
         finally:
             h.close()
-            h.cleanup()
     finally:
         lock.release()
 
@@ -315,7 +228,6 @@ def test_targeted_sharing_through_hangar(build):
         check(lock_is_free() or h.proc.pid not in lock_holders(), "hangar kept the KSM lock")
     finally:
         h.close()
-        h.cleanup()
     # At rest again: compare under the lock (another KSM user may have come and gone meanwhile;
     # it restores too).
     lock = ksm_lock()
