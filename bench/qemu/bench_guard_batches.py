@@ -26,20 +26,18 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
-import test_qemu_blimp_ext as ext  # noqa: E402
-from blimp_vm import BlimpVM, wait_balloon  # noqa: E402
+import blimp_ext as ext  # noqa: E402
+from blimp_vm import BlimpVM, find_patched_qemu, wait_balloon  # noqa: E402
 from qmp import Qmp  # noqa: E402
 
 MiB = 1 << 20
 
 
 def sweep(qemu, batch, reps, pattern):
-    ext.MEM_MB = 1024
     npages = 1024 * 256
     out = []
-    vm = ext.Vm(qemu, f"page-states=on,page-states-batch-pages={batch}")
+    vm = ext.QtestVm(qemu, f"page-states=on,page-states-batch-pages={batch}", mem_mb=1024)
     try:
         qt = vm.qt
         vm.dev.init((1 << ext.F_STATS) | (1 << ext.F_VERSION_1) | (1 << ext.F_PAGE_STATES))
@@ -93,8 +91,8 @@ def main():
                     help="sweep: all UNUSED (one run) or runs of 8 UNUSED pages")
     a = ap.parse_args()
     build = os.path.abspath(a.build_dir)
-    qemu = os.path.join(build, "qemu", "qemu-system-x86_64")
-    if not os.access(qemu, os.X_OK):
+    qemu = find_patched_qemu(build)
+    if not qemu:
         print("patched QEMU not built")
         return 77
     if a.part in ("sweep", "all"):

@@ -3,24 +3,22 @@
 
     python3 bench/qemu/bench_pstate_sweep.py --build-dir build [--mem 2048] [--pattern all|alt8]
 
-QEMU runs with the qtest accelerator (as in tests/integration/test_qemu_blimp_ext.py): guest
+QEMU runs with the qtest accelerator (tests/lib/blimp_ext.py's QtestVm): guest
 RAM is backed by a host-side memset, the page-state array is filled with UNUSED (pattern
 `all`: one run per RAM region; `alt8`: runs of 8 pages separated by one STABLE page), then one
 QMP x-blimp-balloon-discard sweep is timed and QEMU's RSS is read before and after.
 Prints GiB/s reclaimed and the sweep's own duration.
 """
 import argparse
-import importlib.util
 import os
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-spec = importlib.util.spec_from_file_location(
-    "ext", os.path.join(ROOT, "tests", "integration", "test_qemu_blimp_ext.py"))
-ext = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ext)
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+import blimp_ext as ext  # noqa: E402
+from blimp_vm import find_patched_qemu  # noqa: E402
 
 
 def rss_kib(pid):
@@ -37,13 +35,12 @@ def main():
     ap.add_argument("--mem", type=int, default=2048)
     ap.add_argument("--pattern", default="all", choices=["all", "alt8"])
     a = ap.parse_args()
-    qemu = os.path.join(os.path.abspath(a.build_dir), "qemu", "qemu-system-x86_64")
-    if not os.access(qemu, os.X_OK):
+    qemu = find_patched_qemu(os.path.abspath(a.build_dir))
+    if not qemu:
         print("patched QEMU not built")
         return 77
-    ext.MEM_MB = a.mem
     npages = a.mem * 256
-    vm = ext.Vm(qemu, "page-states=on")
+    vm = ext.QtestVm(qemu, "page-states=on", mem_mb=a.mem)
     try:
         dev, qt = vm.dev, vm.qt
         dev.init((1 << ext.F_STATS) | (1 << ext.F_VERSION_1) | (1 << ext.F_PAGE_STATES))

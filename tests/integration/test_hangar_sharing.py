@@ -240,14 +240,13 @@ FILTER_PAGES = 1024     # pages per hash group in test_filter_update_keeps_merge
 
 
 def filter_churn(qemu, ks, n=FILTER_PAGES, timeout=90):
-    """Two qtest QEMUs (no guest: the test writes guest RAM and seals over qtest, as
-    test_qemu_blimp_ext does) hold the same two groups of n distinct pages, A and B, sealed with
+    """Two qtest QEMUs (no guest: the test writes guest RAM and seals over qtest with
+    tests/lib/blimp_ext.py) hold the same two groups of n distinct pages, A and B, sealed with
     one hash per page. Filters go {A} -> {A, B} -> {B} in both VMs while ksmd runs; every 0.1 s
     /proc/PID/ksm_merging_pages of each QEMU is sampled. Returns per phase: the lowest and the
     last merging count (min over both VMs), seconds until the expected count, ksmd CPU seconds,
     and QEMU's filter answers."""
-    from test_qemu_blimp_ext import (F_SHARE_HINTS, F_STATS, F_VERSION_1, DATA_PFN, Vm,  # noqa: E402
-                                     seal)
+    from blimp_ext import F_SHARE_HINTS, F_STATS, F_VERSION_1, DATA_PFN, QtestVm as Vm, seal
     import struct as st
     groups = {"A": (1, DATA_PFN), "B": (2, DATA_PFN + 4 * n)}
     vms = []

@@ -21,289 +21,33 @@ Checks:
     RAM, arrays straddling RAM's end, oversized batches, buffers without a response part:
     each answered with the spec's status and counted, QEMU keeps running.
 
-Exit 0 pass, 77 skip (patched QEMU not built), 1 fail.
+Exit 0 pass, 77 skip (patched QEMU not built), 1 fail. The driver (virtio-mmio over qtest) and the
+constants are tests/lib/blimp_ext.py.
 """
-import argparse
 import os
-import shutil
-import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-from qmp import Qmp, QmpError  # noqa: E402
+from blimp_ext import (ARRAY_GPA, BUF_GPA, DATA_PFN, F_PAGE_STATES, F_SHARE_HINTS,  # noqa: E402
+                       F_STATS, F_VERSION_1, MEM_MB, PAGE, PS_DISCARDED_UNUSED,
+                       PS_DISCARDED_VOLATILE, PS_POT_VOLATILE, PS_STABLE, PS_UNUSED, PS_VOLATILE,
+                       REQ_REGISTER, REQ_SEAL, REQ_UNREGISTER, REQ_UNSEAL, S_EBUSY, S_EINVAL,
+                       S_ENOSPC, S_EUNSUPP, S_ERANGE, S_OK, VIRTIO_MMIO_BASE, QtestVm as Vm, check,
+                       fill, page_is, register_array, seal, unseal)
+from blimp_vm import TestRunner, require_patched_qemu  # noqa: E402
+from ksm import mergeable_bytes  # noqa: E402
+from qmp import QmpError  # noqa: E402
 
-PAGE = 4096
-MEM_MB = 256
-F_STATS = 1
-F_VERSION_1 = 32
-F_PAGE_STATES = 56
-F_SHARE_HINTS = 57
-
-PS_STABLE, PS_UNUSED, PS_POT_VOLATILE, PS_VOLATILE = 0x00, 0x01, 0x02, 0x03
-PS_DISCARDED_UNUSED, PS_DISCARDED_VOLATILE = 0x81, 0x83
-S_OK, S_EINVAL, S_ERANGE, S_ENOSPC, S_EUNSUPP, S_EBUSY = range(6)
-REQ_REGISTER, REQ_UNREGISTER, REQ_SEAL, REQ_UNSEAL = 1, 2, 3, 4
-
-VIRTIO_MMIO_BASE = 0xFEB00000
-# guest-physical layout used by this "driver"
-RING_GPA = 0x00100000      # virtqueues
-BUF_GPA = 0x00180000       # request / response buffers (up to 512 KiB)
-ARRAY_GPA = 0x00400000     # page-state array (MEM_MB * 256 bytes)
-DATA_PFN = 0x2000          # test pages at 32 MiB
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Fail(what)
-    print(f"  ok: {what}")
-
-
-class QTest:
-    def __init__(self, path, timeout=30):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.s.connect(path)
-                break
-            except OSError:
-                self.s.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        self.s.settimeout(60)
-        self.buf = b""
-
-    def cmd(self, line):
-        self.s.sendall(line.encode() + b"\n")
-        while True:
-            while b"\n" not in self.buf:
-                chunk = self.s.recv(1 << 20)
-                if not chunk:
-                    raise Fail("qtest connection closed (QEMU died?)")
-                self.buf += chunk
-            ln, self.buf = self.buf.split(b"\n", 1)
-            ln = ln.decode()
-            if ln.startswith("IRQ"):
-                continue
-            if not ln.startswith("OK"):
-                raise Fail(f"qtest {line[:60]!r}: {ln}")
-            return ln[3:].strip()
-
-    def readl(self, a):
-        return int(self.cmd(f"readl 0x{a:x}"), 16)
-
-    def writel(self, a, v):
-        self.cmd(f"writel 0x{a:x} 0x{v:x}")
-
-    def memwrite(self, a, data):
-        for off in range(0, len(data), 65536):
-            chunk = data[off:off + 65536]
-            self.cmd(f"write 0x{a + off:x} 0x{len(chunk):x} 0x{chunk.hex()}")
-
-    def memread(self, a, n):
-        out = b""
-        for off in range(0, n, 65536):
-            m = min(65536, n - off)
-            out += bytes.fromhex(self.cmd(f"read 0x{a + off:x} 0x{m:x}")[2:])
-        return out
-
-    def clock_step(self, ns):
-        return self.cmd(f"clock_step {ns}")
-
-
-class VirtioMMIOBalloon:
-    """Minimal modern virtio-mmio driver for the balloon, one split ring per queue."""
-    QN = 16
-
-    def __init__(self, qt):
-        self.qt = qt
-        self.base = None
-        for i in range(24):
-            b = VIRTIO_MMIO_BASE + i * 512
-            if qt.readl(b) == 0x74726976 and qt.readl(b + 8) == 5:
-                self.base = b
-                break
-        if self.base is None:
-            raise Fail("no virtio-balloon on virtio-mmio")
-        if qt.readl(self.base + 4) != 2:
-            raise Fail("virtio-mmio is legacy: use -global virtio-mmio.force-legacy=false")
-        self.avail_idx = {}
-        self.used_seen = {}
-
-    def r(self, off):
-        return self.qt.readl(self.base + off)
-
-    def w(self, off, v):
-        self.qt.writel(self.base + off, v)
-
-    def device_features(self):
-        self.w(0x14, 0)
-        lo = self.r(0x10)
-        self.w(0x14, 1)
-        hi = self.r(0x10)
-        return lo | (hi << 32)
-
-    def init(self, accept_mask):
-        self.w(0x70, 0)
-        self.w(0x70, 1)
-        self.w(0x70, 3)
-        feats = self.device_features() & accept_mask
-        self.w(0x24, 0)
-        self.w(0x20, feats & 0xFFFFFFFF)
-        self.w(0x24, 1)
-        self.w(0x20, feats >> 32)
-        self.w(0x70, 11)
-        if not self.r(0x70) & 8:
-            raise Fail("FEATURES_OK not accepted")
-        self.features = feats
-        nq = 2 + bool(feats & (1 << F_STATS))
-        self.blimpq = None
-        if feats & ((1 << F_PAGE_STATES) | (1 << F_SHARE_HINTS)):
-            self.blimpq = nq
-            nq += 1
-        for q in range(nq):
-            self.setup_queue(q)
-        self.w(0x70, 15)
-        return feats
-
-    def qmax(self, q):
-        self.w(0x30, q)
-        return self.r(0x34)
-
-    def ring(self, q):
-        base = RING_GPA + q * 0x2000
-        return base, base + 0x400, base + 0x800      # desc, avail, used
-
-    def setup_queue(self, q):
-        if self.qmax(q) < self.QN:
-            raise Fail(f"queue {q} max {self.qmax(q)}")
-        d, a, u = self.ring(q)
-        self.qt.memwrite(d, bytes(0x2000))
-        self.w(0x38, self.QN)
-        for off, addr in ((0x80, d), (0x90, a), (0xA0, u)):
-            self.w(off, addr & 0xFFFFFFFF)
-            self.w(off + 4, addr >> 32)
-        self.w(0x44, 1)
-        self.avail_idx[q] = 0
-        self.used_seen[q] = 0
-
-    def submit(self, q, out_bufs, in_bufs):
-        """out_bufs/in_bufs: lists of (gpa, len). Returns used length (None: not used)."""
-        d, a, u = self.ring(q)
-        descs = [(g, n, 0) for g, n in out_bufs] + [(g, n, 2) for g, n in in_bufs]
-        raw = b""
-        for i, (g, n, fl) in enumerate(descs):
-            nxt = i + 1 if i + 1 < len(descs) else 0
-            raw += struct.pack("<QIHH", g, n, fl | (1 if i + 1 < len(descs) else 0), nxt)
-        self.qt.memwrite(d, raw)
-        slot = self.avail_idx[q] % self.QN
-        self.qt.memwrite(a + 4 + 2 * slot, struct.pack("<H", 0))
-        self.avail_idx[q] += 1
-        self.qt.memwrite(a, struct.pack("<HH", 0, self.avail_idx[q] & 0xFFFF))
-        self.w(0x50, q)
-        used_idx = struct.unpack("<H", self.qt.memread(u + 2, 2))[0]
-        if used_idx == self.used_seen[q]:
-            return None
-        slot = self.used_seen[q] % self.QN
-        _id, ln = struct.unpack("<II", self.qt.memread(u + 4 + 8 * slot, 8))
-        self.used_seen[q] = used_idx
-        self.w(0x64, self.r(0x60))     # ack interrupt
-        return ln
-
-    def request(self, typ, count, payload, flags=0, reserved=0, resp_len=16, raw=None):
-        """Send one blimpq request; returns (status, accepted, rejected, used_len)."""
-        body = raw if raw is not None else struct.pack("<HHIQ", typ, flags, count, reserved) + payload
-        self.qt.memwrite(BUF_GPA, body)
-        resp_gpa = BUF_GPA + ((len(body) + 4095) & ~4095)
-        self.qt.memwrite(resp_gpa, b"\xee" * 16)
-        ins = [(resp_gpa, resp_len)] if resp_len else []
-        used = self.submit(self.blimpq, [(BUF_GPA, len(body))], ins)
-        if used is None:
-            raise Fail("request not consumed by the device")
-        st, acc, rej, _ = struct.unpack("<IIII", self.qt.memread(resp_gpa, 16))
-        return st, acc, rej, used
-
-
-class Vm:
-    def __init__(self, qemu, balloon_opts, extra=()):
-        self.tmp = tempfile.mkdtemp(prefix="blimp-ext-")
-        self.qmp_path = os.path.join(self.tmp, "qmp.sock")
-        self.qt_path = os.path.join(self.tmp, "qtest.sock")
-        self.pidfile = os.path.join(self.tmp, "pid")
-        self.log = open(os.path.join(self.tmp, "qemu.log"), "w+")
-        argv = ["timeout", "--kill-after=5", "300", qemu, "-M", "microvm", "-accel", "qtest",
-                "-m", str(MEM_MB), "-display", "none", "-nodefaults", "-pidfile", self.pidfile,
-                "-global", "virtio-mmio.force-legacy=false",
-                "-qtest", f"unix:{self.qt_path},server=on,wait=off",
-                "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-                "-device", "virtio-balloon-device,id=balloon0" + (
-                    "," + balloon_opts if balloon_opts else "")] + list(extra)
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        try:
-            self.qt = QTest(self.qt_path)
-            self.qmp = Qmp.connect(self.qmp_path, timeout=30)
-        except Exception:
-            self.stop()
-            raise
-        self.dev = VirtioMMIOBalloon(self.qt)
-
-    def pid(self):
-        with open(self.pidfile) as f:
-            return int(f.read())
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def logtext(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self):
-        try:
-            if self.alive():
-                try:
-                    self.qmp.execute("quit", timeout=5)
-                except Exception:  # noqa: BLE001
-                    pass
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
-            if self.alive():
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait(timeout=10)
-        finally:
-            self.log.close()
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def fill(qt, pfn, n, byte):
-    qt.memwrite(pfn * PAGE, bytes([byte]) * (n * PAGE))
-
-
-def page_is(qt, pfn, byte):
-    data = qt.memread(pfn * PAGE, PAGE)
-    return data == bytes([byte]) * PAGE
-
-
-def register_array(dev, gpa=ARRAY_GPA, npages=MEM_MB * 256, base=0):
-    return dev.request(REQ_REGISTER, 1, struct.pack("<QQQ", gpa, npages, base))
+t = TestRunner()
 
 
 # ---------------------------------------------------------------------------------------------
-def test_props_off(qemu):
+@t.test
+def test_props_off(build):
+    qemu = require_patched_qemu(build)
     print("[props off] stock layout")
     vm = Vm(qemu, "")
     try:
@@ -322,7 +66,9 @@ def test_props_off(qemu):
         vm.stop()
 
 
-def test_page_states(qemu):
+@t.test
+def test_page_states(build):
+    qemu = require_patched_qemu(build)
     print("[page states]")
     vm = Vm(qemu, "page-states=on,page-states-interval-ms=100")
     qt, dev = vm.qt, vm.dev
@@ -428,7 +174,9 @@ def send_pfns(vm, q, pfns):
 HOSTILE_PFNS = [MEM_MB * 256, MEM_MB * 256 + 1, VIRTIO_MMIO_BASE // PAGE, 0xFEC00, 0xFFFFFFFF]
 
 
-def test_coalesce(qemu):
+@t.test
+def test_coalesce(build):
+    qemu = require_patched_qemu(build)
     for coalesce in (True, False):
         print(f"[coalesce-discard={'on' if coalesce else 'off'}] inflate / deflate runs")
         vm = Vm(qemu, "coalesce-discard=on" if coalesce else "")
@@ -531,31 +279,9 @@ def bad_input_checks(vm, hints):
     check(vm.alive(), "QEMU survived the bad input")
 
 
-def mergeable_bytes(pid):
-    """Total size of QEMU's VMAs flagged mergeable ('mg' in VmFlags)."""
-    total, start, end = 0, 0, 0
-    with open(f"/proc/{pid}/smaps") as f:
-        for ln in f:
-            parts = ln.split()
-            if parts and "-" in parts[0] and len(parts) >= 5 and ":" not in parts[0]:
-                a, b = parts[0].split("-")
-                start, end = int(a, 16), int(b, 16)
-            elif ln.startswith("VmFlags:") and " mg" in ln:
-                total += end - start
-    return total
-
-
-def seal(dev, entries):
-    payload = b"".join(struct.pack("<QIIQ", p, n, fl, h) for p, n, fl, h in entries)
-    return dev.request(REQ_SEAL, len(entries), payload)
-
-
-def unseal(dev, entries):
-    payload = b"".join(struct.pack("<QII", p, n, 0) for p, n in entries)
-    return dev.request(REQ_UNSEAL, len(entries), payload)
-
-
-def test_share_hints(qemu):
+@t.test
+def test_share_hints(build):
+    qemu = require_patched_qemu(build)
     print("[share hints]")
     vm = Vm(qemu, "share-hints=on", extra=["-machine", "mem-merge=off"])
     dev = vm.dev
@@ -693,8 +419,10 @@ def set_filter(vm, hashes):
     return vm.qmp.execute("x-blimp-balloon-hint-filter", hashes=[f"{h:016x}" for h in hashes])
 
 
-def test_filter_incremental(qemu):
+@t.test
+def test_filter_incremental(build):
     """Patch 0006: a filter change madvises only the difference (spec section 6.3)."""
+    qemu = require_patched_qemu(build)
     print("[share hints: incremental filter changes]")
     vm = Vm(qemu, "share-hints=on", extra=["-machine", "mem-merge=off"])
     dev = vm.dev
@@ -804,28 +532,5 @@ def test_filter_incremental(qemu):
         vm.stop()
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--build-dir", required=True)
-    a = ap.parse_args()
-    qemu = os.path.join(os.path.abspath(a.build_dir), "qemu", "qemu-system-x86_64")
-    if not os.access(qemu, os.X_OK):
-        print(f"SKIP: patched QEMU not built ({qemu}; host/qemu/build.sh BUILD_DIR)")
-        return 77
-    tests = [test_props_off, test_coalesce, test_page_states]
-    if "test_share_hints" in globals():
-        tests.append(globals()["test_share_hints"])
-        tests.append(test_filter_incremental)
-    failed = 0
-    for t in tests:
-        try:
-            t(qemu)
-        except Fail as e:
-            print(f"  FAIL: {e}")
-            failed += 1
-    print("FAIL" if failed else "PASS")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    t.main()

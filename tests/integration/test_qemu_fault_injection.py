@@ -28,27 +28,25 @@ Guest level (Blimp guest under TCG, QMP):
 
 Exit 0 pass, 77 skip (patched QEMU not built), 1 fail.
 """
-import argparse
 import os
-import re
 import struct
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-import test_qemu_blimp_ext as ext  # noqa: E402  (the qtest virtio-mmio driver)
+import blimp_ext as ext  # noqa: E402  (the qtest virtio-mmio driver)
+from balloon_window import PciBalloon  # noqa: E402
+from blimp_ext import (PAGE, F_FREE_PAGE_HINT, F_PAGE_STATES, F_REPORTING, F_STATS,  # noqa: E402
+                       F_VERSION_1, PS_DISCARDED_UNUSED, PS_POT_VOLATILE, PS_STABLE, PS_UNUSED,
+                       PS_VOLATILE, QtestVm as Vm, check, fill, page_is, register_array)
+from blimp_vm import BlimpVM, Skip, TestRunner, require_patched_qemu, wait_balloon  # noqa: E402
 from qmp import Qmp, QmpError  # noqa: E402
-from test_qemu_blimp_ext import (PAGE, F_STATS, F_VERSION_1, F_PAGE_STATES, Fail,  # noqa: E402
-                                 Vm, check, fill, page_is, register_array)
+from qtest import QTest  # noqa: E402
 
+t = TestRunner()
 MS = 1_000_000
-F_FREE_PAGE_HINT = 3
-F_REPORTING = 5
-PS_STABLE, PS_UNUSED, PS_POT_VOLATILE, PS_VOLATILE = 0x00, 0x01, 0x02, 0x03
-PS_DISCARDED_UNUSED = 0x81
 PFN_BUF = 0x00190000     # inflate buffers (PFN lists), away from ext's BUF_GPA requests
 TEST_PFN = 0x3000        # 48 MiB
 
@@ -92,7 +90,7 @@ class Ring:
         deadline = time.monotonic() + timeout
         while self.used_idx() < n:
             if time.monotonic() > deadline:
-                raise Fail(f"{what}: used idx {self.used_idx()}, wanted {n}")
+                raise AssertionError(f"{what}: used idx {self.used_idx()}, wanted {n}")
             time.sleep(0.02)
 
     def settle_unused(self, n, what):
@@ -119,15 +117,39 @@ def expect_error(vm, what, **kw):
     except QmpError as e:
         check(bool(e.desc), f"{what}: refused ({e.cls}: {e.desc})")
         return e.desc
-    raise Fail(f"{what}: accepted")
+    raise AssertionError(f"{what}: accepted")
 
 
 def init_std(vm, extra_bits=0):
     return vm.dev.init((1 << F_STATS) | (1 << F_VERSION_1) | extra_bits)
 
 
+_help = {}
+
+
+def fault_qemu(build):
+    """The patched QEMU, with fault injection (patch 0007); Skip otherwise."""
+    qemu = require_patched_qemu(build)
+    if qemu not in _help:
+        _help[qemu] = subprocess.run([qemu, "-device", "virtio-balloon-device,help"],
+                                     capture_output=True, text=True).stdout
+    if "x-fault-delay-ms" not in _help[qemu]:
+        raise Skip("this QEMU predates patch 0007 (rebuild: host/qemu/build.sh BUILD_DIR)")
+    return qemu
+
+
+def guest_build(build):
+    """The patched QEMU and a built guest kernel, for the guest-level checks; Skip otherwise."""
+    qemu = fault_qemu(build)
+    if not os.path.exists(os.path.join(build, "blimp.elf")):
+        raise Skip(f"{build}/blimp.elf not built: guest-level checks skipped")
+    return qemu
+
+
 # ---------------------------------------------------------------------------------------------
-def test_arguments(qemu):
+@t.test
+def test_arguments(build):
+    qemu = fault_qemu(build)
     print("[arguments]")
     vm = Vm(qemu, "")
     try:
@@ -156,7 +178,9 @@ def test_arguments(qemu):
         vm.stop()
 
 
-def test_inflate_delay_and_reset(qemu):
+@t.test
+def test_inflate_delay_and_reset(build):
+    qemu = fault_qemu(build)
     print("[inflate delayed, then reset]")
     vm = Vm(qemu, "coalesce-discard=on")
     qt = vm.qt
@@ -225,7 +249,9 @@ def test_inflate_delay_and_reset(qemu):
         vm.stop()
 
 
-def test_corrupt_and_stall(qemu):
+@t.test
+def test_corrupt_and_stall(build):
+    qemu = fault_qemu(build)
     print("[corrupt-next, stall-ms]")
     vm = Vm(qemu, "")
     qt = vm.qt
@@ -255,7 +281,9 @@ def test_corrupt_and_stall(qemu):
         vm.stop()
 
 
-def test_other_queues(qemu):
+@t.test
+def test_other_queues(build):
+    qemu = fault_qemu(build)
     print("[stats, blimp and free-page-hint queues delayed]")
     vm = Vm(qemu, "page-states=on,free-page-hint=on,iothread=io0",
             extra=["-object", "iothread,id=io0"])
@@ -319,7 +347,9 @@ def test_other_queues(qemu):
         vm.stop()
 
 
-def test_properties(qemu):
+@t.test
+def test_properties(build):
+    qemu = fault_qemu(build)
     print("[x-fault-delay-ms / x-fault-queues]")
     vm = Vm(qemu, "x-fault-delay-ms=1500,x-fault-queues=inflate+stats")
     try:
@@ -344,7 +374,9 @@ def test_properties(qemu):
               f"{bad}: QEMU refuses to start ({p.stderr.strip()[-120:]})")
 
 
-def test_stable_guard(qemu):
+@t.test
+def test_stable_guard(build):
+    qemu = fault_qemu(build)
     print("[STABLE guard: inflate]")
     vm = Vm(qemu, "page-states=on,coalesce-discard=on")
     qt = vm.qt
@@ -417,7 +449,9 @@ def test_stable_guard(qemu):
         vm.stop()
 
 
-def test_stable_guard_reporting(qemu):
+@t.test
+def test_stable_guard_reporting(build):
+    qemu = fault_qemu(build)
     print("[STABLE guard: free page reporting]")
     vm = Vm(qemu, "page-states=on,free-page-reporting=on")
     qt = vm.qt
@@ -458,8 +492,9 @@ def test_stable_guard_reporting(qemu):
 
 
 # ---- guest level ------------------------------------------------------------------------------
-def test_guest(build, qemu):
-    from blimp_vm import BlimpVM, wait_balloon  # noqa: E402
+@t.test
+def test_guest(build):
+    qemu = guest_build(build)
     MiB = 1 << 20
     print("[Blimp guest: inflate delayed 3 s, then corrupt-next]")
     extra = ["-device", "virtio-balloon-pci,id=balloon0,coalesce-discard=on"]
@@ -496,8 +531,6 @@ def test_guest(build, qemu):
         q.close()
 
     print("[Blimp guest: device reset with a delayed inflate pending]")
-    from balloon_window import PciBalloon  # noqa: E402  (reset through qtest)
-    from qtest import QTest  # noqa: E402
     extra = ["-device", "virtio-balloon-pci,id=balloon0,coalesce-discard=on,page-states=on"]
     with BlimpVM(build, app="memhog", args=["steps=wait:600s"], machine="q35", memory="1G",
                  qmp=True, qtest=True, extra=extra, limit=400, qemu=qemu,
@@ -528,8 +561,9 @@ def test_guest(build, qemu):
         q.close()
 
 
-def test_sandbox(build, qemu):
-    from blimp_vm import BlimpVM  # noqa: E402
+@t.test
+def test_sandbox(build):
+    qemu = guest_build(build)
     print("[-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny]")
     extra = ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
              "-device", "virtio-balloon-pci,id=balloon0,page-states=on,coalesce-discard=on"]
@@ -539,47 +573,5 @@ def test_sandbox(build, qemu):
         check(status == 0, f"the guest booted and ran hello under the sandbox (status {status})")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--build-dir", required=True)
-    ap.add_argument("-k", dest="filter", default="")
-    a = ap.parse_args()
-    build = os.path.abspath(a.build_dir)
-    qemu = os.path.join(build, "qemu", "qemu-system-x86_64")
-    if not os.access(qemu, os.X_OK):
-        print(f"SKIP: patched QEMU not built ({qemu}; host/qemu/build.sh BUILD_DIR)")
-        return 77
-    help_text = subprocess.run([qemu, "-device", "virtio-balloon-device,help"],
-                               capture_output=True, text=True).stdout
-    if "x-fault-delay-ms" not in help_text:
-        print("SKIP: this QEMU predates patch 0007 (rebuild: host/qemu/build.sh BUILD_DIR)")
-        return 77
-    tests = [lambda: test_arguments(qemu), lambda: test_inflate_delay_and_reset(qemu),
-             lambda: test_corrupt_and_stall(qemu), lambda: test_other_queues(qemu),
-             lambda: test_properties(qemu), lambda: test_stable_guard(qemu),
-             lambda: test_stable_guard_reporting(qemu)]
-    names = ["arguments", "inflate_delay_and_reset", "corrupt_and_stall", "other_queues",
-             "properties", "stable_guard", "stable_guard_reporting"]
-    if os.path.exists(os.path.join(build, "blimp.elf")):
-        tests += [lambda: test_guest(build, qemu), lambda: test_sandbox(build, qemu)]
-        names += ["guest", "sandbox"]
-    else:
-        print(f"note: {build}/blimp.elf not built: guest-level checks skipped")
-    failed = 0
-    for name, t in zip(names, tests):
-        if a.filter not in name:
-            continue
-        try:
-            t()
-        except (Fail, AssertionError) as e:
-            print(f"  FAIL ({name}): {e}")
-            failed += 1
-        except Exception as e:  # noqa: BLE001 - a QEMU that died, a timeout: a failure too
-            print(f"  FAIL ({name}): {type(e).__name__}: {e}")
-            failed += 1
-    print("FAIL" if failed else "PASS")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    t.main()

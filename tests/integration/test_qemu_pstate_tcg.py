@@ -14,21 +14,19 @@ undefined state; and the host did race with it (discarded pages seen by the gues
 -smp 1 (TCG's guest cmpxchg is not atomic against host threads: the device pauses the vCPUs
 for the claim pass) and -smp 2 (MTTCG, atomic). Exit 0 pass, 77 skip, 1 fail.
 """
-import argparse
-import importlib.util
 import os
-import re
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-from linux_guest import LinuxGuest, GuestError, find_qemu, guest_files  # noqa: E402
+import blimp_ext as ext  # noqa: E402
+from blimp_vm import Skip, TestRunner, check, require_patched_qemu  # noqa: E402
+from linux_guest import LinuxGuest, GuestError, guest_files  # noqa: E402
+from qtest import QTest  # noqa: E402
 
-spec = importlib.util.spec_from_file_location("ext", os.path.join(HERE, "test_qemu_blimp_ext.py"))
-ext = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ext)
+t = TestRunner()
 
 TOP = 0xC000000                 # 192 MiB: Linux's RAM ends here (mem=192M)
 ARRAY = TOP + 0x400000          # page-state array (65536 bytes for 256 MiB)
@@ -39,8 +37,6 @@ ITERS = 3000000
 
 def run(qemu, bd, smp):
     print(f"[smp={smp}]")
-    ext.RING_GPA = TOP + 0x100000
-    ext.BUF_GPA = TOP + 0x200000
     qt_path = os.path.join(tempfile.mkdtemp(prefix="blimp-qt-"), "qtest.sock")
     g = LinuxGuest(qemu, bd, mem_mb=256, machine="microvm,pit=on,pic=on,rtc=on",
                    transport="mmio", smp=smp, name=f"hammer{smp}", timeout_s=600,
@@ -51,8 +47,8 @@ def run(qemu, bd, smp):
     errors = []
     try:
         g.start(ready_timeout=300)
-        qt = ext.QTest(qt_path)
-        dev = ext.VirtioMMIOBalloon(qt)
+        qt = QTest.connect(qt_path, reply_timeout=60.0)
+        dev = ext.VirtioMMIOBalloon(qt, ring_gpa=TOP + 0x100000, buf_gpa=TOP + 0x200000)
         dev.init((1 << ext.F_STATS) | (1 << ext.F_VERSION_1) | (1 << ext.F_PAGE_STATES))
         qt.memwrite(ARRAY, bytes(65536))
         st, *_ = ext.register_array(dev, gpa=ARRAY, npages=65536)
@@ -102,26 +98,26 @@ def run(qemu, bd, smp):
     return not errors
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--build-dir", required=True)
-    a = ap.parse_args()
-    bd = os.path.abspath(a.build_dir)
-    qemu = find_qemu(bd, patched=True)
-    if not qemu:
-        print(f"SKIP: patched QEMU not built (host/qemu/build.sh {bd})")
-        return 77
-    if not guest_files(bd):
-        print(f"SKIP: Linux guest not built (image/linux/build.sh {bd})")
-        return 77
-    if "pstate-hammer" not in open(os.path.join(bd, "linux-guest", "stamp")).read() and \
-            not os.path.exists(os.path.join(bd, "linux-guest", "initramfs.cpio.gz")):
-        print("SKIP: guest has no pstate-hammer")
-        return 77
-    ok = run(qemu, bd, 1) & run(qemu, bd, 2)
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+def hammer_build(build):
+    """The patched QEMU and the Linux guest with /bin/pstate-hammer; Skip otherwise."""
+    qemu = require_patched_qemu(build)
+    if not guest_files(build):
+        raise Skip(f"Linux guest not built (image/linux/build.sh {build})")
+    if "pstate-hammer" not in open(os.path.join(build, "linux-guest", "stamp")).read() and \
+            not os.path.exists(os.path.join(build, "linux-guest", "initramfs.cpio.gz")):
+        raise Skip("guest has no pstate-hammer")
+    return qemu
+
+
+@t.test
+def test_hammer_smp1(build):
+    check(run(hammer_build(build), build, 1), "the hammer on -smp 1 (see the lines above)")
+
+
+@t.test
+def test_hammer_smp2(build):
+    check(run(hammer_build(build), build, 2), "the hammer on -smp 2 (see the lines above)")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    t.main()

@@ -5,6 +5,9 @@ reads and writes guest-physical memory, device MMIO included. Standard library o
     qt = QTest.connect(vm.qtest_path)
     magic = qt.readl(0xfeb00000)
     qt.writel(0xfeb00070, 0)          # virtio-mmio Status = 0: device reset
+    qt.memwrite(0x100000, b"...")     # guest RAM, in 64 KiB commands
+    data = qt.memread(0x100000, 4096)
+    qt.clock_step(250_000_000)        # with -accel qtest: move virtual time (ns)
 """
 
 import socket
@@ -24,13 +27,15 @@ class QTest:
         self._timeout = timeout
 
     @classmethod
-    def connect(cls, path, timeout=30.0):
+    def connect(cls, path, timeout=30.0, reply_timeout=30.0):
+        """Connects, retrying for `timeout` seconds (QEMU may still be starting); every reply
+        must come within `reply_timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 s.connect(path)
-                return cls(s, 30.0)
+                return cls(s, reply_timeout)
             except OSError as e:
                 s.close()
                 if time.monotonic() >= deadline:
@@ -45,7 +50,7 @@ class QTest:
         while b"\n" not in self._buf:
             self._sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
-                chunk = self._sock.recv(4096)
+                chunk = self._sock.recv(1 << 20)
             except socket.timeout as e:
                 raise QTestError("no qtest reply") from e
             if not chunk:
@@ -70,3 +75,22 @@ class QTest:
 
     def writel(self, addr, value):
         self.command(f"writel {addr:#x} {value:#x}")
+
+    def cmd(self, text):
+        """command() with the reply as one string ("" for a bare OK)."""
+        return " ".join(self.command(text))
+
+    def memwrite(self, addr, data):
+        for off in range(0, len(data), 65536):
+            chunk = data[off:off + 65536]
+            self.command(f"write {addr + off:#x} {len(chunk):#x} 0x{chunk.hex()}")
+
+    def memread(self, addr, n):
+        out = b""
+        for off in range(0, n, 65536):
+            m = min(65536, n - off)
+            out += bytes.fromhex(self.command(f"read {addr + off:#x} {m:#x}")[0][2:])
+        return out
+
+    def clock_step(self, ns):
+        return self.cmd(f"clock_step {ns}")
