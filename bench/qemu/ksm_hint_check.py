@@ -7,12 +7,12 @@ Two VMs (qtest accelerator, `-machine mem-merge=off`, share-hints=on) get the sa
 distinct page contents at the same PFNs in two regions: region A is hinted with SEAL, region B
 (identical content) is not. KSM is switched on; the script waits until KSM has merged region A
 across the two VMs and checks that region B was not touched (only hinted runs are mergeable).
-KSM's settings are saved and restored (run=2 unmerges everything at the end, then the old
-value). Refuses to run if KSM is already running (someone else's experiment).
+KSM's settings are saved and restored by tests/lib/ksm.py's KsmSession (under the machine-wide
+KSM lock, also on SIGTERM, and undone by the next KSM user after a SIGKILL); run=2 unmerges
+everything at the end. Refuses to run if KSM is already running (someone else's experiment).
 """
 import argparse
 import hashlib
-import importlib.util
 import os
 import struct
 import sys
@@ -20,28 +20,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-spec = importlib.util.spec_from_file_location(
-    "ext", os.path.join(ROOT, "tests", "integration", "test_qemu_blimp_ext.py"))
-ext = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ext)
-KSM = "/sys/kernel/mm/ksm"
-
-
-def ksm(name, value=None):
-    path = os.path.join(KSM, name)
-    if value is None:
-        with open(path) as f:
-            return f.read().strip()
-    with open(path, "w") as f:
-        f.write(str(value))
-
-
-def merging_pages(pid):
-    try:
-        with open(f"/proc/{pid}/ksm_merging_pages") as f:
-            return int(f.read())
-    except OSError:
-        return -1
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+import blimp_ext as ext  # noqa: E402
+from blimp_vm import find_patched_qemu  # noqa: E402
+from ksm import KSM_DIR, KsmSession, KsmUnavailable, merging_pages, read as ksm  # noqa: E402
 
 
 def page(i):
@@ -53,21 +35,25 @@ def main():
     ap.add_argument("--build-dir", required=True)
     ap.add_argument("--pages", type=int, default=512)
     a = ap.parse_args()
-    qemu = os.path.join(os.path.abspath(a.build_dir), "qemu", "qemu-system-x86_64")
-    if not os.path.isdir(KSM) or not os.access(qemu, os.X_OK):
+    qemu = find_patched_qemu(os.path.abspath(a.build_dir))
+    if not os.path.isdir(KSM_DIR) or not qemu:
         print("no KSM or no patched QEMU")
         return 77
     if ksm("run") == "1":
         print("KSM is already running (another experiment?): not touching it")
         return 77
-    saved = {k: ksm(k) for k in ("run", "pages_to_scan", "sleep_millisecs")}
     n = a.pages
     a_pfn, b_pfn = 0x4000, 0x8000
     content = b"".join(page(i) for i in range(n))
+    try:
+        session = KsmSession(pages_to_scan=5000, sleep_millisecs=10).__enter__()
+    except KsmUnavailable as e:
+        print(f"KSM not available: {e}")
+        return 77
     vms = []
     try:
         for _ in range(2):
-            vm = ext.Vm(qemu, "share-hints=on", extra=["-machine", "mem-merge=off"])
+            vm = ext.QtestVm(qemu, "share-hints=on", extra=["-machine", "mem-merge=off"])
             vms.append(vm)
             vm.dev.init((1 << ext.F_STATS) | (1 << ext.F_VERSION_1) | (1 << ext.F_SHARE_HINTS))
             vm.qt.memwrite(a_pfn * 4096, content)
@@ -75,9 +61,7 @@ def main():
             entries = b"".join(struct.pack("<QIIQ", a_pfn + i, 1, 0, i) for i in range(n))
             st, acc, *_ = vm.dev.request(ext.REQ_SEAL, n, entries)
             assert st == ext.S_OK and acc == n, (st, acc)
-        ksm("pages_to_scan", 5000)
-        ksm("sleep_millisecs", 10)
-        ksm("run", 1)
+        session.start()
         t0 = time.monotonic()
         while time.monotonic() - t0 < 120:
             m = [merging_pages(v.pid()) for v in vms]
@@ -95,10 +79,10 @@ def main():
     finally:
         for v in vms:
             v.stop()
-        ksm("run", 2)                      # unmerge whatever is left
-        for k in ("pages_to_scan", "sleep_millisecs"):
-            ksm(k, saved[k])
-        ksm("run", saved["run"] if saved["run"] != "2" else 0)
+        try:
+            session.unmerge_all()              # unmerge whatever is left
+        finally:
+            session.__exit__(None, None, None)
 
 
 if __name__ == "__main__":
