@@ -10,30 +10,29 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-from blimp_vm import kvm_usable  # noqa: E402
+from blimp_vm import Skip, TestRunner, check, kvm_usable  # noqa: E402
 
 SUITES = ("test_boot.py", "test_balloon.py", "test_adverse_host.py")
+t = TestRunner()
 
 
-def main():
-    build = "build"
-    if "--build-dir" in sys.argv:
-        build = sys.argv[sys.argv.index("--build-dir") + 1]
+def run_suite(build, suite):
+    """One suite with BLIMP_ACCEL=kvm; a suite that skips (77) counts as passed, as before."""
     ok, reason = kvm_usable()
     if not ok:
-        print(f"SKIP: not run with -accel kvm: {reason}")
-        sys.exit(77)
+        raise Skip(f"not run with -accel kvm: {reason}")
     print(f"-accel kvm: {reason}", flush=True)
-    failed = []
-    for suite in SUITES:
-        rc = subprocess.run([sys.executable, os.path.join(HERE, suite), "--build-dir", build],
-                            env={**os.environ, "BLIMP_ACCEL": "kvm"}, timeout=1800).returncode
-        if rc not in (0, 77):
-            failed.append(suite)
-    print(f"kvm: {len(SUITES) - len(failed)} of {len(SUITES)} suites passed"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
-    sys.exit(1 if failed else 0)
+    rc = subprocess.run([sys.executable, os.path.join(HERE, suite), "--build-dir", build],
+                        env={**os.environ, "BLIMP_ACCEL": "kvm"}, timeout=1800).returncode
+    check(rc in (0, 77), f"{suite} with -accel kvm: exit status {rc}")
+
+
+for suite in SUITES:
+    def test(build, suite=suite):
+        run_suite(build, suite)
+    test.__name__ = f"test_kvm_{suite[len('test_'):-len('.py')]}"
+    t.test(test)
 
 
 if __name__ == "__main__":
-    main()
+    t.main()

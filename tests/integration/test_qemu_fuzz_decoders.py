@@ -7,7 +7,6 @@ seeds each corpus with valid requests, and runs each target for FUZZ_SECONDS (de
 Exit 0 pass, 77 skip (no clang / libFuzzer runtime), 1 a crash or assertion (the reproducer is
 left in BUILD_DIR/fuzz/).
 """
-import argparse
 import os
 import shutil
 import struct
@@ -16,7 +15,12 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+from blimp_vm import Skip, TestRunner  # noqa: E402
+
 TARGETS = ["req", "runs", "pstate", "remark", "guard"]
+t = TestRunner()
+t.option("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "15")))
 
 
 def seeds(target):
@@ -43,50 +47,47 @@ def seeds(target):
             bytes([0, 0, 8, 1, 2, 0, 0, 0]) + bytes([1] * 64)]
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--build-dir", required=True)
-    ap.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "15")))
-    a = ap.parse_args()
+def fuzz(build, target):
+    """Builds fuzz_blimp_TARGET and runs it for --seconds; AssertionError on a build failure or
+    a finding, Skip without clang or libFuzzer."""
     clang = shutil.which("clang") or shutil.which("clang-14")
     if not clang:
-        print("SKIP: clang not installed (apt-get install clang)")
-        return 77
-    out = os.path.join(os.path.abspath(a.build_dir), "fuzz")
+        raise Skip("clang not installed (apt-get install clang)")
+    seconds = t.options.seconds
+    out = os.path.join(build, "fuzz")
     os.makedirs(out, exist_ok=True)
     dec = os.path.join(ROOT, "host", "qemu", "blimp-balloon-decode.c")
-    failed = False
-    for t in TARGETS:
-        src = os.path.join(ROOT, "tests", "fuzz", f"fuzz_blimp_{t}.c")
-        exe = os.path.join(out, f"fuzz_blimp_{t}")
-        cmd = [clang, "-g", "-O1", "-fsanitize=fuzzer,address,undefined",
-               "-fno-sanitize-recover=undefined", "-I", os.path.dirname(dec), src, dec,
-               "-o", exe]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            if "fuzzer" in r.stderr and ("cannot find" in r.stderr or "not found" in r.stderr):
-                print(f"SKIP: libFuzzer runtime missing ({r.stderr.strip()[:200]})")
-                return 77
-            print(f"FAIL: building {t}:\n{r.stderr[-2000:]}")
-            return 1
-        corpus = os.path.join(out, f"corpus_{t}")
-        os.makedirs(corpus, exist_ok=True)
-        for i, s in enumerate(seeds(t)):
-            with open(os.path.join(corpus, f"seed{i}"), "wb") as f:
-                f.write(s)
-        run = ["timeout", "--kill-after=10", str(a.seconds + 60), exe,
-               f"-max_total_time={a.seconds}", "-timeout=10", "-rss_limit_mb=1024",
-               f"-artifact_prefix={out}/crash_{t}_", corpus]
-        r = subprocess.run(run, capture_output=True, text=True)
-        last = [ln for ln in r.stderr.splitlines() if ln.startswith("Done") or "#" in ln[:2]]
-        if r.returncode != 0:
-            print(f"FAIL: fuzz_blimp_{t} exit {r.returncode}:\n{r.stderr[-3000:]}")
-            failed = True
-        else:
-            print(f"ok: fuzz_blimp_{t}: {last[-1] if last else 'done'}")
-    print("FAIL" if failed else "PASS")
-    return 1 if failed else 0
+    src = os.path.join(ROOT, "tests", "fuzz", f"fuzz_blimp_{target}.c")
+    exe = os.path.join(out, f"fuzz_blimp_{target}")
+    cmd = [clang, "-g", "-O1", "-fsanitize=fuzzer,address,undefined",
+           "-fno-sanitize-recover=undefined", "-I", os.path.dirname(dec), src, dec,
+           "-o", exe]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        if "fuzzer" in r.stderr and ("cannot find" in r.stderr or "not found" in r.stderr):
+            raise Skip(f"libFuzzer runtime missing ({r.stderr.strip()[:200]})")
+        raise AssertionError(f"building {target}:\n{r.stderr[-2000:]}")
+    corpus = os.path.join(out, f"corpus_{target}")
+    os.makedirs(corpus, exist_ok=True)
+    for i, s in enumerate(seeds(target)):
+        with open(os.path.join(corpus, f"seed{i}"), "wb") as f:
+            f.write(s)
+    run = ["timeout", "--kill-after=10", str(seconds + 60), exe,
+           f"-max_total_time={seconds}", "-timeout=10", "-rss_limit_mb=1024",
+           f"-artifact_prefix={out}/crash_{target}_", corpus]
+    r = subprocess.run(run, capture_output=True, text=True)
+    last = [ln for ln in r.stderr.splitlines() if ln.startswith("Done") or "#" in ln[:2]]
+    if r.returncode != 0:
+        raise AssertionError(f"fuzz_blimp_{target} exit {r.returncode}:\n{r.stderr[-3000:]}")
+    print(f"  fuzz_blimp_{target}: {last[-1] if last else 'done'}", flush=True)
+
+
+for target in TARGETS:
+    def test(build, target=target):
+        fuzz(build, target)
+    test.__name__ = f"test_fuzz_{target}"
+    t.test(test)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    t.main()

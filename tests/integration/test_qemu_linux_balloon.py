@@ -13,25 +13,22 @@ features and never touches the extension queue.
 
 Exit 0 pass, 77 skip (patched QEMU or Linux guest not built, no stock QEMU), 1 fail.
 """
-import argparse
 import os
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-from linux_guest import LinuxGuest, GuestError, STOCK_QEMU, find_qemu, guest_files  # noqa: E402
+from blimp_vm import STOCK_QEMU, Skip, TestRunner, check, require_patched_qemu  # noqa: E402
+from linux_guest import LinuxGuest, GuestError, guest_files  # noqa: E402
+
+t = TestRunner()
 
 MEM_MB = 512
 FILL_MB = 192
 TARGET_MB = 256
 BALLOON = "free-page-reporting=on,deflate-on-oom=on"
 UNSET = (1 << 64) - 1
-
-
-def skip(msg):
-    print(f"SKIP: {msg}")
-    sys.exit(77)
 
 
 def run_one(label, qemu, build_dir, extra):
@@ -140,27 +137,22 @@ def run_one(label, qemu, build_dir, extra):
     return res
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--build-dir", required=True)
-    a = ap.parse_args()
-    bd = os.path.abspath(a.build_dir)
+@t.test
+def test_linux_guest_same_on_stock_and_patched_qemu(build):
     if not os.access(STOCK_QEMU, os.X_OK):
-        skip(f"no stock QEMU at {STOCK_QEMU}")
-    patched = find_qemu(bd, patched=True)
-    if not patched:
-        skip(f"patched QEMU not built (host/qemu/build.sh {bd})")
-    if not guest_files(bd):
-        skip(f"Linux guest not built (image/linux/build.sh {bd})")
+        raise Skip(f"no stock QEMU at {STOCK_QEMU}")
+    patched = require_patched_qemu(build)
+    if not guest_files(build):
+        raise Skip(f"Linux guest not built (image/linux/build.sh {build})")
 
-    runs = [run_one("stock", STOCK_QEMU, bd, ""),
-            run_one("patched", patched, bd, ""),
-            run_one("patched-coalesce", patched, bd, ",coalesce-discard=on"),
+    runs = [run_one("stock", STOCK_QEMU, build, ""),
+            run_one("patched", patched, build, ""),
+            run_one("patched-coalesce", patched, build, ",coalesce-discard=on"),
             # every extension on: a standard guest must not notice (bits 56/57 not accepted,
             # blimpq after the standard queues)
-            run_one("patched-all", patched, bd, ",coalesce-discard=on,page-states=on,"
+            run_one("patched-all", patched, build, ",coalesce-discard=on,page-states=on,"
                     "page-states-interval-ms=500,share-hints=on")]
-    failed = False
+    failures = []
     for r in runs:
         print(f"[{r['label']}] features={r.get('features')} stats={len(r.get('stat_keys', []))} "
               f"reported={r.get('reported_mib')}MiB rss={r.get('rss')} "
@@ -175,20 +167,17 @@ def main():
                   f"hints={i['hints']}")
         for e in r["errors"]:
             print(f"  FAIL [{r['label']}]: {e}")
-            failed = True
+            failures.append(f"[{r['label']}] {e}")
     base = runs[0]
     for r in runs[1:]:
         if r.get("features") != base.get("features"):
-            print(f"FAIL: features differ: stock {base.get('features')} vs {r['label']} "
-                  f"{r.get('features')}")
-            failed = True
+            failures.append(f"features differ: stock {base.get('features')} vs {r['label']} "
+                            f"{r.get('features')}")
         if r.get("stat_keys") != base.get("stat_keys"):
-            print(f"FAIL: stats differ: stock {base.get('stat_keys')} vs {r['label']} "
-                  f"{r.get('stat_keys')}")
-            failed = True
-    print("FAIL" if failed else "PASS")
-    return 1 if failed else 0
+            failures.append(f"stats differ: stock {base.get('stat_keys')} vs {r['label']} "
+                            f"{r.get('stat_keys')}")
+    check(not failures, "; ".join(failures))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    t.main()

@@ -298,21 +298,30 @@ class BlimpVM:
 
 class TestRunner:
     """Minimal runner: python3 test_x.py --build-dir DIR [-k substring]. Prints one line per test
-    and the closing line 'N passed, N failed'."""
+    and the closing line 'N passed, N failed'. A script's own options: option() before main(),
+    their values in `options` once main() has parsed the command line."""
 
     def __init__(self):
         self.tests = []
+        self.options = None
+        self._options = []
 
     def test(self, fn):
         self.tests.append(fn)
         return fn
+
+    def option(self, *args, **kwargs):
+        """One more command-line option (argparse's add_argument arguments)."""
+        self._options.append((args, kwargs))
 
     def main(self):
         import argparse
         ap = argparse.ArgumentParser()
         ap.add_argument("--build-dir", default="build")
         ap.add_argument("-k", dest="filter", default="")
-        opts = ap.parse_args()
+        for args, kwargs in self._options:
+            ap.add_argument(*args, **kwargs)
+        opts = self.options = ap.parse_args()
         build = os.path.abspath(opts.build_dir)
         passed = failed = 0
         for fn in self.tests:
