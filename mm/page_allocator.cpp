@@ -900,7 +900,7 @@ void PageAllocator::unregister_shrinker(Shrinker* s) {
     s->registered_ = false;
   }
   // A reclaimer may still hold a pointer to it (it walks the list without the lock).
-  while (reclaimers_.load() != 0) __builtin_ia32_pause();
+  while (reclaimers_.load() != 0) cpu_relax();
 }
 
 void PageAllocator::set_state_hook(StateHook fn, void* ctx) {

@@ -2,7 +2,7 @@
 // the driver tests turn on them.
 //
 // The fake clock: on the host irq_save() reports interrupts off, so wait_used() spins with
-// arch::cpu_pause() and reads timer::now_ns() each time round. Every read of the clock therefore
+// cpu_relax() and reads timer::now_ns() each time round. Every read of the clock therefore
 // advances it by one tick (1 ms) and then "lets the world run": the poll hook (the fake device
 // acts, its interrupts are delivered) and the timer callbacks that are due. A 20 s
 // balloon.reset_ms passes in 20 000 polls. wait_until() jumps to its deadline.
