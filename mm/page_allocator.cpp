@@ -744,9 +744,9 @@ void PageAllocator::give_back(const PageRun* runs, size_t n, bool content_zeroed
     SpinLockGuard g(lock_);
     // Pages the host discarded are what reporting would produce: file them as reported (not
     // backed), so reporting does not send them again and the app reuses them last; zero only
-    // when discarded pages are known to read as zero (see set_page_poisoning).
+    // when discarded pages are known to read as zero (see set_discarded_content_unknown).
     Owner as = content_zeroed ? Owner::Reported : Owner::Free;
-    uint8_t flags = content_zeroed && !page_poisoning_ ? kPageZeroed : 0;
+    uint8_t flags = content_zeroed && !discarded_content_unknown_ ? kPageZeroed : 0;
     for (size_t i = 0; i < n; ++i) {
       uint64_t done = 0;
       while (done < runs[i].pages) {
@@ -806,7 +806,7 @@ void PageAllocator::return_isolated(const PageRun* runs, size_t n, bool reported
   {
     SpinLockGuard g(lock_);
     Owner as = reported ? Owner::Reported : Owner::Free;
-    uint8_t flags = reported ? (page_poisoning_ ? 0 : kPageZeroed) : kKeepFlags;
+    uint8_t flags = reported ? (discarded_content_unknown_ ? 0 : kPageZeroed) : kKeepFlags;
     for (size_t i = 0; i < n; ++i) {
       uint32_t idx = index_of(runs[i].base);
       uint32_t last =
@@ -829,9 +829,9 @@ void PageAllocator::return_isolated(const PageRun* runs, size_t n, bool reported
   if (fire) report_hook_(unreported, report_ctx_);
 }
 
-void PageAllocator::set_page_poisoning(bool enabled) {
+void PageAllocator::set_discarded_content_unknown(bool unknown) {
   SpinLockGuard g(lock_);
-  page_poisoning_ = enabled;
+  discarded_content_unknown_ = unknown;
 }
 
 void PageAllocator::set_reporting_reserve(uint64_t pages) {

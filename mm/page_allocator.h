@@ -12,7 +12,7 @@
 //   unreported list:  head = most recently freed (warm) ... tail = cold (boot memory, blocks that
 //                     came back from the balloon, isolated blocks returned unreported)
 //   reported list:    blocks the host has discarded (free page reporting); cold, and zero unless
-//                     page poisoning is in effect
+//                     discarded content is unknown (set_discarded_content_unknown)
 //
 // # Warm/cold policy
 //
@@ -162,8 +162,8 @@ class PageAllocator {
 
   // Returns pages taken by take_pages, in any split (runs may cover parts of what was taken).
   // `content_zeroed`: the host discarded them (they are filed as reported: not backed, and zero
-  // unless set_page_poisoning(true)). Pages not held by the balloon are skipped and counted
-  // (bad_give_back_pages()).
+  // unless set_discarded_content_unknown(true)). Pages not held by the balloon are skipped and
+  // counted (bad_give_back_pages()).
   void give_back(const PageRun* runs, size_t n, bool content_zeroed);
 
   // ---- Free page reporting ----
@@ -173,12 +173,13 @@ class PageAllocator {
   // free memory would drop below the reporting reserve. Returns the number of runs written.
   size_t isolate_unreported(unsigned min_order, PageRun* out, size_t max_runs);
   // Puts isolated runs back. `reported`: the host took them (they become Reported, cold, and
-  // Zeroed unless page poisoning is on); otherwise they go back as they were.
+  // Zeroed unless discarded content is unknown); otherwise they go back as they were.
   void return_isolated(const PageRun* runs, size_t n, bool reported);
-  // True when discarded pages cannot be assumed to read as zero: page poisoning (the host refills
-  // them with the poison value), or a host that may skip a discard (stock QEMU while its balloon
-  // is inhibited). Reported and given-back pages are then never marked Zeroed.
-  void set_page_poisoning(bool enabled);
+  // `unknown`: pages the host was allowed to discard (reported, or given back by the balloon)
+  // cannot be assumed to read as zero: the host may have skipped the discard (stock QEMU while
+  // its balloon is inhibited) or refilled them (page poisoning). Reported and given-back pages
+  // are then never marked Zeroed; only the state hook vouches for zero pages.
+  void set_discarded_content_unknown(bool unknown);
   // Free memory isolate_unreported leaves alone, so reporting never starves the app.
   void set_reporting_reserve(uint64_t pages);
   void set_report_hook(ReportHook fn, void* ctx, unsigned min_order, uint64_t threshold_pages);
@@ -314,7 +315,7 @@ class PageAllocator {
   uint64_t report_threshold_ = 0;
   uint64_t unreported_tracked_ = 0;  // unreported free pages in blocks >= report_min_order_
   bool report_armed_ = true;
-  bool page_poisoning_ = false;
+  bool discarded_content_unknown_ = false;
   uint64_t reporting_reserve_ = 0;
 
   uint64_t bad_give_back_pages_ = 0;
