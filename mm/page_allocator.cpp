@@ -504,15 +504,24 @@ size_t PageAllocator::shrink(size_t want, bool for_balloon, Done done) {
   return freed_total;
 }
 
-void PageAllocator::after_balloon_shrink(size_t freed) {
+void PageAllocator::after_demand_round(bool asked, size_t freed) {
   DemandHook hook;
   void* ctx;
   {
     SpinLockGuard g(lock_);
     hook = demand_hook_;
     ctx = demand_ctx_;
-    // The caches had nothing left: drop the demand (the balloon re-plans and says so).
-    if (freed == 0) balloon_demand_.store(0);
+    // (A round that began before the balloon withdrew or replaced the demand changes nothing.)
+    if (demand_.in_force()) {
+      demand_.given_pages += freed;
+      if (asked && freed == 0) {
+        // The caches had nothing left: drop the demand (the balloon re-plans and says so).
+        demand_.outcome = CacheDemandOutcome::Exhausted;
+        demand_in_force_.store(false);
+      } else {
+        demand_.outcome = CacheDemandOutcome::Served;
+      }
+    }
   }
   if (hook) hook(ctx);
 }
@@ -535,7 +544,7 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
       SpinLockGuard g(lock_);
       // (With free memory above demand + pages the attempt failed for want of a contiguous
       // block: that stall is the app's own.)
-      const uint64_t demand = balloon_demand_.load(), free = free_locked();
+      const uint64_t demand = demand_pages_locked(), free = free_locked();
       for_balloon = demand != 0 && free >= pages && free < demand + pages;
       if (for_balloon) deficit = demand + pages - free;
       else ++counters_.alloc_stalls;
@@ -554,9 +563,9 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
       // The balloon takes what the caches gave now (partial progress counts: the app keeps
       // allocating, so an exact figure may never be met), and this allocation is not kept
       // waiting for more.
-      // (after_balloon_shrink drops the demand if they gave nothing.)
+      // (after_demand_round drops the demand if they gave nothing.)
       if (idx == kNoPage) idx = attempt(false);
-      after_balloon_shrink(freed);
+      after_demand_round(true, freed);
     }
     // Then the OOM handler (the balloon deflates), as long as it makes progress.
     if (!(flags & kAllocNoOomHook)) {
@@ -592,24 +601,25 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
 }
 
 void PageAllocator::reclaim_point() {
-  if (balloon_demand_.load(MemoryOrder::Relaxed) == 0 || !irqs_enabled()) return;
+  if (!demand_in_force_.load(MemoryOrder::Relaxed) || !irqs_enabled()) return;
   uint64_t deficit;
   {
     SpinLockGuard g(lock_);
-    const uint64_t demand = balloon_demand_.load();
+    const uint64_t demand = demand_pages_locked();
     if (demand == 0) return;
     deficit = demand > free_locked() ? demand - free_locked() : 0;
   }
-  size_t freed = 1;  // nothing to shrink: the pages are there, the balloon only has to take them
+  // No deficit: nothing to shrink, the pages are there and the balloon only has to take them.
+  size_t freed = 0;
   if (deficit) {
     reclaimers_.fetch_add(1);
     freed = shrink(deficit < kBalloonShrinkBatch ? deficit : kBalloonShrinkBatch, true, [&] {
       SpinLockGuard g(lock_);
-      return free_locked() >= balloon_demand_.load();
+      return free_locked() >= demand_pages_locked();
     });
     reclaimers_.fetch_sub(1);
   }
-  after_balloon_shrink(freed);
+  after_demand_round(deficit != 0, freed);
 }
 
 ErrorOr<PhysAddr> PageAllocator::alloc_pages(unsigned order, Owner owner, AllocFlags flags) {
@@ -862,14 +872,33 @@ uint64_t PageAllocator::unreported_free_pages(unsigned min_order) {
 
 // ---- hooks ----
 
-void PageAllocator::set_balloon_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx) {
+void PageAllocator::post_cache_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx) {
   SpinLockGuard g(lock_);
-  balloon_demand_.store(free_pages_wanted);
+  demand_ = {free_pages_wanted, 0, CacheDemandOutcome::Pending};
+  demand_in_force_.store(true);
   demand_hook_ = hook;
   demand_ctx_ = ctx;
 }
 
-uint64_t PageAllocator::balloon_demand() { return balloon_demand_.load(); }
+CacheDemand PageAllocator::end_cache_demand() {
+  SpinLockGuard g(lock_);
+  if (demand_.in_force()) demand_.outcome = CacheDemandOutcome::Withdrawn;
+  demand_in_force_.store(false);
+  demand_hook_ = nullptr;
+  demand_ctx_ = nullptr;
+  return demand_;
+}
+
+void PageAllocator::forget_cache_demand() {
+  (void)end_cache_demand();
+  SpinLockGuard g(lock_);
+  demand_ = {};
+}
+
+CacheDemand PageAllocator::cache_demand() {
+  SpinLockGuard g(lock_);
+  return demand_;
+}
 
 void PageAllocator::set_oom_handler(OomHandler fn, void* ctx) {
   SpinLockGuard g(lock_);

@@ -61,6 +61,7 @@
 #include "lib/atomic.h"
 #include "lib/error.h"
 #include "lib/spinlock.h"
+#include "mm/cache_demand.h"
 #include "mm/page.h"
 #include "mm/stats.h"
 
@@ -89,9 +90,9 @@ class Shrinker {
 // Returns the pages it gave back (the balloon deflates); 0 means "nothing more to give".
 using OomHandler = size_t (*)(size_t pages_needed, void* ctx);
 
-// Called (without the lock, in an allocating context) after the caches were shrunk for a balloon
-// demand: with what they freed now free for the balloon, or with the demand dropped because they
-// had nothing left. See set_balloon_demand.
+// Called (without the lock, in an allocating context) after a round of shrinking the caches for
+// the balloon's demand: cache_demand() says how it went (Served: the free memory is there to
+// take; Exhausted: the caches had nothing left and the demand was dropped). See post_cache_demand.
 using DemandHook = void (*)(void* ctx);
 
 // Called on every allocate/free/take/give_back/isolate/return, with the lock held (see above).
@@ -141,20 +142,27 @@ class PageAllocator {
 
   // Takes up to `max_pages` free pages, largest blocks first and cold first (see the policy
   // above), writing at most `max_runs` runs (adjacent blocks are merged into one run). Never
-  // reclaims itself (it runs in the balloon's context; see set_balloon_demand for how the
+  // reclaims itself (it runs in the balloon's context; see post_cache_demand for how the
   // balloon gets cache memory). Returns the number of runs.
   size_t take_pages(size_t max_pages, Owner owner, PageRun* out, size_t max_runs);
+
+  // ---- The balloon's demand on the app's caches (mm/cache_demand.h) ----
+
   // The balloon could not reach its target from free memory: it wants `free_pages_wanted` pages
   // free (its floor included) and asks the app's caches for the difference. The caches cannot be
   // shrunk from the balloon's context (it runs after interrupts, between any two instructions of
-  // the app, and shrinkers are not reentrant), so the allocating context does it: while a demand
-  // is set, an allocation that would take free memory below it and may reclaim first asks the
-  // shrinkers (up to 16 MiB at a time; counted as balloon_reclaim_pages, not as the app's own
-  // stalls). `hook` then tells the balloon to take what they freed, or that they are empty and
-  // the demand was dropped. Allocations that cannot reclaim (interrupts masked, kAllocNoReclaim)
-  // ignore the demand. 0 clears it.
-  void set_balloon_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx);
-  uint64_t balloon_demand();
+  // the app, and shrinkers are not reentrant), so the allocating context does it: while the
+  // demand is in force, an allocation that would take free memory below it and may reclaim first
+  // asks the shrinkers (up to 16 MiB at a time; counted as balloon_reclaim_pages, not as the
+  // app's own stalls). `hook` is called after each such round. Allocations that cannot reclaim
+  // (interrupts masked, kAllocNoReclaim) ignore the demand. Replaces any previous demand.
+  void post_cache_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx);
+  // The balloon ends the demand to re-plan: Pending or Served becomes Withdrawn, Exhausted stays
+  // Exhausted; the hook is not called any more. Returns the demand as it ended.
+  CacheDemand end_cache_demand();
+  // Ends the demand and forgets it (None): the host set a new target.
+  void forget_cache_demand();
+  CacheDemand cache_demand();
   // A point where the caller's shrinkers may run (an app's main loop between requests): serves a
   // pending balloon demand as an allocation would. For apps whose caches stop allocating once
   // warm, which would otherwise never meet a demand. One atomic load when there is none.
@@ -276,14 +284,19 @@ class PageAllocator {
   static constexpr size_t kBalloonShrinkBatch = 4096;
   template <typename Done>
   size_t shrink(size_t want, bool for_balloon, Done done);
-  void after_balloon_shrink(size_t freed);
+  // A round of shrinking for the cache demand is over: records what the caches gave (`asked`:
+  // they were asked at all; false when free memory already covered the demand) and calls the
+  // balloon's hook.
+  void after_demand_round(bool asked, size_t freed);
+  // Free pages the demand keeps (0 when none is in force).
+  uint64_t demand_pages_locked() const { return demand_.in_force() ? demand_.asked_pages : 0; }
   uint64_t free_locked() const {
     return owner_pages_[static_cast<unsigned>(Owner::Free)] +
            owner_pages_[static_cast<unsigned>(Owner::Reported)];
   }
   // True if taking `pages` leaves free memory at or above the balloon's demand.
   bool demand_allows_locked(uint64_t pages) const {
-    const uint64_t demand = balloon_demand_.load(MemoryOrder::Relaxed);
+    const uint64_t demand = demand_pages_locked();
     return demand == 0 || free_locked() >= demand + pages;
   }
 
@@ -305,7 +318,9 @@ class PageAllocator {
   void* oom_ctx_ = nullptr;
   Shrinker* shrinkers_ = nullptr;
   Atomic<uint32_t> reclaimers_{0};
-  Atomic<uint64_t> balloon_demand_{0};  // free pages the balloon waits for (0: none)
+  CacheDemand demand_ = {};  // under lock_
+  // demand_.in_force(), for reclaim_point's check without the lock (written with demand_).
+  Atomic<bool> demand_in_force_{false};
   DemandHook demand_hook_ = nullptr;
   void* demand_ctx_ = nullptr;
 
