@@ -1,6 +1,6 @@
 // The balloon driver itself (drivers/balloon/*.cpp) over a fake virtio-balloon device
 // (fake_balloon_device.h), a real PageAllocator over host memory and a fake clock
-// (fake_kernel.h): slow, silent and misbehaving hosts on every queue, resets by the host and by
+// (tests/unit/fake_kernel.h): slow, silent and misbehaving hosts on every queue, resets by the host and by
 // the driver, the give-up after too many resets, and a device that cannot be reset.
 //
 // After every step: the allocator's invariants hold; no page named by a buffer the device holds
@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 #include <new>
 #include <string>
@@ -21,10 +22,10 @@
 #include "drivers/balloon/balloon.h"
 #include "drivers/virtio/mmio_transport.h"
 #include "fake_balloon_device.h"
-#include "fake_kernel.h"
 #include "kernel/cmdline.h"
 #include "kernel/deferred_work.h"
 #include "mm/mm.h"
+#include "tests/unit/fake_kernel.h"
 
 namespace blimp::balloon {
 
@@ -47,7 +48,7 @@ namespace blimp::balloon::test {
 namespace {
 
 using virtio::feature::bit;
-namespace kern = kernel;
+namespace kern = blimp::test::kernel;
 using Access = BalloonTestAccess;
 
 constexpr uint64_t kArenaBytes = 64ull << 20;
@@ -108,6 +109,9 @@ class balloon_driver : public ::testing::Test {
   void SetUpWith(const Options& o) {
     allocator();
     kern::reset();
+    // The driver's log is searched by the tests; on stderr only with BALLOON_TEST_VERBOSE=1.
+    const char* verbose = std::getenv("BALLOON_TEST_VERBOSE");
+    kern::set_echo(verbose && *verbose == '1');
     cmdline_ = o.cmdline;
     cmdline::init(cmdline_.c_str());
     dirty(12);  // 24 MiB the reporting and hinting tests find
