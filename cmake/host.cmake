@@ -19,11 +19,17 @@ function(blimp_host_library name)
   target_link_libraries(${name} PUBLIC blimp_host_flags)
 endfunction()
 
+# The one host stand-in for kernel/ (console, panic, a fake clock and timers, deferred work) that
+# every unit test links: tests/unit/host_shims.cpp, its knobs in tests/unit/fake_kernel.h.
+add_library(blimp_test_shims OBJECT ${CMAKE_SOURCE_DIR}/tests/unit/host_shims.cpp)
+target_link_libraries(blimp_test_shims PUBLIC blimp_host_flags)
+
 # blimp_unit_test(NAME SOURCES ... [LIBS ...]): a GoogleTest binary registered with CTest.
 function(blimp_unit_test name)
   cmake_parse_arguments(ARG "" "" "SOURCES;LIBS" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
-  target_link_libraries(${name} PRIVATE blimp_host_flags GTest::gtest_main ${ARG_LIBS})
+  target_link_libraries(${name} PRIVATE blimp_host_flags GTest::gtest_main ${ARG_LIBS}
+                        blimp_test_shims)
   gtest_discover_tests(${name} TEST_PREFIX "unit." DISCOVERY_TIMEOUT 60
                        PROPERTIES LABELS unit TIMEOUT 300)
 endfunction()

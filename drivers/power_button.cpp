@@ -7,6 +7,7 @@
 #include "kernel/arch/io.h"
 #include "kernel/console.h"
 #include "kernel/power.h"
+#include "lib/atomic.h"
 
 namespace blimp::drivers {
 namespace {
@@ -72,7 +73,7 @@ void init_power_button() {
       p.smi_command_port && p.acpi_enable_value) {
     arch::outb(uint16_t(p.smi_command_port), p.acpi_enable_value);
     for (int i = 0; i < 1000 && !(arch::inw(p.pm1a_control_port) & kPm1SciEnable); i++)
-      asm volatile("pause");
+      cpu_relax();
   }
   arch::outw(g_pm1_status, kPm1PowerButton);  // clear a stale press
   bool level, active_low;

@@ -1,6 +1,7 @@
 #include "kernel/console.h"
 
 #include "kernel/arch/io.h"
+#include "lib/atomic.h"
 #include "lib/format.h"
 #include "lib/irq.h"
 
@@ -13,7 +14,7 @@ bool g_present = false;
 void put(char c) {
   if (!g_present) return;
   // Transmit-holding-register empty (LSR bit 5); bounded so a wedged UART cannot hang us.
-  for (int i = 0; i < 100000 && !(arch::inb(kCom1 + 5) & 0x20); i++) arch::cpu_pause();
+  for (int i = 0; i < 100000 && !(arch::inb(kCom1 + 5) & 0x20); i++) cpu_relax();
   arch::outb(kCom1, static_cast<uint8_t>(c));
 }
 

@@ -7,6 +7,7 @@
 #include "kernel/arch/io.h"
 #include "kernel/console.h"
 #include "kernel/interrupts.h"
+#include "lib/atomic.h"
 #include "lib/irq.h"
 
 namespace blimp::interrupts {
@@ -111,7 +112,7 @@ void init() {
     arch::apic::timer_one_shot(0xffffffffu);
     uint32_t first = arch::apic::timer_current();
     uint64_t start = arch::rdtsc();
-    while (arch::rdtsc() - start < g_tsc_hz / 100) arch::cpu_pause();
+    while (arch::rdtsc() - start < g_tsc_hz / 100) cpu_relax();
     uint32_t last = arch::apic::timer_current();
     uint64_t cycles = arch::rdtsc() - start;
     arch::apic::timer_stop();

@@ -71,4 +71,12 @@ inline bool cas_byte(volatile uint8_t* p, uint8_t& expected, uint8_t desired) {
 
 inline void memory_barrier() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
+// One iteration of a spin-wait: the x86 `pause` hint (saves power, and tells a hypervisor or a
+// sibling hyperthread that this CPU is only waiting). The one such helper, for every layer.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 }  // namespace blimp

@@ -16,7 +16,6 @@ enum class Error : int {
   DeviceError,      // a device misbehaved (bad id, bad length, reset under us)
   Unsupported,      // feature not offered / not implemented on this transport
   Timeout,          // device did not answer in time
-  Discarded,        // page content was discarded by the host (page states)
   LimitReached,     // a configured floor or ceiling stops the operation
 };
 
@@ -84,7 +83,6 @@ inline const char* error_name(Error e) {
     case Error::DeviceError: return "device error";
     case Error::Unsupported: return "unsupported";
     case Error::Timeout: return "timeout";
-    case Error::Discarded: return "discarded by host";
     case Error::LimitReached: return "limit reached";
   }
   return "unknown error";

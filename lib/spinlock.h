@@ -13,7 +13,7 @@ class SpinLock {
   void lock() {
     uint64_t flags = irq_save();
     while (locked_.exchange(true, MemoryOrder::Acquire)) {
-      while (locked_.load(MemoryOrder::Relaxed)) __builtin_ia32_pause();
+      while (locked_.load(MemoryOrder::Relaxed)) cpu_relax();
     }
     saved_flags_ = flags;
   }

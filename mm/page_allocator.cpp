@@ -504,15 +504,24 @@ size_t PageAllocator::shrink(size_t want, bool for_balloon, Done done) {
   return freed_total;
 }
 
-void PageAllocator::after_balloon_shrink(size_t freed) {
+void PageAllocator::after_demand_round(bool asked, size_t freed) {
   DemandHook hook;
   void* ctx;
   {
     SpinLockGuard g(lock_);
     hook = demand_hook_;
     ctx = demand_ctx_;
-    // The caches had nothing left: drop the demand (the balloon re-plans and says so).
-    if (freed == 0) balloon_demand_.store(0);
+    // (A round that began before the balloon withdrew or replaced the demand changes nothing.)
+    if (demand_.in_force()) {
+      demand_.given_pages += freed;
+      if (asked && freed == 0) {
+        // The caches had nothing left: drop the demand (the balloon re-plans and says so).
+        demand_.outcome = CacheDemandOutcome::Exhausted;
+        demand_in_force_.store(false);
+      } else {
+        demand_.outcome = CacheDemandOutcome::Served;
+      }
+    }
   }
   if (hook) hook(ctx);
 }
@@ -535,7 +544,7 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
       SpinLockGuard g(lock_);
       // (With free memory above demand + pages the attempt failed for want of a contiguous
       // block: that stall is the app's own.)
-      const uint64_t demand = balloon_demand_.load(), free = free_locked();
+      const uint64_t demand = demand_pages_locked(), free = free_locked();
       for_balloon = demand != 0 && free >= pages && free < demand + pages;
       if (for_balloon) deficit = demand + pages - free;
       else ++counters_.alloc_stalls;
@@ -554,9 +563,9 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
       // The balloon takes what the caches gave now (partial progress counts: the app keeps
       // allocating, so an exact figure may never be met), and this allocation is not kept
       // waiting for more.
-      // (after_balloon_shrink drops the demand if they gave nothing.)
+      // (after_demand_round drops the demand if they gave nothing.)
       if (idx == kNoPage) idx = attempt(false);
-      after_balloon_shrink(freed);
+      after_demand_round(true, freed);
     }
     // Then the OOM handler (the balloon deflates), as long as it makes progress.
     if (!(flags & kAllocNoOomHook)) {
@@ -592,24 +601,25 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
 }
 
 void PageAllocator::reclaim_point() {
-  if (balloon_demand_.load(MemoryOrder::Relaxed) == 0 || !irqs_enabled()) return;
+  if (!demand_in_force_.load(MemoryOrder::Relaxed) || !irqs_enabled()) return;
   uint64_t deficit;
   {
     SpinLockGuard g(lock_);
-    const uint64_t demand = balloon_demand_.load();
+    const uint64_t demand = demand_pages_locked();
     if (demand == 0) return;
     deficit = demand > free_locked() ? demand - free_locked() : 0;
   }
-  size_t freed = 1;  // nothing to shrink: the pages are there, the balloon only has to take them
+  // No deficit: nothing to shrink, the pages are there and the balloon only has to take them.
+  size_t freed = 0;
   if (deficit) {
     reclaimers_.fetch_add(1);
     freed = shrink(deficit < kBalloonShrinkBatch ? deficit : kBalloonShrinkBatch, true, [&] {
       SpinLockGuard g(lock_);
-      return free_locked() >= balloon_demand_.load();
+      return free_locked() >= demand_pages_locked();
     });
     reclaimers_.fetch_sub(1);
   }
-  after_balloon_shrink(freed);
+  after_demand_round(deficit != 0, freed);
 }
 
 ErrorOr<PhysAddr> PageAllocator::alloc_pages(unsigned order, Owner owner, AllocFlags flags) {
@@ -744,9 +754,9 @@ void PageAllocator::give_back(const PageRun* runs, size_t n, bool content_zeroed
     SpinLockGuard g(lock_);
     // Pages the host discarded are what reporting would produce: file them as reported (not
     // backed), so reporting does not send them again and the app reuses them last; zero only
-    // when discarded pages are known to read as zero (see set_page_poisoning).
+    // when discarded pages are known to read as zero (see set_discarded_content_unknown).
     Owner as = content_zeroed ? Owner::Reported : Owner::Free;
-    uint8_t flags = content_zeroed && !page_poisoning_ ? kPageZeroed : 0;
+    uint8_t flags = content_zeroed && !discarded_content_unknown_ ? kPageZeroed : 0;
     for (size_t i = 0; i < n; ++i) {
       uint64_t done = 0;
       while (done < runs[i].pages) {
@@ -806,7 +816,7 @@ void PageAllocator::return_isolated(const PageRun* runs, size_t n, bool reported
   {
     SpinLockGuard g(lock_);
     Owner as = reported ? Owner::Reported : Owner::Free;
-    uint8_t flags = reported ? (page_poisoning_ ? 0 : kPageZeroed) : kKeepFlags;
+    uint8_t flags = reported ? (discarded_content_unknown_ ? 0 : kPageZeroed) : kKeepFlags;
     for (size_t i = 0; i < n; ++i) {
       uint32_t idx = index_of(runs[i].base);
       uint32_t last =
@@ -829,9 +839,9 @@ void PageAllocator::return_isolated(const PageRun* runs, size_t n, bool reported
   if (fire) report_hook_(unreported, report_ctx_);
 }
 
-void PageAllocator::set_page_poisoning(bool enabled) {
+void PageAllocator::set_discarded_content_unknown(bool unknown) {
   SpinLockGuard g(lock_);
-  page_poisoning_ = enabled;
+  discarded_content_unknown_ = unknown;
 }
 
 void PageAllocator::set_reporting_reserve(uint64_t pages) {
@@ -862,14 +872,33 @@ uint64_t PageAllocator::unreported_free_pages(unsigned min_order) {
 
 // ---- hooks ----
 
-void PageAllocator::set_balloon_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx) {
+void PageAllocator::post_cache_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx) {
   SpinLockGuard g(lock_);
-  balloon_demand_.store(free_pages_wanted);
+  demand_ = {free_pages_wanted, 0, CacheDemandOutcome::Pending};
+  demand_in_force_.store(true);
   demand_hook_ = hook;
   demand_ctx_ = ctx;
 }
 
-uint64_t PageAllocator::balloon_demand() { return balloon_demand_.load(); }
+CacheDemand PageAllocator::end_cache_demand() {
+  SpinLockGuard g(lock_);
+  if (demand_.in_force()) demand_.outcome = CacheDemandOutcome::Withdrawn;
+  demand_in_force_.store(false);
+  demand_hook_ = nullptr;
+  demand_ctx_ = nullptr;
+  return demand_;
+}
+
+void PageAllocator::forget_cache_demand() {
+  (void)end_cache_demand();
+  SpinLockGuard g(lock_);
+  demand_ = {};
+}
+
+CacheDemand PageAllocator::cache_demand() {
+  SpinLockGuard g(lock_);
+  return demand_;
+}
 
 void PageAllocator::set_oom_handler(OomHandler fn, void* ctx) {
   SpinLockGuard g(lock_);
@@ -900,7 +929,7 @@ void PageAllocator::unregister_shrinker(Shrinker* s) {
     s->registered_ = false;
   }
   // A reclaimer may still hold a pointer to it (it walks the list without the lock).
-  while (reclaimers_.load() != 0) __builtin_ia32_pause();
+  while (reclaimers_.load() != 0) cpu_relax();
 }
 
 void PageAllocator::set_state_hook(StateHook fn, void* ctx) {

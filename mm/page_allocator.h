@@ -12,7 +12,7 @@
 //   unreported list:  head = most recently freed (warm) ... tail = cold (boot memory, blocks that
 //                     came back from the balloon, isolated blocks returned unreported)
 //   reported list:    blocks the host has discarded (free page reporting); cold, and zero unless
-//                     page poisoning is in effect
+//                     discarded content is unknown (set_discarded_content_unknown)
 //
 // # Warm/cold policy
 //
@@ -61,6 +61,7 @@
 #include "lib/atomic.h"
 #include "lib/error.h"
 #include "lib/spinlock.h"
+#include "mm/cache_demand.h"
 #include "mm/page.h"
 #include "mm/stats.h"
 
@@ -89,9 +90,9 @@ class Shrinker {
 // Returns the pages it gave back (the balloon deflates); 0 means "nothing more to give".
 using OomHandler = size_t (*)(size_t pages_needed, void* ctx);
 
-// Called (without the lock, in an allocating context) after the caches were shrunk for a balloon
-// demand: with what they freed now free for the balloon, or with the demand dropped because they
-// had nothing left. See set_balloon_demand.
+// Called (without the lock, in an allocating context) after a round of shrinking the caches for
+// the balloon's demand: cache_demand() says how it went (Served: the free memory is there to
+// take; Exhausted: the caches had nothing left and the demand was dropped). See post_cache_demand.
 using DemandHook = void (*)(void* ctx);
 
 // Called on every allocate/free/take/give_back/isolate/return, with the lock held (see above).
@@ -141,20 +142,27 @@ class PageAllocator {
 
   // Takes up to `max_pages` free pages, largest blocks first and cold first (see the policy
   // above), writing at most `max_runs` runs (adjacent blocks are merged into one run). Never
-  // reclaims itself (it runs in the balloon's context; see set_balloon_demand for how the
+  // reclaims itself (it runs in the balloon's context; see post_cache_demand for how the
   // balloon gets cache memory). Returns the number of runs.
   size_t take_pages(size_t max_pages, Owner owner, PageRun* out, size_t max_runs);
+
+  // ---- The balloon's demand on the app's caches (mm/cache_demand.h) ----
+
   // The balloon could not reach its target from free memory: it wants `free_pages_wanted` pages
   // free (its floor included) and asks the app's caches for the difference. The caches cannot be
   // shrunk from the balloon's context (it runs after interrupts, between any two instructions of
-  // the app, and shrinkers are not reentrant), so the allocating context does it: while a demand
-  // is set, an allocation that would take free memory below it and may reclaim first asks the
-  // shrinkers (up to 16 MiB at a time; counted as balloon_reclaim_pages, not as the app's own
-  // stalls). `hook` then tells the balloon to take what they freed, or that they are empty and
-  // the demand was dropped. Allocations that cannot reclaim (interrupts masked, kAllocNoReclaim)
-  // ignore the demand. 0 clears it.
-  void set_balloon_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx);
-  uint64_t balloon_demand();
+  // the app, and shrinkers are not reentrant), so the allocating context does it: while the
+  // demand is in force, an allocation that would take free memory below it and may reclaim first
+  // asks the shrinkers (up to 16 MiB at a time; counted as balloon_reclaim_pages, not as the
+  // app's own stalls). `hook` is called after each such round. Allocations that cannot reclaim
+  // (interrupts masked, kAllocNoReclaim) ignore the demand. Replaces any previous demand.
+  void post_cache_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx);
+  // The balloon ends the demand to re-plan: Pending or Served becomes Withdrawn, Exhausted stays
+  // Exhausted; the hook is not called any more. Returns the demand as it ended.
+  CacheDemand end_cache_demand();
+  // Ends the demand and forgets it (None): the host set a new target.
+  void forget_cache_demand();
+  CacheDemand cache_demand();
   // A point where the caller's shrinkers may run (an app's main loop between requests): serves a
   // pending balloon demand as an allocation would. For apps whose caches stop allocating once
   // warm, which would otherwise never meet a demand. One atomic load when there is none.
@@ -162,8 +170,8 @@ class PageAllocator {
 
   // Returns pages taken by take_pages, in any split (runs may cover parts of what was taken).
   // `content_zeroed`: the host discarded them (they are filed as reported: not backed, and zero
-  // unless set_page_poisoning(true)). Pages not held by the balloon are skipped and counted
-  // (bad_give_back_pages()).
+  // unless set_discarded_content_unknown(true)). Pages not held by the balloon are skipped and
+  // counted (bad_give_back_pages()).
   void give_back(const PageRun* runs, size_t n, bool content_zeroed);
 
   // ---- Free page reporting ----
@@ -173,12 +181,13 @@ class PageAllocator {
   // free memory would drop below the reporting reserve. Returns the number of runs written.
   size_t isolate_unreported(unsigned min_order, PageRun* out, size_t max_runs);
   // Puts isolated runs back. `reported`: the host took them (they become Reported, cold, and
-  // Zeroed unless page poisoning is on); otherwise they go back as they were.
+  // Zeroed unless discarded content is unknown); otherwise they go back as they were.
   void return_isolated(const PageRun* runs, size_t n, bool reported);
-  // True when discarded pages cannot be assumed to read as zero: page poisoning (the host refills
-  // them with the poison value), or a host that may skip a discard (stock QEMU while its balloon
-  // is inhibited). Reported and given-back pages are then never marked Zeroed.
-  void set_page_poisoning(bool enabled);
+  // `unknown`: pages the host was allowed to discard (reported, or given back by the balloon)
+  // cannot be assumed to read as zero: the host may have skipped the discard (stock QEMU while
+  // its balloon is inhibited) or refilled them (page poisoning). Reported and given-back pages
+  // are then never marked Zeroed; only the state hook vouches for zero pages.
+  void set_discarded_content_unknown(bool unknown);
   // Free memory isolate_unreported leaves alone, so reporting never starves the app.
   void set_reporting_reserve(uint64_t pages);
   void set_report_hook(ReportHook fn, void* ctx, unsigned min_order, uint64_t threshold_pages);
@@ -275,14 +284,19 @@ class PageAllocator {
   static constexpr size_t kBalloonShrinkBatch = 4096;
   template <typename Done>
   size_t shrink(size_t want, bool for_balloon, Done done);
-  void after_balloon_shrink(size_t freed);
+  // A round of shrinking for the cache demand is over: records what the caches gave (`asked`:
+  // they were asked at all; false when free memory already covered the demand) and calls the
+  // balloon's hook.
+  void after_demand_round(bool asked, size_t freed);
+  // Free pages the demand keeps (0 when none is in force).
+  uint64_t demand_pages_locked() const { return demand_.in_force() ? demand_.asked_pages : 0; }
   uint64_t free_locked() const {
     return owner_pages_[static_cast<unsigned>(Owner::Free)] +
            owner_pages_[static_cast<unsigned>(Owner::Reported)];
   }
   // True if taking `pages` leaves free memory at or above the balloon's demand.
   bool demand_allows_locked(uint64_t pages) const {
-    const uint64_t demand = balloon_demand_.load(MemoryOrder::Relaxed);
+    const uint64_t demand = demand_pages_locked();
     return demand == 0 || free_locked() >= demand + pages;
   }
 
@@ -304,7 +318,9 @@ class PageAllocator {
   void* oom_ctx_ = nullptr;
   Shrinker* shrinkers_ = nullptr;
   Atomic<uint32_t> reclaimers_{0};
-  Atomic<uint64_t> balloon_demand_{0};  // free pages the balloon waits for (0: none)
+  CacheDemand demand_ = {};  // under lock_
+  // demand_.in_force(), for reclaim_point's check without the lock (written with demand_).
+  Atomic<bool> demand_in_force_{false};
   DemandHook demand_hook_ = nullptr;
   void* demand_ctx_ = nullptr;
 
@@ -314,7 +330,7 @@ class PageAllocator {
   uint64_t report_threshold_ = 0;
   uint64_t unreported_tracked_ = 0;  // unreported free pages in blocks >= report_min_order_
   bool report_armed_ = true;
-  bool page_poisoning_ = false;
+  bool discarded_content_unknown_ = false;
   uint64_t reporting_reserve_ = 0;
 
   uint64_t bad_give_back_pages_ = 0;

@@ -134,7 +134,7 @@ ErrorOr<void> Balloon::start() {
   // (a host that cannot discard, e.g. while its balloon is inhibited): its content is never
   // known, so the allocator must not count such pages as zero. Only the page-state protocol,
   // where the host says what it discarded, tells us a page is zero.
-  pages.set_page_poisoning(true);
+  pages.set_discarded_content_unknown(true);
   if (report_vq_) {
     // Report once 16 MiB of 2 MiB+ blocks are unreported (and everything free at boot).
     pages.set_report_hook(on_report_hook, this, kReportOrder, (16ull << 20) >> 12);

@@ -206,11 +206,8 @@ class Balloon final : public mm::DeviceChannel {
   bool recover_pending_ = false;
   bool queue_fault_ = false;  // the stats interrupt found a bogus completion: reset from the work
   bool floor_warned_ = false;
-  // A balloon demand is out (mm::PageAllocator::set_balloon_demand): the app's caches are being
-  // shrunk for the target. caches_exhausted_: the allocator dropped one because the caches gave
-  // nothing; not asked again for the same target.
-  bool demand_out_ = false;
-  bool caches_exhausted_ = false;
+  // The demand on the app's caches (what was asked, what they gave, how it ended) is one record,
+  // mm::CacheDemand, kept by the allocator: mm::pages().cache_demand().
   struct {
     bool active = false;
     uint64_t pages = 0;  // inflated so far in this (possibly multi-round) inflation

@@ -21,17 +21,15 @@ constexpr uint64_t kOomHintRelease = 16384;
 void Balloon::adjust_to_target() {
   uint64_t previous = target_;
   target_ = read_target();
-  // The allocator drops a demand when the caches had nothing more to give: do not ask again
-  // until the host sets a new target.
-  if (demand_out_ && mm::pages().balloon_demand() == 0) caches_exhausted_ = true;
+  // The demand on the app's caches is planned afresh from the free memory there is now (and
+  // nothing the balloon itself allocates below may wait for its own demand). One they could not
+  // serve (Exhausted) stays on record, so they are not asked again until the host sets a new
+  // target.
+  mm::pages().end_cache_demand();
   if (target_ != previous) {
-    caches_exhausted_ = false;
+    mm::pages().forget_cache_demand();
     log_inflation();  // one fed by the caches that this target cuts short
   }
-  demand_out_ = false;
-  // Planned afresh from the free memory there is now (and nothing the balloon itself allocates
-  // below may wait for its own demand).
-  mm::pages().set_balloon_demand(0, nullptr, nullptr);
   uint64_t total = mm::pages().total_pages();
   if (target_ > total) {
     kprintf("balloon: host asks for %lu MiB, more than the guest's %lu MiB of RAM; "
@@ -50,7 +48,7 @@ void Balloon::inflate(uint64_t want) {
   uint64_t t0 = timer::now_ns(), done = 0;
   const uint64_t goal = held_.pages() + want;
   size_t in_flight = 0;
-  bool stop = false;
+  bool stop = false, asked_caches = false;
   while (!stop || in_flight) {
     // Fill free buffers while there is something to inflate.
     while (!stop && in_flight < kInflateBuffers) {
@@ -63,11 +61,12 @@ void Balloon::inflate(uint64_t want) {
         // and forth forever), and not again once a demand found the caches empty.
         constexpr uint64_t kMinDemand = (1ull << 20) >> kBalloonPageShift;
         uint64_t cache = plan.limited ? pages.stats().cache_bytes >> kBalloonPageShift : 0;
-        if (cache >= kMinDemand && !caches_exhausted_) {
+        if (cache >= kMinDemand &&
+            pages.cache_demand().outcome != mm::CacheDemandOutcome::Exhausted) {
           uint64_t missing = goal - held_.pages();
-          demand_out_ = true;
-          pages.set_balloon_demand(floor_pages_ + (missing < cache ? missing : cache), on_demand_met,
-                                   this);
+          asked_caches = true;
+          pages.post_cache_demand(floor_pages_ + (missing < cache ? missing : cache), on_demand_met,
+                                  this);
           counters_.cache_demands++;
           cache_round_.rounds++;
           stop = true;
@@ -143,7 +142,7 @@ void Balloon::inflate(uint64_t want) {
     cache_round_.t0 = t0;
   }
   cache_round_.pages += done;
-  if (!demand_out_) log_inflation();
+  if (!asked_caches) log_inflation();
 }
 
 void Balloon::log_inflation() {

@@ -5,9 +5,9 @@
 #include "drivers/balloon/balloon.h"
 #include "drivers/balloon/balloon_internal.h"
 #include "kernel/arch/cpu.h"
-#include "kernel/arch/io.h"
 #include "kernel/console.h"
 #include "kernel/timer.h"
+#include "lib/atomic.h"
 #include "lib/format.h"
 #include "lib/irq.h"
 #include "mm/mm.h"
@@ -112,7 +112,7 @@ ErrorOr<BufferToken*> Balloon::wait_used(virtio::Virtqueue& vq) {
       irq_restore(flags);
     } else {
       irq_restore(flags);
-      arch::cpu_pause();
+      cpu_relax();
     }
   }
 }

@@ -34,6 +34,4 @@ inline void mmio_write(uint64_t addr, T v) {
   *reinterpret_cast<volatile T*>(addr) = v;
 }
 
-inline void cpu_pause() { asm volatile("pause"); }
-
 }  // namespace blimp::arch

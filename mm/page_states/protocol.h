@@ -44,12 +44,6 @@ inline uint8_t load_state(const volatile uint8_t* b) {
   return __atomic_load_n(const_cast<const uint8_t*>(b), __ATOMIC_ACQUIRE);
 }
 
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
-
 // ---- guest side ---------------------------------------------------------------------------------
 
 // The guest's one-byte CAS: loads the byte and, if it holds `expected`, compare-exchanges it to

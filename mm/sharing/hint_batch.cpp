@@ -1,5 +1,7 @@
 #include "mm/sharing/hint_batch.h"
 
+#include "lib/atomic.h"
+
 namespace blimp::mm::sharing {
 
 namespace {
@@ -19,9 +21,7 @@ bool send_batch(SendFn send, void* ctx, uint16_t type, const void* entries, uint
   for (int i = 0; i < kBusyRetries; i++) {
     r = send(type, entries, count, entry_size, ctx);
     if (r.is_error() && r.error() == Error::Busy) {
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
+      cpu_relax();
       continue;
     }
     break;

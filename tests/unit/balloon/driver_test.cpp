@@ -1,6 +1,6 @@
 // The balloon driver itself (drivers/balloon/*.cpp) over a fake virtio-balloon device
 // (fake_balloon_device.h), a real PageAllocator over host memory and a fake clock
-// (fake_kernel.h): slow, silent and misbehaving hosts on every queue, resets by the host and by
+// (tests/unit/fake_kernel.h): slow, silent and misbehaving hosts on every queue, resets by the host and by
 // the driver, the give-up after too many resets, and a device that cannot be reset.
 //
 // After every step: the allocator's invariants hold; no page named by a buffer the device holds
@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 #include <new>
 #include <string>
@@ -21,10 +22,10 @@
 #include "drivers/balloon/balloon.h"
 #include "drivers/virtio/mmio_transport.h"
 #include "fake_balloon_device.h"
-#include "fake_kernel.h"
 #include "kernel/cmdline.h"
 #include "kernel/deferred_work.h"
 #include "mm/mm.h"
+#include "tests/unit/fake_kernel.h"
 
 namespace blimp::balloon {
 
@@ -47,7 +48,7 @@ namespace blimp::balloon::test {
 namespace {
 
 using virtio::feature::bit;
-namespace kern = kernel;
+namespace kern = blimp::test::kernel;
 using Access = BalloonTestAccess;
 
 constexpr uint64_t kArenaBytes = 64ull << 20;
@@ -108,6 +109,9 @@ class balloon_driver : public ::testing::Test {
   void SetUpWith(const Options& o) {
     allocator();
     kern::reset();
+    // The driver's log is searched by the tests; on stderr only with BALLOON_TEST_VERBOSE=1.
+    const char* verbose = std::getenv("BALLOON_TEST_VERBOSE");
+    kern::set_echo(verbose && *verbose == '1');
     cmdline_ = o.cmdline;
     cmdline::init(cmdline_.c_str());
     dirty(12);  // 24 MiB the reporting and hinting tests find
@@ -133,7 +137,7 @@ class balloon_driver : public ::testing::Test {
     pa.set_oom_handler(nullptr, nullptr);
     pa.set_report_hook(nullptr, nullptr, 0, 0);
     pa.set_reporting_reserve(0);
-    pa.set_balloon_demand(0, nullptr, nullptr);
+    pa.forget_cache_demand();
     // Whatever a lost or given-up balloon kept goes back by hand (a reboot, for the next test).
     Access::destroy(*b_);
     for (uint64_t a = g_arena; a < g_arena + kArenaBytes; a += kPage) {
@@ -279,6 +283,89 @@ TEST_F(balloon_driver_no_tell, InflateAndDeflateRoundTrip) {
   check_settled("after inflating");
   target(1000);
   check_settled("after a partial deflate");
+  deflate_all_and_check_leaks();
+}
+
+// ---- The app's caches: a demand, its outcome, and no second demand on empty caches ---------------
+
+// An app cache; `pinned`: it counts its pages but cannot free them (everything in use).
+struct PinnableCache : mm::Shrinker {
+  bool fill(size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      auto a = mm::pages().alloc_pages(0, mm::Owner::App, mm::AllocFlags(mm::kAllocNoReclaim));
+      if (a.is_error()) return false;
+      held.push_back(a.value());
+    }
+    return true;
+  }
+  size_t count_objects() override { return held.size(); }
+  size_t scan_objects(size_t n) override {
+    ++scans;
+    size_t freed = 0;
+    for (; !pinned && freed < n && !held.empty(); ++freed) {
+      mm::pages().free_pages(held.back(), 0);
+      held.pop_back();
+    }
+    return freed;
+  }
+  void empty() {
+    for (PhysAddr a : held) mm::pages().free_pages(a, 0);
+    held.clear();
+  }
+  std::vector<PhysAddr> held;
+  bool pinned = true;
+  unsigned scans = 0;
+};
+
+TEST_F(balloon_driver, CacheDemandExhaustedIsNotMadeAgainUntilANewTarget) {
+  settle();
+  auto& pa = mm::pages();
+  PinnableCache cache;
+  ASSERT_TRUE(cache.fill(2048));  // 8 MiB
+  pa.register_shrinker(&cache);
+  std::vector<PhysAddr> app;
+  auto app_alloc = [&] {
+    auto a = pa.alloc_pages(0, mm::Owner::App);
+    ASSERT_FALSE(a.is_error());
+    app.push_back(a.value());
+    settle();
+  };
+  // More than free memory above the floor: the balloon inflates to the floor, then asks the caches.
+  const uint32_t first = uint32_t(pa.free_pages_count() - 2048 + 1000);
+  target(first);
+  check_settled("inflated to the floor");
+  EXPECT_EQ(c().cache_demands, 1u);
+  mm::CacheDemand d = pa.cache_demand();
+  EXPECT_EQ(d.outcome, mm::CacheDemandOutcome::Pending);
+  EXPECT_GT(d.asked_pages, pa.free_pages_count());
+  // The app allocates: the pinned cache gives nothing, the demand is dropped, the balloon told.
+  app_alloc();
+  EXPECT_EQ(cache.scans, 1u);
+  d = pa.cache_demand();
+  EXPECT_EQ(d.outcome, mm::CacheDemandOutcome::Exhausted);
+  EXPECT_EQ(d.given_pages, 0u);
+  // Not asked again for this target: the app's allocations no longer shrink anything.
+  app_alloc();
+  app_alloc();
+  EXPECT_EQ(cache.scans, 1u);
+  EXPECT_EQ(c().cache_demands, 1u);
+  EXPECT_LT(b_->actual_pages(), first);
+  check_settled("held at the floor");
+  // A new target asks again, and a cache that can give feeds the inflation.
+  cache.pinned = false;
+  target(first + 100);
+  EXPECT_EQ(c().cache_demands, 2u);
+  EXPECT_EQ(pa.cache_demand().outcome, mm::CacheDemandOutcome::Pending);
+  const uint64_t before = b_->actual_pages();
+  app_alloc();
+  EXPECT_GT(cache.scans, 1u);
+  EXPECT_GT(pa.cache_demand().given_pages, 0u);
+  EXPECT_GT(b_->actual_pages(), before);
+  check_settled("fed by the cache");
+  pa.unregister_shrinker(&cache);
+  pa.forget_cache_demand();
+  cache.empty();
+  for (PhysAddr a : app) pa.free_pages(a, 0);
   deflate_all_and_check_leaks();
 }
 

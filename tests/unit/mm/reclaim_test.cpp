@@ -170,7 +170,8 @@ TEST(Reclaim, BalloonDemandIsMetFromTheCachesByTheAllocatingContext) {
   free_last(pa, app, 20);  // 20 pages free, as if the app had just freed them
   int told = 0;
   const uint64_t stalls = pa.stats().alloc_stalls, direct = pa.stats().direct_reclaim_pages;
-  pa.set_balloon_demand(600, count_call, &told);
+  pa.post_cache_demand(600, count_call, &told);
+  EXPECT_EQ(pa.cache_demand().outcome, CacheDemandOutcome::Pending);
   // Free pages exist, but they are the balloon's now: each allocation shrinks the cache first
   // (for the whole deficit: 600 + 1 - 20 pages) until 600 stay free.
   for (int i = 0; i < 4; ++i) {
@@ -184,13 +185,20 @@ TEST(Reclaim, BalloonDemandIsMetFromTheCachesByTheAllocatingContext) {
   EXPECT_EQ(pa.stats().alloc_stalls, stalls) << "the balloon's stalls are not the app's";
   EXPECT_EQ(pa.stats().direct_reclaim_pages, direct);
   EXPECT_GE(pa.stats().balloon_reclaim_pages, 584u);
-  // The balloon takes them; the demand is its to clear.
+  CacheDemand d = pa.cache_demand();
+  EXPECT_EQ(d.outcome, CacheDemandOutcome::Served);
+  EXPECT_EQ(d.asked_pages, 600u);
+  EXPECT_EQ(d.given_pages, pa.stats().balloon_reclaim_pages);
+  // The balloon takes them; the demand is its to end.
   PageRun r[64];
   size_t n = pa.take_pages(580, Owner::Balloon, r, 64);
   uint64_t taken = 0;
   for (size_t i = 0; i < n; ++i) taken += r[i].pages;
   EXPECT_EQ(taken, 580u);
-  pa.set_balloon_demand(0, nullptr, nullptr);
+  d = pa.end_cache_demand();
+  EXPECT_EQ(d.outcome, CacheDemandOutcome::Withdrawn);
+  EXPECT_EQ(d.given_pages, pa.stats().balloon_reclaim_pages);
+  EXPECT_FALSE(pa.cache_demand().in_force());
   pa.give_back(r, n, true);
   pa.unregister_shrinker(&cache);
   for (PhysAddr p : cache.held) pa.free_pages(p, 0);
@@ -209,7 +217,7 @@ TEST(Reclaim, BalloonDemandIsDroppedWhenTheCachesAreEmpty) {
   ASSERT_TRUE(cache.fill(10));
   free_last(pa, app, 30);
   int told = 0;
-  pa.set_balloon_demand(1000, count_call, &told);
+  pa.post_cache_demand(1000, count_call, &told);
   // The cache's 10 pages cannot make 1000 free: the demand goes, the app gets its page.
   std::vector<PhysAddr> got;
   for (int i = 0; i < 3; ++i) {
@@ -217,15 +225,21 @@ TEST(Reclaim, BalloonDemandIsDroppedWhenTheCachesAreEmpty) {
     ASSERT_FALSE(a.is_error()) << i;
     got.push_back(a.value());
   }
-  EXPECT_EQ(pa.balloon_demand(), 0u);
+  EXPECT_EQ(pa.cache_demand().outcome, CacheDemandOutcome::Exhausted);
+  EXPECT_EQ(pa.cache_demand().given_pages, 10u);
   EXPECT_GE(told, 1);
   EXPECT_TRUE(cache.held.empty());
+  // Ending it keeps the outcome (the balloon does not ask again for this target); forgetting
+  // it does not.
+  EXPECT_EQ(pa.end_cache_demand().outcome, CacheDemandOutcome::Exhausted);
+  pa.forget_cache_demand();
+  EXPECT_EQ(pa.cache_demand().outcome, CacheDemandOutcome::None);
   // Allocations that cannot reclaim never wait for a demand.
-  pa.set_balloon_demand(1000, nullptr, nullptr);
+  pa.post_cache_demand(1000, nullptr, nullptr);
   auto a = pa.alloc_pages(0, Owner::App, kAllocNoReclaim);
   ASSERT_FALSE(a.is_error());
   got.push_back(a.value());
-  pa.set_balloon_demand(0, nullptr, nullptr);
+  pa.forget_cache_demand();
   pa.unregister_shrinker(&cache);
   for (PhysAddr p : got) pa.free_pages(p, 0);
   for (PhysAddr p : app) pa.free_pages(p, 0);
@@ -244,22 +258,30 @@ TEST(Reclaim, ReclaimPointServesADemandWithoutAllocating) {
   int told = 0;
   pa.reclaim_point();  // no demand: nothing happens
   EXPECT_TRUE(log.empty());
-  pa.set_balloon_demand(200, count_call, &told);
+  pa.post_cache_demand(200, count_call, &told);
   pa.reclaim_point();
   EXPECT_EQ(log, (std::vector<std::string>{"cache:200"}));
   EXPECT_GE(pa.free_pages_count(), 200u);
   EXPECT_EQ(told, 1);
-  EXPECT_EQ(pa.balloon_demand(), 200u) << "met, not dropped: the balloon clears it";
+  EXPECT_EQ(pa.cache_demand().outcome, CacheDemandOutcome::Served)
+      << "met, not dropped: the balloon ends it";
+  EXPECT_EQ(pa.cache_demand().given_pages, 200u);
   // Met already: the hook only (the balloon has not taken them yet).
   pa.reclaim_point();
   EXPECT_EQ(log.size(), 1u);
   EXPECT_EQ(told, 2);
   // More than the cache holds: it gives its last 100, then nothing, and the demand is dropped.
-  pa.set_balloon_demand(1000, count_call, &told);
+  pa.post_cache_demand(1000, count_call, &told);
   pa.reclaim_point();
   pa.reclaim_point();
   EXPECT_TRUE(cache.held.empty());
-  EXPECT_EQ(pa.balloon_demand(), 0u);
+  EXPECT_EQ(pa.cache_demand().outcome, CacheDemandOutcome::Exhausted);
+  EXPECT_EQ(pa.cache_demand().asked_pages, 1000u);
+  EXPECT_EQ(pa.cache_demand().given_pages, 100u);
+  // Exhausted: a reclaim point has nothing more to do for it.
+  const int told_then = told;
+  pa.reclaim_point();
+  EXPECT_EQ(told, told_then);
   pa.unregister_shrinker(&cache);
   for (PhysAddr p : app) pa.free_pages(p, 0);
   EXPECT_TRUE(pa.check_invariants());
@@ -277,12 +299,12 @@ TEST(Reclaim, FragmentationStallIsNotTheBalloons) {
     else kept.push_back(app[i]);
   }
   ASSERT_GT(pa.free_pages_count(), 500u);
-  pa.set_balloon_demand(10, nullptr, nullptr);
+  pa.post_cache_demand(10, nullptr, nullptr);
   const auto before = pa.stats();
   EXPECT_EQ(pa.alloc_pages(2, Owner::App).error(), Error::NoMemory);
   EXPECT_EQ(pa.stats().alloc_stalls, before.alloc_stalls + 1);
   EXPECT_EQ(pa.stats().balloon_reclaim_pages, before.balloon_reclaim_pages);
-  pa.set_balloon_demand(0, nullptr, nullptr);
+  pa.end_cache_demand();
   for (PhysAddr p : kept) pa.free_pages(p, 0);
   EXPECT_TRUE(pa.check_invariants());
 }

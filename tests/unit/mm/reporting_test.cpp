@@ -90,10 +90,10 @@ TEST(Reporting, ReportedBlocksStayAllocatableAndLoseTheMark) {
   EXPECT_TRUE(pa.check_invariants(true));
 }
 
-TEST(Reporting, PoisoningAndFailedReportsDoNotMarkZero) {
+TEST(Reporting, UnknownDiscardedContentAndFailedReportsDoNotMarkZero) {
   Fixture f(16 * kMiB);
   PageAllocator& pa = *f.pa;
-  pa.set_page_poisoning(true);
+  pa.set_discarded_content_unknown(true);
   PageRun runs[16];
   size_t n = pa.isolate_unreported(kMaxOrder, runs, 16);
   ASSERT_GT(n, 0u);
@@ -101,7 +101,7 @@ TEST(Reporting, PoisoningAndFailedReportsDoNotMarkZero) {
   EXPECT_FALSE(pa.is_known_zero(runs[0].base));
   EXPECT_GT(pa.stats().reported_bytes, 0u);
   // A failed report puts blocks back unreported, as they were.
-  pa.set_page_poisoning(false);
+  pa.set_discarded_content_unknown(false);
   PhysAddr warm = pa.alloc_pages(kMaxOrder).value();
   pa.free_pages(warm, kMaxOrder);
   n = pa.isolate_unreported(kMaxOrder, runs, 16);

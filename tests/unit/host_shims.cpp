@@ -1,15 +1,16 @@
-// Host shims for the balloon driver tests: console, panic, the fake clock and timers, deferred
-// work (fake_kernel.h describes them).
+// Host shims for every unit test (and bench/mm): console, panic, the fake clock and timers,
+// deferred work (tests/unit/fake_kernel.h describes them).
 #include <cstdarg>
 #include <cstdio>
-#include <cstdlib>
+#include <mutex>
+#include <stdexcept>
 #include <vector>
 
-#include "fake_kernel.h"
 #include "kernel/console.h"
 #include "kernel/deferred_work.h"
 #include "kernel/panic.h"
 #include "kernel/timer.h"
+#include "tests/unit/fake_kernel.h"
 
 namespace {
 
@@ -27,11 +28,9 @@ bool g_polling = false;
 std::vector<Timer> g_timers;
 std::vector<blimp::work::WorkItem*> g_work;
 bool g_work_running = false;
+std::mutex g_log_lock;  // the stress tests run guest code on several threads
 std::string g_log;
-const bool g_verbose = [] {
-  const char* v = std::getenv("BALLOON_TEST_VERBOSE");
-  return v && *v == '1';
-}();
+bool g_echo = true;
 
 void fire_due() {
   for (size_t i = 0; i < g_timers.size();) {
@@ -51,8 +50,9 @@ void fire_due() {
 void kvprintf(const char* fmt, va_list ap) {
   char buf[1024];
   vsnprintf(buf, sizeof buf, fmt, ap);
+  std::lock_guard<std::mutex> g(g_log_lock);
   g_log += buf;
-  if (g_verbose) fputs(buf, stderr);
+  if (g_echo) fputs(buf, stderr);
 }
 
 void kprintf(const char* fmt, ...) {
@@ -63,12 +63,12 @@ void kprintf(const char* fmt, ...) {
 }
 
 void panic(const char* fmt, ...) {
+  char buf[512];
   va_list ap;
   va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
+  vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  fputc('\n', stderr);
-  abort();
+  throw std::runtime_error(buf);
 }
 
 namespace blimp::timer {
@@ -77,14 +77,14 @@ void init() {}
 uint64_t now_ns() {
   if (!g_polling) {
     g_now += g_tick;
-    balloon::test::kernel::poll();
+    test::kernel::poll();
   }
   return g_now;
 }
 void wait_until(uint64_t deadline_ns) {
-  balloon::test::kernel::poll();
+  test::kernel::poll();
   if (g_now < deadline_ns) g_now = deadline_ns;
-  balloon::test::kernel::poll();
+  test::kernel::poll();
 }
 void sleep_ns(uint64_t ns) { wait_until(g_now + ns); }
 ErrorOr<void> call_at(uint64_t deadline_ns, Callback fn, void* context) {
@@ -121,7 +121,7 @@ bool running() { return g_work_running; }
 
 }  // namespace blimp::work
 
-namespace blimp::balloon::test::kernel {
+namespace blimp::test::kernel {
 
 uint64_t now() { return g_now; }
 void set_now(uint64_t ns) { g_now = ns; }
@@ -149,5 +149,6 @@ void reset() {
 bool work_pending() { return !g_work.empty(); }
 std::string& log() { return g_log; }
 bool log_contains(const char* s) { return g_log.find(s) != std::string::npos; }
+void set_echo(bool on) { g_echo = on; }
 
-}  // namespace blimp::balloon::test::kernel
+}  // namespace blimp::test::kernel
