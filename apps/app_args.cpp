@@ -22,11 +22,16 @@ bool parse_duration(const char* text, uint64_t& out_ns) {
   uint64_t v;
   if (!blimp::parse_leading_u64(p, v)) return false;
   uint64_t unit = 1000000000ull;
-  if (strcmp(p, "ms") == 0) unit = 1000000ull;
-  else if (strcmp(p, "us") == 0) unit = 1000ull;
-  else if (strcmp(p, "s") == 0 || *p == '\0') unit = 1000000000ull;
-  else if (strcmp(p, "m") == 0) unit = 60000000000ull;
-  else return false;
+  if (strcmp(p, "ms") == 0)
+    unit = 1000000ull;
+  else if (strcmp(p, "us") == 0)
+    unit = 1000ull;
+  else if (strcmp(p, "s") == 0 || *p == '\0')
+    unit = 1000000000ull;
+  else if (strcmp(p, "m") == 0)
+    unit = 60000000000ull;
+  else
+    return false;
   if (v > UINT64_MAX / unit) return false;
   out_ns = v * unit;
   return true;

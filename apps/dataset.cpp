@@ -18,10 +18,9 @@
 // Memory comes from the page allocator in 4 MiB blocks (long runs: few hint entries and few
 // mergeable VMAs on the host), and each block is sealed with mm::sharing::seal().
 // Output lines (stable, the tests parse them):
-//   dataset: ready seed=S pages=N zero_pages=Z private_pages=P sealed=K build_ms=B seal_ms=M first_pfn=F
-//   dataset: verify n=I ok=N bad=B t=T
-//   dataset: wrote page I pfn=F
-//   dataset: done ...   (exit 0; 1 if any page ever failed to verify)
+//   dataset: ready seed=S pages=N zero_pages=Z private_pages=P sealed=K build_ms=B seal_ms=M
+//   first_pfn=F dataset: verify n=I ok=N bad=B t=T dataset: wrote page I pfn=F dataset: done ...
+//   (exit 0; 1 if any page ever failed to verify)
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -198,8 +197,9 @@ int dataset_main(int argc, char** argv) {
         if (good) {
           ok++;
         } else {
-          if (bad < 4) printf("dataset: MISMATCH page %" PRIu64 " pfn=%#" PRIx64 "\n", i,
-                              virt_to_phys(p) >> kPageShift);
+          if (bad < 4)
+            printf("dataset: MISMATCH page %" PRIu64 " pfn=%#" PRIx64 "\n", i,
+                   virt_to_phys(p) >> kPageShift);
           bad++;
         }
       }

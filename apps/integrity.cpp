@@ -76,14 +76,13 @@ uint64_t verify(uint64_t page) {
       case pattern::Verdict::kStale:
         snprintf(found, sizeof found, "found generation %" PRIu64 " (stale)", c.found_generation);
         break;
-      case pattern::Verdict::kZeroed:
-        snprintf(found, sizeof found, "found zeros (zeroed)");
-        break;
+      case pattern::Verdict::kZeroed: snprintf(found, sizeof found, "found zeros (zeroed)"); break;
       default:
         snprintf(found, sizeof found, "found content of no generation of this page (foreign)");
         break;
     }
-    printf("integrity: MISMATCH region %" PRIu64 " page +%" PRIu64 " (%p): %u of %u words differ,"
+    printf("integrity: MISMATCH region %" PRIu64 " page +%" PRIu64
+           " (%p): %u of %u words differ,"
            " first word %u: expected %016" PRIx64 " found %016" PRIx64
            "; expected generation %" PRIu64 ", %s\n",
            page / kPagesPerChunk, page % kPagesPerChunk, const_cast<uint64_t*>(p), c.bad_words,
@@ -106,7 +105,9 @@ void inject(Inject how, uint64_t page, uint64_t pages, const uint64_t* before) {
     memcpy(p, page_ptr((page + 1) % pages), 4096);
   }
   printf("integrity: injected %s content into region %" PRIu64 " page +%" PRIu64 "\n",
-         how == Inject::kStale ? "stale" : how == Inject::kZero ? "zero" : "foreign",
+         how == Inject::kStale  ? "stale"
+         : how == Inject::kZero ? "zero"
+                                : "foreign",
          page / kPagesPerChunk, page % kPagesPerChunk);
 }
 
@@ -121,9 +122,12 @@ int integrity_main(int argc, char** argv) {
   if (rewrite == 0) rewrite = 1;
   Inject how = Inject::kNone;
   if (const char* what = app_args::find(argc, argv, "inject")) {
-    if (strcmp(what, "stale") == 0) how = Inject::kStale;
-    else if (strcmp(what, "zero") == 0) how = Inject::kZero;
-    else if (strcmp(what, "foreign") == 0) how = Inject::kForeign;
+    if (strcmp(what, "stale") == 0)
+      how = Inject::kStale;
+    else if (strcmp(what, "zero") == 0)
+      how = Inject::kZero;
+    else if (strcmp(what, "foreign") == 0)
+      how = Inject::kForeign;
     else {
       printf("integrity: bad value for inject: %s (stale, zero, foreign)\n", what);
       return 2;

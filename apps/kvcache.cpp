@@ -138,10 +138,14 @@ class KvCache final : public mm::Shrinker {
   }
 
   void unlink_lru(Entry* e) {
-    if (e->lru_prev) e->lru_prev->lru_next = e->lru_next;
-    else lru_head_ = e->lru_next;
-    if (e->lru_next) e->lru_next->lru_prev = e->lru_prev;
-    else lru_tail_ = e->lru_prev;
+    if (e->lru_prev)
+      e->lru_prev->lru_next = e->lru_next;
+    else
+      lru_head_ = e->lru_next;
+    if (e->lru_next)
+      e->lru_next->lru_prev = e->lru_prev;
+    else
+      lru_tail_ = e->lru_prev;
   }
 
   void evict(Entry* e) {
@@ -165,8 +169,8 @@ class KvCache final : public mm::Shrinker {
 KvCache g_cache;
 
 int kvcache_main(int argc, char** argv) {
-  uint64_t keys = 200000, duration = 10000000000ull, report = 1000000000ull, work = 2000,
-           max = 0, seed = 1;
+  uint64_t keys = 200000, duration = 10000000000ull, report = 1000000000ull, work = 2000, max = 0,
+           seed = 1;
   if (!app_args::get_u64("kvcache", argc, argv, "keys", keys) ||
       !app_args::get_duration("kvcache", argc, argv, "duration", duration) ||
       !app_args::get_duration("kvcache", argc, argv, "report", report) ||
@@ -209,7 +213,8 @@ int kvcache_main(int argc, char** argv) {
     if (now >= next_report || now - start >= duration) {
       uint64_t d_ops = ops - last_ops, d_hits = hits - last_hits;
       double secs = double(now - last_t) / 1e9;
-      printf("kvcache: t=%.1f ops=%" PRIu64 " hits=%" PRIu64 " hit_rate=%.3f ops_per_s=%.0f "
+      printf("kvcache: t=%.1f ops=%" PRIu64 " hits=%" PRIu64
+             " hit_rate=%.3f ops_per_s=%.0f "
              "entries=%" PRIu64 " cache_mib=%" PRIu64 " shrunk=%" PRIu64 "\n",
              double(now - start) / 1e9, d_ops, d_hits, d_ops ? double(d_hits) / double(d_ops) : 0.0,
              double(d_ops) / secs, g_cache.entries(), (g_cache.entries() * 4096) >> 20,

@@ -123,8 +123,9 @@ int memhog_main(int argc, char** argv) {
     }
   }
   if (!steps) {
-    printf("memhog: usage: memhog steps=alloc:512M,wait:2s,check:all,free:all [chunk=1M] "
-           "[allow_oom=1] [verify=page|word]\n");
+    printf(
+        "memhog: usage: memhog steps=alloc:512M,wait:2s,check:all,free:all [chunk=1M] "
+        "[allow_oom=1] [verify=page|word]\n");
     return 2;
   }
   if (g_chunk_size < 4096 || g_chunk_size % 4096) {
@@ -138,7 +139,7 @@ int memhog_main(int argc, char** argv) {
   }
   strcpy(buf, steps);
   int step = 0;
-  for (char* save = nullptr, *s = strtok_r(buf, ",", &save); s; s = strtok_r(nullptr, ",", &save)) {
+  for (char *save = nullptr, *s = strtok_r(buf, ",", &save); s; s = strtok_r(nullptr, ",", &save)) {
     step++;
     if (power::stop_requested()) {
       printf("memhog: stop requested before step %d\n", step);

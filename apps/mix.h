@@ -21,8 +21,6 @@ constexpr uint64_t mix64(uint64_t x) {
 }
 
 // The next value of a splitmix64 stream.
-inline uint64_t splitmix64(uint64_t& state) {
-  return mix64(state += kGoldenGamma);
-}
+inline uint64_t splitmix64(uint64_t& state) { return mix64(state += kGoldenGamma); }
 
 }  // namespace blimp::apps

@@ -32,8 +32,8 @@ int mmbench_main(int argc, char** argv) {
     printf("mmbench: rounds must be 1..1000000 and batch at least 1\n");
     return 2;
   }
-  printf("mmbench: %" PRIu64 " runs of %" PRIu64 " rounds, batches of %" PRIu64 " blocks\n",
-         repeat, rounds, batch);
+  printf("mmbench: %" PRIu64 " runs of %" PRIu64 " rounds, batches of %" PRIu64 " blocks\n", repeat,
+         rounds, batch);
   bool ok = true;
   for (uint64_t i = 0; i < repeat; ++i) {
     mm::AllocBenchResult r =

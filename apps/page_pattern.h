@@ -65,8 +65,8 @@ inline const char* verdict_name(Verdict v) {
 struct PageCheck {
   Verdict verdict = Verdict::kOk;
   unsigned bad_words = 0;
-  unsigned first_bad = 0;       // valid when bad_words > 0
-  uint64_t first_found = 0;     // the value read at first_bad
+  unsigned first_bad = 0;         // valid when bad_words > 0
+  uint64_t first_found = 0;       // the value read at first_bad
   uint64_t found_generation = 0;  // valid for kStale
 };
 

@@ -83,11 +83,13 @@ bool verify_page(const void* p, uint64_t kind, uint64_t id, uint64_t page, uint6
                                gen, g_next_generation);
   if (c.verdict == pattern::Verdict::kOk) return true;
   if (g.mismatches < 20) {
-    printf("soak: MISMATCH kind=%s id=%" PRIu64 " page=%" PRIu64 " at %p: %u of 512 words "
+    printf("soak: MISMATCH kind=%s id=%" PRIu64 " page=%" PRIu64
+           " at %p: %u of 512 words "
            "differ, first word %u found %016" PRIx64 "; expected generation %" PRIu64 ", %s",
            kind_name(kind), id, page, p, c.bad_words, c.first_bad, c.first_found, gen,
            pattern::verdict_name(c.verdict));
-    if (c.verdict == pattern::Verdict::kStale) printf(" (generation %" PRIu64 ")", c.found_generation);
+    if (c.verdict == pattern::Verdict::kStale)
+      printf(" (generation %" PRIu64 ")", c.found_generation);
     printf("\n");
   }
   ++g.mismatches;
@@ -111,7 +113,8 @@ int soak_main(int argc, char** argv) {
       !app_args::get_duration(app, argc, argv, "report", report) ||
       !app_args::get_u64(app, argc, argv, "seed", seed))
     return 2;
-  const uint64_t fixed_pages = fixed / kPage, vol_pages = vol / kPage, sealed_pages = sealed / kPage;
+  const uint64_t fixed_pages = fixed / kPage, vol_pages = vol / kPage,
+                 sealed_pages = sealed / kPage;
 
   auto* fixed_mem = static_cast<uint8_t*>(aligned_alloc(kPage, fixed_pages * kPage + kPage));
   auto* fixed_gen = static_cast<uint64_t*>(calloc(fixed_pages + 1, sizeof(uint64_t)));
@@ -126,7 +129,8 @@ int soak_main(int argc, char** argv) {
   uint64_t seal_gen = g_next_generation++;
   for (uint64_t p = 0; p < sealed_pages; ++p)
     fill_page_as(sealed_mem + p * kPage, kSealed, 0, p, seal_gen);
-  const bool can_seal = sealed_pages && !mm::sharing::seal(sealed_mem, sealed_pages * kPage).is_error();
+  const bool can_seal =
+      sealed_pages && !mm::sharing::seal(sealed_mem, sealed_pages * kPage).is_error();
   ps::VolatileRegion volatile_region{};
   uint64_t vol_gen = 0;
   if (vol_pages) {
@@ -154,9 +158,9 @@ int soak_main(int argc, char** argv) {
     const uint64_t now = timer::now_ns();
     if (duration && now - t0 >= duration) break;
     if (now >= next_report) {
-      printf("soak: t=%" PRIu64 " rounds=%" PRIu64 " verified_pages=%" PRIu64
-             " mismatches=%" PRIu64 " alloc_failures=%" PRIu64 " volatile_lost=%" PRIu64
-             " seals=%" PRIu64 " live=%" PRIu64 "M\n",
+      printf("soak: t=%" PRIu64 " rounds=%" PRIu64 " verified_pages=%" PRIu64 " mismatches=%" PRIu64
+             " alloc_failures=%" PRIu64 " volatile_lost=%" PRIu64 " seals=%" PRIu64 " live=%" PRIu64
+             "M\n",
              uint64_t((now - t0) / 1000000000ull), g.rounds, g.verified_pages, g.mismatches,
              g.alloc_failures, g.volatile_lost, g.seals, live >> 20);
       next_report += report;
@@ -166,7 +170,8 @@ int soak_main(int argc, char** argv) {
     for (uint64_t i = 0; i < quarter && fixed_pages; ++i) {
       const uint64_t p = fixed_cursor++ % fixed_pages;
       verify_page(fixed_mem + p * kPage, kFixed, 0, p, fixed_gen[p]);
-      if (((rng = mix64(rng)) & 63) == 0) fixed_gen[p] = fill_page(fixed_mem + p * kPage, kFixed, 0, p);
+      if (((rng = mix64(rng)) & 63) == 0)
+        fixed_gen[p] = fill_page(fixed_mem + p * kPage, kFixed, 0, p);
     }
     // Churn: free about a quarter of the live allocations (verified whole), then allocate back.
     for (size_t i = 0; i < nallocs;) {

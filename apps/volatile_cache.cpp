@@ -101,8 +101,8 @@ int volatile_cache_main(int argc, char** argv) {
     ++s.recomputes;
     ps::unpin(table[k]);
   }
-  printf("volatile-cache: ready, %" PRIu64 " entries of %" PRIu64 " KiB, page_states=%s\n",
-         entries, pages * 4, on ? "on" : "off");
+  printf("volatile-cache: ready, %" PRIu64 " entries of %" PRIu64 " KiB, page_states=%s\n", entries,
+         pages * 4, on ? "on" : "off");
 
   uint64_t rng = seed * kGoldenGamma + 1;
   const uint64_t t0 = timer::now_ns();
@@ -112,7 +112,8 @@ int volatile_cache_main(int argc, char** argv) {
     if (now - t0 >= duration) break;
     if (now >= next_report) {
       char prefix[32];
-      snprintf(prefix, sizeof prefix, "t=%" PRIu64, static_cast<uint64_t>((now - t0) / 1000000000u));
+      snprintf(prefix, sizeof prefix, "t=%" PRIu64,
+               static_cast<uint64_t>((now - t0) / 1000000000u));
       print(prefix, s);
       next_report += report;
     }

@@ -105,8 +105,8 @@ bool check_page(const uint64_t* w, uint64_t where) {
 
 int zerocheck_main(int argc, char** argv) {
   const char* app = "zerocheck";
-  uint64_t size = 256ull << 20, chunk = 4ull << 20, rounds = 0, duration = 0,
-           pause = 200000000ull, invariants = 0;
+  uint64_t size = 256ull << 20, chunk = 4ull << 20, rounds = 0, duration = 0, pause = 200000000ull,
+           invariants = 0;
   if (!app_args::get_size(app, argc, argv, "size", size) ||
       !app_args::get_size(app, argc, argv, "chunk", chunk) ||
       !app_args::get_u64(app, argc, argv, "rounds", rounds) ||
@@ -117,7 +117,8 @@ int zerocheck_main(int argc, char** argv) {
   }
   chunk = (chunk + kPage - 1) / kPage * kPage;
   if (chunk == 0 || size < chunk || size / chunk > kMaxChunks) {
-    printf("zerocheck: size=%" PRIu64 " chunk=%" PRIu64 ": need chunk > 0, size >= chunk and at "
+    printf("zerocheck: size=%" PRIu64 " chunk=%" PRIu64
+           ": need chunk > 0, size >= chunk and at "
            "most %zu chunks\n",
            size, chunk, kMaxChunks);
     return 2;
@@ -144,8 +145,7 @@ int zerocheck_main(int argc, char** argv) {
         if (!check_page(w, where)) bad++;
         checked++;
         const uint64_t key = pattern::page_key(kSalt, where);
-        for (unsigned i = 0; i < pattern::kWordsPerPage; i++)
-          w[i] = pattern::encode(key, i, round);
+        for (unsigned i = 0; i < pattern::kWordsPerPage; i++) w[i] = pattern::encode(key, i, round);
       }
     }
     bad += count_overlaps(got, chunk);

@@ -62,7 +62,8 @@ void add_mmio(const virtio::MmioDeviceDesc& d) {
   if (g_num_mmio_seen == kMaxMmio) return;
   g_mmio_seen[g_num_mmio_seen++] = d.base;
   if (!map_mmio(d.base & ~0xfffull, ((d.base & 0xfff) + d.size + 0xfff) & ~0xfffull)) {
-    log("virtio: cannot map virtio-mmio window at %#llx\n", static_cast<unsigned long long>(d.base));
+    log("virtio: cannot map virtio-mmio window at %#llx\n",
+        static_cast<unsigned long long>(d.base));
     return;
   }
   auto* node = make<MmioNode>(d);
@@ -113,7 +114,10 @@ constexpr uint16_t kVirtioVendor = 0x1af4;  // 4.1.2 PCI Device Discovery
 struct PciModernNode {
   PciModernNode(const pci::Function& f, uint16_t id, pci::BarWindow c, pci::BarWindow n,
                 uint32_t mult, uint32_t nlen, pci::BarWindow i, pci::BarWindow d, bool has_d)
-      : common(c), notify(n), isr(i), devcfg(d),
+      : common(c),
+        notify(n),
+        isr(i),
+        devcfg(d),
         transport(f.addr.bus, f.addr.dev, f.addr.fn, id, common, notify, mult, nlen, isr,
                   has_d ? &devcfg : nullptr),
         device(transport, virtio::guest_dma()) {}
@@ -124,8 +128,9 @@ struct PciModernNode {
 
 struct PciLegacyNode {
   PciLegacyNode(const pci::Function& f, uint16_t id, uint16_t port)
-      : io(port), transport(f.addr.bus, f.addr.dev, f.addr.fn, id, io), device(transport,
-                                                                             virtio::guest_dma()) {}
+      : io(port),
+        transport(f.addr.bus, f.addr.dev, f.addr.fn, id, io),
+        device(transport, virtio::guest_dma()) {}
   virtio::PortWindow io;
   virtio::PciLegacyTransport transport;
   Device device;
@@ -183,12 +188,11 @@ void probe_pci_function(const pci::Function& f, void*) {
   if (read_virtio_caps(f, caps)) {
     auto w = [](const CapInfo& c) { return pci::BarWindow(c.io, c.addr); };
     using namespace virtio::pci_cap;
-    pci::set_command_bits(f.addr, pci::command::kMemory | pci::command::kIo |
-                                      pci::command::kBusMaster);
+    pci::set_command_bits(f.addr,
+                          pci::command::kMemory | pci::command::kIo | pci::command::kBusMaster);
     auto* node = make<PciModernNode>(f, id, w(caps[kCommonCfg]), w(caps[kNotifyCfg]),
                                      caps[kNotifyCfg].extra, caps[kNotifyCfg].length,
-                                     w(caps[kIsrCfg]), w(caps[kDeviceCfg]),
-                                     caps[kDeviceCfg].found);
+                                     w(caps[kIsrCfg]), w(caps[kDeviceCfg]), caps[kDeviceCfg].found);
     if (node) add_device(&node->device);
     return;
   }

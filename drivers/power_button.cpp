@@ -30,7 +30,7 @@ void pressed(const char* how) {
 
 void on_sci(void*) {
   const uint16_t status = arch::inw(g_pm1_status);
-  if (!(status & kPm1PowerButton)) return;  // another source on a shared line
+  if (!(status & kPm1PowerButton)) return;    // another source on a shared line
   arch::outw(g_pm1_status, kPm1PowerButton);  // write 1 to clear: drops the level-triggered SCI
   pressed("ACPI fixed-feature button");
 }
@@ -72,8 +72,7 @@ void init_power_button() {
   if (p.pm1a_control_port && !(arch::inw(p.pm1a_control_port) & kPm1SciEnable) &&
       p.smi_command_port && p.acpi_enable_value) {
     arch::outb(uint16_t(p.smi_command_port), p.acpi_enable_value);
-    for (int i = 0; i < 1000 && !(arch::inw(p.pm1a_control_port) & kPm1SciEnable); i++)
-      cpu_relax();
+    for (int i = 0; i < 1000 && !(arch::inw(p.pm1a_control_port) & kPm1SciEnable); i++) cpu_relax();
   }
   arch::outw(g_pm1_status, kPm1PowerButton);  // clear a stale press
   bool level, active_low;

@@ -70,7 +70,8 @@ void parse_madt(const SdtHeader* h) {
 
 void parse_fadt(const SdtHeader* h) {
   auto* base = reinterpret_cast<const uint8_t*>(h);
-  if (h->length >= 68) g_info.pm1a_control_port = uint16_t(*reinterpret_cast<const uint32_t*>(base + 64));
+  if (h->length >= 68)
+    g_info.pm1a_control_port = uint16_t(*reinterpret_cast<const uint32_t*>(base + 64));
   if (h->length >= 89) {  // ACPI 1.0 FADT fields (ACPI 6.4, table 5.9)
     g_info.sci_irq = *reinterpret_cast<const uint16_t*>(base + 46);
     g_info.smi_command_port = *reinterpret_cast<const uint32_t*>(base + 48);

@@ -1,8 +1,8 @@
 // The C++ runtime a freestanding kernel must supply itself: global constructors, operator
 // new/delete (over malloc, which libc-shim routes to the kernel heap), pure-virtual trap.
+#include <malloc.h>
 #include <cstddef>
 #include <cstdlib>
-#include <malloc.h>
 #include <new>
 
 #include "kernel/panic.h"
@@ -23,7 +23,8 @@ void run_global_constructors() {
 
 namespace {
 void* allocate_or_panic(size_t size, size_t align) {
-  void* p = align > alignof(max_align_t) ? memalign(align, size ? size : 1) : malloc(size ? size : 1);
+  void* p =
+      align > alignof(max_align_t) ? memalign(align, size ? size : 1) : malloc(size ? size : 1);
   if (!p) panic("operator new: out of memory allocating %zu bytes", size);
   return p;
 }

@@ -13,14 +13,38 @@ namespace blimp::fault {
 namespace {
 
 const char* exception_name(uint64_t v) {
-  static const char* const names[32] = {
-      "divide error", "debug", "NMI", "breakpoint", "overflow", "bound range exceeded",
-      "invalid opcode", "device not available", "double fault", "coprocessor overrun",
-      "invalid TSS", "segment not present", "stack fault", "general protection fault",
-      "page fault", "reserved", "x87 floating-point error", "alignment check", "machine check",
-      "SIMD floating-point error", "virtualization", "control protection", "reserved",
-      "reserved", "reserved", "reserved", "reserved", "reserved", "hypervisor injection",
-      "VMM communication", "security", "reserved"};
+  static const char* const names[32] = {"divide error",
+                                        "debug",
+                                        "NMI",
+                                        "breakpoint",
+                                        "overflow",
+                                        "bound range exceeded",
+                                        "invalid opcode",
+                                        "device not available",
+                                        "double fault",
+                                        "coprocessor overrun",
+                                        "invalid TSS",
+                                        "segment not present",
+                                        "stack fault",
+                                        "general protection fault",
+                                        "page fault",
+                                        "reserved",
+                                        "x87 floating-point error",
+                                        "alignment check",
+                                        "machine check",
+                                        "SIMD floating-point error",
+                                        "virtualization",
+                                        "control protection",
+                                        "reserved",
+                                        "reserved",
+                                        "reserved",
+                                        "reserved",
+                                        "reserved",
+                                        "reserved",
+                                        "hypervisor injection",
+                                        "VMM communication",
+                                        "security",
+                                        "reserved"};
   return v < 32 ? names[v] : "interrupt";
 }
 

@@ -3,6 +3,8 @@
 #include <cstring>
 
 #include "apps/app.h"
+#include "drivers/balloon/balloon.h"
+#include "drivers/drivers.h"
 #include "kernel/acpi.h"
 #include "kernel/arch/apic.h"
 #include "kernel/arch/descriptor_tables.h"
@@ -10,13 +12,11 @@
 #include "kernel/boot/boot_protocol.h"
 #include "kernel/cmdline.h"
 #include "kernel/console.h"
+#include "kernel/deferred_work.h"
 #include "kernel/paging.h"
 #include "kernel/panic.h"
 #include "kernel/power.h"
 #include "kernel/timer.h"
-#include "drivers/balloon/balloon.h"
-#include "drivers/drivers.h"
-#include "kernel/deferred_work.h"
 #include "mm/mm.h"
 #include "mm/page_states/page_states.h"
 #include "mm/sharing/sharing.h"
@@ -109,7 +109,8 @@ extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) 
           protocol == BOOT_PROTOCOL_PVH ? "PVH" : "multiboot2", g_boot.total_ram() >> 20,
           g_boot.ram_count, g_boot.cmdline);
   for (size_t i = 0; i < g_boot.ram_count; i++) {
-    if (g_boot.ram[i].end() > (4ull << 30) && !paging::map_ram(g_boot.ram[i].base, g_boot.ram[i].size))
+    if (g_boot.ram[i].end() > (4ull << 30) &&
+        !paging::map_ram(g_boot.ram[i].base, g_boot.ram[i].size))
       kprintf("blimp: RAM at %#lx is not mapped and will not be used\n", g_boot.ram[i].base);
   }
   acpi::init(g_boot.rsdp);  // before protect_null_page: the RSDP scan reads the BIOS data area

@@ -9,8 +9,7 @@ extern "C" uint64_t boot_pd[2048];
 namespace blimp {
 namespace {
 
-constexpr uint64_t kPresent = 1, kWritable = 2, kWriteThrough = 8, kCacheDisable = 16,
-                   kHuge = 0x80;
+constexpr uint64_t kPresent = 1, kWritable = 2, kWriteThrough = 8, kCacheDisable = 16, kHuge = 0x80;
 constexpr uint64_t kAddrMask = 0x000ffffffffff000ull;
 constexpr uint64_t k2M = 2ull << 20;
 constexpr uint64_t kBootMapped = 4ull << 30;

@@ -3,7 +3,7 @@
 
 [[noreturn]] __attribute__((format(printf, 1, 2))) void panic(const char* fmt, ...);
 
-#define BLIMP_ASSERT(cond)                                                          \
-  do {                                                                              \
+#define BLIMP_ASSERT(cond)                                                         \
+  do {                                                                             \
     if (!(cond)) panic("assertion failed: %s (%s:%d)", #cond, __FILE__, __LINE__); \
   } while (0)

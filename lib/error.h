@@ -91,9 +91,9 @@ inline const char* error_name(Error e) {
 }  // namespace blimp
 
 // Propagate an error to the caller: auto x = TRY(f());
-#define TRY(expr)                                            \
-  ({                                                         \
-    auto _try_result = (expr);                               \
-    if (_try_result.is_error()) return _try_result.error();  \
-    _try_result.release_value();                             \
+#define TRY(expr)                                           \
+  ({                                                        \
+    auto _try_result = (expr);                              \
+    if (_try_result.is_error()) return _try_result.error(); \
+    _try_result.release_value();                            \
   })

@@ -72,12 +72,18 @@ size_t vformat(char* buf, size_t size, const char* fmt, va_list ap) {
     Spec s;
     for (;; p++) {
       char f = p[1];
-      if (f == '-') s.left = true;
-      else if (f == '0') s.zero = true;
-      else if (f == '+') s.plus = true;
-      else if (f == ' ') s.space = true;
-      else if (f == '#') s.alt = true;
-      else break;
+      if (f == '-')
+        s.left = true;
+      else if (f == '0')
+        s.zero = true;
+      else if (f == '+')
+        s.plus = true;
+      else if (f == ' ')
+        s.space = true;
+      else if (f == '#')
+        s.alt = true;
+      else
+        break;
     }
     p++;
     if (*p == '*') {
@@ -102,10 +108,14 @@ size_t vformat(char* buf, size_t size, const char* fmt, va_list ap) {
     }
     int length = 0;  // 0 int, 1 long, 2 long long, -1 short, -2 char
     for (;; p++) {
-      if (*p == 'l') length++;
-      else if (*p == 'h') length--;
-      else if (*p == 'z' || *p == 'j' || *p == 't') length = 2;
-      else break;
+      if (*p == 'l')
+        length++;
+      else if (*p == 'h')
+        length--;
+      else if (*p == 'z' || *p == 'j' || *p == 't')
+        length = 2;
+      else
+        break;
     }
     if (*p == '\0') break;
     auto get_signed = [&]() -> int64_t {

@@ -11,10 +11,14 @@ bool parse_leading_u64(const char*& p, uint64_t& v) {
   v = 0;
   for (;; p++) {
     unsigned d;
-    if (*p >= '0' && *p <= '9') d = *p - '0';
-    else if (base == 16 && *p >= 'a' && *p <= 'f') d = *p - 'a' + 10;
-    else if (base == 16 && *p >= 'A' && *p <= 'F') d = *p - 'A' + 10;
-    else break;
+    if (*p >= '0' && *p <= '9')
+      d = *p - '0';
+    else if (base == 16 && *p >= 'a' && *p <= 'f')
+      d = *p - 'a' + 10;
+    else if (base == 16 && *p >= 'A' && *p <= 'F')
+      d = *p - 'A' + 10;
+    else
+      break;
     if (v > (UINT64_MAX - d) / base) return false;
     v = v * base + d;
     any = true;
@@ -36,9 +40,21 @@ bool parse_size(const char* text, uint64_t& out) {
   if (!parse_leading_u64(p, v)) return false;
   unsigned shift = 0;
   switch (*p) {
-    case 'K': case 'k': shift = 10; p++; break;
-    case 'M': case 'm': shift = 20; p++; break;
-    case 'G': case 'g': shift = 30; p++; break;
+    case 'K':
+    case 'k':
+      shift = 10;
+      p++;
+      break;
+    case 'M':
+    case 'm':
+      shift = 20;
+      p++;
+      break;
+    case 'G':
+    case 'g':
+      shift = 30;
+      p++;
+      break;
     default: break;
   }
   if (*p == 'i' && shift) p++;  // KiB/MiB/GiB spellings

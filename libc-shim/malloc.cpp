@@ -2,11 +2,11 @@
 // the app's memory and the kernel's come from the one allocator the balloon cooperates with.
 // Allocation failure goes through the allocator's reclaim path (shrinkers, then deflate on OOM)
 // before malloc returns NULL.
+#include <reent.h>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <reent.h>
 
 #include "mm/heap.h"
 #include "mm/mm.h"

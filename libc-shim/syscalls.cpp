@@ -1,11 +1,11 @@
 // newlib's system calls (the underscore names newlib calls when built with
 // -UMISSING_SYSCALL_NAMES and --disable-newlib-supplied-syscalls), on top of the kernel.
 // There is no file system: fds 0-2 are the console, everything else fails with a clear errno.
-#include <cerrno>
-#include <cstdint>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/times.h>
+#include <cerrno>
+#include <cstdint>
 
 #include "kernel/console.h"
 #include "kernel/power.h"

@@ -17,9 +17,7 @@ constexpr uint32_t kSlabMagic = 0x51ab51abu;
 constexpr size_t kSlabHeader = 64;
 constexpr uint32_t kTagPagesMask = (1u << kTagKindShift) - 1;
 
-constexpr size_t class_size(unsigned cls) {
-  return Heap::kMinClass << cls;
-}
+constexpr size_t class_size(unsigned cls) { return Heap::kMinClass << cls; }
 // Bigger classes get multi-page slabs so the header slot wastes at most an eighth.
 constexpr unsigned slab_order(unsigned cls) {
   return class_size(cls) <= 256 ? 0 : class_size(cls) == 512 ? 1 : 2;
@@ -36,9 +34,7 @@ int class_for(size_t size, size_t align) {
   return static_cast<int>(cls);
 }
 
-uintptr_t page_of(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) & ~(kPageSize - 1);
-}
+uintptr_t page_of(const void* p) { return reinterpret_cast<uintptr_t>(p) & ~(kPageSize - 1); }
 
 }  // namespace
 
@@ -273,18 +269,10 @@ void Heap::trim() {
   }
 }
 
-void* heap_alloc(size_t size, size_t align) {
-  return heap().alloc(size, align);
-}
-void heap_free(void* p) {
-  heap().free(p);
-}
-size_t heap_usable_size(void* p) {
-  return heap().usable_size(p);
-}
-void* heap_realloc(void* p, size_t size) {
-  return heap().realloc(p, size);
-}
+void* heap_alloc(size_t size, size_t align) { return heap().alloc(size, align); }
+void heap_free(void* p) { heap().free(p); }
+size_t heap_usable_size(void* p) { return heap().usable_size(p); }
+void* heap_realloc(void* p, size_t size) { return heap().realloc(p, size); }
 void* heap_calloc(size_t n, size_t size) {
   if (size && n > SIZE_MAX / size) return nullptr;
   return heap().alloc_zeroed(n * size);

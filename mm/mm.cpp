@@ -32,14 +32,8 @@ void init(const MemoryRange* usable, size_t n, PhysAddr kernel_end) {
           (unsigned long long)(s.reserved_bytes >> 10));
 }
 
-bool initialized() {
-  return g_pages.initialized();
-}
-PageAllocator& pages() {
-  return g_pages;
-}
-Heap& heap() {
-  return g_heap;
-}
+bool initialized() { return g_pages.initialized(); }
+PageAllocator& pages() { return g_pages; }
+Heap& heap() { return g_heap; }
 
 }  // namespace blimp::mm

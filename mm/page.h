@@ -47,9 +47,7 @@ constexpr unsigned kNumOwners = 8;
 
 const char* owner_name(Owner o);
 
-constexpr bool is_free_owner(Owner o) {
-  return o == Owner::Free || o == Owner::Reported;
-}
+constexpr bool is_free_owner(Owner o) { return o == Owner::Free || o == Owner::Reported; }
 
 // Flags of a block, valid on its head page.
 //   Head:   this page starts a block (free or allocated) of `order`; pages inside a block never
@@ -108,12 +106,8 @@ constexpr AllocFlags operator|(AllocFlags a, AllocFlags b) {
   return static_cast<AllocFlags>(static_cast<uint32_t>(a) | static_cast<uint32_t>(b));
 }
 
-constexpr uint64_t pages_of_order(unsigned order) {
-  return uint64_t{1} << order;
-}
-constexpr uint64_t bytes_of_order(unsigned order) {
-  return kPageSize << order;
-}
+constexpr uint64_t pages_of_order(unsigned order) { return uint64_t{1} << order; }
+constexpr uint64_t bytes_of_order(unsigned order) { return kPageSize << order; }
 
 // Smallest order whose block holds `pages` pages.
 constexpr unsigned order_for_pages(uint64_t pages) {

@@ -9,22 +9,14 @@ namespace blimp::mm {
 
 const char* owner_name(Owner o) {
   switch (o) {
-    case Owner::Free:
-      return "free";
-    case Owner::Kernel:
-      return "kernel";
-    case Owner::App:
-      return "app";
-    case Owner::Balloon:
-      return "balloon";
-    case Owner::Volatile:
-      return "volatile";
-    case Owner::Reported:
-      return "reported";
-    case Owner::Isolated:
-      return "isolated";
-    case Owner::Reserved:
-      return "reserved";
+    case Owner::Free: return "free";
+    case Owner::Kernel: return "kernel";
+    case Owner::App: return "app";
+    case Owner::Balloon: return "balloon";
+    case Owner::Volatile: return "volatile";
+    case Owner::Reported: return "reported";
+    case Owner::Isolated: return "isolated";
+    case Owner::Reserved: return "reserved";
   }
   return "?";
 }
@@ -546,8 +538,10 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
       // block: that stall is the app's own.)
       const uint64_t demand = demand_pages_locked(), free = free_locked();
       for_balloon = demand != 0 && free >= pages && free < demand + pages;
-      if (for_balloon) deficit = demand + pages - free;
-      else ++counters_.alloc_stalls;
+      if (for_balloon)
+        deficit = demand + pages - free;
+      else
+        ++counters_.alloc_stalls;
     }
     reclaimers_.fetch_add(1);
     // Shrinkers first, each asked for at least 32 pages; for a balloon demand, for up to

@@ -6,9 +6,7 @@ namespace blimp::mm {
 
 namespace {
 
-uint64_t pattern(uint64_t addr) {
-  return addr * 0x9e3779b97f4a7c15ull ^ 0x5a5a5a5a5a5a5a5aull;
-}
+uint64_t pattern(uint64_t addr) { return addr * 0x9e3779b97f4a7c15ull ^ 0x5a5a5a5a5a5a5a5aull; }
 
 // The blocks under test are chained through their own first word, so the test needs no memory
 // beyond what it tests; the rest of each block carries the pattern.

@@ -19,14 +19,14 @@ struct MemoryStats {
   uint64_t volatile_bytes;
   uint64_t reserved_bytes;  // allocator metadata
 
-  uint64_t alloc_stalls;          // allocations that had to enter the reclaim slow path
-  uint64_t oom_events;            // calls to the OOM handler
-  uint64_t oom_pages;             // pages the OOM handler said it gave back (balloon deflate)
-  uint64_t alloc_failures;        // allocations that failed after all reclaim
-  uint64_t direct_scan_pages;     // pages asked of shrinkers (the allocating context reclaims;
-  uint64_t direct_reclaim_pages;  // there is no background reclaim: async scan/reclaim = 0)
+  uint64_t alloc_stalls;           // allocations that had to enter the reclaim slow path
+  uint64_t oom_events;             // calls to the OOM handler
+  uint64_t oom_pages;              // pages the OOM handler said it gave back (balloon deflate)
+  uint64_t alloc_failures;         // allocations that failed after all reclaim
+  uint64_t direct_scan_pages;      // pages asked of shrinkers (the allocating context reclaims;
+  uint64_t direct_reclaim_pages;   // there is no background reclaim: async scan/reclaim = 0)
   uint64_t balloon_reclaim_pages;  // pages the caches gave up for a balloon demand (not above)
-  uint64_t allocations;           // successful alloc_pages/alloc_run calls
+  uint64_t allocations;            // successful alloc_pages/alloc_run calls
   uint64_t frees;
   uint64_t pages_taken;     // by take_pages (balloon inflate)
   uint64_t pages_returned;  // by give_back (balloon deflate)

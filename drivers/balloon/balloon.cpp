@@ -40,7 +40,8 @@ void free_list_page(void* p, void*) { mm::pages().free_pages(virt_to_phys(p), 0)
 }  // namespace
 
 Balloon::Balloon(virtio::Device& dev)
-    : dev_(dev), held_(alloc_list_page, free_list_page, nullptr),
+    : dev_(dev),
+      held_(alloc_list_page, free_list_page, nullptr),
       hinted_(alloc_list_page, free_list_page, nullptr) {}
 
 Balloon* Balloon::instance() { return g_instance; }
@@ -71,10 +72,13 @@ ErrorOr<void> Balloon::start() {
   // and QEMU would then keep every reported page instead of discarding it.
   unsigned long long poison = 0;
   if (cmdline::get_u64("balloon.poison", poison))
-    kprintf("balloon: balloon.poison=%#llx ignored: Blimp does not poison free pages, "
-            "PAGE_POISON is not negotiated\n", poison);
+    kprintf(
+        "balloon: balloon.poison=%#llx ignored: Blimp does not poison free pages, "
+        "PAGE_POISON is not negotiated\n",
+        poison);
   unsigned long long delay_ms = 0;
-  if (cmdline::get_u64("balloon.report_delay_ms", delay_ms)) report_delay_ns_ = delay_ms * 1000000ull;
+  if (cmdline::get_u64("balloon.report_delay_ms", delay_ms))
+    report_delay_ns_ = delay_ms * 1000000ull;
   unsigned long long ms = 0;
   if (cmdline::get_u64("balloon.timeout_ms", ms) && ms) timeout_ns_ = ms * 1000000ull;
   if (cmdline::get_u64("balloon.reset_ms", ms) && ms) reset_ns_ = ms * 1000000ull;
@@ -100,8 +104,10 @@ ErrorOr<void> Balloon::start() {
   uint16_t next = 0;
   inflate_vq_ = TRY(dev_.add_queue(next++, on_queue_used, this));
   deflate_vq_ = TRY(dev_.add_queue(next++, on_queue_used, this));
-  if (dev_.has_feature(kFeatureStatsVq)) stats_vq_ = TRY(dev_.add_queue(next++, on_stats_used, this));
-  if (dev_.has_feature(kFeatureFreePageHint)) hint_vq_ = TRY(dev_.add_queue(next++, on_queue_used, this));
+  if (dev_.has_feature(kFeatureStatsVq))
+    stats_vq_ = TRY(dev_.add_queue(next++, on_stats_used, this));
+  if (dev_.has_feature(kFeatureFreePageHint))
+    hint_vq_ = TRY(dev_.add_queue(next++, on_queue_used, this));
   if (dev_.has_feature(kFeaturePageReporting)) {
     virtio::QueueOptions o;
     o.max_indirect = kReportBatch;
@@ -142,7 +148,8 @@ ErrorOr<void> Balloon::start() {
   }
   kprintf("balloon: ready, features=%#lx (%s%s%s%s%s), floor %lu MiB, reporting delay %lu ms\n",
           features_, dev_.has_feature(kFeatureMustTellHost) ? "tell-host " : "",
-          stats_vq_ ? "stats " : "", dev_.has_feature(kFeatureDeflateOnOom) ? "deflate-on-oom " : "",
+          stats_vq_ ? "stats " : "",
+          dev_.has_feature(kFeatureDeflateOnOom) ? "deflate-on-oom " : "",
           hint_vq_ ? "free-page-hint " : "", report_vq_ ? "reporting" : "", mib(floor_pages_),
           report_delay_ns_ / 1000000);
   if (blimp_vq_) {
@@ -236,7 +243,8 @@ void Balloon::on_demand_met(void* ctx) {
   work::run_pending();
 }
 
-// ---- Bottom half ----------------------------------------------------------------------------------
+// ---- Bottom half
+// ----------------------------------------------------------------------------------
 
 void Balloon::work_fn(void* ctx) { static_cast<Balloon*>(ctx)->work(); }
 
@@ -245,9 +253,9 @@ void Balloon::work() {
     IrqGuard guard;
     if (busy_) {
       // The OOM path is mid-operation further up this stack: try again shortly.
-      (void)timer::call_at(timer::now_ns() + 10000000ull, [](void* c) {
-        work::schedule(static_cast<Balloon*>(c)->work_item_);
-      }, this);
+      (void)timer::call_at(
+          timer::now_ns() + 10000000ull,
+          [](void* c) { work::schedule(static_cast<Balloon*>(c)->work_item_); }, this);
       return;
     }
     busy_ = true;

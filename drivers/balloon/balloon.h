@@ -2,8 +2,9 @@
 //
 // Five of the six standard features are negotiated when the device offers them: MUST_TELL_HOST,
 // STATS_VQ, DEFLATE_ON_OOM, FREE_PAGE_HINT and PAGE_REPORTING. PAGE_POISON never is: Blimp does
-// not fill free pages with a poison value (balloon.poison=VAL is ignored with a warning). Queues are numbered densely by negotiated feature, as QEMU and Linux do:
-// inflate 0, deflate 1, then stats, free-page-hint and reporting when negotiated.
+// not fill free pages with a poison value (balloon.poison=VAL is ignored with a warning). Queues
+// are numbered densely by negotiated feature, as QEMU and Linux do: inflate 0, deflate 1, then
+// stats, free-page-hint and reporting when negotiated.
 //
 // # Where the work happens
 // Interrupt handlers only record what changed (config change, stats request, device error) and
@@ -65,24 +66,25 @@
 namespace blimp::balloon {
 
 struct BalloonCounters {
-  uint64_t inflated_pages;     // total ever inflated
-  uint64_t deflated_pages;     // total ever deflated (including OOM)
+  uint64_t inflated_pages;  // total ever inflated
+  uint64_t deflated_pages;  // total ever deflated (including OOM)
   uint64_t oom_deflated_pages;
   uint64_t oom_events;
   uint64_t reported_pages;
   uint64_t report_buffers;
   uint64_t hinted_pages;
   uint64_t stats_answers;
-  uint64_t floor_limited;  // times a target was capped by the floor
-  uint64_t cache_demands;  // times the app's caches were asked for memory to reach a target
-  uint64_t device_resets;  // resets recovered from
-  uint64_t slow_waits;     // waits that lasted past balloon.timeout_ms
-  uint64_t driver_resets;  // resets the driver did: a wait past balloon.reset_ms, a broken queue
+  uint64_t floor_limited;    // times a target was capped by the floor
+  uint64_t cache_demands;    // times the app's caches were asked for memory to reach a target
+  uint64_t device_resets;    // resets recovered from
+  uint64_t slow_waits;       // waits that lasted past balloon.timeout_ms
+  uint64_t driver_resets;    // resets the driver did: a wait past balloon.reset_ms, a broken queue
   uint64_t bad_completions;  // completions for a buffer not in flight on that queue
   uint64_t quarantined_pages;  // pages left with a device that could not be reset
 };
 
-struct BalloonTestAccess;  // tests/unit/balloon/driver_test.cpp: builds a Balloon over a fake device
+struct BalloonTestAccess;  // tests/unit/balloon/driver_test.cpp: builds a Balloon over a fake
+                           // device
 
 // The balloon is mm's device channel (mm/device_channel.h): kernel/main.cpp hands instance() to
 // page_states::init() and sharing::init().
@@ -228,8 +230,8 @@ class Balloon final : public mm::DeviceChannel {
   static constexpr unsigned kMaxResetsPerMinute = 5;
   uint64_t reset_times_[kMaxResetsPerMinute] = {};
   unsigned reset_times_next_ = 0;
-  uint64_t timeout_ns_ = 5000000000ull;   // a wait this long says so (and again every timeout)
-  uint64_t reset_ns_ = 20000000000ull;    // a wait this long resets the device
+  uint64_t timeout_ns_ = 5000000000ull;  // a wait this long says so (and again every timeout)
+  uint64_t reset_ns_ = 20000000000ull;   // a wait this long resets the device
   BufferTokens tokens_;
   ResetListeners reset_listeners_;
 

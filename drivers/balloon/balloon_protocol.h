@@ -20,25 +20,25 @@ constexpr unsigned kFeaturePageReporting = 5;
 
 // Blimp extensions (docs/spec-virtio-balloon-blimp.md): the wire types live in lib/blimp_wire.h,
 // below both this driver and mm (page states, sharing), which fill the requests.
-using wire::kFeatureBlimpPageStates;
-using wire::kFeatureBlimpShareHints;
 using wire::BlimpRequest;
 using wire::BlimpStatus;
+using wire::kFeatureBlimpPageStates;
+using wire::kFeatureBlimpShareHints;
 using enum wire::BlimpRequest;
 using enum wire::BlimpStatus;
+using wire::blimp_status_name;
+using wire::BlimpPstateRegister;
 using wire::BlimpRequestHeader;
 using wire::BlimpResponse;
-using wire::BlimpPstateRegister;
 using wire::BlimpSealEntry;
 using wire::BlimpUnsealEntry;
-using wire::kBlimpSealZero;
 using wire::kBlimpMaxEntries;
-using wire::blimp_status_name;
+using wire::kBlimpSealZero;
 
 // 5.5.4 Device configuration layout (little-endian; legacy devices use guest endianness, which on
 // x86 is the same).
-constexpr uint32_t kConfigNumPages = 0;     // target balloon size in 4 KiB pages (device writes)
-constexpr uint32_t kConfigActual = 4;       // current balloon size (driver writes)
+constexpr uint32_t kConfigNumPages = 0;  // target balloon size in 4 KiB pages (device writes)
+constexpr uint32_t kConfigActual = 4;    // current balloon size (driver writes)
 constexpr uint32_t kConfigFreePageHintCmdId = 8;
 constexpr uint32_t kConfigPoisonVal = 12;
 

@@ -27,8 +27,8 @@ namespace blimp::balloon {
 constexpr size_t kPfnsPerBuffer = 4096;  // 16 KiB of PFNs: 16 MiB of balloon
 constexpr size_t kInflateBuffers = 4;    // inflate buffers in flight at once
 constexpr size_t kRunsPerBuffer = 512;
-constexpr size_t kReportBatch = 256;  // blocks per reporting buffer (indirect table)
-constexpr size_t kHintRuns = 64;      // runs isolated per free page hinting step
+constexpr size_t kReportBatch = 256;   // blocks per reporting buffer (indirect table)
+constexpr size_t kHintRuns = 64;       // runs isolated per free page hinting step
 constexpr size_t kHintsInFlight = 32;  // hint buffers queued before waiting for them
 
 struct BufferToken {
@@ -130,10 +130,10 @@ struct alignas(4096) DeviceBuffers {
 
 // Driver-private scratch: never handed to the device.
 struct Scratch {
-  mm::PageRun runs[kRunsPerBuffer];          // inflate and deflate
-  mm::PageRun report_runs[kReportBatch];     // the blocks of the report in flight
-  mm::PageRun hint_runs[kHintRuns];          // isolated for the current hinting step
-  mm::PageRun release_runs[kReportBatch];    // hinted ranges on their way back to the allocator
+  mm::PageRun runs[kRunsPerBuffer];        // inflate and deflate
+  mm::PageRun report_runs[kReportBatch];   // the blocks of the report in flight
+  mm::PageRun hint_runs[kHintRuns];        // isolated for the current hinting step
+  mm::PageRun release_runs[kReportBatch];  // hinted ranges on their way back to the allocator
 };
 
 }  // namespace blimp::balloon

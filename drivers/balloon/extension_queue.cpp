@@ -10,8 +10,8 @@ namespace blimp::balloon {
 
 using namespace detail;
 
-ErrorOr<BlimpResponse> Balloon::blimp_request(uint16_t type, const void* entries,
-                                              uint32_t count, size_t entry_size) {
+ErrorOr<BlimpResponse> Balloon::blimp_request(uint16_t type, const void* entries, uint32_t count,
+                                              size_t entry_size) {
   if (!blimp_vq_) return Error::Unsupported;
   if (count > kBlimpMaxEntries || (count && !entries)) return Error::InvalidArgument;
   {
@@ -44,8 +44,8 @@ ErrorOr<BlimpResponse> Balloon::blimp_request(uint16_t type, const void* entries
       // A device that says it wrote less than a response may or may not have done what was
       // asked: reset it, so that whatever it did is forgotten too.
       char why[80];
-      format(why, sizeof why, "blimpq answered request type %u with %u bytes, not a response",
-             type, used.value()->used_len);
+      format(why, sizeof why, "blimpq answered request type %u with %u bytes, not a response", type,
+             used.value()->used_len);
       reset_device(why);
       result = lost_ ? Error::Timeout : Error::DeviceError;
     }

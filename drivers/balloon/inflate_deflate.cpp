@@ -32,8 +32,10 @@ void Balloon::adjust_to_target() {
   }
   uint64_t total = mm::pages().total_pages();
   if (target_ > total) {
-    kprintf("balloon: host asks for %lu MiB, more than the guest's %lu MiB of RAM; "
-            "inflating as far as the floor allows\n", mib(target_), mib(total));
+    kprintf(
+        "balloon: host asks for %lu MiB, more than the guest's %lu MiB of RAM; "
+        "inflating as far as the floor allows\n",
+        mib(target_), mib(total));
   }
   if (target_ > actual_) {
     inflate(target_ - actual_);
@@ -75,9 +77,10 @@ void Balloon::inflate(uint64_t want) {
         if (plan.limited) {
           counters_.floor_limited++;
           if (!floor_warned_) {
-            kprintf("balloon: target %lu MiB not reachable: holding %lu MiB, keeping %lu MiB "
-                    "free for the kernel and the app\n", mib(target_), mib(held_.pages()),
-                    mib(floor_pages_));
+            kprintf(
+                "balloon: target %lu MiB not reachable: holding %lu MiB, keeping %lu MiB "
+                "free for the kernel and the app\n",
+                mib(target_), mib(held_.pages()), mib(floor_pages_));
             floor_warned_ = true;
           }
         }
@@ -112,8 +115,8 @@ void Balloon::inflate(uint64_t want) {
       size_t n = cursor.fill(g_buf.inflate_pfns[slot], kPfnsPerBuffer);
       if (n == 0) break;
       virtio::Segment seg{virt_to_phys(g_buf.inflate_pfns[slot]), uint32_t(n * 4)};
-      auto r = post(*inflate_vq_, std::span<const virtio::Segment>(&seg, 1), {}, *token, slot,
-                    taken);
+      auto r =
+          post(*inflate_vq_, std::span<const virtio::Segment>(&seg, 1), {}, *token, slot, taken);
       if (r.is_error()) {
         // Never posted: the pages stay in held_, untold; a deflate hands them back first.
         kprintf("balloon: cannot queue an inflate buffer: %s\n", error_name(r.error()));
@@ -149,8 +152,10 @@ void Balloon::log_inflation() {
   if (!cache_round_.active) return;
   uint64_t ms = (timer::now_ns() - cache_round_.t0) / 1000000;
   if (cache_round_.pages && cache_round_.rounds) {
-    kprintf("balloon: inflated %lu MiB in %lu ms (%lu rounds shrinking the app's caches), now %lu MiB\n",
-            mib(cache_round_.pages), ms, cache_round_.rounds + 1, mib(actual_));
+    kprintf(
+        "balloon: inflated %lu MiB in %lu ms (%lu rounds shrinking the app's caches), now %lu "
+        "MiB\n",
+        mib(cache_round_.pages), ms, cache_round_.rounds + 1, mib(actual_));
   } else if (cache_round_.pages) {
     kprintf("balloon: inflated %lu MiB in %lu ms, now %lu MiB\n", mib(cache_round_.pages), ms,
             mib(actual_));
@@ -238,8 +243,10 @@ void Balloon::keep_ballooned(const PageRun* runs, size_t nruns) {
     mm::pages().give_back(&runs[i], 1, true);
     set_actual(actual_ > runs[i].pages ? actual_ - runs[i].pages : 0);
     counters_.deflated_pages += runs[i].pages;
-    kprintf("balloon: no room to keep %lu pages ballooned; returned to the allocator as "
-            "content unknown\n", runs[i].pages);
+    kprintf(
+        "balloon: no room to keep %lu pages ballooned; returned to the allocator as "
+        "content unknown\n",
+        runs[i].pages);
   }
 }
 

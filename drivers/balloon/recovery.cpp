@@ -98,9 +98,10 @@ ErrorOr<BufferToken*> Balloon::wait_used(virtio::Virtqueue& vq) {
       if (next_warning == start + timeout_ns_) counters_.slow_waits++;
       next_warning += timeout_ns_;
       irq_restore(flags);
-      kprintf("balloon: host fault: queue %u has held a buffer for %lu ms; still waiting (the "
-              "device is reset at %lu ms)\n",
-              vq.index(), (now - start) / 1000000, reset_ns_ / 1000000);
+      kprintf(
+          "balloon: host fault: queue %u has held a buffer for %lu ms; still waiting (the "
+          "device is reset at %lu ms)\n",
+          vq.index(), (now - start) / 1000000, reset_ns_ / 1000000);
       continue;
     }
     if (flags & (1u << 9)) {
@@ -121,9 +122,10 @@ ErrorOr<BufferToken*> Balloon::wait_used(virtio::Virtqueue& vq) {
 // it the device uses none of the rings it was given. So a host fault ends here, never in a guess.
 void Balloon::reset_device(const char* why) {
   if (lost_) return;
-  kprintf("balloon: host fault: %s; resetting the device (%zu buffers lent to it, holding %lu "
-          "MiB)\n",
-          why, tokens_.in_flight(), mib(held_.pages()));
+  kprintf(
+      "balloon: host fault: %s; resetting the device (%zu buffers lent to it, holding %lu "
+      "MiB)\n",
+      why, tokens_.in_flight(), mib(held_.pages()));
   counters_.driver_resets++;
   if (take_buffers_back()) reset_by_driver_ = true;
 }
@@ -139,9 +141,10 @@ bool Balloon::take_buffers_back() {
     // Hinted blocks stay isolated for good (release_hinted_pages() gives nothing back from a
     // lost device, which may still write them): they are quarantined like a report in flight.
     counters_.quarantined_pages += hinted_.pages();
-    kprintf("balloon: host fault: the device did not complete its reset; the %zu buffers lent "
-            "to it and the %lu MiB the balloon holds stay with it for good; the balloon stops\n",
-            lent, mib(held_.pages()));
+    kprintf(
+        "balloon: host fault: the device did not complete its reset; the %zu buffers lent "
+        "to it and the %lu MiB the balloon holds stay with it for good; the balloon stops\n",
+        lent, mib(held_.pages()));
     return false;
   }
   tokens_.forget_all();
@@ -173,9 +176,10 @@ void Balloon::recover() {
     gave_up_ = true;
     (void)dev_.reset();
     tokens_.forget_all();
-    kprintf("balloon: host fault: %u device resets within a minute; giving up: the device stays "
-            "reset and the balloon keeps the %lu MiB it holds\n",
-            kMaxResetsPerMinute + 1, mib(held_.pages()));
+    kprintf(
+        "balloon: host fault: %u device resets within a minute; giving up: the device stays "
+        "reset and the balloon keeps the %lu MiB it holds\n",
+        kMaxResetsPerMinute + 1, mib(held_.pages()));
     return;
   }
   reset_times_[reset_times_next_] = now;

@@ -14,7 +14,9 @@ using namespace detail;
 using mm::PageRun;
 
 namespace {
-uint64_t segment_pages(uint64_t pages) { return pages < kMaxSegmentPages ? pages : kMaxSegmentPages; }
+uint64_t segment_pages(uint64_t pages) {
+  return pages < kMaxSegmentPages ? pages : kMaxSegmentPages;
+}
 }  // namespace
 
 void Balloon::report_free_pages() {

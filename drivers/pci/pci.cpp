@@ -159,7 +159,8 @@ void assign_unassigned_bars(Address a) {
     g_mmio_next = 0xc0000000;
     const auto& p = acpi::platform();
     if (p.ecam_base) {
-      uint64_t ecam_end = p.ecam_base + (uint64_t(p.ecam_bus_end) + 1 - p.ecam_bus_start) * (1 << 20);
+      uint64_t ecam_end =
+          p.ecam_base + (uint64_t(p.ecam_bus_end) + 1 - p.ecam_bus_start) * (1 << 20);
       if (ecam_end > g_mmio_next && p.ecam_base < g_mmio_limit) g_mmio_next = ecam_end;
     }
   }
@@ -247,7 +248,8 @@ ErrorOr<void> Msix::init(Address a) {
     return Error::DeviceError;
   }
   table_ = bar.value().base + offset;
-  if (!map_mmio(table_ & ~0xfffull, ((16ull * table_size_ + (table_ & 0xfff)) + 0xfff) & ~0xfffull)) {
+  if (!map_mmio(table_ & ~0xfffull,
+                ((16ull * table_size_ + (table_ & 0xfff)) + 0xfff) & ~0xfffull)) {
     cap_ = 0;
     return Error::NoMemory;
   }

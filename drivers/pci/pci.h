@@ -90,10 +90,9 @@ void assign_unassigned_bars(Address a);
 
 // The GSI a function's INTx pin reaches the I/O APIC on, and whether it is active low.
 // Uses the firmware's interrupt line when there is one, else the chipset's routing: on QEMU's
-// q35 (ICH9) slot s pin p is PIRQ (s + p) % 4 + 4, wired to GSI 16 + PIRQ; on i440FX/PIIX3 (checked first: qboot writes
-// interrupt lines that disagree with the chipset) it is
-// PIRQ (s - 1 + p) % 4, routed to an ISA IRQ by PIIX3 registers 0x60-0x63 (programmed here if
-// the firmware did not).
+// q35 (ICH9) slot s pin p is PIRQ (s + p) % 4 + 4, wired to GSI 16 + PIRQ; on i440FX/PIIX3 (checked
+// first: qboot writes interrupt lines that disagree with the chipset) it is PIRQ (s - 1 + p) % 4,
+// routed to an ISA IRQ by PIIX3 registers 0x60-0x63 (programmed here if the firmware did not).
 struct IntxRoute {
   unsigned gsi;
   bool active_low;

@@ -6,8 +6,8 @@
 // A driver's probe, in order (see docs/virtio.md for a fuller example):
 //
 //   ErrorOr<void> probe(virtio::Device& dev) {
-//     TRY(dev.negotiate(bit(VIRTIO_BALLOON_F_STATS_VQ) | ...));   // reset, ACK, DRIVER, FEATURES_OK
-//     auto* inflate = TRY(dev.add_queue(0, on_inflate_done, this));
+//     TRY(dev.negotiate(bit(VIRTIO_BALLOON_F_STATS_VQ) | ...));   // reset, ACK, DRIVER,
+//     FEATURES_OK auto* inflate = TRY(dev.add_queue(0, on_inflate_done, this));
 //     ...                                                          // more add_queue
 //     dev.set_config_callback(on_config_change, this);
 //     TRY(dev.start());                                            // interrupts, queues, DRIVER_OK
@@ -93,8 +93,8 @@ class Device final : public InterruptSink {
   // on legacy interfaces (no counter) read twice until two reads agree (4.1.4.8 advice).
   template <typename T>
   T config_read(uint32_t offset) {
-    static_assert(std::is_integral_v<T> && (sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4 ||
-                                            sizeof(T) == 8));
+    static_assert(std::is_integral_v<T> &&
+                  (sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8));
     return T(config_read_raw(offset, sizeof(T)));
   }
   template <typename T>

@@ -6,8 +6,8 @@
 #include "drivers/log.h"
 #include "drivers/virtio/dma.h"
 #include "kernel/memory.h"
-#include "mm/mm.h"
 #include "lib/spinlock.h"
+#include "mm/mm.h"
 
 namespace blimp::virtio {
 

@@ -15,10 +15,14 @@ bool parse_number(const char*& p, const char* end, uint64_t& out) {
   for (; p < end; ++p) {
     char c = *p;
     unsigned d;
-    if (c >= '0' && c <= '9') d = unsigned(c - '0');
-    else if (base == 16 && c >= 'a' && c <= 'f') d = unsigned(c - 'a' + 10);
-    else if (base == 16 && c >= 'A' && c <= 'F') d = unsigned(c - 'A' + 10);
-    else break;
+    if (c >= '0' && c <= '9')
+      d = unsigned(c - '0');
+    else if (base == 16 && c >= 'a' && c <= 'f')
+      d = unsigned(c - 'a' + 10);
+    else if (base == 16 && c >= 'A' && c <= 'F')
+      d = unsigned(c - 'A' + 10);
+    else
+      break;
     if (v > (~uint64_t(0) >> 4)) return false;  // overflow
     v = v * base + d;
   }
@@ -37,9 +41,12 @@ bool parse_mmio_cmdline(const char* value, size_t len, MmioDeviceDesc& out) {
   const char* end = value + len;
   uint64_t size, base, irq;
   if (!parse_number(p, end, size)) return false;
-  if (p < end && (*p == 'K' || *p == 'k')) size <<= 10, ++p;
-  else if (p < end && (*p == 'M' || *p == 'm')) size <<= 20, ++p;
-  else if (p < end && (*p == 'G' || *p == 'g')) size <<= 30, ++p;
+  if (p < end && (*p == 'K' || *p == 'k'))
+    size <<= 10, ++p;
+  else if (p < end && (*p == 'M' || *p == 'm'))
+    size <<= 20, ++p;
+  else if (p < end && (*p == 'G' || *p == 'g'))
+    size <<= 30, ++p;
   if (p == end || *p++ != '@' || !parse_number(p, end, base)) return false;
   if (p == end || *p++ != ':' || !parse_number(p, end, irq)) return false;
   if (p < end && *p != ':') return false;  // an optional ":ID" may follow
@@ -48,8 +55,7 @@ bool parse_mmio_cmdline(const char* value, size_t len, MmioDeviceDesc& out) {
   return true;
 }
 
-size_t scan_aml_for_virtio_mmio(const uint8_t* aml, size_t len, MmioDeviceDesc* out,
-                                size_t max) {
+size_t scan_aml_for_virtio_mmio(const uint8_t* aml, size_t len, MmioDeviceDesc* out, size_t max) {
   static constexpr char kHid[] = "LNRO0005";
   static constexpr size_t kHidLen = 8;
   static constexpr size_t kWindow = 160;  // _UID, _CCA and the _CRS follow the _HID closely

@@ -146,8 +146,9 @@ ErrorOr<void> MmioTransport::setup_interrupts(InterruptSink& sink, uint16_t) {
       gsi_, level_triggered_, active_low_,
       [](void* ctx) { static_cast<InterruptSink*>(ctx)->irq_shared(); }, &sink));
   irq_ready_ = true;
-  format(irq_desc_, sizeof irq_desc_, "irq=%llu %s vector=%u", static_cast<unsigned long long>(gsi_),
-         level_triggered_ ? "level" : "edge", unsigned{vector});
+  format(irq_desc_, sizeof irq_desc_, "irq=%llu %s vector=%u",
+         static_cast<unsigned long long>(gsi_), level_triggered_ ? "level" : "edge",
+         unsigned{vector});
   return {};
 #else
   // Host builds (unit tests): no interrupt controller; the test delivers interrupts by calling

@@ -41,8 +41,8 @@ class MmioTransport final : public Transport {
  public:
   // `regs` must outlive the transport. `phys_base` is only for messages; `gsi` and its trigger
   // mode come from the command line or ACPI (mmio_discovery.h).
-  MmioTransport(RegisterWindow& regs, uint64_t phys_base, uint32_t gsi, bool level_triggered = false,
-                bool active_low = false);
+  MmioTransport(RegisterWindow& regs, uint64_t phys_base, uint32_t gsi,
+                bool level_triggered = false, bool active_low = false);
   // Checks magic and version and reads the device id. NotFound for an empty slot (device id 0),
   // Unsupported for an unknown version, DeviceError for a bad magic value.
   ErrorOr<void> init();

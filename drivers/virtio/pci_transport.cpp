@@ -177,8 +177,7 @@ uint16_t PciModernTransport::write_config_vector(uint16_t entry) {
 }
 
 ErrorOr<void> PciModernTransport::queue_enable(uint16_t index, uint16_t size, uint64_t desc,
-                                               uint64_t avail, uint64_t used,
-                                               uint16_t msix_entry) {
+                                               uint64_t avail, uint64_t used, uint16_t msix_entry) {
   if (index >= kMaxQueues) return Error::InvalidArgument;
   // 4.1.5.1.3 Virtqueue Configuration.
   common_.write16(kQueueSelect, index);

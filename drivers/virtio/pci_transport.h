@@ -138,8 +138,7 @@ class PciModernTransport final : public PciTransportBase {
 
 class PciLegacyTransport final : public PciTransportBase {
  public:
-  PciLegacyTransport(uint8_t bus, uint8_t dev, uint8_t fn, uint16_t device_id,
-                     RegisterWindow& io);
+  PciLegacyTransport(uint8_t bus, uint8_t dev, uint8_t fn, uint16_t device_id, RegisterWindow& io);
 
   TransportKind kind() const override { return TransportKind::PciLegacy; }
   bool modern() const override { return false; }

@@ -45,7 +45,10 @@ ErrorOr<void> probe_rng(Device& dev) {
   }
   drivers::log("virtio: %s at %s: roundtrip=%s (%u bytes)\n", dev.name(),
                dev.transport().location(),
-               g_rng.error ? "device-error" : g_rng.done ? "ok" : "timeout", g_rng.len);
+               g_rng.error  ? "device-error"
+               : g_rng.done ? "ok"
+                            : "timeout",
+               g_rng.len);
   if (!g_rng.done) return Error::Timeout;
   return {};
 }

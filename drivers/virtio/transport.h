@@ -80,8 +80,8 @@ class Transport {
   // Reads and acknowledges the interrupt status: kIsrQueue | kIsrConfig bits.
   virtual uint8_t read_isr() = 0;
 
-  // Interrupt delivery (host builds: a no-op; tests call the sink directly). Sets up vectors for the
-  // configuration change and `num_queues` queues and records how queue i is signalled:
+  // Interrupt delivery (host builds: a no-op; tests call the sink directly). Sets up vectors for
+  // the configuration change and `num_queues` queues and records how queue i is signalled:
   // queue_msix_entry(i) is then what queue_enable wants. Called once per device initialisation.
   virtual ErrorOr<void> setup_interrupts(InterruptSink& sink, uint16_t num_queues) = 0;
   // After a device reset the device forgets its MSI-X vector assignments; re-apply the config one.

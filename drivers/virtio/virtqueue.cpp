@@ -62,8 +62,7 @@ ErrorOr<void> Virtqueue::init(uint16_t index, const Options& options, DmaAllocat
     auto ind = dma.alloc(round_page(size_t(size_) * max_indirect_ * sizeof(VirtqDesc)));
     if (ind.is_error()) {
       // Indirect descriptors are an optimisation: carry on without them.
-      drivers::log("virtio: queue %u: no memory for indirect tables, using direct chains\n",
-                   index);
+      drivers::log("virtio: queue %u: no memory for indirect tables, using direct chains\n", index);
       max_indirect_ = 0;
     } else {
       indirect_ = ind.value();
@@ -258,24 +257,34 @@ ErrorOr<bool> Virtqueue::pop_used(void*& token, uint32_t& len) {
   __atomic_thread_fence(__ATOMIC_ACQUIRE);
   uint16_t pending = uint16_t(idx - last_used_);
   if (pending > in_flight_) {
-    broken_locked("%s queue %u: used idx %u runs %u entries ahead of %u buffers in flight; queue disabled until device reset\n", name_, index_, idx, pending,
-                  in_flight_);
+    broken_locked(
+        "%s queue %u: used idx %u runs %u entries ahead of %u buffers in flight; queue disabled "
+        "until device reset\n",
+        name_, index_, idx, pending, in_flight_);
     return Error::DeviceError;
   }
   VirtqUsedElem* elem = &used_ring()[last_used_ & (size_ - 1)];
   uint32_t id = load32(&elem->id);
   uint32_t used_len = load32(&elem->len);
   if (id >= size_) {
-    broken_locked("%s queue %u: device returned used id %u, out of range (queue size %u); queue disabled until device reset\n", name_, index_, id, size_);
+    broken_locked(
+        "%s queue %u: device returned used id %u, out of range (queue size %u); queue disabled "
+        "until device reset\n",
+        name_, index_, id, size_);
     return Error::DeviceError;
   }
   if (!slots_[id].token) {
-    broken_locked("%s queue %u: device returned used id %u, which is not in flight; queue disabled until device reset\n", name_, index_, id);
+    broken_locked(
+        "%s queue %u: device returned used id %u, which is not in flight; queue disabled until "
+        "device reset\n",
+        name_, index_, id);
     return Error::DeviceError;
   }
   if (used_len > slots_[id].in_len) {
-    broken_locked("%s queue %u: device wrote %u bytes into buffer id %u, which has only %u writable; queue disabled until device reset\n", name_, index_, used_len,
-                  id, slots_[id].in_len);
+    broken_locked(
+        "%s queue %u: device wrote %u bytes into buffer id %u, which has only %u writable; queue "
+        "disabled until device reset\n",
+        name_, index_, used_len, id, slots_[id].in_len);
     return Error::DeviceError;
   }
   token = slots_[id].token;

@@ -68,9 +68,7 @@ bool parse_multiboot2(uint64_t info_phys, BootInfo& out, const char*& error) {
     auto* tag = reinterpret_cast<const Mb2Tag*>(p);
     if (tag->type == kMb2TagEnd || tag->size < sizeof(Mb2Tag)) break;
     switch (tag->type) {
-      case kMb2TagCmdline:
-        out.cmdline = reinterpret_cast<const char*>(p + 8);
-        break;
+      case kMb2TagCmdline: out.cmdline = reinterpret_cast<const char*>(p + 8); break;
       case kMb2TagMmap: {
         uint32_t entry_size = *reinterpret_cast<const uint32_t*>(p + 8);
         if (entry_size < 24) break;
@@ -148,7 +146,8 @@ bool parse_boot_info(int protocol, uint64_t info_phys, BootInfo& out, const char
   // The loader's command line (in the multiboot2 information, or wherever PVH put it) lives in
   // memory the allocator will hand out: keep our own copy.
   size_t i = 0;
-  for (; out.cmdline[i] && i + 1 < sizeof out.cmdline_copy; i++) out.cmdline_copy[i] = out.cmdline[i];
+  for (; out.cmdline[i] && i + 1 < sizeof out.cmdline_copy; i++)
+    out.cmdline_copy[i] = out.cmdline[i];
   out.cmdline_copy[i] = '\0';
   out.cmdline = out.cmdline_copy;
   out.ram_count = normalize_ranges(out.ram, out.ram_count);

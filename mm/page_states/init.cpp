@@ -36,8 +36,7 @@ ResetListenerResult reregister(void*) {
     kprintf(
         "page-states: PSTATE_REGISTER after the device reset failed: %s; the host will not "
         "discard through page states\n",
-        resp.is_error() ? error_name(resp.error())
-                        : wire::blimp_status_name(resp.value().status));
+        resp.is_error() ? error_name(resp.error()) : wire::blimp_status_name(resp.value().status));
     return ResetListenerResult::Done;
   }
   kprintf("page-states: re-registered %lu pages after the device reset\n", g_reg.npages);
@@ -47,9 +46,10 @@ ResetListenerResult reregister(void*) {
 // A guest CPU waited unusually long for the host to publish a DISCARDING byte (protocol.h).
 void log_long_wait(const volatile uint8_t* byte, uint64_t spins) {
   const PageStateArray& a = detail::guest_array();
-  kprintf("page-states: waited %lu spins for the host to finish discarding page %#lx; still "
-          "waiting (the host stalled mid-sweep?)\n",
-          spins, (a.base_pfn() + uint64_t(byte - a.bytes())) << kPageShift);
+  kprintf(
+      "page-states: waited %lu spins for the host to finish discarding page %#lx; still "
+      "waiting (the host stalled mid-sweep?)\n",
+      spins, (a.base_pfn() + uint64_t(byte - a.bytes())) << kPageShift);
 }
 
 }  // namespace
@@ -108,9 +108,10 @@ void init(DeviceChannel* channel) {
     // may still register the array and sweep through it). Either way the array stays: attached,
     // hooked and never freed, so no host write can land in reused memory; the reset listener
     // registers it once the device works again.
-    kprintf("page-states: PSTATE_REGISTER got no answer (%s); the array stays, to be registered "
-            "after the device's recovery\n",
-            error_name(resp.error()));
+    kprintf(
+        "page-states: PSTATE_REGISTER got no answer (%s); the array stays, to be registered "
+        "after the device's recovery\n",
+        error_name(resp.error()));
     detail::set_active(&a);
     if (b->add_reset_listener(reregister, nullptr).is_error())
       kprintf("page-states: no room for a balloon reset listener: never registered\n");

@@ -30,12 +30,12 @@ class DeviceChannel;
 namespace blimp::mm::page_states {
 
 struct Stats {
-  uint64_t array_pages;         // pages described (array length in bytes); 0 when off
-  uint64_t transitions;         // hook calls
-  uint64_t known_zero_pages;    // pages handed out that the host had discarded (zero, not zeroed)
-  uint64_t discard_waits;       // pause iterations spent waiting on DISCARDING_x bytes
-  uint64_t pins;                // volatile pins (per page)
-  uint64_t pins_lost;           // pins that found the page discarded (content lost)
+  uint64_t array_pages;       // pages described (array length in bytes); 0 when off
+  uint64_t transitions;       // hook calls
+  uint64_t known_zero_pages;  // pages handed out that the host had discarded (zero, not zeroed)
+  uint64_t discard_waits;     // pause iterations spent waiting on DISCARDING_x bytes
+  uint64_t pins;              // volatile pins (per page)
+  uint64_t pins_lost;         // pins that found the page discarded (content lost)
 };
 
 // The array and the allocator transitions over it. Host-compilable: tests build one over a
@@ -97,16 +97,14 @@ constexpr uint8_t state_for_owner(Owner o) {
     case Owner::Free:
     case Owner::Reported:
     case Owner::Isolated:
-    case Owner::Balloon:
-      return kUnused;
-    case Owner::Volatile:
-      return kVolatile;
-    default:
-      return kStable;
+    case Owner::Balloon: return kUnused;
+    case Owner::Volatile: return kVolatile;
+    default: return kStable;
   }
 }
 
-// ---- the guest's instance ------------------------------------------------------------------------
+// ---- the guest's instance
+// ------------------------------------------------------------------------
 
 // Allocates and initialises the array, installs the allocator's state hook and registers the
 // array with the device through `channel` (mm/device_channel.h: the balloon, which kernel_main

@@ -36,7 +36,9 @@ constexpr bool is_valid(uint8_t v) {
          v == kDiscardingUnused || v == kDiscardingVolatile || v == kDiscardedUnused ||
          v == kDiscardedVolatile;
 }
-constexpr bool is_discarding(uint8_t v) { return v == kDiscardingUnused || v == kDiscardingVolatile; }
+constexpr bool is_discarding(uint8_t v) {
+  return v == kDiscardingUnused || v == kDiscardingVolatile;
+}
 constexpr bool is_discarded(uint8_t v) { return v == kDiscardedUnused || v == kDiscardedVolatile; }
 const char* state_name(uint8_t v);
 

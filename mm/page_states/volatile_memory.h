@@ -37,7 +37,8 @@ struct VolatileRegion {
 // `pages` contiguous pages owned as Owner::Volatile, returned pinned. The guest's allocator and
 // active array by default; tests pass their own.
 ErrorOr<VolatileRegion> allocate_volatile(uint64_t pages);
-ErrorOr<VolatileRegion> allocate_volatile(uint64_t pages, PageAllocator& pa, PageStateArray* states);
+ErrorOr<VolatileRegion> allocate_volatile(uint64_t pages, PageAllocator& pa,
+                                          PageStateArray* states);
 PinResult pin(const VolatileRegion& r, uint64_t* lost_pages = nullptr);
 void unpin(const VolatileRegion& r);
 void free_volatile(VolatileRegion& r);

@@ -75,8 +75,8 @@ bool SealBatcher::flush() {
   if (count_ == 0) return true;
   uint64_t pages = 0;
   for (uint32_t i = 0; i < count_; i++) pages += buf_[i].npages;
-  bool ok = send_batch(send_, ctx_, wire::kBlimpSeal, buf_, count_, sizeof(BlimpSealEntry),
-                       pages, stats_);
+  bool ok = send_batch(send_, ctx_, wire::kBlimpSeal, buf_, count_, sizeof(BlimpSealEntry), pages,
+                       stats_);
   count_ = 0;
   return ok;
 }
@@ -112,8 +112,8 @@ bool UnsealBatcher::flush() {
   if (count_ == 0) return true;
   uint64_t pages = 0;
   for (uint32_t i = 0; i < count_; i++) pages += buf_[i].npages;
-  bool ok = send_batch(send_, ctx_, wire::kBlimpUnseal, buf_, count_,
-                       sizeof(BlimpUnsealEntry), pages, stats_);
+  bool ok = send_batch(send_, ctx_, wire::kBlimpUnseal, buf_, count_, sizeof(BlimpUnsealEntry),
+                       pages, stats_);
   count_ = 0;
   return ok;
 }

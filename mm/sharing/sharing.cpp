@@ -81,13 +81,9 @@ void hint_page(uint64_t pfn) {
       if (stable_pfn(first)) g.seals.add(first, hash, zero);
       g.seals.add(pfn, hash, zero);
       break;
-    case TwinTable::Seen::More:
-      g.seals.add(pfn, hash, zero);
-      break;
+    case TwinTable::Seen::More: g.seals.add(pfn, hash, zero); break;
     case TwinTable::Seen::First:
-    case TwinTable::Seen::Full:
-      g.twin_skipped++;
-      break;
+    case TwinTable::Seen::Full: g.twin_skipped++; break;
   }
 }
 
@@ -195,11 +191,11 @@ Mode mode() { return g.mode; }
 Stats stats() {
   const BatchStats& s = g.seals.stats();
   const BatchStats& u = g.unseals.stats();
-  return Stats{g.mode,          g.device,           g.kernel_pages,     g.registry.sealed_pages(),
-               g.sealed_total,  g.unsealed_total,   g.hashed_pages,     g.hash_ns,
-               s.requests,      s.entries,          s.pages,            s.zero_pages,
-               s.rejected,      s.dropped_pages,    g.twin_skipped,     u.requests,
-               u.entries,       s.limit_reached};
+  return Stats{g.mode,         g.device,         g.kernel_pages, g.registry.sealed_pages(),
+               g.sealed_total, g.unsealed_total, g.hashed_pages, g.hash_ns,
+               s.requests,     s.entries,        s.pages,        s.zero_pages,
+               s.rejected,     s.dropped_pages,  g.twin_skipped, u.requests,
+               u.entries,      s.limit_reached};
 }
 
 void print_stats(const char* prefix) {

@@ -33,32 +33,36 @@ inline const char* mode_name(Mode m) {
   return m == Mode::Off ? "off" : m == Mode::Vm ? "vm" : "all";
 }
 inline bool parse_mode(const char* text, Mode& out) {
-  if (strcmp(text, "off") == 0) out = Mode::Off;
-  else if (strcmp(text, "vm") == 0) out = Mode::Vm;
-  else if (strcmp(text, "all") == 0) out = Mode::All;
-  else return false;
+  if (strcmp(text, "off") == 0)
+    out = Mode::Off;
+  else if (strcmp(text, "vm") == 0)
+    out = Mode::Vm;
+  else if (strcmp(text, "all") == 0)
+    out = Mode::All;
+  else
+    return false;
   return true;
 }
 
 struct Stats {
   Mode mode;
-  bool device;                // the balloon negotiated share hints
-  uint64_t kernel_pages;      // read-only kernel image pages (hinted when hints are on)
-  uint64_t sealed_pages;      // pages sealed now (seal() minus unseal())
-  uint64_t sealed_total;      // pages ever sealed
-  uint64_t unsealed_total;    // pages ever unsealed
-  uint64_t hashed_pages;      // pages hashed
-  uint64_t hash_ns;           // time spent hashing
-  uint64_t hint_requests;     // SEAL requests answered
-  uint64_t hint_entries;      // SEAL entries sent (after run merging)
-  uint64_t hint_pages;        // pages covered by them
-  uint64_t hint_zero_pages;   // of which zero pages
-  uint64_t hint_rejected;     // entries the device rejected
-  uint64_t hint_dropped;      // pages not hinted (device limit reached, request failed)
-  uint64_t twin_skipped;      // sharing=vm: pages not hinted because unique in this VM
+  bool device;               // the balloon negotiated share hints
+  uint64_t kernel_pages;     // read-only kernel image pages (hinted when hints are on)
+  uint64_t sealed_pages;     // pages sealed now (seal() minus unseal())
+  uint64_t sealed_total;     // pages ever sealed
+  uint64_t unsealed_total;   // pages ever unsealed
+  uint64_t hashed_pages;     // pages hashed
+  uint64_t hash_ns;          // time spent hashing
+  uint64_t hint_requests;    // SEAL requests answered
+  uint64_t hint_entries;     // SEAL entries sent (after run merging)
+  uint64_t hint_pages;       // pages covered by them
+  uint64_t hint_zero_pages;  // of which zero pages
+  uint64_t hint_rejected;    // entries the device rejected
+  uint64_t hint_dropped;     // pages not hinted (device limit reached, request failed)
+  uint64_t twin_skipped;     // sharing=vm: pages not hinted because unique in this VM
   uint64_t unseal_requests;
   uint64_t unseal_entries;
-  bool limit_reached;         // the device answered ENOSPC: hints stopped
+  bool limit_reached;  // the device answered ENOSPC: hints stopped
 };
 
 // Reads sharing= from the command line and, when `channel` (mm/device_channel.h: the balloon,

@@ -3,60 +3,56 @@
  * that accepted requests satisfy the spec's invariants. */
 #include <assert.h>
 #include <stdint.h>
-#include <string.h>
 #include <stdlib.h>
+#include <string.h>
 #include "blimp-balloon-decode.h"
 
 #define MAX_PFN (1ULL << 40)
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
-    /* copy to an exactly-sized heap buffer so ASan sees any overread */
-    uint8_t *buf = malloc(size ? size : 1);
-    BlimpReq req;
-    memcpy(buf, data, size);
-    int st = blimp_decode_req(buf, size, &req);
-    if (st == BLIMP_S_OK) {
-        assert(req.flags == 0);
-        assert(req.payload == buf + BLIMP_REQ_HDR_SIZE);
-        assert(req.payload_len == size - BLIMP_REQ_HDR_SIZE);
-        switch (req.type) {
-        case BLIMP_REQ_PSTATE_REGISTER: {
-            BlimpPstateReg reg;
-            assert(req.count == 1 && req.payload_len == BLIMP_PSTATE_REG_SIZE);
-            if (blimp_decode_pstate_register(&req, &reg, MAX_PFN) == BLIMP_S_OK) {
-                assert((reg.array_gpa & 4095) == 0);
-                assert(reg.npages > 0 && reg.base_pfn + reg.npages <= MAX_PFN);
-                assert(reg.array_gpa + reg.npages > reg.array_gpa);
-            }
-            break;
+int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  /* copy to an exactly-sized heap buffer so ASan sees any overread */
+  uint8_t* buf = malloc(size ? size : 1);
+  BlimpReq req;
+  memcpy(buf, data, size);
+  int st = blimp_decode_req(buf, size, &req);
+  if (st == BLIMP_S_OK) {
+    assert(req.flags == 0);
+    assert(req.payload == buf + BLIMP_REQ_HDR_SIZE);
+    assert(req.payload_len == size - BLIMP_REQ_HDR_SIZE);
+    switch (req.type) {
+      case BLIMP_REQ_PSTATE_REGISTER: {
+        BlimpPstateReg reg;
+        assert(req.count == 1 && req.payload_len == BLIMP_PSTATE_REG_SIZE);
+        if (blimp_decode_pstate_register(&req, &reg, MAX_PFN) == BLIMP_S_OK) {
+          assert((reg.array_gpa & 4095) == 0);
+          assert(reg.npages > 0 && reg.base_pfn + reg.npages <= MAX_PFN);
+          assert(reg.array_gpa + reg.npages > reg.array_gpa);
         }
-        case BLIMP_REQ_PSTATE_UNREGISTER:
-            assert(req.count == 0 && req.payload_len == 0);
-            break;
-        case BLIMP_REQ_SEAL:
-        case BLIMP_REQ_UNSEAL: {
-            assert(req.count >= 1 && req.count <= BLIMP_MAX_ENTRIES);
-            for (uint32_t i = 0; i < req.count; i++) {
-                BlimpSeal e;
-                int s = req.type == BLIMP_REQ_SEAL ? blimp_decode_seal(&req, i, &e, MAX_PFN)
-                                                   : blimp_decode_unseal(&req, i, &e, MAX_PFN);
-                if (s == BLIMP_S_OK) {
-                    assert(e.npages >= 1 && e.pfn < MAX_PFN && e.npages <= MAX_PFN - e.pfn);
-                    assert((e.flags & ~BLIMP_SEAL_F_KNOWN) == 0);
-                }
-            }
-            /* out-of-range index is refused */
-            BlimpSeal e;
-            assert(blimp_decode_seal(&req, req.count, &e, MAX_PFN) == BLIMP_S_EINVAL);
-            break;
+        break;
+      }
+      case BLIMP_REQ_PSTATE_UNREGISTER: assert(req.count == 0 && req.payload_len == 0); break;
+      case BLIMP_REQ_SEAL:
+      case BLIMP_REQ_UNSEAL: {
+        assert(req.count >= 1 && req.count <= BLIMP_MAX_ENTRIES);
+        for (uint32_t i = 0; i < req.count; i++) {
+          BlimpSeal e;
+          int s = req.type == BLIMP_REQ_SEAL ? blimp_decode_seal(&req, i, &e, MAX_PFN)
+                                             : blimp_decode_unseal(&req, i, &e, MAX_PFN);
+          if (s == BLIMP_S_OK) {
+            assert(e.npages >= 1 && e.pfn < MAX_PFN && e.npages <= MAX_PFN - e.pfn);
+            assert((e.flags & ~BLIMP_SEAL_F_KNOWN) == 0);
+          }
         }
-        default:
-            assert(0 && "unknown type accepted");
-        }
-    } else {
-        assert(st == BLIMP_S_EINVAL || st == BLIMP_S_EUNSUPP);
+        /* out-of-range index is refused */
+        BlimpSeal e;
+        assert(blimp_decode_seal(&req, req.count, &e, MAX_PFN) == BLIMP_S_EINVAL);
+        break;
+      }
+      default: assert(0 && "unknown type accepted");
     }
-    free(buf);
-    return 0;
+  } else {
+    assert(st == BLIMP_S_EINVAL || st == BLIMP_S_EUNSUPP);
+  }
+  free(buf);
+  return 0;
 }

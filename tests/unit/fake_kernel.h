@@ -19,7 +19,7 @@
 
 namespace blimp::test::kernel {
 
-uint64_t now();              // the fake clock, without advancing it
+uint64_t now();  // the fake clock, without advancing it
 void set_now(uint64_t ns);
 void set_tick(uint64_t ns);  // what one read of timer::now_ns() advances the clock by
 void set_poll_hook(void (*fn)(void* ctx), void* ctx);

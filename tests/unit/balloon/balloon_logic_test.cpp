@@ -199,12 +199,12 @@ TEST(BalloonPolicy, InflateStopsAtTheFloor) {
 }
 
 TEST(BalloonPolicy, FloorAndOomStep) {
-  EXPECT_EQ(default_floor_pages(1024), 2048u);                // tiny guest: at least 8 MiB
-  EXPECT_EQ(default_floor_pages(1ull << 20), 16384u);         // 4 GiB: 128 MiB capped to 64 MiB
-  EXPECT_EQ(default_floor_pages(262144), 8192u);              // 1 GiB: 32 MiB
-  EXPECT_EQ(plan_oom_deflate(1, 100000), 4096u);              // at least 16 MiB
+  EXPECT_EQ(default_floor_pages(1024), 2048u);         // tiny guest: at least 8 MiB
+  EXPECT_EQ(default_floor_pages(1ull << 20), 16384u);  // 4 GiB: 128 MiB capped to 64 MiB
+  EXPECT_EQ(default_floor_pages(262144), 8192u);       // 1 GiB: 32 MiB
+  EXPECT_EQ(plan_oom_deflate(1, 100000), 4096u);       // at least 16 MiB
   EXPECT_EQ(plan_oom_deflate(10000, 100000), 10000u);
-  EXPECT_EQ(plan_oom_deflate(10000, 50), 50u);                // never more than held
+  EXPECT_EQ(plan_oom_deflate(10000, 50), 50u);  // never more than held
 }
 
 }  // namespace

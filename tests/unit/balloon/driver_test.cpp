@@ -1,7 +1,7 @@
 // The balloon driver itself (drivers/balloon/*.cpp) over a fake virtio-balloon device
 // (fake_balloon_device.h), a real PageAllocator over host memory and a fake clock
-// (tests/unit/fake_kernel.h): slow, silent and misbehaving hosts on every queue, resets by the host and by
-// the driver, the give-up after too many resets, and a device that cannot be reset.
+// (tests/unit/fake_kernel.h): slow, silent and misbehaving hosts on every queue, resets by the host
+// and by the driver, the give-up after too many resets, and a device that cannot be reset.
 //
 // After every step: the allocator's invariants hold; no page named by a buffer the device holds
 // is owned by anyone but the balloon (inflate, deflate with MUST_TELL_HOST) or the isolation list
@@ -55,11 +55,11 @@ constexpr uint64_t kArenaBytes = 64ull << 20;
 constexpr uint64_t kSec = 1'000'000'000ull;
 constexpr uint64_t kMs = 1'000'000ull;
 
-constexpr uint64_t kAllFeatures =
-    bit(kFeatureMustTellHost) | bit(kFeatureStatsVq) | bit(kFeatureDeflateOnOom) |
-    bit(kFeatureFreePageHint) | bit(kFeaturePageReporting) | bit(kFeatureBlimpPageStates) |
-    bit(kFeatureBlimpShareHints) | bit(virtio::feature::kVersion1) |
-    bit(virtio::feature::kIndirectDesc);
+constexpr uint64_t kAllFeatures = bit(kFeatureMustTellHost) | bit(kFeatureStatsVq) |
+                                  bit(kFeatureDeflateOnOom) | bit(kFeatureFreePageHint) |
+                                  bit(kFeaturePageReporting) | bit(kFeatureBlimpPageStates) |
+                                  bit(kFeatureBlimpShareHints) | bit(virtio::feature::kVersion1) |
+                                  bit(virtio::feature::kIndirectDesc);
 
 // Guest RAM: one arena below 2 GiB (the balloon speaks 32-bit PFNs), one allocator
 // (mm::pages() is a global) for the whole process.
@@ -253,7 +253,8 @@ class balloon_driver : public ::testing::Test {
   std::vector<std::pair<uint64_t, std::function<void()>>> events_;
 };
 
-// ---- The baseline: a host that answers at once ---------------------------------------------------
+// ---- The baseline: a host that answers at once
+// ---------------------------------------------------
 
 TEST_F(balloon_driver, InflateAndDeflateRoundTrip) {
   settle();
@@ -286,7 +287,8 @@ TEST_F(balloon_driver_no_tell, InflateAndDeflateRoundTrip) {
   deflate_all_and_check_leaks();
 }
 
-// ---- The app's caches: a demand, its outcome, and no second demand on empty caches ---------------
+// ---- The app's caches: a demand, its outcome, and no second demand on empty caches
+// ---------------
 
 // An app cache; `pinned`: it counts its pages but cannot free them (everything in use).
 struct PinnableCache : mm::Shrinker {
@@ -369,7 +371,8 @@ TEST_F(balloon_driver, CacheDemandExhaustedIsNotMadeAgainUntilANewTarget) {
   deflate_all_and_check_leaks();
 }
 
-// ---- Late completions: past balloon.timeout_ms (5 s), before balloon.reset_ms (20 s) -------------
+// ---- Late completions: past balloon.timeout_ms (5 s), before balloon.reset_ms (20 s)
+// -------------
 
 TEST_F(balloon_driver, LateInflateIsWaitedFor) {
   settle();
@@ -405,7 +408,8 @@ TEST_F(balloon_driver_no_tell, LateDeflateIsWaitedFor) {
   deflate_all_and_check_leaks();
 }
 
-// ---- Buffers that never come back: the driver resets at balloon.reset_ms -------------------------
+// ---- Buffers that never come back: the driver resets at balloon.reset_ms
+// -------------------------
 
 TEST_F(balloon_driver, SilentInflateResetsAndRetellsHeldPages) {
   settle();
@@ -488,7 +492,8 @@ TEST_F(balloon_driver, StaleDeflateAfterResetHitsNoPageInUse) {
   deflate_all_and_check_leaks();
 }
 
-// ---- Stats: the device holds the buffer as long as it likes ---------------------------------------
+// ---- Stats: the device holds the buffer as long as it likes
+// ---------------------------------------
 
 TEST_F(balloon_driver, StatsHeldForeverBlocksNothing) {
   settle();
@@ -521,7 +526,8 @@ TEST_F(balloon_driver, BogusStatsCompletionResets) {
   deflate_all_and_check_leaks();
 }
 
-// ---- Reporting ---------------------------------------------------------------------------------------
+// ---- Reporting
+// ---------------------------------------------------------------------------------------
 
 class balloon_driver_reporting : public balloon_driver {
   void SetUp() override {
@@ -566,7 +572,8 @@ TEST_F(balloon_driver_reporting, StaleReportAfterResetTouchesNoPageInUse) {
   deflate_all_and_check_leaks();
 }
 
-// ---- Free page hinting ---------------------------------------------------------------------------------
+// ---- Free page hinting
+// ---------------------------------------------------------------------------------
 
 TEST_F(balloon_driver, HintingLateCommandAndLateRanges) {
   settle();
@@ -644,7 +651,8 @@ TEST_F(balloon_driver, StaleHintRangeAfterResetTouchesNoPageInUse) {
   deflate_all_and_check_leaks();
 }
 
-// ---- The Blimp extension queue -----------------------------------------------------------------------
+// ---- The Blimp extension queue
+// -----------------------------------------------------------------------
 
 BlimpUnsealEntry g_entry{0x1234, 1, 0};
 
@@ -680,7 +688,8 @@ TEST_F(balloon_driver, BlimpqSilenceShortAndOverlongAnswersReset) {
   deflate_all_and_check_leaks();
 }
 
-// ---- Broken queues ---------------------------------------------------------------------------------------
+// ---- Broken queues
+// ---------------------------------------------------------------------------------------
 
 TEST_F(balloon_driver, BogusUsedIdOnInflateResets) {
   settle();
@@ -711,7 +720,8 @@ TEST_F(balloon_driver, InflateCompletionOnTheDeflateQueueResets) {
   deflate_all_and_check_leaks();
 }
 
-// ---- Resets by the host ----------------------------------------------------------------------------------
+// ---- Resets by the host
+// ----------------------------------------------------------------------------------
 
 TEST_F(balloon_driver, HostResetMidInflate) {
   settle();
@@ -747,7 +757,8 @@ TEST_F(balloon_driver, HostResetWhileIdleIsFoundByTheHealthTimer) {
   deflate_all_and_check_leaks();
 }
 
-// ---- Too many resets: the balloon gives up, keeping what it holds ---------------------------------------
+// ---- Too many resets: the balloon gives up, keeping what it holds
+// ---------------------------------------
 
 TEST_F(balloon_driver, GivesUpAfterFiveResetsInAMinute) {
   settle();
@@ -786,7 +797,8 @@ TEST_F(balloon_driver, ResetsSpreadOverMinutesDoNotGiveUp) {
   deflate_all_and_check_leaks();
 }
 
-// ---- A device that cannot be reset: lost, its buffers quarantined ---------------------------------------
+// ---- A device that cannot be reset: lost, its buffers quarantined
+// ---------------------------------------
 
 TEST_F(balloon_driver, LostDeviceKeepsInflatedPagesForGood) {
   settle();
@@ -856,7 +868,8 @@ TEST_F(balloon_driver, LostDeviceBlimpqTimesOut) {
   check_step("after the failed reset");
 }
 
-// ---- Deflate on OOM with a slow host ---------------------------------------------------------------------
+// ---- Deflate on OOM with a slow host
+// ---------------------------------------------------------------------
 
 TEST_F(balloon_driver, OomDeflateWaitsForALateHost) {
   settle();

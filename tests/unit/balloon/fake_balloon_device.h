@@ -60,7 +60,7 @@ inline const char* kind_name(QueueKind k) {
 
 struct Behaviour {
   enum Kind { Now, After, Never, Stale, BogusId, LongLen, WrongQueue, ShortLen } kind = Now;
-  uint64_t ns = 0;        // After: delay; Stale: delay after the reset
+  uint64_t ns = 0;                    // After: delay; Stale: delay after the reset
   QueueKind other = QueueKind::None;  // WrongQueue: where the completion is pushed
   static Behaviour now() { return {}; }
   static Behaviour after(uint64_t ns) { return {After, ns}; }
@@ -84,8 +84,9 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
     for (auto& q : st_.q) q.num_max = 256;
   }
 
-  // ---- Script ------------------------------------------------------------------------------------
-  // The next buffers popped from `k` behave as listed, in order; then `defaults[k]`.
+  // ---- Script
+  // ------------------------------------------------------------------------------------ The next
+  // buffers popped from `k` behave as listed, in order; then `defaults[k]`.
   void script(QueueKind k, std::vector<Behaviour> b) {
     for (auto& x : b) q(k).script.push_back(x);
   }
@@ -93,7 +94,8 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
   bool reset_stuck = false;  // a reset never completes: status never reads 0 again
   uint32_t blimp_status = kBlimpOk;
 
-  // ---- Host side -------------------------------------------------------------------------------------
+  // ---- Host side
+  // -------------------------------------------------------------------------------------
   void set_target(uint32_t pages) { st_.config_write(kConfigNumPages, 4, pages); }
   uint32_t config_actual() { return st_.config_read(kConfigActual, 4); }
   void set_hint_cmd(uint32_t id) { st_.config_write(kConfigFreePageHintCmdId, 4, id); }
@@ -122,8 +124,9 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
   uint8_t status() const { return st_.status; }
   bool irq_pending() const { return st_.isr != 0; }
 
-  // ---- Device processing -------------------------------------------------------------------------------
-  // Takes every newly available buffer, and completes those that are due (now: fake time).
+  // ---- Device processing
+  // ------------------------------------------------------------------------------- Takes every
+  // newly available buffer, and completes those that are due (now: fake time).
   void pump(uint64_t now) {
     now_ = now;
     for (int i = 0; i < 6; ++i) {
@@ -175,7 +178,8 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
     std::string s;
     for (int i = 0; i < 6; ++i) {
       s += kind_name(queues_[i].kind);
-      s += ":" + std::to_string(queues_[i].held.size()) + "/" + std::to_string(completed[i]) + "/" + std::to_string(int(queues_[i].fallback.kind)) + (queues_[i].ring ? "r " : "- ");
+      s += ":" + std::to_string(queues_[i].held.size()) + "/" + std::to_string(completed[i]) + "/" +
+           std::to_string(int(queues_[i].fallback.kind)) + (queues_[i].ring ? "r " : "- ");
     }
     return s;
   }
@@ -196,7 +200,8 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
   unsigned resets_seen = 0;  // status 0 written by the driver
   std::vector<std::string> violations;
 
-  // ---- RegisterWindow: FakeMmio, with the status register and notifies intercepted ----------------
+  // ---- RegisterWindow: FakeMmio, with the status register and notifies intercepted
+  // ----------------
   uint8_t read8(uint32_t off) override { return mmio_.read8(off); }
   uint16_t read16(uint32_t off) override { return mmio_.read16(off); }
   uint32_t read32(uint32_t off) override { return mmio_.read32(off); }
@@ -265,7 +270,8 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
       auto& fq = st_.q[i];
       qq.ring.reset();
       if (i < n && fq.ready)
-        qq.ring = std::make_unique<FakeRing>(fq.desc, fq.driver, fq.device, uint16_t(fq.num), false);
+        qq.ring =
+            std::make_unique<FakeRing>(fq.desc, fq.driver, fq.device, uint16_t(fq.num), false);
     }
     if (negotiated(kFeatureStatsVq)) queues_[2].fallback = Behaviour::never();
   }
@@ -331,8 +337,7 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
           if (s.write)
             for (uint64_t a = s.addr; a < s.addr + s.len; a += kPage) out.push_back(a);
         break;
-      default:
-        checked = false;
+      default: checked = false;
     }
   }
 
@@ -376,8 +381,9 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
 
   // What the device does with a buffer: the same whether it then returns it or (stale) not.
   void side_effect(Held& h, bool stale) {
-    check_buffer(h, stale ? "when a stale buffer was acted on after a reset"
-                          : "when the device acted on it", stale);
+    check_buffer(
+        h, stale ? "when a stale buffer was acted on after a reset" : "when the device acted on it",
+        stale);
     std::vector<uint64_t> pages;
     mm::Owner want{};
     bool checked;
@@ -396,8 +402,10 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
       case QueueKind::Report:
       case QueueKind::Hint:
         for (uint64_t a : pages) std::memset(reinterpret_cast<void*>(a), kPoison, kPage);
-        if (h.kind == QueueKind::Report) reported_pages += pages.size();
-        else hinted_pages += pages.size();
+        if (h.kind == QueueKind::Report)
+          reported_pages += pages.size();
+        else
+          hinted_pages += pages.size();
         if (h.kind == QueueKind::Hint && pages.empty() && !h.readable.empty() &&
             h.readable[0].size() == 4) {
           uint32_t w;
@@ -417,8 +425,7 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
           }
         break;
       }
-      default:
-        break;
+      default: break;
     }
   }
 

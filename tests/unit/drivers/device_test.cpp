@@ -22,7 +22,9 @@ constexpr uint64_t kBalloonStats = bit(1);
 constexpr uint64_t kBalloonOom = bit(2);
 constexpr uint64_t kDeviceBit40 = bit(41);  // a device-specific high bit
 
-bool contains(const std::string& hay, const char* needle) { return hay.find(needle) != std::string::npos; }
+bool contains(const std::string& hay, const char* needle) {
+  return hay.find(needle) != std::string::npos;
+}
 
 struct QueueLog {
   int calls = 0;
@@ -38,7 +40,8 @@ class MmioDeviceTest : public ::testing::TestWithParam<uint32_t> {
  protected:
   MmioDeviceTest() : regs(state, GetParam()), transport(regs, 0xfeb00e00, 12), dev(transport, dma) {
     state.features = bit(feature::kVersion1) | bit(feature::kEventIdx) |
-                     bit(feature::kIndirectDesc) | kBalloonStats | bit(3) | bit(feature::kRingPacked);
+                     bit(feature::kIndirectDesc) | kBalloonStats | bit(3) |
+                     bit(feature::kRingPacked);
     if (!modern()) state.features &= 0xffffffffull;
     drivers::clear_log();
   }
@@ -164,8 +167,9 @@ TEST_P(MmioDeviceTest, DeviceResetUnderUsIsReported) {
   EXPECT_EQ(q.value()->add_out(0x1000, 8, reinterpret_cast<void*>(2)).error(), Error::DeviceError);
   // Recovery: the in-flight buffer comes back, the handshake is redone, the queue works again.
   std::vector<void*> reclaimed;
-  auto r = dev.recover([](uint16_t, void* t, void* c) { static_cast<std::vector<void*>*>(c)->push_back(t); },
-                       &reclaimed);
+  auto r = dev.recover(
+      [](uint16_t, void* t, void* c) { static_cast<std::vector<void*>*>(c)->push_back(t); },
+      &reclaimed);
   ASSERT_FALSE(r.is_error());
   ASSERT_EQ(reclaimed.size(), 1u);
   EXPECT_EQ(reclaimed[0], reinterpret_cast<void*>(1));
@@ -224,7 +228,8 @@ TEST_P(MmioDeviceTest, BogusUsedIdFromTheDeviceIsContained) {
   dev.irq_shared();
   EXPECT_TRUE(log.tokens.empty());
   EXPECT_TRUE(q.value()->broken());
-  EXPECT_TRUE(contains(drivers::last_log(), "virtio: balloon queue 0: device returned used id 4000"))
+  EXPECT_TRUE(
+      contains(drivers::last_log(), "virtio: balloon queue 0: device returned used id 4000"))
       << drivers::last_log();
   state.isr = kIsrQueue;
   dev.irq_shared();  // later interrupts do not touch the broken queue

@@ -2,11 +2,11 @@
 // that reads and writes the rings exactly as a virtio device would (virtio 1.2, 2.7).
 #pragma once
 
+#include <sys/mman.h>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
-#include <sys/mman.h>
 #include <vector>
 
 #include "drivers/virtio/dma.h"
@@ -24,8 +24,8 @@ class HostDma : public DmaAllocator {
     }
     size = (size + 4095) & ~size_t(4095);
     // Below 2 GiB, like guest RAM: legacy devices take 32-bit page frame numbers.
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT,
-                   -1, 0);
+    void* p =
+        mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
     if (p == MAP_FAILED) return Error::NoMemory;
     ++live;
     return DmaRegion{p, reinterpret_cast<uint64_t>(p), size};

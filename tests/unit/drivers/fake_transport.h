@@ -69,11 +69,13 @@ struct FakeDeviceState {
     uint32_t v = 0;
     uint8_t first = config_byte(off);
     v = first;
-    for (unsigned i = 1; i < width; ++i) v |= uint32_t(off + i < sizeof config ? config[off + i] : 0) << (8 * i);
+    for (unsigned i = 1; i < width; ++i)
+      v |= uint32_t(off + i < sizeof config ? config[off + i] : 0) << (8 * i);
     return v;
   }
   void config_write(uint32_t off, unsigned width, uint32_t v) {
-    for (unsigned i = 0; i < width && off + i < sizeof config; ++i) config[off + i] = uint8_t(v >> (8 * i));
+    for (unsigned i = 0; i < width && off + i < sizeof config; ++i)
+      config[off + i] = uint8_t(v >> (8 * i));
   }
 };
 
@@ -101,7 +103,9 @@ class FakeMmio final : public RegisterWindow {
       case kDeviceId: return s_.device_id;
       case kVendorId: return 0x554d4551;
       case kDeviceFeatures:
-        return s_.dev_sel == 0 ? uint32_t(s_.features) : s_.dev_sel == 1 ? uint32_t(s_.features >> 32) : 0;
+        return s_.dev_sel == 0   ? uint32_t(s_.features)
+               : s_.dev_sel == 1 ? uint32_t(s_.features >> 32)
+                                 : 0;
       case kQueueNumMax: return s_.queue_sel < s_.num_queues ? q.num_max : 0;
       case kQueueReady: return q.ready;
       case kQueuePfn: return q.pfn;
@@ -200,8 +204,12 @@ class FakeLegacyPci final : public RegisterWindow {
     switch (off) {
       case kQueueSelect: s_.queue_sel = v; break;
       case kQueueNotify: s_.notifies.push_back(v); break;
-      case kConfigMsixVector: if (msix) s_.config_msix = v; break;
-      case kQueueMsixVector: if (msix) s_.q[s_.queue_sel % 16].msix = v; break;
+      case kConfigMsixVector:
+        if (msix) s_.config_msix = v;
+        break;
+      case kQueueMsixVector:
+        if (msix) s_.q[s_.queue_sel % 16].msix = v;
+        break;
     }
   }
   void write32(uint32_t off, uint32_t v) override {
@@ -236,7 +244,8 @@ struct FakeModernPci {
         case kConfigMsixVector: return s_.config_msix;
         case kNumQueues: return s_.num_queues;
         case kQueueSelect: return uint16_t(s_.queue_sel);
-        case kQueueSize: return s_.queue_sel < s_.num_queues ? uint16_t(q.num ? q.num : q.num_max) : 0;
+        case kQueueSize:
+          return s_.queue_sel < s_.num_queues ? uint16_t(q.num ? q.num : q.num_max) : 0;
         case kQueueMsixVector: return q.msix;
         case kQueueEnable: return uint16_t(q.ready);
         case kQueueNotifyOff: return q.notify_off;
@@ -246,7 +255,9 @@ struct FakeModernPci {
     uint32_t read32(uint32_t off) override {
       using namespace pci_common;
       if (off == kDeviceFeature)
-        return s_.dev_sel == 0 ? uint32_t(s_.features) : s_.dev_sel == 1 ? uint32_t(s_.features >> 32) : 0;
+        return s_.dev_sel == 0   ? uint32_t(s_.features)
+               : s_.dev_sel == 1 ? uint32_t(s_.features >> 32)
+                                 : 0;
       return 0;
     }
     void write8(uint32_t off, uint8_t v) override {

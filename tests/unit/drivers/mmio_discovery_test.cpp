@@ -27,9 +27,9 @@ TEST(MmioCmdline, QemuSyntax) {
 
 TEST(MmioCmdline, Malformed) {
   MmioDeviceDesc d;
-  for (const char* bad : {"", "512", "512@", "512@0xfeb00e00", "512@0xfeb00e00:", "x@1:2",
-                          "16@0x1000:5", "512@0x1000:300", "512@0:5", "512@0x1000:5junk",
-                          "512@0xffffffffffffffffff:5"}) {
+  for (const char* bad :
+       {"", "512", "512@", "512@0xfeb00e00", "512@0xfeb00e00:", "x@1:2", "16@0x1000:5",
+        "512@0x1000:300", "512@0:5", "512@0x1000:5junk", "512@0xffffffffffffffffff:5"}) {
     EXPECT_FALSE(parse(bad, d)) << bad;
   }
 }
@@ -84,9 +84,9 @@ TEST(MmioAml, TruncatedOrForeignAmlIsIgnored) {
   std::vector<uint8_t> other(a);
   other[other.size() - 20] ^= 0xff;  // corrupt the interrupt descriptor
   std::string hid = "PNP0501";
-  EXPECT_EQ(scan_aml_for_virtio_mmio(reinterpret_cast<const uint8_t*>(hid.data()), hid.size(),
-                                     out, 2),
-            0u);
+  EXPECT_EQ(
+      scan_aml_for_virtio_mmio(reinterpret_cast<const uint8_t*>(hid.data()), hid.size(), out, 2),
+      0u);
   EXPECT_EQ(scan_aml_for_virtio_mmio(nullptr, 0, out, 2), 0u);
 }
 

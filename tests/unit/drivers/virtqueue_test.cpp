@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "drivers/log.h"
@@ -460,9 +460,10 @@ TEST(VirtqueueThreads, ConcurrentDeviceKeepsEveryBufferIntact) {
   o.event_idx = true;
   o.max_indirect = 4;
   std::atomic<int> kicks{0};
-  ASSERT_FALSE(vq.init(0, o, dma, [](void* c, uint16_t) { ++*static_cast<std::atomic<int>*>(c); },
-                       &kicks)
-                   .is_error());
+  ASSERT_FALSE(
+      vq.init(
+            0, o, dma, [](void* c, uint16_t) { ++*static_cast<std::atomic<int>*>(c); }, &kicks)
+          .is_error());
   constexpr uint64_t kBuffers = 30000;
   std::atomic<bool> stop{false};
   std::thread device([&] {

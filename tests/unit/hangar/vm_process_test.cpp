@@ -1,12 +1,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
-#include <fstream>
 #include <filesystem>
+#include <fstream>
 
-#include <algorithm>
-#include <csignal>
 #include <fcntl.h>
 #include <sys/wait.h>
+#include <algorithm>
+#include <csignal>
 
 #include "fleet.h"
 #include "vm_process.h"
@@ -14,213 +14,238 @@
 using namespace hangar;
 
 namespace {
-bool has(const std::vector<std::string>& v, const std::string& s) { return std::find(v.begin(), v.end(), s) != v.end(); }
-int exited(int code) { return (code & 0xff) << 8; }   // a waitpid status for exit(code)
+bool has(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+int exited(int code) { return (code & 0xff) << 8; }  // a waitpid status for exit(code)
 int signaled(int sig) { return sig; }
 }  // namespace
 
 TEST(QemuArgv, MicrovmWithBalloon) {
-    VmSpec vm = parse_vm_flag("name=a,app=hello,memory=512M,args=\"x=1 y=2\"");
-    LaunchPlan plan{"/usr/bin/qemu-system-x86_64", false, "/k/blimp.elf", "/r/a.qmp", "/r/a.serial.log", "tcg", KsmMode::Unchanged};
-    auto a = build_qemu_argv(vm, plan);
-    EXPECT_EQ(a[0], "/usr/bin/qemu-system-x86_64");
-    EXPECT_TRUE(has(a, "microvm"));
-    EXPECT_TRUE(has(a, "512M"));
-    EXPECT_TRUE(has(a, "-S"));
-    EXPECT_TRUE(has(a, "tcg"));
-    EXPECT_TRUE(has(a, "app=hello x=1 y=2"));
-    EXPECT_TRUE(has(a, "virtio-balloon-device,id=balloon0"));
-    EXPECT_TRUE(has(a, "unix:/r/a.qmp,server=on,wait=off"));
-    EXPECT_TRUE(has(a, "file:/r/a.serial.log"));
-    EXPECT_TRUE(has(a, "isa-debug-exit,iobase=0xf4,iosize=0x04"));
+  VmSpec vm = parse_vm_flag("name=a,app=hello,memory=512M,args=\"x=1 y=2\"");
+  LaunchPlan plan{"/usr/bin/qemu-system-x86_64",
+                  false,
+                  "/k/blimp.elf",
+                  "/r/a.qmp",
+                  "/r/a.serial.log",
+                  "tcg",
+                  KsmMode::Unchanged};
+  auto a = build_qemu_argv(vm, plan);
+  EXPECT_EQ(a[0], "/usr/bin/qemu-system-x86_64");
+  EXPECT_TRUE(has(a, "microvm"));
+  EXPECT_TRUE(has(a, "512M"));
+  EXPECT_TRUE(has(a, "-S"));
+  EXPECT_TRUE(has(a, "tcg"));
+  EXPECT_TRUE(has(a, "app=hello x=1 y=2"));
+  EXPECT_TRUE(has(a, "virtio-balloon-device,id=balloon0"));
+  EXPECT_TRUE(has(a, "unix:/r/a.qmp,server=on,wait=off"));
+  EXPECT_TRUE(has(a, "file:/r/a.serial.log"));
+  EXPECT_TRUE(has(a, "isa-debug-exit,iobase=0xf4,iosize=0x04"));
 }
 
 TEST(QemuArgv, PciMachineKsmModesAndProps) {
-    VmSpec vm = parse_vm_flag("name=b,machine=q35");
-    vm.balloon_props["coalesce-discard"] = "on";
-    vm.qemu_args = {"-smp", "2"};
-    LaunchPlan plan{"q", true, "k", "s", "l", "tcg", KsmMode::Targeted};
-    auto a = build_qemu_argv(vm, plan);
-    EXPECT_TRUE(has(a, "q35,mem-merge=off"));
-    EXPECT_TRUE(has(a, "/usr/share/qemu/qboot.rom"));
-    EXPECT_TRUE(has(a, "virtio-balloon-pci,id=balloon0,coalesce-discard=on,share-hints=on"));
-    EXPECT_EQ(a.back(), "2");
-    EXPECT_FALSE(has(a, "virtio-mmio.force-legacy=false"));  // q35: virtio-pci
-    VmSpec micro = parse_vm_flag("name=m");
-    EXPECT_TRUE(has(build_qemu_argv(micro, plan), "virtio-mmio.force-legacy=false"));
-    plan.ksm = KsmMode::Blind;
-    vm.balloon = false;
-    a = build_qemu_argv(vm, plan);
-    EXPECT_TRUE(has(a, "q35"));
-    EXPECT_FALSE(std::any_of(a.begin(), a.end(), [](const std::string& s) { return s.find("balloon") != std::string::npos; }));
+  VmSpec vm = parse_vm_flag("name=b,machine=q35");
+  vm.balloon_props["coalesce-discard"] = "on";
+  vm.qemu_args = {"-smp", "2"};
+  LaunchPlan plan{"q", true, "k", "s", "l", "tcg", KsmMode::Targeted};
+  auto a = build_qemu_argv(vm, plan);
+  EXPECT_TRUE(has(a, "q35,mem-merge=off"));
+  EXPECT_TRUE(has(a, "/usr/share/qemu/qboot.rom"));
+  EXPECT_TRUE(has(a, "virtio-balloon-pci,id=balloon0,coalesce-discard=on,share-hints=on"));
+  EXPECT_EQ(a.back(), "2");
+  EXPECT_FALSE(has(a, "virtio-mmio.force-legacy=false"));  // q35: virtio-pci
+  VmSpec micro = parse_vm_flag("name=m");
+  EXPECT_TRUE(has(build_qemu_argv(micro, plan), "virtio-mmio.force-legacy=false"));
+  plan.ksm = KsmMode::Blind;
+  vm.balloon = false;
+  a = build_qemu_argv(vm, plan);
+  EXPECT_TRUE(has(a, "q35"));
+  EXPECT_FALSE(std::any_of(a.begin(), a.end(), [](const std::string& s) {
+    return s.find("balloon") != std::string::npos;
+  }));
 }
 
 TEST(DecodeExit, GuestStatuses) {
-    EXPECT_TRUE(decode_exit(exited(1), "", "", false).ok());  // status 0 through isa-debug-exit
-    auto e = decode_exit(exited((3 << 1) | 1), "", "", false);
-    EXPECT_EQ(e.kind, VmExit::Kind::GuestExit);
-    EXPECT_EQ(e.guest_status, 3);
-    EXPECT_FALSE(e.ok());
-    e = decode_exit(exited((2 << 1) | 1), "boot\nblimp: unknown app 'nope'. Available apps:\n  hello\n", "", false);
-    EXPECT_EQ(e.kind, VmExit::Kind::UnknownApp);
-    EXPECT_EQ(e.detail, "blimp: unknown app 'nope'");
-    e = decode_exit(exited((125 << 1) | 1), "*** blimp: CPU exception 14 (page fault)\n", "", false);
-    EXPECT_EQ(e.kind, VmExit::Kind::GuestFault);
-    EXPECT_NE(e.detail.find("page fault"), std::string::npos);
+  EXPECT_TRUE(decode_exit(exited(1), "", "", false).ok());  // status 0 through isa-debug-exit
+  auto e = decode_exit(exited((3 << 1) | 1), "", "", false);
+  EXPECT_EQ(e.kind, VmExit::Kind::GuestExit);
+  EXPECT_EQ(e.guest_status, 3);
+  EXPECT_FALSE(e.ok());
+  e = decode_exit(exited((2 << 1) | 1),
+                  "boot\nblimp: unknown app 'nope'. Available apps:\n  hello\n", "", false);
+  EXPECT_EQ(e.kind, VmExit::Kind::UnknownApp);
+  EXPECT_EQ(e.detail, "blimp: unknown app 'nope'");
+  e = decode_exit(exited((125 << 1) | 1), "*** blimp: CPU exception 14 (page fault)\n", "", false);
+  EXPECT_EQ(e.kind, VmExit::Kind::GuestFault);
+  EXPECT_NE(e.detail.find("page fault"), std::string::npos);
 }
 
 TEST(DecodeExit, QemuErrorIsNotGuestStatusZero) {
-    // QEMU's own exit(1) looks like isa-debug-exit's "status 0": only a guest that ran can say 0.
-    auto e = decode_exit(exited(1), "", "qemu-system-x86_64: -foo: invalid option\n", false, false);
-    EXPECT_EQ(e.kind, VmExit::Kind::QemuError);
-    EXPECT_FALSE(e.ok());
-    EXPECT_EQ(decode_exit(exited(1), "", "", false, false).detail, "QEMU exited before the guest ran");
-    EXPECT_TRUE(decode_exit(exited(1), "Hello from blimp!\n", "", false, false).ok());
-    EXPECT_TRUE(decode_exit(exited(1), "", "", false, true).ok());
+  // QEMU's own exit(1) looks like isa-debug-exit's "status 0": only a guest that ran can say 0.
+  auto e = decode_exit(exited(1), "", "qemu-system-x86_64: -foo: invalid option\n", false, false);
+  EXPECT_EQ(e.kind, VmExit::Kind::QemuError);
+  EXPECT_FALSE(e.ok());
+  EXPECT_EQ(decode_exit(exited(1), "", "", false, false).detail,
+            "QEMU exited before the guest ran");
+  EXPECT_TRUE(decode_exit(exited(1), "Hello from blimp!\n", "", false, false).ok());
+  EXPECT_TRUE(decode_exit(exited(1), "", "", false, true).ok());
 }
 
 TEST(DecodeExit, QemuOutcomes) {
-    auto e = decode_exit(exited(1 << 1), "", "qemu-system-x86_64: -foo: invalid option\n", false);
-    EXPECT_EQ(e.kind, VmExit::Kind::QemuError);
-    EXPECT_EQ(e.detail, "qemu-system-x86_64: -foo: invalid option");
-    EXPECT_EQ(decode_exit(signaled(SIGKILL), "", "", false).kind, VmExit::Kind::Signaled);
-    EXPECT_FALSE(decode_exit(signaled(SIGKILL), "", "", false).ok());
-    EXPECT_EQ(decode_exit(signaled(SIGKILL), "", "", true).kind, VmExit::Kind::Stopped);
-    EXPECT_EQ(decode_exit(exited(0), "", "", true).kind, VmExit::Kind::Stopped);
-    EXPECT_EQ(decode_exit(exited(0), "", "", false).kind, VmExit::Kind::QemuExit);
-    EXPECT_TRUE(decode_exit(exited(0), "", "", false).ok());
-    auto term = decode_exit(exited(0), "", "qemu-system-x86_64: terminating on signal 15 from pid 99 (bash)\n", false);
-    EXPECT_EQ(term.kind, VmExit::Kind::Signaled);
-    EXPECT_EQ(term.signal, 15);
-    EXPECT_FALSE(term.ok());
-    EXPECT_EQ(decode_exit(exited(0), "", "qemu-system-x86_64: terminating on signal 15 from pid 1\n", true).kind,
-              VmExit::Kind::Stopped);
+  auto e = decode_exit(exited(1 << 1), "", "qemu-system-x86_64: -foo: invalid option\n", false);
+  EXPECT_EQ(e.kind, VmExit::Kind::QemuError);
+  EXPECT_EQ(e.detail, "qemu-system-x86_64: -foo: invalid option");
+  EXPECT_EQ(decode_exit(signaled(SIGKILL), "", "", false).kind, VmExit::Kind::Signaled);
+  EXPECT_FALSE(decode_exit(signaled(SIGKILL), "", "", false).ok());
+  EXPECT_EQ(decode_exit(signaled(SIGKILL), "", "", true).kind, VmExit::Kind::Stopped);
+  EXPECT_EQ(decode_exit(exited(0), "", "", true).kind, VmExit::Kind::Stopped);
+  EXPECT_EQ(decode_exit(exited(0), "", "", false).kind, VmExit::Kind::QemuExit);
+  EXPECT_TRUE(decode_exit(exited(0), "", "", false).ok());
+  auto term = decode_exit(
+      exited(0), "", "qemu-system-x86_64: terminating on signal 15 from pid 99 (bash)\n", false);
+  EXPECT_EQ(term.kind, VmExit::Kind::Signaled);
+  EXPECT_EQ(term.signal, 15);
+  EXPECT_FALSE(term.ok());
+  EXPECT_EQ(
+      decode_exit(exited(0), "", "qemu-system-x86_64: terminating on signal 15 from pid 1\n", true)
+          .kind,
+      VmExit::Kind::Stopped);
 }
 
 TEST(VmProcess, ExecFailureIsExact) {
-    VmProcess p;
-    std::string err;
-    EXPECT_FALSE(p.spawn({"/nonexistent/qemu"}, "/dev/null", err));
-    EXPECT_NE(err.find("cannot execute /nonexistent/qemu: No such file or directory"), std::string::npos);
-    EXPECT_FALSE(p.running());
+  VmProcess p;
+  std::string err;
+  EXPECT_FALSE(p.spawn({"/nonexistent/qemu"}, "/dev/null", err));
+  EXPECT_NE(err.find("cannot execute /nonexistent/qemu: No such file or directory"),
+            std::string::npos);
+  EXPECT_FALSE(p.running());
 }
 
 TEST(VmProcess, SpawnReapAndRss) {
-    VmProcess p;
-    std::string err;
-    ASSERT_TRUE(p.spawn({"/bin/sh", "-c", "exit 3"}, "/dev/null", err)) << err;
-    for (int i = 0; i < 500 && !p.try_reap(); ++i) usleep(10000);
-    ASSERT_FALSE(p.running());
-    EXPECT_EQ(WEXITSTATUS(p.wait_status()), 3);
-    EXPECT_TRUE(read_rss(getpid()));
-    EXPECT_FALSE(read_rss(p.pid()));
+  VmProcess p;
+  std::string err;
+  ASSERT_TRUE(p.spawn({"/bin/sh", "-c", "exit 3"}, "/dev/null", err)) << err;
+  for (int i = 0; i < 500 && !p.try_reap(); ++i) usleep(10000);
+  ASSERT_FALSE(p.running());
+  EXPECT_EQ(WEXITSTATUS(p.wait_status()), 3);
+  EXPECT_TRUE(read_rss(getpid()));
+  EXPECT_FALSE(read_rss(p.pid()));
 }
 
 TEST(VmProcess, DestructorKillsWhatIsLeft) {
-    pid_t pid;
-    {
-        VmProcess p;
-        std::string err;
-        ASSERT_TRUE(p.spawn({"/bin/sleep", "60"}, "/dev/null", err)) << err;
-        pid = p.pid();
-    }
-    EXPECT_NE(kill(pid, 0), 0);
+  pid_t pid;
+  {
+    VmProcess p;
+    std::string err;
+    ASSERT_TRUE(p.spawn({"/bin/sleep", "60"}, "/dev/null", err)) << err;
+    pid = p.pid();
+  }
+  EXPECT_NE(kill(pid, 0), 0);
 }
 
 TEST(VmProcess, CpuSecondsFromProcStat) {
-    EXPECT_TRUE(read_cpu_seconds(getpid()));
-    // A command name with spaces and parentheses must not shift the fields.
-    char dir[] = "/tmp/hangar-proc-XXXXXX";
-    ASSERT_TRUE(mkdtemp(dir));
-    std::filesystem::create_directories(std::string(dir) + "/77");
-    {
-        std::ofstream f(std::string(dir) + "/77/stat");
-        f << "77 (qemu (x) y) S 1 77 77 0 -1 4194560 100 0 0 0 " << 250 * sysconf(_SC_CLK_TCK) / 100 << " "
-          << 50 * sysconf(_SC_CLK_TCK) / 100 << " 0 0 20 0 3 0\n";
-    }
-    auto cpu = read_cpu_seconds(77, dir);
-    ASSERT_TRUE(cpu);
-    EXPECT_NEAR(*cpu, 3.0, 0.01);
-    EXPECT_FALSE(read_cpu_seconds(78, dir));
-    std::filesystem::remove_all(dir);
+  EXPECT_TRUE(read_cpu_seconds(getpid()));
+  // A command name with spaces and parentheses must not shift the fields.
+  char dir[] = "/tmp/hangar-proc-XXXXXX";
+  ASSERT_TRUE(mkdtemp(dir));
+  std::filesystem::create_directories(std::string(dir) + "/77");
+  {
+    std::ofstream f(std::string(dir) + "/77/stat");
+    f << "77 (qemu (x) y) S 1 77 77 0 -1 4194560 100 0 0 0 " << 250 * sysconf(_SC_CLK_TCK) / 100
+      << " " << 50 * sysconf(_SC_CLK_TCK) / 100 << " 0 0 20 0 3 0\n";
+  }
+  auto cpu = read_cpu_seconds(77, dir);
+  ASSERT_TRUE(cpu);
+  EXPECT_NEAR(*cpu, 3.0, 0.01);
+  EXPECT_FALSE(read_cpu_seconds(78, dir));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(GuestStats, FromQom) {
-    json v = json::parse(R"({"stats": {"stat-free-memory": 1000, "stat-available-memory": 2000,
+  json v = json::parse(R"({"stats": {"stat-free-memory": 1000, "stat-available-memory": 2000,
         "stat-total-memory": 4000, "stat-major-faults": 18446744073709551615}, "last-update": 42})");
-    auto g = guest_stats_from_qom(v);
-    ASSERT_TRUE(g);
-    EXPECT_EQ(*g->free_memory, 1000u);
-    EXPECT_EQ(*g->available_memory, 2000u);
-    EXPECT_FALSE(g->major_faults);  // 2^64-1: never reported
-    EXPECT_EQ(g->last_update, 42u);
-    EXPECT_FALSE(guest_stats_from_qom(json::parse(R"({"stats": {}, "last-update": 0})")));
-    EXPECT_FALSE(guest_stats_from_qom(json::parse(R"({"stats": 5})")));
-    EXPECT_FALSE(guest_stats_from_qom(json::parse("[]")));
+  auto g = guest_stats_from_qom(v);
+  ASSERT_TRUE(g);
+  EXPECT_EQ(*g->free_memory, 1000u);
+  EXPECT_EQ(*g->available_memory, 2000u);
+  EXPECT_FALSE(g->major_faults);  // 2^64-1: never reported
+  EXPECT_EQ(g->last_update, 42u);
+  EXPECT_FALSE(guest_stats_from_qom(json::parse(R"({"stats": {}, "last-update": 0})")));
+  EXPECT_FALSE(guest_stats_from_qom(json::parse(R"({"stats": 5})")));
+  EXPECT_FALSE(guest_stats_from_qom(json::parse("[]")));
 }
 
 // --- Unprivileged, sandboxed QEMUs that get their files as descriptors (issue 15) ---
 
 TEST(QemuArgv, PassedDescriptorsAndSandbox) {
-    VmSpec vm = parse_vm_flag("name=a");
-    LaunchPlan plan{"/usr/bin/qemu-system-x86_64", false, "/k/blimp.elf", "/r/a.qmp", "/r/a.serial.log", "tcg", KsmMode::Unchanged};
-    plan.pass_fds = true;
-    plan.sandbox = true;
-    auto a = build_qemu_argv(vm, plan);
-    EXPECT_TRUE(has(a, "socket,id=qmp0,fd=3,server=on,wait=off"));
-    EXPECT_TRUE(has(a, "chardev=qmp0,mode=control"));
-    EXPECT_TRUE(has(a, "fd=4,set=1"));
-    EXPECT_TRUE(has(a, "file:/dev/fdset/1"));
-    EXPECT_FALSE(has(a, "-qmp"));
-    EXPECT_FALSE(has(a, "-runas"));  // hangar drops privileges itself (elevateprivileges=deny forbids setuid)
-    auto s = std::find(a.begin(), a.end(), "-sandbox");
-    ASSERT_NE(s, a.end());
-    EXPECT_EQ(*(s + 1), "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
-    plan.sandbox = false;
-    EXPECT_FALSE(has(build_qemu_argv(vm, plan), "-sandbox"));
+  VmSpec vm = parse_vm_flag("name=a");
+  LaunchPlan plan{"/usr/bin/qemu-system-x86_64",
+                  false,
+                  "/k/blimp.elf",
+                  "/r/a.qmp",
+                  "/r/a.serial.log",
+                  "tcg",
+                  KsmMode::Unchanged};
+  plan.pass_fds = true;
+  plan.sandbox = true;
+  auto a = build_qemu_argv(vm, plan);
+  EXPECT_TRUE(has(a, "socket,id=qmp0,fd=3,server=on,wait=off"));
+  EXPECT_TRUE(has(a, "chardev=qmp0,mode=control"));
+  EXPECT_TRUE(has(a, "fd=4,set=1"));
+  EXPECT_TRUE(has(a, "file:/dev/fdset/1"));
+  EXPECT_FALSE(has(a, "-qmp"));
+  EXPECT_FALSE(
+      has(a, "-runas"));  // hangar drops privileges itself (elevateprivileges=deny forbids setuid)
+  auto s = std::find(a.begin(), a.end(), "-sandbox");
+  ASSERT_NE(s, a.end());
+  EXPECT_EQ(*(s + 1), "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+  plan.sandbox = false;
+  EXPECT_FALSE(has(build_qemu_argv(vm, plan), "-sandbox"));
 }
 
 TEST(VmProcess, DropsPrivilegesAndPassesDescriptors) {
-    if (geteuid() != 0) GTEST_SKIP() << "needs root to drop privileges";
-    namespace fs = std::filesystem;
-    const fs::path dir = fs::temp_directory_path() / ("hangar-spawn-" + std::to_string(getpid()));
-    fs::remove_all(dir);
-    fs::create_directory(dir);
-    fs::permissions(dir, fs::perms::owner_all);
-    const std::string log = (dir / "out.log").string();
-    int a = ::open((dir / "a").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-    int b = ::open((dir / "b").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-    ASSERT_GE(a, 0);
-    ASSERT_GE(b, 0);
-    SpawnOptions o;
-    o.uid = 65534;
-    o.gid = 65534;
-    // Swapped on purpose: a source may sit on another's target number.
-    o.fds = {{b, a}, {a, b}};
-    VmProcess p;
-    std::string err;
-    ASSERT_TRUE(p.spawn({"/bin/sh", "-c",
-                         "id -u; id -G; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; umask; "
-                         "echo A >&" + std::to_string(b) + "; echo B >&" + std::to_string(a) +
-                         "; ls " + dir.string() + " 2>&1 | head -1"},
-                        log, err, o))
-        << err;
-    for (int i = 0; i < 500 && !p.try_reap(); ++i) usleep(10000);
-    ::close(a);
-    ::close(b);
-    std::ifstream in(log);
-    std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    EXPECT_EQ(out.rfind("65534\n65534\n", 0), 0u) << out;  // uid, and no supplementary root groups
-    EXPECT_NE(out.find("CapEff:\t0000000000000000"), std::string::npos) << out;
-    EXPECT_NE(out.find("0077"), std::string::npos) << out;
-    EXPECT_NE(out.find("Permission denied"), std::string::npos) << out;  // the 0700 directory is closed to it
-    auto slurp = [](const fs::path& f) {
-        std::ifstream i(f);
-        std::string s;
-        std::getline(i, s);
-        return s;
-    };
-    EXPECT_EQ(slurp(dir / "a"), "A");
-    EXPECT_EQ(slurp(dir / "b"), "B");
-    fs::remove_all(dir);
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to drop privileges";
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("hangar-spawn-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directory(dir);
+  fs::permissions(dir, fs::perms::owner_all);
+  const std::string log = (dir / "out.log").string();
+  int a = ::open((dir / "a").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  int b = ::open((dir / "b").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  SpawnOptions o;
+  o.uid = 65534;
+  o.gid = 65534;
+  // Swapped on purpose: a source may sit on another's target number.
+  o.fds = {{b, a}, {a, b}};
+  VmProcess p;
+  std::string err;
+  ASSERT_TRUE(p.spawn({"/bin/sh", "-c",
+                       "id -u; id -G; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; umask; "
+                       "echo A >&" +
+                           std::to_string(b) + "; echo B >&" + std::to_string(a) + "; ls " +
+                           dir.string() + " 2>&1 | head -1"},
+                      log, err, o))
+      << err;
+  for (int i = 0; i < 500 && !p.try_reap(); ++i) usleep(10000);
+  ::close(a);
+  ::close(b);
+  std::ifstream in(log);
+  std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(out.rfind("65534\n65534\n", 0), 0u) << out;  // uid, and no supplementary root groups
+  EXPECT_NE(out.find("CapEff:\t0000000000000000"), std::string::npos) << out;
+  EXPECT_NE(out.find("0077"), std::string::npos) << out;
+  EXPECT_NE(out.find("Permission denied"), std::string::npos)
+      << out;  // the 0700 directory is closed to it
+  auto slurp = [](const fs::path& f) {
+    std::ifstream i(f);
+    std::string s;
+    std::getline(i, s);
+    return s;
+  };
+  EXPECT_EQ(slurp(dir / "a"), "A");
+  EXPECT_EQ(slurp(dir / "b"), "B");
+  fs::remove_all(dir);
 }

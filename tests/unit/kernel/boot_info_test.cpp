@@ -14,8 +14,11 @@ using blimp::MemoryRange;
 
 TEST(NormalizeRanges, SortsMergesAndDropsEmpty) {
   // As firmware hands it out: unsorted, overlapping, a zero entry at the end.
-  MemoryRange r[] = {{0x100000, 0x7ee0000}, {0x0, 0x9fc00}, {0x8000000, 0x1000000},
-                     {0x7fe0000, 0x40000}, {0x0, 0x0}};
+  MemoryRange r[] = {{0x100000, 0x7ee0000},
+                     {0x0, 0x9fc00},
+                     {0x8000000, 0x1000000},
+                     {0x7fe0000, 0x40000},
+                     {0x0, 0x0}};
   size_t n = blimp::normalize_ranges(r, 5);
   ASSERT_EQ(n, 2u);
   EXPECT_EQ(r[0].base, 0u);
@@ -45,12 +48,15 @@ struct [[gnu::packed]] PvhEntry {
 TEST(ParseBootInfo, PvhMemoryMapAndCommandLine) {
   static const char cmdline[] = "app=hello x=1";
   PvhEntry map[] = {{0x100000, 0x3ff00000, 1, 0}, {0xfeffc000, 0x4000, 2, 0}, {0, 0x9fc00, 1, 0}};
-  PvhInfo info{0x336ec578, 1, 0, 0, 0, reinterpret_cast<uint64_t>(cmdline), 0x12345,
-               reinterpret_cast<uint64_t>(map), 3, 0};
+  PvhInfo info{0x336ec578, 1,
+               0,          0,
+               0,          reinterpret_cast<uint64_t>(cmdline),
+               0x12345,    reinterpret_cast<uint64_t>(map),
+               3,          0};
   BootInfo boot;
   const char* error = nullptr;
-  ASSERT_TRUE(blimp::parse_boot_info(BOOT_PROTOCOL_PVH, reinterpret_cast<uint64_t>(&info), boot,
-                                     error));
+  ASSERT_TRUE(
+      blimp::parse_boot_info(BOOT_PROTOCOL_PVH, reinterpret_cast<uint64_t>(&info), boot, error));
   EXPECT_STREQ(boot.cmdline, cmdline);
   EXPECT_NE(boot.cmdline, cmdline);  // a copy, not the loader's memory
   EXPECT_EQ(boot.rsdp, 0x12345u);
@@ -64,8 +70,8 @@ TEST(ParseBootInfo, RejectsBadPvhMagic) {
   info.magic = 0xdeadbeef;
   BootInfo boot;
   const char* error = nullptr;
-  EXPECT_FALSE(blimp::parse_boot_info(BOOT_PROTOCOL_PVH, reinterpret_cast<uint64_t>(&info), boot,
-                                      error));
+  EXPECT_FALSE(
+      blimp::parse_boot_info(BOOT_PROTOCOL_PVH, reinterpret_cast<uint64_t>(&info), boot, error));
   EXPECT_NE(std::strstr(error, "magic"), nullptr);
 }
 

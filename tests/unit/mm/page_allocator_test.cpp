@@ -176,9 +176,7 @@ void random_alloc_free(uint64_t seed, uint64_t arena_bytes, int steps) {
   EXPECT_EQ(s.allocations, s.frees);
 }
 
-TEST(PageAllocator, RandomAllocFree) {
-  random_alloc_free(1, 48 * kMiB, 20000);
-}
+TEST(PageAllocator, RandomAllocFree) { random_alloc_free(1, 48 * kMiB, 20000); }
 
 // Fuzz-style: BLIMP_MM_SEED picks the seed (and BLIMP_MM_FUZZ_ROUNDS how many consecutive ones),
 // so a failure seen anywhere can be replayed exactly.
@@ -415,9 +413,7 @@ struct StateArray {
   }
 };
 
-bool same_state(Owner a, Owner b) {
-  return a == b || (is_free_owner(a) && is_free_owner(b));
-}
+bool same_state(Owner a, Owner b) { return a == b || (is_free_owner(a) && is_free_owner(b)); }
 
 TEST(PageAllocator, StateHookSeesEveryTransition) {
   Fixture f(32 * kMiB);

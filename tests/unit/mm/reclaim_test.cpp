@@ -295,8 +295,10 @@ TEST(Reclaim, FragmentationStallIsNotTheBalloons) {
   auto app = exhaust(pa);
   std::vector<PhysAddr> kept;
   for (size_t i = 0; i < app.size(); ++i) {
-    if (i % 2) pa.free_pages(app[i], 0);  // every other page: lots free, nothing contiguous
-    else kept.push_back(app[i]);
+    if (i % 2)
+      pa.free_pages(app[i], 0);  // every other page: lots free, nothing contiguous
+    else
+      kept.push_back(app[i]);
   }
   ASSERT_GT(pa.free_pages_count(), 500u);
   pa.post_cache_demand(10, nullptr, nullptr);

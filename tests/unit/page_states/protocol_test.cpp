@@ -25,8 +25,8 @@ TEST(PageStateProtocol, ValuesAreTheSpecs) {
 }
 
 TEST(PageStateProtocol, MakeStableReportsWhatItReplaced) {
-  for (uint8_t from : {kStable, kUnused, kPotVolatile, kVolatile, kDiscardedUnused,
-                       kDiscardedVolatile}) {
+  for (uint8_t from :
+       {kStable, kUnused, kPotVolatile, kVolatile, kDiscardedUnused, kDiscardedVolatile}) {
     volatile uint8_t b = from;
     EXPECT_EQ(make_stable(&b), from) << state_name(from);
     EXPECT_EQ(b, kStable);
@@ -36,9 +36,8 @@ TEST(PageStateProtocol, MakeStableReportsWhatItReplaced) {
 TEST(PageStateProtocol, MakeUnusedKeepsDiscardedFreePagesKnownZero) {
   struct Case {
     uint8_t from, to;
-  } cases[] = {{kStable, kUnused},          {kUnused, kUnused},
-               {kDiscardedUnused, kDiscardedUnused}, {kVolatile, kUnused},
-               {kPotVolatile, kUnused},     {kDiscardedVolatile, kUnused}};
+  } cases[] = {{kStable, kUnused},   {kUnused, kUnused},      {kDiscardedUnused, kDiscardedUnused},
+               {kVolatile, kUnused}, {kPotVolatile, kUnused}, {kDiscardedVolatile, kUnused}};
   for (auto c : cases) {
     volatile uint8_t b = c.from;
     make_unused(&b);
@@ -58,8 +57,9 @@ TEST(PageStateProtocol, PinAndUnpin) {
 }
 
 TEST(PageStateProtocol, HostClaimsOnlyUnusedAndVolatile) {
-  std::vector<uint8_t> s = {kStable, kUnused, kUnused, kPotVolatile, kVolatile, kVolatile,
-                            kDiscardedUnused, kDiscardedVolatile, 0x55, kUnused};
+  std::vector<uint8_t> s = {kStable,   kUnused,   kUnused,          kPotVolatile,
+                            kVolatile, kVolatile, kDiscardedUnused, kDiscardedVolatile,
+                            0x55,      kUnused};
   std::vector<std::pair<uint64_t, uint64_t>> runs;
   uint64_t n = host_claim(s.data(), s.size(), ~0ull, true, [&](uint64_t f, uint64_t c) {
     runs.emplace_back(f, c);
@@ -68,28 +68,31 @@ TEST(PageStateProtocol, HostClaimsOnlyUnusedAndVolatile) {
   EXPECT_EQ(n, 5u);
   std::vector<std::pair<uint64_t, uint64_t>> want = {{1, 2}, {4, 2}, {9, 1}};
   EXPECT_EQ(runs, want);
-  std::vector<uint8_t> after = {kStable, kDiscardingUnused, kDiscardingUnused, kPotVolatile,
-                                kDiscardingVolatile, kDiscardingVolatile, kDiscardedUnused,
-                                kDiscardedVolatile, 0x55, kDiscardingUnused};
+  std::vector<uint8_t> after = {kStable,          kDiscardingUnused,   kDiscardingUnused,
+                                kPotVolatile,     kDiscardingVolatile, kDiscardingVolatile,
+                                kDiscardedUnused, kDiscardedVolatile,  0x55,
+                                kDiscardingUnused};
   EXPECT_EQ(s, after);
   uint64_t du = 0, dv = 0;
   host_finish(s.data(), 0, 6, true, &du, &dv);
   host_finish(s.data(), 9, 1, false, &du, &dv);
   EXPECT_EQ(du, 2u);
   EXPECT_EQ(dv, 2u);
-  std::vector<uint8_t> done = {kStable, kDiscardedUnused, kDiscardedUnused, kPotVolatile,
-                               kDiscardedVolatile, kDiscardedVolatile, kDiscardedUnused,
-                               kDiscardedVolatile, 0x55, kUnused};
+  std::vector<uint8_t> done = {kStable,          kDiscardedUnused,   kDiscardedUnused,
+                               kPotVolatile,     kDiscardedVolatile, kDiscardedVolatile,
+                               kDiscardedUnused, kDiscardedVolatile, 0x55,
+                               kUnused};
   EXPECT_EQ(s, done);
 }
 
 TEST(PageStateProtocol, HostHonoursPoisonAndMaxPages) {
   std::vector<uint8_t> s = {kUnused, kVolatile, kUnused, kVolatile, kVolatile};
   uint64_t runs = 0;
-  EXPECT_EQ(host_claim(s.data(), s.size(), 2, false, [&](uint64_t, uint64_t) {
-              ++runs;
-              return true;
-            }),
+  EXPECT_EQ(host_claim(s.data(), s.size(), 2, false,
+                       [&](uint64_t, uint64_t) {
+                         ++runs;
+                         return true;
+                       }),
             2u);
   EXPECT_EQ(runs, 2u);
   EXPECT_EQ(s[0], kUnused);

@@ -108,8 +108,15 @@ void guest_thread(Shared& sh, uint64_t seed, std::chrono::milliseconds duration,
           verify(p);
           switch (rng() % 4) {
             case 0: write(p); break;
-            case 1: make_unused(b, &r.spins); role[p] = Role::Free; ++r.frees; break;
-            default: unpin(b); role[p] = Role::Volatile; break;
+            case 1:
+              make_unused(b, &r.spins);
+              role[p] = Role::Free;
+              ++r.frees;
+              break;
+            default:
+              unpin(b);
+              role[p] = Role::Volatile;
+              break;
           }
           break;
         }
@@ -140,7 +147,10 @@ void guest_thread(Shared& sh, uint64_t seed, std::chrono::milliseconds duration,
   for (uint64_t p = 0; p < sh.pages; ++p) {
     if (role[p] == Role::Stable) verify(p);
     if (role[p] == Role::Volatile) {
-      if (pin(&sh.states[p], &r.spins)) verify(p); else verify_zero(p);
+      if (pin(&sh.states[p], &r.spins))
+        verify(p);
+      else
+        verify_zero(p);
     }
   }
 }
@@ -197,10 +207,11 @@ void run(uint64_t pages, uint64_t seed, std::chrono::milliseconds duration) {
   EXPECT_GT(g.pins_lost, 0u);
   EXPECT_GT(g.known_zero_allocs, 0u);
   EXPECT_GT(g.pins, g.pins_lost);
-  printf("pages=%lu guest ops=%lu pins=%lu lost=%lu known-zero allocs=%lu frees=%lu spins=%lu; "
-         "host sweeps=%lu claimed=%lu discarded unused=%lu volatile=%lu put back=%lu\n",
-         pages, g.ops, g.pins, g.pins_lost, g.known_zero_allocs, g.frees, g.spins, h.sweeps,
-         h.claimed, h.discarded_unused, h.discarded_volatile, h.put_back);
+  printf(
+      "pages=%lu guest ops=%lu pins=%lu lost=%lu known-zero allocs=%lu frees=%lu spins=%lu; "
+      "host sweeps=%lu claimed=%lu discarded unused=%lu volatile=%lu put back=%lu\n",
+      pages, g.ops, g.pins, g.pins_lost, g.known_zero_allocs, g.frees, g.spins, h.sweeps, h.claimed,
+      h.discarded_unused, h.discarded_volatile, h.put_back);
 }
 
 TEST(PageStateStress, FewPagesHeavyContention) { run(8, 1, std::chrono::milliseconds(1500)); }

@@ -33,7 +33,8 @@ struct FakeDevice {
       return Error::Busy;
     }
     if (d->fail) return Error::DeviceError;
-    if (count < 1 || count > b::kBlimpMaxEntries) return BlimpResponse{b::kBlimpEinval, 0, count, 0};
+    if (count < 1 || count > b::kBlimpMaxEntries)
+      return BlimpResponse{b::kBlimpEinval, 0, count, 0};
     d->request_sizes.push_back(count);
     BlimpResponse r{b::kBlimpOk, 0, 0, 0};
     if (type == b::kBlimpSeal) {
@@ -166,11 +167,11 @@ TEST(UnsealBatcher, MergesAdjacentAndOverlappingRuns) {
   FakeDevice dev;
   BlimpUnsealEntry buf[8];
   s::UnsealBatcher batch(buf, 8, FakeDevice::send, &dev);
-  batch.add(100, 4);   // 100..103
-  batch.add(104, 2);   // adjacent: 100..105
-  batch.add(103, 5);   // overlapping: 100..107
-  batch.add(200, 1);   // gap: new entry
-  batch.add(50, 1);    // below: new entry (no reordering)
+  batch.add(100, 4);  // 100..103
+  batch.add(104, 2);  // adjacent: 100..105
+  batch.add(103, 5);  // overlapping: 100..107
+  batch.add(200, 1);  // gap: new entry
+  batch.add(50, 1);   // below: new entry (no reordering)
   ASSERT_TRUE(batch.flush());
   ASSERT_EQ(dev.unseals.size(), 3u);
   EXPECT_EQ(dev.unseals[0].pfn, 100u);

@@ -23,10 +23,10 @@ void collect(uint64_t pfn, uint64_t pages, void* ctx) {
 
 TEST(SealRegistry, InsertCoalescesAndRefusesOverlap) {
   auto r = std::make_unique<s::SealRegistry>();
-  ASSERT_FALSE(r->insert(10, 5).is_error());   // 10..14
-  ASSERT_FALSE(r->insert(20, 5).is_error());   // 20..24
+  ASSERT_FALSE(r->insert(10, 5).is_error());  // 10..14
+  ASSERT_FALSE(r->insert(20, 5).is_error());  // 20..24
   EXPECT_EQ(r->range_count(), 2u);
-  ASSERT_FALSE(r->insert(15, 5).is_error());   // fills the gap: one range 10..24
+  ASSERT_FALSE(r->insert(15, 5).is_error());  // fills the gap: one range 10..24
   EXPECT_EQ(r->range_count(), 1u);
   EXPECT_EQ(r->sealed_pages(), 15u);
   auto dup = r->insert(24, 2);

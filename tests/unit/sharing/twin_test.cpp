@@ -37,7 +37,7 @@ TEST(TwinTable, CollidingSlotsAndFullTable) {
   // Same low bits: linear probing keeps them apart.
   for (uint64_t i = 0; i < 48; i++) ASSERT_EQ(t.add(i << 32, i, first), Seen::First) << i;
   EXPECT_EQ(t.size(), 48u);
-  EXPECT_EQ(t.add(uint64_t{99} << 32, 99, first), Seen::Full);  // 3/4 load
+  EXPECT_EQ(t.add(uint64_t{99} << 32, 99, first), Seen::Full);    // 3/4 load
   EXPECT_EQ(t.add(uint64_t{5} << 32, 100, first), Seen::Second);  // known hashes still count
   EXPECT_EQ(first, 5u);
   s::TwinTable empty;
