@@ -256,7 +256,7 @@ void Fleet::stop_all(const std::string& why) {
         if (!vm.proc.running()) continue;
         vm.stopping = true;
         Vm* p = &vm;
-        if (vm.qmp && vm.qmp->state() == QmpClient::State::Ready) {
+        if (vm.qmp_up()) {
             vm.qmp->execute("quit", [p](const QmpReply& r) {
                 if (!r.ok && r.error_class != "Disconnected") p->proc.signal(SIGTERM);
             });

@@ -43,6 +43,11 @@ struct Fleet::Vm {
     bool sweeps = false;      // page-states=on on the patched QEMU
     bool sweep_busy = false;
     uint64_t swept_pages = 0;
+
+    // Its QMP connection is up (negotiated, not closed).
+    bool qmp_up() const { return qmp && qmp->state() == QmpClient::State::Ready; }
+    // hangar may send it commands: QMP is up and hangar is not stopping it.
+    bool can_talk() const { return phase == Phase::Ready && !stopping && qmp_up(); }
 };
 
 }  // namespace hangar

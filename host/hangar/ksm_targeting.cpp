@@ -12,8 +12,7 @@ void Fleet::refresh_hints() {
     if (stopping_) return;
     for (auto& up : vms_) {
         Vm& vm = *up;
-        if (vm.phase != Vm::Phase::Ready || vm.hints_off || vm.hints_busy || vm.stopping || !vm.spec.balloon) continue;
-        if (!vm.qmp || vm.qmp->state() != QmpClient::State::Ready) continue;
+        if (!vm.can_talk() || vm.hints_off || vm.hints_busy || !vm.spec.balloon) continue;
         vm.hints_busy = true;
         vm.hints_accum.clear();
         fetch_hints(vm, 0);
@@ -100,9 +99,7 @@ void Fleet::update_filters() {
         if (hint_member(*up) && !up->hints_read) return;  // not every VM indexed yet
     for (auto& up : vms_) {
         Vm& vm = *up;
-        if (vm.phase != Vm::Phase::Ready || vm.hints_off || vm.stopping || !vm.qmp ||
-            vm.qmp->state() != QmpClient::State::Ready)
-            continue;
+        if (!vm.can_talk() || vm.hints_off) continue;
         std::set<uint64_t> want = sharing_.twins(vm.spec.name, scope);
         if (vm.filter_sent && *vm.filter_sent == want) continue;
         Vm* p = &vm;

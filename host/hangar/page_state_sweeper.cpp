@@ -9,9 +9,7 @@ void Fleet::sweep_page_states() {
     if (stopping_) return;
     for (auto& up : vms_) {
         Vm& vm = *up;
-        if (!vm.sweeps || vm.sweep_busy || vm.phase != Vm::Phase::Ready || vm.stopping || !vm.qmp ||
-            vm.qmp->state() != QmpClient::State::Ready)
-            continue;
+        if (!vm.sweeps || vm.sweep_busy || !vm.can_talk()) continue;
         Vm* p = &vm;
         vm.sweep_busy = true;
         // The protocol makes a sweep safe at any time: QEMU claims only pages the guest marked

@@ -92,8 +92,7 @@ void Fleet::sample() {
             s.twin_hashes = vm.filter_sent ? vm.filter_sent->size() : 0;
         }
         samples.push_back(std::move(s));
-        if (vm.phase == Vm::Phase::Ready && vm.spec.balloon && vm.qmp && vm.qmp->state() == QmpClient::State::Ready &&
-            !vm.stopping) {
+        if (vm.spec.balloon && vm.can_talk()) {
             poll_guest_stats(vm);
             sync_watch(vm);
         }
@@ -110,6 +109,8 @@ void Fleet::apply_policy() {
     std::vector<Vm*> who;
     for (auto& up : vms_) {
         Vm& vm = *up;
+        // Not can_talk(): a VM whose QMP connection just closed stays in the policy until hangar
+        // stops it (its balloon command then fails as Disconnected, which is not reported).
         if (vm.phase != Vm::Phase::Ready || !vm.spec.balloon || vm.stopping || vm.spec.start == StartMode::Paused)
             continue;
         VmObservation o;
