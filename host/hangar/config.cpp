@@ -214,7 +214,7 @@ void parse_policy(PolicyConfig& p, const json& v, const std::string& where) {
     r.check_keys(v, {"name", "tax_rate", "floor", "hysteresis", "max_step", "pressure_grow", "reclaim_hold", "sweep"});
     for (auto it = v.begin(); it != v.end(); ++it) {
         const std::string& k = it.key();
-        if (k == "name") p.name = r.str(*it, k);
+        if (k == "name") p.kind = parse_policy_kind(r.str(*it, k));
         else if (k == "tax_rate") p.tax_rate = r.number(*it, k);
         else if (k == "floor") p.floor = r.size(*it, k);
         else if (k == "hysteresis") p.hysteresis = r.size(*it, k);
@@ -246,7 +246,7 @@ void parse_ksm(KsmConfig& k, const json& v, const std::string& where) {
         else if (key == "merge_across_nodes") k.merge_across_nodes = r.uint(*it, key, 1);
         else if (key == "use_zero_pages") k.use_zero_pages = r.uint(*it, key, 1);
         else if (key == "sysfs") k.sysfs = r.str(*it, key);
-        else if (key == "scope") k.scope = r.str(*it, key);
+        else if (key == "scope") k.scope = parse_share_scope(r.str(*it, key));
         else if (key == "hint_refresh") k.hint_refresh = r.duration(*it, key);
         else if (key == "lock") k.lock = r.str(*it, key);
         else if (key == "lock_wait") k.lock_wait = r.duration(*it, key);
@@ -294,6 +294,15 @@ std::string_view to_string(KsmMode m) {
     case KsmMode::Off: return "off";
     case KsmMode::Blind: return "blind";
     case KsmMode::Targeted: return "targeted";
+    }
+    return "?";
+}
+
+std::string_view to_string(ShareScope s) {
+    switch (s) {
+    case ShareScope::Off: return "off";
+    case ShareScope::WithinVm: return "within";
+    case ShareScope::AcrossVms: return "across";
     }
     return "?";
 }
@@ -349,6 +358,27 @@ KsmMode parse_ksm_mode(std::string_view text) {
     if (text == "blind") return KsmMode::Blind;
     if (text == "targeted") return KsmMode::Targeted;
     throw ConfigError("unknown KSM mode \"" + std::string(text) + "\" (unchanged, off, blind or targeted)");
+}
+
+// These three were checked by validate(); their messages are unchanged, without the file and key.
+PolicyKind parse_policy_kind(std::string_view text) {
+    if (text == "idle-tax") return PolicyKind::IdleTax;
+    if (text == "none") return PolicyKind::None;
+    throw ConfigError("unknown policy \"" + std::string(text) + "\" (idle-tax or none)");
+}
+
+ShareScope parse_share_scope(std::string_view text) {
+    if (text == "across") return ShareScope::AcrossVms;
+    if (text == "within") return ShareScope::WithinVm;
+    throw ConfigError("ksm scope must be across or within, got \"" + std::string(text) + "\"");
+}
+
+StatusDisplay parse_status_display(std::string_view text) {
+    if (text == "auto") return StatusDisplay::Auto;
+    if (text == "tty") return StatusDisplay::Tty;
+    if (text == "plain") return StatusDisplay::Plain;
+    if (text == "off") return StatusDisplay::Off;
+    throw ConfigError("status must be auto, tty, plain or off, got \"" + std::string(text) + "\"");
 }
 
 std::string format_size(uint64_t bytes) {
@@ -490,7 +520,7 @@ Config parse_config_json(std::string_view text, std::string_view origin) {
         else if (k == "csv") cfg.csv = r.str(v, k);
         else if (k == "plot") cfg.plot = r.str(v, k);
         else if (k == "run_dir") cfg.run_dir = r.str(v, k);
-        else if (k == "status") cfg.status = r.str(v, k);
+        else if (k == "status") cfg.status = parse_status_display(r.str(v, k));
         else if (k == "policy") parse_policy(cfg.policy, v, where + ": policy");
         else if (k == "ksm") parse_ksm(cfg.ksm, v, where + ": ksm");
     }
@@ -574,18 +604,12 @@ void validate(const Config& c) {
     if (c.qemu_sandbox != "auto" && c.qemu_sandbox != "on" && c.qemu_sandbox != "off")
         throw ConfigError("qemu_sandbox must be auto, on or off, got \"" + c.qemu_sandbox + "\"");
     if (c.accel != "tcg" && c.accel != "kvm") throw ConfigError("accel must be tcg or kvm, got \"" + c.accel + "\"");
-    if (c.status != "auto" && c.status != "tty" && c.status != "plain" && c.status != "off")
-        throw ConfigError("status must be auto, tty, plain or off, got \"" + c.status + "\"");
-    if (c.policy.name != "idle-tax" && c.policy.name != "none")
-        throw ConfigError("unknown policy \"" + c.policy.name + "\" (idle-tax or none)");
     if (!(c.policy.tax_rate >= 0.0 && c.policy.tax_rate < 1.0))
         throw ConfigError("policy.tax_rate (--tax-rate): " + std::to_string(c.policy.tax_rate) +
                           " is out of range (allowed: 0 to 1, 1 excluded)");
     if (!(c.policy.pressure_grow > 0.0 && c.policy.pressure_grow <= 1.0))
         throw ConfigError("policy.pressure_grow: " + std::to_string(c.policy.pressure_grow) +
                           " is out of range (allowed: above 0, up to 1)");
-    if (c.ksm.scope != "across" && c.ksm.scope != "within")
-        throw ConfigError("ksm scope must be across or within, got \"" + c.ksm.scope + "\"");
     if (c.ksm.lock.empty()) throw ConfigError("ksm lock must be auto, none or a path, not empty");
     if (c.ksm.mode == KsmMode::Targeted && c.qemu == "stock")
         throw ConfigError("--ksm targeted needs the patched QEMU (share-hints); stock QEMU cannot target KSM");

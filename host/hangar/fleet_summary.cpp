@@ -76,7 +76,7 @@ void Fleet::write_summary(int status) {
                 {"full_scans", k1.get("full_scans") - std::min(k1.get("full_scans"), k0.get("full_scans"))},
                 {"lock", ksm_lock_.empty() ? json(nullptr) : json(ksm_lock_)}};
     if (targeting_)
-        j["sharing"] = {{"scope", cfg_.ksm.scope},
+        j["sharing"] = {{"scope", std::string(to_string(cfg_.ksm.scope))},
                         {"potential_saving_pages", potential_saving_},
                         {"filter_updates", filter_updates_}};
     if (k0.ksmd_cpu_seconds && k1.ksmd_cpu_seconds) j["ksm"]["ksmd_cpu_s"] = *k1.ksmd_cpu_seconds - *k0.ksmd_cpu_seconds;

@@ -74,7 +74,7 @@ void Fleet::hints_settled() {
 }
 
 void Fleet::report_index() {
-    const ShareScope scope = cfg_.ksm.scope == "within" ? ShareScope::WithinVm : ShareScope::AcrossVms;
+    const ShareScope scope = cfg_.ksm.scope;
     uint64_t pages = 0;
     std::string twins;
     size_t n = 0;
@@ -94,7 +94,7 @@ void Fleet::report_index() {
 }
 
 void Fleet::update_filters() {
-    const ShareScope scope = cfg_.ksm.scope == "within" ? ShareScope::WithinVm : ShareScope::AcrossVms;
+    const ShareScope scope = cfg_.ksm.scope;
     for (const auto& up : vms_)
         if (hint_member(*up) && !up->hints_read) return;  // not every VM indexed yet
     for (auto& up : vms_) {

@@ -246,15 +246,15 @@ Config build_config(const RunFlags& f) {
     if (!f.run_dir.empty()) c.run_dir = f.run_dir;
     if (!f.ksm.empty()) c.ksm.mode = parse_ksm_mode(f.ksm);
     if (!f.ksm_sysfs.empty()) c.ksm.sysfs = f.ksm_sysfs;
-    if (!f.share_scope.empty()) c.ksm.scope = f.share_scope;
+    if (!f.share_scope.empty()) c.ksm.scope = parse_share_scope(f.share_scope);
     if (!f.ksm_lock.empty()) c.ksm.lock = f.ksm_lock;
     if (!f.ksm_lock_wait.empty()) c.ksm.lock_wait = parse_duration(f.ksm_lock_wait);
     if (f.ksm_pages_to_scan) c.ksm.pages_to_scan = *f.ksm_pages_to_scan;
     if (f.ksm_sleep_ms) c.ksm.sleep_millisecs = *f.ksm_sleep_ms;
-    if (!f.policy.empty()) c.policy.name = f.policy;
+    if (!f.policy.empty()) c.policy.kind = parse_policy_kind(f.policy);
     if (f.tax_rate) c.policy.tax_rate = *f.tax_rate;
     if (!f.sweep.empty()) c.policy.sweep = parse_duration(f.sweep);
-    if (!f.status.empty()) c.status = f.status;
+    if (!f.status.empty()) c.status = parse_status_display(f.status);
     if (!f.accel.empty()) c.accel = f.accel;
     validate(c);
     return c;

@@ -194,10 +194,10 @@ bool write_plot(const std::string& csv_path, const std::string& png_path, const 
     return true;
 }
 
-StatusView::Mode StatusView::choose(const std::string& setting, int fd) {
-    if (setting == "off") return Mode::Off;
-    if (setting == "plain") return Mode::Plain;
-    if (setting == "tty") return Mode::Tty;
+StatusView::Mode StatusView::choose(StatusDisplay setting, int fd) {
+    if (setting == StatusDisplay::Off) return Mode::Off;
+    if (setting == StatusDisplay::Plain) return Mode::Plain;
+    if (setting == StatusDisplay::Tty) return Mode::Tty;
     const char* term = getenv("TERM");
     return isatty(fd) && term && std::strcmp(term, "dumb") != 0 ? Mode::Tty : Mode::Plain;
 }

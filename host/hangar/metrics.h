@@ -77,7 +77,7 @@ class StatusView {
 public:
     enum class Mode { Tty, Plain, Off };
     StatusView(Mode mode, FILE* out) : mode_(mode), out_(out) {}
-    static Mode choose(const std::string& setting, int fd);
+    static Mode choose(StatusDisplay setting, int fd);
     // Tty: redraws the block in place. Plain: prints the lines.
     void show(const std::vector<std::string>& lines);
     // Prints a message to stderr, above the live block (so it is not overdrawn).
