@@ -17,6 +17,33 @@ namespace hangar {
 
 using namespace std::chrono_literals;
 
+namespace {
+
+// Starts QEMU. With pass_fds, hangar makes the QMP socket (0600 in the 0700 run directory) and
+// the serial log, and QEMU gets the descriptors: it needs no access to the run directory at all.
+ErrorOr<void> spawn_qemu(VmProcess& proc, const std::vector<std::string>& argv, const std::string& qemu_log,
+                         const std::string& qmp_path, const std::string& serial_log, const LaunchPlan& plan) {
+    SpawnOptions opts;
+    opts.uid = plan.uid;
+    opts.gid = plan.gid;
+    opts.groups = plan.groups;
+    if (!plan.pass_fds) return proc.spawn(argv, qemu_log, opts);
+    const int qmp_listen = TRY(listen_unix(qmp_path));
+    const int serial = open_nofollow(serial_log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (serial < 0) {
+        Error error{"cannot create " + serial_log + ": " + std::strerror(errno)};
+        ::close(qmp_listen);
+        return error;
+    }
+    opts.fds = {{kQmpFd, qmp_listen}, {kSerialFd, serial}};
+    auto spawned = proc.spawn(argv, qemu_log, opts);
+    ::close(qmp_listen);
+    ::close(serial);
+    return spawned;
+}
+
+}  // namespace
+
 Fleet::Fleet(Config config, LaunchPlan plan, std::string run_dir, KsmControl* ksm)
     : cfg_(std::move(config)),
       plan_(std::move(plan)),
@@ -54,32 +81,17 @@ void Fleet::launch(Vm& vm) {
     plan.serial_log = vm.serial_log;
     auto argv = build_qemu_argv(vm.spec, plan);
     {
-        std::string text, error;
+        std::string text;
         for (const auto& a : argv) text += a + "\n";
-        if (!write_file_atomic(run_dir_ + "/" + vm.spec.name + ".cmdline", text, 0644, error)) report(error);
+        auto written = write_file_atomic(run_dir_ + "/" + vm.spec.name + ".cmdline", text, 0644);
+        if (written.is_error()) report(written.error().message);
     }
     ::unlink(vm.qmp_path.c_str());
-    std::string error;
-    SpawnOptions opts;
-    opts.uid = plan.uid;
-    opts.gid = plan.gid;
-    opts.groups = plan.groups;
-    int qmp_listen = -1, serial = -1;
-    if (plan.pass_fds) {
-        // hangar makes the QMP socket (0600 in the 0700 run directory) and the serial log, and
-        // QEMU gets the descriptors: it needs no access to the run directory at all.
-        qmp_listen = listen_unix(vm.qmp_path, error);
-        serial = qmp_listen < 0 ? -1 : open_nofollow(vm.serial_log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (qmp_listen >= 0 && serial < 0) error = "cannot create " + vm.serial_log + ": " + std::strerror(errno);
-        opts.fds = {{kQmpFd, qmp_listen}, {kSerialFd, serial}};
-    }
-    const bool spawned = error.empty() && vm.proc.spawn(argv, vm.qemu_log, error, opts);
-    if (qmp_listen >= 0) ::close(qmp_listen);
-    if (serial >= 0) ::close(serial);
-    if (!spawned) {
+    auto spawned = spawn_qemu(vm.proc, argv, vm.qemu_log, vm.qmp_path, vm.serial_log, plan);
+    if (spawned.is_error()) {
         VmExit e;
         e.kind = VmExit::Kind::FailedToStart;
-        e.detail = error;
+        e.detail = spawned.error().message;
         vm.exit = e;
         vm.phase = Vm::Phase::Gone;
         report("vm " + vm.spec.name + ": " + e.describe());
@@ -324,9 +336,8 @@ int Fleet::run() {
     loop_.watch(signal_fd_, EPOLLIN, [this](uint32_t) { handle_signals(); });
 
     if (!cfg_.csv.empty()) {
-        std::string error;
-        if (!metrics_.open_csv(cfg_.csv, error)) {
-            report(error);
+        if (auto opened = metrics_.open_csv(cfg_.csv); opened.is_error()) {
+            report(opened.error().message);
             env_error_ = true;
             return exit_status();
         }
@@ -382,9 +393,9 @@ int Fleet::run() {
     if (!cfg_.plot.empty() && !cfg_.csv.empty()) {
         std::vector<std::string> names;
         for (const auto& vm : vms_) names.push_back(vm->spec.name);
-        std::string error;
-        if (write_plot(cfg_.csv, cfg_.plot, names, error)) report("plot written to " + cfg_.plot);
-        else report("plot not written: " + error);
+        auto plotted = write_plot(cfg_.csv, cfg_.plot, names);
+        if (plotted.is_error()) report("plot not written: " + plotted.error().message);
+        else report("plot written to " + cfg_.plot);
     }
     int status = exit_status();
     write_summary(status);

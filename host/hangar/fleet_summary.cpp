@@ -87,8 +87,8 @@ void Fleet::write_summary(int status) {
     j["reclaimed_bytes"] = reclaimed;
     std::printf("  exit status %d\n", status);
     std::fflush(stdout);
-    std::string error;
-    if (!write_file_atomic(run_dir_ + "/summary.json", j.dump(2) + "\n", 0644, error)) report(error);
+    auto written = write_file_atomic(run_dir_ + "/summary.json", j.dump(2) + "\n", 0644);
+    if (written.is_error()) report(written.error().message);
 }
 
 }  // namespace hangar

@@ -33,12 +33,11 @@ void Fleet::fetch_hints(Vm& vm, uint64_t start) {
             hints_settled();
             return;
         }
-        std::string error;
-        auto page = parse_hints_page(r.value, error);
-        if (!page) {
+        auto page = parse_hints_page(r.value);
+        if (page.is_error()) {
             p->hints_busy = false;
             p->hints_off = true;
-            qmp_problem(*p, error);
+            qmp_problem(*p, page.error().message);
             hints_settled();
             return;
         }

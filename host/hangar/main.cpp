@@ -199,20 +199,21 @@ LaunchPlan resolve_plan(const Config& c) {
 // The run directory holds the QMP sockets (root's control of every QEMU) and files hangar writes
 // as root, so it must be private: see safe_fs.h. A given one is created 0700 if missing and
 // refused if unsafe; the default is a fresh mkdtemp (0700).
-std::string make_run_dir(const std::string& wanted) {
+ErrorOr<std::string> make_run_dir(const std::string& wanted) {
     std::string dir;
     if (!wanted.empty()) {
-        dir = fs::absolute(wanted).lexically_normal().string();
+        std::error_code ec;
+        dir = fs::absolute(wanted, ec).lexically_normal().string();
+        if (ec) return Error{"cannot make " + wanted + " an absolute path: " + ec.message()};
         while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-        std::string why = make_private_dir(dir);
-        if (!why.empty()) throw std::runtime_error("unsafe run directory: " + why);
+        if (auto safe = make_private_dir(dir); safe.is_error()) return Error{"unsafe run directory: " + safe.error().message};
         return dir;
     }
     const char* tmp = getenv("TMPDIR");
     std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/hangar-XXXXXX";
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("cannot create a run directory under " + tmpl + ": " + std::strerror(errno));
-    std::string why = check_private_dir(tmpl);
-    if (!why.empty()) throw std::runtime_error("unsafe run directory: " + why);
+    if (!mkdtemp(tmpl.data()))
+        return Error{"cannot create a run directory under " + tmpl + ": " + std::strerror(errno)};
+    if (auto safe = check_private_dir(tmpl); safe.is_error()) return Error{"unsafe run directory: " + safe.error().message};
     return tmpl;
 }
 
@@ -302,13 +303,12 @@ int do_run(const RunFlags& f) {
         }
         return kExitOk;
     }
-    std::string run_dir;
-    try {
-        run_dir = make_run_dir(cfg.run_dir);
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "hangar: %s\n", e.what());
+    auto made = make_run_dir(cfg.run_dir);
+    if (made.is_error()) {
+        std::fprintf(stderr, "hangar: %s\n", made.error().message.c_str());
         return kExitEnvironment;
     }
+    const std::string run_dir = made.release_value();
     if (run_dir.size() + 40 > sizeof(sockaddr_un{}.sun_path)) {
         std::fprintf(stderr, "hangar: run directory %s is too long for QMP unix socket paths\n", run_dir.c_str());
         return kExitEnvironment;
@@ -337,14 +337,15 @@ int do_run(const RunFlags& f) {
     ksm.set_save_file(save_file);
     int interrupted = 0;
     ksm.set_lock(ksm_lock(cfg.ksm.lock, cfg.ksm.sysfs, cfg.ksm.lock_wait, &interrupted));
-    std::string error;
     // A hangar killed with SIGKILL (or a benchmark) left KSM changed: put it back before anything
     // else, whatever this run does with KSM.
-    if (cfg.ksm.mode == KsmMode::Unchanged && !ksm.recover_stale(error))
-        std::fprintf(stderr, "hangar: KSM: %s\n", error.c_str());
+    if (cfg.ksm.mode == KsmMode::Unchanged) {
+        if (auto recovered = ksm.recover_stale(); recovered.is_error())
+            std::fprintf(stderr, "hangar: KSM: %s\n", recovered.error().message.c_str());
+    }
     // Before any QEMU starts: a fleet that cannot have KSM as asked does not run at all.
-    if (!ksm.apply(cfg.ksm, error)) {
-        std::fprintf(stderr, "hangar: KSM: %s\n", error.c_str());
+    if (auto applied = ksm.apply(cfg.ksm); applied.is_error()) {
+        std::fprintf(stderr, "hangar: KSM: %s\n", applied.error().message.c_str());
         for (const auto& e : ksm.restore()) std::fprintf(stderr, "hangar: KSM restore failed: %s\n", e.c_str());
         return interrupted ? 128 + interrupted : kExitEnvironment;
     }

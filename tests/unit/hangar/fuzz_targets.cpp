@@ -67,8 +67,7 @@ int qmp_one(const uint8_t* data, size_t size) {
     for (size_t i = 0; i < bytes.size(); i += 1 + (i % 7)) {
         f.feed(bytes.substr(i, 1 + (i % 7)));
         while (auto line = f.next()) {
-            std::string err;
-            (void)hangar::parse_qmp_message(*line, err);
+            (void)hangar::parse_qmp_message(*line);
         }
     }
     // The whole client: a greeting, then the input as QEMU's stream.

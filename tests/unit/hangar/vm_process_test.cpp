@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 
 #include "fleet.h"
+#include "error_text.h"
 #include "vm_process.h"
 
 using namespace hangar;
@@ -99,16 +100,14 @@ TEST(DecodeExit, QemuOutcomes) {
 
 TEST(VmProcess, ExecFailureIsExact) {
     VmProcess p;
-    std::string err;
-    EXPECT_FALSE(p.spawn({"/nonexistent/qemu"}, "/dev/null", err));
+    const std::string err = error_text(p.spawn({"/nonexistent/qemu"}, "/dev/null"));
     EXPECT_NE(err.find("cannot execute /nonexistent/qemu: No such file or directory"), std::string::npos);
     EXPECT_FALSE(p.running());
 }
 
 TEST(VmProcess, SpawnReapAndRss) {
     VmProcess p;
-    std::string err;
-    ASSERT_TRUE(p.spawn({"/bin/sh", "-c", "exit 3"}, "/dev/null", err)) << err;
+    ASSERT_EQ(error_text(p.spawn({"/bin/sh", "-c", "exit 3"}, "/dev/null")), "");
     for (int i = 0; i < 500 && !p.try_reap(); ++i) usleep(10000);
     ASSERT_FALSE(p.running());
     EXPECT_EQ(WEXITSTATUS(p.wait_status()), 3);
@@ -120,8 +119,7 @@ TEST(VmProcess, DestructorKillsWhatIsLeft) {
     pid_t pid;
     {
         VmProcess p;
-        std::string err;
-        ASSERT_TRUE(p.spawn({"/bin/sleep", "60"}, "/dev/null", err)) << err;
+        ASSERT_EQ(error_text(p.spawn({"/bin/sleep", "60"}, "/dev/null")), "");
         pid = p.pid();
     }
     EXPECT_NE(kill(pid, 0), 0);
@@ -198,13 +196,12 @@ TEST(VmProcess, DropsPrivilegesAndPassesDescriptors) {
     // Swapped on purpose: a source may sit on another's target number.
     o.fds = {{b, a}, {a, b}};
     VmProcess p;
-    std::string err;
-    ASSERT_TRUE(p.spawn({"/bin/sh", "-c",
+    ASSERT_EQ(error_text(p.spawn({"/bin/sh", "-c",
                          "id -u; id -G; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; umask; "
                          "echo A >&" + std::to_string(b) + "; echo B >&" + std::to_string(a) +
                          "; ls " + dir.string() + " 2>&1 | head -1"},
-                        log, err, o))
-        << err;
+                                 log, o)),
+              "");
     for (int i = 0; i < 500 && !p.try_reap(); ++i) usleep(10000);
     ::close(a);
     ::close(b);
