@@ -8,18 +8,15 @@
 #include <cstdint>
 #include <map>
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "error_or.h"
+
 namespace hangar {
 
 using Millis = std::chrono::milliseconds;
-
-struct ConfigError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
 
 enum class Machine { Microvm, Q35, Pc };
 enum class KsmMode { Unchanged, Off, Blind, Targeted };
@@ -112,24 +109,24 @@ struct Config {
 inline constexpr uint64_t kMaxBudget = 1ull << 50;   // 1 PiB: 256 VMs of 1 TiB fit
 inline constexpr uint64_t kMaxKsmKnob = 1ull << 30;  // pages_to_scan, sleep_millisecs
 
-// Parsing primitives, exposed for the flag parser and tests. All throw ConfigError.
-uint64_t parse_size(std::string_view text);        // "512M", "1G", "1.5GiB", "4096" (bytes)
-Millis parse_duration(std::string_view text);      // "60s", "500ms", "2m", "1h", "10" (seconds)
-Machine parse_machine(std::string_view text);
-KsmMode parse_ksm_mode(std::string_view text);
-PolicyKind parse_policy_kind(std::string_view text);      // idle-tax | none
-ShareScope parse_share_scope(std::string_view text);      // across | within
-StatusDisplay parse_status_display(std::string_view text);  // auto | tty | plain | off
-std::string format_size(uint64_t bytes);           // "512 MiB", "1.5 GiB"
+// Parsing primitives, exposed for the flag parser and tests. Each error is a message for the user.
+ErrorOr<uint64_t> parse_size(std::string_view text);        // "512M", "1G", "1.5GiB", "4096" (bytes)
+ErrorOr<Millis> parse_duration(std::string_view text);      // "60s", "500ms", "2m", "1h", "10" (seconds)
+ErrorOr<Machine> parse_machine(std::string_view text);
+ErrorOr<KsmMode> parse_ksm_mode(std::string_view text);
+ErrorOr<PolicyKind> parse_policy_kind(std::string_view text);        // idle-tax | none
+ErrorOr<ShareScope> parse_share_scope(std::string_view text);        // across | within
+ErrorOr<StatusDisplay> parse_status_display(std::string_view text);  // auto | tty | plain | off
+std::string format_size(uint64_t bytes);                    // "512 MiB", "1.5 GiB"
 
 // One `--vm name=a,app=idle,memory=512M,args="x=1 y=2"` flag.
-VmSpec parse_vm_flag(std::string_view text);
+ErrorOr<VmSpec> parse_vm_flag(std::string_view text);
 
 // A whole fleet file. `origin` names it in messages.
-Config parse_config_json(std::string_view text, std::string_view origin);
-Config load_config_file(const std::string& path);
+ErrorOr<Config> parse_config_json(std::string_view text, std::string_view origin);
+ErrorOr<Config> load_config_file(const std::string& path);
 
-// Cross-field checks (unique names, floors below memory, ...). Throws ConfigError.
-void validate(const Config& config);
+// Cross-field checks (unique names, floors below memory, ...).
+ErrorOr<void> validate(const Config& config);
 
 }  // namespace hangar

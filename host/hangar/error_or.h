@@ -7,6 +7,12 @@
 // anything having gone wrong (a process that is gone, a stat never reported) return
 // std::optional instead; thin system-call wrappers (open_nofollow, connect_unix) keep errno,
 // because callers decide on its value.
+//
+// Exceptions remain only where C++ or a library forces them: CLI11 reports bad flags by
+// throwing; nlohmann::json::parse's message (with the byte offset) comes only with its exception;
+// EventLoop's constructor can fail only by throwing, and its epoll_ctl/epoll_wait failures (a bug
+// in hangar, not a condition to handle) throw alike. A last-resort catch in main() turns those and
+// anything else unexpected (std::bad_alloc, a json type_error) into a message and exit status 3.
 #pragma once
 
 #include <string>

@@ -21,7 +21,7 @@ int signaled(int sig) { return sig; }
 }  // namespace
 
 TEST(QemuArgv, MicrovmWithBalloon) {
-    VmSpec vm = parse_vm_flag("name=a,app=hello,memory=512M,args=\"x=1 y=2\"");
+    VmSpec vm = parse_vm_flag("name=a,app=hello,memory=512M,args=\"x=1 y=2\"").value();
     LaunchPlan plan{"/usr/bin/qemu-system-x86_64", false, "/k/blimp.elf", "/r/a.qmp", "/r/a.serial.log", "tcg", KsmMode::Unchanged};
     auto a = build_qemu_argv(vm, plan);
     EXPECT_EQ(a[0], "/usr/bin/qemu-system-x86_64");
@@ -37,7 +37,7 @@ TEST(QemuArgv, MicrovmWithBalloon) {
 }
 
 TEST(QemuArgv, PciMachineKsmModesAndProps) {
-    VmSpec vm = parse_vm_flag("name=b,machine=q35");
+    VmSpec vm = parse_vm_flag("name=b,machine=q35").value();
     vm.balloon_props["coalesce-discard"] = "on";
     vm.qemu_args = {"-smp", "2"};
     LaunchPlan plan{"q", true, "k", "s", "l", "tcg", KsmMode::Targeted};
@@ -47,7 +47,7 @@ TEST(QemuArgv, PciMachineKsmModesAndProps) {
     EXPECT_TRUE(has(a, "virtio-balloon-pci,id=balloon0,coalesce-discard=on,share-hints=on"));
     EXPECT_EQ(a.back(), "2");
     EXPECT_FALSE(has(a, "virtio-mmio.force-legacy=false"));  // q35: virtio-pci
-    VmSpec micro = parse_vm_flag("name=m");
+    VmSpec micro = parse_vm_flag("name=m").value();
     EXPECT_TRUE(has(build_qemu_argv(micro, plan), "virtio-mmio.force-legacy=false"));
     plan.ksm = KsmMode::Blind;
     vm.balloon = false;
@@ -160,7 +160,7 @@ TEST(GuestStats, FromQom) {
 // --- Unprivileged, sandboxed QEMUs that get their files as descriptors (issue 15) ---
 
 TEST(QemuArgv, PassedDescriptorsAndSandbox) {
-    VmSpec vm = parse_vm_flag("name=a");
+    VmSpec vm = parse_vm_flag("name=a").value();
     LaunchPlan plan{"/usr/bin/qemu-system-x86_64", false, "/k/blimp.elf", "/r/a.qmp", "/r/a.serial.log", "tcg", KsmMode::Unchanged};
     plan.pass_fds = true;
     plan.sandbox = true;
