@@ -8,6 +8,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -82,6 +83,32 @@ std::string unknown_key_message(std::string_view where, const std::string& key,
     std::string msg = std::string(where) + ": unknown key \"" + key + "\"";
     if (!best.empty()) msg += " (did you mean \"" + best + "\"?)";
     return msg;
+}
+
+// Each enum's words, as the config and the flags spell them: parse_*() and to_string() read
+// these tables, so a word is written once.
+template <typename E>
+using Name = std::pair<std::string_view, E>;
+constexpr Name<Machine> kMachines[] = {{"microvm", Machine::Microvm}, {"q35", Machine::Q35}, {"pc", Machine::Pc}};
+constexpr Name<KsmMode> kKsmModes[] = {
+    {"unchanged", KsmMode::Unchanged}, {"off", KsmMode::Off}, {"blind", KsmMode::Blind}, {"targeted", KsmMode::Targeted}};
+constexpr Name<PolicyKind> kPolicyKinds[] = {{"idle-tax", PolicyKind::IdleTax}, {"none", PolicyKind::None}};
+constexpr Name<ShareScope> kShareScopes[] = {{"across", ShareScope::AcrossVms}, {"within", ShareScope::WithinVm}};
+constexpr Name<StatusDisplay> kStatusDisplays[] = {
+    {"auto", StatusDisplay::Auto}, {"tty", StatusDisplay::Tty}, {"plain", StatusDisplay::Plain}, {"off", StatusDisplay::Off}};
+
+template <typename E, size_t N>
+std::optional<E> value_of(const Name<E> (&names)[N], std::string_view word) {
+    for (const auto& [w, v] : names)
+        if (w == word) return v;
+    return std::nullopt;
+}
+
+template <typename E, size_t N>
+std::string_view name_of(const Name<E> (&names)[N], E value) {
+    for (const auto& [w, v] : names)
+        if (v == value) return w;
+    return "?";
 }
 
 // The longest duration any key accepts before its own range check (parse_duration's limit too).
@@ -286,33 +313,9 @@ ErrorOr<void> check_uint(const std::string& key, uint64_t v, uint64_t lo, uint64
 
 }  // namespace
 
-std::string_view to_string(Machine m) {
-    switch (m) {
-    case Machine::Microvm: return "microvm";
-    case Machine::Q35: return "q35";
-    case Machine::Pc: return "pc";
-    }
-    return "?";
-}
-
-std::string_view to_string(KsmMode m) {
-    switch (m) {
-    case KsmMode::Unchanged: return "unchanged";
-    case KsmMode::Off: return "off";
-    case KsmMode::Blind: return "blind";
-    case KsmMode::Targeted: return "targeted";
-    }
-    return "?";
-}
-
-std::string_view to_string(ShareScope s) {
-    switch (s) {
-    case ShareScope::Off: return "off";
-    case ShareScope::WithinVm: return "within";
-    case ShareScope::AcrossVms: return "across";
-    }
-    return "?";
-}
+std::string_view to_string(Machine m) { return name_of(kMachines, m); }
+std::string_view to_string(KsmMode m) { return name_of(kKsmModes, m); }
+std::string_view to_string(ShareScope s) { return s == ShareScope::Off ? "off" : name_of(kShareScopes, s); }
 
 ErrorOr<uint64_t> parse_size(std::string_view text) {
     std::string_view s = trim(text);
@@ -353,38 +356,28 @@ ErrorOr<Millis> parse_duration(std::string_view text) {
 }
 
 ErrorOr<Machine> parse_machine(std::string_view text) {
-    if (text == "microvm") return Machine::Microvm;
-    if (text == "q35") return Machine::Q35;
-    if (text == "pc") return Machine::Pc;
+    if (auto m = value_of(kMachines, text)) return *m;
     return Error{"unknown machine \"" + std::string(text) + "\" (microvm, q35 or pc)"};
 }
 
 ErrorOr<KsmMode> parse_ksm_mode(std::string_view text) {
-    if (text == "unchanged") return KsmMode::Unchanged;
-    if (text == "off") return KsmMode::Off;
-    if (text == "blind") return KsmMode::Blind;
-    if (text == "targeted") return KsmMode::Targeted;
+    if (auto m = value_of(kKsmModes, text)) return *m;
     return Error{"unknown KSM mode \"" + std::string(text) + "\" (unchanged, off, blind or targeted)"};
 }
 
 // These three were checked by validate(); their messages are unchanged, without the file and key.
 ErrorOr<PolicyKind> parse_policy_kind(std::string_view text) {
-    if (text == "idle-tax") return PolicyKind::IdleTax;
-    if (text == "none") return PolicyKind::None;
+    if (auto k = value_of(kPolicyKinds, text)) return *k;
     return Error{"unknown policy \"" + std::string(text) + "\" (idle-tax or none)"};
 }
 
 ErrorOr<ShareScope> parse_share_scope(std::string_view text) {
-    if (text == "across") return ShareScope::AcrossVms;
-    if (text == "within") return ShareScope::WithinVm;
+    if (auto s = value_of(kShareScopes, text)) return *s;
     return Error{"ksm scope must be across or within, got \"" + std::string(text) + "\""};
 }
 
 ErrorOr<StatusDisplay> parse_status_display(std::string_view text) {
-    if (text == "auto") return StatusDisplay::Auto;
-    if (text == "tty") return StatusDisplay::Tty;
-    if (text == "plain") return StatusDisplay::Plain;
-    if (text == "off") return StatusDisplay::Off;
+    if (auto d = value_of(kStatusDisplays, text)) return *d;
     return Error{"status must be auto, tty, plain or off, got \"" + std::string(text) + "\""};
 }
 
