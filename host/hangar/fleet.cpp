@@ -1,3 +1,5 @@
+// The fleet's lifecycle: launch each VM, connect to its QMP, stop and reap it, and run the loop
+// until every VM has ended. The periodic jobs live beside it (fleet.h says which file has which).
 #include "fleet.h"
 
 #include <algorithm>
