@@ -152,7 +152,7 @@ std::vector<PolicyDecision> IdleTaxPolicy::decide(const std::vector<VmObservatio
 }
 
 std::unique_ptr<BalloonPolicy> make_policy(const PolicyConfig& config) {
-    if (config.name == "none") return std::make_unique<NoPolicy>();
+    if (config.kind == PolicyKind::None) return std::make_unique<NoPolicy>();
     return std::make_unique<IdleTaxPolicy>(config);
 }
 

@@ -8,25 +8,29 @@
 #include <cstdint>
 #include <map>
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "error_or.h"
 
 namespace hangar {
 
 using Millis = std::chrono::milliseconds;
 
-struct ConfigError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
 enum class Machine { Microvm, Q35, Pc };
 enum class KsmMode { Unchanged, Off, Blind, Targeted };
 enum class StartMode { Running, Paused };
+enum class PolicyKind { IdleTax, None };
+// Which hashes count as twins for targeted KSM (SharingIndex): held by another VM, or twice by
+// the same VM. Off is the index's "none"; the config never chooses it.
+enum class ShareScope { Off, WithinVm, AcrossVms };
+// The live status lines: auto (a redrawn block on a terminal, else plain lines), tty, plain, off.
+enum class StatusDisplay { Auto, Tty, Plain, Off };
 
 std::string_view to_string(Machine m);
 std::string_view to_string(KsmMode m);
+std::string_view to_string(ShareScope s);  // "across", "within" (as in the config), "off"
 
 struct VmSpec {
     std::string name;
@@ -46,7 +50,7 @@ struct VmSpec {
 };
 
 struct PolicyConfig {
-    std::string name = "idle-tax";  // idle-tax | none
+    PolicyKind kind = PolicyKind::IdleTax;  // idle-tax | none
     double tax_rate = 0.75;         // ESX's default idle memory tax
     uint64_t floor = 32ull << 20;   // headroom kept above a guest's working set
     uint64_t hysteresis = 16ull << 20;
@@ -74,7 +78,7 @@ struct KsmConfig {
     std::string lock = "auto";
     Millis lock_wait{30000};
     // targeted only: hashes need a twin in another VM (across) or in the same VM (within).
-    std::string scope = "across";
+    ShareScope scope = ShareScope::AcrossVms;
     Millis hint_refresh{2000};  // how often guests' hints are re-read and filters updated
 };
 
@@ -96,7 +100,7 @@ struct Config {
     std::string csv;
     std::string plot;
     std::string run_dir;             // empty = a fresh directory under $TMPDIR
-    std::string status = "auto";     // auto | tty | plain | off
+    StatusDisplay status = StatusDisplay::Auto;
     PolicyConfig policy;
     KsmConfig ksm;
 };
@@ -105,21 +109,24 @@ struct Config {
 inline constexpr uint64_t kMaxBudget = 1ull << 50;   // 1 PiB: 256 VMs of 1 TiB fit
 inline constexpr uint64_t kMaxKsmKnob = 1ull << 30;  // pages_to_scan, sleep_millisecs
 
-// Parsing primitives, exposed for the flag parser and tests. All throw ConfigError.
-uint64_t parse_size(std::string_view text);        // "512M", "1G", "1.5GiB", "4096" (bytes)
-Millis parse_duration(std::string_view text);      // "60s", "500ms", "2m", "1h", "10" (seconds)
-Machine parse_machine(std::string_view text);
-KsmMode parse_ksm_mode(std::string_view text);
-std::string format_size(uint64_t bytes);           // "512 MiB", "1.5 GiB"
+// Parsing primitives, exposed for the flag parser and tests. Each error is a message for the user.
+ErrorOr<uint64_t> parse_size(std::string_view text);        // "512M", "1G", "1.5GiB", "4096" (bytes)
+ErrorOr<Millis> parse_duration(std::string_view text);      // "60s", "500ms", "2m", "1h", "10" (seconds)
+ErrorOr<Machine> parse_machine(std::string_view text);
+ErrorOr<KsmMode> parse_ksm_mode(std::string_view text);
+ErrorOr<PolicyKind> parse_policy_kind(std::string_view text);        // idle-tax | none
+ErrorOr<ShareScope> parse_share_scope(std::string_view text);        // across | within
+ErrorOr<StatusDisplay> parse_status_display(std::string_view text);  // auto | tty | plain | off
+std::string format_size(uint64_t bytes);                    // "512 MiB", "1.5 GiB"
 
 // One `--vm name=a,app=idle,memory=512M,args="x=1 y=2"` flag.
-VmSpec parse_vm_flag(std::string_view text);
+ErrorOr<VmSpec> parse_vm_flag(std::string_view text);
 
 // A whole fleet file. `origin` names it in messages.
-Config parse_config_json(std::string_view text, std::string_view origin);
-Config load_config_file(const std::string& path);
+ErrorOr<Config> parse_config_json(std::string_view text, std::string_view origin);
+ErrorOr<Config> load_config_file(const std::string& path);
 
-// Cross-field checks (unique names, floors below memory, ...). Throws ConfigError.
-void validate(const Config& config);
+// Cross-field checks (unique names, floors below memory, ...).
+ErrorOr<void> validate(const Config& config);
 
 }  // namespace hangar

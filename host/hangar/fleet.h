@@ -49,7 +49,9 @@ public:
     int run();
 
 private:
-    struct Vm;
+    struct Vm;  // fleet_vm.h
+
+    // fleet.cpp: the VMs' lifecycle (launch, QMP connection, stop, reap) and the run itself.
     void launch(Vm& vm);
     void try_connect(Vm& vm);
     void on_qmp_ready(Vm& vm);
@@ -57,25 +59,33 @@ private:
     void sync_watch(Vm& vm);
     void reap_all();
     void finish_vm(Vm& vm);
-    void sample();
-    void apply_policy();
-    void poll_guest_stats(Vm& vm);
-    void sweep_page_states();
-    void refresh_hints();
-    void fetch_hints(Vm& vm, uint64_t start);
-    void update_filters();
-    void hints_settled();
-    void report_index();
-    bool hint_member(const Vm& vm) const;
     void stop_all(const std::string& why);
     void kill_all();
     void handle_signals();
     void qmp_problem(Vm& vm, const std::string& what);
     bool any_running() const;
     void report(const std::string& line);
-    void write_summary(int status);
     int exit_status() const;
     double now_s() const;
+
+    // policy_loop.cpp: sampling (metrics, status, guest stats) and the balloon policy.
+    void sample();
+    void apply_policy();
+    void poll_guest_stats(Vm& vm);
+
+    // page_state_sweeper.cpp
+    void sweep_page_states();
+
+    // ksm_targeting.cpp: sharing hints into the index, hash filters out to QEMU.
+    void refresh_hints();
+    void fetch_hints(Vm& vm, uint64_t start);
+    void update_filters();
+    void hints_settled();
+    void report_index();
+    bool hint_member(const Vm& vm) const;
+
+    // fleet_summary.cpp
+    void write_summary(int status);
 
     Config cfg_;
     LaunchPlan plan_;

@@ -35,22 +35,20 @@ std::optional<std::string> slurp(const std::string& path) {
     return s;
 }
 
-bool write_value(const std::string& path, const std::string& value, std::string& error) {
+ErrorOr<void> write_value(const std::string& path, const std::string& value) {
     // sysfs wants one write() of the whole value; an ofstream may split or buffer oddly.
     int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_TRUNC);
     if (fd < 0) {
-        error = path + ": " + std::strerror(errno);
-        return false;
+        return Error{path + ": " + std::strerror(errno)};
     }
     std::string v = value + "\n";
     ssize_t n = ::write(fd, v.data(), v.size());
     int e = errno;
     ::close(fd);
     if (n != static_cast<ssize_t>(v.size())) {
-        error = "writing \"" + value + "\" to " + path + ": " + (n < 0 ? std::strerror(e) : "short write");
-        return false;
+        return Error{"writing \"" + value + "\" to " + path + ": " + (n < 0 ? std::strerror(e) : "short write")};
     }
-    return true;
+    return {};
 }
 
 // The knobs hangar may change; counters (pages_shared, ...) are read-only and never "restored".
@@ -72,11 +70,10 @@ struct SaveFile {
     std::vector<std::pair<std::string, std::string>> saved;
 };
 
-std::optional<SaveFile> load_save_file(const std::string& path, std::string& error) {
+ErrorOr<SaveFile> load_save_file(const std::string& path) {
     int fd = open_nofollow(path, O_RDONLY);
     if (fd < 0) {
-        error = path + ": cannot read: " + std::strerror(errno);
-        return std::nullopt;
+        return Error{path + ": cannot read: " + std::strerror(errno)};
     }
     std::string text;
     char buf[4096];
@@ -85,8 +82,7 @@ std::optional<SaveFile> load_save_file(const std::string& path, std::string& err
     nlohmann::json j(nlohmann::json::value_t::discarded);
     if (json_nesting_depth(text, 8) <= 8) j = nlohmann::json::parse(text, nullptr, false);
     if (j.is_discarded() || !j.is_object() || !j.contains("saved") || !j["saved"].is_array()) {
-        error = path + ": not a hangar KSM save file";
-        return std::nullopt;
+        return Error{path + ": not a hangar KSM save file"};
     }
     SaveFile f;
     if (j.contains("sysfs") && j["sysfs"].is_string()) f.sysfs = j["sysfs"].get<std::string>();
@@ -97,20 +93,17 @@ std::optional<SaveFile> load_save_file(const std::string& path, std::string& err
     for (const auto& e : j["saved"]) {
         if (!e.is_object() || !e.contains("name") || !e.contains("value") || !e["name"].is_string() ||
             !e["value"].is_string()) {
-            error = path + ": malformed entry " + e.dump().substr(0, 200);
-            return std::nullopt;
+            return Error{path + ": malformed entry " + e.dump().substr(0, 200)};
         }
         std::string name = e["name"].get<std::string>();
         std::string value = e["value"].get<std::string>();
         if (std::find(kTunables.begin(), kTunables.end(), name) == kTunables.end()) {
-            error = path + ": refusing to write unknown setting \"" + name + "\"";
-            return std::nullopt;
+            return Error{path + ": refusing to write unknown setting \"" + name + "\""};
         }
         // Knob values are short words or numbers; anything else is not ours to write as root.
         if (value.empty() || value.size() > 32 ||
             !std::all_of(value.begin(), value.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'; })) {
-            error = path + ": refusing to write \"" + value.substr(0, 40) + "\" to " + name;
-            return std::nullopt;
+            return Error{path + ": refusing to write \"" + value.substr(0, 40) + "\" to " + name};
         }
         f.saved.emplace_back(name, value);
     }
@@ -241,69 +234,59 @@ KsmControl::~KsmControl() {
     release_lock();
 }
 
-bool KsmControl::acquire_lock(std::string& error) {
-    if (lock_fd_ < 0 && !lock_.path.empty()) {
-        if (!take_lock(error)) return false;
-    }
+ErrorOr<void> KsmControl::acquire_lock() {
+    if (lock_fd_ < 0 && !lock_.path.empty()) TRY(take_lock());
     if (!stale_checked_) {
         // Under the lock: no other KSM user is between its save and its restore now.
-        if (!restore_stale_file(error)) {
+        if (auto restored = restore_stale_file(); restored.is_error()) {
             release_lock();
-            return false;
+            return restored.error();
         }
         stale_checked_ = true;
     }
-    return true;
+    return {};
 }
 
-bool KsmControl::recover_stale(std::string& error) {
-    if (save_file_.empty() || ::access(save_file_.c_str(), F_OK) != 0) return true;
-    if (!acquire_lock(error)) return false;
+ErrorOr<void> KsmControl::recover_stale() {
+    if (save_file_.empty() || ::access(save_file_.c_str(), F_OK) != 0) return {};
+    TRY(acquire_lock());
     if (saved_.empty()) release_lock();
-    return true;
+    return {};
 }
 
-bool KsmControl::restore_stale_file(std::string& error) {
-    if (save_file_.empty()) return true;
+ErrorOr<void> KsmControl::restore_stale_file() {
+    if (save_file_.empty()) return {};
     struct stat st {};
-    if (::lstat(save_file_.c_str(), &st) != 0) return true;  // none: the last owner restored
-    auto f = load_save_file(save_file_, error);
-    if (!f) {
-        error = "cannot restore stale KSM settings: " + error;
-        return false;
-    }
+    if (::lstat(save_file_.c_str(), &st) != 0) return {};  // none: the last owner restored
+    auto f = load_save_file(save_file_);
+    if (f.is_error()) return Error{"cannot restore stale KSM settings: " + f.error().message};
     if (owner_alive(*f, proc_)) {
-        error = "KSM settings saved in " + save_file_ + " by " + owner_text(*f) +
-                ", which still runs, are not restored yet; stop it (it restores on exit) or check it";
-        return false;
+        return Error{"KSM settings saved in " + save_file_ + " by " + owner_text(*f) +
+                ", which still runs, are not restored yet; stop it (it restores on exit) or check it"};
     }
     if (!f->sysfs.empty() && f->sysfs != dir_ && !(is_real_ksm_sysfs(f->sysfs) && is_real_ksm_sysfs(dir_))) {
-        error = save_file_ + " is for " + f->sysfs + ", not " + dir_ + ": move it away or run hangar ksm-restore";
-        return false;
+        return Error{save_file_ + " is for " + f->sysfs + ", not " + dir_ + ": move it away or run hangar ksm-restore"};
     }
     std::string done;
     for (auto it = f->saved.rbegin(); it != f->saved.rend(); ++it) {
         auto now = read(it->first);
         if (now && *now == it->second) continue;
-        if (!write_value(dir_ + "/" + it->first, it->second, error)) return false;
+        TRY(write_value(dir_ + "/" + it->first, it->second));
         done += (done.empty() ? "" : ", ") + it->first + "=" + it->second;
     }
     ::unlink(save_file_.c_str());
     if (lock_.on_note)
         lock_.on_note("restored KSM settings left by " + owner_text(*f) + ", which is no longer running" +
                       (done.empty() ? " (they were already in place)" : ": " + done));
-    return true;
+    return {};
 }
 
-bool KsmControl::take_lock(std::string& error) {
+ErrorOr<void> KsmControl::take_lock() {
     const std::string& path = lock_.path;
     if (path == kKsmLockPath) {
         // Root's own directory: no other user can create (and so hold) the lock there.
-        std::string why = make_private_dir(kKsmStateDir, 0700);
-        if (!why.empty()) {
-            error = "KSM state directory: " + why;
-            return false;
-        }
+        if (auto dir = make_private_dir(kKsmStateDir, 0700); dir.is_error())
+            return Error{"KSM state directory: " + dir.error().message};
     } else {
         std::error_code ec;  // a lock of the operator's choice (--ksm-lock PATH), or a test's
         std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
@@ -311,9 +294,8 @@ bool KsmControl::take_lock(std::string& error) {
     // O_CLOEXEC: the QEMUs hangar starts must not inherit (and so prolong) the lock.
     int fd = open_nofollow(path, O_RDWR | O_CREAT, 0600);
     if (fd < 0) {
-        error = "cannot open the KSM lock " + path + ": " + std::strerror(errno) +
-                (errno == EACCES ? " (KSM control needs root)" : "");
-        return false;
+        return Error{"cannot open the KSM lock " + path + ": " + std::strerror(errno) +
+                (errno == EACCES ? " (KSM control needs root)" : "")};
     }
     const auto start = std::chrono::steady_clock::now();
     const auto deadline = start + lock_.wait;
@@ -321,24 +303,23 @@ bool KsmControl::take_lock(std::string& error) {
     for (;;) {
         if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
             lock_fd_ = fd;
-            return true;
+            return {};
         }
         if (errno == EINTR) continue;
         if (errno != EWOULDBLOCK) {
-            error = "cannot lock " + path + ": " + std::strerror(errno);
+            Error error{"cannot lock " + path + ": " + std::strerror(errno)};
             ::close(fd);
-            return false;
+            return error;
         }
         const auto now = std::chrono::steady_clock::now();
         std::string holder = describe_lock_holder(path, proc_);
         if (holder.empty()) holder = "another process";
         if (now >= deadline) {
-            error = "KSM is in use by another experiment: " + path + " is held by " + holder +
-                    (lock_.wait.count() > 0 ? ", still after " + seconds_text(lock_.wait) : "") +
-                    ". Wait for it to finish, allow a longer wait (--ksm-lock-wait), or leave KSM alone "
-                    "(--ksm unchanged)";
             ::close(fd);
-            return false;
+            return Error{"KSM is in use by another experiment: " + path + " is held by " + holder +
+                         (lock_.wait.count() > 0 ? ", still after " + seconds_text(lock_.wait) : "") +
+                         ". Wait for it to finish, allow a longer wait (--ksm-lock-wait), or leave KSM alone "
+                         "(--ksm unchanged)"};
         }
         if (!told && lock_.on_wait) {
             lock_.on_wait(path + " is held by " + holder + ": waiting up to " + seconds_text(lock_.wait) +
@@ -346,9 +327,8 @@ bool KsmControl::take_lock(std::string& error) {
             told = true;
         }
         if (lock_.cancelled && lock_.cancelled()) {
-            error = "interrupted while waiting for the KSM lock " + path;
             ::close(fd);
-            return false;
+            return Error{"interrupted while waiting for the KSM lock " + path};
         }
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
         std::this_thread::sleep_for(std::min(left, std::chrono::milliseconds(100)));
@@ -373,17 +353,15 @@ std::optional<std::string> KsmControl::read(const std::string& name) const {
     return v;
 }
 
-bool KsmControl::set(const std::string& name, const std::string& value, std::string& error) {
+ErrorOr<void> KsmControl::set(const std::string& name, const std::string& value) {
     if (std::find(kTunables.begin(), kTunables.end(), name) == kTunables.end()) {
-        error = "KSM setting \"" + name + "\" is not one hangar manages";
-        return false;
+        return Error{"KSM setting \"" + name + "\" is not one hangar manages"};
     }
     // Under the lock before anything is read: the value saved is the one other KSM users left.
-    if (!acquire_lock(error)) return false;
+    TRY(acquire_lock());
     auto current = read(name);
     if (!current) {
-        error = dir_ + "/" + name + ": cannot read (" + std::strerror(errno) + ")";
-        return false;
+        return Error{dir_ + "/" + name + ": cannot read (" + std::strerror(errno) + ")"};
     }
     bool first = std::none_of(saved_.begin(), saved_.end(), [&](const auto& s) { return s.first == name; });
     if (first) {
@@ -391,15 +369,14 @@ bool KsmControl::set(const std::string& name, const std::string& value, std::str
         persist();  // before the write: a crash right after it must still be undoable
         update_crash_plan();
     }
-    if (*current == value) return true;
-    return write_value(dir_ + "/" + name, value, error);
+    if (*current == value) return {};
+    return write_value(dir_ + "/" + name, value);
 }
 
-bool KsmControl::apply(const KsmConfig& c, std::string& error) {
-    if (c.mode == KsmMode::Unchanged) return true;
+ErrorOr<void> KsmControl::apply(const KsmConfig& c) {
+    if (c.mode == KsmMode::Unchanged) return {};
     if (!available()) {
-        error = "KSM is not available (" + dir_ + "/run missing: kernel without CONFIG_KSM?)";
-        return false;
+        return Error{"KSM is not available (" + dir_ + "/run missing: kernel without CONFIG_KSM?)"};
     }
     std::vector<std::pair<std::string, std::optional<uint64_t>>> tuning = {
         {"pages_to_scan", c.pages_to_scan},
@@ -408,14 +385,12 @@ bool KsmControl::apply(const KsmConfig& c, std::string& error) {
     };
     if (c.merge_across_nodes) {
         // The kernel refuses this while pages are merged (EBUSY); say so rather than guess.
-        if (!set("merge_across_nodes", std::to_string(*c.merge_across_nodes), error)) {
-            error += " (merge_across_nodes can only change while no pages are shared)";
-            return false;
-        }
+        if (auto merge = set("merge_across_nodes", std::to_string(*c.merge_across_nodes)); merge.is_error())
+            return Error{merge.error().message + " (merge_across_nodes can only change while no pages are shared)"};
     }
     for (auto& [name, value] : tuning)
-        if (value && !set(name, std::to_string(*value), error)) return false;
-    return set("run", c.mode == KsmMode::Off ? "0" : "1", error);
+        if (value) TRY(set(name, std::to_string(*value)));
+    return set("run", c.mode == KsmMode::Off ? "0" : "1");
 }
 
 std::vector<std::string> KsmControl::restore() {
@@ -425,8 +400,8 @@ std::vector<std::string> KsmControl::restore() {
     for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) {
         auto now = read(it->first);
         if (now && *now == it->second) continue;
-        std::string error;
-        if (!write_value(dir_ + "/" + it->first, it->second, error)) failures.push_back(error);
+        if (auto written = write_value(dir_ + "/" + it->first, it->second); written.is_error())
+            failures.push_back(written.error().message);
     }
     saved_.clear();
     update_crash_plan();
@@ -442,9 +417,8 @@ void KsmControl::persist() const {
     if (auto start = process_start_time(::getpid())) j["pid_start"] = *start;
     for (const auto& [k, v] : saved_) j["saved"].push_back({{"name", k}, {"value", v}});
     // 0600, a fresh file renamed into place: nothing planted at the name is followed.
-    std::string error;
-    if (!write_file_atomic(save_file_, j.dump(2) + "\n", 0600, error))
-        std::fprintf(stderr, "hangar: KSM: cannot save settings: %s\n", error.c_str());
+    if (auto written = write_file_atomic(save_file_, j.dump(2) + "\n", 0600); written.is_error())
+        std::fprintf(stderr, "hangar: KSM: cannot save settings: %s\n", written.error().message.c_str());
 }
 
 void KsmControl::update_crash_plan() const {
@@ -462,9 +436,8 @@ void KsmControl::update_crash_plan() const {
 
 std::vector<std::string> KsmControl::restore_from_file(const std::string& path, std::string sysfs_dir, KsmLock lock,
                                                       const std::string& allowed_sysfs, const std::string& proc_root) {
-    std::string error;
-    auto f = load_save_file(path, error);
-    if (!f) return {error};
+    auto f = load_save_file(path);
+    if (f.is_error()) return {f.error().message};
     if (sysfs_dir.empty()) sysfs_dir = f->sysfs;
     if (sysfs_dir.empty()) return {path + ": names no KSM directory"};
     // Only the real KSM's knobs (a test's fake directory in the unit tests): a file that names
@@ -483,9 +456,9 @@ std::vector<std::string> KsmControl::restore_from_file(const std::string& path, 
     // settings now, so restore only once they are done.
     lock.path = resolve_ksm_lock_path(lock.path, k.dir_);
     k.set_lock(std::move(lock));
-    if (!k.acquire_lock(error)) {
+    if (auto locked = k.acquire_lock(); locked.is_error()) {
         k.saved_.clear();
-        return {error};
+        return {locked.error().message};
     }
     auto failures = k.restore();
     if (failures.empty()) ::unlink(path.c_str());

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "config.h"
+#include "error_or.h"
 
 namespace hangar {
 
@@ -82,23 +83,22 @@ public:
     // The lock to take before the first setting is saved (default: none).
     void set_lock(KsmLock lock) { lock_ = std::move(lock); }
     // Takes the lock now if one is configured and not yet held; waits up to lock.wait for another
-    // holder. False with `error` (naming the lock and its holder) when it cannot. Once held (or
-    // with no lock), a stale save file (its owner dead) is restored first; one whose owner still
-    // runs is an error.
-    bool acquire_lock(std::string& error);
+    // holder. An error (naming the lock and its holder) when it cannot. Once held (or with no
+    // lock), a stale save file (its owner dead) is restored first; one whose owner still runs is
+    // an error.
+    ErrorOr<void> acquire_lock();
     // For a run that changes nothing: restores a stale save file, if there is one, under the lock,
-    // and releases the lock again. False with `error` when that fails.
-    bool recover_stale(std::string& error);
+    // and releases the lock again.
+    ErrorOr<void> recover_stale();
     bool lock_held() const { return lock_fd_ >= 0; }
     const std::string& lock_path() const { return lock_.path; }
 
-    // Writes a knob, saving its first value (taking the lock first). Returns false with `error`
-    // on failure.
-    bool set(const std::string& name, const std::string& value, std::string& error);
+    // Writes a knob, saving its first value (taking the lock first).
+    ErrorOr<void> set(const std::string& name, const std::string& value);
     // Applies a mode: off (run=0), blind/targeted (run=1 plus the given tuning).
-    bool apply(const KsmConfig& config, std::string& error);
+    ErrorOr<void> apply(const KsmConfig& config);
     // Writes every saved value back (reverse order of first change), then releases the lock;
-    // returns the failures.
+    // returns the failures (all of them: one failed knob does not stop the others).
     std::vector<std::string> restore();
     const std::vector<std::pair<std::string, std::string>>& saved() const { return saved_; }
 
@@ -117,8 +117,8 @@ public:
 private:
     void persist() const;
     void release_lock();
-    bool take_lock(std::string& error);
-    bool restore_stale_file(std::string& error);
+    ErrorOr<void> take_lock();
+    ErrorOr<void> restore_stale_file();
     void update_crash_plan() const;
     std::optional<int> find_ksmd() const;
 

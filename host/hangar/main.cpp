@@ -98,11 +98,11 @@ bool readable_as(const LaunchPlan& p, const std::string& path) {
 const char* kCreateUser = "useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin blimp";
 
 // Who the QEMUs run as (hangar as root only: otherwise they are already unprivileged).
-void resolve_user(const Config& c, LaunchPlan& plan) {
-    if (::geteuid() != 0) return;
+ErrorOr<void> resolve_user(const Config& c, LaunchPlan& plan) {
+    if (::geteuid() != 0) return {};
     if (c.qemu_user == "none") {
         std::fprintf(stderr, "hangar: warning: qemu_user none: the QEMUs run as root\n");
-        return;
+        return {};
     }
     std::string name = c.qemu_user;
     struct passwd* pw = nullptr;
@@ -118,17 +118,19 @@ void resolve_user(const Config& c, LaunchPlan& plan) {
                              "share; create a dedicated user with: %s\n",
                              kCreateUser);
         }
-        if (!pw) throw ConfigError(std::string("neither a \"blimp\" nor a \"nobody\" user exists to run QEMU as; create one: ") + kCreateUser);
+        if (!pw)
+            return Error{std::string("neither a \"blimp\" nor a \"nobody\" user exists to run QEMU as; create one: ") +
+                         kCreateUser};
     } else {
         pw = getpwnam(name.c_str());
         if (!pw)
-            throw ConfigError("qemu_user \"" + name + "\" does not exist; create it (e.g. " +
-                              std::string(kCreateUser).replace(std::string(kCreateUser).rfind("blimp"), 5, name) +
-                              ") or give --qemu-user auto");
+            return Error{"qemu_user \"" + name + "\" does not exist; create it (e.g. " +
+                         std::string(kCreateUser).replace(std::string(kCreateUser).rfind("blimp"), 5, name) +
+                         ") or give --qemu-user auto"};
     }
     if (pw->pw_uid == 0) {
         std::fprintf(stderr, "hangar: warning: qemu_user %s is root: the QEMUs run as root\n", name.c_str());
-        return;
+        return {};
     }
     plan.uid = pw->pw_uid;
     plan.gid = pw->pw_gid;
@@ -141,11 +143,12 @@ void resolve_user(const Config& c, LaunchPlan& plan) {
     }
     groups.resize(static_cast<size_t>(n));
     plan.groups = groups;
+    return {};
 }
 
 // Turns stock/patched/auto/PATH into a binary. A path is taken as given: if it cannot be
 // executed, each VM reports that it failed to start, which is the clearest place to say so.
-LaunchPlan resolve_plan(const Config& c) {
+ErrorOr<LaunchPlan> resolve_plan(const Config& c) {
     LaunchPlan plan;
     const fs::path patched = build_dir() / "qemu" / "qemu-system-x86_64";
     const std::string stock = executable("/usr/bin/qemu-system-x86_64") ? "/usr/bin/qemu-system-x86_64" : "qemu-system-x86_64";
@@ -153,8 +156,8 @@ LaunchPlan resolve_plan(const Config& c) {
         plan.qemu = stock;
     } else if (c.qemu == "patched") {
         if (!executable(patched))
-            throw ConfigError("--qemu patched: " + patched.string() + " is not built (host/qemu/build.sh " +
-                              build_dir().string() + ")");
+            return Error{"--qemu patched: " + patched.string() + " is not built (host/qemu/build.sh " +
+                         build_dir().string() + ")"};
         plan.qemu = patched;
         plan.patched = true;
     } else if (c.qemu == "auto") {
@@ -165,14 +168,14 @@ LaunchPlan resolve_plan(const Config& c) {
         plan.patched = c.qemu.find('\'') == std::string::npos && executable(c.qemu) && has_blimp_patches(c.qemu);
     }
     fs::path kernel = c.kernel.empty() ? build_dir() / "blimp.elf" : fs::path(c.kernel);
-    if (!fs::exists(kernel)) throw ConfigError("kernel " + kernel.string() + " not found (make build, or --kernel PATH)");
+    if (!fs::exists(kernel)) return Error{"kernel " + kernel.string() + " not found (make build, or --kernel PATH)"};
     plan.kernel = fs::absolute(kernel);
     plan.accel = c.accel;
     plan.ksm = c.ksm.mode;
     if (c.ksm.mode == KsmMode::Targeted && !plan.patched)
-        throw ConfigError("--ksm targeted needs the patched QEMU (share-hints); " + plan.qemu + " is not it");
+        return Error{"--ksm targeted needs the patched QEMU (share-hints); " + plan.qemu + " is not it"};
     plan.pass_fds = true;
-    resolve_user(c, plan);
+    TRY(resolve_user(c, plan));
     if (plan.uid) {
         // QEMU opens the kernel itself, after hangar has dropped its privileges for it.
         std::vector<std::string> kernels = {plan.kernel};
@@ -180,13 +183,14 @@ LaunchPlan resolve_plan(const Config& c) {
             if (!vm.kernel.empty()) kernels.push_back(vm.kernel);
         for (const auto& k : kernels)
             if (!readable_as(plan, k))
-                throw ConfigError("kernel " + k + " is not readable by " + plan.user +
-                                  ", the user the QEMUs run as (make it and its directories readable, or --qemu-user)");
+                return Error{"kernel " + k + " is not readable by " + plan.user +
+                             ", the user the QEMUs run as (make it and its directories readable, or --qemu-user)"};
     }
     if (c.qemu_sandbox != "off") {
         plan.sandbox = qemu_has_sandbox(plan.qemu);
         if (!plan.sandbox && c.qemu_sandbox == "on")
-            throw ConfigError("qemu_sandbox on: " + plan.qemu + " has no seccomp sandbox (-sandbox); build it with --enable-seccomp");
+            return Error{"qemu_sandbox on: " + plan.qemu +
+                         " has no seccomp sandbox (-sandbox); build it with --enable-seccomp"};
         if (!plan.sandbox)
             std::fprintf(stderr,
                          "hangar: warning: %s has no seccomp sandbox (-sandbox): the QEMUs run without it (build QEMU "
@@ -199,20 +203,21 @@ LaunchPlan resolve_plan(const Config& c) {
 // The run directory holds the QMP sockets (root's control of every QEMU) and files hangar writes
 // as root, so it must be private: see safe_fs.h. A given one is created 0700 if missing and
 // refused if unsafe; the default is a fresh mkdtemp (0700).
-std::string make_run_dir(const std::string& wanted) {
+ErrorOr<std::string> make_run_dir(const std::string& wanted) {
     std::string dir;
     if (!wanted.empty()) {
-        dir = fs::absolute(wanted).lexically_normal().string();
+        std::error_code ec;
+        dir = fs::absolute(wanted, ec).lexically_normal().string();
+        if (ec) return Error{"cannot make " + wanted + " an absolute path: " + ec.message()};
         while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-        std::string why = make_private_dir(dir);
-        if (!why.empty()) throw std::runtime_error("unsafe run directory: " + why);
+        if (auto safe = make_private_dir(dir); safe.is_error()) return Error{"unsafe run directory: " + safe.error().message};
         return dir;
     }
     const char* tmp = getenv("TMPDIR");
     std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/hangar-XXXXXX";
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("cannot create a run directory under " + tmpl + ": " + std::strerror(errno));
-    std::string why = check_private_dir(tmpl);
-    if (!why.empty()) throw std::runtime_error("unsafe run directory: " + why);
+    if (!mkdtemp(tmpl.data()))
+        return Error{"cannot create a run directory under " + tmpl + ": " + std::strerror(errno)};
+    if (auto safe = check_private_dir(tmpl); safe.is_error()) return Error{"unsafe run directory: " + safe.error().message};
     return tmpl;
 }
 
@@ -227,36 +232,36 @@ struct RunFlags {
     bool dry_run = false;
 };
 
-Config build_config(const RunFlags& f) {
+ErrorOr<Config> build_config(const RunFlags& f) {
     Config c;
-    if (!f.config.empty()) c = load_config_file(f.config);
-    for (const auto& v : f.vms) c.vms.push_back(parse_vm_flag(v));
+    if (!f.config.empty()) c = TRY(load_config_file(f.config));
+    for (const auto& v : f.vms) c.vms.push_back(TRY(parse_vm_flag(v)));
     for (size_t i = 0; i < c.vms.size(); ++i)
         if (c.vms[i].name.empty()) c.vms[i].name = "vm" + std::to_string(i + 1);
-    if (!f.budget.empty()) c.budget = parse_size(f.budget);
+    if (!f.budget.empty()) c.budget = TRY(parse_size(f.budget));
     if (!f.qemu.empty()) c.qemu = f.qemu;
     if (!f.kernel.empty()) c.kernel = f.kernel;
     if (!f.qemu_user.empty()) c.qemu_user = f.qemu_user;
     if (!f.qemu_sandbox.empty()) c.qemu_sandbox = f.qemu_sandbox;
-    if (!f.duration.empty()) c.duration = parse_duration(f.duration);
-    if (!f.interval.empty()) c.interval = parse_duration(f.interval);
-    if (!f.grace.empty()) c.grace = parse_duration(f.grace);
+    if (!f.duration.empty()) c.duration = TRY(parse_duration(f.duration));
+    if (!f.interval.empty()) c.interval = TRY(parse_duration(f.interval));
+    if (!f.grace.empty()) c.grace = TRY(parse_duration(f.grace));
     if (!f.csv.empty()) c.csv = f.csv;
     if (!f.plot.empty()) c.plot = f.plot;
     if (!f.run_dir.empty()) c.run_dir = f.run_dir;
-    if (!f.ksm.empty()) c.ksm.mode = parse_ksm_mode(f.ksm);
+    if (!f.ksm.empty()) c.ksm.mode = TRY(parse_ksm_mode(f.ksm));
     if (!f.ksm_sysfs.empty()) c.ksm.sysfs = f.ksm_sysfs;
-    if (!f.share_scope.empty()) c.ksm.scope = f.share_scope;
+    if (!f.share_scope.empty()) c.ksm.scope = TRY(parse_share_scope(f.share_scope));
     if (!f.ksm_lock.empty()) c.ksm.lock = f.ksm_lock;
-    if (!f.ksm_lock_wait.empty()) c.ksm.lock_wait = parse_duration(f.ksm_lock_wait);
+    if (!f.ksm_lock_wait.empty()) c.ksm.lock_wait = TRY(parse_duration(f.ksm_lock_wait));
     if (f.ksm_pages_to_scan) c.ksm.pages_to_scan = *f.ksm_pages_to_scan;
     if (f.ksm_sleep_ms) c.ksm.sleep_millisecs = *f.ksm_sleep_ms;
-    if (!f.policy.empty()) c.policy.name = f.policy;
+    if (!f.policy.empty()) c.policy.kind = TRY(parse_policy_kind(f.policy));
     if (f.tax_rate) c.policy.tax_rate = *f.tax_rate;
-    if (!f.sweep.empty()) c.policy.sweep = parse_duration(f.sweep);
-    if (!f.status.empty()) c.status = f.status;
+    if (!f.sweep.empty()) c.policy.sweep = TRY(parse_duration(f.sweep));
+    if (!f.status.empty()) c.status = TRY(parse_status_display(f.status));
     if (!f.accel.empty()) c.accel = f.accel;
-    validate(c);
+    TRY(validate(c));
     return c;
 }
 
@@ -282,16 +287,20 @@ KsmLock ksm_lock(const std::string& setting, const std::string& sysfs, Millis wa
     return lock;
 }
 
+// What `run` and `check` need before anything starts: the config and how to launch it.
+ErrorOr<std::pair<Config, LaunchPlan>> prepare(const RunFlags& f) {
+    Config cfg = TRY(build_config(f));
+    LaunchPlan plan = TRY(resolve_plan(cfg));
+    return std::pair{std::move(cfg), std::move(plan)};
+}
+
 int do_run(const RunFlags& f) {
-    Config cfg;
-    LaunchPlan plan;
-    try {
-        cfg = build_config(f);
-        plan = resolve_plan(cfg);
-    } catch (const ConfigError& e) {
-        std::fprintf(stderr, "hangar: %s\n", e.what());
+    auto prepared = prepare(f);
+    if (prepared.is_error()) {
+        std::fprintf(stderr, "hangar: %s\n", prepared.error().message.c_str());
         return kExitUsage;
     }
+    auto [cfg, plan] = prepared.release_value();
     if (f.dry_run) {
         for (const auto& vm : cfg.vms) {
             LaunchPlan p = plan;
@@ -302,13 +311,12 @@ int do_run(const RunFlags& f) {
         }
         return kExitOk;
     }
-    std::string run_dir;
-    try {
-        run_dir = make_run_dir(cfg.run_dir);
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "hangar: %s\n", e.what());
+    auto made = make_run_dir(cfg.run_dir);
+    if (made.is_error()) {
+        std::fprintf(stderr, "hangar: %s\n", made.error().message.c_str());
         return kExitEnvironment;
     }
+    const std::string run_dir = made.release_value();
     if (run_dir.size() + 40 > sizeof(sockaddr_un{}.sun_path)) {
         std::fprintf(stderr, "hangar: run directory %s is too long for QMP unix socket paths\n", run_dir.c_str());
         return kExitEnvironment;
@@ -337,14 +345,15 @@ int do_run(const RunFlags& f) {
     ksm.set_save_file(save_file);
     int interrupted = 0;
     ksm.set_lock(ksm_lock(cfg.ksm.lock, cfg.ksm.sysfs, cfg.ksm.lock_wait, &interrupted));
-    std::string error;
     // A hangar killed with SIGKILL (or a benchmark) left KSM changed: put it back before anything
     // else, whatever this run does with KSM.
-    if (cfg.ksm.mode == KsmMode::Unchanged && !ksm.recover_stale(error))
-        std::fprintf(stderr, "hangar: KSM: %s\n", error.c_str());
+    if (cfg.ksm.mode == KsmMode::Unchanged) {
+        if (auto recovered = ksm.recover_stale(); recovered.is_error())
+            std::fprintf(stderr, "hangar: KSM: %s\n", recovered.error().message.c_str());
+    }
     // Before any QEMU starts: a fleet that cannot have KSM as asked does not run at all.
-    if (!ksm.apply(cfg.ksm, error)) {
-        std::fprintf(stderr, "hangar: KSM: %s\n", error.c_str());
+    if (auto applied = ksm.apply(cfg.ksm); applied.is_error()) {
+        std::fprintf(stderr, "hangar: KSM: %s\n", applied.error().message.c_str());
         for (const auto& e : ksm.restore()) std::fprintf(stderr, "hangar: KSM restore failed: %s\n", e.c_str());
         return interrupted ? 128 + interrupted : kExitEnvironment;
     }
@@ -352,6 +361,8 @@ int do_run(const RunFlags& f) {
         std::fprintf(stderr, "hangar: KSM %s (settings saved in %s, restored on exit%s)\n",
                      std::string(to_string(cfg.ksm.mode)).c_str(), save_file.c_str(),
                      ksm.lock_held() ? ("; holding " + ksm.lock_path()).c_str() : "");
+    // The last-resort catch (error_or.h): nothing hangar means to report throws, but the event
+    // loop's epoll failures, a json type_error or std::bad_alloc still end in a message and exit 3.
     try {
         Fleet fleet(cfg, plan, run_dir, &ksm);
         return fleet.run();
@@ -424,29 +435,29 @@ int main(int argc, char** argv) {
         app.exit(e);
         return kExitUsage;
     }
-    try {
-        if (*run) return do_run(f);
-        if (*check) {
-            f.dry_run = true;
-            return do_run(f);
+    if (*run) return do_run(f);
+    if (*check) {
+        f.dry_run = true;
+        return do_run(f);
+    }
+    if (*restore) {
+        auto wait = parse_duration(restore_lock_wait);
+        if (wait.is_error()) {
+            std::fprintf(stderr, "hangar: %s\n", wait.error().message.c_str());
+            return kExitUsage;
         }
-        if (*restore) {
-            int interrupted = 0;
-            KsmLock lock = ksm_lock("none", "", parse_duration(restore_lock_wait), &interrupted);
-            lock.path = restore_lock;  // resolved against the sysfs directory the file names
-            // Only ever the real KSM directory, whatever the file says.
-            if (::access(restore_file.c_str(), F_OK) != 0 && restore_file == kKsmSaveFile) {
-                std::fprintf(stderr, "hangar: no saved KSM settings (%s): nothing to restore\n", kKsmSaveFile);
-                return kExitOk;
-            }
-            auto failures = KsmControl::restore_from_file(restore_file, kKsmSysfs, std::move(lock));
-            for (const auto& e : failures) std::fprintf(stderr, "hangar: %s\n", e.c_str());
-            if (failures.empty()) std::fprintf(stderr, "hangar: KSM settings restored from %s\n", restore_file.c_str());
-            return failures.empty() ? kExitOk : kExitEnvironment;
+        int interrupted = 0;
+        KsmLock lock = ksm_lock("none", "", wait.value(), &interrupted);
+        lock.path = restore_lock;  // resolved against the sysfs directory the file names
+        // Only ever the real KSM directory, whatever the file says.
+        if (::access(restore_file.c_str(), F_OK) != 0 && restore_file == kKsmSaveFile) {
+            std::fprintf(stderr, "hangar: no saved KSM settings (%s): nothing to restore\n", kKsmSaveFile);
+            return kExitOk;
         }
-    } catch (const ConfigError& e) {
-        std::fprintf(stderr, "hangar: %s\n", e.what());
-        return kExitUsage;
+        auto failures = KsmControl::restore_from_file(restore_file, kKsmSysfs, std::move(lock));
+        for (const auto& e : failures) std::fprintf(stderr, "hangar: %s\n", e.c_str());
+        if (failures.empty()) std::fprintf(stderr, "hangar: KSM settings restored from %s\n", restore_file.c_str());
+        return failures.empty() ? kExitOk : kExitEnvironment;
     }
     return kExitUsage;
 }

@@ -40,17 +40,14 @@ MetricsSampler::~MetricsSampler() {
     if (csv_) std::fclose(csv_);
 }
 
-bool MetricsSampler::open_csv(const std::string& path, std::string& error) {
+ErrorOr<void> MetricsSampler::open_csv(const std::string& path) {
     csv_ = fopen_nofollow(path, "w");
-    if (!csv_) {
-        error = "cannot create " + path + ": " + std::strerror(errno);
-        return false;
-    }
+    if (!csv_) return Error{"cannot create " + path + ": " + std::strerror(errno)};
     const auto& cols = csv_columns();
     for (size_t i = 0; i < cols.size(); ++i) std::fprintf(csv_, "%s%s", i ? "," : "", cols[i].c_str());
     std::fprintf(csv_, "\n");
     std::fflush(csv_);
-    return true;
+    return {};
 }
 
 void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
@@ -118,8 +115,8 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
     if (csv_) std::fflush(csv_);
 }
 
-bool write_plot(const std::string& csv_path, const std::string& png_path, const std::vector<std::string>& vms,
-                std::string& error) {
+ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_path,
+                         const std::vector<std::string>& vms) {
     // One data file per VM: gnuplot breaks a line at every skipped point, so filtering a mixed
     // CSV inside gnuplot draws nothing but dots.
     // Built in memory and written with write_file_atomic (no symlink followed: hangar is root).
@@ -132,8 +129,7 @@ bool write_plot(const std::string& csv_path, const std::string& png_path, const 
     {
         std::ifstream csv(csv_path);
         if (!csv) {
-            error = "cannot read " + csv_path;
-            return false;
+            return Error{"cannot read " + csv_path};
         }
         std::string line;
         std::getline(csv, line);  // header
@@ -151,8 +147,7 @@ bool write_plot(const std::string& csv_path, const std::string& png_path, const 
             data[cells[1]] << cells[0] << " " << mib(cells[5]) << " " << mib(cells[6]) << "\n";
         }
     }
-    for (auto& [vm, f] : data)
-        if (!write_file_atomic(data_path[vm], f.str(), 0644, error)) return false;
+    for (auto& [vm, f] : data) TRY(write_file_atomic(data_path[vm], f.str(), 0644));
     const std::string script = png_path + ".gp";
     {
         std::ostringstream gp;
@@ -175,29 +170,27 @@ bool write_plot(const std::string& csv_path, const std::string& png_path, const 
             }
             gp << "\n";
         }
-        if (!write_file_atomic(script, gp.str(), 0644, error)) return false;
+        TRY(write_file_atomic(script, gp.str(), 0644));
     }
     std::string cmd = "gnuplot '" + script + "' 2>&1";
     FILE* p = popen(cmd.c_str(), "r");
     if (!p) {
-        error = "cannot run gnuplot";
-        return false;
+        return Error{"cannot run gnuplot"};
     }
     std::string out;
     char buf[512];
     while (std::fgets(buf, sizeof buf, p)) out += buf;
     int rc = pclose(p);
     if (rc != 0) {
-        error = "gnuplot failed (" + std::to_string(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1) + "): " + out.substr(0, 400);
-        return false;
+        return Error{"gnuplot failed (" + std::to_string(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1) + "): " + out.substr(0, 400)};
     }
-    return true;
+    return {};
 }
 
-StatusView::Mode StatusView::choose(const std::string& setting, int fd) {
-    if (setting == "off") return Mode::Off;
-    if (setting == "plain") return Mode::Plain;
-    if (setting == "tty") return Mode::Tty;
+StatusView::Mode StatusView::choose(StatusDisplay setting, int fd) {
+    if (setting == StatusDisplay::Off) return Mode::Off;
+    if (setting == StatusDisplay::Plain) return Mode::Plain;
+    if (setting == StatusDisplay::Tty) return Mode::Tty;
     const char* term = getenv("TERM");
     return isatty(fd) && term && std::strcmp(term, "dumb") != 0 ? Mode::Tty : Mode::Plain;
 }

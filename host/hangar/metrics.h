@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "balloon_policy.h"
+#include "error_or.h"
 #include "ksm_control.h"
 
 namespace hangar {
@@ -40,7 +41,7 @@ public:
     MetricsSampler(const MetricsSampler&) = delete;
     MetricsSampler& operator=(const MetricsSampler&) = delete;
 
-    bool open_csv(const std::string& path, std::string& error);
+    ErrorOr<void> open_csv(const std::string& path);
     // Completes the samples from /proc (RSS, KSM merging pages of live pids), reads the KSM
     // counters, writes one CSV row per VM and updates the running summary.
     void record(double time_s, std::vector<VmSample>& samples);
@@ -69,15 +70,15 @@ private:
 };
 
 // Writes a gnuplot script next to the PNG and runs gnuplot on the CSV: RSS and balloon size per
-// VM over time. Returns false with `error` when gnuplot is missing or fails.
-bool write_plot(const std::string& csv_path, const std::string& png_path,
-                const std::vector<std::string>& vms, std::string& error);
+// VM over time. An error when gnuplot is missing or fails.
+ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_path,
+                         const std::vector<std::string>& vms);
 
 class StatusView {
 public:
     enum class Mode { Tty, Plain, Off };
     StatusView(Mode mode, FILE* out) : mode_(mode), out_(out) {}
-    static Mode choose(const std::string& setting, int fd);
+    static Mode choose(StatusDisplay setting, int fd);
     // Tty: redraws the block in place. Plain: prints the lines.
     void show(const std::vector<std::string>& lines);
     // Prints a message to stderr, above the live block (so it is not overdrawn).

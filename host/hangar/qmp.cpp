@@ -66,34 +66,29 @@ std::optional<std::string> QmpFramer::next() {
     return std::nullopt;
 }
 
-std::optional<QmpMessage> parse_qmp_message(std::string_view line, std::string& error) {
+ErrorOr<QmpMessage> parse_qmp_message(std::string_view line) {
     if (line.size() > kQmpMaxMessage) {
-        error = "message of " + std::to_string(line.size()) + " bytes, larger than the " +
-                std::to_string(kQmpMaxMessage) + "-byte limit";
-        return std::nullopt;
+        return Error{"message of " + std::to_string(line.size()) + " bytes, larger than the " +
+                std::to_string(kQmpMaxMessage) + "-byte limit"};
     }
     // Before the DOM exists: nlohmann builds it iteratively, but copies, dumps and destroys it
     // recursively.
     if (json_nesting_depth(line, kQmpMaxDepth) > kQmpMaxDepth) {
-        error = "JSON nested deeper than " + std::to_string(kQmpMaxDepth) + " levels: " +
-                std::string(line.substr(0, 40));
-        return std::nullopt;
+        return Error{"JSON nested deeper than " + std::to_string(kQmpMaxDepth) + " levels: " +
+                std::string(line.substr(0, 40))};
     }
     json doc = json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
     if (doc.is_discarded()) {
-        error = "not JSON: " + std::string(line.substr(0, 120));
-        return std::nullopt;
+        return Error{"not JSON: " + std::string(line.substr(0, 120))};
     }
     if (!doc.is_object()) {
-        error = "not a JSON object: " + std::string(line.substr(0, 120));
-        return std::nullopt;
+        return Error{"not a JSON object: " + std::string(line.substr(0, 120))};
     }
     QmpMessage msg;
     if (auto it = doc.find("id"); it != doc.end()) {
         // We only ever send unsigned integer ids; anything else is not an answer to us.
         if (!it->is_number_unsigned()) {
-            error = "reply id is not one of ours: " + it->dump().substr(0, 120);
-            return std::nullopt;
+            return Error{"reply id is not one of ours: " + it->dump().substr(0, 120)};
         }
         msg.id = it->get<uint64_t>();
     }
@@ -110,8 +105,7 @@ std::optional<QmpMessage> parse_qmp_message(std::string_view line, std::string& 
     if (auto it = doc.find("error"); it != doc.end()) {
         msg.kind = QmpMessage::Kind::Error;
         if (!it->is_object()) {
-            error = "error member is not an object";
-            return std::nullopt;
+            return Error{"error member is not an object"};
         }
         auto cls = it->find("class");
         auto desc = it->find("desc");
@@ -123,16 +117,14 @@ std::optional<QmpMessage> parse_qmp_message(std::string_view line, std::string& 
     }
     if (auto it = doc.find("event"); it != doc.end()) {
         if (!it->is_string()) {
-            error = "event name is not a string";
-            return std::nullopt;
+            return Error{"event name is not a string"};
         }
         msg.kind = QmpMessage::Kind::Event;
         msg.event = it->get<std::string>();
         if (auto d = doc.find("data"); d != doc.end()) msg.value = std::move(*d);
         return msg;
     }
-    error = "neither greeting, return, error nor event: " + std::string(line.substr(0, 120));
-    return std::nullopt;
+    return Error{"neither greeting, return, error nor event: " + std::string(line.substr(0, 120))};
 }
 
 QmpClient::QmpClient(Callbacks callbacks, Clock::duration timeout)
@@ -206,13 +198,12 @@ void QmpClient::handle_readable() {
             while (state_ != State::Closed) {
                 auto line = framer_.next();
                 if (!line) break;
-                std::string error;
-                auto msg = parse_qmp_message(*line, error);
-                if (!msg) {
-                    close("QMP protocol error: " + error);
+                auto msg = parse_qmp_message(*line);
+                if (msg.is_error()) {
+                    close("QMP protocol error: " + msg.error().message);
                     return;
                 }
-                dispatch(std::move(*msg));
+                dispatch(msg.release_value());
             }
             if (framer_.overflow()) {
                 close("QMP protocol error: message larger than " + std::to_string(QmpFramer::kMaxMessage) + " bytes");
@@ -337,18 +328,16 @@ void QmpClient::close(const std::string& why) {
     if (callbacks_.on_closed) callbacks_.on_closed(why);
 }
 
-int listen_unix(const std::string& path, std::string& error) {
+ErrorOr<int> listen_unix(const std::string& path) {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     if (path.size() >= sizeof addr.sun_path) {
-        error = path + ": path too long for a unix socket";
-        return -1;
+        return Error{path + ": path too long for a unix socket"};
     }
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
     int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        error = std::string("socket: ") + std::strerror(errno);
-        return -1;
+        return Error{std::string("socket: ") + std::strerror(errno)};
     }
     // The socket file gets its mode from the umask at bind (0777 & ~0177): 0600 from the start.
     const mode_t old = ::umask(0177);
@@ -360,9 +349,8 @@ int listen_unix(const std::string& path, std::string& error) {
         e = errno;
     }
     if (rc != 0) {
-        error = "cannot listen on " + path + ": " + std::strerror(e);
         ::close(fd);
-        return -1;
+        return Error{"cannot listen on " + path + ": " + std::strerror(e)};
     }
     return fd;
 }

@@ -16,6 +16,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "error_or.h"
+
 namespace hangar {
 
 using json = nlohmann::json;
@@ -69,8 +71,8 @@ struct QmpMessage {
     std::string error_desc;   // Error
 };
 
-// Parses and classifies one framed line. On failure returns nothing and says why in `error`.
-std::optional<QmpMessage> parse_qmp_message(std::string_view line, std::string& error);
+// Parses and classifies one framed line; the error says what is wrong with it.
+ErrorOr<QmpMessage> parse_qmp_message(std::string_view line);
 
 struct QmpReply {
     bool ok = false;
@@ -151,7 +153,7 @@ private:
 // Connects to a unix socket without blocking. Returns the fd, or -1 with errno set; ENOENT and
 // ECONNREFUSED mean "QEMU is not listening yet".
 int connect_unix(const std::string& path);
-// Creates a listening unix socket at `path` with mode 0600 (close-on-exec). -1 and `error` on failure.
-int listen_unix(const std::string& path, std::string& error);
+// Creates a listening unix socket at `path` with mode 0600 (close-on-exec); returns its fd.
+ErrorOr<int> listen_unix(const std::string& path);
 
 }  // namespace hangar

@@ -21,47 +21,47 @@ std::string mode_text(mode_t m) {
 
 }  // namespace
 
-std::string check_private_dir(const std::string& path) {
-    if (path.empty()) return "empty path";
+ErrorOr<void> check_private_dir(const std::string& path) {
+    if (path.empty()) return Error{"empty path"};
     struct stat st {};
-    if (::lstat(path.c_str(), &st) != 0) return path + ": " + std::strerror(errno);
-    if (S_ISLNK(st.st_mode)) return path + " is a symlink (give the directory it points to, if it is yours)";
-    if (!S_ISDIR(st.st_mode)) return path + " is not a directory";
+    if (::lstat(path.c_str(), &st) != 0) return Error{path + ": " + std::strerror(errno)};
+    if (S_ISLNK(st.st_mode)) return Error{path + " is a symlink (give the directory it points to, if it is yours)"};
+    if (!S_ISDIR(st.st_mode)) return Error{path + " is not a directory"};
     const uid_t me = ::geteuid();
     if (st.st_uid != me)
-        return path + " is owned by uid " + std::to_string(st.st_uid) + ", not by uid " + std::to_string(me) +
-               " (hangar's)";
+        return Error{path + " is owned by uid " + std::to_string(st.st_uid) + ", not by uid " + std::to_string(me) +
+               " (hangar's)"};
     if (st.st_mode & (S_IWGRP | S_IWOTH))
-        return path + " is writable by " + ((st.st_mode & S_IWOTH) ? "everyone" : "its group") + " (mode " +
-               mode_text(st.st_mode) + "; chmod go-w, or let hangar create a fresh directory)";
+        return Error{path + " is writable by " + ((st.st_mode & S_IWOTH) ? "everyone" : "its group") + " (mode " +
+               mode_text(st.st_mode) + "; chmod go-w, or let hangar create a fresh directory)"};
     // The directories above: another user who may rename entries there could swap ours.
     char* real = ::realpath(path.c_str(), nullptr);
-    if (!real) return path + ": " + std::strerror(errno);
+    if (!real) return Error{path + ": " + std::strerror(errno)};
     std::filesystem::path p(real);
     std::free(real);
     for (auto dir = p.parent_path(); !dir.empty(); dir = dir.parent_path()) {
         struct stat ds {};
-        if (::stat(dir.c_str(), &ds) != 0) return dir.string() + ": " + std::strerror(errno);
+        if (::stat(dir.c_str(), &ds) != 0) return Error{dir.string() + ": " + std::strerror(errno)};
         if (ds.st_uid != 0 && ds.st_uid != me)
-            return path + " is inside " + dir.string() + ", which is owned by uid " + std::to_string(ds.st_uid);
+            return Error{path + " is inside " + dir.string() + ", which is owned by uid " + std::to_string(ds.st_uid)};
         if ((ds.st_mode & (S_IWGRP | S_IWOTH)) && !(ds.st_mode & S_ISVTX))
-            return path + " is inside " + dir.string() + ", which others may write to without the sticky bit (mode " +
-                   mode_text(ds.st_mode) + ")";
+            return Error{path + " is inside " + dir.string() + ", which others may write to without the sticky bit (mode " +
+                   mode_text(ds.st_mode) + ")"};
         if (dir == dir.root_path()) break;
     }
-    return "";
+    return {};
 }
 
-std::string make_private_dir(const std::string& path, mode_t mode) {
-    if (path.empty()) return "empty path";
+ErrorOr<void> make_private_dir(const std::string& path, mode_t mode) {
+    if (path.empty()) return Error{"empty path"};
     struct stat st {};
     if (::lstat(path.c_str(), &st) != 0) {
-        if (errno != ENOENT) return path + ": " + std::strerror(errno);
+        if (errno != ENOENT) return Error{path + ": " + std::strerror(errno)};
         std::filesystem::path p(path);
         std::error_code ec;
         if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
-        if (ec) return "cannot create " + p.parent_path().string() + ": " + ec.message();
-        if (::mkdir(path.c_str(), mode) != 0 && errno != EEXIST) return "cannot create " + path + ": " + std::strerror(errno);
+        if (ec) return Error{"cannot create " + p.parent_path().string() + ": " + ec.message()};
+        if (::mkdir(path.c_str(), mode) != 0 && errno != EEXIST) return Error{"cannot create " + path + ": " + std::strerror(errno)};
     }
     return check_private_dir(path);
 }
@@ -85,38 +85,35 @@ FILE* fopen_nofollow(const std::string& path, const char* mode, mode_t perm) {
     return f;
 }
 
-bool write_file_atomic(const std::string& path, const std::string& content, mode_t perm, std::string& error) {
+ErrorOr<void> write_file_atomic(const std::string& path, const std::string& content, mode_t perm) {
     std::string tmp = path + ".XXXXXX";
     // mkstemp: O_EXCL, mode 0600, a name nobody could have planted.
     int fd = ::mkstemp(tmp.data());
-    if (fd < 0) {
-        error = "cannot create a temporary file beside " + path + ": " + std::strerror(errno);
-        return false;
-    }
+    if (fd < 0) return Error{"cannot create a temporary file beside " + path + ": " + std::strerror(errno)};
     ::fcntl(fd, F_SETFD, FD_CLOEXEC);
     size_t off = 0;
     while (off < content.size()) {
         ssize_t n = ::write(fd, content.data() + off, content.size() - off);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-            error = "writing " + tmp + ": " + std::strerror(errno);
+            Error error{"writing " + tmp + ": " + std::strerror(errno)};
             ::close(fd);
             ::unlink(tmp.c_str());
-            return false;
+            return error;
         }
         off += static_cast<size_t>(n);
     }
     if (::fchmod(fd, perm) != 0 || ::fsync(fd) != 0 || ::close(fd) != 0) {
-        error = "writing " + tmp + ": " + std::strerror(errno);
+        Error error{"writing " + tmp + ": " + std::strerror(errno)};
         ::unlink(tmp.c_str());
-        return false;
+        return error;
     }
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        error = "cannot rename " + tmp + " to " + path + ": " + std::strerror(errno);
+        Error error{"cannot rename " + tmp + " to " + path + ": " + std::strerror(errno)};
         ::unlink(tmp.c_str());
-        return false;
+        return error;
     }
-    return true;
+    return {};
 }
 
 }  // namespace hangar

@@ -11,17 +11,19 @@
 #include <string>
 #include <sys/types.h>
 
+#include "error_or.h"
+
 namespace hangar {
 
-// Why `path` is not a directory private to this process's effective user, or "" if it is: it
+// Whether `path` is a directory private to this process's effective user (the error says why not): it
 // must exist, not be a symlink, be owned by the effective uid, and not be group/world-writable;
 // each directory above it must be owned by root or us, and if group/world-writable, sticky
 // (like /tmp). Symlinks above it are resolved (/var/run -> /run is fine).
-std::string check_private_dir(const std::string& path);
+ErrorOr<void> check_private_dir(const std::string& path);
 
 // Creates `path` (mode 0700; missing parents 0755) unless it exists, then check_private_dir().
-// `mode` is the mode a newly created final directory gets. "" or the reason it is unsafe.
-std::string make_private_dir(const std::string& path, mode_t mode = 0700);
+// `mode` is the mode a newly created final directory gets. The error says why it is unsafe.
+ErrorOr<void> make_private_dir(const std::string& path, mode_t mode = 0700);
 
 // open(2) with O_NOFOLLOW | O_CLOEXEC added: a symlink at `path` fails with ELOOP.
 int open_nofollow(const std::string& path, int flags, mode_t mode = 0600);
@@ -30,6 +32,6 @@ FILE* fopen_nofollow(const std::string& path, const char* mode, mode_t perm = 06
 
 // Writes `content` to `path` atomically: a fresh temporary file beside it (O_EXCL | O_NOFOLLOW,
 // mode `perm`), then rename(2), which replaces a symlink at `path` rather than following it.
-bool write_file_atomic(const std::string& path, const std::string& content, mode_t perm, std::string& error);
+ErrorOr<void> write_file_atomic(const std::string& path, const std::string& content, mode_t perm);
 
 }  // namespace hangar

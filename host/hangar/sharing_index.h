@@ -16,6 +16,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "config.h"  // ShareScope
+
 namespace hangar {
 
 struct PageRun {
@@ -29,8 +31,6 @@ struct Hint {
     uint64_t hash = 0;
     bool zero = false;
 };
-
-enum class ShareScope { Off, WithinVm, AcrossVms };
 
 class SharingIndex {
 public:

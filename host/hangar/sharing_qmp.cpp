@@ -2,24 +2,21 @@
 
 namespace hangar {
 
-std::optional<HintsPage> parse_hints_page(const nlohmann::json& ret, std::string& error) {
+ErrorOr<HintsPage> parse_hints_page(const nlohmann::json& ret) {
     if (!ret.is_object() || !ret.contains("total") || !ret["total"].is_number_unsigned() || !ret.contains("hints") ||
         !ret["hints"].is_array()) {
-        error = "x-blimp-balloon-query-hints: reply lacks total/hints";
-        return std::nullopt;
+        return Error{"x-blimp-balloon-query-hints: reply lacks total/hints"};
     }
     HintsPage page;
     page.total = ret["total"].get<uint64_t>();
     for (const auto& h : ret["hints"]) {
         if (!h.is_object() || !h.contains("pfn") || !h["pfn"].is_number_unsigned() || !h.contains("npages") ||
             !h["npages"].is_number_unsigned() || !h.contains("hash") || !h["hash"].is_string()) {
-            error = "x-blimp-balloon-query-hints: malformed hint " + h.dump();
-            return std::nullopt;
+            return Error{"x-blimp-balloon-query-hints: malformed hint " + h.dump()};
         }
         auto hash = SharingIndex::parse_hash(h["hash"].get<std::string>());
         if (!hash) {
-            error = "x-blimp-balloon-query-hints: bad hash " + h["hash"].dump();
-            return std::nullopt;
+            return Error{"x-blimp-balloon-query-hints: bad hash " + h["hash"].dump()};
         }
         Hint hint;
         hint.run = {h["pfn"].get<uint64_t>(), h["npages"].get<uint64_t>()};

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "error_or.h"
 #include "sharing_index.h"
 
 namespace hangar {
@@ -22,8 +23,8 @@ struct HintsPage {
     std::vector<Hint> hints;
 };
 
-// One reply of x-blimp-balloon-query-hints; nothing (and `error`) when malformed.
-std::optional<HintsPage> parse_hints_page(const nlohmann::json& ret, std::string& error);
+// One reply of x-blimp-balloon-query-hints; an error when malformed.
+ErrorOr<HintsPage> parse_hints_page(const nlohmann::json& ret);
 nlohmann::json query_hints_args(uint64_t start);
 // {"hashes": [...]} for a filter, {} to clear it (mark every hint).
 nlohmann::json hint_filter_args(const std::optional<std::set<uint64_t>>& hashes);

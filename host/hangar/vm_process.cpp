@@ -179,19 +179,16 @@ VmProcess::~VmProcess() {
     }
 }
 
-bool VmProcess::spawn(const std::vector<std::string>& argv, const std::string& log_path, std::string& error,
-                      const SpawnOptions& options) {
+ErrorOr<void> VmProcess::spawn(const std::vector<std::string>& argv, const std::string& log_path,
+                               const SpawnOptions& options) {
     int pipefd[2];
-    if (pipe2(pipefd, O_CLOEXEC) < 0) {
-        error = std::string("pipe: ") + std::strerror(errno);
-        return false;
-    }
+    if (pipe2(pipefd, O_CLOEXEC) < 0) return Error{std::string("pipe: ") + std::strerror(errno)};
     int log = open_nofollow(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (log < 0) {
-        error = "cannot create " + log_path + ": " + std::strerror(errno);
+        Error error{"cannot create " + log_path + ": " + std::strerror(errno)};
         ::close(pipefd[0]);
         ::close(pipefd[1]);
-        return false;
+        return error;
     }
     std::vector<char*> cargv;
     for (const auto& s : argv) cargv.push_back(const_cast<char*>(s.c_str()));
@@ -200,11 +197,11 @@ bool VmProcess::spawn(const std::vector<std::string>& argv, const std::string& l
 
     pid_t pid = fork();
     if (pid < 0) {
-        error = std::string("fork: ") + std::strerror(errno);
+        Error error{std::string("fork: ") + std::strerror(errno)};
         ::close(pipefd[0]);
         ::close(pipefd[1]);
         ::close(log);
-        return false;
+        return error;
     }
     if (pid == 0) {
         // Only async-signal-safe calls from here to exec. A failure is reported through the pipe.
@@ -268,10 +265,9 @@ bool VmProcess::spawn(const std::vector<std::string>& argv, const std::string& l
         waitpid(pid, &ws, 0);
         reaped_ = true;
         wait_status_ = ws;
-        error = "cannot execute " + argv[0] + ": " + std::strerror(child_errno);
-        return false;
+        return Error{"cannot execute " + argv[0] + ": " + std::strerror(child_errno)};
     }
-    return true;
+    return {};
 }
 
 bool VmProcess::try_reap() {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "config.h"
+#include "error_or.h"
 
 namespace hangar {
 
@@ -90,10 +91,10 @@ public:
     VmProcess(const VmProcess&) = delete;
     VmProcess& operator=(const VmProcess&) = delete;
 
-    // Forks and execs. stdout/stderr go to `log_path`. Returns false with `error` set when the
-    // binary cannot be executed (reported through a close-on-exec pipe, so it is exact).
-    bool spawn(const std::vector<std::string>& argv, const std::string& log_path, std::string& error,
-               const SpawnOptions& options = {});
+    // Forks and execs. stdout/stderr go to `log_path`. An error also when the binary cannot be
+    // executed (reported through a close-on-exec pipe, so it is exact).
+    ErrorOr<void> spawn(const std::vector<std::string>& argv, const std::string& log_path,
+                        const SpawnOptions& options = {});
     // Non-blocking reap; returns true once the process is gone (wait_status() valid).
     bool try_reap();
     void signal(int sig);

@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "error_text.h"
 #include "ksm_control.h"
 
 using namespace hangar;
@@ -62,8 +63,7 @@ TEST_F(FakeSysfs, ApplyThenRestore) {
     c.mode = KsmMode::Blind;
     c.pages_to_scan = 5000;
     c.sleep_millisecs = 10;
-    std::string err;
-    ASSERT_TRUE(k.apply(c, err)) << err;
+    ASSERT_EQ(error_text(k.apply(c)), "");
     EXPECT_EQ(get("run"), "1");
     EXPECT_EQ(get("pages_to_scan"), "5000");
     EXPECT_EQ(get("sleep_millisecs"), "10");
@@ -78,9 +78,8 @@ TEST_F(FakeSysfs, ApplyThenRestore) {
 TEST_F(FakeSysfs, DestructorRestores) {
   {
     KsmControl k(ksm());
-    std::string err;
-    ASSERT_TRUE(k.set("pages_to_scan", "1", err));
-    ASSERT_TRUE(k.set("pages_to_scan", "2", err));  // the first value is the one kept
+    ASSERT_EQ(error_text(k.set("pages_to_scan", "1")), "");
+    ASSERT_EQ(error_text(k.set("pages_to_scan", "2")), "");  // the first value is the one kept
   }
   EXPECT_EQ(get("pages_to_scan"), "100");
 }
@@ -89,10 +88,11 @@ TEST_F(FakeSysfs, SelectionFilesAndUnknownKnobs) {
   KsmControl k(ksm());
   EXPECT_EQ(*k.read("advisor_mode"), "none");
   std::string err;
-  ASSERT_TRUE(k.set("advisor_mode", "scan-time", err));
+  ASSERT_EQ(error_text(k.set("advisor_mode", "scan-time")), "");
   EXPECT_TRUE(k.restore().empty());
   EXPECT_EQ(get("advisor_mode"), "none");
-  EXPECT_FALSE(k.set("pages_shared", "0", err));
+  err = error_text(k.set("pages_shared", "0"));
+  EXPECT_NE(err, "");
   EXPECT_NE(err.find("not one hangar manages"), std::string::npos);
 }
 
@@ -101,8 +101,7 @@ TEST_F(FakeSysfs, OffModeStopsKsmd) {
   KsmControl k(ksm());
   KsmConfig c;
   c.mode = KsmMode::Off;
-  std::string err;
-  ASSERT_TRUE(k.apply(c, err));
+  ASSERT_EQ(error_text(k.apply(c)), "");
   EXPECT_EQ(get("run"), "0");
   k.restore();
   EXPECT_EQ(get("run"), "1");
@@ -110,8 +109,7 @@ TEST_F(FakeSysfs, OffModeStopsKsmd) {
 
 TEST_F(FakeSysfs, UnchangedTouchesNothing) {
   KsmControl k(ksm());
-  std::string err;
-  ASSERT_TRUE(k.apply(KsmConfig{}, err));
+  ASSERT_EQ(error_text(k.apply(KsmConfig{})), "");
   EXPECT_TRUE(k.saved().empty());
 }
 
@@ -119,8 +117,8 @@ TEST_F(FakeSysfs, MissingKsmIsAClearError) {
   KsmControl k((dir_ / "nope").string());
   KsmConfig c;
   c.mode = KsmMode::Blind;
-  std::string err;
-  EXPECT_FALSE(k.apply(c, err));
+  std::string err = error_text(k.apply(c));
+  EXPECT_NE(err, "");
   EXPECT_NE(err.find("KSM is not available"), std::string::npos);
 }
 
@@ -133,8 +131,7 @@ TEST_F(FakeSysfs, SaveFileLetsAnotherProcessRestore) {
     KsmConfig c;
     c.mode = KsmMode::Blind;
     c.pages_to_scan = 999;
-    std::string err;
-    ASSERT_TRUE(k.apply(c, err));
+    ASSERT_EQ(error_text(k.apply(c)), "");
     ASSERT_TRUE(fs::exists(save));
     // What a SIGKILLed hangar leaves behind: the file, and KSM still changed.
     fs::copy_file(save, orphan);
@@ -210,8 +207,7 @@ TEST_F(KsmLockTest, HeldFromFirstChangeUntilRestored) {
   EXPECT_FALSE(k.lock_held());
   ASSERT_TRUE(other_takes());  // nothing changed yet: the lock is free
   release();
-  std::string err;
-  ASSERT_TRUE(k.apply(blind(), err)) << err;  // creates the lock file's directory too
+  ASSERT_EQ(error_text(k.apply(blind())), "");  // creates the lock file's directory too
   EXPECT_TRUE(k.lock_held());
   EXPECT_FALSE(other_takes());
   EXPECT_TRUE(k.restore().empty());
@@ -224,8 +220,7 @@ TEST_F(KsmLockTest, HeldFromFirstChangeUntilRestored) {
 TEST_F(KsmLockTest, UnchangedTakesNoLock) {
   KsmControl k(ksm());
   k.set_lock(lock(std::chrono::milliseconds(0)));
-  std::string err;
-  ASSERT_TRUE(k.apply(KsmConfig{}, err));
+  ASSERT_EQ(error_text(k.apply(KsmConfig{})), "");
   EXPECT_FALSE(k.lock_held());
 }
 
@@ -233,8 +228,7 @@ TEST_F(KsmLockTest, DestructorRestoresThenReleases) {
   {
     KsmControl k(ksm());
     k.set_lock(lock(std::chrono::milliseconds(0)));
-    std::string err;
-    ASSERT_TRUE(k.apply(blind(), err)) << err;
+    ASSERT_EQ(error_text(k.apply(blind())), "");
     EXPECT_FALSE(other_takes());
   }
   EXPECT_EQ(get("pages_to_scan"), "100");
@@ -249,7 +243,8 @@ TEST_F(KsmLockTest, BusyLockIsWaitedForThenAClearError) {
   k.set_lock(lock(std::chrono::milliseconds(300)));
   std::string err;
   const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_FALSE(k.apply(blind(), err));
+  err = error_text(k.apply(blind()));
+  EXPECT_NE(err, "");
   const auto waited = std::chrono::steady_clock::now() - t0;
   EXPECT_GE(waited, std::chrono::milliseconds(300));
   EXPECT_LT(waited, std::chrono::seconds(5));
@@ -274,7 +269,8 @@ TEST_F(KsmLockTest, NoWaitFailsAtOnce) {
   k.set_lock(lock(std::chrono::milliseconds(0)));
   std::string err;
   const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_FALSE(k.apply(blind(), err));
+  err = error_text(k.apply(blind()));
+  EXPECT_NE(err, "");
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(1));
   EXPECT_NE(err.find("held by pid"), std::string::npos) << err;
   EXPECT_EQ(err.find("still after"), std::string::npos) << err;
@@ -288,8 +284,8 @@ TEST_F(KsmLockTest, LockReleasedDuringTheWaitIsTaken) {
   });
   KsmControl k(ksm());
   k.set_lock(lock(std::chrono::seconds(20)));
-  std::string err;
-  const bool ok = k.apply(blind(), err);
+  std::string err = error_text(k.apply(blind()));
+  const bool ok = err.empty();
   releaser.join();
   ASSERT_TRUE(ok) << err;
   EXPECT_EQ(waits_.size(), 1u);
@@ -305,7 +301,8 @@ TEST_F(KsmLockTest, CancelledWaitGivesUp) {
   k.set_lock(l);
   std::string err;
   const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_FALSE(k.apply(blind(), err));
+  err = error_text(k.apply(blind()));
+  EXPECT_NE(err, "");
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
   EXPECT_NE(err.find("interrupted"), std::string::npos) << err;
 }
@@ -383,8 +380,7 @@ TEST_F(StaleSave, RestoredBeforeTheFirstChange) {
     KsmLock l = lock(std::chrono::milliseconds(0));
     l.on_note = [&](const std::string& m) { notes.push_back(m); };
     k.set_lock(l);
-    std::string err;
-    ASSERT_TRUE(k.apply(blind(), err)) << err;
+    ASSERT_EQ(error_text(k.apply(blind())), "");
     EXPECT_EQ(get("pages_to_scan"), "5000");
     // What this run saved are the values from before the killed run, not its leftovers.
     ASSERT_FALSE(k.saved().empty());
@@ -408,8 +404,7 @@ TEST_F(StaleSave, UnchangedRunRecoversToo) {
   KsmControl k(ksm());
   k.set_save_file(save());
   k.set_lock(lock(std::chrono::milliseconds(0)));
-  std::string err;
-  ASSERT_TRUE(k.recover_stale(err)) << err;
+  ASSERT_EQ(error_text(k.recover_stale()), "");
   EXPECT_EQ(get("pages_to_scan"), "100");
   EXPECT_FALSE(fs::exists(save()));
   EXPECT_FALSE(k.lock_held());  // nothing of ours to guard
@@ -427,8 +422,8 @@ TEST_F(StaleSave, LiveOwnerIsLeftAlone) {
   KsmControl k(ksm());
   k.set_save_file(save());
   k.set_lock(lock(std::chrono::milliseconds(0)));
-  std::string err;
-  EXPECT_FALSE(k.apply(blind(), err));
+  std::string err = error_text(k.apply(blind()));
+  EXPECT_NE(err, "");
   EXPECT_NE(err.find("still runs"), std::string::npos) << err;
   EXPECT_EQ(get("pages_to_scan"), "777");
   EXPECT_TRUE(fs::exists(save()));
@@ -476,9 +471,10 @@ TEST_F(StaleSave, SaveFileIsPrivateAndNamesItsOwner) {
   k.set_save_file(save());
   std::string err;
   // The planted link is not a save file: the stale check refuses it rather than follow it.
-  EXPECT_FALSE(k.apply(blind(), err));
+  err = error_text(k.apply(blind()));
+  EXPECT_NE(err, "");
   fs::remove(save());
-  ASSERT_TRUE(k.apply(blind(), err)) << err;
+  ASSERT_EQ(error_text(k.apply(blind())), "");
   struct stat st {};
   ASSERT_EQ(::lstat(save().c_str(), &st), 0);
   EXPECT_TRUE(S_ISREG(st.st_mode));

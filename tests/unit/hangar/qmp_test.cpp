@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "error_text.h"
 #include "qmp.h"
 
 using namespace hangar;
@@ -31,25 +32,24 @@ TEST(QmpFramer, OverflowIsAnError) {
 }
 
 TEST(QmpParse, Classifies) {
-  std::string err;
-  auto g = parse_qmp_message(R"({"QMP": {"version": {}, "capabilities": []}})", err);
+  auto g = parse_qmp_message(R"({"QMP": {"version": {}, "capabilities": []}})");
   ASSERT_TRUE(g);
   EXPECT_EQ(g->kind, QmpMessage::Kind::Greeting);
-  auto r = parse_qmp_message(R"({"return": {"actual": 5}, "id": 7})", err);
+  auto r = parse_qmp_message(R"({"return": {"actual": 5}, "id": 7})");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->kind, QmpMessage::Kind::Return);
   EXPECT_EQ(*r->id, 7u);
   auto e = parse_qmp_message(
-      R"({"error": {"class": "DeviceNotActive", "desc": "No balloon device"}, "id": 2})", err);
+      R"({"error": {"class": "DeviceNotActive", "desc": "No balloon device"}, "id": 2})");
   ASSERT_TRUE(e);
   EXPECT_EQ(e->error_class, "DeviceNotActive");
-  auto ev = parse_qmp_message(
-      R"({"event": "BALLOON_CHANGE", "data": {"actual": 1}, "timestamp": {}})", err);
+  auto ev =
+      parse_qmp_message(R"({"event": "BALLOON_CHANGE", "data": {"actual": 1}, "timestamp": {}})");
   ASSERT_TRUE(ev);
   EXPECT_EQ(ev->event, "BALLOON_CHANGE");
   for (const char* bad :
        {"nope", "[1]", "{}", R"({"return": 1, "id": "x"})", R"({"event": 5})", R"({"error": 3})"})
-    EXPECT_FALSE(parse_qmp_message(bad, err)) << bad;
+    EXPECT_FALSE(parse_qmp_message(bad)) << bad;
 }
 
 class FakeQemu : public ::testing::Test {
@@ -224,20 +224,22 @@ TEST(QmpLimits, NestingDepthScanIgnoresStrings) {
 TEST(QmpLimits, DeepNestingIsRejectedWithoutACrash) {
   // 10 million levels: a DOM of this would overflow the stack when copied, dumped or destroyed.
   std::string line = "{\"return\":" + std::string(10'000'000, '[');
-  std::string err;
-  EXPECT_FALSE(parse_qmp_message(line, err));
+  std::string err = error_text(parse_qmp_message(line));
+  EXPECT_NE(err, "");
   EXPECT_NE(err.find("nested deeper than"), std::string::npos) << err;
   // Balanced (and under the size cap): still refused before a DOM exists.
   line = "{\"return\":" + std::string(5'000'000, '[') + std::string(5'000'000, ']') + "}";
-  EXPECT_FALSE(parse_qmp_message(line, err));
+  err = error_text(parse_qmp_message(line));
+  EXPECT_NE(err, "");
   EXPECT_NE(err.find("nested deeper than"), std::string::npos) << err;
   // At the limit is fine; one more is not.
   std::string ok = "{\"return\":" + std::string(kQmpMaxDepth - 1, '[') +
                    std::string(kQmpMaxDepth - 1, ']') + "}";
-  EXPECT_TRUE(parse_qmp_message(ok, err)) << err;
+  EXPECT_EQ(error_text(parse_qmp_message(ok)), "");
   std::string deep =
       "{\"return\":" + std::string(kQmpMaxDepth, '[') + std::string(kQmpMaxDepth, ']') + "}";
-  EXPECT_FALSE(parse_qmp_message(deep, err));
+  err = error_text(parse_qmp_message(deep));
+  EXPECT_NE(err, "");
 }
 
 TEST(QmpLimits, LargestRealReplyFitsWithMargin) {
@@ -250,9 +252,8 @@ TEST(QmpLimits, LargestRealReplyFitsWithMargin) {
   reply += R"(]}, "id": 18446744073709551615})";
   EXPECT_LE(reply.size() * 2, kQmpMaxMessage)
       << "worst-case hints page is " << reply.size() << " bytes";
-  std::string err;
-  auto m = parse_qmp_message(reply, err);
-  ASSERT_TRUE(m) << err;
+  auto m = parse_qmp_message(reply);
+  ASSERT_TRUE(m) << error_text(m);
   EXPECT_EQ(m->value["hints"].size(), 65536u);
   EXPECT_LE(json_nesting_depth(reply, kQmpMaxDepth), 4u);
 }
@@ -260,7 +261,8 @@ TEST(QmpLimits, LargestRealReplyFitsWithMargin) {
 TEST(QmpLimits, OverlongLineIsAnError) {
   std::string err;
   std::string line = "{\"return\": \"" + std::string(kQmpMaxMessage, 'x') + "\"}";
-  EXPECT_FALSE(parse_qmp_message(line, err));
+  err = error_text(parse_qmp_message(line));
+  EXPECT_NE(err, "");
   EXPECT_NE(err.find("limit"), std::string::npos) << err;
   QmpFramer f;
   f.feed(line + "\r\n");

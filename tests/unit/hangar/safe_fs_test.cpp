@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "error_text.h"
 #include "safe_fs.h"
 
 using namespace hangar;
@@ -33,22 +34,22 @@ class SafeFs : public ::testing::Test {
 };
 
 TEST_F(SafeFs, PrivateDirectoryIsAccepted) {
-  EXPECT_EQ(check_private_dir(base_.string()), "");
+  EXPECT_EQ(error_text(check_private_dir(base_.string())), "");
   const std::string run = (base_ / "a" / "run").string();
-  EXPECT_EQ(make_private_dir(run), "");
+  EXPECT_EQ(error_text(make_private_dir(run)), "");
   struct stat st {};
   ASSERT_EQ(::stat(run.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0700u);
-  EXPECT_EQ(make_private_dir(run), "");  // an existing safe one is fine too
+  EXPECT_EQ(error_text(make_private_dir(run)), "");  // an existing safe one is fine too
 }
 
 TEST_F(SafeFs, SymlinkIsRefused) {
   fs::create_directory(base_ / "real");
   ::chmod((base_ / "real").c_str(), 0700);
   fs::create_directory_symlink(base_ / "real", base_ / "link");
-  std::string why = check_private_dir((base_ / "link").string());
+  std::string why = error_text(check_private_dir((base_ / "link").string()));
   EXPECT_NE(why.find("symlink"), std::string::npos) << why;
-  why = make_private_dir((base_ / "link").string());
+  why = error_text(make_private_dir((base_ / "link").string()));
   EXPECT_NE(why.find("symlink"), std::string::npos) << why;
 }
 
@@ -56,15 +57,15 @@ TEST_F(SafeFs, GroupOrWorldWritableIsRefused) {
   const fs::path d = base_ / "open";
   fs::create_directory(d);
   ::chmod(d.c_str(), 0777);
-  std::string why = check_private_dir(d.string());
+  std::string why = error_text(check_private_dir(d.string()));
   EXPECT_NE(why.find("writable by everyone"), std::string::npos) << why;
   ::chmod(d.c_str(), 0770);
-  why = check_private_dir(d.string());
+  why = error_text(check_private_dir(d.string()));
   EXPECT_NE(why.find("writable by its group"), std::string::npos) << why;
   ::chmod(d.c_str(), 01777);  // sticky does not make a run directory safe
-  EXPECT_NE(check_private_dir(d.string()), "");
+  EXPECT_NE(error_text(check_private_dir(d.string())), "");
   ::chmod(d.c_str(), 0755);
-  EXPECT_EQ(check_private_dir(d.string()), "");
+  EXPECT_EQ(error_text(check_private_dir(d.string())), "");
 }
 
 TEST_F(SafeFs, ParentOthersCanRenameInIsRefused) {
@@ -73,10 +74,10 @@ TEST_F(SafeFs, ParentOthersCanRenameInIsRefused) {
   ::chmod(parent.c_str(), 0777);  // no sticky bit: anyone may rename our directory away
   const fs::path d = parent / "run";
   ASSERT_EQ(::mkdir(d.c_str(), 0700), 0);
-  std::string why = check_private_dir(d.string());
+  std::string why = error_text(check_private_dir(d.string()));
   EXPECT_NE(why.find("sticky"), std::string::npos) << why;
   ::chmod(parent.c_str(), 01777);  // like /tmp: fine
-  EXPECT_EQ(check_private_dir(d.string()), "");
+  EXPECT_EQ(error_text(check_private_dir(d.string())), "");
 }
 
 TEST_F(SafeFs, WrongOwnerIsRefused) {
@@ -84,13 +85,13 @@ TEST_F(SafeFs, WrongOwnerIsRefused) {
   const fs::path d = base_ / "theirs";
   ASSERT_EQ(::mkdir(d.c_str(), 0700), 0);
   ASSERT_EQ(::chown(d.c_str(), 65534, 65534), 0);
-  std::string why = check_private_dir(d.string());
+  std::string why = error_text(check_private_dir(d.string()));
   EXPECT_NE(why.find("owned by uid 65534"), std::string::npos) << why;
-  EXPECT_NE(make_private_dir(d.string()), "");
+  EXPECT_NE(error_text(make_private_dir(d.string())), "");
   // And a directory of ours inside one that belongs to someone else.
   const fs::path inner = d / "run";
   ASSERT_EQ(::mkdir(inner.c_str(), 0700), 0);
-  why = check_private_dir(inner.string());
+  why = error_text(check_private_dir(inner.string()));
   EXPECT_NE(why.find("owned by uid 65534"), std::string::npos) << why;
 }
 
@@ -104,8 +105,7 @@ TEST_F(SafeFs, NoFollowWritesRefuseAPlantedSymlink) {
   EXPECT_EQ(f, nullptr);
   EXPECT_EQ(slurp(target_), "keep me\n");
   // Atomic writes replace the link itself and leave its target alone.
-  std::string error;
-  ASSERT_TRUE(write_file_atomic(planted.string(), "new\n", 0600, error)) << error;
+  ASSERT_EQ(error_text(write_file_atomic(planted.string(), "new\n", 0600)), "");
   EXPECT_EQ(slurp(target_), "keep me\n");
   EXPECT_FALSE(fs::is_symlink(planted));
   EXPECT_EQ(slurp(planted), "new\n");

@@ -71,15 +71,14 @@ TEST(SharingIndex, HashHex) {
   EXPECT_FALSE(SharingIndex::parse_hash("zzzzzzzzzzzzzzzz"));
 }
 
+#include "error_text.h"
 #include "sharing_qmp.h"
 
 TEST(SharingQmp, ParsesHintPages) {
-  std::string err;
   auto page = parse_hints_page(nlohmann::json::parse(R"({"total": 5120, "hints": [
         {"pfn": 4096, "npages": 1, "hash": "9c2d1e0f00aa7b31", "zero": false, "marked": true},
-        {"pfn": 8192, "npages": 64, "hash": "c1f7d4e1d7b1a8a0", "zero": true, "marked": true}]})"),
-                               err);
-  ASSERT_TRUE(page) << err;
+        {"pfn": 8192, "npages": 64, "hash": "c1f7d4e1d7b1a8a0", "zero": true, "marked": true}]})"));
+  ASSERT_TRUE(page) << error_text(page);
   EXPECT_EQ(page->total, 5120u);
   ASSERT_EQ(page->hints.size(), 2u);
   EXPECT_EQ(page->hints[1].run, (PageRun{8192, 64}));
@@ -88,7 +87,7 @@ TEST(SharingQmp, ParsesHintPages) {
   for (const char* bad :
        {R"({"hints": []})", R"({"total": 1, "hints": [{"pfn": 1, "npages": 1, "hash": 5}]})",
         R"({"total": 1, "hints": [{"pfn": 1, "npages": 1, "hash": "xyz"}]})", "[]"})
-    EXPECT_FALSE(parse_hints_page(nlohmann::json::parse(bad), err)) << bad;
+    EXPECT_FALSE(parse_hints_page(nlohmann::json::parse(bad))) << bad;
 }
 
 TEST(SharingQmp, FilterArguments) {

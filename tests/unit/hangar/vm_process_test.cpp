@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <csignal>
 
+#include "error_text.h"
 #include "fleet.h"
 #include "vm_process.h"
 
@@ -22,7 +23,7 @@ int signaled(int sig) { return sig; }
 }  // namespace
 
 TEST(QemuArgv, MicrovmWithBalloon) {
-  VmSpec vm = parse_vm_flag("name=a,app=hello,memory=512M,args=\"x=1 y=2\"");
+  VmSpec vm = parse_vm_flag("name=a,app=hello,memory=512M,args=\"x=1 y=2\"").value();
   LaunchPlan plan{"/usr/bin/qemu-system-x86_64",
                   false,
                   "/k/blimp.elf",
@@ -44,7 +45,7 @@ TEST(QemuArgv, MicrovmWithBalloon) {
 }
 
 TEST(QemuArgv, PciMachineKsmModesAndProps) {
-  VmSpec vm = parse_vm_flag("name=b,machine=q35");
+  VmSpec vm = parse_vm_flag("name=b,machine=q35").value();
   vm.balloon_props["coalesce-discard"] = "on";
   vm.qemu_args = {"-smp", "2"};
   LaunchPlan plan{"q", true, "k", "s", "l", "tcg", KsmMode::Targeted};
@@ -54,7 +55,7 @@ TEST(QemuArgv, PciMachineKsmModesAndProps) {
   EXPECT_TRUE(has(a, "virtio-balloon-pci,id=balloon0,coalesce-discard=on,share-hints=on"));
   EXPECT_EQ(a.back(), "2");
   EXPECT_FALSE(has(a, "virtio-mmio.force-legacy=false"));  // q35: virtio-pci
-  VmSpec micro = parse_vm_flag("name=m");
+  VmSpec micro = parse_vm_flag("name=m").value();
   EXPECT_TRUE(has(build_qemu_argv(micro, plan), "virtio-mmio.force-legacy=false"));
   plan.ksm = KsmMode::Blind;
   vm.balloon = false;
@@ -114,8 +115,7 @@ TEST(DecodeExit, QemuOutcomes) {
 
 TEST(VmProcess, ExecFailureIsExact) {
   VmProcess p;
-  std::string err;
-  EXPECT_FALSE(p.spawn({"/nonexistent/qemu"}, "/dev/null", err));
+  const std::string err = error_text(p.spawn({"/nonexistent/qemu"}, "/dev/null"));
   EXPECT_NE(err.find("cannot execute /nonexistent/qemu: No such file or directory"),
             std::string::npos);
   EXPECT_FALSE(p.running());
@@ -123,8 +123,7 @@ TEST(VmProcess, ExecFailureIsExact) {
 
 TEST(VmProcess, SpawnReapAndRss) {
   VmProcess p;
-  std::string err;
-  ASSERT_TRUE(p.spawn({"/bin/sh", "-c", "exit 3"}, "/dev/null", err)) << err;
+  ASSERT_EQ(error_text(p.spawn({"/bin/sh", "-c", "exit 3"}, "/dev/null")), "");
   for (int i = 0; i < 500 && !p.try_reap(); ++i) usleep(10000);
   ASSERT_FALSE(p.running());
   EXPECT_EQ(WEXITSTATUS(p.wait_status()), 3);
@@ -136,8 +135,7 @@ TEST(VmProcess, DestructorKillsWhatIsLeft) {
   pid_t pid;
   {
     VmProcess p;
-    std::string err;
-    ASSERT_TRUE(p.spawn({"/bin/sleep", "60"}, "/dev/null", err)) << err;
+    ASSERT_EQ(error_text(p.spawn({"/bin/sleep", "60"}, "/dev/null")), "");
     pid = p.pid();
   }
   EXPECT_NE(kill(pid, 0), 0);
@@ -178,7 +176,7 @@ TEST(GuestStats, FromQom) {
 // --- Unprivileged, sandboxed QEMUs that get their files as descriptors (issue 15) ---
 
 TEST(QemuArgv, PassedDescriptorsAndSandbox) {
-  VmSpec vm = parse_vm_flag("name=a");
+  VmSpec vm = parse_vm_flag("name=a").value();
   LaunchPlan plan{"/usr/bin/qemu-system-x86_64",
                   false,
                   "/k/blimp.elf",
@@ -221,14 +219,14 @@ TEST(VmProcess, DropsPrivilegesAndPassesDescriptors) {
   // Swapped on purpose: a source may sit on another's target number.
   o.fds = {{b, a}, {a, b}};
   VmProcess p;
-  std::string err;
-  ASSERT_TRUE(p.spawn({"/bin/sh", "-c",
-                       "id -u; id -G; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; umask; "
-                       "echo A >&" +
-                           std::to_string(b) + "; echo B >&" + std::to_string(a) + "; ls " +
-                           dir.string() + " 2>&1 | head -1"},
-                      log, err, o))
-      << err;
+  ASSERT_EQ(
+      error_text(p.spawn({"/bin/sh", "-c",
+                          "id -u; id -G; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; umask; "
+                          "echo A >&" +
+                              std::to_string(b) + "; echo B >&" + std::to_string(a) + "; ls " +
+                              dir.string() + " 2>&1 | head -1"},
+                         log, o)),
+      "");
   for (int i = 0; i < 500 && !p.try_reap(); ++i) usleep(10000);
   ::close(a);
   ::close(b);

@@ -1,0 +1,94 @@
+// The summary at the end of a run: a table on stdout and summary.json in the run directory.
+#include <algorithm>
+#include <cstdio>
+#include <unistd.h>
+
+#include "fleet.h"
+#include "fleet_vm.h"
+#include "safe_fs.h"
+
+namespace hangar {
+
+void Fleet::write_summary(int status) {
+    json j;
+    j["exit_status"] = status;
+    j["stop_reason"] = stop_reason_.empty() ? "all VMs ended" : stop_reason_;
+    j["run_dir"] = run_dir_;
+    j["qemu"] = plan_.qemu;
+    j["policy"] = policy_->name();
+    if (cfg_.budget) j["budget_bytes"] = *cfg_.budget;
+    j["duration_s"] = now_s();
+    j["vms"] = json::array();
+    const auto& sums = metrics_.summary();
+    std::printf("\nhangar summary (%s):\n", run_dir_.c_str());
+    uint64_t reclaimed = 0;
+    for (const auto& vm : vms_) {
+        json v;
+        v["name"] = vm->spec.name;
+        v["app"] = vm->spec.app;
+        v["memory_bytes"] = vm->spec.memory;
+        v["pid"] = vm->proc.pid();
+        std::string line = vm->exit ? vm->exit->describe() : "never started";
+        if (vm->exit) {
+            v["outcome"] = VmExit::kind_name(vm->exit->kind);
+            v["ok"] = vm->exit->ok();
+            v["guest_status"] = vm->exit->guest_status;
+            v["exit_code"] = vm->exit->exit_code;
+            v["signal"] = vm->exit->signal;
+            v["detail"] = vm->exit->detail;
+            v["description"] = vm->exit->describe();
+        }
+        v["qmp_errors"] = vm->qmp_errors;
+        if (vm->sweeps || vm->swept_pages) v["pstate_discarded_pages"] = vm->swept_pages;
+        if (targeting_) {
+            v["hint_pages"] = vm->hint_pages;
+            v["twin_hashes"] = vm->filter_sent ? vm->filter_sent->size() : 0;
+            if (vm->marked_pages) v["marked_pages"] = *vm->marked_pages;
+            if (vm->marked_runs) v["marked_runs"] = *vm->marked_runs;
+        }
+        v["serial_log"] = vm->serial_log;
+        auto it = sums.find(vm->spec.name);
+        std::string mem;
+        if (it != sums.end()) {
+            v["peak_rss_bytes"] = it->second.peak_rss;
+            // Load-independent denominators for guest throughput on a shared host.
+            if (it->second.cpu_seconds) v["qemu_cpu_seconds"] = *it->second.cpu_seconds;
+            if (it->second.min_actual) {
+                v["min_balloon_actual_bytes"] = *it->second.min_actual;
+                reclaimed += vm->spec.memory - std::min(vm->spec.memory, *it->second.min_actual);
+            }
+            mem = "  peak rss " + format_size(it->second.peak_rss);
+            if (it->second.min_actual) mem += ", smallest balloon " + format_size(*it->second.min_actual);
+        }
+        std::printf("  %-12s %s%s%s\n", vm->spec.name.c_str(), vm->exit && vm->exit->ok() ? "" : "FAILED: ", line.c_str(),
+                    mem.c_str());
+        if (!vm->qmp_errors.empty())
+            std::printf("  %-12s %zu QMP error(s), first: %s\n", "", vm->qmp_errors.size(), vm->qmp_errors[0].c_str());
+        j["vms"].push_back(v);
+    }
+    const auto& k0 = metrics_.first_ksm();
+    const auto& k1 = metrics_.last_ksm();
+    j["ksm"] = {{"mode", std::string(to_string(cfg_.ksm.mode))},
+                {"pages_sharing_end", k1.get("pages_sharing")},
+                {"pages_shared_end", k1.get("pages_shared")},
+                {"restored", ksm_restore_errors_.empty()},
+                {"restore_errors", ksm_restore_errors_},
+                {"full_scans", k1.get("full_scans") - std::min(k1.get("full_scans"), k0.get("full_scans"))},
+                {"lock", ksm_lock_.empty() ? json(nullptr) : json(ksm_lock_)}};
+    if (targeting_)
+        j["sharing"] = {{"scope", std::string(to_string(cfg_.ksm.scope))},
+                        {"potential_saving_pages", potential_saving_},
+                        {"filter_updates", filter_updates_}};
+    if (k0.ksmd_cpu_seconds && k1.ksmd_cpu_seconds) j["ksm"]["ksmd_cpu_s"] = *k1.ksmd_cpu_seconds - *k0.ksmd_cpu_seconds;
+    const long page = sysconf(_SC_PAGESIZE);
+    std::printf("  reclaimed by ballooning (largest inflation, summed): %s; KSM (system-wide) saving at the end: %s (%llu pages sharing)\n",
+                format_size(reclaimed).c_str(), format_size(k1.get("pages_sharing") * static_cast<uint64_t>(page)).c_str(),
+                static_cast<unsigned long long>(k1.get("pages_sharing")));
+    j["reclaimed_bytes"] = reclaimed;
+    std::printf("  exit status %d\n", status);
+    std::fflush(stdout);
+    auto written = write_file_atomic(run_dir_ + "/summary.json", j.dump(2) + "\n", 0644);
+    if (written.is_error()) report(written.error().message);
+}
+
+}  // namespace hangar
