@@ -42,7 +42,7 @@ integration: build
 	ctest --test-dir $(BUILD) --output-on-failure -L integration $(CTEST_ARGS)
 
 format:
-	@git ls-files '*.cpp' '*.h' | xargs clang-format -i
+	@git ls-files "*.c" "*.cpp" "*.h" | xargs clang-format -i
 
 clean:
 	rm -rf $(BUILD)

@@ -28,7 +28,7 @@ std::vector<PolicyDecision> IdleTaxPolicy::decide(const std::vector<VmObservatio
         uint64_t protect = 0;
         uint64_t active = 0;
         uint64_t alloc = 0;
-        bool managed = false;   // has stats: may be inflated
+        bool managed = false;  // has stats: may be inflated
         bool pressure = false;
         std::string reason;
     };

@@ -32,18 +32,18 @@ struct GuestStats {
     std::optional<uint64_t> alloc_stalls;     // allocations that had to reclaim first
     std::optional<uint64_t> direct_reclaims;  // bytes the guest's caches gave back (Linux's unit;
                                               // the policy only asks whether it grew)
-    uint64_t last_update = 0;             // guest time of the last report, 0 = never
+    uint64_t last_update = 0;                 // guest time of the last report, 0 = never
 };
 
 struct VmObservation {
     std::string name;
-    uint64_t memory = 0;                // configured RAM (the balloon's upper bound)
-    uint64_t min_memory = 0;            // configured floor
+    uint64_t memory = 0;      // configured RAM (the balloon's upper bound)
+    uint64_t min_memory = 0;  // configured floor
     unsigned shares = 1000;
-    std::optional<uint64_t> actual;     // query-balloon: memory the guest has now
-    std::optional<uint64_t> target;     // the last target hangar set
-    std::optional<GuestStats> stats;    // only fresh stats (the fleet drops stale ones)
-    std::optional<GuestStats> previous; // the sample before, for fault/stall rates
+    std::optional<uint64_t> actual;      // query-balloon: memory the guest has now
+    std::optional<uint64_t> target;      // the last target hangar set
+    std::optional<GuestStats> stats;     // only fresh stats (the fleet drops stale ones)
+    std::optional<GuestStats> previous;  // the sample before, for fault/stall rates
 };
 
 struct PolicyDecision {
@@ -82,15 +82,14 @@ public:
 // squeezing to make room is in use, though the guest counts it as available; it stays counted
 // so for `reclaim_hold` periods after the counters stop rising. This raises what
 // the guest may be given, not what it is guaranteed, so caches competing for a tight budget
-// still split it by shares instead of all claiming their full size. A guest without stats is never inflated: without a working set we
-// cannot promise it will not OOM. Targets move only when the change beats the hysteresis, and an
-// inflate is capped at max_step per period so a guest can react before the next one.
+// still split it by shares instead of all claiming their full size. A guest without stats is never inflated: without a
+// working set we cannot promise it will not OOM. Targets move only when the change beats the hysteresis, and an inflate
+// is capped at max_step per period so a guest can react before the next one.
 class IdleTaxPolicy : public BalloonPolicy {
 public:
     explicit IdleTaxPolicy(PolicyConfig config) : c_(config) {}
     std::string name() const override { return "idle-tax"; }
-    std::vector<PolicyDecision> decide(const std::vector<VmObservation>& vms,
-                                       std::optional<uint64_t> budget) override;
+    std::vector<PolicyDecision> decide(const std::vector<VmObservation>& vms, std::optional<uint64_t> budget) override;
 
     static constexpr uint64_t kChunk = 2ull << 20;
 

@@ -90,12 +90,16 @@ std::string unknown_key_message(std::string_view where, const std::string& key,
 template <typename E>
 using Name = std::pair<std::string_view, E>;
 constexpr Name<Machine> kMachines[] = {{"microvm", Machine::Microvm}, {"q35", Machine::Q35}, {"pc", Machine::Pc}};
-constexpr Name<KsmMode> kKsmModes[] = {
-    {"unchanged", KsmMode::Unchanged}, {"off", KsmMode::Off}, {"blind", KsmMode::Blind}, {"targeted", KsmMode::Targeted}};
+constexpr Name<KsmMode> kKsmModes[] = {{"unchanged", KsmMode::Unchanged},
+                                       {"off", KsmMode::Off},
+                                       {"blind", KsmMode::Blind},
+                                       {"targeted", KsmMode::Targeted}};
 constexpr Name<PolicyKind> kPolicyKinds[] = {{"idle-tax", PolicyKind::IdleTax}, {"none", PolicyKind::None}};
 constexpr Name<ShareScope> kShareScopes[] = {{"across", ShareScope::AcrossVms}, {"within", ShareScope::WithinVm}};
-constexpr Name<StatusDisplay> kStatusDisplays[] = {
-    {"auto", StatusDisplay::Auto}, {"tty", StatusDisplay::Tty}, {"plain", StatusDisplay::Plain}, {"off", StatusDisplay::Off}};
+constexpr Name<StatusDisplay> kStatusDisplays[] = {{"auto", StatusDisplay::Auto},
+                                                   {"tty", StatusDisplay::Tty},
+                                                   {"plain", StatusDisplay::Plain},
+                                                   {"off", StatusDisplay::Off}};
 
 template <typename E, size_t N>
 std::optional<E> value_of(const Name<E> (&names)[N], std::string_view word) {
@@ -198,39 +202,55 @@ private:
     std::string where_;
 };
 
-const std::vector<std::string_view> kVmKeys = {
-    "name", "app", "args", "memory", "min_memory", "machine", "balloon", "start", "shares",
-    "kernel", "qemu_args", "balloon_props", "count"};
+const std::vector<std::string_view> kVmKeys = {"name",      "app",           "args",  "memory", "min_memory",
+                                               "machine",   "balloon",       "start", "shares", "kernel",
+                                               "qemu_args", "balloon_props", "count"};
 
 ErrorOr<void> apply_vm_key(VmSpec& vm, const Reader& r, const std::string& key, const json& v) {
-    if (key == "name") vm.name = TRY(r.str(v, key));
-    else if (key == "app") vm.app = TRY(r.str(v, key));
-    else if (key == "args") vm.args = TRY(r.strings(v, key));
-    else if (key == "memory") vm.memory = TRY(r.size(v, key));
-    else if (key == "min_memory") vm.min_memory = TRY(r.size(v, key));
+    if (key == "name")
+        vm.name = TRY(r.str(v, key));
+    else if (key == "app")
+        vm.app = TRY(r.str(v, key));
+    else if (key == "args")
+        vm.args = TRY(r.strings(v, key));
+    else if (key == "memory")
+        vm.memory = TRY(r.size(v, key));
+    else if (key == "min_memory")
+        vm.min_memory = TRY(r.size(v, key));
     else if (key == "machine") {
         // r.at() around r.str() too: a non-string's message names the key twice, as it always has
         // (left for a fix of its own; this change keeps every message).
         const std::string s = TRY(r.at(key, r.str(v, key)));
         vm.machine = TRY(r.at(key, parse_machine(s)));
-    } else if (key == "balloon") vm.balloon = TRY(r.boolean(v, key));
+    } else if (key == "balloon")
+        vm.balloon = TRY(r.boolean(v, key));
     else if (key == "start") {
         std::string s = TRY(r.str(v, key));
-        if (s == "running") vm.start = StartMode::Running;
-        else if (s == "paused") vm.start = StartMode::Paused;
-        else return r.fail(key, "expected \"running\" or \"paused\", got \"" + s + "\"");
-    } else if (key == "shares") vm.shares = static_cast<unsigned>(TRY(r.uint(v, key, 1000000, 1)));
-    else if (key == "kernel") vm.kernel = TRY(r.str(v, key));
-    else if (key == "qemu_args") vm.qemu_args = TRY(r.strings(v, key));
+        if (s == "running")
+            vm.start = StartMode::Running;
+        else if (s == "paused")
+            vm.start = StartMode::Paused;
+        else
+            return r.fail(key, "expected \"running\" or \"paused\", got \"" + s + "\"");
+    } else if (key == "shares")
+        vm.shares = static_cast<unsigned>(TRY(r.uint(v, key, 1000000, 1)));
+    else if (key == "kernel")
+        vm.kernel = TRY(r.str(v, key));
+    else if (key == "qemu_args")
+        vm.qemu_args = TRY(r.strings(v, key));
     else if (key == "balloon_props") {
         if (!v.is_object()) return r.fail(key, "expected an object of device properties");
         vm.balloon_props.clear();
         for (auto it = v.begin(); it != v.end(); ++it) {
             const json& pv = it.value();
-            if (pv.is_string()) vm.balloon_props[it.key()] = pv.get<std::string>();
-            else if (pv.is_boolean()) vm.balloon_props[it.key()] = pv.get<bool>() ? "on" : "off";
-            else if (pv.is_number_unsigned()) vm.balloon_props[it.key()] = std::to_string(pv.get<uint64_t>());
-            else return r.fail(key + "." + it.key(), "expected a string, boolean or integer");
+            if (pv.is_string())
+                vm.balloon_props[it.key()] = pv.get<std::string>();
+            else if (pv.is_boolean())
+                vm.balloon_props[it.key()] = pv.get<bool>() ? "on" : "off";
+            else if (pv.is_number_unsigned())
+                vm.balloon_props[it.key()] = std::to_string(pv.get<uint64_t>());
+            else
+                return r.fail(key + "." + it.key(), "expected a string, boolean or integer");
         }
     }
     return {};
@@ -238,19 +258,27 @@ ErrorOr<void> apply_vm_key(VmSpec& vm, const Reader& r, const std::string& key, 
 
 ErrorOr<void> parse_policy(PolicyConfig& p, const json& v, const std::string& where) {
     Reader r(where);
-    TRY(r.check_keys(v, {"name", "tax_rate", "floor", "hysteresis", "max_step", "pressure_grow", "reclaim_hold", "sweep"}));
+    TRY(r.check_keys(
+        v, {"name", "tax_rate", "floor", "hysteresis", "max_step", "pressure_grow", "reclaim_hold", "sweep"}));
     for (auto it = v.begin(); it != v.end(); ++it) {
         const std::string& k = it.key();
         if (k == "name") {
             const std::string name = TRY(r.str(*it, k));
             p.kind = TRY(parse_policy_kind(name));
-        } else if (k == "tax_rate") p.tax_rate = TRY(r.number(*it, k));
-        else if (k == "floor") p.floor = TRY(r.size(*it, k));
-        else if (k == "hysteresis") p.hysteresis = TRY(r.size(*it, k));
-        else if (k == "max_step") p.max_step = TRY(r.size(*it, k));
-        else if (k == "pressure_grow") p.pressure_grow = TRY(r.number(*it, k));
-        else if (k == "reclaim_hold") p.reclaim_hold = static_cast<unsigned>(TRY(r.uint(*it, k, 100000)));
-        else if (k == "sweep") p.sweep = TRY(r.duration(*it, k));
+        } else if (k == "tax_rate")
+            p.tax_rate = TRY(r.number(*it, k));
+        else if (k == "floor")
+            p.floor = TRY(r.size(*it, k));
+        else if (k == "hysteresis")
+            p.hysteresis = TRY(r.size(*it, k));
+        else if (k == "max_step")
+            p.max_step = TRY(r.size(*it, k));
+        else if (k == "pressure_grow")
+            p.pressure_grow = TRY(r.number(*it, k));
+        else if (k == "reclaim_hold")
+            p.reclaim_hold = static_cast<unsigned>(TRY(r.uint(*it, k, 100000)));
+        else if (k == "sweep")
+            p.sweep = TRY(r.duration(*it, k));
     }
     return {};
 }
@@ -261,24 +289,32 @@ ErrorOr<void> parse_ksm(KsmConfig& k, const json& v, const std::string& where) {
         k.mode = TRY(parse_ksm_mode(v.get<std::string>()));
         return {};
     }
-    TRY(r.check_keys(v, {"mode", "pages_to_scan", "sleep_millisecs", "merge_across_nodes",
-                         "use_zero_pages", "sysfs", "scope", "hint_refresh", "lock", "lock_wait"}));
+    TRY(r.check_keys(v, {"mode", "pages_to_scan", "sleep_millisecs", "merge_across_nodes", "use_zero_pages", "sysfs",
+                         "scope", "hint_refresh", "lock", "lock_wait"}));
     for (auto it = v.begin(); it != v.end(); ++it) {
         const std::string& key = it.key();
         if (key == "mode") {
             const std::string mode = TRY(r.at(key, r.str(*it, key)));  // key named twice, as for machine
             k.mode = TRY(r.at(key, parse_ksm_mode(mode)));
-        } else if (key == "pages_to_scan") k.pages_to_scan = TRY(r.uint(*it, key, kMaxKsmKnob, 1));
-        else if (key == "sleep_millisecs") k.sleep_millisecs = TRY(r.uint(*it, key, kMaxKsmKnob));
-        else if (key == "merge_across_nodes") k.merge_across_nodes = TRY(r.uint(*it, key, 1));
-        else if (key == "use_zero_pages") k.use_zero_pages = TRY(r.uint(*it, key, 1));
-        else if (key == "sysfs") k.sysfs = TRY(r.str(*it, key));
+        } else if (key == "pages_to_scan")
+            k.pages_to_scan = TRY(r.uint(*it, key, kMaxKsmKnob, 1));
+        else if (key == "sleep_millisecs")
+            k.sleep_millisecs = TRY(r.uint(*it, key, kMaxKsmKnob));
+        else if (key == "merge_across_nodes")
+            k.merge_across_nodes = TRY(r.uint(*it, key, 1));
+        else if (key == "use_zero_pages")
+            k.use_zero_pages = TRY(r.uint(*it, key, 1));
+        else if (key == "sysfs")
+            k.sysfs = TRY(r.str(*it, key));
         else if (key == "scope") {
             const std::string scope = TRY(r.str(*it, key));
             k.scope = TRY(parse_share_scope(scope));
-        } else if (key == "hint_refresh") k.hint_refresh = TRY(r.duration(*it, key));
-        else if (key == "lock") k.lock = TRY(r.str(*it, key));
-        else if (key == "lock_wait") k.lock_wait = TRY(r.duration(*it, key));
+        } else if (key == "hint_refresh")
+            k.hint_refresh = TRY(r.duration(*it, key));
+        else if (key == "lock")
+            k.lock = TRY(r.str(*it, key));
+        else if (key == "lock_wait")
+            k.lock_wait = TRY(r.duration(*it, key));
     }
     return {};
 }
@@ -324,17 +360,22 @@ ErrorOr<uint64_t> parse_size(std::string_view text) {
     if (s.empty() || !split_number(s, value, unit))
         return Error{"invalid size \"" + std::string(text) + "\" (expected e.g. 512M, 1G, 1.5GiB)"};
     double mult;
-    if (unit.empty() || unit == "b") mult = 1;
-    else if (unit == "k" || unit == "kb" || unit == "kib") mult = 1024.0;
-    else if (unit == "m" || unit == "mb" || unit == "mib") mult = 1024.0 * 1024;
-    else if (unit == "g" || unit == "gb" || unit == "gib") mult = 1024.0 * 1024 * 1024;
-    else if (unit == "t" || unit == "tb" || unit == "tib") mult = 1024.0 * 1024 * 1024 * 1024;
-    else return Error{"invalid size unit in \"" + std::string(text) + "\" (use K, M, G or T)"};
+    if (unit.empty() || unit == "b")
+        mult = 1;
+    else if (unit == "k" || unit == "kb" || unit == "kib")
+        mult = 1024.0;
+    else if (unit == "m" || unit == "mb" || unit == "mib")
+        mult = 1024.0 * 1024;
+    else if (unit == "g" || unit == "gb" || unit == "gib")
+        mult = 1024.0 * 1024 * 1024;
+    else if (unit == "t" || unit == "tb" || unit == "tib")
+        mult = 1024.0 * 1024 * 1024 * 1024;
+    else
+        return Error{"invalid size unit in \"" + std::string(text) + "\" (use K, M, G or T)"};
     double bytes = value * mult;
     if (!std::isfinite(bytes) || bytes >= 18446744073709549568.0)
         return Error{"size \"" + std::string(text) + "\" is too large"};
-    if (bytes != std::floor(bytes))
-        return Error{"size \"" + std::string(text) + "\" is not a whole number of bytes"};
+    if (bytes != std::floor(bytes)) return Error{"size \"" + std::string(text) + "\" is not a whole number of bytes"};
     return static_cast<uint64_t>(bytes);
 }
 
@@ -345,11 +386,16 @@ ErrorOr<Millis> parse_duration(std::string_view text) {
     if (s.empty() || !split_number(s, value, unit))
         return Error{"invalid duration \"" + std::string(text) + "\" (expected e.g. 60s, 500ms, 2m)"};
     double ms;
-    if (unit.empty() || unit == "s") ms = value * 1000;
-    else if (unit == "ms") ms = value;
-    else if (unit == "m" || unit == "min") ms = value * 60000;
-    else if (unit == "h") ms = value * 3600000;
-    else return Error{"invalid duration unit in \"" + std::string(text) + "\" (use ms, s, m or h)"};
+    if (unit.empty() || unit == "s")
+        ms = value * 1000;
+    else if (unit == "ms")
+        ms = value;
+    else if (unit == "m" || unit == "min")
+        ms = value * 60000;
+    else if (unit == "h")
+        ms = value * 3600000;
+    else
+        return Error{"invalid duration unit in \"" + std::string(text) + "\" (use ms, s, m or h)"};
     if (!std::isfinite(ms) || ms > static_cast<double>(kMaxDurationSeconds) * 1000)
         return Error{"duration \"" + std::string(text) + "\" is too long"};
     return Millis(static_cast<int64_t>(ms));
@@ -384,9 +430,12 @@ ErrorOr<StatusDisplay> parse_status_display(std::string_view text) {
 std::string format_size(uint64_t bytes) {
     char buf[48];
     const double mib = static_cast<double>(bytes) / (1024.0 * 1024.0);
-    if (bytes >= (1ull << 30)) snprintf(buf, sizeof buf, "%.2f GiB", mib / 1024.0);
-    else if (bytes >= (1ull << 20) || bytes == 0) snprintf(buf, sizeof buf, "%.0f MiB", mib);
-    else snprintf(buf, sizeof buf, "%.0f KiB", static_cast<double>(bytes) / 1024.0);
+    if (bytes >= (1ull << 30))
+        snprintf(buf, sizeof buf, "%.2f GiB", mib / 1024.0);
+    else if (bytes >= (1ull << 20) || bytes == 0)
+        snprintf(buf, sizeof buf, "%.0f MiB", mib);
+    else
+        snprintf(buf, sizeof buf, "%.0f KiB", static_cast<double>(bytes) / 1024.0);
     return buf;
 }
 
@@ -400,8 +449,10 @@ ErrorOr<VmSpec> parse_vm_flag(std::string_view text) {
         size_t eq = text.find('=', i);
         size_t comma = text.find(',', i);
         if (eq == std::string_view::npos || (comma != std::string_view::npos && comma < eq))
-            return Error{"--vm " + std::string(text) + ": expected key=value, got \"" +
-                              std::string(text.substr(i, comma == std::string_view::npos ? std::string_view::npos : comma - i)) + "\""};
+            return Error{
+                "--vm " + std::string(text) + ": expected key=value, got \"" +
+                std::string(text.substr(i, comma == std::string_view::npos ? std::string_view::npos : comma - i)) +
+                "\""};
         std::string key(trim(text.substr(i, eq - i)));
         i = eq + 1;
         std::string value;
@@ -436,9 +487,12 @@ ErrorOr<VmSpec> parse_vm_flag(std::string_view text) {
             return Error{unknown_key_message("--vm " + std::string(text), key, kVmKeys)};
         json v;
         if (key == "balloon") {
-            if (value == "on" || value == "true" || value == "1") v = true;
-            else if (value == "off" || value == "false" || value == "0") v = false;
-            else return r.fail(key, "expected on or off, got \"" + value + "\"");
+            if (value == "on" || value == "true" || value == "1")
+                v = true;
+            else if (value == "off" || value == "false" || value == "0")
+                v = false;
+            else
+                return r.fail(key, "expected on or off, got \"" + value + "\"");
         } else if (key == "shares") {
             if (value.empty() || value.size() > 9 ||
                 !std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; }))
@@ -470,9 +524,9 @@ ErrorOr<Config> parse_config_json(std::string_view text, std::string_view origin
     }
     Config cfg;
     Reader r(where);
-    TRY(r.check_keys(doc, {"vms", "defaults", "budget", "qemu", "kernel", "accel", "duration",
-                           "interval", "grace", "qmp_timeout", "stats_interval", "csv", "plot",
-                           "run_dir", "status", "policy", "ksm", "qemu_user", "qemu_sandbox"}));
+    TRY(r.check_keys(
+        doc, {"vms", "defaults", "budget", "qemu", "kernel", "accel", "duration", "interval", "grace", "qmp_timeout",
+              "stats_interval", "csv", "plot", "run_dir", "status", "policy", "ksm", "qemu_user", "qemu_sandbox"}));
     VmSpec defaults;
     if (doc.contains("defaults")) {
         Reader dr(where + ": defaults");
@@ -493,8 +547,10 @@ ErrorOr<Config> parse_config_json(std::string_view text, std::string_view origin
                 VmSpec vm = defaults;
                 uint64_t count = 1;
                 for (auto f = v[i].begin(); f != v[i].end(); ++f) {
-                    if (f.key() == "count") count = TRY(vr.uint(f.value(), "count", 256, 1));
-                    else TRY(apply_vm_key(vm, vr, f.key(), f.value()));
+                    if (f.key() == "count")
+                        count = TRY(vr.uint(f.value(), "count", 256, 1));
+                    else
+                        TRY(apply_vm_key(vm, vr, f.key(), f.value()));
                 }
                 if (count == 0) return vr.fail("count", "must be at least 1");
                 if (vm.name.empty()) vm.name = "vm" + std::to_string(cfg.vms.size() + 1);
@@ -508,25 +564,41 @@ ErrorOr<Config> parse_config_json(std::string_view text, std::string_view origin
                     }
                 }
             }
-        } else if (k == "budget") cfg.budget = TRY(r.size(v, k));
-        else if (k == "qemu") cfg.qemu = TRY(r.str(v, k));
-        else if (k == "qemu_user") cfg.qemu_user = TRY(r.str(v, k));
-        else if (k == "qemu_sandbox") cfg.qemu_sandbox = TRY(r.str(v, k));
-        else if (k == "kernel") cfg.kernel = TRY(r.str(v, k));
-        else if (k == "accel") cfg.accel = TRY(r.str(v, k));
-        else if (k == "duration") cfg.duration = TRY(r.duration(v, k));
-        else if (k == "interval") cfg.interval = TRY(r.duration(v, k));
-        else if (k == "grace") cfg.grace = TRY(r.duration(v, k));
-        else if (k == "qmp_timeout") cfg.qmp_timeout = TRY(r.duration(v, k));
-        else if (k == "stats_interval") cfg.stats_interval_s = static_cast<unsigned>(TRY(r.uint(v, k, 3600)));
-        else if (k == "csv") cfg.csv = TRY(r.str(v, k));
-        else if (k == "plot") cfg.plot = TRY(r.str(v, k));
-        else if (k == "run_dir") cfg.run_dir = TRY(r.str(v, k));
+        } else if (k == "budget")
+            cfg.budget = TRY(r.size(v, k));
+        else if (k == "qemu")
+            cfg.qemu = TRY(r.str(v, k));
+        else if (k == "qemu_user")
+            cfg.qemu_user = TRY(r.str(v, k));
+        else if (k == "qemu_sandbox")
+            cfg.qemu_sandbox = TRY(r.str(v, k));
+        else if (k == "kernel")
+            cfg.kernel = TRY(r.str(v, k));
+        else if (k == "accel")
+            cfg.accel = TRY(r.str(v, k));
+        else if (k == "duration")
+            cfg.duration = TRY(r.duration(v, k));
+        else if (k == "interval")
+            cfg.interval = TRY(r.duration(v, k));
+        else if (k == "grace")
+            cfg.grace = TRY(r.duration(v, k));
+        else if (k == "qmp_timeout")
+            cfg.qmp_timeout = TRY(r.duration(v, k));
+        else if (k == "stats_interval")
+            cfg.stats_interval_s = static_cast<unsigned>(TRY(r.uint(v, k, 3600)));
+        else if (k == "csv")
+            cfg.csv = TRY(r.str(v, k));
+        else if (k == "plot")
+            cfg.plot = TRY(r.str(v, k));
+        else if (k == "run_dir")
+            cfg.run_dir = TRY(r.str(v, k));
         else if (k == "status") {
             const std::string status = TRY(r.str(v, k));
             cfg.status = TRY(parse_status_display(status));
-        } else if (k == "policy") TRY(parse_policy(cfg.policy, v, where + ": policy"));
-        else if (k == "ksm") TRY(parse_ksm(cfg.ksm, v, where + ": ksm"));
+        } else if (k == "policy")
+            TRY(parse_policy(cfg.policy, v, where + ": policy"));
+        else if (k == "ksm")
+            TRY(parse_ksm(cfg.ksm, v, where + ": ksm"));
     }
     return cfg;
 }
@@ -547,8 +619,7 @@ ErrorOr<void> validate(const Config& c) {
     uint64_t total = 0, floors = 0;
     for (const auto& vm : c.vms) {
         const std::string where = "VM \"" + vm.name + "\"";
-        if (vm.name.empty() || vm.name.size() > 32 ||
-            !std::all_of(vm.name.begin(), vm.name.end(), [](char ch) {
+        if (vm.name.empty() || vm.name.size() > 32 || !std::all_of(vm.name.begin(), vm.name.end(), [](char ch) {
                 return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_';
             }))
             return Error{where + ": a name is 1-32 letters, digits, '-' or '_'"};
@@ -566,7 +637,8 @@ ErrorOr<void> validate(const Config& c) {
             return Error{where + ": memory " + format_size(vm.memory) + " is above 1 TiB (allowed: 16 MiB to 1 TiB)"};
         if (vm.memory % (1ull << 20)) return Error{where + ": memory must be a whole number of MiB"};
         if (vm.min_memory > vm.memory)
-            return Error{where + ": min_memory " + format_size(vm.min_memory) + " is above its memory " + format_size(vm.memory)};
+            return Error{where + ": min_memory " + format_size(vm.min_memory) + " is above its memory " +
+                         format_size(vm.memory)};
         if (vm.shares == 0) return Error{where + ": shares must be positive"};
         TRY(check_uint(where + ": shares", vm.shares, 1, 1000000));
         for (const auto& [k, v] : vm.balloon_props)
@@ -578,7 +650,8 @@ ErrorOr<void> validate(const Config& c) {
     if (c.budget) {
         if (*c.budget == 0) return Error{"budget must be positive"};
         if (floors > *c.budget)
-            return Error{"budget " + format_size(*c.budget) + " is below the VMs' floors (" + format_size(floors) + ")"};
+            return Error{"budget " + format_size(*c.budget) + " is below the VMs' floors (" + format_size(floors) +
+                         ")"};
     }
     // Every number has a range, whether it came from a file or a flag (a flag skips the reader).
     using std::chrono::hours;
@@ -594,8 +667,10 @@ ErrorOr<void> validate(const Config& c) {
     TRY(check_size("policy.max_step", c.policy.max_step, 1, 1ull << 40));
     TRY(check_uint("policy.reclaim_hold", c.policy.reclaim_hold, 0, 100000));
     TRY(check_duration("policy.sweep (--sweep)", c.policy.sweep, Millis(100), hours(24), /*zero_ok=*/true));
-    if (c.ksm.pages_to_scan) TRY(check_uint("ksm.pages_to_scan (--ksm-pages-to-scan)", *c.ksm.pages_to_scan, 1, kMaxKsmKnob));
-    if (c.ksm.sleep_millisecs) TRY(check_uint("ksm.sleep_millisecs (--ksm-sleep-ms)", *c.ksm.sleep_millisecs, 0, kMaxKsmKnob));
+    if (c.ksm.pages_to_scan)
+        TRY(check_uint("ksm.pages_to_scan (--ksm-pages-to-scan)", *c.ksm.pages_to_scan, 1, kMaxKsmKnob));
+    if (c.ksm.sleep_millisecs)
+        TRY(check_uint("ksm.sleep_millisecs (--ksm-sleep-ms)", *c.ksm.sleep_millisecs, 0, kMaxKsmKnob));
     if (c.ksm.merge_across_nodes) TRY(check_uint("ksm.merge_across_nodes", *c.ksm.merge_across_nodes, 0, 1));
     if (c.ksm.use_zero_pages) TRY(check_uint("ksm.use_zero_pages", *c.ksm.use_zero_pages, 0, 1));
     TRY(check_duration("ksm.hint_refresh", c.ksm.hint_refresh, Millis(100), hours(24)));
@@ -610,10 +685,10 @@ ErrorOr<void> validate(const Config& c) {
     if (c.accel != "tcg" && c.accel != "kvm") return Error{"accel must be tcg or kvm, got \"" + c.accel + "\""};
     if (!(c.policy.tax_rate >= 0.0 && c.policy.tax_rate < 1.0))
         return Error{"policy.tax_rate (--tax-rate): " + std::to_string(c.policy.tax_rate) +
-                          " is out of range (allowed: 0 to 1, 1 excluded)"};
+                     " is out of range (allowed: 0 to 1, 1 excluded)"};
     if (!(c.policy.pressure_grow > 0.0 && c.policy.pressure_grow <= 1.0))
         return Error{"policy.pressure_grow: " + std::to_string(c.policy.pressure_grow) +
-                          " is out of range (allowed: above 0, up to 1)"};
+                     " is out of range (allowed: above 0, up to 1)"};
     if (c.ksm.lock.empty()) return Error{"ksm lock must be auto, none or a path, not empty"};
     if (c.ksm.mode == KsmMode::Targeted && c.qemu == "stock")
         return Error{"--ksm targeted needs the patched QEMU (share-hints); stock QEMU cannot target KSM"};

@@ -43,16 +43,16 @@ struct VmSpec {
     // Paused VMs hold their memory and never run the guest: a fleet member that stays up without
     // an app that waits (useful until `idle` exists, and for tests).
     StartMode start = StartMode::Running;
-    unsigned shares = 1000;  // relative weight for the overcommit policy (ESX "shares")
-    std::string kernel;      // empty = the fleet's kernel
+    unsigned shares = 1000;                            // relative weight for the overcommit policy (ESX "shares")
+    std::string kernel;                                // empty = the fleet's kernel
     std::vector<std::string> qemu_args;                // appended verbatim
     std::map<std::string, std::string> balloon_props;  // extra -device properties (patched QEMU)
 };
 
 struct PolicyConfig {
     PolicyKind kind = PolicyKind::IdleTax;  // idle-tax | none
-    double tax_rate = 0.75;         // ESX's default idle memory tax
-    uint64_t floor = 32ull << 20;   // headroom kept above a guest's working set
+    double tax_rate = 0.75;                 // ESX's default idle memory tax
+    uint64_t floor = 32ull << 20;           // headroom kept above a guest's working set
     uint64_t hysteresis = 16ull << 20;
     uint64_t max_step = 256ull << 20;  // largest inflate per VM per period
     double pressure_grow = 0.25;       // fraction of RAM handed back when a guest is under pressure
@@ -90,7 +90,7 @@ struct Config {
     // "nobody" with a warning), a user name, or none (root: not recommended).
     std::string qemu_user = "auto";
     std::string qemu_sandbox = "auto";  // QEMU's seccomp -sandbox: auto (on if supported) | on | off
-    std::string kernel;              // empty = found next to the hangar binary
+    std::string kernel;                 // empty = found next to the hangar binary
     std::string accel = "tcg";
     std::optional<Millis> duration;  // none = until every VM has exited
     Millis interval{1000};           // metrics and policy period
@@ -99,7 +99,7 @@ struct Config {
     unsigned stats_interval_s = 1;   // guest-stats-polling-interval
     std::string csv;
     std::string plot;
-    std::string run_dir;             // empty = a fresh directory under $TMPDIR
+    std::string run_dir;  // empty = a fresh directory under $TMPDIR
     StatusDisplay status = StatusDisplay::Auto;
     PolicyConfig policy;
     KsmConfig ksm;
@@ -110,14 +110,14 @@ inline constexpr uint64_t kMaxBudget = 1ull << 50;   // 1 PiB: 256 VMs of 1 TiB 
 inline constexpr uint64_t kMaxKsmKnob = 1ull << 30;  // pages_to_scan, sleep_millisecs
 
 // Parsing primitives, exposed for the flag parser and tests. Each error is a message for the user.
-ErrorOr<uint64_t> parse_size(std::string_view text);        // "512M", "1G", "1.5GiB", "4096" (bytes)
-ErrorOr<Millis> parse_duration(std::string_view text);      // "60s", "500ms", "2m", "1h", "10" (seconds)
+ErrorOr<uint64_t> parse_size(std::string_view text);    // "512M", "1G", "1.5GiB", "4096" (bytes)
+ErrorOr<Millis> parse_duration(std::string_view text);  // "60s", "500ms", "2m", "1h", "10" (seconds)
 ErrorOr<Machine> parse_machine(std::string_view text);
 ErrorOr<KsmMode> parse_ksm_mode(std::string_view text);
 ErrorOr<PolicyKind> parse_policy_kind(std::string_view text);        // idle-tax | none
 ErrorOr<ShareScope> parse_share_scope(std::string_view text);        // across | within
 ErrorOr<StatusDisplay> parse_status_display(std::string_view text);  // auto | tty | plain | off
-std::string format_size(uint64_t bytes);                    // "512 MiB", "1.5 GiB"
+std::string format_size(uint64_t bytes);                             // "512 MiB", "1.5 GiB"
 
 // One `--vm name=a,app=idle,memory=512M,args="x=1 y=2"` flag.
 ErrorOr<VmSpec> parse_vm_flag(std::string_view text);

@@ -67,10 +67,10 @@ private:
 // Propagate an error to the caller: auto x = TRY(f());  (a GNU statement expression, as in
 // lib/error.h; the same tokens, so a file could include both.)
 #ifndef TRY
-#define TRY(expr)                                            \
-  ({                                                         \
-    auto _try_result = (expr);                               \
-    if (_try_result.is_error()) return _try_result.error();  \
-    _try_result.release_value();                             \
-  })
+#define TRY(expr)                                               \
+    ({                                                          \
+        auto _try_result = (expr);                              \
+        if (_try_result.is_error()) return _try_result.error(); \
+        _try_result.release_value();                            \
+    })
 #endif

@@ -1,11 +1,11 @@
 #include "event_loop.h"
 
+#include <sys/epoll.h>
+#include <unistd.h>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
 #include <string>
-#include <sys/epoll.h>
-#include <unistd.h>
 #include <vector>
 
 namespace hangar {

@@ -2,15 +2,15 @@
 // until every VM has ended. The periodic jobs live beside it (fleet.h says which file has which).
 #include "fleet.h"
 
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
-#include <fcntl.h>
 #include <fstream>
-#include <sys/epoll.h>
-#include <sys/signalfd.h>
-#include <unistd.h>
 
 #include "fleet_vm.h"
 #include "safe_fs.h"
@@ -69,13 +69,9 @@ Fleet::~Fleet() {
     if (signal_fd_ >= 0) ::close(signal_fd_);
 }
 
-double Fleet::now_s() const {
-    return std::chrono::duration<double>(Clock::now() - started_).count();
-}
+double Fleet::now_s() const { return std::chrono::duration<double>(Clock::now() - started_).count(); }
 
-void Fleet::report(const std::string& line) {
-    view_.message("hangar: " + line);
-}
+void Fleet::report(const std::string& line) { view_.message("hangar: " + line); }
 
 void Fleet::launch(Vm& vm) {
     LaunchPlan plan = plan_;
@@ -129,7 +125,8 @@ void Fleet::try_connect(Vm& vm) {
     QmpClient::Callbacks cb;
     cb.on_ready = [this, p] { on_qmp_ready(*p); };
     cb.on_event = [p](const std::string& event, const json& data) {
-        if (event == "BALLOON_CHANGE" && data.is_object() && data.contains("actual") && data["actual"].is_number_unsigned())
+        if (event == "BALLOON_CHANGE" && data.is_object() && data.contains("actual") &&
+            data["actual"].is_number_unsigned())
             p->actual = data["actual"].get<uint64_t>();
     };
     cb.on_closed = [this, p](const std::string& why) { on_qmp_closed(*p, why); };
@@ -160,13 +157,13 @@ void Fleet::on_qmp_ready(Vm& vm) {
     vm.phase = Vm::Phase::Ready;
     Vm* p = &vm;
     if (vm.spec.balloon) {
-        vm.qmp->execute("qom-set",
-                        {{"path", kBalloonPath}, {"property", "guest-stats-polling-interval"},
-                         {"value", cfg_.stats_interval_s}},
-                        [this, p](const QmpReply& r) {
-                            if (!r.ok && r.error_class != "Disconnected")
-                                qmp_problem(*p, "enabling guest stats failed: " + r.describe());
-                        });
+        vm.qmp->execute(
+            "qom-set",
+            {{"path", kBalloonPath}, {"property", "guest-stats-polling-interval"}, {"value", cfg_.stats_interval_s}},
+            [this, p](const QmpReply& r) {
+                if (!r.ok && r.error_class != "Disconnected")
+                    qmp_problem(*p, "enabling guest stats failed: " + r.describe());
+            });
         vm.qmp->execute("query-balloon", [p](const QmpReply& r) {
             if (r.ok && r.value.contains("actual") && r.value["actual"].is_number_unsigned())
                 p->actual = r.value["actual"].get<uint64_t>();
@@ -175,30 +172,33 @@ void Fleet::on_qmp_ready(Vm& vm) {
         // nothing for the guest but makes the target known, and the config-change interrupt it
         // raises is what gets some guests to send their first stats buffer.
         vm.qmp->execute("balloon", {{"value", vm.spec.memory}}, [this, p](const QmpReply& r) {
-            if (r.ok) p->target = p->spec.memory;
-            else if (r.error_class != "Disconnected") qmp_problem(*p, "balloon failed: " + r.describe());
+            if (r.ok)
+                p->target = p->spec.memory;
+            else if (r.error_class != "Disconnected")
+                qmp_problem(*p, "balloon failed: " + r.describe());
         });
     }
     if (targeting_ && vm.spec.balloon) {
         // Nothing is mergeable until hangar knows the twins: without a filter QEMU marks every hint
         // the guest sends, and narrowing that later would unmerge (copy) whatever KSM had merged.
         vm.filter_sent.reset();
-        vm.qmp->execute("x-blimp-balloon-hint-filter", hint_filter_args(std::set<uint64_t>{}),
-                        [this, p](const QmpReply& r) {
-                            if (r.ok) {
-                                if (!p->filter_sent) p->filter_sent = std::set<uint64_t>{};
-                                return;
-                            }
-                            if (r.error_class == "Disconnected") return;
-                            p->hints_off = true;
-                            qmp_problem(*p, "x-blimp-balloon-hint-filter failed, not targeting KSM for this VM: " +
-                                                r.describe());
-                        });
+        vm.qmp->execute(
+            "x-blimp-balloon-hint-filter", hint_filter_args(std::set<uint64_t>{}), [this, p](const QmpReply& r) {
+                if (r.ok) {
+                    if (!p->filter_sent) p->filter_sent = std::set<uint64_t>{};
+                    return;
+                }
+                if (r.error_class == "Disconnected") return;
+                p->hints_off = true;
+                qmp_problem(*p, "x-blimp-balloon-hint-filter failed, not targeting KSM for this VM: " + r.describe());
+            });
     }
     if (vm.spec.start == StartMode::Running) {
         vm.qmp->execute("cont", [this, p](const QmpReply& r) {
-            if (r.ok) p->resumed = true;
-            else if (r.error_class != "Disconnected") qmp_problem(*p, "cont failed: " + r.describe());
+            if (r.ok)
+                p->resumed = true;
+            else if (r.error_class != "Disconnected")
+                qmp_problem(*p, "cont failed: " + r.describe());
         });
     } else {
         report("vm " + vm.spec.name + ": left paused (start=paused)");
@@ -256,7 +256,8 @@ void Fleet::finish_vm(Vm& vm) {
     report("vm " + vm.spec.name + ": " + e.describe());
     if (!e.ok() && (e.kind == VmExit::Kind::QemuError || e.kind == VmExit::Kind::FailedToStart)) {
         std::string log = read_file_tail(vm.qemu_log, 2048);
-        if (!log.empty()) report("vm " + vm.spec.name + ": QEMU said: " + log.substr(0, log.find_last_not_of("\n") + 1));
+        if (!log.empty())
+            report("vm " + vm.spec.name + ": QEMU said: " + log.substr(0, log.find_last_not_of("\n") + 1));
     }
 }
 
@@ -396,8 +397,10 @@ int Fleet::run() {
         std::vector<std::string> names;
         for (const auto& vm : vms_) names.push_back(vm->spec.name);
         auto plotted = write_plot(cfg_.csv, cfg_.plot, names);
-        if (plotted.is_error()) report("plot not written: " + plotted.error().message);
-        else report("plot written to " + cfg_.plot);
+        if (plotted.is_error())
+            report("plot not written: " + plotted.error().message);
+        else
+            report("plot written to " + cfg_.plot);
     }
     int status = exit_status();
     write_summary(status);

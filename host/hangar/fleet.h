@@ -28,10 +28,10 @@ namespace hangar {
 // hangar's exit statuses (documented in docs/hangar.md and `hangar --help`).
 enum ExitStatus : int {
     kExitOk = 0,
-    kExitVmFailed = 1,    // at least one VM ended badly (guest status != 0, killed, failed to start...)
-    kExitUsage = 2,       // bad command line or config: nothing was started
-    kExitEnvironment = 3, // run directory, KSM control or signal setup failed
-    kExitQmpErrors = 4,   // every VM ended well, but QMP commands failed along the way
+    kExitVmFailed = 1,     // at least one VM ended badly (guest status != 0, killed, failed to start...)
+    kExitUsage = 2,        // bad command line or config: nothing was started
+    kExitEnvironment = 3,  // run directory, KSM control or signal setup failed
+    kExitQmpErrors = 4,    // every VM ended well, but QMP commands failed along the way
 };
 
 // QEMU's guest-stats QOM property ({"stats": {"stat-free-memory": N, ...}, "last-update": T})
@@ -107,7 +107,7 @@ private:
     EventLoop::TimerId sample_timer_ = 0;
     EventLoop::TimerId hint_timer_ = 0;
     EventLoop::TimerId sweep_timer_ = 0;
-    bool targeting_ = false;  // targeted KSM on the patched QEMU: hints drive the filters
+    bool targeting_ = false;         // targeted KSM on the patched QEMU: hints drive the filters
     uint64_t potential_saving_ = 0;  // the sharing index's best case, largest seen (pages)
     uint64_t filter_updates_ = 0;
     std::string last_index_line_;

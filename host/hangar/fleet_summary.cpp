@@ -1,7 +1,7 @@
 // The summary at the end of a run: a table on stdout and summary.json in the run directory.
+#include <unistd.h>
 #include <algorithm>
 #include <cstdio>
-#include <unistd.h>
 
 #include "fleet.h"
 #include "fleet_vm.h"
@@ -60,8 +60,8 @@ void Fleet::write_summary(int status) {
             mem = "  peak rss " + format_size(it->second.peak_rss);
             if (it->second.min_actual) mem += ", smallest balloon " + format_size(*it->second.min_actual);
         }
-        std::printf("  %-12s %s%s%s\n", vm->spec.name.c_str(), vm->exit && vm->exit->ok() ? "" : "FAILED: ", line.c_str(),
-                    mem.c_str());
+        std::printf("  %-12s %s%s%s\n", vm->spec.name.c_str(),
+                    vm->exit && vm->exit->ok() ? "" : "FAILED: ", line.c_str(), mem.c_str());
         if (!vm->qmp_errors.empty())
             std::printf("  %-12s %zu QMP error(s), first: %s\n", "", vm->qmp_errors.size(), vm->qmp_errors[0].c_str());
         j["vms"].push_back(v);
@@ -79,11 +79,14 @@ void Fleet::write_summary(int status) {
         j["sharing"] = {{"scope", std::string(to_string(cfg_.ksm.scope))},
                         {"potential_saving_pages", potential_saving_},
                         {"filter_updates", filter_updates_}};
-    if (k0.ksmd_cpu_seconds && k1.ksmd_cpu_seconds) j["ksm"]["ksmd_cpu_s"] = *k1.ksmd_cpu_seconds - *k0.ksmd_cpu_seconds;
+    if (k0.ksmd_cpu_seconds && k1.ksmd_cpu_seconds)
+        j["ksm"]["ksmd_cpu_s"] = *k1.ksmd_cpu_seconds - *k0.ksmd_cpu_seconds;
     const long page = sysconf(_SC_PAGESIZE);
-    std::printf("  reclaimed by ballooning (largest inflation, summed): %s; KSM (system-wide) saving at the end: %s (%llu pages sharing)\n",
-                format_size(reclaimed).c_str(), format_size(k1.get("pages_sharing") * static_cast<uint64_t>(page)).c_str(),
-                static_cast<unsigned long long>(k1.get("pages_sharing")));
+    std::printf(
+        "  reclaimed by ballooning (largest inflation, summed): %s; KSM (system-wide) saving at the end: %s (%llu "
+        "pages sharing)\n",
+        format_size(reclaimed).c_str(), format_size(k1.get("pages_sharing") * static_cast<uint64_t>(page)).c_str(),
+        static_cast<unsigned long long>(k1.get("pages_sharing")));
     j["reclaimed_bytes"] = reclaimed;
     std::printf("  exit status %d\n", status);
     std::fflush(stdout);

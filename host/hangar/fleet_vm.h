@@ -21,9 +21,9 @@ struct Fleet::Vm {
     std::string qmp_path, serial_log, qemu_log;
     Clock::time_point connect_deadline{};
     int watched_fd = -1;
-    bool stopping = false;       // hangar asked it to stop
-    bool lost_qmp = false;       // hangar gave up on it after its QMP connection broke
-    bool resumed = false;        // "cont" succeeded: the guest has run
+    bool stopping = false;  // hangar asked it to stop
+    bool lost_qmp = false;  // hangar gave up on it after its QMP connection broke
+    bool resumed = false;   // "cont" succeeded: the guest has run
     std::optional<uint64_t> actual, target;
     std::optional<GuestStats> stats, prev_stats;
     Clock::time_point stats_seen{};
@@ -37,10 +37,10 @@ struct Fleet::Vm {
     bool hints_read = false;  // its hints have been read into the index at least once
     std::vector<Hint> hints_accum;
     std::optional<std::set<uint64_t>> filter_sent;
-    uint64_t hint_pages = 0;  // as last read, kept for the summary after the VM is gone
+    uint64_t hint_pages = 0;                            // as last read, kept for the summary after the VM is gone
     std::optional<uint64_t> marked_pages, marked_runs;  // QEMU's answer to the last filter
     // Page-state sweeps
-    bool sweeps = false;      // page-states=on on the patched QEMU
+    bool sweeps = false;  // page-states=on on the patched QEMU
     bool sweep_busy = false;
     uint64_t swept_pages = 0;
 

@@ -4,20 +4,20 @@
 #include "safe_fs.h"
 #include "vm_process.h"
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
-#include <dirent.h>
-#include <fcntl.h>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <sys/file.h>
-#include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <thread>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -52,14 +52,19 @@ ErrorOr<void> write_value(const std::string& path, const std::string& value) {
 }
 
 // The knobs hangar may change; counters (pages_shared, ...) are read-only and never "restored".
-const std::vector<std::string> kTunables = {
-    "run", "pages_to_scan", "sleep_millisecs", "merge_across_nodes", "use_zero_pages",
-    "max_page_sharing", "stable_node_chains_prune_millisecs", "smart_scan", "advisor_mode"};
+const std::vector<std::string> kTunables = {"run",
+                                            "pages_to_scan",
+                                            "sleep_millisecs",
+                                            "merge_across_nodes",
+                                            "use_zero_pages",
+                                            "max_page_sharing",
+                                            "stable_node_chains_prune_millisecs",
+                                            "smart_scan",
+                                            "advisor_mode"};
 
 const std::vector<std::string> kCounters = {
-    "pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "full_scans",
-    "pages_scanned", "pages_skipped", "stable_node_chains", "stable_node_dups", "ksm_zero_pages",
-    "general_profit"};
+    "pages_shared",  "pages_sharing",      "pages_unshared",   "pages_volatile", "full_scans",    "pages_scanned",
+    "pages_skipped", "stable_node_chains", "stable_node_dups", "ksm_zero_pages", "general_profit"};
 
 // A save file as written by persist() (and tests/lib/ksm.py).
 struct SaveFile {
@@ -77,7 +82,8 @@ ErrorOr<SaveFile> load_save_file(const std::string& path) {
     }
     std::string text;
     char buf[4096];
-    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0 && text.size() < (1u << 20);) text.append(buf, static_cast<size_t>(n));
+    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0 && text.size() < (1u << 20);)
+        text.append(buf, static_cast<size_t>(n));
     ::close(fd);
     nlohmann::json j(nlohmann::json::value_t::discarded);
     if (json_nesting_depth(text, 8) <= 8) j = nlohmann::json::parse(text, nullptr, false);
@@ -101,8 +107,9 @@ ErrorOr<SaveFile> load_save_file(const std::string& path) {
             return Error{path + ": refusing to write unknown setting \"" + name + "\""};
         }
         // Knob values are short words or numbers; anything else is not ours to write as root.
-        if (value.empty() || value.size() > 32 ||
-            !std::all_of(value.begin(), value.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'; })) {
+        if (value.empty() || value.size() > 32 || !std::all_of(value.begin(), value.end(), [](char c) {
+                return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_';
+            })) {
             return Error{path + ": refusing to write \"" + value.substr(0, 40) + "\" to " + name};
         }
         f.saved.emplace_back(name, value);
@@ -262,7 +269,7 @@ ErrorOr<void> KsmControl::restore_stale_file() {
     if (f.is_error()) return Error{"cannot restore stale KSM settings: " + f.error().message};
     if (owner_alive(*f, proc_)) {
         return Error{"KSM settings saved in " + save_file_ + " by " + owner_text(*f) +
-                ", which still runs, are not restored yet; stop it (it restores on exit) or check it"};
+                     ", which still runs, are not restored yet; stop it (it restores on exit) or check it"};
     }
     if (!f->sysfs.empty() && f->sysfs != dir_ && !(is_real_ksm_sysfs(f->sysfs) && is_real_ksm_sysfs(dir_))) {
         return Error{save_file_ + " is for " + f->sysfs + ", not " + dir_ + ": move it away or run hangar ksm-restore"};
@@ -295,7 +302,7 @@ ErrorOr<void> KsmControl::take_lock() {
     int fd = open_nofollow(path, O_RDWR | O_CREAT, 0600);
     if (fd < 0) {
         return Error{"cannot open the KSM lock " + path + ": " + std::strerror(errno) +
-                (errno == EACCES ? " (KSM control needs root)" : "")};
+                     (errno == EACCES ? " (KSM control needs root)" : "")};
     }
     const auto start = std::chrono::steady_clock::now();
     const auto deadline = start + lock_.wait;
@@ -426,7 +433,8 @@ void KsmControl::update_crash_plan() const {
     g_crash_entries = 0;  // a handler running meanwhile sees no half-written entry
     for (const auto& [k, v] : saved_) {
         const std::string path = dir_ + "/" + k;
-        if (n >= 16 || path.size() >= sizeof g_crash_plan[0].path || v.size() + 2 > sizeof g_crash_plan[0].value) continue;
+        if (n >= 16 || path.size() >= sizeof g_crash_plan[0].path || v.size() + 2 > sizeof g_crash_plan[0].value)
+            continue;
         std::memcpy(g_crash_plan[n].path, path.c_str(), path.size() + 1);
         std::memcpy(g_crash_plan[n].value, (v + "\n").c_str(), v.size() + 2);
         ++n;
@@ -435,7 +443,7 @@ void KsmControl::update_crash_plan() const {
 }
 
 std::vector<std::string> KsmControl::restore_from_file(const std::string& path, std::string sysfs_dir, KsmLock lock,
-                                                      const std::string& allowed_sysfs, const std::string& proc_root) {
+                                                       const std::string& allowed_sysfs, const std::string& proc_root) {
     auto f = load_save_file(path);
     if (f.is_error()) return {f.error().message};
     if (sysfs_dir.empty()) sysfs_dir = f->sysfs;

@@ -57,11 +57,11 @@ void restore_ksm_on_crash();
 
 // How KsmControl serialises with other KSM users.
 struct KsmLock {
-    std::string path;  // "" = no lock (a fake sysfs private to a test)
-    std::chrono::milliseconds wait{30000};  // how long to wait for another holder; 0 = not at all
+    std::string path;                                 // "" = no lock (a fake sysfs private to a test)
+    std::chrono::milliseconds wait{30000};            // how long to wait for another holder; 0 = not at all
     std::function<void(const std::string&)> on_wait;  // told once, when the lock is busy
-    std::function<bool()> cancelled;                   // polled while waiting (a pending SIGINT)
-    std::function<void(const std::string&)> on_note;   // told what a stale save restored
+    std::function<bool()> cancelled;                  // polled while waiting (a pending SIGINT)
+    std::function<void(const std::string&)> on_note;  // told what a stale save restored
 };
 
 // The lock file for a KSM sysfs directory given "auto", "none" or a path: "auto" means the
@@ -108,8 +108,8 @@ public:
     // resolved for the sysfs directory used). Writes only to `allowed_sysfs` (the real KSM for
     // the command; a fake directory in tests), only the knobs hangar manages, and only when the
     // file's owner is no longer running.
-    static std::vector<std::string> restore_from_file(const std::string& path, std::string sysfs_dir,
-                                                      KsmLock lock = {}, const std::string& allowed_sysfs = kKsmSysfs,
+    static std::vector<std::string> restore_from_file(const std::string& path, std::string sysfs_dir, KsmLock lock = {},
+                                                      const std::string& allowed_sysfs = kKsmSysfs,
                                                       const std::string& proc_root = "/proc");
 
     KsmCounters counters() const;

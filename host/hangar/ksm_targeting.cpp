@@ -1,7 +1,7 @@
 // KSM targeting: read every guest's sharing hints into the index, and give each patched QEMU the
 // hash filter that makes only pages with a twin mergeable.
-#include <algorithm>
 #include <unistd.h>
+#include <algorithm>
 
 #include "fleet.h"
 #include "fleet_vm.h"
@@ -80,14 +80,16 @@ void Fleet::report_index() {
     for (const auto& up : vms_) {
         if (!hint_member(*up)) continue;
         pages += sharing_.hinted_pages(up->spec.name);
-        if (n++ < 8) twins += (twins.empty() ? "" : ", ") + up->spec.name + " " + std::to_string(sharing_.twins(up->spec.name, scope).size());
+        if (n++ < 8)
+            twins += (twins.empty() ? "" : ", ") + up->spec.name + " " +
+                     std::to_string(sharing_.twins(up->spec.name, scope).size());
     }
     if (n > 8) twins += ", ...";
     const uint64_t saving = sharing_.potential_savings(scope);
     potential_saving_ = std::max(potential_saving_, saving);
     std::string line = "sharing index: " + std::to_string(n) + " VM(s), " + std::to_string(pages) +
-                       " hinted pages; twin hashes " + twins + "; best case saves " + std::to_string(saving) + " pages (" +
-                       format_size(saving * static_cast<uint64_t>(sysconf(_SC_PAGESIZE))) + ")";
+                       " hinted pages; twin hashes " + twins + "; best case saves " + std::to_string(saving) +
+                       " pages (" + format_size(saving * static_cast<uint64_t>(sysconf(_SC_PAGESIZE))) + ")";
     if (line != last_index_line_) report(line);
     last_index_line_ = line;
 }

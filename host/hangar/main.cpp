@@ -1,6 +1,12 @@
 // hangar: launches and manages a fleet of blimp VMs. See docs/hangar.md.
 #include <CLI/CLI.hpp>
 
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <cerrno>
 #include <climits>
 #include <csignal>
@@ -8,12 +14,6 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
-#include <fcntl.h>
-#include <grp.h>
-#include <pwd.h>
-#include <sys/un.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "config.h"
 #include "fleet.h"
@@ -113,10 +113,11 @@ ErrorOr<void> resolve_user(const Config& c, LaunchPlan& plan) {
             name = "nobody";
             pw = getpwnam(name.c_str());
             if (pw)
-                std::fprintf(stderr,
-                             "hangar: warning: no \"blimp\" user: the QEMUs run as \"nobody\", which other services may "
-                             "share; create a dedicated user with: %s\n",
-                             kCreateUser);
+                std::fprintf(
+                    stderr,
+                    "hangar: warning: no \"blimp\" user: the QEMUs run as \"nobody\", which other services may "
+                    "share; create a dedicated user with: %s\n",
+                    kCreateUser);
         }
         if (!pw)
             return Error{std::string("neither a \"blimp\" nor a \"nobody\" user exists to run QEMU as; create one: ") +
@@ -151,7 +152,8 @@ ErrorOr<void> resolve_user(const Config& c, LaunchPlan& plan) {
 ErrorOr<LaunchPlan> resolve_plan(const Config& c) {
     LaunchPlan plan;
     const fs::path patched = build_dir() / "qemu" / "qemu-system-x86_64";
-    const std::string stock = executable("/usr/bin/qemu-system-x86_64") ? "/usr/bin/qemu-system-x86_64" : "qemu-system-x86_64";
+    const std::string stock =
+        executable("/usr/bin/qemu-system-x86_64") ? "/usr/bin/qemu-system-x86_64" : "qemu-system-x86_64";
     if (c.qemu == "stock") {
         plan.qemu = stock;
     } else if (c.qemu == "patched") {
@@ -210,21 +212,24 @@ ErrorOr<std::string> make_run_dir(const std::string& wanted) {
         dir = fs::absolute(wanted, ec).lexically_normal().string();
         if (ec) return Error{"cannot make " + wanted + " an absolute path: " + ec.message()};
         while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-        if (auto safe = make_private_dir(dir); safe.is_error()) return Error{"unsafe run directory: " + safe.error().message};
+        if (auto safe = make_private_dir(dir); safe.is_error())
+            return Error{"unsafe run directory: " + safe.error().message};
         return dir;
     }
     const char* tmp = getenv("TMPDIR");
     std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/hangar-XXXXXX";
     if (!mkdtemp(tmpl.data()))
         return Error{"cannot create a run directory under " + tmpl + ": " + std::strerror(errno)};
-    if (auto safe = check_private_dir(tmpl); safe.is_error()) return Error{"unsafe run directory: " + safe.error().message};
+    if (auto safe = check_private_dir(tmpl); safe.is_error())
+        return Error{"unsafe run directory: " + safe.error().message};
     return tmpl;
 }
 
 struct RunFlags {
     std::string config;
     std::vector<std::string> vms;
-    std::string budget, qemu, kernel, duration, interval, grace, csv, plot, run_dir, ksm, ksm_sysfs, share_scope, policy, status, accel;
+    std::string budget, qemu, kernel, duration, interval, grace, csv, plot, run_dir, ksm, ksm_sysfs, share_scope,
+        policy, status, accel;
     std::string ksm_lock, ksm_lock_wait, qemu_user, qemu_sandbox;
     std::optional<double> tax_rate;
     std::string sweep;
@@ -388,13 +393,15 @@ int main(int argc, char** argv) {
     auto* check = app.add_subcommand("check", "validate a config (and flags), print the QEMU command lines");
     for (auto* sub : {run, check}) {
         sub->add_option("-c,--config", f.config, "fleet file (JSON)");
-        sub->add_option("--vm", f.vms, "a VM: name=a,app=hello,memory=512M,machine=microvm,args=\"x=1 y=2\" (repeatable)");
+        sub->add_option("--vm", f.vms,
+                        "a VM: name=a,app=hello,memory=512M,machine=microvm,args=\"x=1 y=2\" (repeatable)");
         sub->add_option("--budget", f.budget, "host memory budget for all guests, e.g. 1G");
         sub->add_option("--qemu", f.qemu, "stock | patched | auto | PATH (default auto: patched if built)");
         sub->add_option("--kernel", f.kernel, "blimp.elf (default: next to the build)");
         sub->add_option("--qemu-user", f.qemu_user,
                         "who the QEMUs run as when hangar is root: auto (default: blimp, else nobody) | USER | none");
-        sub->add_option("--qemu-sandbox", f.qemu_sandbox, "QEMU's seccomp sandbox: auto (default: on if supported) | on | off");
+        sub->add_option("--qemu-sandbox", f.qemu_sandbox,
+                        "QEMU's seccomp sandbox: auto (default: on if supported) | on | off");
         sub->add_option("--duration", f.duration, "stop everything after this long, e.g. 60s");
         sub->add_option("--interval", f.interval, "metrics and policy period (default 1s)");
         sub->add_option("--grace", f.grace, "time between QMP quit and SIGKILL (default 5s)");
@@ -413,14 +420,16 @@ int main(int argc, char** argv) {
         sub->add_option("--share-scope", f.share_scope, "targeted KSM: across (twins in other VMs, default) | within");
         sub->add_option("--policy", f.policy, "idle-tax | none");
         sub->add_option("--tax-rate", f.tax_rate, "idle memory tax rate in [0,1) (default 0.75)");
-        sub->add_option("--sweep", f.sweep, "page-state reclaim period for VMs with balloon_props page-states=on (patched QEMU)");
+        sub->add_option("--sweep", f.sweep,
+                        "page-state reclaim period for VMs with balloon_props page-states=on (patched QEMU)");
         sub->add_option("--status", f.status, "auto | tty | plain | off");
         sub->add_option("--accel", f.accel, "tcg (default) | kvm");
     }
     run->add_flag("--dry-run", f.dry_run, "print the QEMU command lines and exit");
 
     std::string restore_file = kKsmSaveFile, restore_lock = "auto", restore_lock_wait = "30s";
-    auto* restore = app.add_subcommand("ksm-restore", "put back KSM settings saved by a hangar that did not exit cleanly");
+    auto* restore =
+        app.add_subcommand("ksm-restore", "put back KSM settings saved by a hangar that did not exit cleanly");
     restore->add_option("file", restore_file, std::string("the save file (default ") + kKsmSaveFile + ")");
     restore->add_option("--ksm-lock", restore_lock, "auto (default) | none | PATH, as for run");
     restore->add_option("--ksm-lock-wait", restore_lock_wait, "how long to wait for the KSM lock (default 30s)");

@@ -1,11 +1,11 @@
 #include "metrics.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "safe_fs.h"
 #include "vm_process.h"
@@ -16,25 +16,45 @@ namespace {
 
 std::string cell(const std::optional<uint64_t>& v) { return v ? std::to_string(*v) : ""; }
 
-std::string mib(const std::optional<uint64_t>& v) {
-    return v ? std::to_string(*v >> 20) : "-";
-}
+std::string mib(const std::optional<uint64_t>& v) { return v ? std::to_string(*v >> 20) : "-"; }
 
 }  // namespace
 
 const std::vector<std::string>& csv_columns() {
-    static const std::vector<std::string> cols = {
-        "time_s", "vm", "pid", "state", "memory_bytes", "rss_bytes", "balloon_actual_bytes",
-        "balloon_target_bytes", "guest_free_bytes", "guest_available_bytes", "guest_total_bytes",
-        "guest_disk_caches_bytes", "guest_major_faults", "guest_minor_faults", "guest_swap_in",
-        "guest_swap_out", "guest_alloc_stalls", "guest_direct_reclaims", "guest_stats_update", "vm_ksm_merging_pages",
-        "ksm_pages_shared", "ksm_pages_sharing", "ksm_pages_unshared", "ksm_pages_volatile",
-        "ksm_full_scans", "ksm_pages_scanned", "ksmd_cpu_s", "hint_pages", "twin_hashes", "pstate_discarded_pages"};
+    static const std::vector<std::string> cols = {"time_s",
+                                                  "vm",
+                                                  "pid",
+                                                  "state",
+                                                  "memory_bytes",
+                                                  "rss_bytes",
+                                                  "balloon_actual_bytes",
+                                                  "balloon_target_bytes",
+                                                  "guest_free_bytes",
+                                                  "guest_available_bytes",
+                                                  "guest_total_bytes",
+                                                  "guest_disk_caches_bytes",
+                                                  "guest_major_faults",
+                                                  "guest_minor_faults",
+                                                  "guest_swap_in",
+                                                  "guest_swap_out",
+                                                  "guest_alloc_stalls",
+                                                  "guest_direct_reclaims",
+                                                  "guest_stats_update",
+                                                  "vm_ksm_merging_pages",
+                                                  "ksm_pages_shared",
+                                                  "ksm_pages_sharing",
+                                                  "ksm_pages_unshared",
+                                                  "ksm_pages_volatile",
+                                                  "ksm_full_scans",
+                                                  "ksm_pages_scanned",
+                                                  "ksmd_cpu_s",
+                                                  "hint_pages",
+                                                  "twin_hashes",
+                                                  "pstate_discarded_pages"};
     return cols;
 }
 
-MetricsSampler::MetricsSampler(const KsmControl* ksm, std::string proc_root)
-    : ksm_(ksm), proc_(std::move(proc_root)) {}
+MetricsSampler::MetricsSampler(const KsmControl* ksm, std::string proc_root) : ksm_(ksm), proc_(std::move(proc_root)) {}
 
 MetricsSampler::~MetricsSampler() {
     if (csv_) std::fclose(csv_);
@@ -97,7 +117,8 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
         add(cell(g.direct_reclaims));
         add(s.stats ? std::to_string(g.last_update) : "");
         add(cell(s.ksm_merging_pages));
-        for (const char* k : {"pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "full_scans", "pages_scanned"})
+        for (const char* k :
+             {"pages_shared", "pages_sharing", "pages_unshared", "pages_volatile", "full_scans", "pages_scanned"})
             add(ksm.values.count(k) ? std::to_string(ksm.values.at(k)) : "");
         if (ksm.ksmd_cpu_seconds) {
             char buf[32];
@@ -165,8 +186,9 @@ ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_pat
             for (size_t i = 0; i < vms.size(); ++i) {
                 const std::string& f = data_path[vms[i]];
                 if (i) gp << ", \\\n     ";
-                gp << "'" << f << "' using 1:2 with lines lw 2 lc " << i + 1 << " title '" << vms[i] << " rss', \\\n     '"
-                   << f << "' using 1:3 with lines dt 2 lw 2 lc " << i + 1 << " title '" << vms[i] << " balloon'";
+                gp << "'" << f << "' using 1:2 with lines lw 2 lc " << i + 1 << " title '" << vms[i]
+                   << " rss', \\\n     '" << f << "' using 1:3 with lines dt 2 lw 2 lc " << i + 1 << " title '"
+                   << vms[i] << " balloon'";
             }
             gp << "\n";
         }
@@ -182,7 +204,8 @@ ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_pat
     while (std::fgets(buf, sizeof buf, p)) out += buf;
     int rc = pclose(p);
     if (rc != 0) {
-        return Error{"gnuplot failed (" + std::to_string(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1) + "): " + out.substr(0, 400)};
+        return Error{"gnuplot failed (" + std::to_string(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1) +
+                     "): " + out.substr(0, 400)};
     }
     return {};
 }
@@ -224,9 +247,10 @@ void StatusView::message(const std::string& line) {
 std::string StatusView::format_line(const VmSample& s) {
     char buf[256];
     std::string free = s.stats && s.stats->available_memory ? mib(s.stats->available_memory)
-                       : s.stats                           ? mib(s.stats->free_memory)
-                                                           : "-";
-    std::snprintf(buf, sizeof buf, "%-12s %-9s pid %-7s rss %6s MiB  balloon %6s/%-6s MiB  target %6s  guest-avail %6s MiB",
+                       : s.stats                            ? mib(s.stats->free_memory)
+                                                            : "-";
+    std::snprintf(buf, sizeof buf,
+                  "%-12s %-9s pid %-7s rss %6s MiB  balloon %6s/%-6s MiB  target %6s  guest-avail %6s MiB",
                   s.vm.c_str(), s.state.c_str(), s.pid > 0 ? std::to_string(s.pid).c_str() : "-", mib(s.rss).c_str(),
                   mib(s.balloon_actual).c_str(), std::to_string(s.memory >> 20).c_str(), mib(s.balloon_target).c_str(),
                   free.c_str());

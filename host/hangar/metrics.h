@@ -2,12 +2,12 @@
 // StatusView: the same numbers as one live line per VM.
 #pragma once
 
+#include <sys/types.h>
 #include <cstdint>
 #include <cstdio>
 #include <map>
 #include <optional>
 #include <string>
-#include <sys/types.h>
 #include <vector>
 
 #include "balloon_policy.h"
@@ -26,8 +26,8 @@ struct VmSample {
     std::optional<uint64_t> balloon_target;
     std::optional<GuestStats> stats;
     std::optional<uint64_t> ksm_merging_pages;
-    std::optional<uint64_t> hint_pages;    // pages the guest hinted (patched QEMU, targeted KSM)
-    std::optional<uint64_t> twin_hashes;   // of those hashes, how many have a twin
+    std::optional<uint64_t> hint_pages;        // pages the guest hinted (patched QEMU, targeted KSM)
+    std::optional<uint64_t> twin_hashes;       // of those hashes, how many have a twin
     std::optional<uint64_t> pstate_discarded;  // pages reclaimed through page states (sweeps, cumulative)
 };
 
@@ -71,8 +71,7 @@ private:
 
 // Writes a gnuplot script next to the PNG and runs gnuplot on the CSV: RSS and balloon size per
 // VM over time. An error when gnuplot is missing or fails.
-ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_path,
-                         const std::vector<std::string>& vms);
+ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_path, const std::vector<std::string>& vms);
 
 class StatusView {
 public:

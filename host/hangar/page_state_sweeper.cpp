@@ -18,7 +18,8 @@ void Fleet::sweep_page_states() {
             p->sweep_busy = false;
             if (r.ok) {
                 for (const char* k : {"discarded-unused", "discarded-volatile"})
-                    if (r.value.contains(k) && r.value[k].is_number_unsigned()) p->swept_pages += r.value[k].get<uint64_t>();
+                    if (r.value.contains(k) && r.value[k].is_number_unsigned())
+                        p->swept_pages += r.value[k].get<uint64_t>();
                 return;
             }
             if (r.error_class == "Disconnected") return;

@@ -68,7 +68,8 @@ void Fleet::sample() {
     std::vector<VmSample> samples;
     const auto now = Clock::now();
     // Stats the guest stopped refreshing are no basis for squeezing it.
-    const auto stale_after = std::max<Clock::duration>(5s, std::chrono::seconds(3 * cfg_.stats_interval_s) + cfg_.interval);
+    const auto stale_after =
+        std::max<Clock::duration>(5s, std::chrono::seconds(3 * cfg_.stats_interval_s) + cfg_.interval);
     for (auto& up : vms_) {
         Vm& vm = *up;
         if (vm.phase == Vm::Phase::Gone) continue;
@@ -80,7 +81,7 @@ void Fleet::sample() {
         s.vm = vm.spec.name;
         s.pid = vm.proc.pid();
         s.memory = vm.spec.memory;
-        s.state = vm.stopping ? "stopping"
+        s.state = vm.stopping                    ? "stopping"
                   : vm.phase == Vm::Phase::Ready ? (vm.spec.start == StartMode::Paused ? "paused" : "running")
                                                  : "starting";
         s.balloon_actual = vm.actual;

@@ -1,12 +1,12 @@
 #include "qmp.h"
 
-#include <cerrno>
-#include <cstring>
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <cerrno>
+#include <cstring>
 
 namespace hangar {
 
@@ -15,25 +15,28 @@ size_t json_nesting_depth(std::string_view text, size_t limit) {
     bool in_string = false, escaped = false;
     for (char c : text) {
         if (in_string) {
-            if (escaped) escaped = false;
-            else if (c == '\\') escaped = true;
-            else if (c == '"') in_string = false;
+            if (escaped)
+                escaped = false;
+            else if (c == '\\')
+                escaped = true;
+            else if (c == '"')
+                in_string = false;
             continue;
         }
         switch (c) {
-        case '"': in_string = true; break;
-        case '[':
-        case '{':
-            if (++depth > deepest) {
-                deepest = depth;
-                if (deepest > limit) return limit + 1;
-            }
-            break;
-        case ']':
-        case '}':
-            if (depth) --depth;  // unbalanced text is the parser's to reject
-            break;
-        default: break;
+            case '"': in_string = true; break;
+            case '[':
+            case '{':
+                if (++depth > deepest) {
+                    deepest = depth;
+                    if (deepest > limit) return limit + 1;
+                }
+                break;
+            case ']':
+            case '}':
+                if (depth) --depth;  // unbalanced text is the parser's to reject
+                break;
+            default: break;
         }
     }
     return deepest;
@@ -69,13 +72,13 @@ std::optional<std::string> QmpFramer::next() {
 ErrorOr<QmpMessage> parse_qmp_message(std::string_view line) {
     if (line.size() > kQmpMaxMessage) {
         return Error{"message of " + std::to_string(line.size()) + " bytes, larger than the " +
-                std::to_string(kQmpMaxMessage) + "-byte limit"};
+                     std::to_string(kQmpMaxMessage) + "-byte limit"};
     }
     // Before the DOM exists: nlohmann builds it iteratively, but copies, dumps and destroys it
     // recursively.
     if (json_nesting_depth(line, kQmpMaxDepth) > kQmpMaxDepth) {
-        return Error{"JSON nested deeper than " + std::to_string(kQmpMaxDepth) + " levels: " +
-                std::string(line.substr(0, 40))};
+        return Error{"JSON nested deeper than " + std::to_string(kQmpMaxDepth) +
+                     " levels: " + std::string(line.substr(0, 40))};
     }
     json doc = json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
     if (doc.is_discarded()) {
@@ -240,7 +243,8 @@ void QmpClient::dispatch(QmpMessage&& msg) {
         // Sent directly (not queued): it is the one command allowed before Ready.
         const uint64_t id = next_id_++;
         out_ += json({{"execute", "qmp_capabilities"}, {"id", id}}).dump() + "\r\n";
-        pending_[id] = Pending{"qmp_capabilities", [this](const QmpReply& r) {
+        pending_[id] = Pending{"qmp_capabilities",
+                               [this](const QmpReply& r) {
                                    if (!r.ok) {
                                        close("QMP negotiation failed: " + r.describe());
                                        return;
@@ -258,30 +262,30 @@ void QmpClient::dispatch(QmpMessage&& msg) {
         return;
     }
     switch (msg.kind) {
-    case Kind::Greeting:
-        ++protocol_warnings_;  // a second greeting: harmless, ignore
-        return;
-    case Kind::Event:
-        if (callbacks_.on_event) callbacks_.on_event(msg.event, msg.value);
-        return;
-    case Kind::Return:
-    case Kind::Error: {
-        // QMP answers in order, so a reply without an id belongs to the oldest command.
-        auto it = msg.id ? pending_.find(*msg.id) : pending_.begin();
-        if (it == pending_.end()) {
-            ++protocol_warnings_;
+        case Kind::Greeting:
+            ++protocol_warnings_;  // a second greeting: harmless, ignore
+            return;
+        case Kind::Event:
+            if (callbacks_.on_event) callbacks_.on_event(msg.event, msg.value);
+            return;
+        case Kind::Return:
+        case Kind::Error: {
+            // QMP answers in order, so a reply without an id belongs to the oldest command.
+            auto it = msg.id ? pending_.find(*msg.id) : pending_.begin();
+            if (it == pending_.end()) {
+                ++protocol_warnings_;
+                return;
+            }
+            Pending p = std::move(it->second);
+            pending_.erase(it);
+            QmpReply r;
+            r.ok = msg.kind == Kind::Return;
+            r.value = std::move(msg.value);
+            r.error_class = std::move(msg.error_class);
+            r.error_desc = std::move(msg.error_desc);
+            if (p.on_reply) p.on_reply(r);
             return;
         }
-        Pending p = std::move(it->second);
-        pending_.erase(it);
-        QmpReply r;
-        r.ok = msg.kind == Kind::Return;
-        r.value = std::move(msg.value);
-        r.error_class = std::move(msg.error_class);
-        r.error_desc = std::move(msg.error_desc);
-        if (p.on_reply) p.on_reply(r);
-        return;
-    }
     }
 }
 

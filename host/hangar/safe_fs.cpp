@@ -1,13 +1,13 @@
 #include "safe_fs.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
-#include <fcntl.h>
 #include <filesystem>
-#include <sys/stat.h>
-#include <unistd.h>
 
 namespace hangar {
 
@@ -30,10 +30,10 @@ ErrorOr<void> check_private_dir(const std::string& path) {
     const uid_t me = ::geteuid();
     if (st.st_uid != me)
         return Error{path + " is owned by uid " + std::to_string(st.st_uid) + ", not by uid " + std::to_string(me) +
-               " (hangar's)"};
+                     " (hangar's)"};
     if (st.st_mode & (S_IWGRP | S_IWOTH))
         return Error{path + " is writable by " + ((st.st_mode & S_IWOTH) ? "everyone" : "its group") + " (mode " +
-               mode_text(st.st_mode) + "; chmod go-w, or let hangar create a fresh directory)"};
+                     mode_text(st.st_mode) + "; chmod go-w, or let hangar create a fresh directory)"};
     // The directories above: another user who may rename entries there could swap ours.
     char* real = ::realpath(path.c_str(), nullptr);
     if (!real) return Error{path + ": " + std::strerror(errno)};
@@ -45,8 +45,8 @@ ErrorOr<void> check_private_dir(const std::string& path) {
         if (ds.st_uid != 0 && ds.st_uid != me)
             return Error{path + " is inside " + dir.string() + ", which is owned by uid " + std::to_string(ds.st_uid)};
         if ((ds.st_mode & (S_IWGRP | S_IWOTH)) && !(ds.st_mode & S_ISVTX))
-            return Error{path + " is inside " + dir.string() + ", which others may write to without the sticky bit (mode " +
-                   mode_text(ds.st_mode) + ")"};
+            return Error{path + " is inside " + dir.string() +
+                         ", which others may write to without the sticky bit (mode " + mode_text(ds.st_mode) + ")"};
         if (dir == dir.root_path()) break;
     }
     return {};
@@ -61,7 +61,8 @@ ErrorOr<void> make_private_dir(const std::string& path, mode_t mode) {
         std::error_code ec;
         if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
         if (ec) return Error{"cannot create " + p.parent_path().string() + ": " + ec.message()};
-        if (::mkdir(path.c_str(), mode) != 0 && errno != EEXIST) return Error{"cannot create " + path + ": " + std::strerror(errno)};
+        if (::mkdir(path.c_str(), mode) != 0 && errno != EEXIST)
+            return Error{"cannot create " + path + ": " + std::strerror(errno)};
     }
     return check_private_dir(path);
 }
@@ -72,8 +73,10 @@ int open_nofollow(const std::string& path, int flags, mode_t mode) {
 
 FILE* fopen_nofollow(const std::string& path, const char* mode, mode_t perm) {
     int flags = O_WRONLY | O_CREAT;
-    if (mode[0] == 'a') flags |= O_APPEND;
-    else flags |= O_TRUNC;
+    if (mode[0] == 'a')
+        flags |= O_APPEND;
+    else
+        flags |= O_TRUNC;
     int fd = open_nofollow(path, flags, perm);
     if (fd < 0) return nullptr;
     FILE* f = ::fdopen(fd, mode);

@@ -7,9 +7,9 @@
 // and every file in them is created with O_NOFOLLOW (or written to a temporary file and renamed).
 #pragma once
 
+#include <sys/types.h>
 #include <cstdio>
 #include <string>
-#include <sys/types.h>
 
 #include "error_or.h"
 

@@ -131,9 +131,12 @@ std::optional<uint64_t> SharingIndex::parse_hash(const std::string& hex) {
     uint64_t v = 0;
     for (char c : hex) {
         v <<= 4;
-        if (c >= '0' && c <= '9') v |= static_cast<uint64_t>(c - '0');
-        else if (c >= 'a' && c <= 'f') v |= static_cast<uint64_t>(c - 'a' + 10);
-        else return std::nullopt;
+        if (c >= '0' && c <= '9')
+            v |= static_cast<uint64_t>(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= static_cast<uint64_t>(c - 'a' + 10);
+        else
+            return std::nullopt;
     }
     return v;
 }

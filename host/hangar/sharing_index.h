@@ -55,7 +55,7 @@ public:
     // Pages KSM could save at best if every twin merged: per hash, all pages but one.
     uint64_t potential_savings(ShareScope scope) const;
 
-    static std::string hash_hex(uint64_t hash);              // 16 lower-case hex digits
+    static std::string hash_hex(uint64_t hash);  // 16 lower-case hex digits
     static std::optional<uint64_t> parse_hash(const std::string& hex);
 
 private:

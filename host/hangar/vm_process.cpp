@@ -2,18 +2,18 @@
 
 #include "safe_fs.h"
 
-#include <cerrno>
-#include <csignal>
-#include <cstdlib>
-#include <cstring>
 #include <fcntl.h>
-#include <fstream>
-#include <sstream>
 #include <grp.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 
 namespace hangar {
 
@@ -48,18 +48,18 @@ std::vector<std::string> build_qemu_argv(const VmSpec& vm, const LaunchPlan& pla
     std::string machine(to_string(vm.machine));
     // QEMU's own blind KSM (mem-merge) is on by default; other modes must switch it off.
     if (plan.ksm == KsmMode::Off || plan.ksm == KsmMode::Targeted) machine += ",mem-merge=off";
-    a.insert(a.end(), {"-M", machine, "-accel", plan.accel, "-m", mib_arg(vm.memory), "-smp", "1",
-                       "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+    a.insert(a.end(), {"-M", machine, "-accel", plan.accel, "-m", mib_arg(vm.memory), "-smp", "1", "-nodefaults",
+                       "-no-user-config", "-display", "none", "-no-reboot",
                        // Start stopped: hangar connects QMP and sets up stats before the guest runs.
-                       "-S",
-                       "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"});
+                       "-S", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"});
     if (plan.pass_fds) {
         // Descriptors hangar opened: QEMU never opens a path in the run directory.
         a.insert(a.end(), {"-add-fd", "fd=" + std::to_string(kSerialFd) + ",set=1", "-serial", "file:/dev/fdset/1",
-                           "-chardev", "socket,id=qmp0,fd=" + std::to_string(kQmpFd) + ",server=on,wait=off",
-                           "-mon", "chardev=qmp0,mode=control"});
+                           "-chardev", "socket,id=qmp0,fd=" + std::to_string(kQmpFd) + ",server=on,wait=off", "-mon",
+                           "chardev=qmp0,mode=control"});
     } else {
-        a.insert(a.end(), {"-serial", "file:" + plan.serial_log, "-qmp", "unix:" + plan.qmp_socket + ",server=on,wait=off"});
+        a.insert(a.end(),
+                 {"-serial", "file:" + plan.serial_log, "-qmp", "unix:" + plan.qmp_socket + ",server=on,wait=off"});
     }
     if (plan.sandbox) a.insert(a.end(), {"-sandbox", kSandboxArg});
     if (vm.machine != Machine::Microvm) a.insert(a.end(), {"-bios", "/usr/share/qemu/qboot.rom"});
@@ -89,14 +89,14 @@ bool VmExit::ok() const {
 
 std::string_view VmExit::kind_name(Kind k) {
     switch (k) {
-    case Kind::GuestExit: return "exited";
-    case Kind::UnknownApp: return "unknown-app";
-    case Kind::GuestFault: return "guest-fault";
-    case Kind::QemuExit: return "qemu-exit";
-    case Kind::QemuError: return "qemu-error";
-    case Kind::Signaled: return "killed";
-    case Kind::Stopped: return "stopped";
-    case Kind::FailedToStart: return "failed-to-start";
+        case Kind::GuestExit: return "exited";
+        case Kind::UnknownApp: return "unknown-app";
+        case Kind::GuestFault: return "guest-fault";
+        case Kind::QemuExit: return "qemu-exit";
+        case Kind::QemuError: return "qemu-error";
+        case Kind::Signaled: return "killed";
+        case Kind::Stopped: return "stopped";
+        case Kind::FailedToStart: return "failed-to-start";
     }
     return "?";
 }
@@ -104,19 +104,19 @@ std::string_view VmExit::kind_name(Kind k) {
 std::string VmExit::describe() const {
     std::string s;
     switch (kind) {
-    case Kind::GuestExit: s = "guest exited with status " + std::to_string(guest_status); break;
-    case Kind::UnknownApp: s = "unknown app (guest exited with status 2)"; break;
-    case Kind::GuestFault: s = "guest faulted or panicked (status 125)"; break;
-    case Kind::QemuExit:
-        s = exit_code == 0 ? "QEMU exited (guest powered off without a status)"
-                           : "QEMU exited with " + std::to_string(exit_code);
-        break;
-    case Kind::QemuError: s = "QEMU failed with exit code " + std::to_string(exit_code); break;
-    case Kind::Signaled:
-        s = "QEMU was killed by signal " + std::to_string(signal) + " (" + strsignal(signal) + "), not by hangar";
-        break;
-    case Kind::Stopped: s = "stopped by hangar"; break;
-    case Kind::FailedToStart: s = "QEMU failed to start"; break;
+        case Kind::GuestExit: s = "guest exited with status " + std::to_string(guest_status); break;
+        case Kind::UnknownApp: s = "unknown app (guest exited with status 2)"; break;
+        case Kind::GuestFault: s = "guest faulted or panicked (status 125)"; break;
+        case Kind::QemuExit:
+            s = exit_code == 0 ? "QEMU exited (guest powered off without a status)"
+                               : "QEMU exited with " + std::to_string(exit_code);
+            break;
+        case Kind::QemuError: s = "QEMU failed with exit code " + std::to_string(exit_code); break;
+        case Kind::Signaled:
+            s = "QEMU was killed by signal " + std::to_string(signal) + " (" + strsignal(signal) + "), not by hangar";
+            break;
+        case Kind::Stopped: s = "stopped by hangar"; break;
+        case Kind::FailedToStart: s = "QEMU failed to start"; break;
     }
     if (!detail.empty()) s += ": " + detail;
     return s;
@@ -126,8 +126,8 @@ VmExit decode_exit(int ws, const std::string& serial, const std::string& qemu_lo
     VmExit e;
     if (WIFSIGNALED(ws)) {
         e.signal = WTERMSIG(ws);
-        e.kind = stopping && (e.signal == SIGKILL || e.signal == SIGTERM) ? VmExit::Kind::Stopped
-                                                                          : VmExit::Kind::Signaled;
+        e.kind =
+            stopping && (e.signal == SIGKILL || e.signal == SIGTERM) ? VmExit::Kind::Stopped : VmExit::Kind::Signaled;
         return e;
     }
     e.exit_code = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
@@ -247,8 +247,10 @@ ErrorOr<void> VmProcess::spawn(const std::vector<std::string>& argv, const std::
         if (devnull >= 0) dup2(devnull, 0);
         dup2(log, 1);
         dup2(log, 2);
-        if (argv[0].find('/') != std::string::npos) execv(cargv[0], cargv.data());
-        else execvp(cargv[0], cargv.data());
+        if (argv[0].find('/') != std::string::npos)
+            execv(cargv[0], cargv.data());
+        else
+            execvp(cargv[0], cargv.data());
         fail(errno);
     }
     ::close(pipefd[1]);

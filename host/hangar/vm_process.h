@@ -1,10 +1,10 @@
 // VmProcess: one QEMU under hangar's supervision: its command line, its process, how it ended.
 #pragma once
 
+#include <sys/types.h>
 #include <cstdint>
 #include <optional>
 #include <string>
-#include <sys/types.h>
 #include <vector>
 
 #include "config.h"
@@ -14,9 +14,9 @@ namespace hangar {
 
 // Where a VM's files live and which QEMU runs it.
 struct LaunchPlan {
-    std::string qemu;         // resolved binary path
-    bool patched = false;     // the Blimp patch series (extension properties available)
-    std::string kernel;       // resolved blimp.elf
+    std::string qemu;      // resolved binary path
+    bool patched = false;  // the Blimp patch series (extension properties available)
+    std::string kernel;    // resolved blimp.elf
     std::string qmp_socket;
     std::string serial_log;
     std::string accel = "tcg";
@@ -57,14 +57,14 @@ std::vector<std::string> build_qemu_argv(const VmSpec& vm, const LaunchPlan& pla
 // How a VM ended, in words a user can act on.
 struct VmExit {
     enum class Kind {
-        GuestExit,     // the app returned a status through isa-debug-exit
-        UnknownApp,    // the guest said "unknown app" (status 2)
-        GuestFault,    // CPU exception or panic (status 125)
-        QemuExit,      // QEMU exited on its own without a guest status (0: quit/poweroff)
-        QemuError,     // QEMU exited with an error of its own (bad arguments, ...)
-        Signaled,      // killed by a signal hangar did not send
-        Stopped,       // stopped by hangar (quit over QMP or its signals at shutdown)
-        FailedToStart, // fork/exec failed
+        GuestExit,      // the app returned a status through isa-debug-exit
+        UnknownApp,     // the guest said "unknown app" (status 2)
+        GuestFault,     // CPU exception or panic (status 125)
+        QemuExit,       // QEMU exited on its own without a guest status (0: quit/poweroff)
+        QemuError,      // QEMU exited with an error of its own (bad arguments, ...)
+        Signaled,       // killed by a signal hangar did not send
+        Stopped,        // stopped by hangar (quit over QMP or its signals at shutdown)
+        FailedToStart,  // fork/exec failed
     };
     Kind kind = Kind::QemuExit;
     int guest_status = -1;

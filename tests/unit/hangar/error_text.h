@@ -7,5 +7,5 @@
 
 template <typename T>
 std::string error_text(const hangar::ErrorOr<T>& result) {
-    return result.is_error() ? result.error().message : "";
+  return result.is_error() ? result.error().message : "";
 }
