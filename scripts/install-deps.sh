@@ -12,6 +12,7 @@ packages=(
   spin                                          # the page-state protocol's model checker
   nlohmann-json3-dev libcli11-dev               # hangar
   gnuplot-nox                                   # experiment plots
+  libvirt-daemon-system libvirt-clients         # image/libvirt, integration.libvirt
 )
 missing=()
 for p in "${packages[@]}"; do
