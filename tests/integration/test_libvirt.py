@@ -55,22 +55,27 @@ def wait_cache(dom, at_least, timeout, start=0):
     return cache_mib(dom, start)
 
 
-def stats_pair(dom):
-    """dommemstat and the device's guest-stats (QOM, bytes) from the same guest update."""
-    for _ in range(20):
+def stats_pair(dom, after):
+    """dommemstat and the device's guest-stats (QOM, bytes) from the same guest update, one the
+    guest sent after the epoch time `after` (last_update counts whole seconds)."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
         qom = dom.monitor("qom-get", path="/machine/peripheral/balloon0", property="guest-stats")
         lv = dom.dommemstat()
         qom2 = dom.monitor("qom-get", path="/machine/peripheral/balloon0",
                            property="guest-stats")
-        if qom["last-update"] == qom2["last-update"] == lv.get("last_update"):
+        if (qom["last-update"] == qom2["last-update"] == lv.get("last_update")
+                and lv["last_update"] > after + 1):
             return lv, qom["stats"]
         time.sleep(0.3)
-    raise AssertionError(f"no dommemstat and guest-stats of the same update: {lv} {qom}")
+    raise AssertionError(f"no dommemstat and guest-stats of one update after {after:.0f} within "
+                         f"15 s: {lv} {qom}")
 
 
 def check_stats(dom, label, actual_kib, cache_mib_said=None):
-    """Every dommemstat value against the device's and the guest's own numbers."""
-    lv, qom = stats_pair(dom)
+    """Every dommemstat value against the device's and the guest's own numbers, from stats the
+    guest sent after this call (so after the balloon got where it is)."""
+    lv, qom = stats_pair(dom, time.time())
     print(f"  {label}: dommemstat " + " ".join(f"{k}={v}" for k, v in lv.items()), flush=True)
     want = set(LIBVIRT_TAGS) | {"actual", "rss", "last_update"}
     check(want <= set(lv), f"dommemstat lacks {sorted(want - set(lv))}: {lv}")
