@@ -30,6 +30,7 @@ TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
 DAEMONS = ("virtlogd", "libvirtd")
 QEMU_LOG_DIR = "/var/log/libvirt/qemu"
 QEMU_RUN_DIR = "/run/libvirt/qemu"
+LIBVIRT_QEMU_LIB = "/var/lib/libvirt/qemu"
 
 
 class VirshError(Exception):
@@ -143,7 +144,22 @@ class Libvirtd:
                     break
                 time.sleep(0.1)
             print(f"  stopped {name} (pid {pid})", flush=True)
+            if name == "libvirtd":
+                self._reap_probes()
         self.started = []
+
+    @staticmethod
+    def _reap_probes():
+        """A libvirtd stopped while it probes an emulator leaves the probe QEMU running
+        (-daemonize, -S: it ignores SIGTERM); the libvirtd this object started is gone, so its
+        probes are killed and their directories removed."""
+        import glob
+        for pidfile in glob.glob(os.path.join(LIBVIRT_QEMU_LIB, "qmp-*", "qmp.pid")):
+            pid = _pid_alive(pidfile)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                print(f"  killed libvirt's emulator probe (pid {pid})", flush=True)
+            shutil.rmtree(os.path.dirname(pidfile), ignore_errors=True)
 
 
 def others_can_read(path, execute=False):
