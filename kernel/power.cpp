@@ -40,6 +40,13 @@ void exit(int status) {
     // PM1a_CNT: SLP_TYP (bits 10..12) = QEMU's _S5 value 0, SLP_EN bit 13.
     arch::outw(p.pm1a_control_port, 1 << 13);
   }
+  // QEMU acts on an ACPI power-off from its main loop, not inside the write: the vCPU runs on
+  // for a moment (milliseconds under TCG). Give it a second before saying the power-off failed,
+  // or every ACPI shutdown (libvirt's, with no isa-debug-exit) ends with a false alarm.
+  if (timer::tsc_hz() != 0 && (p.pm1a_control_port || p.sleep_control_addr)) {
+    const uint64_t deadline = timer::now_ns() + 1000000000ull;
+    while (timer::now_ns() < deadline) asm volatile("pause");
+  }
   kprintf("blimp: could not power off (no isa-debug-exit, no ACPI); halting with status %d\n",
           status);
   for (;;) asm volatile("cli; hlt");

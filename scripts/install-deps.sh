@@ -13,6 +13,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev               # hangar
   gnuplot-nox                                   # experiment plots
   clang-format                                  # the style check (lint.format)
+  libvirt-daemon-system libvirt-clients         # image/libvirt, integration.libvirt
 )
 missing=()
 for p in "${packages[@]}"; do
