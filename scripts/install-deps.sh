@@ -12,6 +12,7 @@ packages=(
   spin                                          # the page-state protocol's model checker
   nlohmann-json3-dev libcli11-dev               # hangar
   gnuplot-nox                                   # experiment plots
+  tcl                                           # SQLite's amalgamation generator (apps/sqlite)
 )
 missing=()
 for p in "${packages[@]}"; do
