@@ -1,15 +1,18 @@
 // app=speedtest1: SQLite's own benchmark, test/speedtest1.c from Debian's sqlite3 source
 // (compiled unchanged, its main() renamed speedtest1_main), on Blimp.
 //
-//   app=speedtest1 [speedtest1 options ...] [DATABASE]
+//   app=speedtest1 [pcache=blimp|sqlite] [speedtest1 options ...] [DATABASE]
 //
-// Every word is speedtest1's own argument: "--size 20 --verify" as on Linux, and for
+// Every word but pcache= is speedtest1's own argument: "--size 20 --verify" as on Linux, and for
 // convenience NAME=VALUE is taken as "--NAME VALUE" (size=20 -> --size 20), NAME= as "--NAME"
 // (verify= -> --verify). Without a DATABASE (and without --memdb) the database is
 // "speedtest1.db" on the in-memory VFS (a RAM disk: apps/sqlite/memvfs.cpp), so the pager reads
 // and writes it as it would a file and its page cache holds copies that may be dropped.
+// pcache=blimp (default): the page cache is apps/sqlite/pcache.cpp, on the page allocator and
+// registered as a shrinker, so the balloon can take memory from it mid-run; pcache=sqlite:
+// SQLite's own pcache1 on malloc (the heap), which nothing can shrink.
 // Output: speedtest1's own lines (one per test, "TOTAL", "Verification Hash" with --verify),
-// then "speedtest1: done status=S seconds=T vfs_kib=K"; the exit
+// then "speedtest1: done status=S pcache=... held_kib=... shrunk_pages=... misses=..."; the exit
 // status is speedtest1's (0 on success; its fatal errors exit 1).
 #include <cinttypes>
 #include <cstdio>
@@ -45,6 +48,7 @@ int values_of(const char* opt) {
 }
 
 int speedtest1_run(int argc, char** argv) {
+  bool own_pcache = true;
   bool has_db = false;
   int n = 0;
   size_t used = 0;
@@ -61,7 +65,14 @@ int speedtest1_run(int argc, char** argv) {
   for (int i = 1; i < argc && ok; i++) {
     const char* a = argv[i];
     const char* eq = strchr(a, '=');
-    if (a[0] != '-' && eq && eq != a) {
+    if (strncmp(a, "pcache=", 7) == 0) {
+      if (strcmp(a + 7, "blimp") == 0) own_pcache = true;
+      else if (strcmp(a + 7, "sqlite") == 0) own_pcache = false;
+      else {
+        printf("speedtest1: pcache= takes blimp or sqlite, not %s\n", a + 7);
+        return 2;
+      }
+    } else if (a[0] != '-' && eq && eq != a) {
       char opt[64];
       int len = snprintf(opt, sizeof opt, "--%.*s", int(eq - a), a);
       ok = len > 0 && size_t(len) < sizeof opt && push(opt, size_t(len)) &&
@@ -86,19 +97,30 @@ int speedtest1_run(int argc, char** argv) {
   }
   g_args[n] = nullptr;
 
+  if (own_pcache) {
+    int rc = sqlite::install_pcache();
+    if (rc != SQLITE_OK) {
+      printf("speedtest1: SQLITE_CONFIG_PCACHE2 failed: %d\n", rc);
+      return 1;
+    }
+  }
   printf("speedtest1: args:");
   for (int i = 1; i < n; i++) printf(" %s", g_args[i]);
-  printf("\n");
+  printf(" (pcache=%s)\n", own_pcache ? "blimp" : "sqlite");
   uint64_t start = timer::now_ns();
   int status = speedtest1_main(n, g_args);
   double secs = double(timer::now_ns() - start) / 1e9;
-  printf("speedtest1: done status=%d seconds=%.3f vfs_kib=%" PRIu64 "\n", status, secs,
-         sqlite::memvfs_bytes() >> 10);
+  sqlite::PcacheStats s = sqlite::pcache_stats();
+  printf("speedtest1: done status=%d seconds=%.3f pcache=%s held_kib=%" PRIu64
+         " shrunk_pages=%" PRIu64 " scans=%" PRIu64 " fetches=%" PRIu64 " misses=%" PRIu64
+         " alloc_failures=%" PRIu64 " vfs_kib=%" PRIu64 "\n",
+         status, secs, own_pcache ? "blimp" : "sqlite", s.held_pages * 4, s.shrunk_pages, s.scans,
+         s.fetches, s.misses, s.alloc_failures, sqlite::memvfs_bytes() >> 10);
   return status;
 }
 
 }  // namespace
 
 BLIMP_APP(speedtest1, "speedtest1",
-          "SQLite's speedtest1 on an in-memory VFS (--size N, other speedtest1 options)",
+          "SQLite's speedtest1 on an in-memory VFS, page cache as a shrinker (--size N, pcache=)",
           speedtest1_run);
