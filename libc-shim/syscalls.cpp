@@ -61,6 +61,9 @@ int _unlink(const char*) {
   errno = ENOENT;
   return -1;
 }
+// newlib declares unlink() but, built without its supplied syscalls, does not define it
+// (SQLite's speedtest1 calls it to remove a stale database).
+int unlink(const char* path) { return _unlink(path); }
 int _getpid() { return 1; }
 int _kill(int, int) {
   errno = EINVAL;

@@ -14,6 +14,7 @@ packages=(
   gnuplot-nox                                   # experiment plots
   clang-format                                  # the style check (lint.format)
   libvirt-daemon-system libvirt-clients         # image/libvirt, integration.libvirt
+  tcl                                           # SQLite's amalgamation generator (apps/sqlite)
 )
 missing=()
 for p in "${packages[@]}"; do
