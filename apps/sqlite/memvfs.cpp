@@ -101,8 +101,10 @@ int mem_read(sqlite3_file* f, void* buf, int amount, sqlite3_int64 offset) {
     int in_chunk = int(kChunk - pos % kChunk);
     int n = avail - done < in_chunk ? avail - done : in_chunk;
     const unsigned char* c = chunk(d, pos / kChunk, false);
-    if (c) memcpy(out + done, c + pos % kChunk, size_t(n));
-    else memset(out + done, 0, size_t(n));
+    if (c)
+      memcpy(out + done, c + pos % kChunk, size_t(n));
+    else
+      memset(out + done, 0, size_t(n));
     done += n;
   }
   if (avail < amount) {
@@ -272,17 +274,17 @@ int vfs_current_time(sqlite3_vfs* vfs, double* out) {
 int vfs_get_last_error(sqlite3_vfs*, int, char*) { return errno; }
 
 sqlite3_vfs g_vfs = {
-    2,                  // iVersion
-    sizeof(MemFile),    // szOsFile
-    512,                // mxPathname
-    nullptr,            // pNext
-    "blimp-mem",        // zName
-    nullptr,            // pAppData
+    2,                // iVersion
+    sizeof(MemFile),  // szOsFile
+    512,              // mxPathname
+    nullptr,          // pNext
+    "blimp-mem",      // zName
+    nullptr,          // pAppData
     vfs_open,
     vfs_delete,
     vfs_access,
     vfs_full_pathname,
-    nullptr,            // xDlOpen (no extensions)
+    nullptr,  // xDlOpen (no extensions)
     nullptr,
     nullptr,
     nullptr,

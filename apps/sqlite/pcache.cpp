@@ -54,15 +54,15 @@ struct Cache {
   int sz_page;
   int sz_extra;
   bool purgeable;
-  unsigned order;       // of the page allocator block holding a buffer
-  unsigned max_pages;   // xCachesize
-  unsigned npages;      // pinned + unpinned
+  unsigned order;      // of the page allocator block holding a buffer
+  unsigned max_pages;  // xCachesize
+  unsigned npages;     // pinned + unpinned
   unsigned nunpinned;
-  unsigned nbuckets;    // power of two
+  unsigned nbuckets;  // power of two
   PPage** buckets;
   PPage* lru_head;
   PPage* lru_tail;
-  Cache* next;          // all caches
+  Cache* next;  // all caches
 };
 
 Cache* g_caches = nullptr;
@@ -89,10 +89,14 @@ unsigned pages_of(const Cache* c) { return 1u << c->order; }
 PPage*& bucket(Cache* c, unsigned key) { return c->buckets[key & (c->nbuckets - 1)]; }
 
 void lru_unlink(Cache* c, PPage* p) {
-  if (p->lru_prev) p->lru_prev->lru_next = p->lru_next;
-  else c->lru_head = p->lru_next;
-  if (p->lru_next) p->lru_next->lru_prev = p->lru_prev;
-  else c->lru_tail = p->lru_prev;
+  if (p->lru_prev)
+    p->lru_prev->lru_next = p->lru_next;
+  else
+    c->lru_head = p->lru_next;
+  if (p->lru_next)
+    p->lru_next->lru_prev = p->lru_prev;
+  else
+    c->lru_tail = p->lru_prev;
   p->lru_prev = p->lru_next = nullptr;
 }
 
@@ -146,7 +150,8 @@ size_t PcacheShrinker::scan_objects(size_t nr_pages) {
   size_t freed = 0;
   // Round robin over the caches, so one database's cache does not always pay for all of them.
   Cache* start = g_scan_from ? g_scan_from : g_caches;
-  for (Cache* c = start; c && freed < nr_pages; c = c->next) freed += shrink_cache(c, nr_pages - freed);
+  for (Cache* c = start; c && freed < nr_pages; c = c->next)
+    freed += shrink_cache(c, nr_pages - freed);
   for (Cache* c = g_caches; c && c != start && freed < nr_pages; c = c->next)
     freed += shrink_cache(c, nr_pages - freed);
   g_scan_from = start && start->next ? start->next : g_caches;
@@ -338,8 +343,8 @@ void pc_shrink(sqlite3_pcache* pc) {
 const sqlite3_pcache_methods2 kMethods = {
     1,        // iVersion
     nullptr,  // pArg
-    pc_init, pc_shutdown, pc_create, pc_cachesize, pc_pagecount, pc_fetch,
-    pc_unpin, pc_rekey,   pc_truncate, pc_destroy, pc_shrink,
+    pc_init,  pc_shutdown, pc_create,   pc_cachesize, pc_pagecount, pc_fetch,
+    pc_unpin, pc_rekey,    pc_truncate, pc_destroy,   pc_shrink,
 };
 
 }  // namespace

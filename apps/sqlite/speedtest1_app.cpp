@@ -36,9 +36,9 @@ char g_storage[4096];
 // How many values a speedtest1 option takes (its zHelp), so a value is not taken for a DATABASE.
 int values_of(const char* opt) {
   while (*opt == '-') opt++;
-  static const char* const kOne[] = {"cachesize", "journal", "key",     "mmap", "output",
-                                     "pagesize",  "repeat",  "script",  "size", "temp",
-                                     "testset",   "threads", "vfs",     "reserve"};
+  static const char* const kOne[] = {"cachesize", "journal", "key",    "mmap",   "output",
+                                     "pagesize",  "repeat",  "script", "size",   "temp",
+                                     "testset",   "threads", "vfs",    "reserve"};
   static const char* const kTwo[] = {"heap", "lookaside", "pcache"};
   for (const char* k : kOne)
     if (strcmp(opt, k) == 0) return 1;
@@ -66,8 +66,10 @@ int speedtest1_run(int argc, char** argv) {
     const char* a = argv[i];
     const char* eq = strchr(a, '=');
     if (strncmp(a, "pcache=", 7) == 0) {
-      if (strcmp(a + 7, "blimp") == 0) own_pcache = true;
-      else if (strcmp(a + 7, "sqlite") == 0) own_pcache = false;
+      if (strcmp(a + 7, "blimp") == 0)
+        own_pcache = true;
+      else if (strcmp(a + 7, "sqlite") == 0)
+        own_pcache = false;
       else {
         printf("speedtest1: pcache= takes blimp or sqlite, not %s\n", a + 7);
         return 2;
