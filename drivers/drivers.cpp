@@ -241,7 +241,6 @@ virtio::Device* virtio_device(unsigned index) {
 }
 
 void init() {
-  if (register_extra_drivers) register_extra_drivers();
   if (!virtio::find_driver(virtio::device_id::kEntropy)) virtio::register_rng_probe_driver();
   cmdline::for_each("virtio_mmio.device", &mmio_from_cmdline, nullptr);
   mmio_from_acpi();

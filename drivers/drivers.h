@@ -10,11 +10,9 @@ namespace blimp::drivers {
 
 void init();
 
-// Adding a driver: call virtio::register_driver() before init() runs (a global constructor
-// works: the kernel runs them before drivers::init()), or define this hook, which init() calls
-// first if it is linked in. The probe-only balloon driver is registered only if nothing else
-// registered device id 5.
-void register_extra_drivers() __attribute__((weak));
+// Adding a driver: call virtio::register_driver() before init() runs; kernel/main.cpp does
+// that for the drivers the image carries (the balloon). The probe-only drivers (entropy) are
+// registered only if nothing else registered their device id.
 
 // Devices found by init(), bound or not, in discovery order (nullptr past the end).
 virtio::Device* virtio_device(unsigned index);

@@ -122,6 +122,8 @@ extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) 
   init_memory(g_boot);
   timer::init();
   asm volatile("sti");
+  // The composition root registers the drivers this image carries, then discovery binds them.
+  balloon::Balloon::register_driver();
   drivers::init();
   // Cooperative memory on top of the balloon device (each does nothing on a stock device, or
   // with no balloon bound): mm reaches the device only through the channel handed in here.

@@ -4,6 +4,7 @@
 #include "kernel/arch/io.h"
 #include "kernel/console.h"
 #include "kernel/timer.h"
+#include "lib/atomic.h"
 
 namespace blimp::power {
 namespace {
@@ -45,7 +46,7 @@ void exit(int status) {
   // or every ACPI shutdown (libvirt's, with no isa-debug-exit) ends with a false alarm.
   if (timer::tsc_hz() != 0 && (p.pm1a_control_port || p.sleep_control_addr)) {
     const uint64_t deadline = timer::now_ns() + 1000000000ull;
-    while (timer::now_ns() < deadline) asm volatile("pause");
+    while (timer::now_ns() < deadline) cpu_relax();
   }
   kprintf("blimp: could not power off (no isa-debug-exit, no ACPI); halting with status %d\n",
           status);
