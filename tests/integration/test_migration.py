@@ -6,8 +6,9 @@
     every 20 ms, free pages are reported and hinted, during a slow precopy migration to a file;
     the destination restored from the file finds every known-zero page zero, still has the
     page-state registration (reclaim goes on there) and hands out known-zero pages again;
-  - integrity and volatile-cache during a live migration between two QEMUs: zero mismatches,
-    zero corrupt bytes (every volatile entry that pin() calls intact is verified byte for byte);
+  - integrity and volatile-cache during a live migration between two QEMUs and through a file:
+    zero mismatches, zero corrupt bytes (every volatile entry that pin() calls intact is verified
+    byte for byte);
   - three live migrations in a row, and one that starts while the balloon inflates;
   - the sharing hints move: the destination's KSM merges as much of the VM as the source's did;
   - a patched source with the extensions in use is refused by a stock QEMU with a clear message
@@ -198,39 +199,56 @@ def live_pair(build, app, args, name, **dev):
     return src, dst, sock
 
 
+def check_moved_app(app, rx, dst, qd):
+    """What every move of integrity or volatile-cache must leave on the destination."""
+    wait_running(qd)
+    wait_rounds(dst, rx, 3)
+    after = info(qd)
+    check(after["pstate-registered"] and after["migrated-in"], f"{app}: {after}")
+    check(after["pstate-sweeps"] > 0, f"{app}: the destination does not sweep: {after}")
+    check_no_bad_lines(dst, f"{app} destination")
+    if app == "integrity":
+        last = INTEGRITY_ROUND.findall(dst.output)[-1]
+        check(int(last[3]) == 0, f"integrity mismatches after the move: {last}")
+    else:
+        last = VOLATILE_REPORT.findall(dst.output)[-1]
+        check(int(last[5]) == 0, f"volatile-cache corrupt bytes after the move: {last}")
+        check(int(last[2]) > 0 and int(last[1]) > 0,
+              f"volatile-cache saw no discards or no hits (nothing proved): {last}")
+    return last
+
+
 @t.test
-def test_integrity_and_volatile_cache_across_a_live_migration(build):
+def test_integrity_and_volatile_cache_live_and_through_a_file(build):
     # integrity holds 256 MiB and rewrites an eighth of it every round; volatile-cache keeps
-    # 1024 entries of 4 pages in volatile memory that the sweeps discard whenever unpinned.
+    # 1024 entries of 4 pages in volatile memory that the sweeps discard whenever unpinned. Each
+    # moves once live (unix socket) and once through a file, sweeps every 20 ms throughout.
     cases = [("integrity", ["size=256M", "pause=200ms"], INTEGRITY_ROUND),
              ("volatile-cache", ["entries=1024", "pages=4", "duration=300s", "report=1s"],
               VOLATILE_REPORT)]
     for app, args, rx in cases:
         src, dst, sock = live_pair(build, app, args, app)
         with src, dst:
-            if app == "integrity":
-                require_page_states(src)
+            require_page_states(src)
             wait_rounds(src, rx, 2)
             q = Qmp.connect(src.qmp_path)
             wait_listening(sock)
             st = migrate(src, q, f"unix:{sock}", slow_for=6)
             print(f"  {app}: live: {summary(st)}", flush=True)
-            qd = Qmp.connect(dst.qmp_path)
-            wait_running(qd)
-            wait_rounds(dst, rx, 3)
-            after = info(qd)
-            check(after["pstate-registered"] and after["migrated-in"], f"{app}: {after}")
-            check(after["pstate-sweeps"] > 0, f"{app}: the destination does not sweep: {after}")
-            check_no_bad_lines(dst, f"{app} destination")
-            if app == "integrity":
-                last = INTEGRITY_ROUND.findall(dst.output)[-1]
-                check(int(last[3]) == 0, f"integrity mismatches after the move: {last}")
-            else:
-                last = VOLATILE_REPORT.findall(dst.output)[-1]
-                check(int(last[5]) == 0, f"volatile-cache corrupt bytes after the move: {last}")
-                check(int(last[2]) > 0 and int(last[1]) > 0,
-                      f"volatile-cache saw no discards or no hits (nothing proved): {last}")
-            print(f"  {app}: destination clean ({last})", flush=True)
+            last = check_moved_app(app, rx, dst, Qmp.connect(dst.qmp_path))
+            print(f"  {app}: live destination clean ({last})", flush=True)
+        with tempfile.TemporaryDirectory(prefix="blimp-mig-") as tmp:
+            state = os.path.join(tmp, "vmstate")
+            with pstate_vm(build, app, args, f"{app}-to-file") as src:
+                require_page_states(src)
+                wait_rounds(src, rx, 2)
+                q = Qmp.connect(src.qmp_path)
+                st = migrate(src, q, f"exec:cat > {state}", slow_for=6)
+                print(f"  {app}: to a file: {summary(st)}", flush=True)
+            with pstate_vm(build, app, args, f"{app}-restored",
+                           extra=incoming(incoming_from_file(state))) as dst:
+                last = check_moved_app(app, rx, dst, Qmp.connect(dst.qmp_path))
+                print(f"  {app}: restored clean ({last})", flush=True)
 
 
 @t.test
