@@ -109,10 +109,17 @@ def requested_accel(qemu=None):
 class BlimpVM:
     def __init__(self, build_dir, app="hello", args=(), machine="microvm", memory="256M",
                  extra=(), iso=False, qmp=False, limit=600, qemu=None, kernel=None,
-                 name=None, qtest=False, expect_host_faults=False, accel=None):
+                 name=None, qtest=False, expect_host_faults=False, accel=None, image=None,
+                 image_device="ide-cd"):
         """expect_host_faults=True: the test provokes host faults on purpose, so guest lines
         matching HOST_FAULT_RE are allowed (the test checks them itself). accel: tcg or kvm;
-        None follows BLIMP_ACCEL (requested_accel())."""
+        None follows BLIMP_ACCEL (requested_accel()).
+
+        image=PATH boots a disk or CD image (image/make-image.sh) through the firmware, like
+        iso=True but any image, its app and arguments being the image's own (app and args are
+        unused): a raw drive behind image_device, a QEMU device that takes drive= ("ide-cd",
+        "ide-hd", "virtio-blk-pci,disable-modern=on", "scsi-cd,bus=scsi0.0" with a
+        virtio-scsi-pci in extra, ...)."""
         self.build_dir = build_dir
         self.expect_host_faults = expect_host_faults
         self._faults_checked = False
@@ -131,13 +138,13 @@ class BlimpVM:
             cmd += ["-M", "microvm"]
         elif machine in ("q35", "pc"):
             cmd += ["-M", machine]
-            if not iso:
+            if not iso and not image:
                 cmd += ["-bios", QBOOT]
         else:
             cmd += ["-M", machine]
         if iso:
             cmd += ["-cdrom", os.path.join(build_dir, "blimp.iso")]
-        else:
+        elif not image:
             cmd += ["-kernel", kernel or os.path.join(build_dir, "blimp.elf"),
                     "-append", " ".join([f"app={app}", *args])]
         if self.qmp_path:
@@ -146,6 +153,12 @@ class BlimpVM:
             cmd += ["-qtest", f"unix:{self.qtest_path},server=on,wait=off",
                     "-qtest-log", "/dev/null"]
         cmd += list(extra)
+        if image:
+            # After extra: image_device may sit on a controller that extra adds.
+            cd = image_device.split(",")[0].endswith("-cd")
+            cmd += ["-drive", f"file={image},format=raw,if=none,id=blimp-image"
+                              + (",readonly=on" if cd else ""),
+                    "-device", f"{image_device},drive=blimp-image,bootindex=0"]
         self.cmd = cmd
         self.kernel = kernel
         # output: the serial console and QEMU's stderr, as they arrive; serial and stderr: each
