@@ -150,11 +150,24 @@ def test_menu_default_entry(build):
           f"menu entries drawn: {drawn}, apps: {names}\n{menu}")
 
 
+def slow_menu_iso(build):
+    """A menu ISO like build/blimp.iso but waiting 120 s, so keys sent on a loaded host land."""
+    global _tmp
+    if _tmp is None:
+        _tmp = tempfile.mkdtemp(prefix="blimp-images-")
+    out = os.path.join(_tmp, "menu-slow.iso")
+    r = subprocess.run([MAKE_IMAGE, "--kernel", os.path.join(build, "blimp.elf"), "--menu",
+                        "--timeout", "120", "--out", out], capture_output=True, text=True,
+                       timeout=120)
+    check(r.returncode == 0, f"make-image.sh --menu failed:\n{r.stdout}{r.stderr}")
+    return out
+
+
 @t.test
 def test_menu_chosen_entry(build):
     # Down once, Enter: the second entry (link order: crash) runs instead of hello.
     names = apps_in(build)
-    with BlimpVM(build, machine="pc", image=menu_iso(build), name="menu-choice", qmp=True,
+    with BlimpVM(build, machine="pc", image=slow_menu_iso(build), name="menu-choice", qmp=True,
                  limit=120) as vm:
         vm.wait_for(r"Press enter to boot", timeout=60)
         q = Qmp.connect(vm.qmp_path)
