@@ -53,6 +53,82 @@ void write8(Address a, uint8_t off, uint8_t v) {
 
 namespace {
 
+// Where assign_unassigned_bars() and the bridge windows take addresses from, in order.
+uint64_t g_mmio_next;
+uint64_t g_mmio_limit = 0xfec00000;  // the I/O APIC and friends live above
+uint32_t g_io_next = 0xc000;
+
+uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+
+void init_bar_space() {
+  if (g_mmio_next) return;
+  g_mmio_next = 0xc0000000;
+  const auto& p = acpi::platform();
+  if (p.ecam_base) {
+    uint64_t ecam_end = p.ecam_base + (uint64_t(p.ecam_bus_end) + 1 - p.ecam_bus_start) * (1 << 20);
+    if (ecam_end > g_mmio_next && p.ecam_base < g_mmio_limit) g_mmio_next = ecam_end;
+  }
+}
+
+// A bridge forwards only the address windows programmed into it. Firmware that enumerates the
+// bus (SeaBIOS, OVMF) programs them; qboot leaves them closed (base above limit), so devices
+// behind a bridge, such as a PCIe root port where libvirt puts devices on q35, got BARs nothing
+// forwarded to. Windows are 1 MiB (memory) and 4 KiB (I/O) granular (PCI-to-PCI bridge spec 3.2.5).
+constexpr uint64_t kMemoryWindowAlign = 1 << 20;
+constexpr uint32_t kIoWindowAlign = 1 << 12;
+
+// The bridge each secondary bus hangs off (bus 0 has none), recorded by enumerate() so that
+// route_intx() can follow a device's interrupt pin up to the root bus.
+struct Parent {
+  bool valid;
+  Address bridge;
+};
+Parent g_parent[256];
+
+struct BridgeWindows {
+  bool open_memory = false, open_io = false;
+  uint64_t memory_start = 0;
+  uint32_t io_start = 0;
+};
+
+BridgeWindows begin_bridge(Address b) {
+  BridgeWindows w;
+  init_bar_space();
+  uint16_t mem_base = read16(b, reg::kMemoryBase), mem_limit = read16(b, reg::kMemoryLimit);
+  uint8_t io_base = read8(b, reg::kIoBase), io_limit = read8(b, reg::kIoLimit);
+  w.open_memory = (mem_base & 0xfff0) > (mem_limit & 0xfff0);
+  w.open_io = (io_base & 0xf0) > (io_limit & 0xf0);
+  if (w.open_memory) w.memory_start = g_mmio_next = align_up(g_mmio_next, kMemoryWindowAlign);
+  if (w.open_io) w.io_start = g_io_next = uint32_t(align_up(g_io_next, kIoWindowAlign));
+  return w;
+}
+
+// After the secondary bus was enumerated (and its BARs assigned from the space above): open the
+// closed windows around what it took, and let the bridge forward memory, I/O and bus mastering.
+void end_bridge(Address b, const BridgeWindows& w) {
+  uint16_t enable = 0;
+  if (w.open_memory && g_mmio_next > w.memory_start) {
+    uint64_t end = align_up(g_mmio_next, kMemoryWindowAlign);
+    write16(b, reg::kMemoryBase, uint16_t((w.memory_start >> 16) & 0xfff0));
+    write16(b, reg::kMemoryLimit, uint16_t(((end - 1) >> 16) & 0xfff0));
+    g_mmio_next = end;
+    enable |= command::kMemory;
+  }
+  if (w.open_io && g_io_next > w.io_start) {
+    uint32_t end = uint32_t(align_up(g_io_next, kIoWindowAlign));
+    write8(b, reg::kIoBase, uint8_t((w.io_start >> 8) & 0xf0));
+    write8(b, reg::kIoLimit, uint8_t(((end - 1) >> 8) & 0xf0));
+    g_io_next = end;
+    enable |= command::kIo;
+  }
+  if (enable) {
+    drivers::log(
+        "pci %02x:%02x.%x: bridge windows opened by the kernel (firmware left them closed)\n",
+        b.bus, b.dev, b.fn);
+    set_command_bits(b, uint16_t(enable | command::kBusMaster));
+  }
+}
+
 void scan_bus(uint8_t bus, void (*fn)(const Function&, void*), void* ctx, int depth) {
   for (uint8_t dev = 0; dev < 32; ++dev) {
     Address a{bus, dev, 0};
@@ -80,7 +156,12 @@ void scan_bus(uint8_t bus, void (*fn)(const Function&, void*), void* ctx, int de
       // PCI-to-PCI bridge: scan the secondary bus the firmware assigned.
       if (info.header_type == 1 && depth < 8) {
         uint8_t secondary = read8(f, reg::kSecondaryBus);
-        if (secondary > bus) scan_bus(secondary, fn, ctx, depth + 1);
+        if (secondary > bus) {
+          g_parent[secondary] = Parent{true, f};
+          BridgeWindows w = begin_bridge(f);
+          scan_bus(secondary, fn, ctx, depth + 1);
+          end_bridge(f, w);
+        }
       }
     }
   }
@@ -146,24 +227,8 @@ ErrorOr<Bar> read_bar(Address a, unsigned index) {
   return bar;
 }
 
-namespace {
-uint64_t g_mmio_next;
-uint64_t g_mmio_limit = 0xfec00000;  // the I/O APIC and friends live above
-uint32_t g_io_next = 0xc000;
-
-uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
-}  // namespace
-
 void assign_unassigned_bars(Address a) {
-  if (!g_mmio_next) {
-    g_mmio_next = 0xc0000000;
-    const auto& p = acpi::platform();
-    if (p.ecam_base) {
-      uint64_t ecam_end =
-          p.ecam_base + (uint64_t(p.ecam_bus_end) + 1 - p.ecam_bus_start) * (1 << 20);
-      if (ecam_end > g_mmio_next && p.ecam_base < g_mmio_limit) g_mmio_next = ecam_end;
-    }
-  }
+  init_bar_space();
   for (unsigned i = 0; i < 6; ++i) {
     auto r = read_bar(a, i);
     if (r.is_error()) continue;
@@ -193,9 +258,16 @@ void assign_unassigned_bars(Address a) {
   }
 }
 
-ErrorOr<IntxRoute> route_intx(Address a) {
-  uint8_t pin = read8(a, reg::kInterruptPin);
+ErrorOr<IntxRoute> route_intx(Address dev_addr) {
+  uint8_t pin = read8(dev_addr, reg::kInterruptPin);
   if (pin < 1 || pin > 4) return Error::NotFound;
+  // Behind bridges, INTx is swizzled at each one by the device number on its secondary bus
+  // (PCI-to-PCI bridge spec 9.1): continue with the root-bus slot and pin it arrives on.
+  Address a = dev_addr;
+  for (int hops = 0; a.bus != 0 && g_parent[a.bus].valid && hops < 8; ++hops) {
+    pin = uint8_t((pin - 1 + a.dev) % 4 + 1);
+    a = g_parent[a.bus].bridge;
+  }
   uint16_t host = read16(Address{0, 0, 0}, reg::kDeviceId);
   uint16_t host_vendor = read16(Address{0, 0, 0}, reg::kVendorId);
   if (host_vendor == 0x8086 && host == 0x29c0 && a.bus == 0 && a.dev < 25) {
@@ -215,11 +287,11 @@ ErrorOr<IntxRoute> route_intx(Address a) {
       write8(piix, uint8_t(0x60 + pirq), route);
     }
     route &= 0x0f;
-    write8(a, reg::kInterruptLine, route);
+    write8(dev_addr, reg::kInterruptLine, route);
     const auto& p = acpi::platform();
     return IntxRoute{p.isa_gsi[route], false};
   }
-  uint8_t line = read8(a, reg::kInterruptLine);
+  uint8_t line = read8(dev_addr, reg::kInterruptLine);
   if (line != 0 && line < 16) {
     const auto& p = acpi::platform();
     return IntxRoute{p.isa_gsi[line], false};

@@ -31,6 +31,12 @@ constexpr uint8_t kCapabilities = 0x34;
 constexpr uint8_t kInterruptLine = 0x3c;
 constexpr uint8_t kInterruptPin = 0x3d;
 constexpr uint8_t kSecondaryBus = 0x19;  // type 1 (bridge) header
+constexpr uint8_t kIoBase = 0x1c;        // type 1: I/O window, bits 7:4 = address 15:12
+constexpr uint8_t kIoLimit = 0x1d;
+constexpr uint8_t kMemoryBase = 0x20;  // type 1: memory window, bits 15:4 = address 31:20
+constexpr uint8_t kMemoryLimit = 0x22;
+constexpr uint8_t kPrefetchBase = 0x24;  // type 1: prefetchable window (left closed)
+constexpr uint8_t kPrefetchLimit = 0x26;
 }  // namespace reg
 
 namespace command {
@@ -85,7 +91,9 @@ ErrorOr<Bar> read_bar(Address a, unsigned index);
 void set_command_bits(Address a, uint16_t set, uint16_t clear = 0);
 
 // Gives addresses to BARs the firmware left unassigned (qboot assigns none): memory BARs from
-// the 32-bit PCI hole above 3 GiB (skipping the ECAM window), I/O BARs from 0xc000 up.
+// the 32-bit PCI hole above 3 GiB (skipping the ECAM window), I/O BARs from 0xc000 up. Behind a
+// bridge whose windows the firmware left closed, enumerate() opens windows around what the
+// bridge's secondary bus was given.
 void assign_unassigned_bars(Address a);
 
 // The GSI a function's INTx pin reaches the I/O APIC on, and whether it is active low.

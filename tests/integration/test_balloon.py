@@ -17,12 +17,16 @@ DEVICES = {
     "microvm": ("microvm", "virtio-balloon-device"),
     "q35": ("q35", "virtio-balloon-pci"),
     "q35-legacy": ("q35", "virtio-balloon-pci,disable-modern=on"),
+    # Behind a PCIe root port, where libvirt puts devices on q35; qboot leaves the port's
+    # windows closed and the kernel opens them (drivers/pci).
+    "q35-root-port": ("q35", "virtio-balloon-pci,bus=rp1"),
 }
+BEFORE = {"q35-root-port": ["-device", "pcie-root-port,id=rp1,chassis=1"]}
 
 
 def balloon_vm(build, kind, app, args, memory="1G", props="", **kw):
     machine, dev = DEVICES[kind]
-    extra = ["-device", f"{dev},id=balloon0{props}"]
+    extra = BEFORE.get(kind, []) + ["-device", f"{dev},id=balloon0{props}"]
     return BlimpVM(build, app=app, args=args, machine=machine, memory=memory, qmp=True,
                    extra=extra, limit=300, **kw)
 
@@ -82,6 +86,11 @@ def test_inflate_deflate_q35(build):
 @t.test
 def test_inflate_deflate_q35_legacy(build):
     inflate_deflate(build, "q35-legacy")
+
+
+@t.test
+def test_inflate_deflate_behind_a_pcie_root_port(build):
+    inflate_deflate(build, "q35-root-port")
 
 
 @t.test
