@@ -4,7 +4,9 @@ part, and the page counts KSM should show for it; the lines the app prints.
     from dataset import DATA_PAGES, NONZERO_PAGES, data_set_args, last_verify
     BlimpVM(build, app="dataset", args=["seed=42", *data_set_args("2s")], ...)
 """
+import os
 import re
+import struct
 
 PAGE = 4096
 SIZE_MIB = 16
@@ -33,3 +35,20 @@ def last_verify(output):
     """The last verify round of an output, (n, ok, bad), or None."""
     rounds = verify_rounds(output)
     return rounds[-1] if rounds else None
+
+
+def kernel_readonly_pages(build):
+    """Pages of the kernel image that are never written (the read-only PT_LOAD segments of
+    build/blimp.elf): what sharing=all hints besides the data set, and what KSM may merge across
+    any VMs booted from the same image. Read from the image, so it follows the image's size."""
+    with open(os.path.join(build, "blimp.elf"), "rb") as f:
+        elf = f.read()
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    pages = 0
+    for i in range(phnum):
+        p_type, p_flags, _off, vaddr, _paddr, _filesz, memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", elf, phoff + i * phentsize)
+        if p_type == 1 and not p_flags & 2:  # PT_LOAD without PF_W
+            pages += ((vaddr % PAGE) + memsz + PAGE - 1) // PAGE
+    return pages
