@@ -17,8 +17,10 @@
 Each check here fails on QEMU without patch 9 (host discards and array writes invisible to
 dirty tracking, no migrated registration): see docs/migration.md for what was measured.
 """
+import atexit
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -42,6 +44,13 @@ INTEGRITY_ROUND = re.compile(r"integrity: round (\d+) verified (\d+) pages, (\d+
 VOLATILE_REPORT = re.compile(r"volatile-cache: t=\S+ lookups=(\d+) hits=(\d+) discards=(\d+) "
                              r"recomputes=(\d+) lost_pages=(\d+) corrupt_bytes=(\d+)")
 SWEEP_MS = 20
+
+
+def scratch_dir():
+    """A directory for sockets and state files, removed when the script exits."""
+    d = tempfile.mkdtemp(prefix="blimp-mig-")
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return d
 
 
 def balloon_device(sweeps=True, hint=False, report=True, share=False):
@@ -191,7 +200,7 @@ def test_tcg_migration_keeps_every_guest_write(build):
 
 def live_pair(build, app, args, name, **dev):
     """A source and a destination waiting on a unix socket, for a live migration."""
-    tmp = tempfile.mkdtemp(prefix="blimp-mig-")
+    tmp = scratch_dir()
     sock = os.path.join(tmp, "incoming.sock")
     src = pstate_vm(build, app, args, f"{name}-source", **dev)
     dst = pstate_vm(build, app, args, f"{name}-destination", extra=incoming(f"unix:{sock}"), **dev)
@@ -253,7 +262,7 @@ def test_integrity_and_volatile_cache_live_and_through_a_file(build):
 @t.test
 def test_three_migrations_in_a_row(build):
     args = ["size=256M", "pause=300ms"]
-    tmp = tempfile.mkdtemp(prefix="blimp-mig-")
+    tmp = scratch_dir()
     vm = pstate_vm(build, "zerocheck", args, "hop-0")
     vm.__enter__()
     try:
@@ -343,7 +352,7 @@ def test_sharing_hints_reach_the_destination_ksm(build):
         ksm = KsmSession(pages_to_scan=4000, sleep_millisecs=10).__enter__()
     except KsmUnavailable as e:
         raise Skip(str(e))
-    tmp = tempfile.mkdtemp(prefix="blimp-mig-")
+    tmp = scratch_dir()
     sock = os.path.join(tmp, "incoming.sock")
     try:
         with dataset_vm(build, "twin") as twin, dataset_vm(build, "mover") as src, \
@@ -386,7 +395,7 @@ def test_patched_to_stock_is_refused_and_the_source_runs_on(build):
     # extensions behind its back), and the source keeps running after the failed migration.
     if not os.access(STOCK_QEMU, os.X_OK):
         raise Skip(f"no stock QEMU at {STOCK_QEMU}")
-    tmp = tempfile.mkdtemp(prefix="blimp-mig-")
+    tmp = scratch_dir()
     sock = os.path.join(tmp, "incoming.sock")
     src = pstate_vm(build, "integrity", ["size=128M", "pause=200ms"], "patched-source")
     stock = BlimpVM(build, app="integrity", args=["size=128M"], machine="q35", memory="1G",
@@ -426,7 +435,7 @@ def test_patched_to_stock_is_refused_and_the_source_runs_on(build):
 def test_stock_source_moves_to_a_patched_qemu(build):
     if not os.access(STOCK_QEMU, os.X_OK):
         raise Skip(f"no stock QEMU at {STOCK_QEMU}")
-    tmp = tempfile.mkdtemp(prefix="blimp-mig-")
+    tmp = scratch_dir()
     sock = os.path.join(tmp, "incoming.sock")
     src = BlimpVM(build, app="integrity", args=["size=128M", "pause=200ms"], machine="q35",
                   memory="1G", qmp=True, qemu=STOCK_QEMU, name="stock-source", limit=300,
