@@ -78,6 +78,7 @@ struct BalloonCounters {
   uint64_t cache_demands;    // times the app's caches were asked for memory to reach a target
   uint64_t device_resets;    // resets recovered from
   uint64_t slow_waits;       // waits that lasted past balloon.timeout_ms
+  uint64_t renotified;       // waits that notified their queue again (balloon_internal.h)
   uint64_t driver_resets;    // resets the driver did: a wait past balloon.reset_ms, a broken queue
   uint64_t bad_completions;  // completions for a buffer not in flight on that queue
   uint64_t quarantined_pages;  // pages left with a device that could not be reset

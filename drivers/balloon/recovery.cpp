@@ -40,6 +40,8 @@ ErrorOr<BufferToken*> Balloon::wait_used(virtio::Virtqueue& vq) {
   const uint64_t reset_at = start + reset_ns_;
   uint64_t next_check = start + kAliveCheckNs;
   uint64_t next_warning = start + timeout_ns_;
+  uint64_t next_renotify = start + kRenotifyNs;
+  unsigned renotified = 0;
   char why[96];
   for (;;) {
     uint64_t flags = irq_save();
@@ -71,7 +73,11 @@ ErrorOr<BufferToken*> Balloon::wait_used(virtio::Virtqueue& vq) {
         return Error::DeviceError;
       }
       const uint64_t waited = timer::now_ns() - start;
-      if (waited >= timeout_ns_) {
+      if (renotified) {
+        counters_.renotified++;
+        kprintf("balloon: queue %u returned its buffer after %lu ms (notified again %u times)\n",
+                vq.index(), waited / 1000000, renotified);
+      } else if (waited >= timeout_ns_) {
         kprintf("balloon: queue %u returned its buffer after %lu ms\n", vq.index(),
                 waited / 1000000);
       }
@@ -86,6 +92,10 @@ ErrorOr<BufferToken*> Balloon::wait_used(virtio::Virtqueue& vq) {
         irq_restore(flags);
         continue;
       }
+    }
+    if (now >= next_renotify) {
+      next_renotify = now + kRenotifyNs;
+      if (vq.notify_again()) renotified++;
     }
     if (now >= reset_at) {
       irq_restore(flags);

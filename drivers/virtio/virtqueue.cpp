@@ -210,6 +210,17 @@ bool Virtqueue::kick() {
   return notify;
 }
 
+bool Virtqueue::notify_again() {
+  {
+    SpinLockGuard guard(lock_);
+    if (broken_ || !ring_.virt) return false;
+    kicked_idx_ = avail_shadow_;
+  }
+  if (!notify_) return false;
+  notify_(notify_ctx_, index_);
+  return true;
+}
+
 bool Virtqueue::has_used() const {
   if (!ring_.virt || broken_) return false;
   return load16(used_idx()) != last_used_;

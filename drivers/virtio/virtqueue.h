@@ -133,6 +133,11 @@ class Virtqueue {
   // Notifies the device of buffers added since the last kick, unless the device asked not to be
   // notified (VIRTQ_USED_F_NO_NOTIFY, or avail_event with VIRTIO_F_EVENT_IDX). True if notified.
   bool kick();
+  // Notifies the device whatever the suppression fields say (virtio 1.2, 2.7.10 makes them a
+  // SHOULD NOT). For a driver that has waited too long: a device restored from a snapshot taken
+  // while it polled the queue keeps NO_NOTIFY set in guest memory and polls nothing (QEMU 7.2's
+  // free page hint thread), so without this the buffers already posted are never seen.
+  bool notify_again();
 
   // Takes the next used buffer. true: `token`/`len` filled; false: nothing used yet.
   // DeviceError: the device returned a bogus id or length; the queue is now broken.

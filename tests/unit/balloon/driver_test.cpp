@@ -597,6 +597,29 @@ TEST_F(balloon_driver, HintingLateCommandAndLateRanges) {
   deflate_all_and_check_leaks();
 }
 
+// A VM restored from a snapshot taken mid-hint: the device's hint thread had set NO_NOTIFY and
+// polled; on the restored side nothing polls, so the driver's kicks are suppressed and the ranges
+// it posts are never seen. Notifying again after a second gets them taken, without a reset.
+TEST_F(balloon_driver, HintQueueThatStoppedPollingIsNotifiedAgainNotReset) {
+  settle();
+  fake_->stop_polling(QueueKind::Hint, /*after=*/2);  // the command word and one range
+  fake_->set_hint_cmd(13);
+  fake_->raise_config();
+  settle();
+  check_step("after hinting to a queue that stopped polling");
+  EXPECT_GE(fake_->wakeups, 1u);
+  EXPECT_GE(c().renotified, 1u);
+  EXPECT_EQ(c().driver_resets, 0u);
+  EXPECT_EQ(c().slow_waits, 0u);
+  EXPECT_EQ(fake_->hint_words.back(), kCmdIdStop);
+  expect_log("notified again");
+  fake_->set_hint_cmd(kCmdIdDone);
+  fake_->raise_config();
+  settle();
+  EXPECT_EQ(count_owned(mm::Owner::Isolated), 0u);
+  deflate_all_and_check_leaks();
+}
+
 TEST_F(balloon_driver, SilentHintRangeResetsAndReturnsHintedBlocks) {
   settle();
   fake_->script(QueueKind::Hint, {Behaviour::now(), Behaviour::now(), Behaviour::never()});

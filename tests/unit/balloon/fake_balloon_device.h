@@ -92,6 +92,15 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
   }
   void set_default(QueueKind k, Behaviour b) { q(k).fallback = b; }
   bool reset_stuck = false;  // a reset never completes: status never reads 0 again
+  // A device restored from a snapshot taken while it polled `k` (QEMU 7.2's free page hint
+  // thread): NO_NOTIFY stays set in the ring and nothing polls, so the queue takes no buffer
+  // until the driver notifies it anyway. `after`: once it has taken that many more buffers.
+  void stop_polling(QueueKind k, unsigned after = 0) {
+    Queue& qq = q(k);
+    qq.sleep_after = after;
+    if (!after) fall_asleep(qq);
+  }
+  unsigned wakeups = 0;  // notifications that woke a sleeping queue
   uint32_t blimp_status = kBlimpOk;
 
   // ---- Host side
@@ -132,7 +141,12 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
     for (int i = 0; i < 6; ++i) {
       Queue& qq = queues_[i];
       if (!qq.ring || stopped_) continue;
-      while (auto c = qq.ring->pop_avail()) take(qq, std::move(*c));
+      while (!qq.asleep) {
+        auto c = qq.ring->pop_avail();
+        if (!c) break;
+        take(qq, std::move(*c));
+        if (qq.sleep_after && --qq.sleep_after == 0) fall_asleep(qq);
+      }
     }
     for (int i = 0; i < 6; ++i) {
       Queue& qq = queues_[i];
@@ -221,6 +235,11 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
       if ((v & virtio::status::kDriverOk) && !(before & virtio::status::kDriverOk)) attach_rings();
       return;
     }
+    if (off == kQueueNotify && v < 6 && queues_[v].asleep) {
+      queues_[v].asleep = false;
+      if (queues_[v].ring) queues_[v].ring->set_no_notify(false);
+      wakeups++;
+    }
     mmio_.write32(off, v);
   }
 
@@ -239,7 +258,13 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
     std::deque<Held> held;
     std::deque<Behaviour> script;
     Behaviour fallback;
+    bool asleep = false;  // stop_polling()
+    unsigned sleep_after = 0;
   };
+  void fall_asleep(Queue& qq) {
+    qq.asleep = true;
+    if (qq.ring) qq.ring->set_no_notify(true);
+  }
 
   Queue& q(QueueKind k) {
     for (auto& qq : queues_)
@@ -286,6 +311,8 @@ class FakeBalloonDevice final : public virtio::RegisterWindow {
         }
       qq.held.clear();
       qq.ring.reset();
+      qq.asleep = false;
+      qq.sleep_after = 0;
     }
     balloon_pfns.clear();
   }
