@@ -396,7 +396,7 @@ int Fleet::run() {
     if (!cfg_.plot.empty() && !cfg_.csv.empty()) {
         std::vector<std::string> names;
         for (const auto& vm : vms_) names.push_back(vm->spec.name);
-        auto plotted = write_plot(cfg_.csv, cfg_.plot, names);
+        auto plotted = write_plot(cfg_.csv, cfg_.plot, names, metrics_.fleet(), cfg_.budget);
         if (plotted.is_error())
             report("plot not written: " + plotted.error().message);
         else

@@ -88,6 +88,31 @@ void Fleet::write_summary(int status) {
         format_size(reclaimed).c_str(), format_size(k1.get("pages_sharing") * static_cast<uint64_t>(page)).c_str(),
         static_cast<unsigned long long>(k1.get("pages_sharing")));
     j["reclaimed_bytes"] = reclaimed;
+    if (auto story = host_memory_story(metrics_.fleet(), cfg_.budget)) {
+        // What the host got back: the fleet's RSS (what the host really backs), not balloon sizes.
+        json h = {{"peak_rss_bytes", story->peak.rss},
+                  {"peak_s", story->peak.time_s},
+                  {"end_rss_bytes", story->end.rss},
+                  {"end_s", story->end.time_s},
+                  {"end_guest_memory_bytes", story->end.actual},
+                  {"returned_bytes", story->returned},
+                  {"vms", story->peak.vms}};
+        if (story->within_budget_s) h["rss_within_budget_s"] = *story->within_budget_s;
+        j["host_memory"] = h;
+        std::printf(
+            "  host memory (QEMU RSS of the %zu VMs, summed while all ran): peak %s at %.0f s, %s at %.0f s: %s came "
+            "back",
+            story->peak.vms, format_size(story->peak.rss).c_str(), story->peak.time_s,
+            format_size(story->end.rss).c_str(), story->end.time_s, format_size(story->returned).c_str());
+        if (cfg_.budget) {
+            if (story->within_budget_s)
+                std::printf("; under the %s budget from %.0f s", format_size(*cfg_.budget).c_str(),
+                            *story->within_budget_s);
+            else
+                std::printf("; never under the %s budget after the peak", format_size(*cfg_.budget).c_str());
+        }
+        std::printf("\n");
+    }
     std::printf("  exit status %d\n", status);
     std::fflush(stdout);
     auto written = write_file_atomic(run_dir_ + "/summary.json", j.dump(2) + "\n", 0644);

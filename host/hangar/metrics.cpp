@@ -78,6 +78,8 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
         have_ksm_ = true;
     }
     last_ksm_ = ksm;
+    FleetPoint point{t, 0, 0, 0};
+    bool whole = !samples.empty();
     for (auto& s : samples) {
         if (s.pid > 0 && !s.rss) s.rss = read_rss(s.pid, proc_);
         if (s.pid > 0 && !s.ksm_merging_pages) s.ksm_merging_pages = read_ksm_merging_pages(s.pid, proc_);
@@ -89,6 +91,13 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
         if (s.rss) {
             sum.peak_rss = std::max(sum.peak_rss, *s.rss);
             sum.last_rss = *s.rss;
+        }
+        if (s.state == "running" && s.rss) {
+            point.vms++;
+            point.rss += *s.rss;
+            point.actual += s.balloon_actual.value_or(s.memory);
+        } else {
+            whole = false;
         }
         if (s.balloon_actual) {
             sum.last_actual = s.balloon_actual;
@@ -133,11 +142,33 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
         std::fprintf(csv_, "%s\n", row.c_str());
         ++rows_;
     }
+    if (whole) fleet_.push_back(point);
     if (csv_) std::fflush(csv_);
 }
 
-ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_path,
-                         const std::vector<std::string>& vms) {
+std::optional<HostMemoryStory> host_memory_story(const std::vector<FleetPoint>& points,
+                                                 std::optional<uint64_t> budget) {
+    // Only the samples with the most VMs: before the last one booted, or after the first one
+    // ended, the sum says nothing about reclaim.
+    size_t most = 0;
+    for (const auto& p : points) most = std::max(most, p.vms);
+    std::optional<HostMemoryStory> story;
+    for (const auto& p : points) {
+        if (p.vms != most || most == 0) continue;
+        if (!story) story = HostMemoryStory{p, p, 0, {}};
+        if (p.rss > story->peak.rss) {
+            story->peak = p;
+            story->within_budget_s.reset();
+        }
+        story->end = p;
+        if (budget && !story->within_budget_s && p.rss <= *budget) story->within_budget_s = p.time_s;
+    }
+    if (story) story->returned = story->peak.rss - std::min(story->peak.rss, story->end.rss);
+    return story;
+}
+
+ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_path, const std::vector<std::string>& vms,
+                         const std::vector<FleetPoint>& fleet, std::optional<uint64_t> budget) {
     // One data file per VM: gnuplot breaks a line at every skipped point, so filtering a mixed
     // CSV inside gnuplot draws nothing but dots.
     // Built in memory and written with write_file_atomic (no symlink followed: hangar is root).
@@ -169,6 +200,17 @@ ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_pat
         }
     }
     for (auto& [vm, f] : data) TRY(write_file_atomic(data_path[vm], f.str(), 0644));
+    const std::string fleet_path = png_path + ".fleet.dat";
+    if (!fleet.empty()) {
+        // As host_memory_story(): only the samples with the most VMs running.
+        size_t most = 0;
+        for (const auto& p : fleet) most = std::max(most, p.vms);
+        std::ostringstream f;
+        f << "# time_s rss_sum_mib actual_sum_mib (samples with every VM running)\n";
+        for (const auto& p : fleet)
+            if (p.vms == most) f << p.time_s << " " << p.rss / 1048576.0 << " " << p.actual / 1048576.0 << "\n";
+        TRY(write_file_atomic(fleet_path, f.str(), 0644));
+    }
     const std::string script = png_path + ".gp";
     {
         std::ostringstream gp;
@@ -177,7 +219,8 @@ ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_pat
            << "set datafile missing '?'\n"
            << "set key outside right\n"
            << "set xlabel 'time (s)'\nset ylabel 'MiB'\nset yrange [0:*]\n"
-           << "set title 'hangar: QEMU RSS (solid) and balloon size (dashed) per VM'\n"
+           << "set title 'hangar: QEMU RSS (solid) and balloon size (dashed) per VM"
+           << (fleet.empty() ? "" : "; all VMs summed (black)") << "'\n"
            << "set grid\n";
         if (vms.empty()) {
             gp << "set xrange [0:1]\nplot 0 title 'no VMs'\n";
@@ -190,6 +233,10 @@ ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_pat
                    << " rss', \\\n     '" << f << "' using 1:3 with lines dt 2 lw 2 lc " << i + 1 << " title '"
                    << vms[i] << " balloon'";
             }
+            if (!fleet.empty())
+                gp << ", \\\n     '" << fleet_path << "' using 1:2 with lines lw 3 lc rgb 'black' title 'all VMs rss'";
+            if (budget)
+                gp << ", \\\n     " << *budget / 1048576.0 << " with lines dt 3 lw 2 lc rgb 'red' title 'budget'";
             gp << "\n";
         }
         TRY(write_file_atomic(script, gp.str(), 0644));

@@ -34,6 +34,24 @@ struct VmSample {
 // The CSV's columns, in order (documented in docs/hangar.md).
 const std::vector<std::string>& csv_columns();
 
+// The whole fleet at one sample, counted only when every VM sampled was running with a known
+// RSS (a VM booting or gone would make the sum fall for reasons that are not reclaim).
+struct FleetPoint {
+    double time_s = 0;
+    size_t vms = 0;
+    uint64_t rss = 0;     // QEMU RSS summed: guest RAM the host backs plus QEMU's own memory
+    uint64_t actual = 0;  // balloon actual summed: the guest memory the budget limits
+};
+
+// What the host got back, from the fleet points of the samples that had every VM running.
+struct HostMemoryStory {
+    FleetPoint peak;                        // the largest RSS sum
+    FleetPoint end;                         // the last sample with every VM running
+    uint64_t returned = 0;                  // peak.rss - end.rss
+    std::optional<double> within_budget_s;  // first sample after the peak with rss <= budget
+};
+std::optional<HostMemoryStory> host_memory_story(const std::vector<FleetPoint>& points, std::optional<uint64_t> budget);
+
 class MetricsSampler {
 public:
     explicit MetricsSampler(const KsmControl* ksm, std::string proc_root = "/proc");
@@ -58,6 +76,7 @@ public:
     const KsmCounters& first_ksm() const { return first_ksm_; }
     const KsmCounters& last_ksm() const { return last_ksm_; }
     size_t rows() const { return rows_; }
+    const std::vector<FleetPoint>& fleet() const { return fleet_; }
 
 private:
     const KsmControl* ksm_;
@@ -67,11 +86,14 @@ private:
     KsmCounters first_ksm_, last_ksm_;
     bool have_ksm_ = false;
     size_t rows_ = 0;
+    std::vector<FleetPoint> fleet_;
 };
 
 // Writes a gnuplot script next to the PNG and runs gnuplot on the CSV: RSS and balloon size per
-// VM over time. An error when gnuplot is missing or fails.
-ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_path, const std::vector<std::string>& vms);
+// VM over time, and with `fleet` points the fleet's summed RSS and the budget. An error when
+// gnuplot is missing or fails.
+ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_path, const std::vector<std::string>& vms,
+                         const std::vector<FleetPoint>& fleet = {}, std::optional<uint64_t> budget = {});
 
 class StatusView {
 public:

@@ -272,6 +272,43 @@ def test_budget_below_total_apps_complete(build):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@t.test
+def test_demo_host_memory_comes_back_under_the_budget(build):
+    """`make run`'s fleet (bench/hangar/demo.json), on the QEMU it names: the apps use more
+    memory than the budget, the fleet's RSS climbs past it and comes back, every app finishes
+    clean, and the summary and plot tell it."""
+    demo = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "hangar", "demo.json")
+    with open(demo) as f:
+        budget = 448 << 20
+        check('"budget": "448M"' in f.read(), "the demo's budget changed: update this test")
+    with Run(build, ["--config", demo], qemu="auto", limit=300) as r:
+        rc = r.wait()
+        s, vms = r.summary()
+        check(rc == 0, f"exit {rc}\n{r.stderr()}")
+        want = {"cache": "kvcache: done", "batch": "memhog: done",
+                "checker": "integrity: PASS: 0 mismatches"}
+        for name, line in want.items():
+            with open(vms[name]["serial_log"]) as f:
+                out = f.read()
+            check(line in out, f"{name}: no '{line}':\n{out[-2000:]}")
+        h = s.get("host_memory")
+        check(h, f"no host_memory in the summary: {s}")
+        mib = lambda b: b >> 20  # noqa: E731
+        print(f"  host memory: peak {mib(h['peak_rss_bytes'])} MiB at {h['peak_s']:.0f} s, "
+              f"{mib(h['end_rss_bytes'])} MiB at {h['end_s']:.0f} s, {mib(h['returned_bytes'])} MiB "
+              f"back; guest memory at the end {mib(h['end_guest_memory_bytes'])} MiB", flush=True)
+        check(h["vms"] == 3, f"not every VM ran at once: {h}")
+        check(h["peak_rss_bytes"] > budget, f"the apps never used more than the budget: {h}")
+        check(h["end_guest_memory_bytes"] <= budget, f"the balloons did not bring the guests "
+              f"under the budget: {h}")
+        # The budget limits guest memory; RSS also holds each QEMU's own ~30-40 MiB.
+        check(h["end_rss_bytes"] <= budget + 3 * (64 << 20), f"RSS stayed far above the budget: {h}")
+        check(h["returned_bytes"] >= 100 << 20, f"little host memory came back: {h}")
+        plot = os.path.join(r.run_dir, "hangar-demo.png")
+        check(os.path.getsize(plot) > 0 and os.path.exists(plot + ".fleet.dat"),
+              f"no plot with the fleet's RSS in {r.run_dir}")
+
+
 # A stand-in for QEMU that speaks QMP badly on purpose; its mode comes from the kernel command
 # line (-append "app=... qmp=MODE"), so one fleet can mix behaviours. It exits like a guest
 # returning 0 (isa-debug-exit status 1) after a few seconds, or 0 on "quit".
