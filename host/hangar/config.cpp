@@ -95,6 +95,7 @@ constexpr Name<KsmMode> kKsmModes[] = {{"unchanged", KsmMode::Unchanged},
                                        {"blind", KsmMode::Blind},
                                        {"targeted", KsmMode::Targeted}};
 constexpr Name<PolicyKind> kPolicyKinds[] = {{"idle-tax", PolicyKind::IdleTax}, {"none", PolicyKind::None}};
+constexpr Name<SweepWhen> kSweepWhens[] = {{"pressure", SweepWhen::Pressure}, {"always", SweepWhen::Always}};
 constexpr Name<ShareScope> kShareScopes[] = {{"across", ShareScope::AcrossVms}, {"within", ShareScope::WithinVm}};
 constexpr Name<StatusDisplay> kStatusDisplays[] = {{"auto", StatusDisplay::Auto},
                                                    {"tty", StatusDisplay::Tty},
@@ -258,8 +259,8 @@ ErrorOr<void> apply_vm_key(VmSpec& vm, const Reader& r, const std::string& key, 
 
 ErrorOr<void> parse_policy(PolicyConfig& p, const json& v, const std::string& where) {
     Reader r(where);
-    TRY(r.check_keys(
-        v, {"name", "tax_rate", "floor", "hysteresis", "max_step", "pressure_grow", "reclaim_hold", "sweep"}));
+    TRY(r.check_keys(v, {"name", "tax_rate", "floor", "hysteresis", "max_step", "pressure_grow", "reclaim_hold",
+                         "sweep", "sweep_when", "host_reserve"}));
     for (auto it = v.begin(); it != v.end(); ++it) {
         const std::string& k = it.key();
         if (k == "name") {
@@ -279,6 +280,11 @@ ErrorOr<void> parse_policy(PolicyConfig& p, const json& v, const std::string& wh
             p.reclaim_hold = static_cast<unsigned>(TRY(r.uint(*it, k, 100000)));
         else if (k == "sweep")
             p.sweep = TRY(r.duration(*it, k));
+        else if (k == "sweep_when") {
+            const std::string when = TRY(r.str(*it, k));
+            p.sweep_when = TRY(r.at(k, parse_sweep_when(when)));
+        } else if (k == "host_reserve")
+            p.host_reserve = TRY(r.size(*it, k));
     }
     return {};
 }
@@ -352,6 +358,12 @@ ErrorOr<void> check_uint(const std::string& key, uint64_t v, uint64_t lo, uint64
 std::string_view to_string(Machine m) { return name_of(kMachines, m); }
 std::string_view to_string(KsmMode m) { return name_of(kKsmModes, m); }
 std::string_view to_string(ShareScope s) { return s == ShareScope::Off ? "off" : name_of(kShareScopes, s); }
+std::string_view to_string(SweepWhen w) { return name_of(kSweepWhens, w); }
+
+ErrorOr<SweepWhen> parse_sweep_when(std::string_view text) {
+    if (auto w = value_of(kSweepWhens, text)) return *w;
+    return Error{"sweep_when must be pressure or always, got \"" + std::string(text) + "\""};
+}
 
 ErrorOr<uint64_t> parse_size(std::string_view text) {
     std::string_view s = trim(text);
@@ -667,6 +679,7 @@ ErrorOr<void> validate(const Config& c) {
     TRY(check_size("policy.max_step", c.policy.max_step, 1, 1ull << 40));
     TRY(check_uint("policy.reclaim_hold", c.policy.reclaim_hold, 0, 100000));
     TRY(check_duration("policy.sweep (--sweep)", c.policy.sweep, Millis(100), hours(24), /*zero_ok=*/true));
+    TRY(check_size("policy.host_reserve (--host-reserve)", c.policy.host_reserve, 0, 1ull << 40));
     if (c.ksm.pages_to_scan)
         TRY(check_uint("ksm.pages_to_scan (--ksm-pages-to-scan)", *c.ksm.pages_to_scan, 1, kMaxKsmKnob));
     if (c.ksm.sleep_millisecs)

@@ -49,6 +49,10 @@ struct VmSpec {
     std::map<std::string, std::string> balloon_props;  // extra -device properties (patched QEMU)
 };
 
+enum class SweepWhen { Pressure, Always };
+ErrorOr<SweepWhen> parse_sweep_when(std::string_view text);  // pressure | always
+std::string_view to_string(SweepWhen w);
+
 struct PolicyConfig {
     PolicyKind kind = PolicyKind::IdleTax;  // idle-tax | none
     double tax_rate = 0.75;                 // ESX's default idle memory tax
@@ -60,9 +64,13 @@ struct PolicyConfig {
     // cache that was just given enough stops reclaiming, and must not then look idle at once
     // (that would take the memory back and start the cycle again).
     unsigned reclaim_hold = 30;
-    // Page-state reclaim (patched QEMU, page-states=on): ask QEMU to discard the guests' unused
-    // and volatile pages this often; 0 = never (QEMU's own timer may still do it).
+    // Page-state reclaim (patched QEMU, page-states=on): look this often; 0 = never (QEMU's own
+    // timer may still sweep). With sweep_when=pressure (the default) QEMU is asked for exactly
+    // what the host needs (reclaim_pressure.h), nothing when it needs nothing; with always, for
+    // every unused and volatile page each time.
     Millis sweep{0};
+    SweepWhen sweep_when = SweepWhen::Pressure;
+    uint64_t host_reserve = 512ull << 20;  // MemAvailable below this is pressure
 };
 
 struct KsmConfig {

@@ -73,8 +73,10 @@ private:
     void apply_policy();
     void poll_guest_stats(Vm& vm);
 
-    // page_state_sweeper.cpp
+    // page_state_sweeper.cpp: one round asks the VMs in turn, largest RSS first, until the need
+    // is met.
     void sweep_page_states();
+    void sweep_next(std::vector<Vm*> order, size_t i, std::optional<uint64_t> remaining_pages);
 
     // ksm_targeting.cpp: sharing hints into the index, hash filters out to QEMU.
     void refresh_hints();
@@ -107,6 +109,13 @@ private:
     EventLoop::TimerId sample_timer_ = 0;
     EventLoop::TimerId hint_timer_ = 0;
     EventLoop::TimerId sweep_timer_ = 0;
+    struct SweepTally {
+        uint64_t rounds = 0;                  // rounds that asked QEMU for pages
+        uint64_t idle_rounds = 0;             // rounds skipped: no pressure
+        uint64_t needed_pages = 0;            // what the pressure rounds needed, summed
+        std::optional<std::string> pressure;  // the last round's reason ("" = none; unset before the first)
+    } sweep_tally_;
+    bool sweep_round_busy_ = false;
     bool targeting_ = false;         // targeted KSM on the patched QEMU: hints drive the filters
     uint64_t potential_saving_ = 0;  // the sharing index's best case, largest seen (pages)
     uint64_t filter_updates_ = 0;

@@ -39,7 +39,10 @@ void Fleet::write_summary(int status) {
             v["description"] = vm->exit->describe();
         }
         v["qmp_errors"] = vm->qmp_errors;
-        if (vm->sweeps || vm->swept_pages) v["pstate_discarded_pages"] = vm->swept_pages;
+        if (vm->sweeps || vm->swept_pages) {
+            v["pstate_discarded_pages"] = vm->swept_pages;
+            if (cfg_.policy.sweep_when == SweepWhen::Pressure) v["pstate_asked_pages"] = vm->sweep_asked;
+        }
         if (targeting_) {
             v["hint_pages"] = vm->hint_pages;
             v["twin_hashes"] = vm->filter_sent ? vm->filter_sent->size() : 0;
@@ -88,6 +91,12 @@ void Fleet::write_summary(int status) {
         format_size(reclaimed).c_str(), format_size(k1.get("pages_sharing") * static_cast<uint64_t>(page)).c_str(),
         static_cast<unsigned long long>(k1.get("pages_sharing")));
     j["reclaimed_bytes"] = reclaimed;
+    if (cfg_.policy.sweep.count() > 0)
+        j["page_state_sweeps"] = {{"when", std::string(to_string(cfg_.policy.sweep_when))},
+                                  {"rounds", sweep_tally_.rounds},
+                                  {"rounds_without_pressure", sweep_tally_.idle_rounds},
+                                  {"needed_pages", sweep_tally_.needed_pages},
+                                  {"host_reserve_bytes", cfg_.policy.host_reserve}};
     if (auto story = host_memory_story(metrics_.fleet(), cfg_.budget)) {
         // What the host got back: the fleet's RSS (what the host really backs), not balloon sizes.
         json h = {{"peak_rss_bytes", story->peak.rss},

@@ -43,6 +43,7 @@ struct Fleet::Vm {
     bool sweeps = false;  // page-states=on on the patched QEMU
     bool sweep_busy = false;
     uint64_t swept_pages = 0;
+    uint64_t sweep_asked = 0;  // pages asked for (sweep_when=pressure: max-pages summed)
 
     // Its QMP connection is up (negotiated, not closed).
     bool qmp_up() const { return qmp && qmp->state() == QmpClient::State::Ready; }

@@ -232,7 +232,7 @@ struct RunFlags {
         policy, status, accel;
     std::string ksm_lock, ksm_lock_wait, qemu_user, qemu_sandbox;
     std::optional<double> tax_rate;
-    std::string sweep;
+    std::string sweep, sweep_when, host_reserve;
     std::optional<uint64_t> ksm_pages_to_scan, ksm_sleep_ms;
     bool dry_run = false;
 };
@@ -264,6 +264,8 @@ ErrorOr<Config> build_config(const RunFlags& f) {
     if (!f.policy.empty()) c.policy.kind = TRY(parse_policy_kind(f.policy));
     if (f.tax_rate) c.policy.tax_rate = *f.tax_rate;
     if (!f.sweep.empty()) c.policy.sweep = TRY(parse_duration(f.sweep));
+    if (!f.sweep_when.empty()) c.policy.sweep_when = TRY(parse_sweep_when(f.sweep_when));
+    if (!f.host_reserve.empty()) c.policy.host_reserve = TRY(parse_size(f.host_reserve));
     if (!f.status.empty()) c.status = TRY(parse_status_display(f.status));
     if (!f.accel.empty()) c.accel = f.accel;
     TRY(validate(c));
@@ -422,6 +424,10 @@ int main(int argc, char** argv) {
         sub->add_option("--tax-rate", f.tax_rate, "idle memory tax rate in [0,1) (default 0.75)");
         sub->add_option("--sweep", f.sweep,
                         "page-state reclaim period for VMs with balloon_props page-states=on (patched QEMU)");
+        sub->add_option("--sweep-when", f.sweep_when,
+                        "pressure (default: ask QEMU for what the host needs, nothing without pressure) | always");
+        sub->add_option("--host-reserve", f.host_reserve,
+                        "MemAvailable below this is pressure for page-state sweeps (default 512M)");
         sub->add_option("--status", f.status, "auto | tty | plain | off");
         sub->add_option("--accel", f.accel, "tcg (default) | kvm");
     }
