@@ -105,8 +105,11 @@ def run_mode(args, mode):
                 rows.append(row)
                 if abs(row["saving"] - last_saving) > max(16, 0.002 * max(last_saving, 1)):
                     last_saving, last_change_t, scans_at_change = row["saving"], t, c["full_scans"]
+                # Nothing merged yet is "settled" only once KSM has made 3 full passes (it merges
+                # from its second pass on): a single VM may have nothing to share at all.
                 settled = (t - last_change_t >= args.settle and
-                           c["full_scans"] >= scans_at_change + 2 and last_saving > 0)
+                           c["full_scans"] >= scans_at_change + 2 and
+                           (last_saving > 0 or c["full_scans"] - c0["full_scans"] >= 3))
                 if settled or t >= args.max_time:
                     break
             rss1 = sum(v.rss_kib() or 0 for v in vms)
