@@ -8,14 +8,18 @@ same launch, KSM session and sampling as the headline blind-vs-targeted experime
 until the saving has not moved for --settle seconds and KSM made 2 more full scans.
 
 Per N and mode (one CSV row):
-  saved           /sys/kernel/mm/ksm/pages_sharing at the end (host-wide: pages saved)
-  shared          sum of ksm_merging_pages over the N QEMUs (pages backed by a KSM page; ESX's
-                  "shared": every mapping of a shared page counts, the kept copy included)
+  saved           the N QEMUs' own saving at the end: their pages backed by a KSM page minus the
+                  distinct KSM pages among them (pagemap + kpageflags, ksm.ksm_frames); exact
+                  whatever else on the host merges. host_pages_sharing: the host-wide
+                  /sys/kernel/mm/ksm/pages_sharing beside it (equal when nothing else merges)
+  shared          the N QEMUs' pages backed by a KSM page (= sum of their ksm_merging_pages;
+                  ESX's "shared": every mapping of a shared page counts, the kept copy included)
   touched         sum of the N QEMUs' VmRSS just before run=1: the host memory the VMs touched
                   (guest pages written, QEMU's own heap and TCG code buffer); the saving's share of
                   it is "saved % touched"
   configured      N x --memory (ESX's denominator, "aggregate VM memory")
-  t95             first sample with saved >= 95% of the final saving (empty if nothing saved)
+  t95             first sample at which the QEMUs' merged pages (sum of ksm_merging_pages, exact)
+                  reached 95% of their final value (empty if nothing saved)
   ksmd CPU        utime+stime of ksmd from t=0 to t95 and to the end
 Writes OUT/vm_count.csv (summary), OUT/vm_count.md (markdown table), OUT/vm_count.png
 (gnuplot), OUT/samples/<mode>-n<N>.csv (every sample) and OUT/vm_count.json (arguments, host
@@ -42,7 +46,8 @@ import bench_sharing  # noqa: E402
 MiB = 1 << 20
 PAGE = 4096
 FIELDS = ["vms", "mode", "memory_mib_per_vm", "configured_mib", "touched_mib", "data_mib_per_vm",
-          "saved_pages", "saved_mib", "saved_pct_touched", "saved_pct_configured",
+          "saved_pages", "saved_mib", "host_pages_sharing", "saved_pct_touched",
+          "saved_pct_configured",
           "shared_pages", "shared_pct_configured", "t95_s", "ksmd_cpu_t95_s", "ksmd_cpu_end_s",
           "t_end_s", "full_scans_end", "load_start", "other_mergeable", "verified"]
 
@@ -55,8 +60,11 @@ def mib(size):
 
 
 def summarize(n, args, res, rows):
-    final = res["final_saving"]
-    t95 = next((r for r in rows if r["saving"] >= 0.95 * final), None) if final > 0 else None
+    final = res["own_saving"]
+    # t95 on the VMs' own merged pages (exact per QEMU; the host-wide counter moves with other
+    # users' QEMUs): for N identical VMs sharing each page N ways it is the saving x N/(N-1).
+    end_m = rows[-1]["merging"]
+    t95 = next((r for r in rows if r["merging"] >= 0.95 * end_m), None) if final > 0 else None
     configured = n * mib(args.memory)
     touched = res["rss_before_mib"]
     saved_mib = final * PAGE / MiB
@@ -64,11 +72,11 @@ def summarize(n, args, res, rows):
         vms=n, mode=res["mode"], memory_mib_per_vm=round(mib(args.memory)),
         configured_mib=round(configured), touched_mib=round(touched, 1),
         data_mib_per_vm=round(mib(args.size) + mib(args.private)),
-        saved_pages=final, saved_mib=round(saved_mib, 1),
+        saved_pages=final, saved_mib=round(saved_mib, 1), host_pages_sharing=res["final_saving"],
         saved_pct_touched=round(100 * saved_mib / touched, 1) if touched else "",
         saved_pct_configured=round(100 * saved_mib / configured, 1),
-        shared_pages=res["merging_end"],
-        shared_pct_configured=round(100 * res["merging_end"] * PAGE / MiB / configured, 1),
+        shared_pages=res["own_mappings"],
+        shared_pct_configured=round(100 * res["own_mappings"] * PAGE / MiB / configured, 1),
         t95_s=t95["t"] if t95 else "", ksmd_cpu_t95_s=t95["ksmd_cpu"] if t95 else "",
         ksmd_cpu_end_s=res["cpu_end"], t_end_s=res["t_end"], full_scans_end=res["fullscans_end"],
         load_start=res["load_start"], other_mergeable=len({o[0] for o in res["others"]}),
@@ -90,14 +98,15 @@ def read_summary(out):
 def table(summary):
     lines = ["| VMs | mode | touched (MiB) | saved (MiB) | saved % of touched | "
              "saved % of configured | shared % of configured | t95 (s) | ksmd CPU to t95 (s) | "
-             "ksmd CPU to end (s) | load (1/5/15) | other mergeable |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ksmd CPU to end (s) | host pages_sharing (MiB) | load (1/5/15) | other mergeable |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         dash = lambda v: v if v != "" else "-"  # noqa: E731
         lines.append(f"| {r['vms']} | {r['mode']} | {r['touched_mib']} | {r['saved_mib']} | "
                      f"{r['saved_pct_touched']} | {r['saved_pct_configured']} | "
                      f"{r['shared_pct_configured']} | {dash(r['t95_s'])} | "
-                     f"{dash(r['ksmd_cpu_t95_s'])} | {r['ksmd_cpu_end_s']} | {r['load_start']} | "
+                     f"{dash(r['ksmd_cpu_t95_s'])} | {r['ksmd_cpu_end_s']} | "
+                     f"{int(r['host_pages_sharing']) * PAGE / MiB:.1f} | {r['load_start']} | "
                      f"{r['other_mergeable']} |")
     return "\n".join(lines)
 
