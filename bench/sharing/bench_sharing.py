@@ -15,8 +15,9 @@ their data with KSM stopped, then run=1 at t=0 and the script samples every 0.25
   merging       sum of /proc/<qemu>/ksm_merging_pages over the experiment's VMs
   pages_scanned /sys/kernel/mm/ksm/pages_scanned
   ksmd CPU      utime+stime of ksmd (/proc/<ksmd>/stat)
-until the saving has not moved for --settle seconds (and KSM did >= 2 more full scans), or
---max-time. Results: CSV per mode, RESULTS-style table (markdown) and a gnuplot PNG.
+until the VMs' merged pages have not moved for --settle seconds (and KSM did >= 2 more full
+scans), or --max-time. At the end, the VMs' own saving (KSM-backed pages minus distinct KSM
+pages, from pagemap and kpageflags: ksm.ksm_frames) is recorded as own_saving. Results: CSV per mode, RESULTS-style table (markdown) and a gnuplot PNG.
 
 KSM settings are saved and restored (also on failure/SIGTERM), under a lock against other KSM
 experiments. Other mergeable processes (QEMUs of other users with mem-merge=on) disturb the
@@ -36,7 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "lib"))
 from blimp_vm import BlimpVM, patched_qemu_path  # noqa: E402
-from ksm import KsmSession, merging_pages, other_mergeable  # noqa: E402
+from ksm import KsmSession, ksm_frames, merging_pages, other_mergeable  # noqa: E402
 
 MiB = 1 << 20
 
@@ -91,7 +92,7 @@ def run_mode(args, mode):
             rss0 = sum(v.rss_kib() or 0 for v in vms)
             t0 = time.monotonic()
             ksm.start()
-            last_change_t, last_saving, scans_at_change = 0.0, -1, c0.get("full_scans", 0)
+            last_change_t, last_merging, scans_at_change = 0.0, -1, c0.get("full_scans", 0)
             while True:
                 time.sleep(args.interval)
                 t = time.monotonic() - t0
@@ -103,12 +104,19 @@ def run_mode(args, mode):
                            full_scans=c["full_scans"] - c0["full_scans"],
                            ksmd_cpu=round(ksm.ksmd_cpu_seconds() - cpu0, 3))
                 rows.append(row)
-                if abs(row["saving"] - last_saving) > max(16, 0.002 * max(last_saving, 1)):
-                    last_saving, last_change_t, scans_at_change = row["saving"], t, c["full_scans"]
+                # Settled: the experiment's own merged pages (exact per QEMU) have not moved. Not
+                # the host-wide saving: other users' mergeable QEMUs keep moving that one, and a
+                # run would never settle beside them. Nothing merged yet is "settled" only once
+                # KSM made 3 full passes (it merges from its second pass on): a single VM may have
+                # nothing to share at all.
+                if abs(merging - last_merging) > max(16, 0.002 * max(last_merging, 1)):
+                    last_merging, last_change_t, scans_at_change = merging, t, c["full_scans"]
                 settled = (t - last_change_t >= args.settle and
-                           c["full_scans"] >= scans_at_change + 2 and last_saving > 0)
+                           c["full_scans"] >= scans_at_change + 2 and
+                           (last_merging > 0 or c["full_scans"] - c0["full_scans"] >= 3))
                 if settled or t >= args.max_time:
                     break
+            own_mappings, own_frames = ksm_frames(pids)  # the VMs' own saving, exact
             rss1 = sum(v.rss_kib() or 0 for v in vms)
             others_end = other_mergeable(exclude=set(pids))
             outputs_ok = all("MISMATCH" not in v.output for v in vms)
@@ -121,7 +129,9 @@ def run_mode(args, mode):
                t95=t95["t"], cpu95=t95["ksmd_cpu"], scanned95=t95["scanned"],
                fullscans95=t95["full_scans"], t_end=rows[-1]["t"], cpu_end=rows[-1]["ksmd_cpu"],
                scanned_end=rows[-1]["scanned"], fullscans_end=rows[-1]["full_scans"],
-               merging_end=rows[-1]["merging"], rss_before_mib=rss0 / 1024,
+               merging_end=rows[-1]["merging"], own_mappings=own_mappings,
+               own_frames=own_frames, own_saving=own_mappings - own_frames,
+               rss_before_mib=rss0 / 1024,
                rss_after_mib=rss1 / 1024, load_start=load_start, load_end=loadavg(),
                others=[o[:2] for o in others_start + others_end], verified=outputs_ok,
                build_seal_ms=ready, guest_hash=hash_ms, settings=settings)

@@ -20,6 +20,7 @@ every KsmSession and every hangar restores a save whose owner pid is dead once i
         proc_ksm(pid)                     # per process: ksm_merging_pages, ksm_rmap_items, ...
         merging_pages(pid)                # a process's pages merged by KSM
         mergeable_bytes(pid)              # its VMAs marked MADV_MERGEABLE (smaps VmFlags `mg`)
+        ksm_frames(pids)                  # (pages backed by KSM, distinct KSM pages) of a set
 
     lock = KsmLock(timeout=300)           # the lock alone (a test that lets hangar own KSM)
     ...read(name), lock_holders(), lock_is_free()...
@@ -170,20 +171,63 @@ def merging_pages(pid):
     return proc_ksm(pid).get("ksm_merging_pages", 0)
 
 
-def mergeable_bytes(pid):
-    """Total size of a process's VMAs marked MADV_MERGEABLE (`mg` in smaps' VmFlags)."""
-    total, size = 0, 0
+def mergeable_vmas(pid):
+    """A process's VMAs marked MADV_MERGEABLE (`mg` in smaps' VmFlags), as [(start, end)]."""
+    vmas, vma = [], None
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             m = _VMA_RE.match(line)
             if m:
-                size = int(m.group(2), 16) - int(m.group(1), 16)
+                vma = (int(m.group(1), 16), int(m.group(2), 16))
             elif line.startswith("VmFlags:") and " mg" in line:
-                total += size
-    return total
+                vmas.append(vma)
+    return vmas
+
+
+def mergeable_bytes(pid):
+    """Total size of a process's VMAs marked MADV_MERGEABLE (`mg` in smaps' VmFlags)."""
+    return sum(end - start for start, end in mergeable_vmas(pid))
 
 
 _VMA_RE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ")
+_PAGE = 4096
+_PFN_MASK = (1 << 55) - 1
+_KPF_KSM = 1 << 21
+
+
+def ksm_frames(pids):
+    """Which KSM pages a set of processes maps, from /proc/PID/pagemap and /proc/kpageflags
+    (root: PFNs are hidden otherwise): (mappings, frames), mappings = their pages backed by a KSM
+    page (the sum of their ksm_merging_pages), frames = distinct KSM pages among them. What KSM
+    saves these processes is mappings - frames, exact whatever else on the host merges (the
+    host-wide pages_sharing counts every process). Processes that are gone count nothing."""
+    from array import array
+    pfns = []
+    for pid in pids:
+        try:
+            vmas = mergeable_vmas(pid)
+            with open(f"/proc/{pid}/pagemap", "rb") as pm:
+                for start, end in vmas:
+                    pm.seek(start // _PAGE * 8)
+                    entries = array("Q")
+                    entries.frombytes(pm.read((end - start) // _PAGE * 8))
+                    pfns.extend(e & _PFN_MASK for e in entries if e >> 63 and e & _PFN_MASK)
+        except (OSError, ValueError):
+            continue
+    ksm = set()
+    with open("/proc/kpageflags", "rb") as kf:
+        uniq = sorted(set(pfns))
+        i = 0
+        while i < len(uniq):  # one read per run of consecutive frames
+            j = i
+            while j + 1 < len(uniq) and uniq[j + 1] == uniq[j] + 1 and j - i < 4095:
+                j += 1
+            kf.seek(uniq[i] * 8)
+            flags = array("Q")
+            flags.frombytes(kf.read((j - i + 1) * 8))
+            ksm.update(uniq[i + k] for k, fl in enumerate(flags) if fl & _KPF_KSM)
+            i = j + 1
+    return sum(1 for p in pfns if p in ksm), len(ksm)
 
 
 def other_mergeable(exclude=()):

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Issue 20, experiment 1 in short: bench/sharing/vm_count.py ("sharing against the number of
+VMs") run as its one command with 1 and 2 small identical VMs, blind and targeted KSM.
+
+Checked, from the outside:
+  - the command exits 0 and writes the summary CSV (one row per VM count and mode), the
+    markdown table, a PNG plot and one samples CSV per run;
+  - targeted: one VM has nothing to share across VMs (its hinted data set has no twin), two VMs
+    share every non-zero data page: the VMs' merged pages and their own saving (pagemap and
+    kpageflags, exact whatever else merges on the host) grow with N, and so does the saved share
+    of the memory they touched; blind's saving grows with N too; every guest verified its data;
+  - KSM is back as it was (run, pages_to_scan, sleep_millisecs, ...) and the save file is gone,
+    read under the KSM lock.
+
+KSM is system-wide: runs only with KSM writable (root), never beside another KSM experiment (the
+lock; CTest RUN_SERIAL). Skips (77) without KSM, the patched QEMU or gnuplot.
+
+    python3 tests/integration/test_experiments_sharing.py --build-dir build
+"""
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "..", "..")
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+from blimp_vm import Skip, TestRunner, check, require_patched_qemu  # noqa: E402
+from dataset import PAGE  # noqa: E402
+from ksm import KSM_DIR, SAVE_PATH, KsmLock, KsmUnavailable, read as read_ksm  # noqa: E402
+
+t = TestRunner()
+SETTINGS = ("run", "pages_to_scan", "sleep_millisecs", "smart_scan", "use_zero_pages")
+SIZE_MIB, ZERO_MIB, PRIVATE_MIB = 16, 1, 8
+NONZERO_PAGES = (SIZE_MIB - ZERO_MIB) * (1 << 20) // PAGE
+
+
+def require_ksm():
+    if not os.access(os.path.join(KSM_DIR, "run"), os.W_OK):
+        raise Skip(f"{KSM_DIR}/run is not writable (no KSM or not root)")
+    if shutil.which("gnuplot") is None:
+        raise Skip("no gnuplot")
+
+
+@t.test
+def test_short_sweep_writes_csv_plot_and_savings_grow_with_vms(build):
+    require_ksm()
+    require_patched_qemu(build)
+    before = {n: read_ksm(n) for n in SETTINGS if os.path.exists(os.path.join(KSM_DIR, n))}
+    out = tempfile.mkdtemp(prefix="blimp-vmcount-")
+    try:
+        cmd = [sys.executable, os.path.join(ROOT, "bench", "sharing", "vm_count.py"),
+               "--build-dir", build, "--out", out, "--vms", "1,2", "--memory", "128M",
+               "--size", f"{SIZE_MIB}M", "--zero", f"{ZERO_MIB}M", "--private", f"{PRIVATE_MIB}M",
+               "--pages-to-scan", "4000", "--sleep-ms", "10", "--settle", "3",
+               "--max-time", "90", "--wait-alone", "0"]
+        r = subprocess.run(["timeout", "--kill-after=10", "600", *cmd], capture_output=True,
+                           text=True)
+        print("\n".join("  " + line for line in r.stdout.splitlines()[-8:]), flush=True)
+        if r.returncode != 0 and "another KSM experiment holds" in r.stdout + r.stderr:
+            raise Skip("another KSM experiment holds the lock")
+        check(r.returncode == 0, f"vm_count.py exited {r.returncode}\n{r.stdout}\n{r.stderr}")
+
+        with open(os.path.join(out, "vm_count.csv")) as f:
+            rows = {(int(x["vms"]), x["mode"]): x for x in csv.DictReader(f)}
+        check(set(rows) == {(1, "targeted"), (1, "blind"), (2, "targeted"), (2, "blind")},
+              f"summary rows {sorted(rows)}")
+        for (n, mode), x in rows.items():
+            check(x["verified"] == "1", f"{mode} N={n}: a guest's data did not verify")
+            check(float(x["touched_mib"]) > n * (SIZE_MIB + PRIVATE_MIB),
+                  f"{mode} N={n}: touched {x['touched_mib']} MiB is less than the data")
+            check(os.path.getsize(os.path.join(out, "samples", f"{mode}-n{n}.csv")) > 0,
+                  f"no samples for {mode} N={n}")
+        t1, t2 = rows[(1, "targeted")], rows[(2, "targeted")]
+        # One VM: its hinted data has no twin; two: every non-zero data page merged in both, and
+        # the VMs' own saving (exact, whatever else merges on the host) is at least one copy.
+        check(int(t1["shared_pages"]) < NONZERO_PAGES // 10, f"targeted N=1 merged {t1}")
+        check(int(t1["saved_pages"]) < NONZERO_PAGES // 10, f"targeted N=1 saved {t1}")
+        check(int(t2["shared_pages"]) >= 2 * NONZERO_PAGES, f"targeted N=2 merged {t2}")
+        check(int(t2["saved_pages"]) >= NONZERO_PAGES, f"targeted N=2 saved {t2}")
+        check(float(t2["saved_pct_touched"]) > float(t1["saved_pct_touched"]),
+              "targeted: the saved share of touched memory did not grow with N")
+        b1, b2 = rows[(1, "blind")], rows[(2, "blind")]
+        check(int(b2["saved_pages"]) > int(b1["saved_pages"]) + NONZERO_PAGES // 2,
+              f"blind: saving did not grow with N: {b1['saved_pages']} -> {b2['saved_pages']}")
+        for x in rows.values():  # merged pages minus distinct KSM pages, never more than merged
+            check(0 <= int(x["saved_pages"]) <= int(x["shared_pages"]), f"saved/shared {x}")
+        with open(os.path.join(out, "vm_count.png"), "rb") as f:
+            check(f.read(8) == b"\x89PNG\r\n\x1a\n", "vm_count.png is not a PNG")
+        with open(os.path.join(out, "vm_count.md")) as f:
+            md = f.read()
+        check(md.count("| targeted |") == 2 and md.count("| blind |") == 2, f"table:\n{md}")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    # Under the lock: whoever took KSM after the sweep has put it back by then.
+    try:
+        with KsmLock(timeout=300):
+            after = {n: read_ksm(n) for n in before}
+            left = os.path.exists(SAVE_PATH)
+    except KsmUnavailable as e:  # pragma: no cover
+        raise Skip(f"cannot check KSM's settings after the run: {e}")
+    check(after == before, f"KSM settings not restored: before {before}, after {after}")
+    check(not left, f"{SAVE_PATH} left behind")
+
+
+if __name__ == "__main__":
+    t.main()
