@@ -228,8 +228,41 @@ def ratio(b, s):
     return f"{(med(b) / med(s) - 1) * 100:+.1f}%"
 
 
+def paired(rows):
+    """{(workload, mem): {"app": [..], "cpu": [..]}}: ballooned/born-small - 1 of each repetition's
+    pair (the two runs were back to back, so slow drifts of the host's load mostly cancel)."""
+    runs = {}
+    for r in rows:
+        if str(r.get("ok")) == "1":
+            runs.setdefault((r["workload"], int(r["mem_mib"]), r["rep"]), {})[r["variant"]] = r
+    out = {}
+    for (wl, mem, _), v in runs.items():
+        if set(v) != {"ballooned", "born-small"}:
+            continue
+        d = out.setdefault((wl, mem), {"app": [], "cpu": []})
+        for key, col in (("app", "app_s"), ("cpu", "cpu_s")):
+            b, n = v["ballooned"].get(col), v["born-small"].get(col)
+            if b not in ("", None) and n not in ("", None) and float(n) > 0:
+                d[key].append(float(b) / float(n) - 1)
+    return out
+
+
+def pct_median(xs):
+    return f"{med(xs) * 100:+.1f}%" if xs else "-"
+
+
+def mean_ci(xs):
+    """Mean and the half-width of its ~95% interval (2 standard errors), in percent."""
+    if len(xs) < 2:
+        return "-"
+    return (f"{statistics.mean(xs) * 100:+.1f}% +- "
+            f"{2 * statistics.stdev(xs) / len(xs) ** 0.5 * 100:.1f}% "
+            f"(n={len(xs)}, sd of one pair {statistics.stdev(xs) * 100:.1f}%)")
+
+
 def markdown(rows, meta):
     s = summarise(rows)
+    p = paired(rows)
     L = ["# Ballooned vs born small (issue 20, experiment 2)", "",
          f"Command: `{meta.get('command', '')}`", "",
          f"Date: {meta.get('date', '')}. QEMU: `{meta.get('qemu', '')}`, -accel tcg, -M pc, one "
@@ -240,19 +273,27 @@ def markdown(rows, meta):
          f"`{meta.get('uptime_after', '')}`.", "",
          "Medians [min-max] over the repetitions; app s = the app's own time for its fixed work "
          "(guest clock = wall time); QEMU CPU s = utime+stime of the QEMU process over the same "
-         "work; delta = ballooned median / born-small median - 1 (positive: ballooned slower).",
+         "work; delta = ballooned median / born-small median - 1 (positive: ballooned slower); "
+         "paired = median over the repetitions of (ballooned / born small - 1) of the two runs "
+         "that ran back to back.",
          "",
-         "| workload | M (MiB) | n | ballooned app s | born small app s | delta app | "
-         "ballooned QEMU CPU s | born small QEMU CPU s | delta CPU | ballooned actual (MiB) |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         "| workload | M (MiB) | n | ballooned app s | born small app s | delta app | paired app | "
+         "ballooned QEMU CPU s | born small QEMU CPU s | delta CPU | paired CPU | "
+         "ballooned actual (MiB) |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (wl, mem) in sorted(s, key=lambda k: (k[0], -k[1])):
         b = s[(wl, mem)].get("ballooned", {"app": [], "cpu": [], "actual": []})
         n = s[(wl, mem)].get("born-small", {"app": [], "cpu": [], "actual": []})
         act = sorted(set(b["actual"]))
+        pr = p.get((wl, mem), {"app": [], "cpu": []})
         L.append(f"| {wl} | {mem} | {len(b['app'])}+{len(n['app'])} | {spread(b['app'])} | "
-                 f"{spread(n['app'])} | {ratio(b['app'], n['app'])} | {spread(b['cpu'])} | "
-                 f"{spread(n['cpu'])} | {ratio(b['cpu'], n['cpu'])} | "
-                 f"{', '.join(map(str, act)) or '-'} |")
+                 f"{spread(n['app'])} | {ratio(b['app'], n['app'])} | {pct_median(pr['app'])} | "
+                 f"{spread(b['cpu'])} | {spread(n['cpu'])} | {ratio(b['cpu'], n['cpu'])} | "
+                 f"{pct_median(pr['cpu'])} | {', '.join(map(str, act)) or '-'} |")
+    all_app = [x for v in p.values() for x in v["app"]]
+    all_cpu = [x for v in p.values() for x in v["cpu"]]
+    L += ["", "All pairs (every M and workload together), ballooned / born small - 1: app time "
+          f"{mean_ci(all_app)}; QEMU CPU time {mean_ci(all_cpu)}."]
     bad = [r for r in rows if str(r.get("ok")) != "1"]
     L += ["", f"Runs: {len(rows)}, failed: {len(bad)}."]
     for r in bad:
