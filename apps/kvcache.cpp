@@ -3,16 +3,19 @@
 // balloon wanting memory) the allocator asks it to shrink and it drops its coldest entries.
 // It reports hit rate and throughput, so hosts can see what overcommit costs the app.
 //
-//   kvcache [keys=200000] [duration=10s] [report=1s] [work=2000] [max=0] [seed=1]
+//   kvcache [keys=200000] [duration=10s] [ops=0] [report=1s] [work=2000] [max=0] [seed=1]
 //
 // keys      size of the key space (one 4 KiB value per key)
+// ops       stop after this many requests (0: no limit; duration= still applies, so a fixed
+//           amount of work for a benchmark is ops=N with a long enough duration=)
 // work      extra mixing rounds per recompute: the cost of a miss
 // max       cap on cached values (0: as much as memory allows)
 // Requests are skewed (the square of a uniform variable), so a cache of a fraction of the key
 // space catches most of them. Every hit is verified against the recomputed content's checksum;
 // a mismatch is corruption and fails the app.
 // Output: "kvcache: t=S ops=N hits=H hit_rate=R ops_per_s=T entries=E cache_mib=M shrunk=P"
-// per report, and "kvcache: done ..." at the end (exit 0, or 1 on corruption).
+// per report, and "kvcache: done ops=N hit_rate=R ops_per_s=T shrunk=P seconds=S ok" at the end
+// (exit 0, or 1 on corruption; S is the time from "kvcache: started" to the end).
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -170,13 +173,14 @@ KvCache g_cache;
 
 int kvcache_main(int argc, char** argv) {
   uint64_t keys = 200000, duration = 10000000000ull, report = 1000000000ull, work = 2000, max = 0,
-           seed = 1;
+           seed = 1, max_ops = 0;
   if (!app_args::get_u64("kvcache", argc, argv, "keys", keys) ||
       !app_args::get_duration("kvcache", argc, argv, "duration", duration) ||
       !app_args::get_duration("kvcache", argc, argv, "report", report) ||
       !app_args::get_u64("kvcache", argc, argv, "work", work) ||
       !app_args::get_u64("kvcache", argc, argv, "max", max) ||
-      !app_args::get_u64("kvcache", argc, argv, "seed", seed))
+      !app_args::get_u64("kvcache", argc, argv, "seed", seed) ||
+      !app_args::get_u64("kvcache", argc, argv, "ops", max_ops))
     return 2;
   if (keys == 0 || report == 0) {
     printf("kvcache: keys and report must be positive\n");
@@ -191,7 +195,8 @@ int kvcache_main(int argc, char** argv) {
   uint64_t ops = 0, hits = 0, last_ops = 0, last_hits = 0, last_t = start, rng = seed;
   bool ok = true;
   printf("kvcache: started, %" PRIu64 " keys\n", keys);
-  while (ok) {
+  bool ops_done = false;
+  while (ok && !ops_done) {
     for (int i = 0; i < 64; i++) {
       rng = mix64(rng);
       double u = double(rng >> 11) * (1.0 / 9007199254740992.0);
@@ -201,6 +206,10 @@ int kvcache_main(int argc, char** argv) {
       if (!ok) break;
       ops++;
       hits += hit;
+      if (max_ops && ops >= max_ops) {
+        ops_done = true;
+        break;
+      }
     }
     // Between requests the cache is consistent: a safe point for the balloon to shrink it (a
     // warm cache that no longer allocates would otherwise never give the balloon anything).
@@ -210,7 +219,7 @@ int kvcache_main(int argc, char** argv) {
       break;
     }
     uint64_t now = timer::now_ns();
-    if (now >= next_report || now - start >= duration) {
+    if (now >= next_report || now - start >= duration || ops_done) {
       uint64_t d_ops = ops - last_ops, d_hits = hits - last_hits;
       double secs = double(now - last_t) / 1e9;
       printf("kvcache: t=%.1f ops=%" PRIu64 " hits=%" PRIu64
@@ -223,13 +232,14 @@ int kvcache_main(int argc, char** argv) {
       last_hits = hits;
       last_t = now;
       next_report += report;
-      if (now - start >= duration) break;
+      if (now - start >= duration || ops_done) break;
     }
   }
   mm::pages().unregister_shrinker(&g_cache);
   double secs = double(timer::now_ns() - start) / 1e9;
-  printf("kvcache: done ops=%" PRIu64 " hit_rate=%.3f ops_per_s=%.0f shrunk=%" PRIu64 " %s\n", ops,
-         ops ? double(hits) / double(ops) : 0.0, double(ops) / secs, g_cache.shrunk(),
+  printf("kvcache: done ops=%" PRIu64 " hit_rate=%.3f ops_per_s=%.0f shrunk=%" PRIu64
+         " seconds=%.3f %s\n",
+         ops, ops ? double(hits) / double(ops) : 0.0, double(ops) / secs, g_cache.shrunk(), secs,
          ok ? "ok" : "CORRUPTION");
   return ok ? 0 : 1;
 }
