@@ -73,10 +73,10 @@ private:
     void apply_policy();
     void poll_guest_stats(Vm& vm);
 
-    // page_state_sweeper.cpp: one round asks the VMs in turn, largest RSS first, until the need
-    // is met.
+    // page_state_sweeper.cpp: one round asks the VMs in turn, largest RSS first, for their unused
+    // pages, then again for volatile ones, until the need is met.
     void sweep_page_states();
-    void sweep_next(std::vector<Vm*> order, size_t i, std::optional<uint64_t> remaining_pages);
+    void sweep_next(std::vector<Vm*> order, size_t i, std::optional<uint64_t> remaining_pages, bool volatile_pass);
 
     // ksm_targeting.cpp: sharing hints into the index, hash filters out to QEMU.
     void refresh_hints();

@@ -49,11 +49,18 @@ void Fleet::sweep_page_states() {
     std::vector<Vm*> order;
     for (const auto& c : candidates) order.push_back(c.second);
     sweep_round_busy_ = true;
-    sweep_next(std::move(order), 0, want);
+    // With a need: every guest's free memory before any guest's volatile data (a cache the guest
+    // must rebuild). Without (always): one pass, everything.
+    sweep_next(std::move(order), 0, want, /*volatile_pass=*/!want);
 }
 
-void Fleet::sweep_next(std::vector<Vm*> order, size_t i, std::optional<uint64_t> remaining) {
+void Fleet::sweep_next(std::vector<Vm*> order, size_t i, std::optional<uint64_t> remaining, bool volatile_pass) {
     while (i < order.size() && !order[i]->can_talk()) ++i;
+    if (i == order.size() && !volatile_pass && !stopping_ && remaining && *remaining) {
+        i = 0;
+        volatile_pass = true;
+        while (i < order.size() && !order[i]->can_talk()) ++i;
+    }
     if (stopping_ || i == order.size() || (remaining && *remaining == 0)) {
         sweep_round_busy_ = false;
         return;
@@ -64,25 +71,27 @@ void Fleet::sweep_next(std::vector<Vm*> order, size_t i, std::optional<uint64_t>
         args["max-pages"] = *remaining;
         p->sweep_asked += *remaining;
     }
+    if (!volatile_pass) args["unused-only"] = true;
     p->sweep_busy = true;
     // The protocol makes a sweep safe at any time: QEMU claims only pages the guest marked
     // unused or volatile, by compare-and-swap (docs/spec-virtio-balloon-blimp.md, section 4).
-    p->qmp->execute("x-blimp-balloon-discard", args, [this, p, order, i, remaining](const QmpReply& r) mutable {
-        p->sweep_busy = false;
-        uint64_t claimed = 0;
-        if (r.ok) {
-            for (const char* k : {"discarded-unused", "discarded-volatile"})
-                if (r.value.contains(k) && r.value[k].is_number_unsigned())
-                    p->swept_pages += r.value[k].get<uint64_t>();
-            if (r.value.contains("claimed") && r.value["claimed"].is_number_unsigned())
-                claimed = r.value["claimed"].get<uint64_t>();
-        } else if (r.error_class != "Disconnected") {
-            p->sweeps = false;  // said once; QEMU's own timer (if any) still runs
-            qmp_problem(*p, "page-state sweep failed, not sweeping this VM again: " + r.describe());
-        }
-        if (remaining) *remaining -= std::min(*remaining, claimed);
-        sweep_next(std::move(order), i + 1, remaining);
-    });
+    p->qmp->execute("x-blimp-balloon-discard", args,
+                    [this, p, order, i, remaining, volatile_pass](const QmpReply& r) mutable {
+                        p->sweep_busy = false;
+                        uint64_t claimed = 0;
+                        if (r.ok) {
+                            for (const char* k : {"discarded-unused", "discarded-volatile"})
+                                if (r.value.contains(k) && r.value[k].is_number_unsigned())
+                                    p->swept_pages += r.value[k].get<uint64_t>();
+                            if (r.value.contains("claimed") && r.value["claimed"].is_number_unsigned())
+                                claimed = r.value["claimed"].get<uint64_t>();
+                        } else if (r.error_class != "Disconnected") {
+                            p->sweeps = false;  // said once; QEMU's own timer (if any) still runs
+                            qmp_problem(*p, "page-state sweep failed, not sweeping this VM again: " + r.describe());
+                        }
+                        if (remaining) *remaining -= std::min(*remaining, claimed);
+                        sweep_next(std::move(order), i + 1, remaining, volatile_pass);
+                    });
     sync_watch(*p);
 }
 

@@ -249,6 +249,19 @@ uint64_t blimp_pstate_claim_from(uint8_t *states, uint64_t n, uint64_t *pos, uin
                                  uint64_t skip_hi, uint64_t max_claim, bool claim_unused,
                                  BlimpRunFn emit, void *opaque, uint64_t *invalid)
 {
+    return blimp_pstate_claim_kinds_from(states, n, pos, skip_lo, skip_hi, max_claim,
+                                         BLIMP_CLAIM_VOLATILE |
+                                             (claim_unused ? BLIMP_CLAIM_UNUSED : 0u),
+                                         emit, opaque, invalid);
+}
+
+uint64_t blimp_pstate_claim_kinds_from(uint8_t *states, uint64_t n, uint64_t *pos,
+                                       uint64_t skip_lo, uint64_t skip_hi, uint64_t max_claim,
+                                       unsigned kinds, BlimpRunFn emit, void *opaque,
+                                       uint64_t *invalid)
+{
+    const bool claim_unused = kinds & BLIMP_CLAIM_UNUSED;
+    const bool claim_volatile = kinds & BLIMP_CLAIM_VOLATILE;
     uint64_t claimed = 0, run_start = 0, run_len = 0, i;
 
     for (i = *pos; i < n && claimed < max_claim; i++) {
@@ -259,7 +272,7 @@ uint64_t blimp_pstate_claim_from(uint8_t *states, uint64_t n, uint64_t *pos, uin
             uint8_t v = __atomic_load_n(&states[i], __ATOMIC_ACQUIRE);
             if (v == BLIMP_PS_UNUSED && claim_unused) {
                 got = cas8(&states[i], v, BLIMP_PS_DISCARDING_UNUSED);
-            } else if (v == BLIMP_PS_VOLATILE) {
+            } else if (v == BLIMP_PS_VOLATILE && claim_volatile) {
                 got = cas8(&states[i], v, BLIMP_PS_DISCARDING_VOLATILE);
             } else if (!blimp_pstate_valid(v) && invalid) {
                 (*invalid)++;                   /* treated as stable */

@@ -139,6 +139,18 @@ uint64_t blimp_pstate_claim_from(uint8_t *states, uint64_t n, uint64_t *pos, uin
                                  BlimpRunFn emit, void *opaque, uint64_t *invalid);
 
 /*
+ * The same, for the states in @kinds only (BLIMP_CLAIM_UNUSED, BLIMP_CLAIM_VOLATILE, or both):
+ * a sweep with a limit (patch 0011) makes one pass for UNUSED pages, then one for VOLATILE
+ * ones, so a guest's caches are discarded only when its free memory did not cover the need.
+ */
+#define BLIMP_CLAIM_UNUSED   1u
+#define BLIMP_CLAIM_VOLATILE 2u
+uint64_t blimp_pstate_claim_kinds_from(uint8_t *states, uint64_t n, uint64_t *pos,
+                                       uint64_t skip_lo, uint64_t skip_hi, uint64_t max_claim,
+                                       unsigned kinds, BlimpRunFn emit, void *opaque,
+                                       uint64_t *invalid);
+
+/*
  * The STABLE guard (patch 0007, spec section 4.4): the guest handed the device the pages of
  * array indices [@first, @first + @count) to discard (an inflate buffer, a free-page report),
  * but the buffer may be stale (completed after the guest gave up on it and reused the pages).

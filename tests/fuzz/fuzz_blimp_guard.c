@@ -8,7 +8,8 @@
  *     else.
  *  2. Sweeps in batches (blimp_pstate_claim_from): claiming the whole array in batches of at
  *     most B pages claims exactly the pages one unbounded claim does, every batch claims at most
- *     B pages, runs stay inside their batch, and *pos only moves forward. */
+ *     B pages, runs stay inside their batch, and *pos only moves forward.
+ *  3. Limited sweeps, unused pages first (blimp_pstate_claim_kinds_from): see below. */
 #include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -130,6 +131,50 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   assert(total1 == total2);
   assert(inv1 == inv2);
   assert(memcmp(st, one, n) == 0);
+
+  /* 3. a limited sweep, unused pages first (patch 0011): a pass per kind claims
+   *    min(limit, unused + volatile) pages, volatile ones only once every unused page is taken;
+   *    without a limit it claims what one unbounded claim does. */
+  uint64_t limit = (data[6] & 0x80) ? UINT64_MAX : data[4] % (n + 2);
+  uint64_t unused = 0, vol = 0;
+  for (uint64_t i = 0; i < n; i++) {
+    st[i] = orig[i];
+    if (i >= skip_lo && i < skip_hi) {
+      continue;
+    }
+    unused += claim_unused && orig[i] == BLIMP_PS_UNUSED;
+    vol += orig[i] == BLIMP_PS_VOLATILE;
+  }
+  memset(c.seen, 0, alloc);
+  c.lo = 0;
+  c.hi = n;
+  c.pages = c.runs = 0;
+  uint64_t inv3 = 0, got_u = 0, got_v = 0;
+  if (claim_unused) {
+    pos = 0;
+    got_u = blimp_pstate_claim_kinds_from(st, n, &pos, skip_lo, skip_hi, limit, BLIMP_CLAIM_UNUSED,
+                                          emit, &c, &inv3);
+  }
+  if (got_u < limit) {
+    pos = 0;
+    got_v = blimp_pstate_claim_kinds_from(st, n, &pos, skip_lo, skip_hi, limit - got_u,
+                                          BLIMP_CLAIM_VOLATILE, emit, &c, NULL);
+  }
+  uint64_t want = unused + vol < limit ? unused + vol : limit;
+  assert(got_u + got_v == want && c.pages == want);
+  assert(got_u == (unused < limit ? unused : limit));
+  assert(got_v == 0 || got_u == unused);
+  for (uint64_t i = 0; i < n; i++) {
+    if (c.seen[i]) {
+      assert(st[i] == (orig[i] == BLIMP_PS_UNUSED ? BLIMP_PS_DISCARDING_UNUSED
+                                                   : BLIMP_PS_DISCARDING_VOLATILE));
+    } else {
+      assert(st[i] == orig[i]);
+    }
+  }
+  if (limit == UINT64_MAX) {
+    assert(got_u + got_v == total1 && memcmp(st, one, n) == 0);
+  }
   free(one);
   free(all.seen);
   free(all.list);

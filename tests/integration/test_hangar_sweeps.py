@@ -11,7 +11,9 @@ default); the balloon policy is off so that only sweeps reclaim. Checked from th
     is asked for, QEMU discards nothing, the volatile cache loses nothing;
   - a budget below the fleet's RSS: hangar asks for the deficit, QEMU never discards more than
     it was asked for (per VM, summary.json), memory does come back, and the volatile cache's
-    content is never wrong (lost entries are recomputed).
+    content is never wrong (lost entries are recomputed);
+  - a budget the guests' free memory can meet: unused pages go first (QEMU patch 0011), the
+    cache loses no entry, and RSS comes under the budget.
 
     python3 tests/integration/test_hangar_sweeps.py --build-dir build [-k name]
 """
@@ -98,6 +100,24 @@ def test_budget_pressure_asks_for_the_deficit(build):
         check(got["batch"] > 0, f"nothing came back from the guest that freed 128 MiB: {got}")
         check(re.search(r"page-state sweeps: pressure \(budget: rss", r.stderr()),
               f"hangar did not say why it swept: {r.stderr()[-1500:]}")
+
+
+
+@t.test
+def test_free_memory_goes_before_the_cache(build):
+    # A budget the guests' free memory can meet (batch freed 128 MiB it had touched): a round
+    # takes every VM's unused pages before any volatile page (QEMU patch 0011, unused-only), so
+    # the cache keeps every entry.
+    with tempfile.TemporaryDirectory(prefix="hangar-sweeps-") as tmp, run_fleet(build, "160M", tmp) as r:
+        s, vms, discards, lost = finish(r)
+        got = {n: vms[n].get("pstate_discarded_pages", 0) for n in ("cache", "batch")}
+        h = s.get("host_memory", {})
+        print(f"  sweeps: {s.get('page_state_sweeps')}; discarded {got}; cache discards {discards}; "
+              f"RSS peak {h.get('peak_rss_bytes', 0) >> 20} MiB, end {h.get('end_rss_bytes', 0) >> 20} MiB",
+              flush=True)
+        check(s["page_state_sweeps"]["rounds"] > 0 and got["batch"] > 0, f"nothing swept: {s}")
+        check(discards == 0 and lost == 0, f"the cache lost {discards} entries while free memory was left")
+        check(h.get("end_rss_bytes", 1 << 40) <= 168 << 20, f"RSS did not come under the budget: {h}")
 
 
 if __name__ == "__main__":

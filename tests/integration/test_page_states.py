@@ -103,6 +103,29 @@ def volatile_cache_under_discard(build, machine):
 
 
 @t.test
+def test_limited_sweep_takes_unused_pages_first(build):
+    # QEMU patch 0011: with max-pages the sweep claims UNUSED pages before VOLATILE ones, and
+    # unused-only never takes volatile ones. 512 MiB guest, a 2 MiB volatile cache (512 pages),
+    # the rest mostly free.
+    with pstate_vm(build, "volatile-cache", ["entries=128", "pages=4", "duration=60s", "report=10s"],
+                   memory="512M") as vm:
+        vm.wait_for(r"volatile-cache: ready", 120)
+        q = Qmp.connect(vm.qmp_path)
+        some = q.execute("x-blimp-balloon-discard", {"max-pages": 4096}, timeout=60)
+        check(some["claimed"] == 4096 and some["discarded-volatile"] == 0,
+              f"a 4096-page sweep took volatile pages while unused ones were left: {some}")
+        rest = q.execute("x-blimp-balloon-discard", {"unused-only": True}, timeout=60)
+        check(rest["discarded-unused"] > 10000 and rest["discarded-volatile"] == 0,
+              f"unused-only: {rest}")
+        # Nothing unused is left, so a limited sweep now takes volatile pages.
+        vol = q.execute("x-blimp-balloon-discard", {"max-pages": 100}, timeout=60)
+        check(0 < vol["discarded-volatile"] <= 100, f"then volatile: {vol}")
+        print(f"    4096 asked: {some['discarded-unused']} unused, 0 volatile; unused-only: "
+              f"{rest['discarded-unused']} unused; then {vol['discarded-volatile']} volatile "
+              f"({vol['discarded-unused']} unused freed meanwhile)")
+
+
+@t.test
 def test_volatile_cache_q35(build):
     volatile_cache_under_discard(build, "q35")
 
