@@ -6,9 +6,9 @@
 #
 # When apt has no deb-src entry, one is added that mirrors the configured Debian suites
 # (/etc/apt/sources.list.d/blimp-deb-src.sources, or .list for one-line sources), then
-# `apt-get update`: the same entry, at the same path, as host/qemu/build.sh writes, so the two
-# never add it twice. The download stays in DEST_DIR (the build dir): a second call does nothing
-# but print the tree. Progress goes to stderr, the tree's path alone to stdout.
+# `apt-get update`. Used for SQLite (apps/sqlite) and QEMU (host/qemu/build.sh). The download
+# stays in DEST_DIR (the build dir): a second call does nothing but print the tree. Progress goes
+# to stderr, the tree's path alone to stdout.
 set -euo pipefail
 pkg=${1:?usage: deb-source.sh PACKAGE DEST_DIR}
 dest=${2:?usage: deb-source.sh PACKAGE DEST_DIR}

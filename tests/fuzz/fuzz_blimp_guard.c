@@ -167,7 +167,7 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (uint64_t i = 0; i < n; i++) {
     if (c.seen[i]) {
       assert(st[i] == (orig[i] == BLIMP_PS_UNUSED ? BLIMP_PS_DISCARDING_UNUSED
-                                                   : BLIMP_PS_DISCARDING_VOLATILE));
+                                                  : BLIMP_PS_DISCARDING_VOLATILE));
     } else {
       assert(st[i] == orig[i]);
     }
