@@ -146,12 +146,19 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
     if (csv_) std::fflush(csv_);
 }
 
+namespace {
+size_t most_vms(const std::vector<FleetPoint>& points) {
+    size_t most = 0;
+    for (const auto& p : points) most = std::max(most, p.vms);
+    return most;
+}
+}  // namespace
+
 std::optional<HostMemoryStory> host_memory_story(const std::vector<FleetPoint>& points,
                                                  std::optional<uint64_t> budget) {
     // Only the samples with the most VMs: before the last one booted, or after the first one
     // ended, the sum says nothing about reclaim.
-    size_t most = 0;
-    for (const auto& p : points) most = std::max(most, p.vms);
+    const size_t most = most_vms(points);
     std::optional<HostMemoryStory> story;
     for (const auto& p : points) {
         if (p.vms != most || most == 0) continue;
@@ -203,8 +210,7 @@ ErrorOr<void> write_plot(const std::string& csv_path, const std::string& png_pat
     const std::string fleet_path = png_path + ".fleet.dat";
     if (!fleet.empty()) {
         // As host_memory_story(): only the samples with the most VMs running.
-        size_t most = 0;
-        for (const auto& p : fleet) most = std::max(most, p.vms);
+        const size_t most = most_vms(fleet);
         std::ostringstream f;
         f << "# time_s rss_sum_mib actual_sum_mib (samples with every VM running)\n";
         for (const auto& p : fleet)
