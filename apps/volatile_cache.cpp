@@ -3,14 +3,19 @@
 // host may discard its pages (page-state sweeps), and the next pin says the content is lost, so
 // the entry is recomputed. Every hit is verified byte for byte against the recomputed content.
 //
-//   volatile-cache [entries=256] [pages=4] [duration=10s] [report=1s] [work=0] [seed=1]
+//   volatile-cache [entries=256] [pages=4] [hot=entries] [duration=10s] [report=1s] [work=0]
+//                  [seed=1]
 //
 // entries   number of cached values, each `pages` 4 KiB pages of volatile memory
+// hot       lookups go to the first `hot` entries only; the rest are filled once and left cold
+//           (so a host that discards the coldest pages first takes them before any hot one)
 // work      extra mixing rounds per word when (re)computing: the cost of a discard
 // Output per report and at the end:
 //   "volatile-cache: t=S lookups=N hits=H discards=D recomputes=R lost_pages=P corrupt_bytes=C"
 //   "volatile-cache: done lookups=N hits=H discards=D recomputes=R lost_pages=P corrupt_bytes=C
 //    page_states=on|off"
+//   "volatile-cache: cold entries=E lost=L" (with hot < entries: cold entries whose pages the
+//    host discarded, found by pinning each one at the end)
 // hits: pins that found the content intact (verified); discards: pins that found it lost;
 // recomputes: initial fills plus regenerations. Exit 0 when no byte was ever wrong, 1 otherwise.
 #include <cinttypes>
@@ -68,18 +73,20 @@ void print(const char* prefix, const Stats& s) {
 int volatile_cache_main(int argc, char** argv) {
   const char* app = "volatile-cache";
   uint64_t entries = 256, pages = 4, duration = 10'000'000'000ull, report = 1'000'000'000ull,
-           seed = 1;
+           seed = 1, hot = 0;
   if (!app_args::get_u64(app, argc, argv, "entries", entries) ||
       !app_args::get_u64(app, argc, argv, "pages", pages) ||
       !app_args::get_duration(app, argc, argv, "duration", duration) ||
       !app_args::get_duration(app, argc, argv, "report", report) ||
       !app_args::get_u64(app, argc, argv, "work", g_work) ||
-      !app_args::get_u64(app, argc, argv, "seed", seed))
+      !app_args::get_u64(app, argc, argv, "seed", seed) ||
+      !app_args::get_u64(app, argc, argv, "hot", hot))
     return 2;
   if (entries == 0 || pages == 0) {
     printf("volatile-cache: entries and pages must be > 0\n");
     return 2;
   }
+  if (hot == 0 || hot > entries) hot = entries;
   // kernel_main ran ps::init() with the balloon's channel: active() is null without a device
   // offering page states.
   const bool on = ps::active() != nullptr;
@@ -119,7 +126,7 @@ int volatile_cache_main(int argc, char** argv) {
     }
     for (int i = 0; i < 16; ++i) {
       rng = mix64(rng);
-      const uint64_t key = rng % entries;
+      const uint64_t key = rng % hot;
       ps::VolatileRegion& r = table[key];
       ++s.lookups;
       uint64_t lost = 0;
@@ -141,6 +148,22 @@ int volatile_cache_main(int argc, char** argv) {
     }
     // Leave the CPU now and then: a cache serves requests, it does not spin.
     timer::sleep_ns(200'000);
+  }
+  if (hot < entries) {
+    // The cold entries were filled once and never touched since: how many did the host take?
+    uint64_t cold_lost = 0;
+    for (uint64_t k = hot; k < entries; ++k) {
+      if (ps::pin(table[k]) == ps::PinResult::Lost) {
+        ++cold_lost;
+      } else {
+        uint64_t bad = corrupt_bytes(table[k], k);
+        if (bad && s.corrupt_bytes == 0)
+          printf("volatile-cache: CORRUPTION: cold key %" PRIu64 ": %" PRIu64 " bytes\n", k, bad);
+        s.corrupt_bytes += bad;
+      }
+      ps::unpin(table[k]);
+    }
+    printf("volatile-cache: cold entries=%" PRIu64 " lost=%" PRIu64 "\n", entries - hot, cold_lost);
   }
   for (uint64_t k = 0; k < entries; ++k) ps::free_volatile(table[k]);
   free(table);

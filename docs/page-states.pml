@@ -17,6 +17,15 @@
  *   liveness (LTL `settles`, weak fairness): a byte the host holds
  *     (DISCARDING_x) always comes back to the guest.
  *
+ * Page ages (spec section 4.5) and ordered claims: the guest stamps the page
+ * with its clock (plain stores, no ordering against the host) before the byte
+ * says UNUSED or VOLATILE, and the host, reading the stamp whenever it likes,
+ * claims the page in the pass whose age threshold it meets (limited sweeps go
+ * oldest first). The stamp is only ever a reason for the host NOT to claim a
+ * page yet, so the checks above hold whatever it reads; the model makes the
+ * host act on a racing stamp to show it. Batched sweeps (section 4.3) bound
+ * how long a claimed byte stays DISCARDING: here, `settles`.
+ *
  * Variants (cpp defines, each MUST make spin report an error; the test checks
  * that it does, so the properties above are known to have teeth):
  *   BUG_STORE      the guest pins with a plain store instead of a CAS
@@ -51,6 +60,8 @@ byte st = STABLE;        /* the shared byte */
 byte data = 7;           /* the page content; 0 = zeros (discarded) */
 bool guest_holds = true; /* ghost: the guest may touch the content */
 bool in_cmpxchg = false; /* TCG: a guest instruction is under way */
+byte clock = 0;          /* the guest clock (age block header), wraps in the model */
+byte stamp = 0;          /* the page's age stamp: guest-written, host-read only */
 
 /* One-byte compare-and-swap by the guest: ok := (st == exp), st := new if ok. */
 #if defined(TCG_SAME_TB)
@@ -106,8 +117,9 @@ end_idle:
        assert(data == mine);                         /* no lost write */
        if
        :: data = next; mine = next; next = (next % 3) + 1   /* write */
-       :: guest_holds = false; MAKE_UNUSED; role = 1        /* free */
-       :: guest_holds = false; st = VOLATILE; role = 2      /* unpin */
+       :: clock = (clock + 1) % 3                           /* a second passes */
+       :: guest_holds = false; stamp = clock; MAKE_UNUSED; role = 1   /* free */
+       :: guest_holds = false; stamp = clock; st = VOLATILE; role = 2 /* unpin */
        fi
   :: role == 1 ->                                   /* allocate */
        MAKE_STABLE(was);
@@ -145,10 +157,14 @@ end_idle:
 /* The device: claim by CAS with the vCPUs paused (never inside a guest
  * instruction), then discard and publish while the guest runs. */
 active proctype host() {
-  byte claimed;
+  byte claimed, min_age, age;
 end_sweep:
   do
-  :: atomic { !in_cmpxchg && (st == UNUSED || st == VOLATILE) ->
+  :: /* a pass of a limited sweep: claim only pages at least min_age old by
+      * the stamp as read now (possibly stale: the guest writes it freely) */
+     if :: min_age = 0 :: min_age = 1 :: min_age = 2 fi;
+     age = (clock + 3 - stamp) % 3;
+     atomic { !in_cmpxchg && (st == UNUSED || st == VOLATILE) && age >= min_age ->
        if :: st == UNUSED -> st = DISC_U :: else -> st = DISC_V fi; claimed = st };
      assert(!guest_holds);                           /* never a page the guest holds */
      if

@@ -24,6 +24,7 @@ enum BlimpRequest : uint16_t {
   kBlimpPstateUnregister = 2,
   kBlimpSeal = 3,
   kBlimpUnseal = 4,
+  kBlimpPstateAges = 5,
 };
 enum BlimpStatus : uint32_t {
   kBlimpOk = 0,
@@ -53,6 +54,24 @@ struct BlimpPstateRegister {
   uint64_t base_pfn;
 };
 static_assert(sizeof(BlimpPstateRegister) == 24);
+// PSTATE_AGES (spec section 4.5): after PSTATE_REGISTER, the guest tells the device where it
+// publishes how long each page has been discardable. The age block is a BlimpAgeHeader followed
+// by one uint32_t stamp per page of the registered array: the guest clock (header.clock_s, in
+// seconds) at which the page last became UNUSED or VOLATILE. Advisory: the guest writes it with
+// plain stores, the host only reads it to order its claims and to count idle memory.
+struct BlimpPstateAges {
+  uint64_t ages_gpa;
+  uint64_t npages;  // the registered array's npages
+  uint64_t reserved;
+};
+static_assert(sizeof(BlimpPstateAges) == 24);
+struct BlimpAgeHeader {
+  uint32_t magic;    // kBlimpAgeMagic
+  uint32_t clock_s;  // the guest's clock, advanced at least once a second while it runs
+  uint64_t reserved[7];
+};
+static_assert(sizeof(BlimpAgeHeader) == 64);
+constexpr uint32_t kBlimpAgeMagic = 0x45474141;  // "AAGE"
 struct BlimpSealEntry {
   uint64_t pfn;
   uint32_t npages;

@@ -107,6 +107,9 @@ static size_t entry_size(uint16_t type, bool *fixed_count)
     case BLIMP_REQ_PSTATE_UNREGISTER:
         *fixed_count = true;
         return 0;
+    case BLIMP_REQ_PSTATE_AGES:
+        *fixed_count = true;
+        return BLIMP_PSTATE_AGES_SIZE;
     case BLIMP_REQ_SEAL:
         return BLIMP_SEAL_ENTRY_SIZE;
     case BLIMP_REQ_UNSEAL:
@@ -227,7 +230,6 @@ bool blimp_pstate_valid(uint8_t v)
     switch (v) {
     case BLIMP_PS_STABLE:
     case BLIMP_PS_UNUSED:
-    case BLIMP_PS_POT_VOLATILE:
     case BLIMP_PS_VOLATILE:
     case BLIMP_PS_DISCARDING_UNUSED:
     case BLIMP_PS_DISCARDING_VOLATILE:
@@ -260,6 +262,16 @@ uint64_t blimp_pstate_claim_kinds_from(uint8_t *states, uint64_t n, uint64_t *po
                                        unsigned kinds, BlimpRunFn emit, void *opaque,
                                        uint64_t *invalid)
 {
+    return blimp_pstate_claim_aged_from(states, n, pos, skip_lo, skip_hi, max_claim, kinds, NULL,
+                                        0, 0, emit, opaque, invalid);
+}
+
+uint64_t blimp_pstate_claim_aged_from(uint8_t *states, uint64_t n, uint64_t *pos,
+                                      uint64_t skip_lo, uint64_t skip_hi, uint64_t max_claim,
+                                      unsigned kinds, const uint32_t *stamps, uint32_t clock,
+                                      uint32_t min_age, BlimpRunFn emit, void *opaque,
+                                      uint64_t *invalid)
+{
     const bool claim_unused = kinds & BLIMP_CLAIM_UNUSED;
     const bool claim_volatile = kinds & BLIMP_CLAIM_VOLATILE;
     uint64_t claimed = 0, run_start = 0, run_len = 0, i;
@@ -270,10 +282,14 @@ uint64_t blimp_pstate_claim_kinds_from(uint8_t *states, uint64_t n, uint64_t *po
             i = skip_hi - 1;                    /* never the array's own pages */
         } else {
             uint8_t v = __atomic_load_n(&states[i], __ATOMIC_ACQUIRE);
-            if (v == BLIMP_PS_UNUSED && claim_unused) {
-                got = cas8(&states[i], v, BLIMP_PS_DISCARDING_UNUSED);
-            } else if (v == BLIMP_PS_VOLATILE && claim_volatile) {
-                got = cas8(&states[i], v, BLIMP_PS_DISCARDING_VOLATILE);
+            bool wanted = (v == BLIMP_PS_UNUSED && claim_unused) ||
+                          (v == BLIMP_PS_VOLATILE && claim_volatile);
+            if (wanted && stamps && min_age && blimp_page_age(stamps, i, clock) < min_age) {
+                wanted = false;                 /* too recently used: a later pass */
+            }
+            if (wanted) {
+                got = cas8(&states[i], v, v == BLIMP_PS_UNUSED ? BLIMP_PS_DISCARDING_UNUSED
+                                                               : BLIMP_PS_DISCARDING_VOLATILE);
             } else if (!blimp_pstate_valid(v) && invalid) {
                 (*invalid)++;                   /* treated as stable */
             }
@@ -511,4 +527,101 @@ bool blimp_runs_diff(const BlimpRun *old, size_t n_old, const BlimpRun *new_runs
         (pk == 1 ? drop : add)(opaque, pa, pb - pa);
     }
     return true;
+}
+
+/* ---- page ages ------------------------------------------------------------------------- */
+
+uint64_t blimp_age_block_bytes(uint64_t npages)
+{
+    return BLIMP_AGE_HDR_SIZE + npages * 4;     /* npages <= max_pfn < 2^52: no overflow */
+}
+
+int blimp_decode_pstate_ages(const BlimpReq *req, BlimpPstateAgesReg *ages,
+                             uint64_t registered_npages, uint64_t max_pfn)
+{
+    uint64_t bytes, end;
+
+    if (req->type != BLIMP_REQ_PSTATE_AGES || req->payload_len != BLIMP_PSTATE_AGES_SIZE) {
+        return BLIMP_S_EINVAL;
+    }
+    ages->ages_gpa = blimp_le64(req->payload);
+    ages->npages = blimp_le64(req->payload + 8);
+    ages->reserved = blimp_le64(req->payload + 16);
+    if (ages->reserved != 0 || (ages->ages_gpa & (BLIMP_PAGE_SIZE - 1)) ||
+        registered_npages == 0 || ages->npages != registered_npages) {
+        return BLIMP_S_EINVAL;                  /* ages need the array they describe */
+    }
+    if (max_pfn > (UINT64_MAX >> BLIMP_PAGE_SHIFT) || ages->npages > max_pfn) {
+        return BLIMP_S_ERANGE;
+    }
+    bytes = blimp_age_block_bytes(ages->npages);
+    end = ages->ages_gpa + bytes;
+    if (end < ages->ages_gpa || end > (max_pfn << BLIMP_PAGE_SHIFT)) {
+        return BLIMP_S_ERANGE;                  /* wraps, or reaches past guest RAM */
+    }
+    return BLIMP_S_OK;
+}
+
+uint32_t blimp_page_age(const uint32_t *stamps, uint64_t i, uint32_t clock)
+{
+    uint32_t raw = __atomic_load_n(&stamps[i], __ATOMIC_RELAXED), stamp;
+    stamp = blimp_le32((const uint8_t *)&raw);
+    return stamp <= clock ? clock - stamp : 0;
+}
+
+unsigned blimp_age_bucket(uint32_t age_s)
+{
+    unsigned b = 0;
+    while (age_s) {                             /* 1 + floor(log2(age)) */
+        b++;
+        age_s >>= 1;
+    }
+    return b;
+}
+
+uint32_t blimp_age_bucket_min(unsigned b)
+{
+    return b == 0 ? 0 : (uint32_t)1 << (b - 1);
+}
+
+void blimp_pstate_age_histogram(const uint8_t *states, const uint32_t *stamps, uint64_t n,
+                                uint32_t clock, uint64_t skip_lo, uint64_t skip_hi,
+                                BlimpAgeHistogram *h)
+{
+    uint64_t i;
+
+    *h = (BlimpAgeHistogram){0};
+    for (i = 0; i < n; i++) {
+        uint8_t v;
+        unsigned b;
+        if (i >= skip_lo && i < skip_hi) {
+            h->stable++;                        /* the array's own pages */
+            continue;
+        }
+        v = __atomic_load_n(&states[i], __ATOMIC_ACQUIRE);
+        switch (v) {
+        case BLIMP_PS_UNUSED:
+        case BLIMP_PS_VOLATILE:
+            b = stamps ? blimp_age_bucket(blimp_page_age(stamps, i, clock)) : 0;
+            if (v == BLIMP_PS_UNUSED) {
+                h->unused[b]++;
+            } else {
+                h->volatile_pages[b]++;
+            }
+            break;
+        case BLIMP_PS_STABLE:
+            h->stable++;
+            break;
+        case BLIMP_PS_DISCARDED_UNUSED:
+        case BLIMP_PS_DISCARDED_VOLATILE:
+            h->discarded++;
+            break;
+        case BLIMP_PS_DISCARDING_UNUSED:
+        case BLIMP_PS_DISCARDING_VOLATILE:
+            h->in_flight++;
+            break;
+        default:
+            h->invalid++;
+        }
+    }
 }

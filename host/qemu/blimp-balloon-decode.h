@@ -26,7 +26,7 @@
 /* ---- page-state bytes (spec section 4) ---- */
 #define BLIMP_PS_STABLE               0x00
 #define BLIMP_PS_UNUSED               0x01
-#define BLIMP_PS_POT_VOLATILE         0x02
+/* 0x02 (POT_VOLATILE) left the protocol: reserved, an undefined byte like any other */
 #define BLIMP_PS_VOLATILE             0x03
 #define BLIMP_PS_DISCARDING_UNUSED    0x41 /* host-owned transient */
 #define BLIMP_PS_DISCARDING_VOLATILE  0x43 /* host-owned transient */
@@ -42,8 +42,10 @@
 #define BLIMP_REQ_PSTATE_UNREGISTER 2
 #define BLIMP_REQ_SEAL              3
 #define BLIMP_REQ_UNSEAL            4
+#define BLIMP_REQ_PSTATE_AGES       5
 
 #define BLIMP_PSTATE_REG_SIZE   24 /* le64 array_gpa, le64 npages, le64 base_pfn */
+#define BLIMP_PSTATE_AGES_SIZE  24 /* le64 ages_gpa, le64 npages, le64 reserved */
 #define BLIMP_SEAL_ENTRY_SIZE   24 /* le64 pfn, le32 npages, le32 flags, le64 hash */
 #define BLIMP_UNSEAL_ENTRY_SIZE 16 /* le64 pfn, le32 npages, le32 reserved */
 
@@ -76,6 +78,12 @@ typedef struct BlimpPstateReg {
     uint64_t npages;
     uint64_t base_pfn;
 } BlimpPstateReg;
+
+typedef struct BlimpPstateAgesReg {
+    uint64_t ages_gpa;
+    uint64_t npages;
+    uint64_t reserved;
+} BlimpPstateAgesReg;
 
 typedef struct BlimpSeal {
     uint64_t pfn;
@@ -159,7 +167,7 @@ uint64_t blimp_pstate_claim_kinds_from(uint8_t *states, uint64_t n, uint64_t *po
  *                     @emit (the caller discards each run, then finishes it with
  *                     blimp_pstate_finish); returned count;
  *   DISCARDED_UNUSED  already discarded, nothing to do: counted in *@already;
- *   anything else     (STABLE, POT_VOLATILE, VOLATILE, DISCARDING_x, DISCARDED_VOLATILE, an
+ *   anything else     (STABLE, VOLATILE, DISCARDING_x, DISCARDED_VOLATILE, an
  *                     invalid byte, a CAS lost to the guest) and the array's own pages
  *                     [@skip_lo, @skip_hi): refused, never touched, counted in *@refused.
  * Indices at or past @n (not described by the array) are the caller's business: they are
@@ -180,8 +188,62 @@ uint64_t blimp_pstate_guard_claim(uint8_t *states, uint64_t n, uint64_t skip_lo,
 uint64_t blimp_pstate_finish(uint8_t *states, uint64_t first, uint64_t count, bool discarded,
                              uint64_t *n_unused, uint64_t *n_volatile);
 
-/* True for the 8 defined byte values. */
+/* True for the 7 defined byte values. */
 bool blimp_pstate_valid(uint8_t v);
+
+/* ---- page ages (patch 0012, spec section 4.5) ---- */
+
+/*
+ * The age block: a 64-byte header (le32 magic, le32 clock_s: the guest's clock in seconds) and
+ * one le32 stamp per page of the state array: the guest clock at which the page last became
+ * UNUSED or VOLATILE. Guest-written with plain stores, only ever read by the host, and advisory:
+ * a wrong stamp can only change which of the guest's own discardable pages go first.
+ */
+#define BLIMP_AGE_HDR_SIZE      64
+#define BLIMP_AGE_MAGIC         0x45474141u /* "AAGE" */
+/* Histogram buckets: bucket 0 holds age 0 s, bucket b >= 1 ages in [2^(b-1), 2^b) s. */
+#define BLIMP_AGE_BUCKETS       33
+
+/*
+ * PSTATE_AGES payload: the age block at @ages_gpa (page aligned, reserved 0) for the @npages
+ * pages of the array registered before (@registered_npages, 0 when none: then EINVAL).
+ * The whole block, BLIMP_AGE_HDR_SIZE + 4 * npages bytes, must lie below @max_pfn.
+ */
+int blimp_decode_pstate_ages(const BlimpReq *req, BlimpPstateAgesReg *ages,
+                             uint64_t registered_npages, uint64_t max_pfn);
+/* Size in bytes of the age block for @npages pages. */
+uint64_t blimp_age_block_bytes(uint64_t npages);
+
+/* How long page @i has been discardable at guest clock @clock: a stamp from the future (a
+ * racing or lying guest) counts as 0. @stamps points at the first stamp (header skipped). */
+uint32_t blimp_page_age(const uint32_t *stamps, uint64_t i, uint32_t clock);
+unsigned blimp_age_bucket(uint32_t age_s);
+/* The smallest age in bucket @b (0, 1, 2, 4, ...). */
+uint32_t blimp_age_bucket_min(unsigned b);
+
+/* The guest's discardable memory by age: UNUSED and VOLATILE pages per bucket (the array's own
+ * pages excluded), the other defined states counted whole, invalid bytes apart. Without
+ * @stamps every discardable page lands in bucket 0. A scan without claiming: the guest may be
+ * running, so it is a snapshot. */
+typedef struct BlimpAgeHistogram {
+    uint64_t unused[BLIMP_AGE_BUCKETS];
+    uint64_t volatile_pages[BLIMP_AGE_BUCKETS];
+    uint64_t stable, discarded, in_flight, invalid;
+} BlimpAgeHistogram;
+void blimp_pstate_age_histogram(const uint8_t *states, const uint32_t *stamps, uint64_t n,
+                                uint32_t clock, uint64_t skip_lo, uint64_t skip_hi,
+                                BlimpAgeHistogram *h);
+
+/*
+ * blimp_pstate_claim_kinds_from, restricted to pages at least @min_age seconds old by
+ * @stamps and @clock (@stamps NULL: no restriction). A limited sweep calls it once per
+ * non-empty histogram bucket, oldest first, so the pages the guest left alone longest go first.
+ */
+uint64_t blimp_pstate_claim_aged_from(uint8_t *states, uint64_t n, uint64_t *pos,
+                                      uint64_t skip_lo, uint64_t skip_hi, uint64_t max_claim,
+                                      unsigned kinds, const uint32_t *stamps, uint32_t clock,
+                                      uint32_t min_age, BlimpRunFn emit, void *opaque,
+                                      uint64_t *invalid);
 
 /* ---- sharing hints: marked runs (patch 0006) ---- */
 

@@ -4,6 +4,7 @@
 
 #include "kernel/cmdline.h"
 #include "kernel/console.h"
+#include "kernel/timer.h"
 #include "lib/blimp_wire.h"
 #include "lib/irq.h"
 #include "mm/device_channel.h"
@@ -17,8 +18,30 @@ namespace {
 bool g_init_done = false;
 // The device channel init() was handed (the balloon), for registering again after a reset.
 DeviceChannel* g_channel = nullptr;
-// What PSTATE_REGISTER said, for registering again after a device reset.
+// What PSTATE_REGISTER and PSTATE_AGES said, for registering again after a device reset.
 wire::BlimpPstateRegister g_reg{};
+wire::BlimpPstateAges g_ages{};  // ages_gpa 0: no age block
+
+constexpr uint64_t kClockPeriodNs = 1'000'000'000ull;
+
+uint32_t clock_seconds() { return uint32_t(timer::now_ns() / 1'000'000'000ull); }
+
+// The age block's clock advances once a second, from the timer interrupt, for as long as the
+// guest runs: one wakeup a second is the price of the host knowing how long memory sat idle.
+void on_clock_tick(void*) {
+  detail::guest_array().set_clock(clock_seconds());
+  if (timer::call_at(timer::now_ns() + kClockPeriodNs, on_clock_tick, nullptr).is_error())
+    kprintf("page-states: no timer slot: page ages stop advancing\n");
+}
+
+// PSTATE_AGES: tells the device where the age block is. A device that does not know the request
+// (EUNSUPP: a QEMU before patch 0012) or refuses it leaves page states working without ages.
+// Returns the status, or Error::Busy/... when the device gave no answer.
+ErrorOr<uint32_t> send_ages(DeviceChannel* ch) {
+  auto resp = ch->send(wire::kBlimpPstateAges, &g_ages, 1, sizeof g_ages);
+  if (resp.is_error()) return resp.error();
+  return resp.value().status;
+}
 
 // Device reset listener: the device forgot the array (spec section 5.2: reset unregisters), the
 // guest did not: the array and the allocator hook kept running, so registering the same array
@@ -40,6 +63,12 @@ ResetListenerResult reregister(void*) {
     return ResetListenerResult::Done;
   }
   kprintf("page-states: re-registered %lu pages after the device reset\n", g_reg.npages);
+  if (g_ages.ages_gpa) {
+    auto st = send_ages(ch);
+    if (st.is_error() || st.value() != wire::kBlimpOk)
+      kprintf("page-states: PSTATE_AGES after the device reset failed: %s\n",
+              st.is_error() ? error_name(st.error()) : wire::blimp_status_name(st.value()));
+  }
   return ResetListenerResult::Done;
 }
 
@@ -50,6 +79,51 @@ void log_long_wait(const volatile uint8_t* byte, uint64_t spins) {
       "page-states: waited %lu spins for the host to finish discarding page %#lx; still "
       "waiting (the host stalled mid-sweep?)\n",
       spins, (a.base_pfn() + uint64_t(byte - a.bytes())) << kPageShift);
+}
+
+// Allocates the age block, starts stamping and tells the device (spec section 4.5). Without an
+// age block page states work as before: the host then claims in address order.
+void setup_ages(DeviceChannel* ch, PageAllocator& pa, PageStateArray& a) {
+  if (cmdline::has_flag("page_ages=off")) {
+    kprintf("page-states: page ages off (page_ages=off)\n");
+    return;
+  }
+  const uint64_t bytes = sizeof(wire::BlimpAgeHeader) + a.npages() * sizeof(uint32_t);
+  const uint64_t pages = (bytes + kPageSize - 1) / kPageSize;
+  auto r = pa.alloc_run(pages, Owner::Kernel, kAllocNoOomHook);
+  if (r.is_error()) {
+    kprintf("page-states: cannot allocate the %lu KiB age block: %s; no page ages\n",
+            (pages * kPageSize) >> 10, error_name(r.error()));
+    return;
+  }
+  auto* header = phys_to_virt<wire::BlimpAgeHeader>(r.value());
+  std::memset(header, 0, sizeof *header);
+  header->magic = wire::kBlimpAgeMagic;
+  header->clock_s = clock_seconds();
+  {
+    IrqGuard g;
+    a.attach_ages(header, reinterpret_cast<uint32_t*>(header + 1));
+  }
+  g_ages = wire::BlimpPstateAges{r.value(), a.npages(), 0};
+  auto st = send_ages(ch);
+  if (!st.is_error() && st.value() != wire::kBlimpOk) {
+    // Refused (EUNSUPP from a device without patch 0012): the host never reads the block.
+    kprintf("page-states: PSTATE_AGES refused: %s; no page ages\n",
+            wire::blimp_status_name(st.value()));
+    {
+      IrqGuard g;
+      a.attach_ages(nullptr, nullptr);
+    }
+    g_ages = {};
+    pa.free_run(r.value(), pages);
+    return;
+  }
+  if (st.is_error())
+    kprintf("page-states: PSTATE_AGES got no answer (%s); sent again after the recovery\n",
+            error_name(st.error()));
+  if (timer::call_at(timer::now_ns() + kClockPeriodNs, on_clock_tick, nullptr).is_error())
+    kprintf("page-states: no timer slot: page ages do not advance\n");
+  kprintf("page-states: page ages on (%lu KiB at %#lx)\n", (pages * kPageSize) >> 10, r.value());
 }
 
 }  // namespace
@@ -122,6 +196,7 @@ void init(DeviceChannel* channel) {
     kprintf("page-states: no room for a balloon reset listener: not re-registered after a reset\n");
   kprintf("page-states: registered %lu pages (array of %lu KiB at %#lx)\n", npages,
           (array_pages * kPageSize) >> 10, r.value());
+  setup_ages(b, pa, a);
 }
 
 }  // namespace blimp::mm::page_states

@@ -34,7 +34,6 @@ const char* state_name(uint8_t v) {
   switch (v) {
     case kStable: return "STABLE";
     case kUnused: return "UNUSED";
-    case kPotVolatile: return "POT_VOLATILE";
     case kVolatile: return "VOLATILE";
     case kDiscardingUnused: return "DISCARDING_UNUSED";
     case kDiscardingVolatile: return "DISCARDING_VOLATILE";
@@ -63,6 +62,21 @@ void PageStateArray::sync_and_hook(PageAllocator& pa) {
 
 void PageStateArray::unhook(PageAllocator& pa) { pa.set_state_hook(nullptr, nullptr); }
 
+void PageStateArray::attach_ages(wire::BlimpAgeHeader* header, uint32_t* stamps) {
+  if (!header || !stamps) {
+    stamps_ = nullptr;
+    ages_ = nullptr;
+    return;
+  }
+  for (uint64_t i = 0; i < npages_; ++i) stamps[i] = header->clock_s;
+  ages_ = header;
+  stamps_ = stamps;
+}
+
+void PageStateArray::set_clock(uint32_t clock_s) {
+  if (ages_) __atomic_store_n(&ages_->clock_s, clock_s, __ATOMIC_RELAXED);
+}
+
 bool PageStateArray::hook(PhysAddr first_page, size_t count, Owner new_owner, void* ctx) {
   return static_cast<PageStateArray*>(ctx)->transition(first_page, count, new_owner);
 }
@@ -78,13 +92,21 @@ bool PageStateArray::transition(PhysAddr first_page, size_t count, Owner new_own
       continue;
     }
     if (target == kUnused) {
+      // Stamped only when the page becomes free now: one that stays free (reported, isolated)
+      // has been idle since it was freed.
+      uint8_t v = load_state(b);
+      if (v != kUnused && v != kDiscardedUnused && v != kDiscardingUnused)
+        stamp(uint64_t(b - bytes_));
       make_unused(b, &waits_locked_);
       all_zero = false;  // only consulted when pages leave the free state
       continue;
     }
     uint8_t was = make_stable(b, &waits_locked_);
     if (!is_discarded(was)) all_zero = false;
-    if (target == kVolatile) release_stable(b, kVolatile);
+    if (target == kVolatile) {
+      stamp(uint64_t(b - bytes_));
+      release_stable(b, kVolatile);
+    }
   }
   if (all_zero) known_zero_ += count;
   return all_zero;
@@ -106,7 +128,9 @@ bool PageStateArray::pin_range(PhysAddr first_page, uint64_t count, uint64_t* lo
 void PageStateArray::unpin_range(PhysAddr first_page, uint64_t count) {
   for (uint64_t i = 0; i < count; ++i) {
     volatile uint8_t* b = byte_of(first_page + i * kPageSize);
-    if (b) unpin(b);
+    if (!b) continue;
+    stamp(uint64_t(b - bytes_));  // last used now: the host discards the longest unused first
+    unpin(b);
   }
 }
 

@@ -11,6 +11,13 @@
 //   Volatile                              -> VOLATILE (apps pin it before use: volatile_memory.h)
 //   Reserved (allocator metadata), holes  -> STABLE  (never written: zero-initialised)
 //
+// Page ages (spec section 4.5, PSTATE_AGES): beside the array, a stamp per page says since when it
+// has been discardable: the guest clock (seconds) at which the page last became UNUSED (freed) or
+// VOLATILE (allocated as volatile, or unpinned). The host reads the stamps to discard the coldest
+// pages first and to count idle memory; it never writes them. Stamps are plain stores made before
+// the state byte's release, so a host that sees the state also sees a stamp at least that new.
+// A page that stays free (Free -> Reported -> Isolated) keeps the stamp of the moment it was freed.
+//
 // Against a stock QEMU (no feature bit) nothing is allocated, registered or hooked: init() only
 // logs that page states are off.
 #pragma once
@@ -19,6 +26,7 @@
 #include <cstdint>
 
 #include "lib/atomic.h"
+#include "lib/blimp_wire.h"
 #include "mm/page.h"
 #include "mm/page_allocator.h"
 #include "mm/page_states/protocol.h"
@@ -52,6 +60,13 @@ class PageStateArray {
   // caller keeps the allocator quiet meanwhile (init() masks interrupts; there is one CPU).
   void sync_and_hook(PageAllocator& pa);
   void unhook(PageAllocator& pa);
+  // Page ages: `header` (clock) and one stamp per page of the array, or nullptr to stop stamping.
+  // Stamps start at the header's clock: every page counts as idle since then.
+  void attach_ages(wire::BlimpAgeHeader* header, uint32_t* stamps);
+  // Publishes the guest clock (seconds); later stamps carry it. The guest calls it every second.
+  void set_clock(uint32_t clock_s);
+  uint32_t clock() const { return ages_ ? __atomic_load_n(&ages_->clock_s, __ATOMIC_RELAXED) : 0; }
+  const uint32_t* stamps() const { return stamps_; }
 
   // The state hook body (see StateHook in mm/page_allocator.h): called with the allocator lock
   // held. Returns true when every page of the range had been discarded by the host (reads as
@@ -77,8 +92,17 @@ class PageStateArray {
 
  private:
   static bool hook(PhysAddr first_page, size_t count, Owner new_owner, void* ctx);
+  // Records that page `index` becomes discardable now (before its byte says so).
+  void stamp(uint64_t index) {
+    if (stamps_) stamps_[index] = __atomic_load_n(&ages_->clock_s, __ATOMIC_RELAXED);
+  }
 
   uint8_t* bytes_ = nullptr;
+  // Page ages (advisory, host-read-only). The clock is written by the timer callback and read by
+  // stamp() under the allocator lock or from the app's pin/unpin: a 32-bit aligned store, so a
+  // reader sees the old or the new second, either of which is a true enough stamp.
+  wire::BlimpAgeHeader* ages_ = nullptr;
+  uint32_t* stamps_ = nullptr;
   uint64_t base_pfn_ = 0;
   uint64_t npages_ = 0;
   // Under the allocator lock.

@@ -5,7 +5,7 @@
 // the unit tests all run exactly the same code. Freestanding and host-compilable.
 //
 // Ownership of a byte:
-//   guest-owned  STABLE, UNUSED, POT_VOLATILE, VOLATILE, DISCARDED_UNUSED, DISCARDED_VOLATILE
+//   guest-owned  STABLE, UNUSED, VOLATILE, DISCARDED_UNUSED, DISCARDED_VOLATILE
 //   host-owned   DISCARDING_UNUSED, DISCARDING_VOLATILE (the guest never writes such a byte)
 // The host takes a byte only by CAS from UNUSED/VOLATILE to the matching DISCARDING value, and
 // the only other value it ever stores is DISCARDED_x or x into a byte it holds as DISCARDING_x.
@@ -23,7 +23,9 @@ namespace blimp::mm::page_states {
 enum State : uint8_t {
   kStable = 0x00,
   kUnused = 0x01,
-  kPotVolatile = 0x02,
+  // 0x02 was POT_VOLATILE (CMM2's "potentially volatile"). Nothing produced it, and a host
+  // cannot act on "maybe" without a way to ask the guest, so it left the protocol: 0x02 is
+  // reserved, and a host treats it like any undefined byte (as STABLE, counted invalid).
   kVolatile = 0x03,
   kDiscardingUnused = 0x41,
   kDiscardingVolatile = 0x43,
@@ -32,9 +34,8 @@ enum State : uint8_t {
 };
 
 constexpr bool is_valid(uint8_t v) {
-  return v == kStable || v == kUnused || v == kPotVolatile || v == kVolatile ||
-         v == kDiscardingUnused || v == kDiscardingVolatile || v == kDiscardedUnused ||
-         v == kDiscardedVolatile;
+  return v == kStable || v == kUnused || v == kVolatile || v == kDiscardingUnused ||
+         v == kDiscardingVolatile || v == kDiscardedUnused || v == kDiscardedVolatile;
 }
 constexpr bool is_discarding(uint8_t v) {
   return v == kDiscardingUnused || v == kDiscardingVolatile;
@@ -92,8 +93,8 @@ inline uint8_t wait_settled(const volatile uint8_t* b, uint64_t* spins = nullptr
 
 // Makes the page STABLE, after which the guest may read and write it and the host will not
 // discard it. Returns the value it replaced: kStable if it already was stable; kDiscardedUnused
-// or kDiscardedVolatile if the host had discarded it (the page reads as zeros); kVolatile or
-// kPotVolatile if volatile content is intact; kUnused for a free page the host left alone.
+// or kDiscardedVolatile if the host had discarded it (the page reads as zeros); kVolatile
+// if volatile content is intact; kUnused for a free page the host left alone.
 // The CAS is only attempted on a value just seen guest-owned: see docs/page-states.md on TCG.
 inline uint8_t make_stable(volatile uint8_t* b, uint64_t* spins = nullptr) {
   for (;;) {
@@ -105,7 +106,7 @@ inline uint8_t make_stable(volatile uint8_t* b, uint64_t* spins = nullptr) {
   }
 }
 
-// STABLE -> UNUSED / POT_VOLATILE / VOLATILE. The caller holds the byte STABLE (the host never
+// STABLE -> UNUSED / VOLATILE. The caller holds the byte STABLE (the host never
 // writes a STABLE byte), so a store suffices; release ordering makes every earlier write to the
 // page happen before the host can see the page as discardable.
 inline void release_stable(volatile uint8_t* b, uint8_t to) {

@@ -2,7 +2,7 @@
  * on an arbitrary array. Checks the spec's safety rules: only UNUSED (when allowed) and
  * VOLATILE bytes are claimed, never inside the skip range, the emitted runs are exactly the
  * claimed bytes, max_claim holds, and finish publishes DISCARDED_x or restores x, touching
- * nothing else. */
+ * nothing else. Part 2: the aged claim (patch 0012) and the age histogram. */
 #include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -80,6 +80,43 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       assert(st[i] == orig[i]); /* the host never writes bytes it did not claim */
     }
   }
+
+  /* Part 2 (patch 0012): the aged claim takes only pages at least min_age old, all of them when
+   * nothing stops it early, and the histogram accounts for every byte. Stamps come from the
+   * input (some from the future: age 0). */
+  uint32_t clock = (uint32_t)data[5] * 3u, min_age = data[6] % 64;
+  uint32_t* stamps = malloc((n ? n : 1) * sizeof(uint32_t));
+  for (uint64_t i = 0; i < n; i++) {
+    st[i] = orig[i];
+    stamps[i] = (uint32_t)data[8 + (i * 7) % n] * 2u;
+    c.seen[i] = 0;
+  }
+  c.runs = c.pages = 0;
+  c.stop_after = UINT64_MAX;
+  BlimpAgeHistogram h;
+  blimp_pstate_age_histogram(st, stamps, n, clock, skip_lo, skip_hi, &h);
+  uint64_t total = h.stable + h.discarded + h.in_flight + h.invalid;
+  for (unsigned b = 0; b < BLIMP_AGE_BUCKETS; b++) {
+    total += h.unused[b] + h.volatile_pages[b];
+  }
+  assert(total == n);
+  uint64_t pos = 0;
+  unsigned kinds =
+      (data[3] & 4 ? BLIMP_CLAIM_UNUSED : 0) | (data[3] & 8 ? BLIMP_CLAIM_VOLATILE : 0);
+  claimed = blimp_pstate_claim_aged_from(st, n, &pos, skip_lo, skip_hi, UINT64_MAX, kinds, stamps,
+                                         clock, min_age, emit, &c, NULL);
+  assert(c.pages == claimed);
+  for (uint64_t i = 0; i < n; i++) {
+    bool in_skip = i >= skip_lo && i < skip_hi;
+    bool kind_ok = (orig[i] == BLIMP_PS_UNUSED && (kinds & BLIMP_CLAIM_UNUSED)) ||
+                   (orig[i] == BLIMP_PS_VOLATILE && (kinds & BLIMP_CLAIM_VOLATILE));
+    uint32_t age = stamps[i] <= clock ? clock - stamps[i] : 0;
+    bool should = !in_skip && kind_ok && age >= min_age;
+    assert(!!c.seen[i] == should);
+    assert(blimp_page_age(stamps, i, clock) == age);
+    assert(blimp_age_bucket_min(blimp_age_bucket(age)) <= age);
+  }
+  free(stamps);
   free(st);
   free(orig);
   free(c.seen);

@@ -31,6 +31,22 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
       case BLIMP_REQ_PSTATE_UNREGISTER: assert(req.count == 0 && req.payload_len == 0); break;
+      case BLIMP_REQ_PSTATE_AGES: {
+        BlimpPstateAgesReg ages;
+        assert(req.count == 1 && req.payload_len == BLIMP_PSTATE_AGES_SIZE);
+        /* registered array: none, the size the request names, or another size */
+        uint64_t named = blimp_le64(req.payload + 8);
+        uint64_t registered[] = {0, named, 65536};
+        for (int k = 0; k < 3; k++) {
+          if (blimp_decode_pstate_ages(&req, &ages, registered[k], MAX_PFN) == BLIMP_S_OK) {
+            assert(registered[k] != 0 && ages.npages == registered[k] && ages.reserved == 0);
+            assert((ages.ages_gpa & 4095) == 0);
+            uint64_t end = ages.ages_gpa + blimp_age_block_bytes(ages.npages);
+            assert(end > ages.ages_gpa && end <= (MAX_PFN << 12));
+          }
+        }
+        break;
+      }
       case BLIMP_REQ_SEAL:
       case BLIMP_REQ_UNSEAL: {
         assert(req.count >= 1 && req.count <= BLIMP_MAX_ENTRIES);

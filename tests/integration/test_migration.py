@@ -147,8 +147,8 @@ def test_zeroed_memory_reads_zero_after_a_restore(build):
             wait_running(q)
             wait_rounds(dst, ZEROCHECK_ROUND, 4)
             after = info(q)
-            check(after["pstate-registered"] and after["migrated-in"],
-                  f"the destination lost the page-state registration: {after}")
+            check(after["pstate-registered"] and after["migrated-in"] and after["pstate-ages"],
+                  f"the destination lost the page-state registration or its ages: {after}")
             sweeping(q)
             wait_rounds(dst, ZEROCHECK_ROUND, 2)
             check_no_bad_lines(dst, "destination")
@@ -219,6 +219,8 @@ def check_moved_app(app, rx, dst, qd):
     wait_rounds(dst, rx, 3)
     after = info(qd)
     check(after["pstate-registered"] and after["migrated-in"], f"{app}: {after}")
+    # patch 0012: the age block's registration travels in its own subsection
+    check(after["pstate-ages"], f"{app}: the destination lost the page ages: {after}")
     check(after["pstate-sweeps"] > 0, f"{app}: the destination does not sweep: {after}")
     check_no_bad_lines(dst, f"{app} destination")
     if app == "integrity":

@@ -7,6 +7,9 @@
   - volatile-cache loses entries under host discard and recomputes them, zero corrupted bytes
     (q35 virtio-pci modern and microvm virtio-mmio v2);
   - integrity reports zero mismatches while the host sweeps every 200 ms;
+  - page ages (patch 0012): the guest's clock advances, x-blimp-balloon-working-set sees the cold
+    part of a cache as old, and a limited sweep takes the cold entries before any hot one
+    (against page-ages=off, where address order takes the hot ones);
   - stock QEMU sees nothing: no registration, the app runs with page states off.
 
 The memhog and integrity tests need page_states::init() to run at boot (kernel_main, after
@@ -123,6 +126,64 @@ def test_limited_sweep_takes_unused_pages_first(build):
         print(f"    4096 asked: {some['discarded-unused']} unused, 0 volatile; unused-only: "
               f"{rest['discarded-unused']} unused; then {vol['discarded-volatile']} volatile "
               f"({vol['discarded-unused']} unused freed meanwhile)")
+
+
+def hot_and_cold(build, props):
+    """volatile-cache with 256 entries of 4 pages, lookups only in the first 64: after 12 s the
+    other 192 entries (768 pages) have been idle since the fill. Takes the free memory first
+    (unused-only), then asks a limited sweep for exactly the cold pages. Returns (the sweep, the
+    working set before it, hot discards, cold entries lost, the app's done line)."""
+    cold_pages = 192 * 4
+    with pstate_vm(build, "volatile-cache", ["entries=256", "pages=4", "hot=64", "duration=40s",
+                                             "report=5s"], memory="512M", props=props) as vm:
+        vm.wait_for(r"volatile-cache: ready", 120)
+        q = Qmp.connect(vm.qmp_path)
+        c0 = q.execute("x-blimp-balloon-working-set")["clock-s"]
+        time.sleep(12)
+        ws = q.execute("x-blimp-balloon-working-set")
+        q.execute("x-blimp-balloon-discard", {"unused-only": True}, timeout=60)
+        res = q.execute("x-blimp-balloon-discard", {"max-pages": cold_pages}, timeout=60)
+        vm.wait_for(r"volatile-cache: done .*", 120)
+        status = vm.wait_exit(60)
+        check(status == 0, f"volatile-cache failed ({status}): {vm.output[-2000:]}")
+        done = re.search(r"volatile-cache: done .*", vm.output).group(0)
+        cold = re.search(r"volatile-cache: cold entries=(\d+) lost=(\d+)", vm.output)
+        check(cold, f"no cold-entry line: {vm.output[-1500:]}")
+        check("corrupt_bytes=0" in done, f"corrupt bytes: {done}")
+        hot_discards = values(done, ["discards"])["discards"]
+        return res, ws, c0, hot_discards, int(cold.group(2)), done
+
+
+@t.test
+def test_oldest_volatile_pages_go_first(build):
+    res, ws, c0, hot_lost, cold_lost, done = hot_and_cold(build, "")
+    check(ws["ages"], f"the guest registered no age block: {ws}")
+    check(ws["clock-s"] >= c0 + 10, f"the guest clock did not advance: {c0} -> {ws['clock-s']}")
+    old = sum(b["volatile"] for b in ws["buckets"] if b["min-age-s"] >= 8)
+    young = sum(b["volatile"] for b in ws["buckets"] if b["min-age-s"] <= 2)
+    check(old >= 700, f"the cold entries are not seen as idle >= 8 s: {ws['buckets']}")
+    check(young <= 256 + 16, f"more young volatile pages than the hot entries have: {ws}")
+    check(res["discarded-volatile"] >= 600, f"the sweep took too few volatile pages: {res}")
+    check(hot_lost == 0, f"hot entries lost pages while cold ones were there: {done}")
+    check(cold_lost * 4 >= res["discarded-volatile"] - 8,
+          f"the discarded volatile pages were not the cold entries' ({cold_lost} cold entries "
+          f"lost, {res})")
+    print(f"    working set: {old} volatile pages idle >= 8 s, {young} idle <= 2 s; sweep took "
+          f"{res['discarded-volatile']} volatile pages: {cold_lost}/192 cold entries lost, "
+          f"0 hot discards")
+
+
+@t.test
+def test_without_ages_address_order_takes_hot_entries(build):
+    # The control: the same run with page-ages=off sweeps in address order, and the hot entries
+    # (allocated first, lowest addresses) lose pages. Shows the ordering test above can fail.
+    res, ws, c0, hot_lost, cold_lost, done = hot_and_cold(build, ",page-ages=off")
+    check(not ws["ages"], f"page-ages=off but ages registered: {ws}")
+    check(res["discarded-volatile"] >= 600, f"the sweep took too few volatile pages: {res}")
+    check(hot_lost > 0, f"address order did not touch the hot entries ({done}): the cache's "
+          f"layout changed and the ordering test proves less")
+    print(f"    page-ages=off: {res['discarded-volatile']} volatile pages taken, hot entries "
+          f"rediscovered {hot_lost} discards, {cold_lost}/192 cold entries lost")
 
 
 @t.test

@@ -8,8 +8,10 @@ chosen here, including malformed ones.
 Checks:
   * properties off: bits 56/57 not offered, no blimpq (the stock layout);
   * page states: register, QMP sweep discards exactly the UNUSED/VOLATILE pages (content zero,
-    state DISCARDED_x), never STABLE / POT_VOLATILE / invalid bytes / the array itself;
+    state DISCARDED_x), never STABLE / reserved (0x02) / invalid bytes / the array itself;
     timer-driven sweeps; EBUSY, unregister, reset;
+  * page ages (patch 0012): PSTATE_AGES validation, x-blimp-balloon-working-set's buckets,
+    limited sweeps that take each kind oldest first, to the page; page-ages=off answers EUNSUPP;
   * sharing hints: SEAL marks runs MADV_MERGEABLE (seen in /proc/PID/smaps), adjacent runs
     merge, UNSEAL unmarks, query/filter QMP, hint-max-runs limit; a filter change madvises
     only the difference (patch 0006: added/removed pages, smaps, against a model of the runs);
@@ -31,12 +33,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-from blimp_ext import (ARRAY_GPA, BUF_GPA, DATA_PFN, F_PAGE_STATES, F_SHARE_HINTS,  # noqa: E402
+from blimp_ext import (AGES_GPA, ARRAY_GPA, BUF_GPA, DATA_PFN, F_PAGE_STATES, F_SHARE_HINTS,  # noqa: E402
                        F_STATS, F_VERSION_1, MEM_MB, PAGE, PS_DISCARDED_UNUSED,
-                       PS_DISCARDED_VOLATILE, PS_POT_VOLATILE, PS_STABLE, PS_UNUSED, PS_VOLATILE,
+                       PS_DISCARDED_VOLATILE, PS_RESERVED, PS_STABLE, PS_UNUSED, PS_VOLATILE,
                        REQ_REGISTER, REQ_SEAL, REQ_UNREGISTER, REQ_UNSEAL, S_EBUSY, S_EINVAL,
                        S_ENOSPC, S_EUNSUPP, S_ERANGE, S_OK, VIRTIO_MMIO_BASE, QtestVm as Vm, check,
-                       fill, page_is, register_array, seal, unseal)
+                       fill, page_is, register_ages, register_array, seal, unseal, write_ages)
 from blimp_vm import TestRunner, require_patched_qemu  # noqa: E402
 from ksm import mergeable_bytes  # noqa: E402
 from qmp import QmpError  # noqa: E402
@@ -81,7 +83,7 @@ def test_page_states(build):
         qt.memwrite(ARRAY_GPA, bytes(npages))
         fill(qt, DATA_PFN, 512, 0xAB)
         layout = ([PS_UNUSED] * 100 + [PS_VOLATILE] * 50 + [PS_STABLE] * 10 +
-                  [PS_POT_VOLATILE] * 10 + [0x7F] * 2 + [PS_UNUSED] * 3 + [PS_STABLE] +
+                  [PS_RESERVED] * 10 + [0x7F] * 2 + [PS_UNUSED] * 3 + [PS_STABLE] +
                   [PS_VOLATILE] * 4)
         qt.memwrite(ARRAY_GPA + DATA_PFN, bytes(layout))
         # the array's own pages are marked UNUSED: must never be discarded
@@ -105,11 +107,11 @@ def test_page_states(build):
         check(states == want, "state bytes after the sweep are exactly as specified")
         ok = all(page_is(qt, DATA_PFN + i, 0 if layout[i] in (PS_UNUSED, PS_VOLATILE)
                          else 0xAB) for i in range(len(layout)))
-        check(ok, "discarded pages read as zero, stable / pot-volatile / invalid keep content")
+        check(ok, "discarded pages read as zero, stable / reserved / invalid keep content")
         check(qt.memread(ARRAY_GPA + arr_pfn, npages // PAGE) ==
               bytes([PS_UNUSED] * (npages // PAGE)), "the array's own pages were not claimed")
         info = vm.qmp.execute("x-blimp-balloon-info")
-        check(info["pstate-invalid-bytes"] == 2, "2 invalid bytes counted")
+        check(info["pstate-invalid-bytes"] == 12, "12 invalid bytes counted (10 reserved 0x02)")
         check(info["pstate-registered"] and info["pstate-gpa"] == ARRAY_GPA, "info shows array")
 
         # guest reuses: DISCARDED -> STABLE, marks new pages UNUSED, the timer sweeps them
@@ -155,6 +157,89 @@ def test_page_states(build):
         check(vm.alive(), "QEMU alive")
         log = vm.logtext()
         check("blimp" in log, "rejections were logged (rate limited)")
+    finally:
+        vm.stop()
+
+
+@t.test
+def test_page_ages(build):
+    qemu = require_patched_qemu(build)
+    print("[page ages]")
+    vm = Vm(qemu, "page-states=on")
+    qt, dev = vm.qt, vm.dev
+    try:
+        dev.init((1 << F_STATS) | (1 << F_VERSION_1) | (1 << F_PAGE_STATES))
+        npages = MEM_MB * 256
+        qt.memwrite(ARRAY_GPA, bytes(npages))
+        st, *_ = register_ages(dev)
+        check(st == S_EINVAL, "PSTATE_AGES before PSTATE_REGISTER -> EINVAL")
+        check(register_array(dev)[0] == S_OK, "array registered")
+        # At DATA_PFN: 5 UNUSED idle 50 s, 5 UNUSED idle 1 s, 10 VOLATILE idle 100 s,
+        # 10 VOLATILE idle 5 s, 9 VOLATILE idle 0 s and one stamped in the future (age 0).
+        clock = 1000
+        ages = [50] * 5 + [1] * 5 + [100] * 10 + [5] * 10 + [0] * 10
+        layout = [PS_UNUSED] * 10 + [PS_VOLATILE] * 30
+        stamps = {DATA_PFN + i: clock - a for i, a in enumerate(ages)}
+        stamps[DATA_PFN + 39] = clock + 4000
+        write_ages(qt, clock, stamps)
+        fill(qt, DATA_PFN, len(layout), 0xAB)
+        qt.memwrite(ARRAY_GPA + DATA_PFN, bytes(layout))
+
+        for kw, want, what in ((dict(npages=npages - 1), S_EINVAL, "npages != the array's"),
+                               (dict(gpa=AGES_GPA + 8), S_EINVAL, "unaligned block"),
+                               (dict(reserved=1), S_EINVAL, "reserved field set"),
+                               (dict(gpa=VIRTIO_MMIO_BASE), S_ERANGE, "block in MMIO"),
+                               (dict(gpa=MEM_MB * 1024 * 1024 - PAGE), S_ERANGE,
+                                "block running past the end of RAM"),
+                               (dict(gpa=(1 << 64) - PAGE), S_ERANGE, "block wrapping")):
+            st, acc, rej, _ = register_ages(dev, **kw)
+            check((st, acc, rej) == (want, 0, 1), f"{what} -> status {want} ({st})")
+        check(not vm.qmp.execute("x-blimp-balloon-info")["pstate-ages"], "nothing registered")
+        check(register_ages(dev)[0] == S_OK, "PSTATE_AGES ok")
+        check(vm.qmp.execute("x-blimp-balloon-info")["pstate-ages"], "info: ages registered")
+
+        ws = vm.qmp.execute("x-blimp-balloon-working-set")
+        buckets = {b["min-age-s"]: (b["unused"], b["volatile"]) for b in ws["buckets"]}
+        print("   ", ws["clock-s"], buckets)
+        check(ws["ages"] and ws["clock-s"] == clock, f"clock read from the block ({ws})")
+        check(buckets == {32: (5, 0), 1: (5, 0), 64: (0, 10), 4: (0, 10), 0: (0, 10)},
+              f"buckets by log2 of the age, the future stamp as age 0 ({buckets})")
+        check(ws["stable"] == npages - 40 and ws["discarded"] == 0, f"the rest stable ({ws})")
+
+        def states():
+            return list(qt.memread(ARRAY_GPA + DATA_PFN, len(layout)))
+
+        res = vm.qmp.execute("x-blimp-balloon-discard", {"max-pages": 3})
+        got = states()
+        check(res["claimed"] == 3 and got[:3] == [PS_DISCARDED_UNUSED] * 3 and
+              got[3:] == layout[3:], f"3 pages: the oldest unused ones ({res}, {got[:12]})")
+        # 2 + 5 unused left, then volatile: the 10 idle 100 s, then 2 of those idle 5 s.
+        res = vm.qmp.execute("x-blimp-balloon-discard", {"max-pages": 19})
+        got = states()
+        want = ([PS_DISCARDED_UNUSED] * 10 + [PS_DISCARDED_VOLATILE] * 12 +
+                [PS_VOLATILE] * 18)
+        check(res["discarded-unused"] == 7 and res["discarded-volatile"] == 12 and got == want,
+              f"unused first, then volatile oldest first ({res}, {got})")
+        check(all(page_is(qt, DATA_PFN + i, 0) for i in range(22)) and
+              all(page_is(qt, DATA_PFN + i, 0xAB) for i in range(22, 40)),
+              "discarded pages read zero, the younger ones keep their content")
+        info = vm.qmp.execute("x-blimp-balloon-info")
+        check(info["pstate-aged-passes"] > 0, f"aged passes counted ({info})")
+        # Without a limit: everything, one pass, ages ignored.
+        res = vm.qmp.execute("x-blimp-balloon-discard")
+        check(res["discarded-volatile"] == 18, f"an unlimited sweep takes the rest ({res})")
+        st, *_ = dev.request(REQ_UNREGISTER, 0, b"")
+        check(not vm.qmp.execute("x-blimp-balloon-info")["pstate-ages"],
+              "unregistering the array forgets the ages")
+        check(vm.alive(), "QEMU alive")
+    finally:
+        vm.stop()
+    vm = Vm(qemu, "page-states=on,page-ages=off")
+    try:
+        vm.dev.init((1 << F_STATS) | (1 << F_VERSION_1) | (1 << F_PAGE_STATES))
+        vm.qt.memwrite(ARRAY_GPA, bytes(MEM_MB * 256))
+        check(register_array(vm.dev)[0] == S_OK, "array registered (page-ages=off)")
+        check(register_ages(vm.dev)[0] == S_EUNSUPP, "page-ages=off: PSTATE_AGES -> EUNSUPP")
     finally:
         vm.stop()
 

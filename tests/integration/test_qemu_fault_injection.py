@@ -15,7 +15,7 @@ script steps it, so "late" is exact and nothing is timed against the wall clock)
   * the stats, blimp and free-page-hint queues honour the delay too;
   * x-fault-delay-ms / x-fault-queues start QEMU already slow; a bad queue name stops QEMU;
   * the STABLE guard: an inflate buffer whose pages the guest made STABLE / VOLATILE /
-    POT_VOLATILE meanwhile (a stale buffer completed late) discards only the UNUSED ones;
+    0x02 (reserved) meanwhile (a stale buffer completed late) discards only the UNUSED ones;
     the others keep content and byte; counted; logged; also for free page reporting;
   * sweeps in batches: page-states-batch-pages bounds every batch.
 Guest level (Blimp guest under TCG, QMP):
@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import blimp_ext as ext  # noqa: E402  (the qtest virtio-mmio driver)
 from balloon_window import PciBalloon  # noqa: E402
 from blimp_ext import (PAGE, F_FREE_PAGE_HINT, F_PAGE_STATES, F_REPORTING, F_STATS,  # noqa: E402
-                       F_VERSION_1, PS_DISCARDED_UNUSED, PS_POT_VOLATILE, PS_STABLE, PS_UNUSED,
+                       F_VERSION_1, PS_DISCARDED_UNUSED, PS_RESERVED, PS_STABLE, PS_UNUSED,
                        PS_VOLATILE, QtestVm as Vm, check, fill, page_is, register_array)
 from blimp_vm import BlimpVM, Skip, TestRunner, require_patched_qemu, wait_balloon  # noqa: E402
 from qmp import Qmp, QmpError  # noqa: E402
@@ -386,7 +386,7 @@ def test_stable_guard(build):
         st, _, _, _ = register_array(dev)
         check(st == 0, "array registered")
         r = Ring(dev, 0)
-        states = {0: PS_UNUSED, 1: PS_UNUSED, 2: PS_STABLE, 3: PS_VOLATILE, 4: PS_POT_VOLATILE,
+        states = {0: PS_UNUSED, 1: PS_UNUSED, 2: PS_STABLE, 3: PS_VOLATILE, 4: PS_RESERVED,
                   5: PS_DISCARDED_UNUSED, 6: PS_UNUSED, 7: 0x55}
         for k, v in states.items():
             qt.memwrite(ext.ARRAY_GPA + TEST_PFN + k, bytes([v]))

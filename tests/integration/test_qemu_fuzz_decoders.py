@@ -28,6 +28,7 @@ def seeds(target):
     if target == "req":
         return [hdr(1, 1) + struct.pack("<QQQ", 0x400000, 65536, 0),
                 hdr(2, 0),
+                hdr(5, 1) + struct.pack("<QQQ", 0x500000, 65536, 0),
                 hdr(3, 2) + struct.pack("<QIIQ", 0x2000, 1, 0, 0x1234) +
                 struct.pack("<QIIQ", 0x2001, 64, 1, 0x5678),
                 hdr(4, 1) + struct.pack("<QII", 0x2000, 1, 0)]

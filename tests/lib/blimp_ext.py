@@ -35,10 +35,12 @@ F_VERSION_1 = 32
 F_PAGE_STATES = 56
 F_SHARE_HINTS = 57
 
-PS_STABLE, PS_UNUSED, PS_POT_VOLATILE, PS_VOLATILE = 0x00, 0x01, 0x02, 0x03
+PS_STABLE, PS_UNUSED, PS_VOLATILE = 0x00, 0x01, 0x03
+PS_RESERVED = 0x02  # was POT_VOLATILE; an undefined byte now, treated as STABLE
 PS_DISCARDED_UNUSED, PS_DISCARDED_VOLATILE = 0x81, 0x83
 S_OK, S_EINVAL, S_ERANGE, S_ENOSPC, S_EUNSUPP, S_EBUSY = range(6)
-REQ_REGISTER, REQ_UNREGISTER, REQ_SEAL, REQ_UNSEAL = 1, 2, 3, 4
+REQ_REGISTER, REQ_UNREGISTER, REQ_SEAL, REQ_UNSEAL, REQ_AGES = 1, 2, 3, 4, 5
+AGE_MAGIC = 0x45474141
 
 VIRTIO_MMIO_BASE = 0xFEB00000
 # guest-physical layout used by this "driver" (VirtioMMIOBalloon takes others)
@@ -46,6 +48,7 @@ RING_GPA = 0x00100000      # virtqueues
 BUF_GPA = 0x00180000       # request / response buffers (up to 512 KiB)
 ARRAY_GPA = 0x00400000     # page-state array (MEM_MB * 256 bytes)
 DATA_PFN = 0x2000          # test pages at 32 MiB
+AGES_GPA = 0x00500000      # age block (64 + 4 * MEM_MB * 256 bytes)
 
 
 def check(cond, what):
@@ -242,6 +245,17 @@ def page_is(qt, pfn, byte):
 
 def register_array(dev, gpa=ARRAY_GPA, npages=MEM_MB * 256, base=0):
     return dev.request(REQ_REGISTER, 1, struct.pack("<QQQ", gpa, npages, base))
+
+
+def register_ages(dev, gpa=AGES_GPA, npages=MEM_MB * 256, reserved=0):
+    return dev.request(REQ_AGES, 1, struct.pack("<QQQ", gpa, npages, reserved))
+
+
+def write_ages(qt, clock, stamps, gpa=AGES_GPA):
+    """The age block's header (magic, clock) and stamps {index: stamp} (patch 0012)."""
+    qt.memwrite(gpa, struct.pack("<II", AGE_MAGIC, clock) + bytes(56))
+    for i, v in stamps.items():
+        qt.memwrite(gpa + 64 + 4 * i, struct.pack("<I", v))
 
 
 def seal(dev, entries):

@@ -21,6 +21,8 @@ static_assert(w::kBlimpPstateRegister == BLIMP_REQ_PSTATE_REGISTER);
 static_assert(w::kBlimpPstateUnregister == BLIMP_REQ_PSTATE_UNREGISTER);
 static_assert(w::kBlimpSeal == BLIMP_REQ_SEAL);
 static_assert(w::kBlimpUnseal == BLIMP_REQ_UNSEAL);
+static_assert(w::kBlimpPstateAges == BLIMP_REQ_PSTATE_AGES);
+static_assert(w::kBlimpAgeMagic == BLIMP_AGE_MAGIC);
 static_assert(w::kBlimpMaxEntries == BLIMP_MAX_ENTRIES);
 static_assert(w::kBlimpSealZero == BLIMP_SEAL_F_ZERO);
 
@@ -36,6 +38,12 @@ static_assert(w::kBlimpEbusy == BLIMP_S_EBUSY);
 static_assert(sizeof(w::BlimpRequestHeader) == BLIMP_REQ_HDR_SIZE);
 static_assert(sizeof(w::BlimpResponse) == BLIMP_RESP_SIZE);
 static_assert(sizeof(w::BlimpPstateRegister) == BLIMP_PSTATE_REG_SIZE);
+static_assert(sizeof(w::BlimpPstateAges) == BLIMP_PSTATE_AGES_SIZE);
+static_assert(sizeof(w::BlimpPstateAges) == sizeof(BlimpPstateAgesReg));
+static_assert(offsetof(w::BlimpPstateAges, ages_gpa) == offsetof(BlimpPstateAgesReg, ages_gpa));
+static_assert(offsetof(w::BlimpPstateAges, npages) == offsetof(BlimpPstateAgesReg, npages));
+static_assert(sizeof(w::BlimpAgeHeader) == BLIMP_AGE_HDR_SIZE);
+static_assert(offsetof(w::BlimpAgeHeader, clock_s) == 4);  // blimp_age_clock reads offset 4
 static_assert(sizeof(w::BlimpSealEntry) == BLIMP_SEAL_ENTRY_SIZE);
 static_assert(sizeof(w::BlimpUnsealEntry) == BLIMP_UNSEAL_ENTRY_SIZE);
 

@@ -168,6 +168,75 @@ TEST_F(HookFixture, FreeingADiscardedVolatileRegionMakesItUnused) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(state(base + i * kPageSize), kUnused);
 }
 
+// Page ages (spec section 4.5): a page's stamp is the clock at which it last became
+// discardable: freed, or unpinned. Allocation and pinning leave it; staying free keeps it.
+struct AgesFixture : HookFixture {
+  AgesFixture() : block(sizeof(wire::BlimpAgeHeader) + ram.pages() * sizeof(uint32_t)) {
+    header = reinterpret_cast<wire::BlimpAgeHeader*>(block.data());
+    header->clock_s = 100;
+    array.attach_ages(header, reinterpret_cast<uint32_t*>(header + 1));
+  }
+  uint32_t stamp_of(PhysAddr a) { return array.stamps()[(a >> kPageShift) - array.base_pfn()]; }
+  std::vector<uint8_t> block;
+  wire::BlimpAgeHeader* header = nullptr;
+};
+
+TEST_F(AgesFixture, AttachStampsEveryPageWithTheClock) {
+  for (uint64_t i = 0; i < ram.pages(); ++i) ASSERT_EQ(array.stamps()[i], 100u) << i;
+  EXPECT_EQ(array.clock(), 100u);
+}
+
+TEST_F(AgesFixture, FreeAndUnpinStampAllocateAndPinDoNot) {
+  array.set_clock(200);
+  PhysAddr p = pa.alloc_run(4, Owner::App).value();
+  EXPECT_EQ(stamp_of(p), 100u);  // allocated: stable pages carry no age
+  array.set_clock(300);
+  pa.free_run(p, 4);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(stamp_of(p + i * kPageSize), 300u);
+
+  array.set_clock(400);
+  auto r = allocate_volatile(2, pa, &array).value();
+  PhysAddr v = virt_to_phys(r.data);
+  EXPECT_EQ(stamp_of(v), 400u);  // became VOLATILE (then pinned) now
+  array.set_clock(450);
+  unpin(r);
+  EXPECT_EQ(stamp_of(v), 450u);
+  EXPECT_EQ(stamp_of(v + kPageSize), 450u);
+  array.set_clock(500);
+  EXPECT_EQ(pin(r), PinResult::Intact);
+  EXPECT_EQ(stamp_of(v), 450u);  // a pin is a use, recorded when the use ends (unpin)
+  unpin(r);
+  EXPECT_EQ(stamp_of(v), 500u);
+  free_volatile(r);
+}
+
+TEST_F(AgesFixture, AFreePageThatStaysFreeKeepsItsStamp) {
+  PhysAddr p = pa.alloc_run(1, Owner::App).value();
+  array.set_clock(150);
+  pa.free_run(p, 1);
+  array.set_clock(900);
+  // Free -> Isolated (reporting) and back: still free since 150.
+  EXPECT_TRUE(array.transition(p, 1, Owner::Isolated) == false);
+  EXPECT_TRUE(array.transition(p, 1, Owner::Free) == false);
+  EXPECT_EQ(stamp_of(p), 150u);
+  // A discarded free page is still the same idle page.
+  sweep();
+  EXPECT_EQ(state(p), kDiscardedUnused);
+  EXPECT_FALSE(array.transition(p, 1, Owner::Reported));
+  EXPECT_EQ(stamp_of(p), 150u);
+}
+
+TEST_F(AgesFixture, DetachedAgesAreNotWritten) {
+  array.attach_ages(nullptr, nullptr);
+  EXPECT_EQ(array.stamps(), nullptr);
+  EXPECT_EQ(array.clock(), 0u);
+  array.set_clock(7);  // no block: nothing to publish, no crash
+  PhysAddr p = pa.alloc_run(1, Owner::App).value();
+  pa.free_run(p, 1);
+  auto* stamps = reinterpret_cast<uint32_t*>(header + 1);
+  EXPECT_EQ(stamps[(p >> kPageShift) - array.base_pfn()], 100u);
+}
+
 TEST(VolatileWithoutPageStates, NothingIsEverLost) {
   Ram ram(8 * kMiB);
   PageAllocator pa;

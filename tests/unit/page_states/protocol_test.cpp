@@ -13,20 +13,19 @@ namespace {
 TEST(PageStateProtocol, ValuesAreTheSpecs) {
   EXPECT_EQ(kStable, 0x00);
   EXPECT_EQ(kUnused, 0x01);
-  EXPECT_EQ(kPotVolatile, 0x02);
   EXPECT_EQ(kVolatile, 0x03);
+  EXPECT_FALSE(is_valid(0x02));  // was POT_VOLATILE: reserved since nothing produced it
   EXPECT_EQ(kDiscardingUnused, 0x41);
   EXPECT_EQ(kDiscardingVolatile, 0x43);
   EXPECT_EQ(kDiscardedUnused, 0x81);
   EXPECT_EQ(kDiscardedVolatile, 0x83);
   int valid = 0;
   for (int v = 0; v < 256; ++v) valid += is_valid(static_cast<uint8_t>(v));
-  EXPECT_EQ(valid, 8);
+  EXPECT_EQ(valid, 7);
 }
 
 TEST(PageStateProtocol, MakeStableReportsWhatItReplaced) {
-  for (uint8_t from :
-       {kStable, kUnused, kPotVolatile, kVolatile, kDiscardedUnused, kDiscardedVolatile}) {
+  for (uint8_t from : {kStable, kUnused, kVolatile, kDiscardedUnused, kDiscardedVolatile}) {
     volatile uint8_t b = from;
     EXPECT_EQ(make_stable(&b), from) << state_name(from);
     EXPECT_EQ(b, kStable);
@@ -36,8 +35,11 @@ TEST(PageStateProtocol, MakeStableReportsWhatItReplaced) {
 TEST(PageStateProtocol, MakeUnusedKeepsDiscardedFreePagesKnownZero) {
   struct Case {
     uint8_t from, to;
-  } cases[] = {{kStable, kUnused},   {kUnused, kUnused},      {kDiscardedUnused, kDiscardedUnused},
-               {kVolatile, kUnused}, {kPotVolatile, kUnused}, {kDiscardedVolatile, kUnused}};
+  } cases[] = {{kStable, kUnused},
+               {kUnused, kUnused},
+               {kDiscardedUnused, kDiscardedUnused},
+               {kVolatile, kUnused},
+               {kDiscardedVolatile, kUnused}};
   for (auto c : cases) {
     volatile uint8_t b = c.from;
     make_unused(&b);
@@ -57,7 +59,7 @@ TEST(PageStateProtocol, PinAndUnpin) {
 }
 
 TEST(PageStateProtocol, HostClaimsOnlyUnusedAndVolatile) {
-  std::vector<uint8_t> s = {kStable,   kUnused,   kUnused,          kPotVolatile,
+  std::vector<uint8_t> s = {kStable,   kUnused,   kUnused,          0x02,
                             kVolatile, kVolatile, kDiscardedUnused, kDiscardedVolatile,
                             0x55,      kUnused};
   std::vector<std::pair<uint64_t, uint64_t>> runs;
@@ -68,9 +70,15 @@ TEST(PageStateProtocol, HostClaimsOnlyUnusedAndVolatile) {
   EXPECT_EQ(n, 5u);
   std::vector<std::pair<uint64_t, uint64_t>> want = {{1, 2}, {4, 2}, {9, 1}};
   EXPECT_EQ(runs, want);
-  std::vector<uint8_t> after = {kStable,          kDiscardingUnused,   kDiscardingUnused,
-                                kPotVolatile,     kDiscardingVolatile, kDiscardingVolatile,
-                                kDiscardedUnused, kDiscardedVolatile,  0x55,
+  std::vector<uint8_t> after = {kStable,
+                                kDiscardingUnused,
+                                kDiscardingUnused,
+                                0x02,
+                                kDiscardingVolatile,
+                                kDiscardingVolatile,
+                                kDiscardedUnused,
+                                kDiscardedVolatile,
+                                0x55,
                                 kDiscardingUnused};
   EXPECT_EQ(s, after);
   uint64_t du = 0, dv = 0;
@@ -78,9 +86,15 @@ TEST(PageStateProtocol, HostClaimsOnlyUnusedAndVolatile) {
   host_finish(s.data(), 9, 1, false, &du, &dv);
   EXPECT_EQ(du, 2u);
   EXPECT_EQ(dv, 2u);
-  std::vector<uint8_t> done = {kStable,          kDiscardedUnused,   kDiscardedUnused,
-                               kPotVolatile,     kDiscardedVolatile, kDiscardedVolatile,
-                               kDiscardedUnused, kDiscardedVolatile, 0x55,
+  std::vector<uint8_t> done = {kStable,
+                               kDiscardedUnused,
+                               kDiscardedUnused,
+                               0x02,
+                               kDiscardedVolatile,
+                               kDiscardedVolatile,
+                               kDiscardedUnused,
+                               kDiscardedVolatile,
+                               0x55,
                                kUnused};
   EXPECT_EQ(s, done);
 }
