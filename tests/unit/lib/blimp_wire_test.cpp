@@ -23,6 +23,7 @@ static_assert(w::kBlimpSeal == BLIMP_REQ_SEAL);
 static_assert(w::kBlimpUnseal == BLIMP_REQ_UNSEAL);
 static_assert(w::kBlimpMaxEntries == BLIMP_MAX_ENTRIES);
 static_assert(w::kBlimpSealZero == BLIMP_SEAL_F_ZERO);
+static_assert(w::kBlimpSealWritable == BLIMP_SEAL_F_WRITABLE);
 
 // Status codes.
 static_assert(w::kBlimpOk == BLIMP_S_OK);
