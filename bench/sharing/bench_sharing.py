@@ -237,10 +237,9 @@ def table(out):
     return "\n".join(lines)
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def add_setup_args(ap):
+    """The VMs, data set and KSM settings of the main configuration (also first_seconds.py's)."""
     ap.add_argument("--build-dir", default="build")
-    ap.add_argument("--out", default=HERE)
     ap.add_argument("--vms", type=int, default=3)
     ap.add_argument("--memory", default="512M")
     ap.add_argument("--seed", default="42")
@@ -249,6 +248,13 @@ def main():
     ap.add_argument("--private", default="384M")
     ap.add_argument("--pages-to-scan", type=int, default=1000)
     ap.add_argument("--sleep-ms", type=int, default=20)
+    ap.add_argument("--guest-args", default="", help="extra guest command-line words")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    add_setup_args(ap)
+    ap.add_argument("--out", default=HERE)
     ap.add_argument("--interval", type=float, default=0.25)
     ap.add_argument("--settle", type=float, default=15)
     ap.add_argument("--max-time", type=float, default=300)

@@ -53,21 +53,13 @@ def vma_survey(pid):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--build-dir", default="build")
+    bench_sharing.add_setup_args(ap)
     ap.add_argument("--out", default=os.path.join(HERE, "first_seconds"))
-    ap.add_argument("--mode", default="targeted", choices=("targeted", "blind"))
-    ap.add_argument("--vms", type=int, default=3)
-    ap.add_argument("--memory", default="512M")
-    ap.add_argument("--seed", default="42")
-    ap.add_argument("--size", default="64M")
-    ap.add_argument("--zero", default="4M")
-    ap.add_argument("--private", default="384M")
-    ap.add_argument("--pages-to-scan", type=int, default=1000)
-    ap.add_argument("--sleep-ms", type=int, default=20)
+    ap.add_argument("--mode", default="targeted",
+                    choices=("targeted", "targeted-nocand", "blind"))
     ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--duration", type=float, default=30)
     ap.add_argument("--max-time", type=float, default=300)  # for bench_sharing.launch
-    ap.add_argument("--guest-args", default="", help="extra guest command-line words")
     ap.add_argument("--qemu", help="QEMU binary (default: the build's patched QEMU)")
     ap.add_argument("--map", action="store_true",
                     help="at the end, record which guest pages of each VM KSM merged (runs)")

@@ -50,6 +50,22 @@ def require_ksm():
         raise Skip("no gnuplot")
 
 
+def run_bench(script, build, out, *extra):
+    """Runs a bench/sharing script with small VMs and a fast KSM (the short versions): skips if
+    another KSM experiment holds the lock, fails if the script does."""
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "sharing", script),
+           "--build-dir", build, "--out", out, "--memory", "128M",
+           "--size", f"{SIZE_MIB}M", "--zero", f"{ZERO_MIB}M", "--private", f"{PRIVATE_MIB}M",
+           "--pages-to-scan", "4000", "--sleep-ms", "10", "--settle", "3",
+           "--max-time", "90", "--wait-alone", "0", *extra]
+    r = subprocess.run(["timeout", "--kill-after=10", "600", *cmd], capture_output=True,
+                       text=True)
+    print("\n".join("  " + line for line in r.stdout.splitlines()[-8:]), flush=True)
+    if r.returncode != 0 and "another KSM experiment holds" in r.stdout + r.stderr:
+        raise Skip("another KSM experiment holds the lock")
+    check(r.returncode == 0, f"{script} exited {r.returncode}\n{r.stdout}\n{r.stderr}")
+
+
 @t.test
 def test_short_sweep_writes_csv_plot_and_savings_grow_with_vms(build):
     require_ksm()
@@ -57,17 +73,7 @@ def test_short_sweep_writes_csv_plot_and_savings_grow_with_vms(build):
     before = {n: read_ksm(n) for n in SETTINGS if os.path.exists(os.path.join(KSM_DIR, n))}
     out = tempfile.mkdtemp(prefix="blimp-vmcount-")
     try:
-        cmd = [sys.executable, os.path.join(ROOT, "bench", "sharing", "vm_count.py"),
-               "--build-dir", build, "--out", out, "--vms", "1,2", "--memory", "128M",
-               "--size", f"{SIZE_MIB}M", "--zero", f"{ZERO_MIB}M", "--private", f"{PRIVATE_MIB}M",
-               "--pages-to-scan", "4000", "--sleep-ms", "10", "--settle", "3",
-               "--max-time", "90", "--wait-alone", "0"]
-        r = subprocess.run(["timeout", "--kill-after=10", "600", *cmd], capture_output=True,
-                           text=True)
-        print("\n".join("  " + line for line in r.stdout.splitlines()[-8:]), flush=True)
-        if r.returncode != 0 and "another KSM experiment holds" in r.stdout + r.stderr:
-            raise Skip("another KSM experiment holds the lock")
-        check(r.returncode == 0, f"vm_count.py exited {r.returncode}\n{r.stdout}\n{r.stderr}")
+        run_bench("vm_count.py", build, out, "--vms", "1,2")
 
         with open(os.path.join(out, "vm_count.csv")) as f:
             rows = {(int(x["vms"]), x["mode"]): x for x in csv.DictReader(f)}
@@ -121,17 +127,8 @@ def test_short_blind_vs_targeted_candidates_close_the_gap_to_blind(build):
     require_patched_qemu(build)
     out = tempfile.mkdtemp(prefix="blimp-blindtargeted-")
     try:
-        cmd = [sys.executable, os.path.join(ROOT, "bench", "sharing", "bench_sharing.py"),
-               "--build-dir", build, "--out", out, "--vms", "2", "--memory", "128M",
-               "--size", f"{SIZE_MIB}M", "--zero", f"{ZERO_MIB}M", "--private", f"{PRIVATE_MIB}M",
-               "--pages-to-scan", "4000", "--sleep-ms", "10", "--settle", "3", "--max-time", "90",
-               "--wait-alone", "0", "--modes", "targeted,targeted-nocand,blind", "--tag=-short"]
-        r = subprocess.run(["timeout", "--kill-after=10", "600", *cmd], capture_output=True,
-                           text=True)
-        print("\n".join("  " + line for line in r.stdout.splitlines()[-6:]), flush=True)
-        if r.returncode != 0 and "another KSM experiment holds" in r.stdout + r.stderr:
-            raise Skip("another KSM experiment holds the lock")
-        check(r.returncode == 0, f"bench_sharing.py exited {r.returncode}\n{r.stdout}\n{r.stderr}")
+        run_bench("bench_sharing.py", build, out, "--vms", "2",
+                  "--modes", "targeted,targeted-nocand,blind", "--tag=-short")
         rdir = os.path.join(out, "results")
         with open(os.path.join(rdir, "summary-short.csv")) as f:
             rows = {x["mode"]: x for x in csv.DictReader(f)}
