@@ -52,3 +52,22 @@ def kernel_readonly_pages(build):
         if p_type == 1 and not p_flags & 2:  # PT_LOAD without PF_W
             pages += ((vaddr % PAGE) + memsz + PAGE - 1) // PAGE
     return pages
+
+
+def kernel_candidate_pages(build, memory_mib):
+    """Pages a guest of `memory_mib` MiB hints as WRITABLE merge candidates with sharing=all
+    (docs/sharing.md): its writable image (.data and .bss, the PT_LOAD segments with PF_W of
+    build/blimp.elf), the page metadata (16 bytes a page, rounded up; a little more than the
+    managed pages need) and the 224 pages of RAM below 1 MiB outside the VGA window."""
+    with open(os.path.join(build, "blimp.elf"), "rb") as f:
+        elf = f.read()
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    pages = 0
+    for i in range(phnum):
+        p_type, p_flags, _off, vaddr, _paddr, _filesz, memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", elf, phoff + i * phentsize)
+        if p_type == 1 and p_flags & 2:
+            pages += ((vaddr % PAGE) + memsz + PAGE - 1) // PAGE
+    metadata = (memory_mib * 256 * 16 + PAGE - 1) // PAGE
+    return pages + metadata + 224
