@@ -38,11 +38,12 @@ constexpr int kMaxArgs = 64;
 char g_arg_storage[4096];
 char* g_argv[kMaxArgs + 1];
 
-// Words the kernel and its drivers read (docs/balloon.md, docs/page-states.md), and QEMU's
-// virtio_mmio.device=: an app that parses strictly (speedtest1) would reject them.
+// Words the kernel and its drivers read (docs/balloon.md, docs/page-states.md, docs/sharing.md),
+// and QEMU's virtio_mmio.device=: an app that parses strictly (speedtest1) would reject them.
 bool is_kernel_word(const char* word, size_t len) {
   static constexpr const char* kPrefixes[] = {
-      "app=", "virtio_mmio.", "start_after_balloon=", "balloon.", "page_states=", "page_ages="};
+      "app=",     "virtio_mmio.", "start_after_balloon=", "balloon.", "page_states=", "sharing=",
+      "sharing.", "page_ages="};
   for (const char* prefix : kPrefixes) {
     const size_t n = strlen(prefix);
     if (len >= n && strncmp(word, prefix, n) == 0) return true;

@@ -75,7 +75,7 @@ constexpr uint32_t kBlimpAgeMagic = 0x45474141;  // "AAGE"
 struct BlimpSealEntry {
   uint64_t pfn;
   uint32_t npages;
-  uint32_t flags;  // bit 0: every page of the run is zero-filled
+  uint32_t flags;  // kBlimpSealZero, kBlimpSealWritable
   uint64_t hash;   // XXH3-64, seed 0, of each page's content
 };
 static_assert(sizeof(BlimpSealEntry) == 24);
@@ -85,7 +85,12 @@ struct BlimpUnsealEntry {
   uint32_t reserved;
 };
 static_assert(sizeof(BlimpUnsealEntry) == 16);
+// Every page of the run is zero-filled.
 constexpr uint32_t kBlimpSealZero = 1;
+// A merge candidate, not a promise: the guest may write pages of the run at any time without
+// UNSEAL (kernel metadata and .data/.bss identical across VMs); `hash` is their content when
+// hinted. KSM breaks sharing on a write (copy on write), so the host loses nothing but scans.
+constexpr uint32_t kBlimpSealWritable = 2;
 constexpr uint32_t kBlimpMaxEntries = 4096;
 
 constexpr const char* blimp_status_name(uint32_t status) {

@@ -151,6 +151,7 @@ ErrorOr<void> PageAllocator::init(const MemoryRange* in, size_t n, bool untouche
     }
   }
   reserved_pages_ = meta_pages;
+  metadata_first_pfn_ = ranges_[largest].base_pfn;
   total_pages_ = all_pages - meta_pages;
   reporting_reserve_ = total_pages_ / 16;
   counters_.total_bytes = total_pages_ * kPageSize;

@@ -218,6 +218,12 @@ class PageAllocator {
     const Range& r = ranges_[num_ranges_ - 1];
     return r.base_pfn + r.pages;
   }
+  // The page metadata array (one PageInfo per managed page, carved from the largest range at
+  // init): its first page frame and its length in pages; both 0 before init(). Sharing hints it
+  // as a merge candidate (mm/sharing): VMs with the same allocation history hold byte-identical
+  // metadata.
+  uint64_t metadata_first_pfn() const { return metadata_first_pfn_; }
+  uint64_t metadata_pages() const { return reserved_pages_; }
   // Owner of the block containing `addr` (Reserved if unmanaged).
   Owner owner_of(PhysAddr addr);
   // True if `addr` is inside a free block known to be zero.
@@ -307,6 +313,7 @@ class PageAllocator {
   size_t num_ranges_ = 0;
   uint64_t total_pages_ = 0;  // managed, metadata excluded
   uint64_t reserved_pages_ = 0;
+  uint64_t metadata_first_pfn_ = 0;
 
   List unreported_[kNumOrders] = {};
   List reported_[kNumOrders] = {};

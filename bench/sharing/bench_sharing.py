@@ -5,7 +5,10 @@ Same VMs, same guest command line, same KSM settings, same (patched) QEMU binary
   blind     -machine mem-merge=on (QEMU's default: all guest RAM MADV_MERGEABLE), balloon with
             every Blimp extension off (stock device behaviour; the guest sends no hints)
   targeted  -machine mem-merge=off, virtio-balloon-pci share-hints=on: only what the guests
-            hint (kernel image read-only pages, sealed data) is MADV_MERGEABLE
+            hint is MADV_MERGEABLE: the kernel image's read-only pages and the sealed data, and
+            the WRITABLE merge candidates (kernel .data/.bss, page metadata, RAM below 1 MiB)
+  targeted-nocand  the same with sharing.candidates=off: sealed data and kernel image only (what
+            targeted was before the candidates; --modes targeted,targeted-nocand,blind)
 
 Each VM runs `dataset` with the same seed: a sealed data set (identical across VMs) plus a
 private working set (unique per VM, touched, never sealed) that blind KSM scans in vain.
@@ -48,14 +51,16 @@ def loadavg():
 
 
 def launch(args, mode, i):
-    qemu = patched_qemu_path(args.build_dir)
+    qemu = getattr(args, "qemu", None) or patched_qemu_path(args.build_dir)
     if mode == "blind":
         extra = ["-machine", "mem-merge=on", "-device", "virtio-balloon-pci,id=balloon0"]
     else:
         extra = ["-machine", "mem-merge=off",
                  "-device", "virtio-balloon-pci,id=balloon0,share-hints=on"]
     gargs = [f"seed={args.seed}", f"size={args.size}", f"zero={args.zero}",
-             f"private={args.private}", "verify=20s"]
+             f"private={args.private}", "verify=20s", *getattr(args, "guest_args", "").split()]
+    if mode == "targeted-nocand":
+        gargs.append("sharing.candidates=off")
     return BlimpVM(args.build_dir, app="dataset", args=gargs, machine="q35", memory=args.memory,
                    qemu=qemu, extra=extra, name=f"{mode}{i}", limit=args.max_time + 600)
 
@@ -78,11 +83,13 @@ def run_mode(args, mode):
             for v in vms:
                 m = v.wait_for(r"dataset: ready .*build_ms=(\d+) seal_ms=(\d+)", 600)
                 ready.append((int(m.group(1)), int(m.group(2))))
-            hash_ms = []
+            hash_ms, candidates = [], []
             for v in vms:
                 m = v.wait_for(r"dataset: sharing: .*hash_ms=(\d+) hints: requests=(\d+) "
                                r"entries=(\d+) pages=(\d+)", 10)
                 hash_ms.append(tuple(int(x) for x in m.groups()))
+                c = v.wait_for(r"dataset: sharing: .*candidates=(\d+)", 10)
+                candidates.append(int(c.group(1)))
             time.sleep(2)  # let the guests go idle
             pids = [v.pid for v in vms]
             others_start = other_mergeable(exclude=set(pids))
@@ -134,7 +141,8 @@ def run_mode(args, mode):
                rss_before_mib=rss0 / 1024,
                rss_after_mib=rss1 / 1024, load_start=load_start, load_end=loadavg(),
                others=[o[:2] for o in others_start + others_end], verified=outputs_ok,
-               build_seal_ms=ready, guest_hash=hash_ms, settings=settings)
+               build_seal_ms=ready, guest_hash=hash_ms, candidate_pages=candidates,
+               settings=settings)
     # steady-state cost after convergence: ksmd CPU per minute over the last part of the run
     tail = [r for r in rows if r["t"] >= t95["t"]]
     if len(tail) > 2 and tail[-1]["t"] > tail[0]["t"]:
@@ -144,6 +152,29 @@ def run_mode(args, mode):
                                            (tail[-1]["t"] - tail[0]["t"]))
     print(json.dumps(res), flush=True)
     return res, rows
+
+
+SUMMARY_FIELDS = ["mode", "own_saving_pages", "own_saving_mib", "host_pages_sharing", "merging_end",
+                  "candidate_pages_per_vm", "t95_s", "ksmd_cpu_t95_s", "pages_scanned_t95",
+                  "full_scans_t95", "ksmd_cpu_per_min_after", "load_start", "load_end",
+                  "other_mergeable"]
+
+
+def write_summary(path, results):
+    """One row per mode: the figures experiments.md quotes (the samples are in saving-*.csv)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
+        w.writeheader()
+        for r in results:
+            w.writerow(dict(mode=r["mode"], own_saving_pages=r["own_saving"],
+                            own_saving_mib=round(r["own_saving"] * 4096 / MiB, 2),
+                            host_pages_sharing=r["final_saving"], merging_end=r["merging_end"],
+                            candidate_pages_per_vm=max(r.get("candidate_pages") or [0]),
+                            t95_s=r["t95"], ksmd_cpu_t95_s=r["cpu95"],
+                            pages_scanned_t95=r["scanned95"], full_scans_t95=r["fullscans95"],
+                            ksmd_cpu_per_min_after=r.get("cpu_per_min_after", ""),
+                            load_start=r["load_start"], load_end=r["load_end"],
+                            other_mergeable=len({o[0] for o in r["others"]})))
 
 
 def describe(a):
@@ -183,10 +214,10 @@ def gnuplot_has(term):
 def table(out):
     """Markdown table of every results*.json under out/results."""
     import glob
-    lines = ["| run | mode | saved (MiB) | VM pages merging | t95 (s) | t95 by VM merging (s) | "
-             "ksmd CPU to t95 (s) | pages scanned to t95 | full scans to t95 | "
-             "ksmd CPU/min after | load (1/5/15 min) | other mergeable procs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | mode | saved (MiB) | own saved (MiB) | VM pages merging | t95 (s) | "
+             "t95 by VM merging (s) | ksmd CPU to t95 (s) | pages scanned to t95 | "
+             "full scans to t95 | ksmd CPU/min after | load (1/5/15 min) | other mergeable procs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(glob.glob(os.path.join(out, "results", "results*.json"))):
         tag = os.path.basename(path)[len("results"):-len(".json")] or "-rep1"
         for r in json.load(open(path))["results"]:
@@ -197,7 +228,8 @@ def table(out):
                 samples = list(csv.DictReader(f))
             final_m = int(samples[-1]["merging"])
             t95m = next(float(x["t"]) for x in samples if int(x["merging"]) >= 0.95 * final_m)
-            lines.append(f"| {tag[1:]} | {r['mode']} | {r['final_saving_mib']:.1f} | "
+            own = f"{r['own_saving'] * 4096 / MiB:.1f}" if "own_saving" in r else "-"
+            lines.append(f"| {tag[1:]} | {r['mode']} | {r['final_saving_mib']:.1f} | {own} | "
                          f"{r['merging_end']} | {r['t95']:.1f} | {t95m:.1f} | {r['cpu95']:.2f} | "
                          f"{r['scanned95']} | {r['fullscans95']} | "
                          f"{r.get('cpu_per_min_after', float('nan')):.2f} | {r['load_start']} | "
@@ -205,10 +237,9 @@ def table(out):
     return "\n".join(lines)
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def add_setup_args(ap):
+    """The VMs, data set and KSM settings of the main configuration (also first_seconds.py's)."""
     ap.add_argument("--build-dir", default="build")
-    ap.add_argument("--out", default=HERE)
     ap.add_argument("--vms", type=int, default=3)
     ap.add_argument("--memory", default="512M")
     ap.add_argument("--seed", default="42")
@@ -217,6 +248,13 @@ def main():
     ap.add_argument("--private", default="384M")
     ap.add_argument("--pages-to-scan", type=int, default=1000)
     ap.add_argument("--sleep-ms", type=int, default=20)
+    ap.add_argument("--guest-args", default="", help="extra guest command-line words")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    add_setup_args(ap)
+    ap.add_argument("--out", default=HERE)
     ap.add_argument("--interval", type=float, default=0.25)
     ap.add_argument("--settle", type=float, default=15)
     ap.add_argument("--max-time", type=float, default=300)
@@ -245,6 +283,7 @@ def main():
             w.writerows(rows)
     with open(os.path.join(rdir, f"results{args.tag}.json"), "w") as f:
         json.dump(dict(args=vars(args), results=results), f, indent=1)
+    write_summary(os.path.join(rdir, f"summary{args.tag}.csv"), results)
     print("plot:", plot(args.out, results, args.tag, f"saving{args.tag}.png",
                         title=describe(vars(args))))
     print(table(args.out))

@@ -50,7 +50,10 @@
 #define BLIMP_UNSEAL_ENTRY_SIZE 16 /* le64 pfn, le32 npages, le32 reserved */
 
 #define BLIMP_SEAL_F_ZERO       0x1u /* every page of the run is zero-filled */
-#define BLIMP_SEAL_F_KNOWN      (BLIMP_SEAL_F_ZERO)
+/* A merge candidate, not stable: the guest may write the run without UNSEAL (spec 5.4). The
+ * device marks it mergeable like any hint; KSM's copy on write keeps writes correct. */
+#define BLIMP_SEAL_F_WRITABLE   0x2u
+#define BLIMP_SEAL_F_KNOWN      (BLIMP_SEAL_F_ZERO | BLIMP_SEAL_F_WRITABLE)
 
 /* Response status (le32 at offset 0 of the device-writable part). */
 #define BLIMP_S_OK      0

@@ -45,14 +45,14 @@ bool send_batch(SendFn send, void* ctx, uint16_t type, const void* entries, uint
 SealBatcher::SealBatcher(BlimpSealEntry* buf, uint32_t capacity, SendFn send, void* ctx)
     : buf_(buf), capacity_(clamp_capacity(capacity)), send_(send), ctx_(ctx) {}
 
-void SealBatcher::add(uint64_t pfn, uint64_t hash, bool zero, uint32_t npages) {
+void SealBatcher::add_entry(uint64_t pfn, uint64_t hash, uint32_t flags, uint32_t npages) {
   if (npages == 0) return;
   if (stats_.limit_reached) {
     stats_.dropped_pages += npages;
     return;
   }
-  uint32_t flags = zero ? wire::kBlimpSealZero : 0;
-  if (zero) stats_.zero_pages += npages;
+  if (flags & wire::kBlimpSealZero) stats_.zero_pages += npages;
+  if (flags & wire::kBlimpSealWritable) stats_.writable_pages += npages;
   if (count_) {
     BlimpSealEntry& last = buf_[count_ - 1];
     if (last.pfn + last.npages == pfn && last.hash == hash && last.flags == flags &&

@@ -1,8 +1,8 @@
-// Batching of sharing hints (spec section 5.4): SEAL entries (pfn run, XXH3-64 hash, ZERO flag)
-// and UNSEAL entries, up to a request's worth (at most 4096 entries) at a time.
+// Batching of sharing hints (spec section 5.4): SEAL entries (pfn run, XXH3-64 hash, ZERO and
+// WRITABLE flags) and UNSEAL entries, up to a request's worth (at most 4096 entries) at a time.
 //
 // Run merging: a page that directly follows the last entry's run and has the same hash and the
-// same ZERO flag extends that run instead of taking a new entry (runs longer than one page are for
+// same flags extends that run instead of taking a new entry (runs longer than one page are for
 // pages with identical content, typically zero). UNSEAL runs merge when adjacent or overlapping.
 //
 // The batchers are transport-agnostic: a SendFn carries one request (in the guest:
@@ -26,16 +26,17 @@ using SendFn = ErrorOr<BlimpResponse> (*)(uint16_t type, const void* entries, ui
                                           size_t entry_size, void* ctx);
 
 struct BatchStats {
-  uint64_t requests = 0;       // requests answered by the device
-  uint64_t entries = 0;        // entries sent
-  uint64_t pages = 0;          // pages covered by the entries sent
-  uint64_t zero_pages = 0;     // of which in ZERO runs
-  uint64_t accepted = 0;       // entries the device accepted
-  uint64_t rejected = 0;       // entries the device rejected
-  uint64_t send_errors = 0;    // requests that failed (no answer, unsupported, busy for too long)
-  uint64_t dropped_pages = 0;  // pages not sent: the device said ENOSPC earlier, or send failed
-  uint32_t last_status = 0;    // status of the last response
-  bool limit_reached = false;  // ENOSPC seen: no more SEALs are sent
+  uint64_t requests = 0;        // requests answered by the device
+  uint64_t entries = 0;         // entries sent
+  uint64_t pages = 0;           // pages covered by the entries sent
+  uint64_t zero_pages = 0;      // of which in ZERO runs
+  uint64_t writable_pages = 0;  // of which in WRITABLE runs (merge candidates, not sealed)
+  uint64_t accepted = 0;        // entries the device accepted
+  uint64_t rejected = 0;        // entries the device rejected
+  uint64_t send_errors = 0;     // requests that failed (no answer, unsupported, busy for too long)
+  uint64_t dropped_pages = 0;   // pages not sent: the device said ENOSPC earlier, or send failed
+  uint32_t last_status = 0;     // status of the last response
+  bool limit_reached = false;   // ENOSPC seen: no more SEALs are sent
 };
 
 class SealBatcher {
@@ -44,8 +45,15 @@ class SealBatcher {
   // device can read: identity mapped) for the batcher's life.
   SealBatcher(BlimpSealEntry* buf, uint32_t capacity, SendFn send, void* ctx);
 
-  // Adds `npages` pages starting at `pfn`, each with content hash `hash`.
-  void add(uint64_t pfn, uint64_t hash, bool zero, uint32_t npages = 1);
+  // Adds `npages` sealed pages starting at `pfn`, each with content hash `hash`.
+  void add(uint64_t pfn, uint64_t hash, bool zero, uint32_t npages = 1) {
+    add_entry(pfn, hash, zero ? wire::kBlimpSealZero : 0, npages);
+  }
+  // The same for merge candidates the guest keeps writing (WRITABLE): `hash` is their content
+  // now, and no UNSEAL will ever come for them.
+  void add_candidate(uint64_t pfn, uint64_t hash, bool zero, uint32_t npages = 1) {
+    add_entry(pfn, hash, (zero ? wire::kBlimpSealZero : 0) | wire::kBlimpSealWritable, npages);
+  }
   // Sends what is pending. False if the request failed or was rejected in part.
   bool flush();
 
@@ -55,6 +63,8 @@ class SealBatcher {
   void device_reset() { stats_.limit_reached = false; }
 
  private:
+  void add_entry(uint64_t pfn, uint64_t hash, uint32_t flags, uint32_t npages);
+
   BlimpSealEntry* buf_;
   uint32_t capacity_;
   uint32_t count_ = 0;

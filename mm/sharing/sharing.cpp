@@ -6,6 +6,7 @@
 #include "kernel/cmdline.h"
 #include "kernel/console.h"
 #include "kernel/memory.h"
+#include "kernel/paging.h"
 #include "kernel/timer.h"
 #include "mm/device_channel.h"
 #include "mm/mm.h"
@@ -17,6 +18,7 @@
 
 extern "C" char __kernel_start[];
 extern "C" char __init_array_start[];  // start of .data: everything below it is text/rodata
+extern "C" char __kernel_end[];        // end of .bss, page aligned
 
 namespace blimp::mm::sharing {
 
@@ -27,6 +29,8 @@ constexpr uint32_t kBatch = wire::kBlimpMaxEntries;
 // Request buffers: in the kernel's bss (identity mapped, so the device reads them directly).
 alignas(4096) BlimpSealEntry g_seal_buf[kBatch];
 alignas(4096) BlimpUnsealEntry g_unseal_buf[kBatch];
+// Page 0 is unmapped (kernel/paging's null guard): it is hashed from a copy.
+alignas(16) uint8_t g_page0[kPageSize];
 
 // The device channel init() was handed (the balloon), or nullptr.
 DeviceChannel* g_channel = nullptr;
@@ -38,8 +42,24 @@ ErrorOr<BlimpResponse> send_to_device(uint16_t type, const void* entries, uint32
   return ch->send(type, entries, count, entry_size);
 }
 
+// A run of page frames.
+struct PfnRun {
+  uint64_t pfn;
+  uint64_t pages;
+};
+
+// Merge candidates (WRITABLE hints, spec section 5.4): kernel memory that is byte-identical
+// across VMs booted from the same blimp.elf with the same memory size and a similar history, but
+// that the kernel keeps writing, so it cannot be sealed. Blind KSM merges these; without them the
+// targeted saving stayed 5% below blind's (bench/sharing/RESULTS.md). Hinted once at init and
+// again after a device reset, never unsealed: the host's copy on write handles every write.
+constexpr size_t kMaxCandidateRuns = 4;
+
 struct State {
   bool initialized = false;
+  bool candidates_on = true;  // sharing.candidates=off: seal()ed pages and the kernel image only
+  PfnRun candidates[kMaxCandidateRuns] = {};
+  size_t candidate_runs = 0;
   bool busy = false;
   Mode mode = Mode::All;
   bool device = false;
@@ -100,6 +120,48 @@ void hint_range(uint64_t pfn, uint64_t pages) {
   g.hash_ns += timer::now_ns() - t0;
 }
 
+// Hashes each page of a candidate run and queues it as a WRITABLE hint (zero pages as ZERO runs).
+void hint_candidates() {
+  uint64_t t0 = timer::now_ns();
+  for (size_t r = 0; r < g.candidate_runs; r++) {
+    for (uint64_t i = 0; i < g.candidates[r].pages; i++) {
+      if (g.seals.stats().limit_reached) break;  // the device said ENOSPC: stop hashing
+      uint64_t pfn = g.candidates[r].pfn + i;
+      const void* page = phys_to_virt<const void>(pfn << kPageShift);
+      if (pfn == 0) {
+        paging::copy_null_page(g_page0);
+        page = g_page0;
+      }
+      uint64_t hash = page_hash(page);
+      g.hashed_pages++;
+      g.seals.add_candidate(pfn, hash, hash == g.zero_hash && page_is_zero(page));
+    }
+  }
+  g.seals.flush();
+  g.hash_ns += timer::now_ns() - t0;
+}
+
+void add_candidate_run(uint64_t pfn, uint64_t pages) {
+  if (pages && g.candidate_runs < kMaxCandidateRuns)
+    g.candidates[g.candidate_runs++] = {pfn, pages};
+}
+
+// The kernel's writable image (.data, .bss: boot page tables, static buffers, the hint buffers
+// themselves), the page allocator's metadata array (one PageInfo per page: the entries of
+// blocks with the same allocation history are identical across VMs) and the RAM below 1 MiB the
+// kernel leaves to the firmware (IVT, BIOS data, the firmware's tables and shadowed code), minus
+// the legacy VGA window [0xa0000, 0xc0000), which is not RAM. These are the pages blind KSM
+// merged and the hints did not cover, found by a pagemap scan of blind VMs (docs/experiments.md,
+// experiment 4).
+void find_candidates() {
+  add_candidate_run(0, 0xa0000 >> kPageShift);
+  add_candidate_run(0xc0000 >> kPageShift, (0x100000 - 0xc0000) >> kPageShift);
+  uint64_t data = virt_to_phys(__init_array_start) & ~(kPageSize - 1);
+  uint64_t end = (virt_to_phys(__kernel_end) + kPageSize - 1) & ~(kPageSize - 1);
+  if (end > data) add_candidate_run(data >> kPageShift, (end - data) >> kPageShift);
+  add_candidate_run(pages().metadata_first_pfn(), pages().metadata_pages());
+}
+
 void setup_twin_table() {
   // Room for a distinct hash per page of RAM at 3/4 load: capacity >= RAM pages * 4/3, but at
   // most 2^20 slots (24 MiB); beyond that, sharing=vm stops recording new hashes (Seen::Full).
@@ -134,6 +196,7 @@ ResetListenerResult resend_hints(void*) {
   g.seals.device_reset();
   if (g.mode == Mode::Vm) g.twins.clear();  // else every page would count as its own twin
   hint_range(g.kernel_first_pfn, g.kernel_pages);
+  hint_candidates();
   for (size_t i = 0; i < g.registry.range_count(); i++)
     hint_range(g.registry.range(i).pfn, g.registry.range(i).pages);
   const BatchStats& s = g.seals.stats();
@@ -164,6 +227,8 @@ void init(DeviceChannel* channel) {
       g.mode = Mode::Off;
     }
   }
+  if (cmdline::get("sharing.candidates", buf, sizeof buf) && strcmp(buf, "off") == 0)
+    g.candidates_on = false;
   DeviceChannel* b = channel;
   g.device = b && b->has_share_hints();
   uint64_t start = virt_to_phys(__kernel_start);
@@ -171,18 +236,28 @@ void init(DeviceChannel* channel) {
   g.kernel_first_pfn = start >> kPageShift;
   g.kernel_pages = end > start ? (end - start) >> kPageShift : 0;
   if (g.mode == Mode::Vm) setup_twin_table();
+  // Candidates are cross-VM content by nature; sharing=vm asks for within-VM twins only.
+  if (g.candidates_on && g.mode == Mode::All) find_candidates();
   if (!hints_on()) {
     kprintf("sharing: mode=%s, %s: no hints are sent (seal() keeps bookkeeping only)\n",
             mode_name(g.mode), g.device ? "device has share-hints" : "no share-hints device");
     return;
   }
   hint_range(g.kernel_first_pfn, g.kernel_pages);
+  const uint64_t kernel_hinted = g.seals.stats().pages;
+  hint_candidates();
   if (b->add_reset_listener(resend_hints, nullptr).is_error())
     kprintf("sharing: no room for a balloon reset listener: hints are not re-sent after a reset\n");
   const BatchStats& s = g.seals.stats();
   kprintf("sharing: mode=%s, kernel image %#" PRIx64 "-%#" PRIx64 ": %" PRIu64
-          " read-only pages hashed, %" PRIu64 " hinted in %" PRIu64 " entries (status %u)\n",
-          mode_name(g.mode), start, end, g.kernel_pages, s.pages, s.entries, s.last_status);
+          " read-only pages hashed, %" PRIu64 " hinted; merge candidates (WRITABLE): %" PRIu64
+          " pages in %zu runs; %" PRIu64 " entries (status %u)\n",
+          mode_name(g.mode), start, end, g.kernel_pages, kernel_hinted, s.writable_pages,
+          g.candidate_runs, s.entries, s.last_status);
+  for (size_t r = 0; r < g.candidate_runs; r++)
+    kprintf("sharing: candidate run %#" PRIx64 "-%#" PRIx64 " (%" PRIu64 " pages)\n",
+            g.candidates[r].pfn << kPageShift,
+            (g.candidates[r].pfn + g.candidates[r].pages) << kPageShift, g.candidates[r].pages);
 }
 
 bool initialized() { return g.initialized; }
@@ -191,23 +266,23 @@ Mode mode() { return g.mode; }
 Stats stats() {
   const BatchStats& s = g.seals.stats();
   const BatchStats& u = g.unseals.stats();
-  return Stats{g.mode,         g.device,         g.kernel_pages, g.registry.sealed_pages(),
-               g.sealed_total, g.unsealed_total, g.hashed_pages, g.hash_ns,
-               s.requests,     s.entries,        s.pages,        s.zero_pages,
-               s.rejected,     s.dropped_pages,  g.twin_skipped, u.requests,
-               u.entries,      s.limit_reached};
+  return Stats{g.mode,         g.device,         g.kernel_pages,  g.registry.sealed_pages(),
+               g.sealed_total, g.unsealed_total, g.hashed_pages,  g.hash_ns,
+               s.requests,     s.entries,        s.pages,         s.zero_pages,
+               s.rejected,     s.dropped_pages,  g.twin_skipped,  u.requests,
+               u.entries,      s.limit_reached,  s.writable_pages};
 }
 
 void print_stats(const char* prefix) {
   Stats s = stats();
-  kprintf("%s: mode=%s device=%s kernel=%" PRIu64 " sealed=%" PRIu64 " hashed=%" PRIu64
-          " hash_ms=%" PRIu64 " hints: requests=%" PRIu64 " entries=%" PRIu64 " pages=%" PRIu64
-          " zero=%" PRIu64 " rejected=%" PRIu64 " dropped=%" PRIu64 " twin_skipped=%" PRIu64
-          " unseal_requests=%" PRIu64 " unseal_entries=%" PRIu64 "%s\n",
-          prefix, mode_name(s.mode), s.device ? "yes" : "no", s.kernel_pages, s.sealed_pages,
-          s.hashed_pages, s.hash_ns / 1000000, s.hint_requests, s.hint_entries, s.hint_pages,
-          s.hint_zero_pages, s.hint_rejected, s.hint_dropped, s.twin_skipped, s.unseal_requests,
-          s.unseal_entries, s.limit_reached ? " LIMIT-REACHED" : "");
+  kprintf("%s: mode=%s device=%s kernel=%" PRIu64 " candidates=%" PRIu64 " sealed=%" PRIu64
+          " hashed=%" PRIu64 " hash_ms=%" PRIu64 " hints: requests=%" PRIu64 " entries=%" PRIu64
+          " pages=%" PRIu64 " zero=%" PRIu64 " rejected=%" PRIu64 " dropped=%" PRIu64
+          " twin_skipped=%" PRIu64 " unseal_requests=%" PRIu64 " unseal_entries=%" PRIu64 "%s\n",
+          prefix, mode_name(s.mode), s.device ? "yes" : "no", s.kernel_pages, s.candidate_pages,
+          s.sealed_pages, s.hashed_pages, s.hash_ns / 1000000, s.hint_requests, s.hint_entries,
+          s.hint_pages, s.hint_zero_pages, s.hint_rejected, s.hint_dropped, s.twin_skipped,
+          s.unseal_requests, s.unseal_entries, s.limit_reached ? " LIMIT-REACHED" : "");
 }
 
 ErrorOr<uint64_t> seal(const void* ptr, size_t bytes) {

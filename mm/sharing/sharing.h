@@ -15,7 +15,10 @@
 //        side must do its part: hangar's ShareScope::WithinVm. KSM itself is host-wide, so a
 //        hinted page may still merge with an identical page another VM hinted.
 //   all  every candidate is hinted; the host decides what is worth scanning (hangar's
-//        ShareScope::AcrossVms filter narrows it to hashes with a twin in another VM).
+//        ShareScope::AcrossVms filter narrows it to hashes with a twin in another VM). Also
+//        hints, as WRITABLE merge candidates, the kernel's .data/.bss and the page allocator's
+//        metadata: identical across VMs but written at run time, so never sealed
+//        (sharing.candidates=off leaves them out).
 #pragma once
 
 #include <cstdint>
@@ -62,7 +65,8 @@ struct Stats {
   uint64_t twin_skipped;     // sharing=vm: pages not hinted because unique in this VM
   uint64_t unseal_requests;
   uint64_t unseal_entries;
-  bool limit_reached;  // the device answered ENOSPC: hints stopped
+  bool limit_reached;        // the device answered ENOSPC: hints stopped
+  uint64_t candidate_pages;  // merge candidates hinted WRITABLE (kernel .data/.bss, metadata)
 };
 
 // Reads sharing= from the command line and, when `channel` (mm/device_channel.h: the balloon,

@@ -58,6 +58,19 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             assert(e.npages >= 1 && e.pfn < MAX_PFN && e.npages <= MAX_PFN - e.pfn);
             assert((e.flags & ~BLIMP_SEAL_F_KNOWN) == 0);
           }
+          if (req.type == BLIMP_REQ_SEAL) {
+            /* Flags decide acceptance on their own: an unknown bit rejects the entry, every
+             * combination of known bits (ZERO, WRITABLE) is accepted as it was sent. */
+            const uint8_t* raw = req.payload + (size_t)i * BLIMP_SEAL_ENTRY_SIZE;
+            uint32_t flags = (uint32_t)raw[12] | (uint32_t)raw[13] << 8 | (uint32_t)raw[14] << 16 |
+                             (uint32_t)raw[15] << 24;
+            if (flags & ~BLIMP_SEAL_F_KNOWN) {
+              assert(s == BLIMP_S_EINVAL);
+            } else if (e.npages != 0) {
+              assert(s != BLIMP_S_EINVAL);
+            }
+            if (s == BLIMP_S_OK) assert(e.flags == flags);
+          }
         }
         /* out-of-range index is refused */
         BlimpSeal e;

@@ -197,7 +197,10 @@ def test_reset_reregisters_page_states_and_hints(build):
         after = q.execute("x-blimp-balloon-info")
         check(after["pstate-registered"] and after["pstate-gpa"] == before["pstate-gpa"]
               and after["pstate-pages"] == before["pstate-pages"], f"{before}\n{after}")
-        check(after["hints"] == before["hints"] and after["hint-pages"] == before["hint-pages"],
+        # The same pages, hashed again: the merge candidates (.bss, page metadata) were written
+        # since boot, so their zero runs, hence the number of entries, may differ.
+        check(after["hint-pages"] == before["hint-pages"] and after["hints"] > 0 and
+              after["hint-marked-pages"] == before["hint-marked-pages"],
               f"hints not re-sent as before: {before}\n{after}")
         check(after["req-ok"] >= before["req-ok"] + 2, f"{before}\n{after}")
 

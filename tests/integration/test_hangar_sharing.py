@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 from blimp_vm import Skip, TestRunner, check, patched_qemu_path  # noqa: E402
 from hangar import HangarRun, find_hangar  # noqa: E402
 from dataset import (DATA_PAGES, NONZERO_PAGES, PAGE, SIZE_MIB, ZERO_MIB, ZERO_PAGES,  # noqa: E402
-                     data_set_args, kernel_readonly_pages, verify_rounds)
+                     data_set_args, kernel_candidate_pages, kernel_readonly_pages,
+                     verify_rounds)
 from ksm import (KSM_DIR, LOCK_PATH, SAVE_PATH, KsmLock, KsmSession, KsmUnavailable,  # noqa: E402
                  lock_holders, lock_is_free, mergeable_bytes, merging_pages, other_mergeable,
                  read as read_ksm)
@@ -46,9 +47,10 @@ t = TestRunner()
 
 
 def kernel_slack(build):
-    """The kernel image's read-only pages (read from build/blimp.elf: about 300 since SQLite is
-    linked in) and a little slack."""
-    return kernel_readonly_pages(build) + 100
+    """What a 256 MiB guest hints besides its data set: the kernel image's read-only pages (read
+    from build/blimp.elf: about 300 since SQLite is linked in), its WRITABLE merge candidates
+    (.data/.bss, page metadata, low memory: about 1200) and a little slack."""
+    return kernel_readonly_pages(build) + kernel_candidate_pages(build, 256) + 100
 DATASET = " ".join(data_set_args("3s"))
 SETTINGS = ("run", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "merge_across_nodes",
             "max_page_sharing", "stable_node_chains_prune_millisecs", "smart_scan", "advisor_mode")

@@ -31,6 +31,8 @@ def seeds(target):
                 hdr(5, 1) + struct.pack("<QQQ", 0x500000, 65536, 0),
                 hdr(3, 2) + struct.pack("<QIIQ", 0x2000, 1, 0, 0x1234) +
                 struct.pack("<QIIQ", 0x2001, 64, 1, 0x5678),
+                hdr(3, 2) + struct.pack("<QIIQ", 0x100, 8, 2, 0x9abc) +   # WRITABLE
+                struct.pack("<QIIQ", 0x108, 4, 3, 0x5678),                # ZERO | WRITABLE
                 hdr(4, 1) + struct.pack("<QII", 0x2000, 1, 0)]
     if target == "runs":
         return [struct.pack("<8I", 5, 6, 7, 1, 2, 100, 7, 8),

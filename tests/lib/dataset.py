@@ -41,6 +41,11 @@ def kernel_readonly_pages(build):
     """Pages of the kernel image that are never written (the read-only PT_LOAD segments of
     build/blimp.elf): what sharing=all hints besides the data set, and what KSM may merge across
     any VMs booted from the same image. Read from the image, so it follows the image's size."""
+    return _load_pages(build, writable=False)
+
+
+def _load_pages(build, writable):
+    """Pages of build/blimp.elf's PT_LOAD segments with (writable) or without PF_W."""
     with open(os.path.join(build, "blimp.elf"), "rb") as f:
         elf = f.read()
     phoff, = struct.unpack_from("<Q", elf, 0x20)
@@ -49,6 +54,15 @@ def kernel_readonly_pages(build):
     for i in range(phnum):
         p_type, p_flags, _off, vaddr, _paddr, _filesz, memsz, _align = struct.unpack_from(
             "<IIQQQQQQ", elf, phoff + i * phentsize)
-        if p_type == 1 and not p_flags & 2:  # PT_LOAD without PF_W
+        if p_type == 1 and bool(p_flags & 2) == writable:  # PT_LOAD, PF_W as asked
             pages += ((vaddr % PAGE) + memsz + PAGE - 1) // PAGE
     return pages
+
+
+def kernel_candidate_pages(build, memory_mib):
+    """Pages a guest of `memory_mib` MiB hints as WRITABLE merge candidates with sharing=all
+    (docs/sharing.md): its writable image (.data and .bss, the PT_LOAD segments with PF_W of
+    build/blimp.elf), the page metadata (16 bytes a page, rounded up; a little more than the
+    managed pages need) and the 224 pages of RAM below 1 MiB outside the VGA window."""
+    metadata = (memory_mib * 256 * 16 + PAGE - 1) // PAGE
+    return _load_pages(build, writable=True) + metadata + 224

@@ -25,6 +25,7 @@ static_assert(w::kBlimpPstateAges == BLIMP_REQ_PSTATE_AGES);
 static_assert(w::kBlimpAgeMagic == BLIMP_AGE_MAGIC);
 static_assert(w::kBlimpMaxEntries == BLIMP_MAX_ENTRIES);
 static_assert(w::kBlimpSealZero == BLIMP_SEAL_F_ZERO);
+static_assert(w::kBlimpSealWritable == BLIMP_SEAL_F_WRITABLE);
 
 // Status codes.
 static_assert(w::kBlimpOk == BLIMP_S_OK);

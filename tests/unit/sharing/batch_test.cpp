@@ -41,7 +41,7 @@ struct FakeDevice {
       EXPECT_EQ(entry_size, sizeof(BlimpSealEntry));
       auto* e = static_cast<const BlimpSealEntry*>(entries);
       for (uint32_t i = 0; i < count; i++) {
-        if (e[i].npages == 0 || (e[i].flags & ~b::kBlimpSealZero)) {
+        if (e[i].npages == 0 || (e[i].flags & ~(b::kBlimpSealZero | b::kBlimpSealWritable))) {
           r.rejected++;
           if (r.status == b::kBlimpOk) r.status = b::kBlimpEinval;
         } else if (d->seals.size() >= d->max_entries) {
@@ -98,6 +98,35 @@ TEST(SealBatcher, MergesRunsOfIdenticalAdjacentPagesOnly) {
   EXPECT_EQ(st.pages, 9u);
   EXPECT_EQ(st.zero_pages, 4u);
   EXPECT_EQ(st.accepted, 5u);
+}
+
+TEST(SealBatcher, CandidatesAreWritableAndNeverMergeWithSealedRuns) {
+  FakeDevice dev;
+  std::vector<BlimpSealEntry> buf(16);
+  s::SealBatcher batch(buf.data(), 16, FakeDevice::send, &dev);
+  // 0..1: sealed zero pages; 2..4: zero candidates (same hash, adjacent, but WRITABLE: a new
+  // run); 5: a non-zero candidate; 6: sealed again with the candidate's hash: a new run.
+  batch.add(0, 0x93d7, true);
+  batch.add(1, 0x93d7, true);
+  for (uint64_t p = 2; p < 5; p++) batch.add_candidate(p, 0x93d7, true);
+  batch.add_candidate(5, 0x1234, false);
+  batch.add(6, 0x1234, false);
+  ASSERT_TRUE(batch.flush());
+  ASSERT_EQ(dev.seals.size(), 4u);
+  EXPECT_EQ(dev.seals[0].npages, 2u);
+  EXPECT_EQ(dev.seals[0].flags, b::kBlimpSealZero);
+  EXPECT_EQ(dev.seals[1].pfn, 2u);
+  EXPECT_EQ(dev.seals[1].npages, 3u);
+  EXPECT_EQ(dev.seals[1].flags, b::kBlimpSealZero | b::kBlimpSealWritable);
+  EXPECT_EQ(dev.seals[2].pfn, 5u);
+  EXPECT_EQ(dev.seals[2].flags, b::kBlimpSealWritable);
+  EXPECT_EQ(dev.seals[3].pfn, 6u);
+  EXPECT_EQ(dev.seals[3].flags, 0u);
+  const auto& st = batch.stats();
+  EXPECT_EQ(st.pages, 7u);
+  EXPECT_EQ(st.zero_pages, 5u);
+  EXPECT_EQ(st.writable_pages, 4u);
+  EXPECT_EQ(st.rejected, 0u);
 }
 
 TEST(SealBatcher, SendsFullBatchesOfAtMost4096Entries) {

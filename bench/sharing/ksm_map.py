@@ -1,0 +1,83 @@
+"""Which guest pages of a running QEMU are merged by KSM (pagemap + kpageflags; root).
+
+guest_ram(pid, size) finds the mapping that backs guest RAM (the anonymous mapping of exactly the
+VM's RAM size: pc.ram / q35's ram, guest-physical address 0 at its start for VMs of at most 2 GiB,
+where all RAM sits below the PCI hole) and ksm_gpfns(pid, size) returns the guest page frame
+numbers whose host page is a KSM page. runs(pfns) folds them into (first, count) runs.
+
+Used by first_seconds.py (--map) to compare what blind and targeted KSM merge, page by page.
+"""
+import re
+from array import array
+
+PAGE = 4096
+_PFN_MASK = (1 << 55) - 1
+_KPF_KSM = 1 << 21
+_MAP_RE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ (\d+)\s*(.*)$")
+
+
+def guest_ram(pid, size):
+    """(start, end) of the anonymous mapping of exactly `size` bytes (guest RAM), or None."""
+    best = None
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            m = _MAP_RE.match(line.strip())
+            if not m:
+                continue
+            s, e = int(m.group(1), 16), int(m.group(2), 16)
+            if e - s == size and m.group(4) == "0" and not m.group(5):
+                best = (s, e)
+    return best
+
+
+def ksm_gpfns(pid, size):
+    """Guest PFNs (of a VM with `size` bytes of RAM below 4 GiB) backed by a KSM page."""
+    ram = guest_ram(pid, size)
+    if ram is None:
+        # QEMU splits the mapping into several VMAs when parts are madvised (targeted mode):
+        # /proc/PID/maps then shows pieces, so fall back to the pieces' span.
+        ram = _ram_from_pieces(pid, size)
+    start, end = ram
+    with open(f"/proc/{pid}/pagemap", "rb") as pm:
+        pm.seek(start // PAGE * 8)
+        ent = array("Q")
+        ent.frombytes(pm.read((end - start) // PAGE * 8))
+    present = [(i, e & _PFN_MASK) for i, e in enumerate(ent) if e >> 63 and e & _PFN_MASK]
+    out = []
+    with open("/proc/kpageflags", "rb") as kf:
+        for gpfn, hpfn in present:
+            kf.seek(hpfn * 8)
+            fl = int.from_bytes(kf.read(8), "little")
+            if fl & _KPF_KSM:
+                out.append(gpfn)
+    return out
+
+
+def _ram_from_pieces(pid, size):
+    """The span of adjacent anonymous VMAs adding up to `size` bytes (a madvised RAM mapping)."""
+    vmas = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            m = _MAP_RE.match(line.strip())
+            if m and m.group(4) == "0" and not m.group(5):
+                vmas.append((int(m.group(1), 16), int(m.group(2), 16)))
+    for i in range(len(vmas)):
+        s, e = vmas[i]
+        j = i
+        while e - s < size and j + 1 < len(vmas) and vmas[j + 1][0] == e:
+            j += 1
+            e = vmas[j][1]
+        if e - s == size:
+            return (s, e)
+    raise RuntimeError(f"pid {pid}: no mapping of {size} bytes (guest RAM) found")
+
+
+def runs(pfns):
+    """Sorted PFNs -> [(first, count)] of consecutive runs."""
+    out = []
+    for p in sorted(pfns):
+        if out and out[-1][0] + out[-1][1] == p:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((p, 1))
+    return out
