@@ -186,7 +186,9 @@ def test_targeted_sharing_through_hangar(build):
             check(SIZE_MIB * 1024 <= mg[n] <= SIZE_MIB * 1024 + KERNEL_SLACK * 4 + 1024,
                   f"{n}: {mg[n]} KiB mergeable")
         check(mg["loner"] <= ZERO_MIB * 1024 + KERNEL_SLACK * 4, f"loner: {mg['loner']} KiB mergeable")
-        check(sum(mg.values()) < 0.06 * 3 * 256 * 1024, f"{sum(mg.values())} KiB mergeable of 768 MiB")
+        # Each guest also hints its writable merge candidates (kernel .data/.bss, page metadata,
+        # low RAM: about 3 MiB of 256): still under a tenth of the guest RAM in all.
+        check(sum(mg.values()) < 0.08 * 3 * 256 * 1024, f"{sum(mg.values())} KiB mergeable of 768 MiB")
         check(m["loner"] <= KERNEL_SLACK, f"loner merged {m['loner']} pages: its data has no twin")
         # Host-wide: our twins alone add NONZERO_PAGES (other processes can only add to it).
         check(sharing >= NONZERO_PAGES, f"pages_sharing is only {sharing}")
