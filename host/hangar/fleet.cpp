@@ -87,15 +87,7 @@ void Fleet::launch(Vm& vm) {
     }
     ::unlink(vm.qmp_path.c_str());
     auto spawned = spawn_qemu(vm.proc, argv, vm.qemu_log, vm.qmp_path, vm.serial_log, plan);
-    if (spawned.is_error()) {
-        VmExit e;
-        e.kind = VmExit::Kind::FailedToStart;
-        e.detail = spawned.error().message;
-        vm.exit = e;
-        vm.phase = Vm::Phase::Gone;
-        report("vm " + vm.spec.name + ": " + e.describe());
-        return;
-    }
+    if (spawned.is_error()) return end_vm(vm, VmExit::Kind::FailedToStart, spawned.error().message);
     vm.phase = Vm::Phase::Connecting;
     vm.connect_deadline = Clock::now() + cfg_.qmp_timeout;
     report("vm " + vm.spec.name + ": started QEMU pid " + std::to_string(vm.proc.pid()) + " (app=" + vm.spec.app +
@@ -231,6 +223,15 @@ void Fleet::on_qmp_closed(Vm& vm, const std::string& why) {
         p->proc.signal(SIGTERM);
         loop_.after(cfg_.grace, [p] { p->proc.signal(SIGKILL); });
     });
+}
+
+void Fleet::end_vm(Vm& vm, VmExit::Kind kind, const std::string& detail) {
+    VmExit e;
+    e.kind = kind;
+    e.detail = detail;
+    vm.exit = e;
+    vm.phase = Vm::Phase::Gone;
+    report("vm " + vm.spec.name + ": " + e.describe());
 }
 
 void Fleet::reap_all() {

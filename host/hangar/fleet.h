@@ -64,6 +64,8 @@ private:
     void sync_watch(Vm& vm);
     void reap_all();
     void finish_vm(Vm& vm);
+    // Takes a VM that never ran under hangar, or no longer does, out of the fleet, and says why.
+    void end_vm(Vm& vm, VmExit::Kind kind, const std::string& detail);
     void stop_all(const std::string& why);
     void kill_all();
     void handle_signals();

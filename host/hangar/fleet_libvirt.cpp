@@ -44,14 +44,7 @@ LibvirtHost* Fleet::connect_host(const std::string& name, std::string& error) {
 
 void Fleet::attach(Vm& vm) {
     const std::string domain_name = vm.spec.domain.empty() ? vm.spec.name : vm.spec.domain;
-    auto fail = [&](const std::string& why) {
-        VmExit e;
-        e.kind = VmExit::Kind::AttachFailed;
-        e.detail = why;
-        vm.exit = e;
-        vm.phase = Vm::Phase::Gone;
-        report("vm " + vm.spec.name + ": " + e.describe());
-    };
+    auto fail = [&](const std::string& why) { end_vm(vm, VmExit::Kind::AttachFailed, why); };
     std::string error;
     LibvirtHost* host = connect_host(vm.spec.host, error);
     if (!host) return fail(error);
@@ -81,15 +74,8 @@ void Fleet::poll_domain(Vm& vm) {
     auto reading = vm.domain->read();
     if (reading.is_error()) {
         if (!vm.domain->host().alive()) return lose_host(vm.spec.host, reading.error().message);
-        if (auto running = vm.domain->check_running(); running.is_error()) {
-            VmExit e;
-            e.kind = VmExit::Kind::DomainEnded;
-            e.detail = running.error().message;
-            vm.exit = e;
-            vm.phase = Vm::Phase::Gone;
-            report("vm " + vm.spec.name + ": " + e.describe());
-            return;
-        }
+        if (auto running = vm.domain->check_running(); running.is_error())
+            return end_vm(vm, VmExit::Kind::DomainEnded, running.error().message);
         if (++vm.failed_reads == kMaxFailedReads) libvirt_problem(vm, reading.error().message);
         return;
     }
@@ -129,12 +115,8 @@ void Fleet::set_domain_target(Vm& vm, uint64_t target) {
 void Fleet::detach(Vm& vm, const std::string& why) {
     if (vm.phase == Vm::Phase::Gone) return;
     vm.stopping = true;
-    VmExit e;
-    e.kind = VmExit::Kind::Detached;
-    e.detail = why + "; balloon left at " + (vm.target ? format_size(*vm.target) : std::string("its size"));
-    vm.exit = e;
-    vm.phase = Vm::Phase::Gone;
-    report("vm " + vm.spec.name + ": " + e.describe());
+    end_vm(vm, VmExit::Kind::Detached,
+           why + "; balloon left at " + (vm.target ? format_size(*vm.target) : std::string("its size")));
 }
 
 void Fleet::lose_host(const std::string& host, const std::string& why) {
@@ -143,13 +125,8 @@ void Fleet::lose_host(const std::string& host, const std::string& why) {
     for (auto& up : vms_) {
         Vm& vm = *up;
         if (vm.spec.host != host || vm.phase == Vm::Phase::Gone) continue;
-        VmExit e;
-        e.kind = VmExit::Kind::HostLost;
-        e.detail = why;
-        vm.exit = e;
-        vm.phase = Vm::Phase::Gone;
         vm.domain.reset();
-        report("vm " + vm.spec.name + ": " + e.describe());
+        end_vm(vm, VmExit::Kind::HostLost, why);
     }
     hosts_.erase(host);
     host_errors_[host] = why;

@@ -74,6 +74,21 @@ def _pid_alive(pidfile):
     return pid if _alive(pid) else None
 
 
+def _terminate(pid, grace=15):
+    """SIGTERM, then SIGKILL after `grace` seconds; False when the process was already gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    return True
+
+
 class Libvirtd:
     """A libvirtd answering on qemu:///system. When none answers and this process is root, starts
     virtlogd and libvirtd (`NAME -d`, no systemd needed) and stops exactly those two, by the pid
@@ -141,16 +156,8 @@ class Libvirtd:
     def stop(self):
         """Stops the daemons this object started (libvirtd first), by pid."""
         for name, pid in reversed(self.started):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
+            if not _terminate(pid):
                 continue
-            deadline = time.monotonic() + 15
-            while _alive(pid):
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    break
-                time.sleep(0.1)
             print(f"  stopped {name} (pid {pid})", flush=True)
             if name == "libvirtd":
                 self._reap_probes()
@@ -248,16 +255,7 @@ class SessionLibvirtd:
                                                   recursive=True)
                  if not p.endswith(("driver.pid", "libvirtd.pid", "virtlogd.pid"))]
         for pid in dict.fromkeys(p for p in pids if p):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            deadline = time.monotonic() + 15
-            while _alive(pid):
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    break
-                time.sleep(0.1)
+            _terminate(pid)
         if self.pid:
             print(f"  stopped the session libvirtd (pid {self.pid})", flush=True)
         self.pid = None
