@@ -14,6 +14,7 @@ packages=(
   gnuplot-nox                                   # experiment plots
   clang-format                                  # the style check (lint.format)
   libvirt-daemon-system libvirt-clients         # image/libvirt, integration.libvirt
+  libvirt-dev pkg-config                        # hangar's libvirt back end (libvirt_domain.h)
   tcl                                           # SQLite's amalgamation generator (apps/sqlite)
 )
 missing=()

@@ -205,7 +205,7 @@ private:
 
 const std::vector<std::string_view> kVmKeys = {"name",      "app",           "args",  "memory", "min_memory",
                                                "machine",   "balloon",       "start", "shares", "kernel",
-                                               "qemu_args", "balloon_props", "count"};
+                                               "qemu_args", "balloon_props", "count", "host",   "domain"};
 
 ErrorOr<void> apply_vm_key(VmSpec& vm, const Reader& r, const std::string& key, const json& v) {
     if (key == "name")
@@ -239,6 +239,10 @@ ErrorOr<void> apply_vm_key(VmSpec& vm, const Reader& r, const std::string& key, 
         vm.kernel = TRY(r.str(v, key));
     else if (key == "qemu_args")
         vm.qemu_args = TRY(r.strings(v, key));
+    else if (key == "host")
+        vm.host = TRY(r.str(v, key));
+    else if (key == "domain")
+        vm.domain = TRY(r.str(v, key));
     else if (key == "balloon_props") {
         if (!v.is_object()) return r.fail(key, "expected an object of device properties");
         vm.balloon_props.clear();
@@ -255,6 +259,27 @@ ErrorOr<void> apply_vm_key(VmSpec& vm, const Reader& r, const std::string& key, 
         }
     }
     return {};
+}
+
+ErrorOr<std::vector<HostSpec>> parse_hosts(const json& v, const std::string& where) {
+    if (!v.is_array()) return Error{where + ": expected a list of hosts"};
+    std::vector<HostSpec> hosts;
+    for (size_t i = 0; i < v.size(); ++i) {
+        Reader r(where + "[" + std::to_string(i) + "]");
+        TRY(r.check_keys(v[i], {"name", "uri", "budget"}));
+        HostSpec h;
+        for (auto it = v[i].begin(); it != v[i].end(); ++it) {
+            if (it.key() == "name")
+                h.name = TRY(r.str(*it, it.key()));
+            else if (it.key() == "uri")
+                h.uri = TRY(r.str(*it, it.key()));
+            else if (it.key() == "budget")
+                h.budget = TRY(r.size(*it, it.key()));
+        }
+        if (h.uri.empty()) return r.fail("uri", "missing: each host needs a libvirt URI (e.g. qemu:///system)");
+        hosts.push_back(std::move(h));
+    }
+    return hosts;
 }
 
 ErrorOr<void> parse_policy(PolicyConfig& p, const json& v, const std::string& where) {
@@ -536,9 +561,9 @@ ErrorOr<Config> parse_config_json(std::string_view text, std::string_view origin
     }
     Config cfg;
     Reader r(where);
-    TRY(r.check_keys(
-        doc, {"vms", "defaults", "budget", "qemu", "kernel", "accel", "duration", "interval", "grace", "qmp_timeout",
-              "stats_interval", "csv", "plot", "run_dir", "status", "policy", "ksm", "qemu_user", "qemu_sandbox"}));
+    TRY(r.check_keys(doc, {"vms",      "defaults", "budget",      "qemu",           "kernel",       "accel", "duration",
+                           "interval", "grace",    "qmp_timeout", "stats_interval", "csv",          "plot",  "run_dir",
+                           "status",   "policy",   "ksm",         "qemu_user",      "qemu_sandbox", "hosts"}));
     VmSpec defaults;
     if (doc.contains("defaults")) {
         Reader dr(where + ": defaults");
@@ -565,6 +590,10 @@ ErrorOr<Config> parse_config_json(std::string_view text, std::string_view origin
                         TRY(apply_vm_key(vm, vr, f.key(), f.value()));
                 }
                 if (count == 0) return vr.fail("count", "must be at least 1");
+                if (count > 1 && v[i].contains("domain"))
+                    return vr.fail("domain",
+                                   "one domain per VM: without \"domain\", the domains of a count are "
+                                   "named like the VMs (web1, web2, ...)");
                 if (vm.name.empty()) vm.name = "vm" + std::to_string(cfg.vms.size() + 1);
                 if (count == 1) {
                     cfg.vms.push_back(vm);
@@ -611,6 +640,8 @@ ErrorOr<Config> parse_config_json(std::string_view text, std::string_view origin
             TRY(parse_policy(cfg.policy, v, where + ": policy"));
         else if (k == "ksm")
             TRY(parse_ksm(cfg.ksm, v, where + ": ksm"));
+        else if (k == "hosts")
+            cfg.hosts = TRY(parse_hosts(v, where + ": hosts"));
     }
     return cfg;
 }
@@ -624,17 +655,49 @@ ErrorOr<Config> load_config_file(const std::string& path) {
     return parse_config_json(ss.str(), path);
 }
 
+namespace {
+// VM and host names: they become file names in the run directory and CSV cells.
+bool valid_name(const std::string& name) {
+    return !name.empty() && name.size() <= 32 && std::all_of(name.begin(), name.end(), [](char ch) {
+        return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_';
+    });
+}
+}  // namespace
+
 ErrorOr<void> validate(const Config& c) {
     if (c.vms.empty()) return Error{"no VMs: give --vm or a config file with \"vms\""};
     if (c.vms.size() > 256) return Error{"too many VMs (" + std::to_string(c.vms.size()) + ", at most 256)"};
     std::set<std::string> names;
-    uint64_t total = 0, floors = 0;
+    uint64_t total = 0;
+    // The policy's floors, summed per host: each host's budget must hold its own VMs' floors.
+    std::map<std::string, uint64_t> floors;
+    std::set<std::string> host_names;
+    for (size_t i = 0; i < c.hosts.size(); ++i) {
+        const HostSpec& h = c.hosts[i];
+        const std::string where = "hosts[" + std::to_string(i) + "] \"" + h.name + "\"";
+        if (!valid_name(h.name)) return Error{where + ": a name is 1-32 letters, digits, '-' or '_'"};
+        if (h.name == kLocalHost)
+            return Error{where + ": \"" + std::string(kLocalHost) + "\" is the host of the VMs hangar starts itself"};
+        if (!host_names.insert(h.name).second) return Error{where + ": duplicate name"};
+        if (h.uri.find("://") == std::string::npos || h.uri.find_first_of(" \t\n\"'") != std::string::npos)
+            return Error{where + ": \"" + h.uri +
+                         "\" is not a libvirt URI (e.g. qemu:///system, qemu+ssh://user@host/system)"};
+        if (h.budget) TRY(check_size(where + ": budget", *h.budget, 1, kMaxBudget));
+        floors[h.name] = 0;
+    }
     for (const auto& vm : c.vms) {
         const std::string where = "VM \"" + vm.name + "\"";
-        if (vm.name.empty() || vm.name.size() > 32 || !std::all_of(vm.name.begin(), vm.name.end(), [](char ch) {
-                return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_';
-            }))
-            return Error{where + ": a name is 1-32 letters, digits, '-' or '_'"};
+        if (!valid_name(vm.name)) return Error{where + ": a name is 1-32 letters, digits, '-' or '_'"};
+        if (!vm.host.empty() && !host_names.count(vm.host)) {
+            std::string known;
+            for (const auto& h : c.hosts) known += (known.empty() ? "" : ", ") + h.name;
+            return Error{where + ": host \"" + vm.host + "\" is not in \"hosts\"" +
+                         (known.empty() ? " (the fleet file has none)" : " (known: " + known + ")")};
+        }
+        if (vm.host.empty() && !vm.domain.empty())
+            return Error{where + ": \"domain\" names a libvirt domain: give the VM a \"host\" too"};
+        if (vm.domain.size() > 256 || vm.domain.find_first_of("\n\"") != std::string::npos)
+            return Error{where + ": invalid domain name \"" + vm.domain + "\""};
         if (!names.insert(vm.name).second) return Error{where + ": duplicate name"};
         if (vm.app.empty() || std::any_of(vm.app.begin(), vm.app.end(), [](char ch) {
                 return std::isspace(static_cast<unsigned char>(ch)) || ch == '=' || ch == '"';
@@ -657,14 +720,18 @@ ErrorOr<void> validate(const Config& c) {
             if (k.empty() || k.find_first_of(",= ") != std::string::npos || v.find(',') != std::string::npos)
                 return Error{where + ": invalid balloon property \"" + k + "=" + v + "\""};
         total += vm.memory;
-        floors += std::max(vm.min_memory, c.policy.floor);
+        floors[vm.host.empty() ? std::string(kLocalHost) : vm.host] += std::max(vm.min_memory, c.policy.floor);
     }
     if (c.budget) {
         if (*c.budget == 0) return Error{"budget must be positive"};
-        if (floors > *c.budget)
-            return Error{"budget " + format_size(*c.budget) + " is below the VMs' floors (" + format_size(floors) +
-                         ")"};
+        if (floors[std::string(kLocalHost)] > *c.budget)
+            return Error{"budget " + format_size(*c.budget) + " is below the VMs' floors (" +
+                         format_size(floors[std::string(kLocalHost)]) + ")"};
     }
+    for (const auto& h : c.hosts)
+        if (h.budget && floors[h.name] > *h.budget)
+            return Error{"host \"" + h.name + "\": budget " + format_size(*h.budget) + " is below its VMs' floors (" +
+                         format_size(floors[h.name]) + ")"};
     // Every number has a range, whether it came from a file or a flag (a flag skips the reader).
     using std::chrono::hours;
     using std::chrono::minutes;

@@ -47,7 +47,23 @@ struct VmSpec {
     std::string kernel;                                // empty = the fleet's kernel
     std::vector<std::string> qemu_args;                // appended verbatim
     std::map<std::string, std::string> balloon_props;  // extra -device properties (patched QEMU)
+    // The libvirt back end (libvirt_domain.h): the name of a HostSpec whose daemon runs this VM
+    // as `domain` (default: the VM's name). Empty: hangar starts the QEMU itself. For a domain,
+    // the keys about how to start it (app, args, memory, machine, kernel, qemu_args, ...) do not
+    // apply: its XML decides; memory is read from the domain.
+    std::string host;
+    std::string domain;
 };
+
+// A libvirt daemon hangar manages domains on, with its own budget: the balloon policy runs per
+// host, over that host's VMs. The VMs hangar spawns form the host "local" (kLocalHost), whose
+// budget is the fleet's "budget".
+struct HostSpec {
+    std::string name;
+    std::string uri;                 // qemu:///system, qemu+ssh://user@host/system, ...
+    std::optional<uint64_t> budget;  // none: the policy never inflates on this host
+};
+inline constexpr std::string_view kLocalHost = "local";
 
 enum class SweepWhen { Pressure, Always };
 ErrorOr<SweepWhen> parse_sweep_when(std::string_view text);  // pressure | always
@@ -92,6 +108,7 @@ struct KsmConfig {
 
 struct Config {
     std::vector<VmSpec> vms;
+    std::vector<HostSpec> hosts;
     std::optional<uint64_t> budget;  // host memory budget for all guests; none = no overcommit
     std::string qemu = "auto";       // auto | stock | patched | a path
     // Who the QEMUs run as when hangar is root: auto (the "blimp" user if it exists, else

@@ -74,6 +74,7 @@ double Fleet::now_s() const { return std::chrono::duration<double>(Clock::now() 
 void Fleet::report(const std::string& line) { view_.message("hangar: " + line); }
 
 void Fleet::launch(Vm& vm) {
+    if (vm.on_libvirt()) return attach(vm);
     LaunchPlan plan = plan_;
     plan.qmp_socket = vm.qmp_path;
     plan.serial_log = vm.serial_log;
@@ -86,15 +87,7 @@ void Fleet::launch(Vm& vm) {
     }
     ::unlink(vm.qmp_path.c_str());
     auto spawned = spawn_qemu(vm.proc, argv, vm.qemu_log, vm.qmp_path, vm.serial_log, plan);
-    if (spawned.is_error()) {
-        VmExit e;
-        e.kind = VmExit::Kind::FailedToStart;
-        e.detail = spawned.error().message;
-        vm.exit = e;
-        vm.phase = Vm::Phase::Gone;
-        report("vm " + vm.spec.name + ": " + e.describe());
-        return;
-    }
+    if (spawned.is_error()) return end_vm(vm, VmExit::Kind::FailedToStart, spawned.error().message);
     vm.phase = Vm::Phase::Connecting;
     vm.connect_deadline = Clock::now() + cfg_.qmp_timeout;
     report("vm " + vm.spec.name + ": started QEMU pid " + std::to_string(vm.proc.pid()) + " (app=" + vm.spec.app +
@@ -232,6 +225,15 @@ void Fleet::on_qmp_closed(Vm& vm, const std::string& why) {
     });
 }
 
+void Fleet::end_vm(Vm& vm, VmExit::Kind kind, const std::string& detail) {
+    VmExit e;
+    e.kind = kind;
+    e.detail = detail;
+    vm.exit = e;
+    vm.phase = Vm::Phase::Gone;
+    report("vm " + vm.spec.name + ": " + e.describe());
+}
+
 void Fleet::reap_all() {
     for (auto& up : vms_) {
         Vm& vm = *up;
@@ -268,6 +270,10 @@ void Fleet::stop_all(const std::string& why) {
     report("stopping all VMs: " + why);
     for (auto& up : vms_) {
         Vm& vm = *up;
+        if (vm.on_libvirt()) {
+            detach(vm, why);
+            continue;
+        }
         if (!vm.proc.running()) continue;
         vm.stopping = true;
         Vm* p = &vm;
@@ -317,7 +323,7 @@ void Fleet::handle_signals() {
 }
 
 bool Fleet::any_running() const {
-    return std::any_of(vms_.begin(), vms_.end(), [](const auto& vm) { return vm->proc.running(); });
+    return std::any_of(vms_.begin(), vms_.end(), [](const auto& vm) { return vm->live(); });
 }
 
 int Fleet::run() {
@@ -394,17 +400,44 @@ int Fleet::run() {
         if (!ksm_restore_errors_.empty()) env_error_ = true;
     }
     if (!cfg_.plot.empty() && !cfg_.csv.empty()) {
-        std::vector<std::string> names;
-        for (const auto& vm : vms_) names.push_back(vm->spec.name);
-        auto plotted = write_plot(cfg_.csv, cfg_.plot, names, metrics_.fleet(), cfg_.budget);
-        if (plotted.is_error())
-            report("plot not written: " + plotted.error().message);
-        else
-            report("plot written to " + cfg_.plot);
+        // Every VM in one plot; across hosts also one per host, with that host's budget (a sum
+        // of RSS over machines says nothing about any of them).
+        auto plot = [&](const std::string& png, const std::string& host, const std::vector<FleetPoint>& points,
+                        std::optional<uint64_t> budget) {
+            std::vector<std::string> names;
+            for (const auto& vm : vms_)
+                if (host.empty() || vm->host() == host) names.push_back(vm->spec.name);
+            auto plotted = write_plot(cfg_.csv, png, names, points, budget);
+            if (plotted.is_error())
+                report("plot not written: " + plotted.error().message);
+            else
+                report("plot written to " + png);
+        };
+        if (cfg_.hosts.empty()) {
+            plot(cfg_.plot, "", metrics_.fleet(), cfg_.budget);
+        } else {
+            plot(cfg_.plot, "", {}, std::nullopt);
+            for (const auto& [host, points] : metrics_.host_fleet())
+                plot(host_plot_path(cfg_.plot, host), host, points, host_budget(host));
+        }
     }
     int status = exit_status();
     write_summary(status);
     return status;
+}
+
+std::optional<uint64_t> Fleet::host_budget(const std::string& host) const {
+    if (host == kLocalHost) return cfg_.budget;
+    for (const auto& h : cfg_.hosts)
+        if (h.name == host) return h.budget;
+    return std::nullopt;
+}
+
+std::string host_plot_path(const std::string& png, const std::string& host) {
+    const auto slash = png.rfind('/');
+    const auto dot = png.rfind('.');
+    if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return png + "." + host;
+    return png.substr(0, dot) + "." + host + png.substr(dot);
 }
 
 int Fleet::exit_status() const {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,6 +18,7 @@
 #include "config.h"
 #include "event_loop.h"
 #include "ksm_control.h"
+#include "libvirt_domain.h"
 #include "metrics.h"
 #include "qmp.h"
 #include "sharing_index.h"
@@ -39,6 +41,9 @@ enum ExitStatus : int {
 // the guest has never reported (last-update 0) or the value is malformed.
 std::optional<GuestStats> guest_stats_from_qom(const json& value);
 
+// The per-host plot beside `png`: out.png -> out.HOST.png.
+std::string host_plot_path(const std::string& png, const std::string& host);
+
 class Fleet {
 public:
     Fleet(Config config, LaunchPlan plan, std::string run_dir, KsmControl* ksm);
@@ -59,19 +64,34 @@ private:
     void sync_watch(Vm& vm);
     void reap_all();
     void finish_vm(Vm& vm);
+    // Takes a VM that never ran under hangar, or no longer does, out of the fleet, and says why.
+    void end_vm(Vm& vm, VmExit::Kind kind, const std::string& detail);
     void stop_all(const std::string& why);
     void kill_all();
     void handle_signals();
     void qmp_problem(Vm& vm, const std::string& what);
     bool any_running() const;
+    std::optional<uint64_t> host_budget(const std::string& host) const;
     void report(const std::string& line);
     int exit_status() const;
     double now_s() const;
 
-    // policy_loop.cpp: sampling (metrics, status, guest stats) and the balloon policy.
+    // policy_loop.cpp: sampling (metrics, status, guest stats) and the balloon policy, one round
+    // per host.
     void sample();
     void apply_policy();
     void poll_guest_stats(Vm& vm);
+    void send_target(Vm& vm, uint64_t target);
+
+    // fleet_libvirt.cpp: the libvirt back end's side of the lifecycle: attach to a domain on its
+    // host, read it, set its balloon, let it go (hangar never starts or stops a domain).
+    void attach(Vm& vm);
+    LibvirtHost* connect_host(const std::string& name, std::string& error);
+    void poll_domain(Vm& vm);
+    void set_domain_target(Vm& vm, uint64_t target);
+    void detach(Vm& vm, const std::string& why);
+    void lose_host(const std::string& host, const std::string& why);
+    void libvirt_problem(Vm& vm, const std::string& what);
 
     // page_state_sweeper.cpp: one round asks the VMs in turn, largest RSS first, for their unused
     // pages, then again for volatile ones, until the need is met.
@@ -95,6 +115,10 @@ private:
     KsmControl* ksm_;
     EventLoop loop_;
     std::vector<std::unique_ptr<Vm>> vms_;
+    // libvirt hosts by name, connected on first use; a host that could not be reached keeps its
+    // error, so its other VMs say the same without trying again.
+    std::map<std::string, std::unique_ptr<LibvirtHost>> hosts_;
+    std::map<std::string, std::string> host_errors_;
     std::unique_ptr<BalloonPolicy> policy_;
     MetricsSampler metrics_;
     StatusView view_;

@@ -28,6 +28,8 @@ void Fleet::write_summary(int status) {
         v["app"] = vm->spec.app;
         v["memory_bytes"] = vm->spec.memory;
         v["pid"] = vm->proc.pid();
+        v["host"] = vm->host();
+        if (vm->on_libvirt()) v["domain"] = vm->spec.domain.empty() ? vm->spec.name : vm->spec.domain;
         std::string line = vm->exit ? vm->exit->describe() : "never started";
         if (vm->exit) {
             v["outcome"] = VmExit::kind_name(vm->exit->kind);
@@ -121,6 +123,36 @@ void Fleet::write_summary(int status) {
                 std::printf("; never under the %s budget after the peak", format_size(*cfg_.budget).c_str());
         }
         std::printf("\n");
+    }
+    // Across hosts, the same story per host, against that host's budget.
+    if (!cfg_.hosts.empty()) {
+        j["hosts"] = json::array();
+        for (const auto& [host, points] : metrics_.host_fleet()) {
+            const auto budget = host_budget(host);
+            json h = {{"name", host}};
+            for (const auto& spec : cfg_.hosts)
+                if (spec.name == host) h["uri"] = spec.uri;
+            if (budget) h["budget_bytes"] = *budget;
+            if (auto story = host_memory_story(points, budget)) {
+                h["peak_rss_bytes"] = story->peak.rss;
+                h["peak_s"] = story->peak.time_s;
+                h["end_rss_bytes"] = story->end.rss;
+                h["end_s"] = story->end.time_s;
+                h["end_guest_memory_bytes"] = story->end.actual;
+                h["returned_bytes"] = story->returned;
+                h["vms"] = story->peak.vms;
+                if (story->within_budget_s) h["rss_within_budget_s"] = *story->within_budget_s;
+                std::printf("  host %s (%zu VMs): QEMU RSS peak %s at %.0f s, %s at %.0f s: %s came back", host.c_str(),
+                            story->peak.vms, format_size(story->peak.rss).c_str(), story->peak.time_s,
+                            format_size(story->end.rss).c_str(), story->end.time_s,
+                            format_size(story->returned).c_str());
+                if (budget)
+                    std::printf("; guest memory %s of the %s budget", format_size(story->end.actual).c_str(),
+                                format_size(*budget).c_str());
+                std::printf("\n");
+            }
+            j["hosts"].push_back(h);
+        }
     }
     std::printf("  exit status %d\n", status);
     std::fflush(stdout);

@@ -10,13 +10,20 @@
 #include <vector>
 
 #include "fleet.h"
+#include "libvirt_domain.h"
 
 namespace hangar {
 
 struct Fleet::Vm {
     VmSpec spec;
+    // The back end: a QEMU hangar spawned (proc, with qmp), or a libvirt domain hangar attached
+    // to (domain; spec.host names its host). Exactly one of the two is ever used.
     VmProcess proc;
     std::unique_ptr<QmpClient> qmp;
+    std::unique_ptr<LibvirtDomain> domain;
+    std::optional<uint64_t> rss;     // libvirt: QEMU's RSS as libvirt read it on the domain's host
+    uint64_t failed_reads = 0;       // libvirt: reads failed in a row
+    bool monitor_stats_off = false;  // libvirt, patched QEMU: the monitor refused; libvirt's stats only
     enum class Phase { Launching, Connecting, Ready, Gone } phase = Phase::Launching;
     std::string qmp_path, serial_log, qemu_log;
     Clock::time_point connect_deadline{};
@@ -45,6 +52,13 @@ struct Fleet::Vm {
     uint64_t swept_pages = 0;
     uint64_t sweep_asked = 0;  // pages asked for (sweep_when=pressure: max-pages summed)
 
+    bool on_libvirt() const { return !spec.host.empty(); }
+    // Holds memory and is managed: a spawned QEMU still running, an attached domain not let go.
+    bool live() const { return on_libvirt() ? phase != Phase::Gone : proc.running(); }
+    const std::string& host() const {
+        static const std::string local(kLocalHost);
+        return on_libvirt() ? spec.host : local;
+    }
     // Its QMP connection is up (negotiated, not closed).
     bool qmp_up() const { return qmp && qmp->state() == QmpClient::State::Ready; }
     // hangar may send it commands: QMP is up and hangar is not stopping it.

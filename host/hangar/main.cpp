@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <csignal>
@@ -151,6 +152,8 @@ ErrorOr<void> resolve_user(const Config& c, LaunchPlan& plan) {
 // executed, each VM reports that it failed to start, which is the clearest place to say so.
 ErrorOr<LaunchPlan> resolve_plan(const Config& c) {
     LaunchPlan plan;
+    // A fleet of libvirt domains only starts no QEMU: no binary, kernel or QEMU user to find.
+    if (std::all_of(c.vms.begin(), c.vms.end(), [](const VmSpec& vm) { return !vm.host.empty(); })) return plan;
     const fs::path patched = build_dir() / "qemu" / "qemu-system-x86_64";
     const std::string stock =
         executable("/usr/bin/qemu-system-x86_64") ? "/usr/bin/qemu-system-x86_64" : "qemu-system-x86_64";
@@ -310,6 +313,13 @@ int do_run(const RunFlags& f) {
     auto [cfg, plan] = prepared.release_value();
     if (f.dry_run) {
         for (const auto& vm : cfg.vms) {
+            if (!vm.host.empty()) {
+                const auto host = std::find_if(cfg.hosts.begin(), cfg.hosts.end(),
+                                               [&](const HostSpec& h) { return h.name == vm.host; });
+                std::printf("%s: libvirt domain %s on %s (%s)\n", vm.name.c_str(),
+                            (vm.domain.empty() ? vm.name : vm.domain).c_str(), vm.host.c_str(), host->uri.c_str());
+                continue;
+            }
             LaunchPlan p = plan;
             p.qmp_socket = "RUN_DIR/" + vm.name + ".qmp";
             p.serial_log = "RUN_DIR/" + vm.name + ".serial.log";
@@ -333,8 +343,11 @@ int do_run(const RunFlags& f) {
     for (auto [path, flag] : {std::pair{&cfg.csv, &f.csv}, std::pair{&cfg.plot, &f.plot}})
         if (!path->empty() && flag->empty() && fs::path(*path).is_relative()) *path = run_dir + "/" + *path;
     if (!cfg.plot.empty() && cfg.csv.empty()) cfg.csv = run_dir + "/metrics.csv";
-    std::fprintf(stderr, "hangar: run directory %s, QEMU %s%s, kernel %s\n", run_dir.c_str(), plan.qemu.c_str(),
-                 plan.patched ? " (patched)" : "", plan.kernel.c_str());
+    if (plan.qemu.empty())
+        std::fprintf(stderr, "hangar: run directory %s, libvirt domains only\n", run_dir.c_str());
+    else
+        std::fprintf(stderr, "hangar: run directory %s, QEMU %s%s, kernel %s\n", run_dir.c_str(), plan.qemu.c_str(),
+                     plan.patched ? " (patched)" : "", plan.kernel.c_str());
 
     // Signals must be blocked before any VM or KSM change exists, so a ^C at any point goes
     // through the orderly path (the fleet reads them from a signalfd).

@@ -50,7 +50,8 @@ const std::vector<std::string>& csv_columns() {
                                                   "ksmd_cpu_s",
                                                   "hint_pages",
                                                   "twin_hashes",
-                                                  "pstate_discarded_pages"};
+                                                  "pstate_discarded_pages",
+                                                  "host"};
     return cols;
 }
 
@@ -80,6 +81,8 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
     last_ksm_ = ksm;
     FleetPoint point{t, 0, 0, 0};
     bool whole = !samples.empty();
+    // Per host, with the same rule: a host's point counts only when all its VMs ran.
+    std::map<std::string, std::pair<FleetPoint, bool>> hosts;
     for (auto& s : samples) {
         if (s.pid > 0 && !s.rss) s.rss = read_rss(s.pid, proc_);
         if (s.pid > 0 && !s.ksm_merging_pages) s.ksm_merging_pages = read_ksm_merging_pages(s.pid, proc_);
@@ -92,12 +95,16 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
             sum.peak_rss = std::max(sum.peak_rss, *s.rss);
             sum.last_rss = *s.rss;
         }
+        auto& [host_point, host_whole] = hosts.try_emplace(s.host, FleetPoint{t, 0, 0, 0}, true).first->second;
         if (s.state == "running" && s.rss) {
-            point.vms++;
-            point.rss += *s.rss;
-            point.actual += s.balloon_actual.value_or(s.memory);
+            for (FleetPoint* p : {&point, &host_point}) {
+                p->vms++;
+                p->rss += *s.rss;
+                p->actual += s.balloon_actual.value_or(s.memory);
+            }
         } else {
             whole = false;
+            host_whole = false;
         }
         if (s.balloon_actual) {
             sum.last_actual = s.balloon_actual;
@@ -139,10 +146,13 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
         add(cell(s.hint_pages));
         add(cell(s.twin_hashes));
         add(cell(s.pstate_discarded));
+        add(s.host);
         std::fprintf(csv_, "%s\n", row.c_str());
         ++rows_;
     }
     if (whole) fleet_.push_back(point);
+    for (const auto& [host, p] : hosts)
+        if (p.second) host_fleet_[host].push_back(p.first);
     if (csv_) std::fflush(csv_);
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "balloon_policy.h"
+#include "config.h"
 #include "error_or.h"
 #include "ksm_control.h"
 
@@ -18,6 +19,7 @@ namespace hangar {
 
 struct VmSample {
     std::string vm;
+    std::string host = std::string(kLocalHost);  // the libvirt host, or "local" for a QEMU hangar spawned
     pid_t pid = -1;
     std::string state;
     uint64_t memory = 0;
@@ -77,6 +79,8 @@ public:
     const KsmCounters& last_ksm() const { return last_ksm_; }
     size_t rows() const { return rows_; }
     const std::vector<FleetPoint>& fleet() const { return fleet_; }
+    // The same per host (the VMs of one libvirt host, or those hangar spawned: "local").
+    const std::map<std::string, std::vector<FleetPoint>>& host_fleet() const { return host_fleet_; }
 
 private:
     const KsmControl* ksm_;
@@ -87,6 +91,7 @@ private:
     bool have_ksm_ = false;
     size_t rows_ = 0;
     std::vector<FleetPoint> fleet_;
+    std::map<std::string, std::vector<FleetPoint>> host_fleet_;
 };
 
 // Writes a gnuplot script next to the PNG and runs gnuplot on the CSV: RSS and balloon size per

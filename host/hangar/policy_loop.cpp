@@ -4,6 +4,7 @@
 
 #include "fleet.h"
 #include "fleet_vm.h"
+#include "host_rounds.h"
 
 namespace hangar {
 
@@ -73,13 +74,20 @@ void Fleet::sample() {
     for (auto& up : vms_) {
         Vm& vm = *up;
         if (vm.phase == Vm::Phase::Gone) continue;
+        // libvirt is asked synchronously, so its numbers are this period's.
+        if (vm.on_libvirt()) {
+            poll_domain(vm);
+            if (vm.phase == Vm::Phase::Gone) continue;
+        }
         if (vm.stats && now - vm.stats_seen > stale_after) {
             vm.stats.reset();
             vm.prev_stats.reset();
         }
         VmSample s;
         s.vm = vm.spec.name;
+        s.host = vm.host();
         s.pid = vm.proc.pid();
+        s.rss = vm.rss;  // libvirt's; metrics reads a spawned QEMU's from /proc
         s.memory = vm.spec.memory;
         s.state = vm.stopping                    ? "stopping"
                   : vm.phase == Vm::Phase::Ready ? (vm.spec.start == StartMode::Paused ? "paused" : "running")
@@ -106,53 +114,54 @@ void Fleet::sample() {
 }
 
 void Fleet::apply_policy() {
-    std::vector<VmObservation> obs;
-    std::vector<Vm*> who;
+    // One round per host: its VMs, its budget (host_rounds.h).
+    std::vector<HostMember> members;
     for (auto& up : vms_) {
-        Vm& vm = *up;
+        const Vm& vm = *up;
         // Not can_talk(): a VM whose QMP connection just closed stays in the policy until hangar
         // stops it (its balloon command then fails as Disconnected, which is not reported).
-        if (vm.phase != Vm::Phase::Ready || !vm.spec.balloon || vm.stopping || vm.spec.start == StartMode::Paused)
-            continue;
-        VmObservation o;
-        o.name = vm.spec.name;
-        o.memory = vm.spec.memory;
-        o.min_memory = vm.spec.min_memory;
-        o.shares = vm.spec.shares;
-        o.actual = vm.actual;
-        o.target = vm.target;
-        o.stats = vm.stats;
-        o.previous = vm.prev_stats;
-        obs.push_back(std::move(o));
-        who.push_back(&vm);
+        const bool movable =
+            vm.phase == Vm::Phase::Ready && vm.spec.balloon && !vm.stopping && vm.spec.start != StartMode::Paused;
+        members.push_back({vm.host(), vm.spec.memory, vm.phase != Vm::Phase::Gone, movable});
     }
-    if (obs.empty()) return;
-    // The budget covers every VM still holding memory, including those the policy cannot move.
-    std::optional<uint64_t> budget = cfg_.budget;
-    if (budget) {
-        for (auto& up : vms_) {
-            Vm& vm = *up;
-            if (vm.phase == Vm::Phase::Gone || std::find(who.begin(), who.end(), &vm) != who.end()) continue;
-            *budget -= std::min(*budget, vm.spec.memory);
+    for (const auto& round : host_rounds(cfg_.hosts, cfg_.budget, members)) {
+        std::vector<VmObservation> obs;
+        for (size_t i : round.members) {
+            const Vm& vm = *vms_[i];
+            VmObservation o;
+            o.name = vm.spec.name;
+            o.memory = vm.spec.memory;
+            o.min_memory = vm.spec.min_memory;
+            o.shares = vm.spec.shares;
+            o.actual = vm.actual;
+            o.target = vm.target;
+            o.stats = vm.stats;
+            o.previous = vm.prev_stats;
+            obs.push_back(std::move(o));
+        }
+        auto decisions = policy_->decide(obs, round.budget);
+        for (size_t i = 0; i < decisions.size() && i < round.members.size(); ++i) {
+            const auto& d = decisions[i];
+            Vm& vm = *vms_[round.members[i]];
+            if (!d.target || vm.phase == Vm::Phase::Gone) continue;
+            const std::string line = "balloon " + format_size(*d.target) + " (" + d.reason + ")";
+            if (line != vm.last_decision) {
+                report("vm " + vm.spec.name + ": " + line);
+                vm.last_decision = line;
+            }
+            send_target(vm, *d.target);
         }
     }
-    auto decisions = policy_->decide(obs, budget);
-    for (size_t i = 0; i < decisions.size() && i < who.size(); ++i) {
-        const auto& d = decisions[i];
-        Vm* p = who[i];
-        if (!d.target) continue;
-        const uint64_t target = *d.target;
-        const std::string line = "balloon " + format_size(target) + " (" + d.reason + ")";
-        if (line != p->last_decision) {
-            report("vm " + p->spec.name + ": " + line);
-            p->last_decision = line;
-        }
-        p->target = target;
-        p->qmp->execute("balloon", {{"value", target}}, [this, p](const QmpReply& r) {
-            if (!r.ok && r.error_class != "Disconnected") qmp_problem(*p, "balloon failed: " + r.describe());
-        });
-        sync_watch(*p);
-    }
+}
+
+void Fleet::send_target(Vm& vm, uint64_t target) {
+    vm.target = target;
+    if (vm.on_libvirt()) return set_domain_target(vm, target);
+    Vm* p = &vm;
+    vm.qmp->execute("balloon", {{"value", target}}, [this, p](const QmpReply& r) {
+        if (!r.ok && r.error_class != "Disconnected") qmp_problem(*p, "balloon failed: " + r.describe());
+    });
+    sync_watch(vm);
 }
 
 }  // namespace hangar

@@ -83,8 +83,8 @@ std::vector<std::string> build_qemu_argv(const VmSpec& vm, const LaunchPlan& pla
 }
 
 bool VmExit::ok() const {
-    return (kind == Kind::GuestExit && guest_status == 0) || kind == Kind::Stopped ||
-           (kind == Kind::QemuExit && exit_code == 0);
+    return (kind == Kind::GuestExit && guest_status == 0) || kind == Kind::Stopped || kind == Kind::Detached ||
+           kind == Kind::DomainEnded || (kind == Kind::QemuExit && exit_code == 0);
 }
 
 std::string_view VmExit::kind_name(Kind k) {
@@ -97,6 +97,10 @@ std::string_view VmExit::kind_name(Kind k) {
         case Kind::Signaled: return "killed";
         case Kind::Stopped: return "stopped";
         case Kind::FailedToStart: return "failed-to-start";
+        case Kind::Detached: return "detached";
+        case Kind::DomainEnded: return "domain-ended";
+        case Kind::AttachFailed: return "attach-failed";
+        case Kind::HostLost: return "host-lost";
     }
     return "?";
 }
@@ -117,6 +121,10 @@ std::string VmExit::describe() const {
             break;
         case Kind::Stopped: s = "stopped by hangar"; break;
         case Kind::FailedToStart: s = "QEMU failed to start"; break;
+        case Kind::Detached: s = "detached by hangar, the domain keeps running"; break;
+        case Kind::DomainEnded: s = "the domain stopped outside hangar"; break;
+        case Kind::AttachFailed: s = "could not attach to its libvirt domain"; break;
+        case Kind::HostLost: s = "lost its libvirt host"; break;
     }
     if (!detail.empty()) s += ": " + detail;
     return s;

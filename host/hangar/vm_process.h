@@ -65,6 +65,11 @@ struct VmExit {
         Signaled,       // killed by a signal hangar did not send
         Stopped,        // stopped by hangar (quit over QMP or its signals at shutdown)
         FailedToStart,  // fork/exec failed
+        // libvirt domains (hangar attaches to them and never starts or stops them):
+        Detached,      // hangar stopped managing it (duration, signal); the domain keeps running
+        DomainEnded,   // the domain stopped while hangar managed it (shut down, destroyed)
+        AttachFailed,  // its host could not be reached, or the domain is unknown or not running
+        HostLost,      // the connection to its libvirt daemon broke during the run
     };
     Kind kind = Kind::QemuExit;
     int guest_status = -1;
