@@ -64,6 +64,15 @@ uint64_t corrupt_bytes(const ps::VolatileRegion& r, uint64_t key) {
   return bad;
 }
 
+// Checks a pinned entry against its recomputed content; reports the first corruption seen.
+void verify(const ps::VolatileRegion& r, uint64_t key, Stats& s) {
+  uint64_t bad = corrupt_bytes(r, key);
+  if (bad && s.corrupt_bytes == 0)
+    printf("volatile-cache: CORRUPTION: key %" PRIu64 " at %p: %" PRIu64 " bytes\n", key, r.data,
+           bad);
+  s.corrupt_bytes += bad;
+}
+
 void print(const char* prefix, const Stats& s) {
   printf("volatile-cache: %s lookups=%" PRIu64 " hits=%" PRIu64 " discards=%" PRIu64
          " recomputes=%" PRIu64 " lost_pages=%" PRIu64 " corrupt_bytes=%" PRIu64 "\n",
@@ -139,11 +148,7 @@ int volatile_cache_main(int argc, char** argv) {
         ++s.hits;
       }
       // Verified on every use: an intact hit, and a freshly recomputed entry alike.
-      uint64_t bad = corrupt_bytes(r, key);
-      if (bad && s.corrupt_bytes == 0)
-        printf("volatile-cache: CORRUPTION: key %" PRIu64 " at %p: %" PRIu64 " bytes\n", key,
-               r.data, bad);
-      s.corrupt_bytes += bad;
+      verify(r, key, s);
       ps::unpin(r);
     }
     // Leave the CPU now and then: a cache serves requests, it does not spin.
@@ -156,10 +161,7 @@ int volatile_cache_main(int argc, char** argv) {
       if (ps::pin(table[k]) == ps::PinResult::Lost) {
         ++cold_lost;
       } else {
-        uint64_t bad = corrupt_bytes(table[k], k);
-        if (bad && s.corrupt_bytes == 0)
-          printf("volatile-cache: CORRUPTION: cold key %" PRIu64 ": %" PRIu64 " bytes\n", k, bad);
-        s.corrupt_bytes += bad;
+        verify(table[k], k, s);
       }
       ps::unpin(table[k]);
     }
