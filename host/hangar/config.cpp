@@ -320,8 +320,8 @@ ErrorOr<void> parse_ksm(KsmConfig& k, const json& v, const std::string& where) {
         k.mode = TRY(parse_ksm_mode(v.get<std::string>()));
         return {};
     }
-    TRY(r.check_keys(v, {"mode", "pages_to_scan", "sleep_millisecs", "merge_across_nodes", "use_zero_pages", "sysfs",
-                         "scope", "hint_refresh", "lock", "lock_wait"}));
+    TRY(r.check_keys(v, {"mode", "pages_to_scan", "sleep_millisecs", "merge_across_nodes", "use_zero_pages",
+                         "smart_scan", "sysfs", "scope", "hint_refresh", "lock", "lock_wait"}));
     for (auto it = v.begin(); it != v.end(); ++it) {
         const std::string& key = it.key();
         if (key == "mode") {
@@ -335,6 +335,8 @@ ErrorOr<void> parse_ksm(KsmConfig& k, const json& v, const std::string& where) {
             k.merge_across_nodes = TRY(r.uint(*it, key, 1));
         else if (key == "use_zero_pages")
             k.use_zero_pages = TRY(r.uint(*it, key, 1));
+        else if (key == "smart_scan")
+            k.smart_scan = TRY(r.uint(*it, key, 1));
         else if (key == "sysfs")
             k.sysfs = TRY(r.str(*it, key));
         else if (key == "scope") {

@@ -95,6 +95,11 @@ struct KsmConfig {
     std::optional<uint64_t> sleep_millisecs;
     std::optional<uint64_t> merge_across_nodes;
     std::optional<uint64_t> use_zero_pages;
+    // Linux 6.7+ "smart scan" skips a page for up to 8 scans after it failed to merge. Two twins
+    // that became mergeable more than ~12 scans apart then keep being visited in different scans
+    // and may never meet (docs/sharing.md). Every page targeted mode marks has a twin, so
+    // targeted mode turns it off unless this says otherwise; other modes leave it as it is.
+    std::optional<uint64_t> smart_scan;
     std::string sysfs = "/sys/kernel/mm/ksm";  // a directory of the same shape, for tests
     // The flock shared with other KSM users (ksm_control.h): "auto" = /run/lock/blimp-ksm.lock
     // for the real sysfs, none for another directory; "none"; or a path. Held while hangar owns

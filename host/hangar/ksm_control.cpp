@@ -385,10 +385,16 @@ ErrorOr<void> KsmControl::apply(const KsmConfig& c) {
     if (!available()) {
         return Error{"KSM is not available (" + dir_ + "/run missing: kernel without CONFIG_KSM?)"};
     }
+    const bool has_smart_scan = access((dir_ + "/smart_scan").c_str(), R_OK) == 0;
+    if (c.smart_scan && !has_smart_scan)
+        return Error{dir_ + "/smart_scan: this kernel's KSM has no smart scan (Linux 6.7 added it)"};
+    std::optional<uint64_t> smart_scan = c.smart_scan;
+    if (!smart_scan && c.mode == KsmMode::Targeted && has_smart_scan) smart_scan = 0;  // see KsmConfig
     std::vector<std::pair<std::string, std::optional<uint64_t>>> tuning = {
         {"pages_to_scan", c.pages_to_scan},
         {"sleep_millisecs", c.sleep_millisecs},
         {"use_zero_pages", c.use_zero_pages},
+        {"smart_scan", smart_scan},
     };
     if (c.merge_across_nodes) {
         // The kernel refuses this while pages are merged (EBUSY); say so rather than guess.

@@ -377,10 +377,17 @@ int do_run(const RunFlags& f) {
         for (const auto& e : ksm.restore()) std::fprintf(stderr, "hangar: KSM restore failed: %s\n", e.c_str());
         return interrupted ? 128 + interrupted : kExitEnvironment;
     }
-    if (cfg.ksm.mode != KsmMode::Unchanged)
-        std::fprintf(stderr, "hangar: KSM %s (settings saved in %s, restored on exit%s)\n",
+    if (cfg.ksm.mode != KsmMode::Unchanged) {
+        std::string changed;  // what this run set, so a log says why KSM behaved as it did
+        for (const auto& [name, old] : ksm.saved()) {
+            auto now = ksm.read(name);
+            if (name != "run" && now != old)
+                changed += (changed.empty() ? ": " : ", ") + name + " " + old + " -> " + now.value_or("?");
+        }
+        std::fprintf(stderr, "hangar: KSM %s (settings saved in %s, restored on exit%s)%s\n",
                      std::string(to_string(cfg.ksm.mode)).c_str(), save_file.c_str(),
-                     ksm.lock_held() ? ("; holding " + ksm.lock_path()).c_str() : "");
+                     ksm.lock_held() ? ("; holding " + ksm.lock_path()).c_str() : "", changed.c_str());
+    }
     // The last-resort catch (error_or.h): nothing hangar means to report throws, but the event
     // loop's epoll failures, a json type_error or std::bad_alloc still end in a message and exit 3.
     try {

@@ -135,6 +135,7 @@ TEST(ConfigJson, KsmLock) {
                         "f.json")
           .value();
   EXPECT_EQ(c.ksm.lock, "/tmp/x.lock");
+  EXPECT_FALSE(c.ksm.smart_scan.has_value());  // targeted mode decides (KsmConfig)
   EXPECT_EQ(c.ksm.lock_wait.count(), 120000);
   EXPECT_EQ(Config{}.ksm.lock, "auto");
   EXPECT_EQ(Config{}.ksm.lock_wait.count(), 30000);
@@ -191,6 +192,7 @@ TEST(ConfigRanges, EveryNumericKeyIsRangeChecked) {
       {"\"ksm\": {\"sleep_millisecs\": 4294967296}", "sleep_millisecs"},
       {"\"ksm\": {\"merge_across_nodes\": 2}", "merge_across_nodes"},
       {"\"ksm\": {\"use_zero_pages\": 2}", "use_zero_pages"},
+      {"\"ksm\": {\"smart_scan\": 2}", "smart_scan"},
       {"\"ksm\": {\"hint_refresh\": " + wraps + "}", "hint_refresh"},
       {"\"ksm\": {\"hint_refresh\": \"10ms\"}", "hint_refresh"},
       {"\"ksm\": {\"lock_wait\": " + wraps + "}", "lock_wait"},

@@ -122,6 +122,51 @@ TEST_F(FakeSysfs, MissingKsmIsAClearError) {
   EXPECT_NE(err.find("KSM is not available"), std::string::npos);
 }
 
+// Smart scan can keep two twins marked at different times from ever meeting (KsmConfig):
+// targeted mode turns it off for its run where the kernel has the knob, and puts it back.
+TEST_F(FakeSysfs, TargetedTurnsSmartScanOffAndRestoresIt) {
+  put("smart_scan", "1");
+  {
+    KsmControl k(ksm());
+    KsmConfig c;
+    c.mode = KsmMode::Targeted;
+    ASSERT_EQ(error_text(k.apply(c)), "");
+    EXPECT_EQ(get("smart_scan"), "0");
+    EXPECT_TRUE(k.restore().empty());
+  }
+  EXPECT_EQ(get("smart_scan"), "1");
+}
+
+TEST_F(FakeSysfs, BlindLeavesSmartScanUnlessConfigured) {
+  put("smart_scan", "1");
+  KsmControl k(ksm());
+  KsmConfig c;
+  c.mode = KsmMode::Blind;
+  ASSERT_EQ(error_text(k.apply(c)), "");
+  EXPECT_EQ(get("smart_scan"), "1");
+  k.restore();
+  c.smart_scan = 0;
+  ASSERT_EQ(error_text(k.apply(c)), "");
+  EXPECT_EQ(get("smart_scan"), "0");
+  k.restore();
+  c.mode = KsmMode::Targeted;
+  c.smart_scan = 1;  // an explicit setting wins in targeted mode too
+  ASSERT_EQ(error_text(k.apply(c)), "");
+  EXPECT_EQ(get("smart_scan"), "1");
+}
+
+TEST_F(FakeSysfs, SmartScanOnAKernelWithoutIt) {
+  KsmControl k(ksm());  // the fake sysfs has no smart_scan: a kernel before 6.7
+  KsmConfig c;
+  c.mode = KsmMode::Targeted;
+  ASSERT_EQ(error_text(k.apply(c)), "");  // the default just has nothing to turn off
+  EXPECT_FALSE(fs::exists(dir_ / "ksm" / "smart_scan"));
+  k.restore();
+  c.smart_scan = 0;
+  std::string err = error_text(k.apply(c));
+  EXPECT_NE(err.find("has no smart scan"), std::string::npos) << err;
+}
+
 TEST_F(FakeSysfs, SaveFileLetsAnotherProcessRestore) {
   const std::string save = (dir_ / "ksm-saved.json").string();
   const std::string orphan = (dir_ / "orphan.json").string();
