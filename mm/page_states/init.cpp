@@ -53,7 +53,11 @@ ResetListenerResult reregister(void*) {
   if (!ch || !ch->has_page_states()) return ResetListenerResult::Done;
   auto resp = ch->send(wire::kBlimpPstateRegister, &g_reg, 1, sizeof g_reg);
   if (resp.is_error() && resp.error() == Error::Busy) return ResetListenerResult::Retry;
-  if (resp.is_error() || resp.value().status != wire::kBlimpOk) {
+  // EBUSY: the device holds an array although it forgot everything at the reset, so it is ours,
+  // registered by an earlier attempt for this reset that then had to retry the age block (a
+  // further reset would have made the device forget it again).
+  const bool again = !resp.is_error() && resp.value().status == wire::kBlimpEbusy;
+  if (!again && (resp.is_error() || resp.value().status != wire::kBlimpOk)) {
     // The array stays attached and hooked: without a registration the host never reads it, so
     // the only loss is that unused memory is not reclaimed until the next reset.
     kprintf(
@@ -62,12 +66,18 @@ ResetListenerResult reregister(void*) {
         resp.is_error() ? error_name(resp.error()) : wire::blimp_status_name(resp.value().status));
     return ResetListenerResult::Done;
   }
-  kprintf("page-states: re-registered %lu pages after the device reset\n", g_reg.npages);
+  if (!again)
+    kprintf("page-states: re-registered %lu pages after the device reset\n", g_reg.npages);
   if (g_ages.ages_gpa) {
     auto st = send_ages(ch);
+    if (st.is_error() && st.error() == Error::Busy) return ResetListenerResult::Retry;
     if (st.is_error() || st.value() != wire::kBlimpOk)
-      kprintf("page-states: PSTATE_AGES after the device reset failed: %s\n",
-              st.is_error() ? error_name(st.error()) : wire::blimp_status_name(st.value()));
+      kprintf(
+          "page-states: PSTATE_AGES after the device reset failed: %s; the host sweeps in address "
+          "order\n",
+          st.is_error() ? error_name(st.error()) : wire::blimp_status_name(st.value()));
+    else
+      kprintf("page-states: re-sent the age block after the device reset\n");
   }
   return ResetListenerResult::Done;
 }

@@ -176,7 +176,7 @@ def test_reset_reregisters_page_states_and_hints(build):
         dev = MmioBalloon(vm, qt)
         q = Qmp.connect(vm.qmp_path)
         before = q.execute("x-blimp-balloon-info")
-        check(before["pstate-registered"] and before["hints"] > 0, f"{before}")
+        check(before["pstate-registered"] and before["pstate-ages"] and before["hints"] > 0, f"{before}")
 
         mark = len(vm.output)
         status = dev.reset()
@@ -185,7 +185,8 @@ def test_reset_reregisters_page_states_and_hints(build):
         noticed = re.search(DETECTED, vm.output[mark:])
         if not noticed:
             # The guest had not noticed yet when QEMU answered: the device's view is the reset one.
-            check(not right_after["pstate-registered"] and right_after["hints"] == 0,
+            check(not right_after["pstate-registered"] and not right_after["pstate-ages"]
+                  and right_after["hints"] == 0,
                   f"the reset did not clear the device's extension state: {right_after}")
         print(f"  right after the reset: pstate-registered={right_after['pstate-registered']} "
               f"hints={right_after['hints']} (guest noticed already: {bool(noticed)})", flush=True)
@@ -193,10 +194,19 @@ def test_reset_reregisters_page_states_and_hints(build):
         m = vm.wait_for(r"page-states: re-registered (\d+) pages after the device reset", 30,
                         start=mark)
         check(int(m.group(1)) == before["pstate-pages"], m.group(0))
+        vm.wait_for(r"page-states: re-sent the age block after the device reset", 30, start=mark)
         vm.wait_for(r"sharing: re-sent hints after the device reset: \d+ pages", 30, start=mark)
         after = q.execute("x-blimp-balloon-info")
         check(after["pstate-registered"] and after["pstate-gpa"] == before["pstate-gpa"]
               and after["pstate-pages"] == before["pstate-pages"], f"{before}\n{after}")
+        # The ages came back too: without them a limited sweep would take hot pages first.
+        check(after["pstate-ages"], f"age block not re-sent: {after}")
+        ws = q.execute("x-blimp-balloon-working-set")
+        unused = sum(b["unused"] for b in ws["buckets"])
+        print(f"  working set after the reset: ages={ws['ages']} clock={ws['clock-s']} s, "
+              f"{unused * 4096 >> 20} MiB unused in buckets "
+              f"{[(b['min-age-s'], b['unused']) for b in ws['buckets']]}", flush=True)
+        check(ws["ages"] and unused * 4096 >= 300 * MiB, f"working set after the reset: {ws}")
         # The same pages, hashed again: the merge candidates (.bss, page metadata) were written
         # since boot, so their zero runs, hence the number of entries, may differ.
         check(after["hint-pages"] == before["hint-pages"] and after["hints"] > 0 and
