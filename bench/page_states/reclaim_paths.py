@@ -21,7 +21,10 @@ Scenarios:
   stopped  QMP stop first. The sweep works without the guest; the balloon gets nothing: we wait
            --stopped-wait seconds, then `cont` and time the balloon from there.
   starved  QEMU's threads pinned to CPU 0 at nice 19 beside a busy loop on CPU 0 at nice 0 (a
-           low-priority VM on an overcommitted host). --no-starved skips it.
+           low-priority VM on an overcommitted host).
+  vcpu-idle  only the vCPU thread on CPU 0, at SCHED_IDLE, beside the busy loop: the guest gets
+           almost no CPU, QEMU's main loop (QMP, the sweep) runs as usual.
+           --no-starved skips both.
 
 Per measurement: wall time to completion, wall time until QEMU's RSS fell by 90% of N, RSS
 before/after (MiB returned), QEMU CPU time over the same window: utime+stime from
@@ -30,11 +33,12 @@ Writes reclaim_paths.csv and reclaim_paths.md beside this script (--quick: recla
 one tiny repetition; --out DIR to put them elsewhere) and prints the summary.
 
     reclaim_paths.py --build-dir build [--sizes 64,256] [--reps 5] [--stopped-wait 10]
-                     [--no-starved] [--quick] [--out DIR]
+                     [--stopped-reps 3] [--starved-reps 2] [--no-starved] [--quick] [--out DIR]
 """
 import argparse
 import csv
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -98,7 +102,9 @@ def boot(build, qemu):
                  args=["steps=alloc:2000M,free:all,wait:600s", "chunk=1020K", "allow_oom=1",
                        "verify=word"],
                  machine="q35", memory="1G", qmp=True, qemu=qemu, limit=900,
-                 extra=["-device",
+                 # debug-threads=on names the vCPU thread "CPU 0/TCG" (the vcpu-idle scenario
+                 # finds it by that name); it changes nothing else.
+                 extra=["-name", "reclaim,debug-threads=on", "-device",
                         "virtio-balloon-pci,id=balloon0,page-states=on,coalesce-discard=on"])
     try:
         vm.wait_for(r"page-states: registered", 120)
@@ -141,70 +147,75 @@ def measure(build, qemu, scenario, method, size, rep, a):
     row.update(scenario=scenario, method=method, size_mib=size, rep=rep)
     want = size * RETURNED_FRACTION
     hog = None
-    with boot(build, qemu) as vm:
-        proc = Qemu(vm.pid)
-        q = Qmp.connect(vm.qmp_path)
-        ram = q.execute("query-balloon")["actual"]
-        if scenario == "stopped":
-            q.execute("stop")
-        elif scenario == "starved":
-            hog = starve(proc)
-        # What QEMU burns doing nothing in this scenario (the idle guest's timers), so that a
-        # CPU figure can be read against it.
-        base0, tb = proc.cpu(), time.monotonic()
-        time.sleep(IDLE_S)
-        base1 = proc.cpu()
-        row["idle_cpu_ms_per_s"] = round((base1[1] - base0[1]) * 1e3 / (time.monotonic() - tb), 2)
-        rss0 = proc.rss_mib()
-        cpu0 = proc.cpu()
-        t0 = time.monotonic()
-        if method == "sweep":
-            res = q.execute("x-blimp-balloon-discard", {"max-pages": size * PAGES_PER_MIB},
-                            timeout=300)
-            wall = time.monotonic() - t0
-            row.update(sweep_device_us=res["duration-us"], sweep_claimed_pages=res["claimed"],
-                       wall_ms=round(wall * 1e3, 2))
-            # madvise(DONTNEED) is synchronous: the RSS is down when the command returns; the
-            # poll is for the figure's sake, not expected to wait.
-            while rss0 - proc.rss_mib() < want and time.monotonic() - t0 < wall + 5:
-                time.sleep(POLL_S)
-            if rss0 - proc.rss_mib() >= want:
-                row["rss_wall_ms"] = round(max(wall, time.monotonic() - t0 - POLL_S) * 1e3, 2)
-        else:
-            target = ram - size * MiB
-            q.execute("balloon", value=target)
+    try:
+        with boot(build, qemu) as vm:
+            proc = Qemu(vm.pid)
+            q = Qmp.connect(vm.qmp_path)
+            ram = q.execute("query-balloon")["actual"]
             if scenario == "stopped":
-                t_target, t_rss = poll_balloon(q, proc, target, rss0, want, t0,
-                                               t0 + a.stopped_wait, query_s=0)
-                row.update(stopped_wait_s=a.stopped_wait,
-                           returned_while_stopped_mib=round(rss0 - proc.rss_mib(), 1),
-                           actual_while_stopped_mib=q.execute("query-balloon")["actual"] >> 20)
-                if t_target is None:
-                    q.execute("cont")
-                    tc = time.monotonic()
-                    # Wall times count from the balloon command, the stop included.
-                    t_target, t_rss = poll_balloon(q, proc, target, rss0, want, t0,
-                                                   tc + a.timeout)
-                    if t_target is not None:
-                        row["after_cont_ms"] = round((t0 + t_target - tc) * 1e3, 2)
+                q.execute("stop")
+            elif scenario in ("starved", "vcpu-idle"):
+                hog = starve(proc, vcpu_only=scenario == "vcpu-idle")
+            # What QEMU burns doing nothing in this scenario (the idle guest's timers), so that a
+            # CPU figure can be read against it.
+            base0, tb = proc.cpu(), time.monotonic()
+            time.sleep(IDLE_S)
+            base1 = proc.cpu()
+            row["idle_cpu_ms_per_s"] = round((base1[1] - base0[1]) * 1e3
+                                             / (time.monotonic() - tb), 2)
+            rss0 = proc.rss_mib()
+            cpu0 = proc.cpu()
+            t0 = time.monotonic()
+            if method == "sweep":
+                res = q.execute("x-blimp-balloon-discard", {"max-pages": size * PAGES_PER_MIB},
+                                timeout=300)
+                wall = time.monotonic() - t0
+                row.update(sweep_device_us=res["duration-us"], sweep_claimed_pages=res["claimed"],
+                           wall_ms=round(wall * 1e3, 2))
+                # madvise(DONTNEED) is synchronous: the RSS is down when the command returns; the
+                # poll is for the figure's sake, not expected to wait.
+                while rss0 - proc.rss_mib() < want and time.monotonic() - t0 < wall + 5:
+                    time.sleep(POLL_S)
+                if rss0 - proc.rss_mib() >= want:
+                    row["rss_wall_ms"] = round(max(wall, time.monotonic() - t0 - POLL_S) * 1e3, 2)
             else:
-                t_target, t_rss = poll_balloon(q, proc, target, rss0, want, t0,
-                                               t0 + a.timeout)
-            row["wall_ms"] = round(t_target * 1e3, 2) if t_target is not None else ""
-            row["rss_wall_ms"] = round(t_rss * 1e3, 2) if t_rss is not None else ""
-        cpu1 = proc.cpu()
-        rss1 = proc.rss_mib()
-        if hog:
-            hog.kill()
-            hog.wait()
-        if scenario == "stopped" and method == "sweep":
-            q.execute("cont")
-        row.update(rss_before_mib=round(rss0, 1), rss_after_mib=round(rss1, 1),
-                   returned_mib=round(rss0 - rss1, 1),
-                   cpu_ms=round((cpu1[0] - cpu0[0]) * 1e3),
-                   cpu_sched_ms=round((cpu1[1] - cpu0[1]) * 1e3, 2),
-                   load1=open("/proc/loadavg").read().split()[0])
-        q.close()
+                target = ram - size * MiB
+                q.execute("balloon", value=target)
+                if scenario == "stopped":
+                    t_target, t_rss = poll_balloon(q, proc, target, rss0, want, t0,
+                                                   t0 + a.stopped_wait, query_s=0)
+                    row.update(stopped_wait_s=a.stopped_wait,
+                               returned_while_stopped_mib=round(rss0 - proc.rss_mib(), 1),
+                               actual_while_stopped_mib=q.execute("query-balloon")["actual"] >> 20)
+                    if t_target is None:
+                        q.execute("cont")
+                        tc = time.monotonic()
+                        # Wall times count from the balloon command, the stop included.
+                        t_target, t_rss = poll_balloon(q, proc, target, rss0, want, t0,
+                                                       tc + a.timeout)
+                        if t_target is not None:
+                            row["after_cont_ms"] = round((t0 + t_target - tc) * 1e3, 2)
+                else:
+                    t_target, t_rss = poll_balloon(q, proc, target, rss0, want, t0,
+                                                   t0 + a.timeout)
+                row["wall_ms"] = round(t_target * 1e3, 2) if t_target is not None else ""
+                row["rss_wall_ms"] = round(t_rss * 1e3, 2) if t_rss is not None else ""
+            cpu1 = proc.cpu()
+            rss1 = proc.rss_mib()
+            if hog:
+                stop_hog(hog)
+                hog = None
+            if scenario == "stopped" and method == "sweep":
+                q.execute("cont")
+            row.update(rss_before_mib=round(rss0, 1), rss_after_mib=round(rss1, 1),
+                       returned_mib=round(rss0 - rss1, 1),
+                       cpu_ms=round((cpu1[0] - cpu0[0]) * 1e3),
+                       cpu_sched_ms=round((cpu1[1] - cpu0[1]) * 1e3, 2),
+                       load1=open("/proc/loadavg").read().split()[0])
+            q.close()
+    finally:
+        if hog:  # the measurement failed: the busy loop must not outlive it
+            stop_hog(hog)
     print(f"  {scenario:8s} {method:7s} {size:4d} MiB rep {rep}: wall {row['wall_ms']} ms, "
           f"RSS -{row['returned_mib']} MiB in {row['rss_wall_ms']} ms, CPU {row['cpu_ms']} ms "
           f"(sched {row['cpu_sched_ms']} ms)"
@@ -214,16 +225,45 @@ def measure(build, qemu, scenario, method, size, rep, a):
     return row
 
 
-def starve(proc):
-    """QEMU onto CPU 0 at nice 19, a busy loop beside it at nice 0 (the default, this script's).
+def starve(proc, vcpu_only):
+    """A busy loop on CPU 0 at nice 0 (this script's) and QEMU beside it, on CPU 0 too:
+    vcpu_only=False: every QEMU thread at nice 19 (a low-priority VM on a busy host);
+    vcpu_only=True: the vCPU thread alone, SCHED_IDLE (it runs only when CPU 0 has nothing else
+    to do); the main loop, which runs QMP and the sweep, keeps its priority and CPUs.
     Returns the busy loop's Popen."""
+    # Its own session, so that stop_hog() ends the loop and not only `timeout` (the timeout
+    # is there in case this script dies first).
+    hog = subprocess.Popen(["timeout", "600", sys.executable, "-c", "while True: pass"],
+                           start_new_session=True)
+    time.sleep(0.2)  # the loop's python has started, so the affinity below covers it too
+    for pid in [hog.pid] + [int(p) for p in subprocess.run(
+            ["pgrep", "-P", str(hog.pid)], capture_output=True, text=True).stdout.split()]:
+        os.sched_setaffinity(pid, {0})
+    vcpus = 0
     for tid in proc.threads():
+        with open(f"/proc/{proc.pid}/task/{tid}/comm") as f:
+            vcpu = "/TCG" in f.read()  # QEMU names it "CPU 0/TCG"
+        vcpus += vcpu
+        if vcpu_only and not vcpu:
+            continue
         os.sched_setaffinity(tid, {0})
-        os.setpriority(os.PRIO_PROCESS, tid, 19)
-    hog = subprocess.Popen(["timeout", "600", sys.executable, "-c", "while True: pass"])
-    os.sched_setaffinity(hog.pid, {0})
+        if vcpu_only:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
+    if vcpus != 1:
+        stop_hog(hog)
+        raise RuntimeError(f"expected one 'CPU 0/TCG' thread in QEMU, found {vcpus}")
     time.sleep(0.5)  # the busy loop is running before the measurement starts
     return hog
+
+
+def stop_hog(hog):
+    try:
+        os.killpg(hog.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    hog.wait()
 
 
 def summary(rows, a):
@@ -273,7 +313,9 @@ def summary(rows, a):
             continue
         title = {"running": "**running** (the guest idle in memhog's wait step)",
                  "starved": "**starved** (QEMU's threads on CPU 0 at nice 19, a busy loop on "
-                            "CPU 0 at nice 0)"}[sc]
+                            "CPU 0 at nice 0)",
+                 "vcpu-idle": "**vcpu-idle** (QEMU's vCPU thread on CPU 0 at SCHED_IDLE, a busy "
+                              "loop on CPU 0 at nice 0; the main loop untouched)"}[sc]
         out += [f"{title}, {reps} rep(s), median (range):", "",
                 "| N (MiB) | method | wall to done (ms) | wall to 90% of N off the RSS (ms) | "
                 "RSS returned (MiB) | QEMU CPU ms, stat | QEMU CPU ms, schedstat |",
@@ -304,7 +346,8 @@ def main():
     ap.add_argument("--build-dir", default="build")
     ap.add_argument("--sizes", default="64,256", help="N, MiB, comma-separated")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--stopped-reps", type=int, default=2)
+    ap.add_argument("--stopped-reps", type=int, default=3)
+    ap.add_argument("--starved-reps", type=int, default=2)
     ap.add_argument("--stopped-wait", type=float, default=10.0,
                     help="seconds the balloon is given while the VM is stopped")
     ap.add_argument("--timeout", type=float, default=60.0,
@@ -332,9 +375,11 @@ def main():
             for m in ("sweep", "balloon"):
                 plan.append(("stopped", m, size, rep))
     if not a.no_starved:
-        for size in a.sizes:
-            for m in ("sweep", "balloon"):
-                plan.append(("starved", m, size, 0))
+        for sc in ("starved", "vcpu-idle"):
+            for rep in range(a.starved_reps):
+                for size in a.sizes:
+                    for m in ("sweep", "balloon"):
+                        plan.append((sc, m, size, rep))
     rows = [measure(build, qemu, *p, a) for p in plan]
     name = "reclaim_paths_quick" if a.quick else "reclaim_paths"
     os.makedirs(a.out, exist_ok=True)
