@@ -51,8 +51,9 @@ from qmp import Qmp  # noqa: E402
 
 MiB = 1 << 20
 PAGES_PER_MIB = MiB // 4096
-# "Returned" for the wall-time-to-RSS figure: 90% of N, because the guest's own allocations
-# while it works (a balloon buffer, a page-table page) may back a few pages again meanwhile.
+# "Returned" for the wall-time-to-RSS figure: 90% of N, not all of it: the oldest-first sweep
+# may take a few free pages nothing ever touched (their discard frees nothing; 1-3 MiB of 256
+# here), and QEMU's own RSS drifts by a few MiB while we watch.
 RETURNED_FRACTION = 0.9
 POLL_S = 0.002
 QUERY_S = 0.05
