@@ -25,10 +25,10 @@ constexpr uint64_t kPage = 4096;  // the page-state array's unit
 std::optional<MeasuredMemory> measure_idle(const WorkingSetReport& report, uint64_t guest_memory, Millis idle_after) {
     if (!report.ages) return std::nullopt;
     // Counted from the side of use, so that the balloon's pages (discarded, or free in the array
-    // if a discard failed) can never be subtracted from a guest memory that already excludes
+    // until QEMU discards them) can never be subtracted from a guest memory that already excludes
     // them. Pages the host took back or is taking back are outside it: the guest has not touched
     // them since (a touch makes a page STABLE first). Bytes of no defined state count as in use.
-    uint64_t pages = add_sat(add_sat(0, report.stable), report.invalid);
+    uint64_t pages = add_sat(report.stable, report.invalid);
     for (const auto& b : report.buckets)
         if (std::chrono::seconds(b.min_age_s) < idle_after) pages = add_sat(pages, add_sat(b.unused, b.volatile_pages));
     const uint64_t bytes = pages > UINT64_MAX / kPage ? UINT64_MAX : pages * kPage;
