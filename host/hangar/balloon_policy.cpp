@@ -13,7 +13,28 @@ bool grew(const std::optional<uint64_t>& now, const std::optional<uint64_t>& bef
     return now && before && *now > *before;
 }
 
+uint64_t add_sat(uint64_t a, uint64_t b) {
+    uint64_t r;
+    return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+
+constexpr uint64_t kPage = 4096;  // the page-state array's unit
+
 }  // namespace
+
+std::optional<MeasuredMemory> measure_idle(const WorkingSetReport& report, uint64_t guest_memory, Millis idle_after) {
+    if (!report.ages) return std::nullopt;
+    // Counted from the side of use, so that the balloon's pages (discarded, or free in the array
+    // until QEMU discards them) can never be subtracted from a guest memory that already excludes
+    // them. Pages the host took back or is taking back are outside it: the guest has not touched
+    // them since (a touch makes a page STABLE first). Bytes of no defined state count as in use.
+    uint64_t pages = add_sat(report.stable, report.invalid);
+    for (const auto& b : report.buckets)
+        if (std::chrono::seconds(b.min_age_s) < idle_after) pages = add_sat(pages, add_sat(b.unused, b.volatile_pages));
+    const uint64_t bytes = pages > UINT64_MAX / kPage ? UINT64_MAX : pages * kPage;
+    const uint64_t ws = std::min(bytes, guest_memory);
+    return MeasuredMemory{ws, guest_memory - ws};
+}
 
 std::vector<PolicyDecision> NoPolicy::decide(const std::vector<VmObservation>& vms, std::optional<uint64_t>) {
     std::vector<PolicyDecision> out;
@@ -55,16 +76,29 @@ std::vector<PolicyDecision> IdleTaxPolicy::decide(const std::vector<VmObservatio
         x.active = std::min(used, vm.memory);
         x.protect = std::min(vm.memory, std::max(used + c_.floor, floor));
         x.reason = "working set " + format_size(used);
+        std::optional<MeasuredMemory> measured;
+        if (vm.working_set) measured = measure_idle(*vm.working_set, vm.actual.value_or(x.current), c_.idle_after);
+        if (measured) {
+            x.active = std::min(measured->working_set, vm.memory);
+            x.reason = "working set " + format_size(measured->working_set) + " measured from page ages (" +
+                       format_size(measured->idle) + " idle " + format_duration(c_.idle_after) + " or longer; " +
+                       format_size(used) + " by total - available)";
+        }
         if (vm.previous) {
             const GuestStats& p = *vm.previous;
             unsigned& hold = cache_active_[vm.name];
+            // Counted for measured guests too, so that one whose ages stop coming falls back
+            // knowing its caches were just squeezed.
             if (grew(s.alloc_stalls, p.alloc_stalls) || grew(s.direct_reclaims, p.direct_reclaims))
                 hold = c_.reclaim_hold + 1;
             if (hold > 0) {
                 --hold;
-                const uint64_t free = s.free_memory ? std::min(*s.free_memory, total) : *avail;
-                x.active = std::min(vm.memory, std::max(x.active, total - std::min(total, free)));
-                x.reason += hold == c_.reclaim_hold ? ", caches under reclaim" : ", caches recently under reclaim";
+                // A measured working set already holds a cache in use: the hold is for guessing.
+                if (!measured) {
+                    const uint64_t free = s.free_memory ? std::min(*s.free_memory, total) : *avail;
+                    x.active = std::min(vm.memory, std::max(x.active, total - std::min(total, free)));
+                    x.reason += hold == c_.reclaim_hold ? ", caches under reclaim" : ", caches recently under reclaim";
+                }
             }
             if (grew(s.major_faults, p.major_faults)) {
                 x.pressure = true;

@@ -35,6 +35,36 @@ struct GuestStats {
     uint64_t last_update = 0;                 // guest time of the last report, 0 = never
 };
 
+// The patched QEMU's answer to x-blimp-balloon-working-set (host/qemu patch 0012, spec section
+// 4.5): the guest's page-state array counted by state, in 4 KiB pages, and its discardable pages
+// (free, and volatile while unpinned) by how long they have been so in the guest's clock.
+struct AgeBucket {
+    uint32_t min_age_s = 0;  // holds ages [min, 2 * min) s; the bucket of min 0 holds age 0 only
+    uint64_t unused = 0;
+    uint64_t volatile_pages = 0;
+};
+struct WorkingSetReport {
+    bool ages = false;  // the guest publishes ages; without them every page is in bucket 0
+    uint32_t clock_s = 0;
+    uint64_t stable = 0;     // in use (and the array's own pages)
+    uint64_t discarded = 0;  // the host took them back; the guest has not touched them since
+    uint64_t in_flight = 0;  // being discarded right now
+    uint64_t invalid = 0;    // bytes holding no defined state
+    std::vector<AgeBucket> buckets;
+};
+
+// Memory measured from page ages, in bytes of the guest's current memory.
+struct MeasuredMemory {
+    uint64_t working_set = 0;  // in use, or made discardable less than idle_after ago
+    uint64_t idle = 0;         // guest memory minus the working set
+};
+
+// What a WorkingSetReport says of a guest holding `guest_memory` bytes now (balloon actual):
+// nothing when the guest publishes no ages. A bucket counts as idle only when all of it is at
+// least `idle_after` old, so a threshold between two bucket boundaries counts from the next one
+// up: the idle figure is never more than what has been idle that long.
+std::optional<MeasuredMemory> measure_idle(const WorkingSetReport& report, uint64_t guest_memory, Millis idle_after);
+
 struct VmObservation {
     std::string name;
     uint64_t memory = 0;      // configured RAM (the balloon's upper bound)
@@ -44,6 +74,8 @@ struct VmObservation {
     std::optional<uint64_t> target;      // the last target hangar set
     std::optional<GuestStats> stats;     // only fresh stats (the fleet drops stale ones)
     std::optional<GuestStats> previous;  // the sample before, for fault/stall rates
+    // Fresh only, and only from a QEMU that answers x-blimp-balloon-working-set.
+    std::optional<WorkingSetReport> working_set;
 };
 
 struct PolicyDecision {
@@ -82,9 +114,14 @@ public:
 // squeezing to make room is in use, though the guest counts it as available; it stays counted
 // so for `reclaim_hold` periods after the counters stop rising. This raises what
 // the guest may be given, not what it is guaranteed, so caches competing for a tight budget
-// still split it by shares instead of all claiming their full size. A guest without stats is never inflated: without a
-// working set we cannot promise it will not OOM. Targets move only when the change beats the hysteresis, and an inflate
-// is capped at max_step per period so a guest can react before the next one.
+// still split it by shares instead of all claiming their full size. A guest that publishes page
+// ages (working_set) needs no such guess: its active memory is measured, guest memory minus what
+// has been idle `idle_after` or longer (measure_idle), and the hold does not apply to it. What it
+// is guaranteed stays what it says it cannot give back (total - available): an idle page may
+// still be one the balloon cannot take, such as volatile memory. A guest without stats is never
+// inflated: without a working set we cannot promise it will not OOM. Targets move only when the
+// change beats the hysteresis, and an inflate is capped at max_step per period so a guest can
+// react before the next one.
 class IdleTaxPolicy : public BalloonPolicy {
 public:
     explicit IdleTaxPolicy(PolicyConfig config) : c_(config) {}

@@ -285,7 +285,7 @@ ErrorOr<std::vector<HostSpec>> parse_hosts(const json& v, const std::string& whe
 ErrorOr<void> parse_policy(PolicyConfig& p, const json& v, const std::string& where) {
     Reader r(where);
     TRY(r.check_keys(v, {"name", "tax_rate", "floor", "hysteresis", "max_step", "pressure_grow", "reclaim_hold",
-                         "sweep", "sweep_when", "host_reserve"}));
+                         "idle_after", "sweep", "sweep_when", "host_reserve"}));
     for (auto it = v.begin(); it != v.end(); ++it) {
         const std::string& k = it.key();
         if (k == "name") {
@@ -303,6 +303,8 @@ ErrorOr<void> parse_policy(PolicyConfig& p, const json& v, const std::string& wh
             p.pressure_grow = TRY(r.number(*it, k));
         else if (k == "reclaim_hold")
             p.reclaim_hold = static_cast<unsigned>(TRY(r.uint(*it, k, 100000)));
+        else if (k == "idle_after")
+            p.idle_after = TRY(r.duration(*it, k));
         else if (k == "sweep")
             p.sweep = TRY(r.duration(*it, k));
         else if (k == "sweep_when") {
@@ -352,14 +354,6 @@ ErrorOr<void> parse_ksm(KsmConfig& k, const json& v, const std::string& where) {
     return {};
 }
 
-std::string duration_text(Millis d) {
-    const int64_t ms = d.count();
-    if (ms != 0 && ms % 3600000 == 0) return std::to_string(ms / 3600000) + " h";
-    if (ms != 0 && ms % 60000 == 0) return std::to_string(ms / 60000) + " min";
-    if (ms % 1000 == 0) return std::to_string(ms / 1000) + " s";
-    return std::to_string(ms) + " ms";
-}
-
 // Range checks for validate(): each names the key (and its flag) and the allowed range.
 Error out_of_range(const std::string& key, const std::string& value, const std::string& range) {
     return Error{key + ": " + value + " is out of range (allowed: " + range + ")"};
@@ -367,8 +361,8 @@ Error out_of_range(const std::string& key, const std::string& value, const std::
 ErrorOr<void> check_duration(const std::string& key, Millis v, Millis lo, Millis hi, bool zero_ok = false) {
     if (zero_ok && v.count() == 0) return {};
     if (v < lo || v > hi)
-        return out_of_range(key, duration_text(v),
-                            (zero_ok ? "0 (off) or " : "") + duration_text(lo) + " to " + duration_text(hi));
+        return out_of_range(key, format_duration(v),
+                            (zero_ok ? "0 (off) or " : "") + format_duration(lo) + " to " + format_duration(hi));
     return {};
 }
 ErrorOr<void> check_size(const std::string& key, uint64_t v, uint64_t lo, uint64_t hi) {
@@ -381,6 +375,14 @@ ErrorOr<void> check_uint(const std::string& key, uint64_t v, uint64_t lo, uint64
 }
 
 }  // namespace
+
+std::string format_duration(Millis d) {
+    const int64_t ms = d.count();
+    if (ms != 0 && ms % 3600000 == 0) return std::to_string(ms / 3600000) + " h";
+    if (ms != 0 && ms % 60000 == 0) return std::to_string(ms / 60000) + " min";
+    if (ms % 1000 == 0) return std::to_string(ms / 1000) + " s";
+    return std::to_string(ms) + " ms";
+}
 
 std::string_view to_string(Machine m) { return name_of(kMachines, m); }
 std::string_view to_string(KsmMode m) { return name_of(kKsmModes, m); }
@@ -747,6 +749,7 @@ ErrorOr<void> validate(const Config& c) {
     TRY(check_size("policy.hysteresis", c.policy.hysteresis, 0, 1ull << 40));
     TRY(check_size("policy.max_step", c.policy.max_step, 1, 1ull << 40));
     TRY(check_uint("policy.reclaim_hold", c.policy.reclaim_hold, 0, 100000));
+    TRY(check_duration("policy.idle_after (--idle-after)", c.policy.idle_after, Millis(1000), hours(24)));
     TRY(check_duration("policy.sweep (--sweep)", c.policy.sweep, Millis(100), hours(24), /*zero_ok=*/true));
     TRY(check_size("policy.host_reserve (--host-reserve)", c.policy.host_reserve, 0, 1ull << 40));
     if (c.ksm.pages_to_scan)

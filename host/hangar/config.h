@@ -80,6 +80,10 @@ struct PolicyConfig {
     // cache that was just given enough stops reclaiming, and must not then look idle at once
     // (that would take the memory back and start the cycle again).
     unsigned reclaim_hold = 30;
+    // A guest that publishes page ages (patched QEMU, page-states=on, Blimp guest): memory idle
+    // at least this long is not its working set. 8 s is a bucket boundary of QEMU's age histogram
+    // (1, 2, 4, 8, 16 s, ...); a threshold between two boundaries counts from the next one up.
+    Millis idle_after{8000};
     // Page-state reclaim (patched QEMU, page-states=on): look this often; 0 = never (QEMU's own
     // timer may still sweep). With sweep_when=pressure (the default) QEMU is asked for exactly
     // what the host needs (reclaim_pressure.h), nothing when it needs nothing; with always, for
@@ -148,6 +152,7 @@ ErrorOr<PolicyKind> parse_policy_kind(std::string_view text);        // idle-tax
 ErrorOr<ShareScope> parse_share_scope(std::string_view text);        // across | within
 ErrorOr<StatusDisplay> parse_status_display(std::string_view text);  // auto | tty | plain | off
 std::string format_size(uint64_t bytes);                             // "512 MiB", "1.5 GiB"
+std::string format_duration(Millis d);                               // "8 s", "500 ms", "2 min"
 
 // One `--vm name=a,app=idle,memory=512M,args="x=1 y=2"` flag.
 ErrorOr<VmSpec> parse_vm_flag(std::string_view text);

@@ -364,6 +364,8 @@ int Fleet::run() {
     for (auto& vm : vms_) {
         auto it = vm->spec.balloon_props.find("page-states");
         vm->sweeps = plan_.patched && vm->spec.balloon && it != vm->spec.balloon_props.end() && it->second == "on";
+        // Only a QEMU with page states can answer; whether its guest publishes ages is in the answer.
+        vm->ages_query = vm->sweeps;
     }
     std::function<void()> sweep_tick = [&] {
         sweep_page_states();

@@ -41,6 +41,10 @@ enum ExitStatus : int {
 // the guest has never reported (last-update 0) or the value is malformed.
 std::optional<GuestStats> guest_stats_from_qom(const json& value);
 
+// The patched QEMU's x-blimp-balloon-working-set reply to a WorkingSetReport; nothing when it is
+// malformed (a field missing or of the wrong type).
+std::optional<WorkingSetReport> working_set_from_qmp(const json& value);
+
 // The per-host plot beside `png`: out.png -> out.HOST.png.
 std::string host_plot_path(const std::string& png, const std::string& host);
 

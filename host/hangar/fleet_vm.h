@@ -51,6 +51,10 @@ struct Fleet::Vm {
     bool sweep_busy = false;
     uint64_t swept_pages = 0;
     uint64_t sweep_asked = 0;  // pages asked for (sweep_when=pressure: max-pages summed)
+    // Measured working set (page ages), asked each period of the QEMUs with page states
+    bool ages_query = false;
+    std::optional<WorkingSetReport> working_set;
+    Clock::time_point working_set_seen{};
 
     bool on_libvirt() const { return !spec.host.empty(); }
     // Holds memory and is managed: a spawned QEMU still running, an attached domain not let go.

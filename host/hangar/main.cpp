@@ -235,7 +235,7 @@ struct RunFlags {
         policy, status, accel;
     std::string ksm_lock, ksm_lock_wait, qemu_user, qemu_sandbox;
     std::optional<double> tax_rate;
-    std::string sweep, sweep_when, host_reserve;
+    std::string sweep, sweep_when, host_reserve, idle_after;
     std::optional<uint64_t> ksm_pages_to_scan, ksm_sleep_ms;
     bool dry_run = false;
 };
@@ -266,6 +266,7 @@ ErrorOr<Config> build_config(const RunFlags& f) {
     if (f.ksm_sleep_ms) c.ksm.sleep_millisecs = *f.ksm_sleep_ms;
     if (!f.policy.empty()) c.policy.kind = TRY(parse_policy_kind(f.policy));
     if (f.tax_rate) c.policy.tax_rate = *f.tax_rate;
+    if (!f.idle_after.empty()) c.policy.idle_after = TRY(parse_duration(f.idle_after));
     if (!f.sweep.empty()) c.policy.sweep = TRY(parse_duration(f.sweep));
     if (!f.sweep_when.empty()) c.policy.sweep_when = TRY(parse_sweep_when(f.sweep_when));
     if (!f.host_reserve.empty()) c.policy.host_reserve = TRY(parse_size(f.host_reserve));
@@ -442,6 +443,9 @@ int main(int argc, char** argv) {
         sub->add_option("--share-scope", f.share_scope, "targeted KSM: across (twins in other VMs, default) | within");
         sub->add_option("--policy", f.policy, "idle-tax | none");
         sub->add_option("--tax-rate", f.tax_rate, "idle memory tax rate in [0,1) (default 0.75)");
+        sub->add_option("--idle-after", f.idle_after,
+                        "guests that publish page ages: memory idle this long is not in the working set "
+                        "(default 8s)");
         sub->add_option("--sweep", f.sweep,
                         "page-state reclaim period for VMs with balloon_props page-states=on (patched QEMU)");
         sub->add_option("--sweep-when", f.sweep_when,

@@ -51,7 +51,9 @@ const std::vector<std::string>& csv_columns() {
                                                   "hint_pages",
                                                   "twin_hashes",
                                                   "pstate_discarded_pages",
-                                                  "host"};
+                                                  "host",
+                                                  "measured_working_set_bytes",
+                                                  "measured_idle_bytes"};
     return cols;
 }
 
@@ -147,6 +149,8 @@ void MetricsSampler::record(double t, std::vector<VmSample>& samples) {
         add(cell(s.twin_hashes));
         add(cell(s.pstate_discarded));
         add(s.host);
+        add(cell(s.measured_working_set));
+        add(cell(s.measured_idle));
         std::fprintf(csv_, "%s\n", row.c_str());
         ++rows_;
     }
@@ -317,7 +321,9 @@ std::string StatusView::format_line(const VmSample& s) {
                   s.vm.c_str(), s.state.c_str(), s.pid > 0 ? std::to_string(s.pid).c_str() : "-", mib(s.rss).c_str(),
                   mib(s.balloon_actual).c_str(), std::to_string(s.memory >> 20).c_str(), mib(s.balloon_target).c_str(),
                   free.c_str());
-    return buf;
+    std::string line = buf;
+    if (s.measured_idle) line += "  measured-idle " + mib(s.measured_idle) + " MiB";
+    return line;
 }
 
 }  // namespace hangar

@@ -31,6 +31,10 @@ struct VmSample {
     std::optional<uint64_t> hint_pages;        // pages the guest hinted (patched QEMU, targeted KSM)
     std::optional<uint64_t> twin_hashes;       // of those hashes, how many have a twin
     std::optional<uint64_t> pstate_discarded;  // pages reclaimed through page states (sweeps, cumulative)
+    // From page ages (patched QEMU, page-states=on, a guest that publishes ages), as the policy
+    // counts them with policy.idle_after: measure_idle()
+    std::optional<uint64_t> measured_working_set;
+    std::optional<uint64_t> measured_idle;
 };
 
 // The CSV's columns, in order (documented in docs/hangar.md).

@@ -61,7 +61,7 @@ TEST(ConfigJson, FullFile) {
         "budget": "1G", "qemu": "stock", "duration": "30s", "interval": "500ms",
         "csv": "out.csv", "plot": "out.png",
         "ksm": {"mode": "blind", "pages_to_scan": 1000},
-        "policy": {"tax_rate": 0.5, "floor": "48M", "sweep": "5s"},
+        "policy": {"tax_rate": 0.5, "floor": "48M", "sweep": "5s", "idle_after": "16s"},
         "defaults": {"memory": "384M", "machine": "microvm"},
         "vms": [
             {"name": "web", "count": 3, "app": "kvcache", "args": ["size=64M"]},
@@ -81,6 +81,7 @@ TEST(ConfigJson, FullFile) {
   EXPECT_DOUBLE_EQ(c.policy.tax_rate, 0.5);
   EXPECT_EQ(c.policy.floor, 48ull << 20);
   EXPECT_EQ(c.policy.sweep.count(), 5000);
+  EXPECT_EQ(c.policy.idle_after.count(), 16000);
   EXPECT_EQ(c.interval.count(), 500);
   EXPECT_EQ(error_text(validate(c)), "");
 }
@@ -184,6 +185,9 @@ TEST(ConfigRanges, EveryNumericKeyIsRangeChecked) {
       {"\"policy\": {\"max_step\": 0}", "max_step"},
       {"\"policy\": {\"max_step\": \"2T\"}", "max_step"},
       {"\"policy\": {\"reclaim_hold\": 100001}", "reclaim_hold"},
+      {"\"policy\": {\"idle_after\": \"500ms\"}", "idle_after"},
+      {"\"policy\": {\"idle_after\": \"2d\"}", "idle_after"},
+      {"\"policy\": {\"idle_after\": " + wraps + "}", "idle_after"},
       {"\"policy\": {\"sweep\": " + wraps + "}", "sweep"},
       {"\"policy\": {\"sweep\": \"50ms\"}", "sweep"},
       {"\"policy\": {\"sweep\": \"2d\"}", "sweep"},

@@ -75,3 +75,33 @@ TEST(HostMemoryStory, TheSamplerCountsOnlySamplesWithEveryVmRunning) {
   EXPECT_EQ(m.fleet()[0].actual, 584 * kMiB);  // b reports no actual: its configured memory
   std::filesystem::remove_all(root);
 }
+
+TEST(MetricsCsv, MeasuredMemoryColumnsAreEmptyWithoutAges) {
+  auto dir =
+      std::filesystem::temp_directory_path() / ("hangar-metrics-csv-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "m.csv").string();
+  MetricsSampler m(nullptr, dir.string());  // no pid directories: nothing read from this /proc
+  ASSERT_FALSE(m.open_csv(path).is_error());
+  VmSample aged, plain;
+  aged.vm = "aged";
+  aged.state = plain.state = "running";
+  aged.balloon_actual = 256 * kMiB;
+  aged.measured_working_set = 56 * kMiB;
+  aged.measured_idle = 200 * kMiB;
+  plain.vm = "plain";
+  std::vector<VmSample> samples = {aged, plain};
+  m.record(1.0, samples);
+  std::ifstream f(path);
+  std::string header, a, p;
+  std::getline(f, header);
+  std::getline(f, a);
+  std::getline(f, p);
+  EXPECT_NE(header.find(",host,measured_working_set_bytes,measured_idle_bytes"), std::string::npos)
+      << header;
+  EXPECT_NE(a.find(",local,58720256,209715200"), std::string::npos) << a;
+  EXPECT_EQ(p.substr(p.size() - 8), ",local,,") << p;
+  EXPECT_NE(StatusView::format_line(aged).find("measured-idle 200 MiB"), std::string::npos);
+  EXPECT_EQ(StatusView::format_line(plain).find("measured"), std::string::npos);
+  std::filesystem::remove_all(dir);
+}

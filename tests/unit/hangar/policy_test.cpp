@@ -265,6 +265,165 @@ TEST(IdleTaxPolicy, FailingAllocationsArePressure) {
   EXPECT_NE(d[0].reason.find("allocations failing"), std::string::npos);
 }
 
+// --- Guests that publish page ages (x-blimp-balloon-working-set) ---
+
+constexpr uint64_t kPagesPerMiB = MiB / 4096;
+
+AgeBucket bucket(uint32_t min_age_s, uint64_t unused_mib, uint64_t volatile_mib = 0) {
+  return {min_age_s, unused_mib * kPagesPerMiB, volatile_mib * kPagesPerMiB};
+}
+
+WorkingSetReport aged(uint64_t stable_mib, std::vector<AgeBucket> buckets,
+                      uint64_t discarded_mib = 0) {
+  WorkingSetReport r;
+  r.ages = true;
+  r.clock_s = 1000;
+  r.stable = stable_mib * kPagesPerMiB;
+  r.discarded = discarded_mib * kPagesPerMiB;
+  r.buckets = std::move(buckets);
+  return r;
+}
+
+uint64_t idle_mib(const WorkingSetReport& r, uint64_t guest_mib, Millis idle_after) {
+  auto m = measure_idle(r, guest_mib * MiB, idle_after);
+  EXPECT_TRUE(m);
+  EXPECT_EQ(m->working_set + m->idle, guest_mib * MiB);
+  return m->idle / MiB;
+}
+
+TEST(MeasureIdle, OnlyBucketsWhollyPastTheThresholdAreIdle) {
+  // Buckets hold ages [min, 2 min): the one of 8 s has pages of 8 to 15 s.
+  auto r = aged(100, {bucket(0, 4), bucket(4, 8), bucket(8, 16), bucket(16, 32, 64)});
+  using std::chrono::seconds;
+  EXPECT_EQ(idle_mib(r, 224, seconds(8)), 16u + 96u);
+  EXPECT_EQ(idle_mib(r, 224, seconds(10)), 96u) << "8-15 s may be younger than 10 s: not idle";
+  EXPECT_EQ(idle_mib(r, 224, seconds(16)), 96u);
+  EXPECT_EQ(idle_mib(r, 224, seconds(17)), 0u) << "16-31 s may be younger than 17 s";
+  EXPECT_EQ(idle_mib(r, 224, seconds(1)), 8u + 16u + 96u) << "only age 0 is younger than 1 s";
+}
+
+TEST(MeasureIdle, DiscardedPagesAreIdleAndBalloonPagesAreNotGuestMemory) {
+  // 512 MiB of RAM, 256 MiB of it in the balloon (discarded by the host), 100 MiB of free
+  // memory reported and discarded: the guest has 256 MiB, of which 120 MiB is in use or young.
+  auto r = aged(100, {bucket(0, 20), bucket(64, 0, 36)}, 256 + 100);
+  auto m = measure_idle(r, 256 * MiB, std::chrono::seconds(8));
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->working_set, 120 * MiB);
+  EXPECT_EQ(m->idle, 136 * MiB);  // 36 MiB of cold volatile pages, 100 MiB discarded
+}
+
+TEST(MeasureIdle, NeverMoreThanTheGuestHas) {
+  // Pages the balloon just took are free in the array, and young, until the host discards them.
+  auto r = aged(100, {bucket(0, 300)});
+  auto m = measure_idle(r, 256 * MiB, std::chrono::seconds(8));
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->working_set, 256 * MiB);
+  EXPECT_EQ(m->idle, 0u);
+}
+
+TEST(MeasureIdle, NothingWithoutAges) {
+  auto r = aged(100, {bucket(0, 300)});
+  r.ages = false;  // a guest with page_ages=off, a Linux guest, nothing registered
+  EXPECT_FALSE(measure_idle(r, 512 * MiB, std::chrono::seconds(8)));
+}
+
+TEST(MeasureIdle, LyingCountsSaturate) {
+  WorkingSetReport r;
+  r.ages = true;
+  r.stable = UINT64_MAX;
+  r.invalid = UINT64_MAX;
+  r.buckets = {{0, UINT64_MAX, UINT64_MAX}, {4096, UINT64_MAX, 1}};
+  auto m = measure_idle(r, 512 * MiB, std::chrono::seconds(8));
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->working_set, 512 * MiB);
+  EXPECT_EQ(m->idle, 0u);
+}
+
+// Two guests whose stats are the same (300 MiB in use by total - available: 40 MiB of their own
+// and a 260 MiB volatile cache, which is not available memory), one whose cache has not been
+// touched for half a minute and one whose cache is hot.
+std::vector<VmObservation> cold_and_hot_caches() {
+  std::vector<VmObservation> vms = {guest("cold", 512, 300), guest("hot", 512, 300)};
+  vms[0].working_set = aged(40, {bucket(0, 212), bucket(32, 0, 260)});
+  vms[1].working_set = aged(40, {bucket(0, 212, 260)});
+  return vms;
+}
+
+TEST(IdleTaxPolicy, MeasuredIdleMemoryIsTaxed) {
+  IdleTaxPolicy p(PolicyConfig{});
+  auto vms = cold_and_hot_caches();
+  auto t = settle(p, vms, 768 * MiB);
+  EXPECT_GT(t[1], t[0] + 64 * MiB)
+      << "the hot cache keeps more: " << t[0] / MiB << " " << t[1] / MiB;
+  EXPECT_LE(t[0] + t[1], 768 * MiB);
+  const auto d = p.decide(vms, 768 * MiB);
+  EXPECT_NE(d[0].reason.find("working set 252 MiB measured from page ages (80 MiB idle 8 s or "
+                             "longer; 300 MiB by total - available)"),
+            std::string::npos)
+      << d[0].reason;
+  // Without ages the two are the same guest and split the budget evenly.
+  IdleTaxPolicy blind(PolicyConfig{});
+  auto same = cold_and_hot_caches();
+  for (auto& v : same) v.working_set.reset();
+  auto e = settle(blind, same, 768 * MiB);
+  EXPECT_NEAR(static_cast<double>(e[0]), static_cast<double>(e[1]), 4.0 * MiB);
+}
+
+TEST(IdleTaxPolicy, MeasuredWorkingSetDoesNotLowerWhatAGuestKeeps) {
+  // The cold cache is idle, but the balloon cannot take volatile memory: what the guest keeps
+  // is still what it says it cannot give back (300 MiB) plus the floor.
+  IdleTaxPolicy p(PolicyConfig{});
+  auto vms = cold_and_hot_caches();
+  auto t = settle(p, vms, 400 * MiB);
+  EXPECT_GE(t[0], 332 * MiB);
+  EXPECT_GE(t[1], 332 * MiB);
+  EXPECT_GE(p.decide(vms, 400 * MiB)[0].protect, 332 * MiB);
+}
+
+TEST(IdleTaxPolicy, MeasuredGuestNeedsNoReclaimHold) {
+  PolicyConfig c;
+  c.reclaim_hold = 3;
+  IdleTaxPolicy p(c);
+  // A reclaiming cache in ordinary memory: STABLE, so all of it is working set.
+  std::vector<VmObservation> vms = {cache_guest("hot", 512, 10, true),
+                                    cache_guest("cold", 512, 10, false)};
+  vms[0].working_set = aged(510, {bucket(0, 1), bucket(64, 1)});
+  auto d = p.decide(vms, 768 * MiB);
+  EXPECT_NE(d[0].reason.find("working set 511 MiB measured"), std::string::npos) << d[0].reason;
+  EXPECT_EQ(d[0].reason.find("reclaim"), std::string::npos) << d[0].reason;
+  // Its ages stop coming (QEMU refused): back to the guess, which knows the cache was squeezed.
+  vms[0].working_set.reset();
+  vms[0].previous = vms[0].stats;
+  d = p.decide(vms, 768 * MiB);
+  EXPECT_NE(d[0].reason.find("caches recently under reclaim"), std::string::npos) << d[0].reason;
+}
+
+TEST(IdleTaxPolicy, GuestsWithoutAgesKeepTodaysDecisions) {
+  // The same fleet twice, one with answers that carry no ages (page_ages=off, a Linux guest):
+  // every decision of every round is the same.
+  IdleTaxPolicy a(PolicyConfig{}), b(PolicyConfig{});
+  std::vector<VmObservation> va = {cache_guest("big", 512, 10, true), guest("small1", 512, 10),
+                                   guest("small2", 512, 100)};
+  auto vb = va;
+  for (auto& v : vb) {
+    v.working_set = aged(100, {bucket(0, 100), bucket(64, 300)});
+    v.working_set->ages = false;
+  }
+  for (int r = 0; r < 40; ++r) {
+    auto da = a.decide(va, 768 * MiB), db = b.decide(vb, 768 * MiB);
+    for (size_t i = 0; i < va.size(); ++i) {
+      EXPECT_EQ(da[i].target, db[i].target) << r << " " << i;
+      EXPECT_EQ(da[i].protect, db[i].protect) << r << " " << i;
+      EXPECT_EQ(da[i].reason, db[i].reason) << r << " " << i;
+      if (da[i].target) va[i].target = va[i].actual = vb[i].target = vb[i].actual = *da[i].target;
+    }
+    if (r == 10) {  // the reclaim stops
+      va[0].previous = va[0].stats;
+      vb[0].previous = vb[0].stats;
+    }
+  }
+}
+
 TEST(NoPolicy, NeverTouches) {
   NoPolicy p;
   auto d = p.decide({guest("a", 512, 10)}, 100 * MiB);

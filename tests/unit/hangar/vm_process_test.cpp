@@ -173,6 +173,37 @@ TEST(GuestStats, FromQom) {
   EXPECT_FALSE(guest_stats_from_qom(json::parse("[]")));
 }
 
+TEST(WorkingSet, FromQmp) {
+  // The shape of QEMU patch 0012's BlimpWorkingSet.
+  json v = json::parse(R"({"ages": true, "clock-s": 40, "stable": 5000, "discarded": 7,
+        "in-flight": 1, "invalid": 0, "buckets": [{"min-age-s": 0, "unused": 3, "volatile": 0},
+        {"min-age-s": 32, "unused": 900, "volatile": 64}]})");
+  auto ws = working_set_from_qmp(v);
+  ASSERT_TRUE(ws);
+  EXPECT_TRUE(ws->ages);
+  EXPECT_EQ(ws->clock_s, 40u);
+  EXPECT_EQ(ws->stable, 5000u);
+  EXPECT_EQ(ws->discarded, 7u);
+  EXPECT_EQ(ws->in_flight, 1u);
+  ASSERT_EQ(ws->buckets.size(), 2u);
+  EXPECT_EQ(ws->buckets[1].min_age_s, 32u);
+  EXPECT_EQ(ws->buckets[1].unused, 900u);
+  EXPECT_EQ(ws->buckets[1].volatile_pages, 64u);
+  // Nothing registered: all zero, and still an answer (the policy then finds no ages in it).
+  auto none = working_set_from_qmp(json::parse(R"({"ages": false, "clock-s": 0, "stable": 0,
+        "discarded": 0, "in-flight": 0, "invalid": 0, "buckets": []})"));
+  ASSERT_TRUE(none);
+  EXPECT_FALSE(none->ages);
+  // Malformed: a field missing, a negative count, a bucket age past 32 bits.
+  EXPECT_FALSE(working_set_from_qmp(json::parse(R"({"ages": true, "buckets": []})")));
+  EXPECT_FALSE(working_set_from_qmp(json::parse(R"({"ages": true, "clock-s": 1, "stable": -1,
+        "discarded": 0, "in-flight": 0, "invalid": 0, "buckets": []})")));
+  EXPECT_FALSE(working_set_from_qmp(json::parse(R"({"ages": true, "clock-s": 1, "stable": 1,
+        "discarded": 0, "in-flight": 0, "invalid": 0,
+        "buckets": [{"min-age-s": 4294967296, "unused": 1, "volatile": 0}]})")));
+  EXPECT_FALSE(working_set_from_qmp(json::parse("[]")));
+}
+
 // --- Unprivileged, sandboxed QEMUs that get their files as descriptors (issue 15) ---
 
 TEST(QemuArgv, PassedDescriptorsAndSandbox) {
