@@ -44,7 +44,7 @@ char* g_argv[kMaxArgs + 1];
 bool is_kernel_word(const char* word, size_t len) {
   static constexpr const char* kPrefixes[] = {
       "app=",     "virtio_mmio.", "start_after_balloon=", "balloon.", "page_states=",
-      "sharing=", "sharing.",     "page_ages=",           "smp="};
+      "sharing=", "sharing.",     "page_ages=",           "smp=",     "smp."};
   for (const char* prefix : kPrefixes) {
     const size_t n = strlen(prefix);
     if (len >= n && strncmp(word, prefix, n) == 0) return true;

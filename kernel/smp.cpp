@@ -75,6 +75,7 @@ constexpr uint64_t kApTimeoutNs = 5'000'000'000;
 Cpu g_cpus[acpi::MadtCpus::kMax];
 size_t g_cpu_count = 1;
 size_t g_online = 1;
+size_t g_test_late = 0;  // smp.test_late=N; 0: none (CPU 0 is the BSP)
 
 void spin_ns(uint64_t ns) {
   const uint64_t end = timer::now_ns() + ns;
@@ -115,6 +116,33 @@ void install_trampoline(PhysAddr page) {
   params->cr3 = uint32_t(cr3);
 }
 
+// INIT, 10 ms, SIPI, 200 us, SIPI. False if the local APIC refused one (reported).
+bool send_init_sipi_sipi(Cpu& cpu, size_t index, uint8_t vector) {
+  // Once Starting, the AP may be running: giving up is a compare-and-swap it can win.
+  auto ipi_failed = [&](const char* what) {
+    ApState expected = ApState::Starting;
+    if (!cpu.state.compare_exchange(expected, ApState::Failed)) return false;
+    kprintf("smp: cpu %zu (apic id %u): %s\n", index, cpu.apic_id, what);
+    return true;
+  };
+  if (arch::apic::send_init(cpu.apic_id).is_error() && ipi_failed("INIT IPI not accepted"))
+    return false;
+  spin_ns(kInitDelayNs);
+  auto came_up = [&] {
+    ApState s = cpu.state.load(MemoryOrder::Acquire);
+    return s == ApState::Announcing || s == ApState::Online;
+  };
+  for (int sipi = 0; sipi < 2 && !came_up(); sipi++) {
+    // The SDM sends two; the second is ignored by an AP already running (only the
+    // wait-for-SIPI state accepts one).
+    if (arch::apic::send_startup(cpu.apic_id, vector).is_error() &&
+        ipi_failed("start-up IPI not accepted"))
+      return false;
+    spin_ns(kSipiDelayNs);
+  }
+  return true;
+}
+
 // Starts g_cpus[index] and waits for it, bounded. Returns whether it came online; every other
 // outcome has been reported.
 bool start_ap(size_t index, uint8_t vector) {
@@ -132,24 +160,10 @@ bool start_ap(size_t index, uint8_t vector) {
       reinterpret_cast<uint64_t>(cpu.block->stack + sizeof cpu.block->stack);
   cpu.state.store(ApState::Starting, MemoryOrder::Release);
 
-  // Once Starting, the AP may be running: giving up is a compare-and-swap it can win.
-  auto ipi_failed = [&](const char* what) {
-    ApState expected = ApState::Starting;
-    if (!cpu.state.compare_exchange(expected, ApState::Failed)) return false;
-    kprintf("smp: cpu %zu (apic id %u): %s\n", index, cpu.apic_id, what);
-    return true;
-  };
-  if (arch::apic::send_init(cpu.apic_id).is_error() && ipi_failed("INIT IPI not accepted"))
-    return false;
-  spin_ns(kInitDelayNs);
-  for (int sipi = 0; sipi < 2 && cpu.state.load() == ApState::Starting; sipi++) {
-    // The SDM sends two; the second is ignored by an AP already running (only the
-    // wait-for-SIPI state accepts one).
-    if (arch::apic::send_startup(cpu.apic_id, vector).is_error() &&
-        ipi_failed("start-up IPI not accepted"))
-      return false;
-    spin_ns(kSipiDelayNs);
-  }
+  // smp.test_late=N (tests only): CPU N is started only after the BSP has given up on it, so
+  // that the timeout report and a late AP's silent parking can be seen on any hypervisor.
+  const bool late = index == g_test_late;
+  if (!late && !send_init_sipi_sipi(cpu, index, vector)) return false;
 
   uint64_t deadline = timer::now_ns() + kApTimeoutNs;
   for (;;) {
@@ -160,6 +174,7 @@ bool start_ap(size_t index, uint8_t vector) {
       if (cpu.state.compare_exchange(expected, ApState::GaveUp)) {
         kprintf("smp: cpu %zu (apic id %u) did not come up within %lu ms; left out\n", index,
                 cpu.apic_id, kApTimeoutNs / 1000000);
+        if (late) send_init_sipi_sipi(cpu, index, vector);  // it must now park, silently
         return false;
       }
       if (expected == ApState::Online) return true;
@@ -185,6 +200,8 @@ void start(const BootInfo& boot) {
     }
     kprintf("smp: smp=%s ignored (smp=off is the only setting)\n", value);
   }
+  unsigned long long late = 0;
+  if (cmdline::get_u64("smp.test_late", late)) g_test_late = size_t(late);
   const uint32_t bsp_apic_id = arch::apic::local_id();
   const acpi::SdtHeader* madt = acpi::find_table("APIC");
   if (!madt) {
