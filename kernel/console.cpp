@@ -1,5 +1,6 @@
 #include "kernel/console.h"
 
+#include "kernel/arch/apic.h"
 #include "kernel/arch/io.h"
 #include "lib/atomic.h"
 #include "lib/format.h"
@@ -10,6 +11,27 @@ namespace {
 
 constexpr uint16_t kCom1 = 0x3f8;
 bool g_present = false;
+bool g_shared = false;
+// The CPU writing (its local APIC ID + 1), 0 when none. The owner is recorded so that a CPU that
+// faults or takes an NMI in the middle of a write can still report it: it writes on, unlocked,
+// instead of waiting for itself forever.
+Atomic<uint32_t> g_owner{0};
+// How long to wait for another CPU's write before writing anyway: a CPU that died holding the
+// lock must not silence the others' panic reports. Far above any one line's worth of polling.
+constexpr uint64_t kMaxSpins = 200000000;
+
+// Takes the console for this CPU; false when it already held it (nested write) or gave up
+// waiting, in which case the caller must not release it.
+bool lock() {
+  const uint32_t me = arch::apic::local_id() + 1;
+  if (g_owner.load(MemoryOrder::Relaxed) == me) return false;
+  for (uint64_t spins = 0; spins < kMaxSpins; spins++) {
+    uint32_t expected = 0;
+    if (g_owner.compare_exchange(expected, me, MemoryOrder::Acquire)) return true;
+    cpu_relax();
+  }
+  return false;
+}
 
 void put(char c) {
   if (!g_present) return;
@@ -34,11 +56,15 @@ void init() {
 
 void write(const char* s, unsigned long len) {
   IrqGuard guard;  // keep lines from interleaving with interrupt-time logging
+  const bool locked = g_shared && lock();
   for (unsigned long i = 0; i < len; i++) {
     if (s[i] == '\n') put('\r');
     put(s[i]);
   }
+  if (locked) g_owner.store(0, MemoryOrder::Release);
 }
+
+void share_between_cpus() { g_shared = true; }
 
 }  // namespace blimp::console
 

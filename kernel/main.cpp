@@ -16,6 +16,7 @@
 #include "kernel/paging.h"
 #include "kernel/panic.h"
 #include "kernel/power.h"
+#include "kernel/smp.h"
 #include "kernel/timer.h"
 #include "mm/mm.h"
 #include "mm/page_states/page_states.h"
@@ -42,8 +43,8 @@ char* g_argv[kMaxArgs + 1];
 // and QEMU's virtio_mmio.device=: an app that parses strictly (speedtest1) would reject them.
 bool is_kernel_word(const char* word, size_t len) {
   static constexpr const char* kPrefixes[] = {
-      "app=",     "virtio_mmio.", "start_after_balloon=", "balloon.", "page_states=", "sharing=",
-      "sharing.", "page_ages="};
+      "app=",     "virtio_mmio.", "start_after_balloon=", "balloon.", "page_states=",
+      "sharing=", "sharing.",     "page_ages=",           "smp=",     "smp."};
   for (const char* prefix : kPrefixes) {
     const size_t n = strlen(prefix);
     if (len >= n && strncmp(word, prefix, n) == 0) return true;
@@ -170,6 +171,9 @@ extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) 
     arch::apic::add_ioapic(platform.ioapics[i].base, platform.ioapics[i].gsi_base);
   init_memory(g_boot);
   timer::init();
+  // Before interrupts are enabled: the APs are started and parked with the BSP's interrupts off,
+  // and nothing after this line knows they exist.
+  smp::start(g_boot);
   asm volatile("sti");
   // The composition root registers the drivers this image carries, then discovery binds them.
   balloon::Balloon::register_driver();

@@ -2,6 +2,7 @@
 
 #include "kernel/arch/cpu.h"
 #include "kernel/arch/io.h"
+#include "lib/atomic.h"
 
 namespace blimp::arch::apic {
 namespace {
@@ -9,7 +10,7 @@ namespace {
 constexpr uint32_t kRegId = 0x20, kRegTpr = 0x80, kRegEoi = 0xb0, kRegSvr = 0xf0,
                    kRegLvtTimer = 0x320, kRegLvtLint0 = 0x350, kRegLvtLint1 = 0x360,
                    kRegLvtError = 0x370, kRegTimerInitial = 0x380, kRegTimerCurrent = 0x390,
-                   kRegTimerDivide = 0x3e0;
+                   kRegTimerDivide = 0x3e0, kRegIcrLow = 0x300, kRegIcrHigh = 0x310;
 constexpr uint32_t kLvtMasked = 1u << 16;
 
 uint64_t g_lapic = 0xfee00000;
@@ -60,6 +61,42 @@ void init(uint64_t lapic_base) {
   lapic_write(kRegLvtError, kLvtMasked);
   lapic_write(kRegSvr, 0x100 | kSpuriousVector);
   lapic_write(kRegTimerDivide, 0x3);  // divide by 16
+}
+
+void init_ap() {
+  // IA32_APIC_BASE's global enable survives INIT, but set it anyway: it is this CPU's own MSR.
+  wrmsr(0x1b, rdmsr(0x1b) | (1u << 11));
+  lapic_write(kRegTpr, 0xf0);  // priority class 15: no fixed interrupt is ever delivered
+  lapic_write(kRegLvtTimer, kLvtMasked);
+  lapic_write(kRegLvtLint0, kLvtMasked);
+  lapic_write(kRegLvtLint1, kLvtMasked);  // NMIs stay with the BSP
+  lapic_write(kRegLvtError, kLvtMasked);
+  lapic_write(kRegSvr, 0x100 | kSpuriousVector);
+}
+
+namespace {
+
+// ICR (SDM vol. 3A, 11.6.1): the destination goes in the high word, and writing the low word
+// sends. Delivery status (bit 12) stays set until the IPI has been accepted by the bus.
+ErrorOr<void> send_ipi(uint32_t apic_id, uint32_t low) {
+  if (apic_id >= 0xff) return Error::InvalidArgument;
+  lapic_write(kRegIcrHigh, apic_id << 24);
+  lapic_write(kRegIcrLow, low);
+  for (int i = 0; i < 1000000; i++) {
+    if (!(lapic_read(kRegIcrLow) & (1u << 12))) return {};
+    cpu_relax();
+  }
+  return Error::Timeout;
+}
+
+}  // namespace
+
+// Delivery mode INIT (101b) with level assert (bit 14); the de-assert that the 82489DX needed is
+// not sent: P6 and later ignore it (SDM vol. 3A, 9.4.4.1).
+ErrorOr<void> send_init(uint32_t apic_id) { return send_ipi(apic_id, 0x4500); }
+// Delivery mode start-up (110b): the AP starts in real mode at vector * 4 KiB.
+ErrorOr<void> send_startup(uint32_t apic_id, uint8_t vector) {
+  return send_ipi(apic_id, 0x4600 | vector);
 }
 
 void add_ioapic(uint64_t base, uint32_t gsi_base) {

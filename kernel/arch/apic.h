@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "lib/error.h"
+
 namespace blimp::arch::apic {
 
 constexpr uint8_t kTimerVector = 0x20;
@@ -13,6 +15,10 @@ constexpr uint8_t kLegacyPicBase = 0xe0;  // 0xe0..0xef: masked 8259 leftovers, 
 constexpr uint8_t kSpuriousVector = 0xff;
 
 void init(uint64_t lapic_base);
+// An application processor's own local APIC (same address as the BSP's: each CPU sees its own):
+// software-enabled, every local interrupt source masked and the task priority at its highest,
+// so that nothing is delivered to a CPU that must not take interrupts (its IF stays clear too).
+void init_ap();
 // Adds an I/O APIC (all its inputs masked). Up to four.
 void add_ioapic(uint64_t base, uint32_t gsi_base);
 void eoi();
@@ -22,6 +28,13 @@ uint32_t local_id();
 void timer_one_shot(uint32_t count);
 void timer_stop();
 uint32_t timer_current();
+
+// Interprocessor interrupts for AP start-up (Intel SDM vol. 3A, 11.6.1 "Interrupt Command
+// Register", 9.4.4.1 "Typical BSP Initialization Sequence"; the numbering of the 2023 editions,
+// where the APIC chapter is 11). Both wait, bounded, for the local APIC to report the IPI sent:
+// Timeout if it never does, InvalidArgument for an APIC ID xAPIC cannot address (> 254).
+ErrorOr<void> send_init(uint32_t apic_id);
+ErrorOr<void> send_startup(uint32_t apic_id, uint8_t vector);
 
 bool ioapic_route(uint32_t gsi, uint8_t vector, bool level, bool active_low);
 

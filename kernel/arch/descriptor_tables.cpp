@@ -3,16 +3,6 @@
 namespace blimp::arch {
 namespace {
 
-struct [[gnu::packed]] Tss {
-  uint32_t reserved0;
-  uint64_t rsp[3];
-  uint64_t reserved1;
-  uint64_t ist[7];
-  uint64_t reserved2;
-  uint16_t reserved3;
-  uint16_t iomap_base;
-};
-
 struct [[gnu::packed]] IdtEntry {
   uint16_t offset_low;
   uint16_t selector;
@@ -30,11 +20,15 @@ struct [[gnu::packed]] DescriptorPointer {
 
 constexpr uint16_t kCodeSelector = 0x08, kTssSelector = 0x18;
 
-alignas(16) uint64_t g_gdt[5];
-alignas(16) Tss g_tss;
+CpuTables g_bsp_tables;
 alignas(16) IdtEntry g_idt[256];
 alignas(16) uint8_t g_fault_stack[16384];
 alignas(16) uint8_t g_nmi_stack[8192];
+
+void load_idt() {
+  DescriptorPointer idtr{sizeof g_idt - 1, reinterpret_cast<uint64_t>(g_idt)};
+  asm volatile("lidt %0" ::"m"(idtr));
+}
 
 }  // namespace
 }  // namespace blimp::arch
@@ -43,20 +37,21 @@ extern "C" const uint64_t isr_table[256];
 
 namespace blimp::arch {
 
-void init_descriptor_tables() {
-  g_gdt[0] = 0;
-  g_gdt[1] = 0x00af9a000000ffffull;  // 64-bit code
-  g_gdt[2] = 0x00cf92000000ffffull;  // data
-  uint64_t tss = reinterpret_cast<uint64_t>(&g_tss);
+void load_cpu_tables(CpuTables& t, uint64_t fault_stack_top, uint64_t nmi_stack_top) {
+  t.gdt[0] = 0;
+  t.gdt[1] = 0x00af9a000000ffffull;  // 64-bit code
+  t.gdt[2] = 0x00cf92000000ffffull;  // data
+  uint64_t tss = reinterpret_cast<uint64_t>(&t.tss);
   uint64_t limit = sizeof(Tss) - 1;
-  g_gdt[3] = (limit & 0xffff) | ((tss & 0xffffff) << 16) | (0x89ull << 40) |
+  t.gdt[3] = (limit & 0xffff) | ((tss & 0xffffff) << 16) | (0x89ull << 40) |
              (((limit >> 16) & 0xf) << 48) | (((tss >> 24) & 0xff) << 56);
-  g_gdt[4] = tss >> 32;
-  g_tss.ist[0] = reinterpret_cast<uint64_t>(g_fault_stack + sizeof g_fault_stack);
-  g_tss.ist[1] = reinterpret_cast<uint64_t>(g_nmi_stack + sizeof g_nmi_stack);
-  g_tss.iomap_base = sizeof(Tss);
+  t.gdt[4] = tss >> 32;
+  t.tss = {};
+  t.tss.ist[0] = fault_stack_top;
+  t.tss.ist[1] = nmi_stack_top;
+  t.tss.iomap_base = sizeof(Tss);
 
-  DescriptorPointer gdtr{sizeof g_gdt - 1, reinterpret_cast<uint64_t>(g_gdt)};
+  DescriptorPointer gdtr{sizeof t.gdt - 1, reinterpret_cast<uint64_t>(t.gdt)};
   asm volatile(
       "lgdt %0\n"
       "pushq %1\n"
@@ -71,7 +66,10 @@ void init_descriptor_tables() {
       "ltr %w2\n" ::"m"(gdtr),
       "i"(uint64_t(kCodeSelector)), "r"(kTssSelector)
       : "rax", "memory");
+  load_idt();
+}
 
+void init_descriptor_tables() {
   for (int v = 0; v < 256; v++) {
     uint64_t addr = isr_table[v];
     IdtEntry& e = g_idt[v];
@@ -83,8 +81,8 @@ void init_descriptor_tables() {
     e.offset_high = addr >> 32;
     e.reserved = 0;
   }
-  DescriptorPointer idtr{sizeof g_idt - 1, reinterpret_cast<uint64_t>(g_idt)};
-  asm volatile("lidt %0" ::"m"(idtr));
+  load_cpu_tables(g_bsp_tables, reinterpret_cast<uint64_t>(g_fault_stack + sizeof g_fault_stack),
+                  reinterpret_cast<uint64_t>(g_nmi_stack + sizeof g_nmi_stack));
 }
 
 }  // namespace blimp::arch

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Application processors (kernel/smp.cpp): on q35, pc (PVH through qboot, and GRUB's multiboot2
+ISO) and microvm, every CPU QEMU gives comes online, announces itself once and parks, and the
+app still runs to its normal end on the BSP. smp=off keeps one CPU; microvm without ACPI (no
+MADT) says so and keeps one; a CPU that does not come up is reported and left out, never waited
+for without end (smp.test_late, the one test-only word). Behaviour only: nothing is timed."""
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
+from blimp_vm import BlimpVM, TestRunner, check, requested_accel  # noqa: E402
+
+t = TestRunner()
+
+ONLINE_RE = re.compile(r"^smp: cpu (\d+) \(apic id (\d+)\) online$", re.M)
+SUMMARY_RE = re.compile(r"^smp: (\d+) of (\d+) CPUs online", re.M)
+
+
+def boot(build, machine, cpus, args=(), accel=None, smp=None, **kw):
+    """Boots hello with -smp; returns the console output once it exited 0."""
+    with BlimpVM(build, app="hello", args=list(args), machine=machine, limit=180, accel=accel,
+                 extra=["-smp", smp or str(cpus)], **kw) as vm:
+        status = vm.wait_exit(timeout=170)
+        out = vm.output
+    check(status == 0, f"hello exited with {status}\n{out}")
+    check("Hello from blimp!" in out and "heap works" in out, f"hello did not run\n{out}")
+    return out
+
+
+def check_all_online(out, cpus):
+    summary = SUMMARY_RE.findall(out)
+    check(summary == [(str(cpus), str(cpus))], f"expected 'smp: {cpus} of {cpus} CPUs online'\n{out}")
+    online = ONLINE_RE.findall(out)
+    # Each AP says it once; CPU 0 (the BSP) never does; QEMU numbers APIC IDs from 0.
+    check(sorted(int(c) for c, _ in online) == list(range(1, cpus)), f"AP lines wrong\n{out}")
+    check(all(c == a for c, a in online), f"unexpected APIC IDs\n{out}")
+    # The app starts after the bring-up: no AP line may come after it.
+    check(out.rfind("smp:") < out.find("blimp: starting app"), f"smp line after the app\n{out}")
+
+
+def matrix_test(machine, counts):
+    def test(build):
+        for cpus in counts:
+            check_all_online(boot(build, machine, cpus), cpus)
+    test.__name__ = f"test_{machine}_smp_{'_'.join(map(str, counts))}"
+    t.test(test)
+
+
+matrix_test("q35", (1, 2, 4))
+matrix_test("pc", (1, 2, 4))
+matrix_test("microvm", (1, 2, 4))
+
+
+@t.test
+def test_multithreaded_tcg(build):
+    # MTTCG: every vCPU on its own host thread, so the APs really run beside the BSP.
+    if requested_accel() != "tcg":
+        print("    (BLIMP_ACCEL asks for KVM: MTTCG case not applicable, plain -smp 4 instead)")
+    accel = "tcg,thread=multi" if requested_accel() == "tcg" else None
+    for machine in ("q35", "pc", "microvm"):
+        check_all_online(boot(build, machine, 4, accel=accel), 4)
+
+
+@t.test
+def test_grub_iso(build):
+    # multiboot2 through SeaBIOS and GRUB: a different loader before the same bring-up.
+    iso = os.path.join(build, "blimp.iso")
+    check(os.path.exists(iso), f"{iso} was not built")
+    with BlimpVM(build, machine="pc", iso=True, limit=180, extra=["-smp", "2"]) as vm:
+        status = vm.wait_exit(timeout=170)
+        out = vm.output
+    check(status == 0, f"hello exited with {status}\n{out}")
+    check("booted via multiboot2" in out, out)
+    check_all_online(out, 2)
+
+
+@t.test
+def test_smp_off(build):
+    for machine in ("q35", "microvm"):
+        out = boot(build, machine, 4, args=["smp=off"])
+        check("smp: smp=off: only cpu 0" in out, out)
+        check(not ONLINE_RE.search(out) and not SUMMARY_RE.search(out), f"APs started\n{out}")
+        check("argv[1] = smp=off" not in out, f"smp=off passed to the app\n{out}")
+
+
+@t.test
+def test_microvm_without_acpi(build):
+    out = boot(build, "microvm,acpi=off", 2)
+    check("smp: no ACPI MADT" in out and "only cpu 0" in out, out)
+    check(not ONLINE_RE.search(out), out)
+
+
+@t.test
+def test_listed_but_not_enabled(build):
+    # -smp 2,maxcpus=4: the MADT lists four processors, two of them absent (not enabled).
+    out = boot(build, "q35", 2, smp="2,maxcpus=4")
+    check("smp: 2 of 2 CPUs online (2 more listed but not enabled)" in out, out)
+    check(len(ONLINE_RE.findall(out)) == 1, out)
+
+
+@t.test
+def test_ap_that_does_not_come_up(build):
+    # CPU 2 is started only after the BSP gave up on it: it is reported and left out, the
+    # others come up, the app runs, and the late CPU parks without announcing itself.
+    out = boot(build, "q35", 4, args=["smp.test_late=2"])
+    check("smp: cpu 2 (apic id 2) did not come up" in out, out)
+    check(SUMMARY_RE.findall(out) == [("3", "4")], out)
+    check(sorted(int(c) for c, _ in ONLINE_RE.findall(out)) == [1, 3], out)
+
+
+if __name__ == "__main__":
+    t.main()
