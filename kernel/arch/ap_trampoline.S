@@ -11,6 +11,8 @@
  * memory, and there is no stack until an AP has found its own, by its APIC ID, in
  * ap_stack_by_apic_id (a zero entry: this AP was not asked to start, it parks).
  */
+#include "kernel/arch/long_mode.inc"
+
 .section .rodata.ap_trampoline, "a"
 .code16
 .balign 16
@@ -35,21 +37,8 @@ tramp_protected:
   mov %ax, %ds
   mov %ax, %es
   mov %ax, %ss
-  /* As entry.S: CR4 PAE | OSFXSR | OSXMMEXCPT, the BSP's page tables, EFER LME | NXE, then
-   * CR0 PG | PE | MP with EM and TS clear. */
-  mov %cr4, %eax
-  or $((1 << 5) | (1 << 9) | (1 << 10)), %eax
-  mov %eax, %cr4
-  mov (tramp_cr3 - ap_trampoline_start)(%ebx), %eax
-  mov %eax, %cr3
-  mov $0xc0000080, %ecx
-  rdmsr
-  or $((1 << 8) | (1 << 11)), %eax
-  wrmsr
-  mov %cr0, %eax
-  and $~((1 << 2) | (1 << 3)), %eax
-  or $((1 << 31) | (1 << 0) | (1 << 1)), %eax
-  mov %eax, %cr0
+  /* The BSP's page tables, and the BSP's control bits. */
+  enable_long_mode "(tramp_cr3 - ap_trampoline_start)(%ebx)"
   ljmpl *(tramp_far64 - ap_trampoline_start)(%ebx)
 
 .code64

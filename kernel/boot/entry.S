@@ -11,6 +11,7 @@
  * enable SSE (newlib's printf and apps use it), enter long mode and call
  * kernel_main(protocol, info_phys).
  */
+#include "kernel/arch/long_mode.inc"
 #include "kernel/boot/boot_protocol.h"
 
 #define MB2_MAGIC 0xe85250d6
@@ -102,22 +103,7 @@ common32:
   cmp $2048, %ecx
   jne 1b
 
-  /* CR4: PAE, OSFXSR, OSXMMEXCPT (SSE usable) */
-  mov %cr4, %eax
-  or $((1 << 5) | (1 << 9) | (1 << 10)), %eax
-  mov %eax, %cr4
-  mov $boot_pml4, %eax
-  mov %eax, %cr3
-  /* EFER.LME | EFER.NXE */
-  mov $0xc0000080, %ecx
-  rdmsr
-  or $((1 << 8) | (1 << 11)), %eax
-  wrmsr
-  /* CR0: PG | PE | MP, clear EM and TS: x87/SSE without traps */
-  mov %cr0, %eax
-  and $~((1 << 2) | (1 << 3)), %eax
-  or $((1 << 31) | (1 << 0) | (1 << 1)), %eax
-  mov %eax, %cr0
+  enable_long_mode $boot_pml4
 
   lgdt boot_gdt_ptr
   ljmp $0x08, $long_mode_entry
