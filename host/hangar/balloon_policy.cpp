@@ -18,8 +18,6 @@ uint64_t add_sat(uint64_t a, uint64_t b) {
     return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
 }
 
-constexpr uint64_t kPage = 4096;  // the page-state array's unit
-
 }  // namespace
 
 std::optional<MeasuredMemory> measure_idle(const WorkingSetReport& report, uint64_t guest_memory, Millis idle_after) {
@@ -31,7 +29,7 @@ std::optional<MeasuredMemory> measure_idle(const WorkingSetReport& report, uint6
     uint64_t pages = add_sat(report.stable, report.invalid);
     for (const auto& b : report.buckets)
         if (std::chrono::seconds(b.min_age_s) < idle_after) pages = add_sat(pages, add_sat(b.unused, b.volatile_pages));
-    const uint64_t bytes = pages > UINT64_MAX / kPage ? UINT64_MAX : pages * kPage;
+    const uint64_t bytes = pages > UINT64_MAX / kPageStatePage ? UINT64_MAX : pages * kPageStatePage;
     const uint64_t ws = std::min(bytes, guest_memory);
     return MeasuredMemory{ws, guest_memory - ws};
 }

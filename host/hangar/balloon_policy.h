@@ -35,6 +35,10 @@ struct GuestStats {
     uint64_t last_update = 0;                 // guest time of the last report, 0 = never
 };
 
+// The page-state array's unit (virtio-balloon pages): what page counts from QEMU's page-state
+// commands (sweeps, the working set) are counted in.
+inline constexpr uint64_t kPageStatePage = 4096;
+
 // The patched QEMU's answer to x-blimp-balloon-working-set (host/qemu patch 0012, spec section
 // 4.5): the guest's page-state array counted by state, in 4 KiB pages, and its discardable pages
 // (free, and volatile while unpinned) by how long they have been so in the guest's clock.

@@ -10,10 +10,6 @@
 
 namespace hangar {
 
-namespace {
-constexpr uint64_t kPage = 4096;  // the page-state array's unit (virtio-balloon pages)
-}
-
 void Fleet::sweep_page_states() {
     if (stopping_ || sweep_round_busy_) return;
     std::vector<std::pair<uint64_t, Vm*>> candidates;
@@ -40,7 +36,7 @@ void Fleet::sweep_page_states() {
             sweep_tally_.idle_rounds++;
             return;
         }
-        want = (need.bytes + kPage - 1) / kPage;
+        want = (need.bytes + kPageStatePage - 1) / kPageStatePage;
         sweep_tally_.needed_pages += *want;
     }
     sweep_tally_.rounds++;
