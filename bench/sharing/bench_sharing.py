@@ -50,6 +50,28 @@ def loadavg():
         return " ".join(f.read().split()[:3])
 
 
+def smart_scan_for(choice, mode):
+    """The smart_scan value a mode runs with, or None to leave the host's.
+
+    Linux 6.7+ KSM "smart scan" skips a page that did not merge for 1, 2, 4, 8 scans; twins first
+    seen a dozen scans apart can stay out of phase for good (docs/hangar.md, "KSM control").
+    hangar's targeted mode therefore runs with smart_scan=0 and leaves it alone in blind mode
+    (stock behaviour), and `--smart-scan hangar` (the default) does the same here."""
+    if choice == "host":
+        return None
+    if choice == "hangar":
+        return None if mode == "blind" or read_smart_scan() is None else 0
+    return int(choice)
+
+
+def read_smart_scan():
+    try:
+        with open("/sys/kernel/mm/ksm/smart_scan") as f:
+            return int(f.read())
+    except OSError:
+        return None  # a kernel before 6.7: no smart scan
+
+
 def launch(args, mode, i):
     qemu = getattr(args, "qemu", None) or patched_qemu_path(args.build_dir)
     if mode == "blind":
@@ -69,6 +91,9 @@ def run_mode(args, mode):
     print(f"== {mode}: {args.vms} x {args.memory}, dataset size={args.size} zero={args.zero} "
           f"private={args.private}; load {loadavg()}", flush=True)
     settings = dict(pages_to_scan=args.pages_to_scan, sleep_millisecs=args.sleep_ms)
+    smart_scan = smart_scan_for(args.smart_scan, mode)
+    if smart_scan is not None:
+        settings["smart_scan"] = smart_scan
     rows = []
     deadline = time.monotonic() + args.wait_alone
     while other_mergeable() and time.monotonic() < deadline:
@@ -94,6 +119,7 @@ def run_mode(args, mode):
             pids = [v.pid for v in vms]
             others_start = other_mergeable(exclude=set(pids))
             load_start = loadavg()
+            smart_scan_in_effect = read_smart_scan()
             c0 = ksm.counters()
             cpu0 = ksm.ksmd_cpu_seconds()
             rss0 = sum(v.rss_kib() or 0 for v in vms)
@@ -142,7 +168,7 @@ def run_mode(args, mode):
                rss_after_mib=rss1 / 1024, load_start=load_start, load_end=loadavg(),
                others=[o[:2] for o in others_start + others_end], verified=outputs_ok,
                build_seal_ms=ready, guest_hash=hash_ms, candidate_pages=candidates,
-               settings=settings)
+               settings=settings, smart_scan=smart_scan_in_effect)
     # steady-state cost after convergence: ksmd CPU per minute over the last part of the run
     tail = [r for r in rows if r["t"] >= t95["t"]]
     if len(tail) > 2 and tail[-1]["t"] > tail[0]["t"]:
@@ -156,8 +182,8 @@ def run_mode(args, mode):
 
 SUMMARY_FIELDS = ["mode", "own_saving_pages", "own_saving_mib", "host_pages_sharing", "merging_end",
                   "candidate_pages_per_vm", "t95_s", "ksmd_cpu_t95_s", "pages_scanned_t95",
-                  "full_scans_t95", "ksmd_cpu_per_min_after", "load_start", "load_end",
-                  "other_mergeable"]
+                  "full_scans_t95", "ksmd_cpu_per_min_after", "smart_scan", "load_start",
+                  "load_end", "other_mergeable"]
 
 
 def write_summary(path, results):
@@ -173,6 +199,7 @@ def write_summary(path, results):
                             t95_s=r["t95"], ksmd_cpu_t95_s=r["cpu95"],
                             pages_scanned_t95=r["scanned95"], full_scans_t95=r["fullscans95"],
                             ksmd_cpu_per_min_after=r.get("cpu_per_min_after", ""),
+                            smart_scan=r.get("smart_scan", ""),
                             load_start=r["load_start"], load_end=r["load_end"],
                             other_mergeable=len({o[0] for o in r["others"]})))
 
@@ -216,8 +243,9 @@ def table(out):
     import glob
     lines = ["| run | mode | saved (MiB) | own saved (MiB) | VM pages merging | t95 (s) | "
              "t95 by VM merging (s) | ksmd CPU to t95 (s) | pages scanned to t95 | "
-             "full scans to t95 | ksmd CPU/min after | load (1/5/15 min) | other mergeable procs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "full scans to t95 | ksmd CPU/min after | smart scan | load (1/5/15 min) | "
+             "other mergeable procs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(glob.glob(os.path.join(out, "results", "results*.json"))):
         tag = os.path.basename(path)[len("results"):-len(".json")] or "-rep1"
         for r in json.load(open(path))["results"]:
@@ -232,7 +260,8 @@ def table(out):
             lines.append(f"| {tag[1:]} | {r['mode']} | {r['final_saving_mib']:.1f} | {own} | "
                          f"{r['merging_end']} | {r['t95']:.1f} | {t95m:.1f} | {r['cpu95']:.2f} | "
                          f"{r['scanned95']} | {r['fullscans95']} | "
-                         f"{r.get('cpu_per_min_after', float('nan')):.2f} | {r['load_start']} | "
+                         f"{r.get('cpu_per_min_after', float('nan')):.2f} | "
+                         f"{r.get('smart_scan', '?')} | {r['load_start']} | "
                          f"{len(others)} |")
     return "\n".join(lines)
 
@@ -262,6 +291,9 @@ def main():
     ap.add_argument("--tag", default="")
     ap.add_argument("--wait-alone", type=float, default=120,
                     help="wait up to this long for other mergeable processes to go away")
+    ap.add_argument("--smart-scan", default="hangar", choices=["hangar", "host", "0", "1"],
+                    help="KSM smart_scan: hangar (default: 0 in targeted modes, the host's in "
+                         "blind, as hangar runs them), host (leave it), 0 or 1 (every mode)")
     ap.add_argument("--report", action="store_true",
                     help="only print the table of results/*.json and redraw saving.png")
     args = ap.parse_args()

@@ -140,6 +140,14 @@ def test_short_blind_vs_targeted_candidates_close_the_gap_to_blind(build):
             for res in json.load(f)["results"]:
                 check(res["verified"], f"{res['mode']}: a guest reported a mismatch")
         tg, nc, bl = rows["targeted"], rows["targeted-nocand"], rows["blind"]
+        if os.path.exists("/sys/kernel/mm/ksm/smart_scan"):
+            # targeted runs as hangar runs it (smart scan off), blind with the host's setting
+            with open("/sys/kernel/mm/ksm/smart_scan") as f:
+                host_smart = f.read().strip()
+            check(tg["smart_scan"] == "0" and nc["smart_scan"] == "0",
+                  f"targeted ran with smart_scan {tg['smart_scan']}/{nc['smart_scan']}")
+            check(bl["smart_scan"] == host_smart,
+                  f"blind ran with smart_scan {bl['smart_scan']}, the host has {host_smart}")
         check(int(tg["candidate_pages_per_vm"]) > 0, f"targeted hinted no candidates: {tg}")
         check(int(nc["candidate_pages_per_vm"]) == 0, f"candidates=off hinted some: {nc}")
         own = {m: int(x["own_saving_pages"]) for m, x in rows.items()}
