@@ -234,6 +234,12 @@ void QmpClient::handle_readable() {
 void QmpClient::dispatch(QmpMessage&& msg) {
     using Kind = QmpMessage::Kind;
     if (state_ == State::AwaitGreeting) {
+        // QEMU broadcasts events to a socket monitor nobody has greeted yet, so one emitted while
+        // we connect (RESUME after an incoming migration) can precede the greeting. Deliver it.
+        if (msg.kind == Kind::Event) {
+            if (callbacks_.on_event) callbacks_.on_event(msg.event, msg.value);
+            return;
+        }
         if (msg.kind != Kind::Greeting) {
             close("QMP protocol error: expected the greeting first");
             return;

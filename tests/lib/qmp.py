@@ -73,7 +73,14 @@ class Qmp:
                 time.sleep(0.1)
         q = cls(s)
         try:
+            # QEMU 7.2 runs a socket QMP monitor in its I/O thread and broadcasts events to every
+            # monitor not in negotiation mode, which includes one nobody has greeted yet: an event
+            # emitted while a client connects (RESUME at the end of an incoming migration) can
+            # reach that client before the greeting. Keep such events; the greeting follows.
             msg = q._read_msg(max(1.0, deadline - time.monotonic()))
+            while msg is not None and "event" in msg and "QMP" not in msg:
+                q._events.append(msg)
+                msg = q._read_msg(max(1.0, deadline - time.monotonic()))
             if msg is None or "QMP" not in msg:
                 raise QmpConnectError(f"bad QMP greeting on {path}: {msg!r}")
             q.greeting = msg["QMP"]

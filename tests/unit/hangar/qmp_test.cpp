@@ -194,6 +194,18 @@ TEST_F(FakeQemu, RepliesBeforeGreetingAreRejected) {
   EXPECT_NE(closed_.find("greeting"), std::string::npos);
 }
 
+// QEMU 7.2 can write an event to a client it has not greeted yet (seen in CI: RESUME at the end of
+// an incoming migration); the event is delivered and negotiation goes on.
+TEST_F(FakeQemu, EventBeforeGreetingIsDeliveredAndNegotiationGoesOn) {
+  send(R"({"event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 0}})"
+       "\r\n");
+  EXPECT_EQ(client_->state(), QmpClient::State::AwaitGreeting);
+  ASSERT_EQ(events_.size(), 1u);
+  EXPECT_EQ(events_[0].first, "RESUME");
+  negotiate();
+  EXPECT_EQ(ready_, 1);
+}
+
 TEST_F(FakeQemu, NegotiationFailureCloses) {
   send(R"({"QMP": {}})"
        "\r\n");
