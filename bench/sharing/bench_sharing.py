@@ -64,6 +64,13 @@ def smart_scan_for(choice, mode):
     return int(choice)
 
 
+def add_smart_scan_arg(ap):
+    """--smart-scan, for every script that measures through run_mode."""
+    ap.add_argument("--smart-scan", default="hangar", choices=["hangar", "host", "0", "1"],
+                    help="KSM smart_scan: hangar (default: 0 in targeted modes, the host's in "
+                         "blind, as hangar runs them), host (leave it), 0 or 1 (every mode)")
+
+
 def read_smart_scan():
     try:
         with open("/sys/kernel/mm/ksm/smart_scan") as f:
@@ -291,9 +298,7 @@ def main():
     ap.add_argument("--tag", default="")
     ap.add_argument("--wait-alone", type=float, default=120,
                     help="wait up to this long for other mergeable processes to go away")
-    ap.add_argument("--smart-scan", default="hangar", choices=["hangar", "host", "0", "1"],
-                    help="KSM smart_scan: hangar (default: 0 in targeted modes, the host's in "
-                         "blind, as hangar runs them), host (leave it), 0 or 1 (every mode)")
+    add_smart_scan_arg(ap)
     ap.add_argument("--report", action="store_true",
                     help="only print the table of results/*.json and redraw saving.png")
     args = ap.parse_args()

@@ -181,6 +181,7 @@ def parse():
     ap.add_argument("--max-time", type=float, default=300)
     ap.add_argument("--wait-alone", type=float, default=30,
                     help="wait up to this long for other mergeable processes to go away")
+    bench_sharing.add_smart_scan_arg(ap)
     ap.add_argument("--report", action="store_true",
                     help="only redraw the table and plot from OUT/vm_count.csv")
     return ap.parse_args()
