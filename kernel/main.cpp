@@ -15,6 +15,7 @@
 #include "kernel/deferred_work.h"
 #include "kernel/paging.h"
 #include "kernel/panic.h"
+#include "kernel/percpu.h"
 #include "kernel/power.h"
 #include "kernel/smp.h"
 #include "kernel/timer.h"
@@ -145,6 +146,7 @@ bool wait_for_balloon() {
 }  // namespace
 
 extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) {
+  percpu::init_bsp();  // before anything asks which CPU it runs on
   console::init();
   arch::init_descriptor_tables();
   // First thing after the IDT: globals with constructors (default member initialisers count)

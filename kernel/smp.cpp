@@ -9,6 +9,7 @@
 #include "kernel/cmdline.h"
 #include "kernel/console.h"
 #include "kernel/memory.h"
+#include "kernel/percpu.h"
 #include "kernel/timer.h"
 #include "lib/atomic.h"
 #include "mm/mm.h"
@@ -72,6 +73,7 @@ struct [[gnu::packed]] TrampolineParams {
 constexpr uint64_t kInitDelayNs = 10'000'000, kSipiDelayNs = 200'000;
 constexpr uint64_t kApTimeoutNs = 5'000'000'000;
 
+static_assert(percpu::kMaxCpus == acpi::MadtCpus::kMax);
 Cpu g_cpus[acpi::MadtCpus::kMax];
 size_t g_cpu_count = 1;
 size_t g_online = 1;
@@ -192,6 +194,8 @@ bool start_ap(size_t index, uint8_t vector) {
 }  // namespace
 
 void start(const BootInfo& boot) {
+  percpu::block(0).apic_id = arch::apic::local_id();
+  g_cpus[0].apic_id = percpu::block(0).apic_id;
   char value[16];
   if (cmdline::get("smp", value, sizeof value)) {
     if (strcmp(value, "off") == 0) {
@@ -260,6 +264,7 @@ extern "C" [[noreturn]] void ap_main(uint32_t apic_id) {
     arch::load_cpu_tables(b.tables,
                           reinterpret_cast<uint64_t>(b.fault_stack + sizeof b.fault_stack),
                           reinterpret_cast<uint64_t>(b.nmi_stack + sizeof b.nmi_stack));
+    percpu::init_ap(index, apic_id);
     arch::apic::init_ap();
     ApState expected = ApState::Starting;
     if (cpu.state.compare_exchange(expected, ApState::Announcing, MemoryOrder::AcqRel)) {
