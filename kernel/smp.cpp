@@ -10,6 +10,7 @@
 #include "kernel/console.h"
 #include "kernel/memory.h"
 #include "kernel/percpu.h"
+#include "kernel/threads.h"
 #include "kernel/timer.h"
 #include "lib/atomic.h"
 #include "mm/mm.h"
@@ -194,6 +195,7 @@ bool start_ap(size_t index, uint8_t vector) {
 }  // namespace
 
 void start(const BootInfo& boot) {
+  // Where other CPUs send the BSP its wake-ups (deferred work, joins).
   percpu::block(0).apic_id = arch::apic::local_id();
   g_cpus[0].apic_id = percpu::block(0).apic_id;
   char value[16];
@@ -247,6 +249,12 @@ void start(const BootInfo& boot) {
 }
 
 size_t online_count() { return g_online; }
+size_t cpu_count() { return g_cpu_count; }
+bool is_online(size_t index) {
+  if (index == 0) return true;
+  return index < g_cpu_count && g_cpus[index].state.load(MemoryOrder::Acquire) == ApState::Online;
+}
+uint32_t apic_id(size_t index) { return g_cpus[index].apic_id; }
 
 }  // namespace blimp::smp
 
@@ -270,9 +278,11 @@ extern "C" [[noreturn]] void ap_main(uint32_t apic_id) {
     if (cpu.state.compare_exchange(expected, ApState::Announcing, MemoryOrder::AcqRel)) {
       kprintf("smp: cpu %zu (apic id %u) online\n", index, apic_id);
       cpu.state.store(ApState::Online, MemoryOrder::Release);
+      threads::idle_loop();
     }
   }
-  // Parked: no interrupts (IF clear, and the local APIC's priority blocks them too); only an
-  // NMI or INIT could move it, and the hlt loop takes it back after an NMI.
+  // Not asked to start, or the BSP gave up on it: parked for good. No interrupts (IF clear, and
+  // nobody sends it any: it is not online); only an NMI or INIT could move it, and the hlt loop
+  // takes it back after an NMI.
   for (;;) asm volatile("cli; hlt" ::: "memory");
 }
