@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """Application processors (kernel/smp.cpp): on q35, pc (PVH through qboot, and GRUB's multiboot2
-ISO) and microvm, every CPU QEMU gives comes online, announces itself once and parks, and the
-app still runs to its normal end on the BSP. smp=off keeps one CPU; microvm without ACPI (no
-MADT) says so and keeps one; a CPU that does not come up is reported and left out, never waited
-for without end (smp.test_late, the one test-only word). Behaviour only: nothing is timed."""
+ISO) and microvm, every CPU QEMU gives comes online, announces itself once and waits in its idle
+loop, and the app still runs to its normal end on the BSP. smp=off keeps one CPU; microvm without
+ACPI (no MADT) says so and keeps one; a CPU that does not come up is reported and left out, never
+waited for without end (smp.test_late, the one test-only word).
+
+Threads on the APs (kernel/threads.h): `integrity threads=N` verifies memory on N CPUs at once
+(MTTCG: every vCPU on its own host thread) while the host inflates and deflates the balloon and
+free page reporting runs, every CPU allocating and freeing (churn=); it must end with zero
+mismatches and the page allocator's invariants intact. threads= beyond the CPUs online is a clear
+error. Behaviour only: nothing is timed."""
 import os
 import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from blimp_vm import BlimpVM, TestRunner, check, requested_accel  # noqa: E402
+from blimp_vm import BlimpVM, TestRunner, check, requested_accel, wait_balloon  # noqa: E402
+from qmp import Qmp, QmpError  # noqa: E402
 
 t = TestRunner()
 
@@ -107,6 +114,70 @@ def test_ap_that_does_not_come_up(build):
     check("smp: cpu 2 (apic id 2) did not come up" in out, out)
     check(SUMMARY_RE.findall(out) == [("3", "4")], out)
     check(sorted(int(c) for c, _ in ONLINE_RE.findall(out)) == [1, 3], out)
+
+
+MiB = 1 << 20
+THREADS_RE = re.compile(r"^integrity: (\d+) threads, on cpus ([\d,]+)$", re.M)
+
+
+def integrity_threads_under_balloon(build, cpus):
+    """integrity threads=cpus on q35 -smp cpus (MTTCG), through balloon cycles with free page
+    reporting; stopped with the power button, it must pass and find the allocator consistent."""
+    accel = "tcg,thread=multi" if requested_accel() == "tcg" else None
+    props = ",deflate-on-oom=on,free-page-reporting=on"
+    args = [f"threads={cpus}", "size=256M", "pause=200ms", "churn=2", "invariants=1"]
+    with BlimpVM(build, app="integrity", args=args, machine="q35", memory="1G", qmp=True,
+                 accel=accel, limit=600, extra=["-smp", str(cpus), "-device",
+                                                f"virtio-balloon-pci,id=balloon0{props}"]) as vm:
+        vm.wait_for(r"integrity: round 1 ", 300)
+        m = THREADS_RE.search(vm.output)
+        check(m and m.group(1) == str(cpus) and m.group(2) == ",".join(map(str, range(cpus))),
+              f"expected {cpus} threads on cpus 0..{cpus - 1}\n{vm.output}")
+        q = Qmp.connect(vm.qmp_path)
+        for target in (560, 1024, 520, 1024):
+            q.execute("balloon", value=target * MiB)
+            wait_balloon(q, lambda a: abs(a - target * MiB) < 40 * MiB, timeout=120, vm=vm)
+            # Two full rounds after the balloon got there: every worker verified everything
+            # while its memory sat beside the moved balloon.
+            mark = len(vm.output)
+            vm.wait_for(r"integrity: round \d+ verified", 120, start=mark)
+            mark = len(vm.output)
+            vm.wait_for(r"integrity: round \d+ verified", 120, start=mark)
+        try:
+            q.execute("system_powerdown")
+        except (OSError, QmpError):
+            pass  # the guest may exit before the reply comes back; wait_exit decides
+        status = vm.wait_exit(240)
+        out = vm.output
+    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+    check("MISMATCH" not in out, out)
+    check("integrity: allocator invariants hold" in out, f"invariants not checked or broken\n{out}")
+    check(re.search(r"^integrity: PASS: 0 mismatches, 0 bad pages", out, re.M),
+          f"no PASS line\n{out}")
+    churn = re.search(r"^integrity: churned (\d+) regions", out, re.M)
+    check(churn and int(churn.group(1)) > 0, f"no region was churned\n{out}")
+    check(status == 0, f"integrity exited with {status}\n{out[-3000:]}")
+    return out
+
+
+@t.test
+def test_integrity_2_threads_under_balloon(build):
+    integrity_threads_under_balloon(build, 2)
+
+
+@t.test
+def test_integrity_4_threads_under_balloon(build):
+    integrity_threads_under_balloon(build, 4)
+
+
+@t.test
+def test_threads_beyond_online_cpus(build):
+    with BlimpVM(build, app="integrity", args=["threads=3", "size=8M", "rounds=1"], machine="q35",
+                 limit=180, extra=["-smp", "2"]) as vm:
+        status = vm.wait_exit(170)
+        out = vm.output
+    check(status == 2, f"integrity exited with {status}, expected 2\n{out}")
+    check("integrity: threads=3 but 2 CPUs are online (threads=1..2)" in out, out)
 
 
 if __name__ == "__main__":
