@@ -46,13 +46,14 @@ target_include_directories(blimp_host_flags_tsan INTERFACE ${CMAKE_SOURCE_DIR})
 target_link_libraries(blimp_host_flags_tsan INTERFACE Threads::Threads)
 
 # blimp_tsan_unit_test(NAME SOURCES ...): SOURCES are the test and the guest sources under test;
-# registered with CTest as tsan.<Suite>.<Test>, labels unit and tsan.
+# registered with CTest as tsan.<Suite>.<Test>, label unit-tsan (so `-L unit` and `-L tsan` both
+# select it).
 function(blimp_tsan_unit_test name)
   cmake_parse_arguments(ARG "" "" "SOURCES" ${ARGN})
   add_executable(${name} ${ARG_SOURCES} ${CMAKE_SOURCE_DIR}/tests/unit/host_shims.cpp)
   target_link_libraries(${name} PRIVATE blimp_host_flags_tsan GTest::gtest_main)
   # halt_on_error: a race fails the test instead of scrolling past in its output.
   gtest_discover_tests(${name} TEST_PREFIX "tsan." DISCOVERY_TIMEOUT 60
-                       PROPERTIES LABELS "unit;tsan" TIMEOUT 600
+                       PROPERTIES LABELS unit-tsan TIMEOUT 600
                        ENVIRONMENT "TSAN_OPTIONS=halt_on_error=1")
 endfunction()
