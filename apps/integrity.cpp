@@ -42,10 +42,10 @@
 #include "apps/app_args.h"
 #include "apps/mix.h"
 #include "apps/page_pattern.h"
+#include "apps/workers.h"
 #include "kernel/console.h"
 #include "kernel/percpu.h"
 #include "kernel/power.h"
-#include "kernel/smp.h"
 #include "kernel/threads.h"
 #include "kernel/timer.h"
 #include "lib/atomic.h"
@@ -193,24 +193,9 @@ void run_round(void* arg) {
 }
 
 Worker g_workers[percpu::kMaxCpus];
+apps::WorkerCpus g_cpus;
 
-// Runs fn on every worker's CPU (worker 0's inline, on the BSP) and waits for all of them.
-bool run_all(size_t n, threads::Fn fn) {
-  size_t started = 1;
-  bool ok = true;
-  for (; started < n; started++) {
-    auto r = threads::start(g_workers[started].cpu, fn, &g_workers[started]);
-    if (r.is_error()) {
-      printf("integrity: cannot start a thread on cpu %zu: %s\n", g_workers[started].cpu,
-             error_name(r.error()));
-      ok = false;
-      break;
-    }
-  }
-  if (ok) fn(&g_workers[0]);
-  for (size_t i = 1; i < started; i++) (void)threads::join(g_workers[i].cpu);
-  return ok;
-}
+bool run_all(threads::Fn fn) { return apps::run_on_workers("integrity", g_cpus, fn, g_workers); }
 
 }  // namespace
 
@@ -242,13 +227,8 @@ int integrity_main(int argc, char** argv) {
       return 2;
     }
   }
-  const size_t online = smp::online_count();
-  if (nthreads == 0 || nthreads > online) {
-    printf("integrity: threads=%" PRIu64 " but %zu CPU%s online (threads=1..%zu)\n", nthreads,
-           online, online == 1 ? " is" : "s are", online);
-    return 2;
-  }
-  const size_t n = size_t(nthreads);
+  if (!apps::choose_worker_cpus("integrity", nthreads, g_cpus)) return 2;
+  const size_t n = g_cpus.count;
   const size_t chunk_count = (size + kChunk - 1) / kChunk;
   if (chunk_count == 0 || chunk_count > kMaxChunks) {
     printf("integrity: size must be between 1M and %zu MiB\n", kMaxChunks);
@@ -258,14 +238,10 @@ int integrity_main(int argc, char** argv) {
     printf("integrity: size=%zuM gives fewer 1 MiB regions than threads=%zu\n", chunk_count, n);
     return 2;
   }
-  // Worker i on the i-th online CPU (an AP the BSP gave up on keeps its number but is skipped).
-  size_t next_cpu = 1, first_chunk = 0;
+  size_t first_chunk = 0;
   for (size_t i = 0; i < n; i++) {
     Worker& w = g_workers[i];
-    if (i > 0) {
-      while (!smp::is_online(next_cpu)) next_cpu++;
-      w.cpu = next_cpu++;
-    }
+    w.cpu = g_cpus.cpu[i];
     w.first_chunk = first_chunk;
     w.chunk_count = chunk_count / n + (i < chunk_count % n ? 1 : 0);
     w.first_page = first_chunk * kPagesPerChunk;
@@ -275,7 +251,7 @@ int integrity_main(int argc, char** argv) {
     w.inject = i == 0 ? how : Inject::kNone;
     first_chunk += w.chunk_count;
   }
-  if (!run_all(n, setup)) return 1;
+  if (!run_all(setup)) return 1;
   size_t allocated = 0;
   bool out_of_memory = false;
   for (size_t i = 0; i < n; i++) {
@@ -292,18 +268,12 @@ int integrity_main(int argc, char** argv) {
   }
   const uint64_t pages = chunk_count * kPagesPerChunk;
   printf("integrity: filled %zu MiB (%" PRIu64 " pages)\n", chunk_count, pages);
-  if (n > 1) {
-    char cpus[256];
-    size_t used = 0;
-    for (size_t i = 0; i < n && used < sizeof cpus; i++)
-      used += format(cpus + used, sizeof cpus - used, "%s%zu", i ? "," : "", g_workers[i].cpu);
-    printf("integrity: %zu threads, on cpus %s\n", n, cpus);
-  }
+  if (n > 1) apps::print_worker_cpus("integrity", g_cpus);
   uint64_t total_mismatches = 0, total_bad_pages = 0, churned = 0, churn_failures = 0;
   uint64_t start = timer::now_ns();
   for (uint64_t round = 1;; round++) {
     for (size_t i = 0; i < n; i++) g_workers[i].round = round;
-    if (!run_all(n, run_round)) return 1;
+    if (!run_all(run_round)) return 1;
     uint64_t bad = 0, bad_pages = 0;
     for (size_t i = 0; i < n; i++) {
       bad += g_workers[i].bad_words;
