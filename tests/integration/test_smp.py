@@ -8,11 +8,13 @@ waited for without end (smp.test_late, the one test-only word).
 Threads on the APs (kernel/threads.h): `integrity threads=N` verifies memory on N CPUs at once
 (MTTCG: every vCPU on its own host thread) while the host inflates and deflates the balloon and
 free page reporting runs, every CPU allocating and freeing (churn=); it must end with zero
-mismatches and the page allocator's invariants intact. threads= beyond the CPUs online is a clear
-error. Behaviour only: nothing is timed."""
+mismatches and the page allocator's invariants intact. `memhog threads=2` allocates, fills,
+verifies and frees on both CPUs of -smp 2 through balloon cycles with no page corrupted. threads=
+beyond the CPUs online is a clear error for each app. Behaviour only: nothing is timed."""
 import os
 import re
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from blimp_vm import BlimpVM, TestRunner, check, requested_accel, wait_balloon  # noqa: E402
@@ -178,7 +180,59 @@ def test_threads_beyond_online_cpus(build):
         out = vm.output
     check(status == 2, f"integrity exited with {status}, expected 2\n{out}")
     check("integrity: threads=3 but 2 CPUs are online (threads=1..2)" in out, out)
+    for app, args in (("memhog", ["threads=3", "steps=alloc:8M"]),):
+        with BlimpVM(build, app=app, args=args, machine="q35", limit=180, extra=["-smp", "2"]) as vm:
+            status = vm.wait_exit(170)
+            out = vm.output
+        check(status == 2, f"{app} exited with {status}, expected 2\n{out}")
+        check(f"{app}: threads=3 but 2 CPUs are online (threads=1..2)" in out, out)
 
+
+MEMHOG_THREADS_RE = re.compile(r"^memhog: (\d+) threads, on cpus ([\d,]+)$", re.M)
+
+
+@t.test
+def test_memhog_2_threads_under_balloon(build):
+    """memhog threads=2 on q35 -smp 2 (MTTCG): both CPUs allocate, fill, verify and free their
+    share in every step while the host inflates and deflates the balloon; stopped with the power
+    button, everything still held is verified and freed, with no page corrupted."""
+    accel = "tcg,thread=multi" if requested_accel() == "tcg" else None
+    props = ",deflate-on-oom=on,free-page-reporting=on"
+    cycle = "alloc:64M,check:all,free:32M,check:all,free:32M,wait:500ms"
+    steps = ",".join(["alloc:128M", "check:all"] + [cycle] * 7 + ["wait:600s"])
+    last = steps.count(",") + 1  # the long wait the power button ends
+    with BlimpVM(build, app="memhog", args=["threads=2", f"steps={steps}"], machine="q35",
+                 memory="1G", qmp=True, accel=accel, limit=600,
+                 extra=["-smp", "2", "-device", f"virtio-balloon-pci,id=balloon0{props}"]) as vm:
+        vm.wait_for(r"memhog: step 2 checked", 300)
+        m = MEMHOG_THREADS_RE.search(vm.output)
+        check(m and m.groups() == ("2", "0,1"), f"expected 2 threads on cpus 0,1\n{vm.output}")
+        q = Qmp.connect(vm.qmp_path)
+        for target in (560, 1024, 520, 1024):
+            q.execute("balloon", value=target * MiB)
+            wait_balloon(q, lambda a: abs(a - target * MiB) < 40 * MiB, timeout=120, vm=vm)
+            # A step of every worker after the balloon got there, unless the steps are over (only
+            # the last wait is left): then the final verification covers it.
+            mark = len(vm.output)
+            deadline = time.monotonic() + 120
+            while not (re.search(r"^memhog: step \d+ (alloc|freed|checked)", vm.output[mark:], re.M)
+                       or f"memhog: step {last - 1} " in vm.output):
+                check(time.monotonic() < deadline, f"memhog made no progress\n{vm.output[-3000:]}")
+                time.sleep(0.1)
+        try:
+            q.execute("system_powerdown")
+        except (OSError, QmpError):
+            pass  # the guest may exit before the reply comes back; wait_exit decides
+        status = vm.wait_exit(240)
+        out = vm.output
+    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+    check("CORRUPTION" not in out, out)
+    per_cpu = re.findall(r"^memhog: cpu (\d+) verified (\d+) pages, (\d+) corrupted$", out, re.M)
+    check([c for c, _, _ in per_cpu] == ["0", "1"] and all(int(v) > 0 for _, v, _ in per_cpu),
+          f"both workers should have verified pages\n{out}")
+    check(re.search(r"^memhog: verified \d+ pages, 0 corrupted .*, 2 threads$", out, re.M),
+          f"no clean totals line\n{out}")
+    check(status == 0 and "memhog: done" in out, f"memhog exited with {status}\n{out[-3000:]}")
 
 if __name__ == "__main__":
     t.main()
