@@ -34,7 +34,7 @@ void print_worker_cpus(const char* app, const WorkerCpus& cpus) {
 }
 
 bool run_on_workers(const char* app, const WorkerCpus& cpus, threads::Fn fn, void* args,
-                    size_t stride) {
+                    size_t stride, void (*abandon)()) {
   auto arg = [&](size_t i) { return static_cast<char*>(args) + i * stride; };
   size_t started = 1;
   bool ok = true;
@@ -47,7 +47,10 @@ bool run_on_workers(const char* app, const WorkerCpus& cpus, threads::Fn fn, voi
       break;
     }
   }
-  if (ok) fn(arg(0));
+  if (ok)
+    fn(arg(0));
+  else if (abandon)
+    abandon();
   for (size_t i = 1; i < started; i++) (void)threads::join(cpus.cpu[i]);
   return ok;
 }

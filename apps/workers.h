@@ -27,14 +27,16 @@ void print_worker_cpus(const char* app, const WorkerCpus& cpus);
 
 // Runs fn on every worker at once, worker i getting (char*)args + i * stride, and returns when all
 // of them have returned; worker 0 runs inline on the caller (the BSP). A thread that cannot be
-// started is printed and the result is false: the threads already started are joined, worker 0
-// does not run.
+// started is printed and the result is false: worker 0 does not run, `abandon` (if given) is
+// called, then the threads already started are joined; for workers that only stop when worker 0
+// tells them, abandon() tells them instead.
 bool run_on_workers(const char* app, const WorkerCpus& cpus, threads::Fn fn, void* args,
-                    size_t stride);
+                    size_t stride, void (*abandon)() = nullptr);
 
 template <typename Worker>
-bool run_on_workers(const char* app, const WorkerCpus& cpus, threads::Fn fn, Worker* workers) {
-  return run_on_workers(app, cpus, fn, workers, sizeof(Worker));
+bool run_on_workers(const char* app, const WorkerCpus& cpus, threads::Fn fn, Worker* workers,
+                    void (*abandon)() = nullptr) {
+  return run_on_workers(app, cpus, fn, workers, sizeof(Worker), abandon);
 }
 
 }  // namespace blimp::apps

@@ -9,8 +9,10 @@ Threads on the APs (kernel/threads.h): `integrity threads=N` verifies memory on 
 (MTTCG: every vCPU on its own host thread) while the host inflates and deflates the balloon and
 free page reporting runs, every CPU allocating and freeing (churn=); it must end with zero
 mismatches and the page allocator's invariants intact. `memhog threads=2` allocates, fills,
-verifies and frees on both CPUs of -smp 2 through balloon cycles with no page corrupted. threads=
-beyond the CPUs online is a clear error for each app. Behaviour only: nothing is timed."""
+verifies and frees on both CPUs of -smp 2 through balloon cycles with no page corrupted;
+`kvcache threads=4` serves requests on four CPUs from one cache that fills the guest while the
+balloon's demand shrinks it from the BSP, and verifies every hit. threads= beyond the CPUs online
+is a clear error for each app. Behaviour only: nothing is timed."""
 import os
 import re
 import sys
@@ -180,7 +182,7 @@ def test_threads_beyond_online_cpus(build):
         out = vm.output
     check(status == 2, f"integrity exited with {status}, expected 2\n{out}")
     check("integrity: threads=3 but 2 CPUs are online (threads=1..2)" in out, out)
-    for app, args in (("memhog", ["threads=3", "steps=alloc:8M"]),):
+    for app, args in (("memhog", ["threads=3", "steps=alloc:8M"]), ("kvcache", ["threads=3", "ops=10"])):
         with BlimpVM(build, app=app, args=args, machine="q35", limit=180, extra=["-smp", "2"]) as vm:
             status = vm.wait_exit(170)
             out = vm.output
@@ -233,6 +235,51 @@ def test_memhog_2_threads_under_balloon(build):
     check(re.search(r"^memhog: verified \d+ pages, 0 corrupted .*, 2 threads$", out, re.M),
           f"no clean totals line\n{out}")
     check(status == 0 and "memhog: done" in out, f"memhog exited with {status}\n{out[-3000:]}")
+
+
+@t.test
+def test_kvcache_4_threads_under_balloon(build):
+    """kvcache threads=4 on q35 -smp 4 (MTTCG): four CPUs look up and insert in one cache that
+    fills the guest, while the host inflates and deflates the balloon and the shrinker (on the
+    BSP) takes entries from under the other CPUs. Every hit is verified; stopped with the power
+    button it must report no corruption, work on every CPU and a cache shrunk for the balloon."""
+    accel = "tcg,thread=multi" if requested_accel() == "tcg" else None
+    props = ",deflate-on-oom=on,free-page-reporting=on"
+    # 400000 keys of 4 KiB is 1.6 GiB: more than the guest has, so the cache fills everything.
+    args = ["threads=4", "keys=400000", "work=200", "duration=600s", "report=500ms"]
+    with BlimpVM(build, app="kvcache", args=args, machine="q35", memory="1G", qmp=True,
+                 accel=accel, limit=600,
+                 extra=["-smp", "4", "-device", f"virtio-balloon-pci,id=balloon0{props}"]) as vm:
+        vm.wait_for(r"kvcache: t=", 300)
+        m = re.search(r"^kvcache: (\d+) threads, on cpus ([\d,]+)$", vm.output, re.M)
+        check(m and m.groups() == ("4", "0,1,2,3"), f"expected 4 threads on cpus 0..3\n{vm.output}")
+        deadline = time.monotonic() + 300
+        while max(map(int, re.findall(r"cache_mib=(\d+)", vm.output)), default=0) < 600:
+            check(time.monotonic() < deadline, f"the cache never filled memory\n{vm.output[-1500:]}")
+            time.sleep(0.5)
+        q = Qmp.connect(vm.qmp_path)
+        for target in (560, 1024, 520, 1024):
+            q.execute("balloon", value=target * MiB)
+            wait_balloon(q, lambda a: abs(a - target * MiB) < 40 * MiB, timeout=120, vm=vm)
+            # Two reports after the balloon got there: every CPU kept working beside it.
+            vm.wait_for(r"kvcache: t=", 120, start=len(vm.output))
+            vm.wait_for(r"kvcache: t=", 120, start=len(vm.output))
+        try:
+            q.execute("system_powerdown")
+        except (OSError, QmpError):
+            pass  # the guest may exit before the reply comes back; wait_exit decides
+        status = vm.wait_exit(240)
+        out = vm.output
+    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+    check("CORRUPTION" not in out, out)
+    per_cpu = re.findall(r"^kvcache: cpu (\d+) ops=(\d+) hits=(\d+) ", out, re.M)
+    check([c for c, _, _ in per_cpu] == ["0", "1", "2", "3"]
+          and all(int(o) > 0 and int(h) > 0 for _, o, h in per_cpu),
+          f"every CPU should have served requests and hits\n{out[-3000:]}")
+    done = re.search(r"^kvcache: done ops=\d+ .* shrunk=(\d+) .* threads=4 ok$", out, re.M)
+    check(done and int(done.group(1)) > 0, f"no clean done line, or nothing shrunk\n{out[-3000:]}")
+    check(status == 0, f"kvcache exited with {status}\n{out[-3000:]}")
+
 
 if __name__ == "__main__":
     t.main()
