@@ -2,7 +2,7 @@
 // tests and benchmarks can make a guest grow and shrink on cue.
 //
 //   memhog steps=alloc:512M,wait:2s,check:all,free:256M,free:all,wait:1s [chunk=1M]
-//          [allow_oom=1] [verify=page|word]
+//          [allow_oom=1] [verify=page|word] [threads=1]
 //
 // alloc:SIZE  allocate SIZE in chunks (malloc). Every chunk gets a new 64-bit allocation id
 //             (1, 2, ...), mixed with each page's address into every word of the page
@@ -22,6 +22,15 @@
 // "memhog: done", or "memhog: FAIL: M corrupted pages" (status 1). An allocation that fails
 // (after the allocator has asked shrinkers and the balloon for memory) ends the app with status
 // 1, unless allow_oom=1.
+// threads=N (issue 17) runs every alloc, free and check step on N workers at once, one per CPU
+// (apps/workers.h: the BSP and threads on the first N-1 other online CPUs; more than are online is
+// an error, status 2). Each worker holds its own chunks: a step's chunks are dealt out among the
+// workers in turn, each allocates, fills, verifies and frees its share on its own CPU, and free:
+// takes each worker's most recent chunks. Waits and the step lines stay the BSP's. A worker on
+// an AP cannot reclaim, so there an allocation fails where the BSP's would first have shrunk the
+// caches or deflated the balloon. With N > 1, "memhog: N threads, on cpus 0,1,..." comes first,
+// "memhog: cpu C verified N pages, M corrupted" per worker before the totals, and the totals
+// line ends with ", N threads".
 // The power button (power::stop_requested()) cuts a wait short and skips the remaining steps:
 // what is held is still verified and freed, and the summary printed.
 #include <cinttypes>
@@ -33,8 +42,13 @@
 #include "apps/app_args.h"
 #include "apps/mix.h"
 #include "apps/page_pattern.h"
+#include "apps/workers.h"
+#include "kernel/console.h"
+#include "kernel/percpu.h"
 #include "kernel/power.h"
 #include "kernel/timer.h"
+#include "lib/atomic.h"
+#include "lib/format.h"
 
 namespace {
 
@@ -43,18 +57,40 @@ using namespace blimp;
 namespace pattern = apps::pattern;
 
 constexpr size_t kMaxChunks = 1 << 16;
-void* g_chunks[kMaxChunks];
-uint64_t g_ids[kMaxChunks];  // the allocation id of each held chunk
-size_t g_count = 0;
 uint64_t g_chunk_size = 1 << 20;
-uint64_t g_next_id = 1;
 unsigned g_words = pattern::kWordsPerPage;  // verify=page; 1 for verify=word
-uint64_t g_verified = 0;
-uint64_t g_corrupt = 0;
-uint64_t g_corrupt_by_kind[4];  // indexed by pattern::Verdict
+// Allocation ids come from one counter for all workers, so that an id names one chunk and a page
+// holding another worker's chunk's content is stale or foreign, never valid.
+Atomic<uint64_t> g_next_id{1};
+Atomic<uint64_t> g_reported{0};  // CORRUPTION lines printed, over all workers
 
 // "memhog" in ASCII: one salt per app, so one app's pages never decode as another's.
 constexpr uint64_t kSalt = 0x6d656d686f67ull;
+
+enum class Action { kAlloc, kFree, kCheck };
+
+// One worker's chunks (a stack: it frees its most recent first) and counts. Only its own CPU
+// touches it during a step (so it uses kprintf, never printf: kernel/threads.h); the BSP sets the
+// step up and reads the results between steps.
+struct Worker {
+  void** chunks = nullptr;  // its slice of g_chunks
+  uint64_t* ids = nullptr;  // the allocation id of each held chunk
+  size_t capacity = 0, count = 0;
+  // The step: what to do, to how many chunks; what came of it.
+  Action action = Action::kCheck;
+  uint64_t amount = 0;
+  uint64_t done = 0;  // chunks allocated or freed
+  uint64_t bad = 0;   // corrupted pages seen
+  bool out_of_memory = false;
+  // Over the whole run.
+  uint64_t verified = 0, corrupt = 0;
+  uint64_t corrupt_by_kind[4] = {};  // indexed by pattern::Verdict
+};
+
+void* g_chunks[kMaxChunks];
+uint64_t g_ids[kMaxChunks];
+Worker g_workers[percpu::kMaxCpus];
+apps::WorkerCpus g_cpus;
 
 uint64_t key_for(const uint8_t* page) {
   return pattern::page_key(kSalt, reinterpret_cast<uint64_t>(page) >> 12);
@@ -67,50 +103,111 @@ void touch(void* chunk, uint64_t id) {
   }
 }
 
-// Verifies every page of the chunk in slot i; returns the number of corrupted pages.
-uint64_t check_chunk(size_t i) {
+// Verifies every page of the worker's chunk i; returns the number of corrupted pages.
+uint64_t check_chunk(Worker& w, size_t i) {
   uint64_t bad = 0;
   for (uint64_t off = 0; off < g_chunk_size; off += 4096) {
-    auto* p = static_cast<uint8_t*>(g_chunks[i]) + off;
+    auto* p = static_cast<uint8_t*>(w.chunks[i]) + off;
     uint64_t key = key_for(p);
     pattern::PageCheck c = pattern::check_page(reinterpret_cast<volatile uint64_t*>(p), key,
-                                               g_ids[i], g_next_id, g_words);
-    g_verified++;
+                                               w.ids[i], g_next_id.load(), g_words);
+    w.verified++;
     if (c.verdict == pattern::Verdict::kOk) continue;
-    g_corrupt_by_kind[static_cast<int>(c.verdict)]++;
-    if (g_corrupt < 10) {
+    w.corrupt_by_kind[static_cast<int>(c.verdict)]++;
+    if (g_reported.fetch_add(1) < 10) {
       char kind[64];
       if (c.verdict == pattern::Verdict::kStale)
-        snprintf(kind, sizeof kind, "stale: holds allocation %" PRIu64, c.found_generation);
+        format(kind, sizeof kind, "stale: holds allocation %lu", c.found_generation);
       else if (c.verdict == pattern::Verdict::kZeroed)
-        snprintf(kind, sizeof kind, "zeroed");
+        format(kind, sizeof kind, "zeroed");
       else
-        snprintf(kind, sizeof kind, "foreign: not this page's data");
-      printf("memhog: CORRUPTION at %p (allocation %" PRIu64 ", page %" PRIu64
-             " of its chunk): %u of %u words differ, first word %u: expected %016" PRIx64
-             " got %016" PRIx64 "; %s\n",
-             p, g_ids[i], off / 4096, c.bad_words, g_words, c.first_bad,
-             pattern::encode(key, c.first_bad, g_ids[i]), c.first_found, kind);
+        format(kind, sizeof kind, "foreign: not this page's data");
+      // kprintf, not printf: any CPU may get here.
+      kprintf(
+          "memhog: CORRUPTION at %p (allocation %lu, page %lu of its chunk): %u of %u words"
+          " differ, first word %u: expected %016lx got %016lx; %s\n",
+          p, w.ids[i], off / 4096, c.bad_words, g_words, c.first_bad,
+          pattern::encode(key, c.first_bad, w.ids[i]), c.first_found, kind);
     }
-    g_corrupt++;
+    w.corrupt++;
     bad++;
   }
   return bad;
 }
 
-void check_and_free_last() {
-  g_count--;
-  check_chunk(g_count);
-  free(g_chunks[g_count]);
+// One step's share of the work, on the worker's CPU.
+void run_step(void* arg) {
+  Worker& w = *static_cast<Worker*>(arg);
+  w.done = w.bad = 0;
+  w.out_of_memory = false;
+  if (w.action == Action::kAlloc) {
+    for (; w.done < w.amount; w.done++) {
+      // On an AP this fails rather than reclaim (only the BSP runs shrinkers and the balloon).
+      void* p = w.count < w.capacity ? malloc(g_chunk_size) : nullptr;
+      if (!p) {
+        w.out_of_memory = true;
+        return;
+      }
+      w.ids[w.count] = g_next_id.fetch_add(1);
+      touch(p, w.ids[w.count]);
+      w.chunks[w.count++] = p;
+    }
+  } else if (w.action == Action::kFree) {
+    for (; w.done < w.amount && w.count; w.done++) {
+      w.count--;
+      w.bad += check_chunk(w, w.count);
+      free(w.chunks[w.count]);
+    }
+  } else {
+    for (size_t i = 0; i < w.count; i++) w.bad += check_chunk(w, i);
+  }
 }
 
-uint64_t held_mib() { return (g_count * g_chunk_size) >> 20; }
+// Gives `chunks` out among the workers one at a time in turn, skipping (for free) the workers
+// with nothing more to give, then runs the step on all of them at once. Sums into done and bad.
+bool step_all(Action action, uint64_t chunks, uint64_t& done, uint64_t& bad) {
+  const size_t n = g_cpus.count;
+  for (size_t i = 0; i < n; i++) {
+    g_workers[i].action = action;
+    g_workers[i].amount = 0;
+  }
+  for (uint64_t given = 0, i = 0, idle = 0; given < chunks && idle < n; i = (i + 1) % n) {
+    Worker& w = g_workers[i];
+    if (action == Action::kFree && w.amount >= w.count) {
+      idle++;
+      continue;
+    }
+    idle = 0;
+    w.amount++;
+    given++;
+  }
+  if (!apps::run_on_workers("memhog", g_cpus, run_step, g_workers)) return false;
+  done = bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    done += g_workers[i].done;
+    bad += g_workers[i].bad;
+  }
+  return true;
+}
+
+uint64_t held_mib() {
+  uint64_t chunks = 0;
+  for (size_t i = 0; i < g_cpus.count; i++) chunks += g_workers[i].count;
+  return (chunks * g_chunk_size) >> 20;
+}
+
+bool out_of_memory() {
+  for (size_t i = 0; i < g_cpus.count; i++)
+    if (g_workers[i].out_of_memory) return true;
+  return false;
+}
 
 int memhog_main(int argc, char** argv) {
   const char* steps = app_args::find(argc, argv, "steps");
-  uint64_t allow_oom = 0;
+  uint64_t allow_oom = 0, nthreads = 1;
   if (!app_args::get_size("memhog", argc, argv, "chunk", g_chunk_size) ||
-      !app_args::get_u64("memhog", argc, argv, "allow_oom", allow_oom))
+      !app_args::get_u64("memhog", argc, argv, "allow_oom", allow_oom) ||
+      !app_args::get_u64("memhog", argc, argv, "threads", nthreads))
     return 2;
   if (const char* verify = app_args::find(argc, argv, "verify")) {
     if (strcmp(verify, "page") == 0) {
@@ -125,13 +222,22 @@ int memhog_main(int argc, char** argv) {
   if (!steps) {
     printf(
         "memhog: usage: memhog steps=alloc:512M,wait:2s,check:all,free:all [chunk=1M] "
-        "[allow_oom=1] [verify=page|word]\n");
+        "[allow_oom=1] [verify=page|word] [threads=1]\n");
     return 2;
   }
   if (g_chunk_size < 4096 || g_chunk_size % 4096) {
     printf("memhog: chunk must be a multiple of 4 KiB\n");
     return 2;
   }
+  if (!apps::choose_worker_cpus("memhog", nthreads, g_cpus)) return 2;
+  const size_t n = g_cpus.count;
+  for (size_t i = 0; i < n; i++) {
+    Worker& w = g_workers[i];
+    w.capacity = kMaxChunks / n;
+    w.chunks = g_chunks + i * w.capacity;
+    w.ids = g_ids + i * w.capacity;
+  }
+  if (n > 1) apps::print_worker_cpus("memhog", g_cpus);
   char buf[512];
   if (strlen(steps) >= sizeof buf) {
     printf("memhog: steps too long\n");
@@ -160,25 +266,19 @@ int memhog_main(int argc, char** argv) {
         printf("memhog: step %d: bad size '%s'\n", step, value);
         return 2;
       }
-      uint64_t chunks = (bytes + g_chunk_size - 1) / g_chunk_size;
-      for (uint64_t i = 0; i < chunks; i++) {
-        void* p = g_count < kMaxChunks ? malloc(g_chunk_size) : nullptr;
-        if (!p) {
-          printf("memhog: step %d: out of memory after %" PRIu64 " of %" PRIu64
-                 " MiB (holding %" PRIu64 " MiB)\n",
-                 step, (i * g_chunk_size) >> 20, bytes >> 20, held_mib());
-          if (!allow_oom) return 1;
-          break;
-        }
-        g_ids[g_count] = g_next_id++;
-        touch(p, g_ids[g_count]);
-        g_chunks[g_count++] = p;
+      uint64_t chunks = (bytes + g_chunk_size - 1) / g_chunk_size, done, bad;
+      if (!step_all(Action::kAlloc, chunks, done, bad)) return 1;
+      if (out_of_memory()) {
+        printf("memhog: step %d: out of memory after %" PRIu64 " of %" PRIu64
+               " MiB (holding %" PRIu64 " MiB)\n",
+               step, (done * g_chunk_size) >> 20, bytes >> 20, held_mib());
+        if (!allow_oom) return 1;
       }
       uint64_t ms = (timer::now_ns() - t0) / 1000000;
       printf("memhog: step %d alloc %" PRIu64 " MiB in %" PRIu64 " ms, holding %" PRIu64 " MiB\n",
              step, bytes >> 20, ms, held_mib());
     } else if (strcmp(action, "free") == 0) {
-      uint64_t chunks = g_count;
+      uint64_t chunks = ~0ull;
       if (strcmp(value, "all") != 0) {
         uint64_t bytes;
         if (!app_args::parse_size(value, bytes)) {
@@ -186,18 +286,18 @@ int memhog_main(int argc, char** argv) {
           return 2;
         }
         chunks = (bytes + g_chunk_size - 1) / g_chunk_size;
-        if (chunks > g_count) chunks = g_count;
       }
-      for (uint64_t i = 0; i < chunks; i++) check_and_free_last();
+      uint64_t done, bad;
+      if (!step_all(Action::kFree, chunks, done, bad)) return 1;
       printf("memhog: step %d freed %" PRIu64 " MiB, holding %" PRIu64 " MiB\n", step,
-             (chunks * g_chunk_size) >> 20, held_mib());
+             (done * g_chunk_size) >> 20, held_mib());
     } else if (strcmp(action, "check") == 0) {
       if (strcmp(value, "all") != 0) {
         printf("memhog: step %d: check takes 'all', not '%s'\n", step, value);
         return 2;
       }
-      uint64_t bad = 0;
-      for (size_t i = 0; i < g_count; i++) bad += check_chunk(i);
+      uint64_t done, bad;
+      if (!step_all(Action::kCheck, 0, done, bad)) return 1;
       printf("memhog: step %d checked %" PRIu64 " MiB, %" PRIu64 " corrupted pages\n", step,
              held_mib(), bad);
     } else if (strcmp(action, "wait") == 0) {
@@ -216,15 +316,30 @@ int memhog_main(int argc, char** argv) {
       return 2;
     }
   }
-  while (g_count) check_and_free_last();
+  uint64_t freed, bad;
+  if (!step_all(Action::kFree, ~0ull, freed, bad)) return 1;
+  // The thread count ends the totals line only with threads=N > 1, so that the line stays as it
+  // always was for the tests that match it whole.
+  char threads_note[32] = "";
+  if (n > 1) format(threads_note, sizeof threads_note, ", %zu threads", n);
   using pattern::Verdict;
+  uint64_t verified = 0, corrupt = 0, by_kind[4] = {};
+  for (size_t i = 0; i < n; i++) {
+    const Worker& w = g_workers[i];
+    if (n > 1)
+      printf("memhog: cpu %zu verified %" PRIu64 " pages, %" PRIu64 " corrupted\n", g_cpus.cpu[i],
+             w.verified, w.corrupt);
+    verified += w.verified;
+    corrupt += w.corrupt;
+    for (int k = 0; k < 4; k++) by_kind[k] += w.corrupt_by_kind[k];
+  }
   printf("memhog: verified %" PRIu64 " pages, %" PRIu64 " corrupted (stale %" PRIu64
-         ", zeroed %" PRIu64 ", foreign %" PRIu64 ")\n",
-         g_verified, g_corrupt, g_corrupt_by_kind[static_cast<int>(Verdict::kStale)],
-         g_corrupt_by_kind[static_cast<int>(Verdict::kZeroed)],
-         g_corrupt_by_kind[static_cast<int>(Verdict::kForeign)]);
-  if (g_corrupt) {
-    printf("memhog: FAIL: %" PRIu64 " corrupted pages\n", g_corrupt);
+         ", zeroed %" PRIu64 ", foreign %" PRIu64 ")%s\n",
+         verified, corrupt, by_kind[static_cast<int>(Verdict::kStale)],
+         by_kind[static_cast<int>(Verdict::kZeroed)], by_kind[static_cast<int>(Verdict::kForeign)],
+         threads_note);
+  if (corrupt) {
+    printf("memhog: FAIL: %" PRIu64 " corrupted pages\n", corrupt);
     return 1;
   }
   printf("memhog: done\n");

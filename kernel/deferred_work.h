@@ -11,6 +11,11 @@
 //
 // Thread context (the app, or the kernel before the app starts) may also call run_pending() to
 // flush queued work, e.g. when the OOM path needs the balloon to finish first.
+//
+// CPUs: work runs on the BSP only (it drives the devices, whose interrupts all go there).
+// schedule() may be called on any CPU: the queue is under a spinlock, and an AP that queues
+// work sends the BSP a wake-up IPI (arch::apic::kWakeVector), on whose way out the work runs.
+// run_pending() on an AP does nothing.
 #pragma once
 
 namespace blimp::work {
@@ -23,13 +28,15 @@ struct WorkItem {
   bool queued = false;
 };
 
-// Queues `item` unless already queued. Safe from interrupt handlers and thread context.
+// Queues `item` unless already queued. Safe from interrupt handlers and thread context, on any
+// CPU.
 void schedule(WorkItem& item);
 
 // Runs queued work now, unless work is already running further up the stack.
-// Called by the interrupt dispatcher after each EOI.
+// Called by the interrupt dispatcher after each EOI. BSP only (nothing on an AP).
 void run_pending();
 
+// Work is running on the BSP (further up its stack, or interrupted).
 bool running();
 
 }  // namespace blimp::work

@@ -5,7 +5,9 @@
 #include "kernel/arch/cpu.h"
 #include "kernel/console.h"
 #include "kernel/panic.h"
+#include "kernel/percpu.h"
 #include "kernel/power.h"
+#include "lib/atomic.h"
 
 extern "C" char __kernel_start[], __kernel_end[];
 
@@ -48,7 +50,9 @@ const char* exception_name(uint64_t v) {
   return v < 32 ? names[v] : "interrupt";
 }
 
-bool in_progress = false;
+// Set by the first CPU to report: a second report (a fault while reporting, or another CPU
+// faulting meanwhile) only stops the VM, so that the first one's lines stay whole.
+blimp::Atomic<bool> in_progress{false};
 
 }  // namespace
 
@@ -69,10 +73,10 @@ void print_backtrace(uint64_t rbp) {
 }
 
 void report_exception(const arch::InterruptFrame& f) {
-  if (in_progress) power::exit(kFaultExitStatus);  // a fault while reporting a fault
-  in_progress = true;
+  if (in_progress.exchange(true)) power::exit(kFaultExitStatus);
   kprintf("\n*** blimp: CPU exception %lu (%s), error code %#lx\n", f.vector,
           exception_name(f.vector), f.error_code);
+  if (percpu::cpu_index() != 0) kprintf("    on cpu %zu (an AP)\n", percpu::cpu_index());
   if (f.vector == 14) {
     uint64_t cr2 = arch::read_cr2();
     kprintf("    page fault at address %#lx (%s, %s)%s\n", cr2,

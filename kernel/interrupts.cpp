@@ -60,15 +60,20 @@ extern "C" void interrupt_dispatch(blimp::arch::InterruptFrame* frame) {
   }
   if (v == arch::apic::kSpuriousVector) return;  // no EOI for spurious interrupts
   if (v >= arch::apic::kLegacyPicBase && v < arch::apic::kLegacyPicBase + 16) return;
-  interrupts::g_counts[v]++;
-  auto& slot = interrupts::g_slots[v];
-  if (slot.handler) {
-    slot.handler(slot.context);
-  } else {
-    kprintf("interrupts: unexpected vector %lu\n", v);
+  // The wake-up IPI has no handler: being interrupted is the point (kernel/threads.h), and on
+  // the BSP the work another CPU queued runs below. It is not counted: the counts are the BSP's
+  // (APs take nothing else), and several APs would race on one counter.
+  if (v != arch::apic::kWakeVector) {
+    interrupts::g_counts[v]++;
+    auto& slot = interrupts::g_slots[v];
+    if (slot.handler) {
+      slot.handler(slot.context);
+    } else {
+      kprintf("interrupts: unexpected vector %lu\n", v);
+    }
   }
   arch::apic::eoi();
-  // The bottom half: queued work runs here with interrupts enabled (see deferred_work.h). The
-  // interrupted context's registers are safe in this frame until we return.
+  // The bottom half: queued work runs here with interrupts enabled (see deferred_work.h), on the
+  // BSP only. The interrupted context's registers are safe in this frame until we return.
   work::run_pending();
 }

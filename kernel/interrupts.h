@@ -2,6 +2,10 @@
 // stub saves all registers (including SSE state), calls the handler with interrupts masked, then
 // signals end-of-interrupt to the local APIC. Handlers must be short: they may run while the app
 // is anywhere outside an IrqGuard / SpinLock.
+//
+// CPUs: every device interrupt and MSI goes to the BSP (route_gsi and msi_message name the
+// calling CPU, and only the BSP's drivers call them); vectors and routes are set up by the BSP
+// with interrupts masked, so the tables need no lock. An AP takes only arch::apic::kWakeVector.
 #pragma once
 
 #include <cstdint>

@@ -15,6 +15,7 @@
 #include "kernel/deferred_work.h"
 #include "kernel/paging.h"
 #include "kernel/panic.h"
+#include "kernel/percpu.h"
 #include "kernel/power.h"
 #include "kernel/smp.h"
 #include "kernel/timer.h"
@@ -145,6 +146,7 @@ bool wait_for_balloon() {
 }  // namespace
 
 extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) {
+  percpu::init_bsp();  // before anything asks which CPU it runs on
   console::init();
   arch::init_descriptor_tables();
   // First thing after the IDT: globals with constructors (default member initialisers count)
@@ -171,8 +173,8 @@ extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) 
     arch::apic::add_ioapic(platform.ioapics[i].base, platform.ioapics[i].gsi_base);
   init_memory(g_boot);
   timer::init();
-  // Before interrupts are enabled: the APs are started and parked with the BSP's interrupts off,
-  // and nothing after this line knows they exist.
+  // Before interrupts are enabled: the APs are started with the BSP's interrupts off and wait in
+  // their idle loops for threads (kernel/threads.h), which only apps start.
   smp::start(g_boot);
   asm volatile("sti");
   // The composition root registers the drivers this image carries, then discovery binds them.

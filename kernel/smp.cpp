@@ -9,6 +9,8 @@
 #include "kernel/cmdline.h"
 #include "kernel/console.h"
 #include "kernel/memory.h"
+#include "kernel/percpu.h"
+#include "kernel/threads.h"
 #include "kernel/timer.h"
 #include "lib/atomic.h"
 #include "mm/mm.h"
@@ -72,6 +74,7 @@ struct [[gnu::packed]] TrampolineParams {
 constexpr uint64_t kInitDelayNs = 10'000'000, kSipiDelayNs = 200'000;
 constexpr uint64_t kApTimeoutNs = 5'000'000'000;
 
+static_assert(percpu::kMaxCpus == acpi::MadtCpus::kMax);
 Cpu g_cpus[acpi::MadtCpus::kMax];
 size_t g_cpu_count = 1;
 size_t g_online = 1;
@@ -192,6 +195,9 @@ bool start_ap(size_t index, uint8_t vector) {
 }  // namespace
 
 void start(const BootInfo& boot) {
+  // Where other CPUs send the BSP its wake-ups (deferred work, joins).
+  percpu::block(0).apic_id = arch::apic::local_id();
+  g_cpus[0].apic_id = percpu::block(0).apic_id;
   char value[16];
   if (cmdline::get("smp", value, sizeof value)) {
     if (strcmp(value, "off") == 0) {
@@ -243,6 +249,12 @@ void start(const BootInfo& boot) {
 }
 
 size_t online_count() { return g_online; }
+size_t cpu_count() { return g_cpu_count; }
+bool is_online(size_t index) {
+  if (index == 0) return true;
+  return index < g_cpu_count && g_cpus[index].state.load(MemoryOrder::Acquire) == ApState::Online;
+}
+uint32_t apic_id(size_t index) { return g_cpus[index].apic_id; }
 
 }  // namespace blimp::smp
 
@@ -260,14 +272,17 @@ extern "C" [[noreturn]] void ap_main(uint32_t apic_id) {
     arch::load_cpu_tables(b.tables,
                           reinterpret_cast<uint64_t>(b.fault_stack + sizeof b.fault_stack),
                           reinterpret_cast<uint64_t>(b.nmi_stack + sizeof b.nmi_stack));
+    percpu::init_ap(index, apic_id);
     arch::apic::init_ap();
     ApState expected = ApState::Starting;
     if (cpu.state.compare_exchange(expected, ApState::Announcing, MemoryOrder::AcqRel)) {
       kprintf("smp: cpu %zu (apic id %u) online\n", index, apic_id);
       cpu.state.store(ApState::Online, MemoryOrder::Release);
+      threads::idle_loop();
     }
   }
-  // Parked: no interrupts (IF clear, and the local APIC's priority blocks them too); only an
-  // NMI or INIT could move it, and the hlt loop takes it back after an NMI.
+  // Not asked to start, or the BSP gave up on it: parked for good. No interrupts (IF clear, and
+  // nobody sends it any: it is not online); only an NMI or INIT could move it, and the hlt loop
+  // takes it back after an NMI.
   for (;;) asm volatile("cli; hlt" ::: "memory");
 }

@@ -7,6 +7,8 @@
 #include "kernel/arch/io.h"
 #include "kernel/console.h"
 #include "kernel/interrupts.h"
+#include "kernel/panic.h"
+#include "kernel/percpu.h"
 #include "lib/atomic.h"
 #include "lib/irq.h"
 
@@ -135,6 +137,11 @@ uint64_t now_ns() {
 }
 
 void wait_until(uint64_t deadline_ns) {
+  if (percpu::cpu_index() != 0) {
+    // An AP: g_wait_deadline and the events are the BSP's, and this CPU's timer is masked.
+    while (now_ns() < deadline_ns) cpu_relax();
+    return;
+  }
   uint64_t flags = irq_save();
   if (now_ns() < deadline_ns) {
     uint64_t outer = g_wait_deadline;
@@ -154,6 +161,7 @@ void sleep_ns(uint64_t ns) {
 }
 
 ErrorOr<void> call_at(uint64_t deadline_ns, Callback fn, void* context) {
+  BLIMP_ASSERT(percpu::cpu_index() == 0);  // the events and the timer interrupt are the BSP's
   IrqGuard guard;
   for (auto& e : g_events) {
     if (!e.fn) {
@@ -166,6 +174,7 @@ ErrorOr<void> call_at(uint64_t deadline_ns, Callback fn, void* context) {
 }
 
 void cancel(Callback fn, void* context) {
+  BLIMP_ASSERT(percpu::cpu_index() == 0);
   IrqGuard guard;
   for (auto& e : g_events) {
     if (e.fn == fn && e.context == context) e.fn = nullptr;

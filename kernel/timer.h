@@ -1,5 +1,10 @@
 // Time and sleeping. time is the TSC, calibrated at boot; timed wakeups use the local APIC timer
 // in one-shot mode, so an idle guest takes no timer interrupts it does not need.
+//
+// CPUs: now_ns() and tsc_hz() from any CPU (the calibration is written once, before the APs
+// start; the hypervisor keeps the vCPUs' TSCs in step). The timer interrupt, the wait state and
+// the callbacks are the BSP's: wait_until()/sleep_ns() on an AP spin on the clock instead
+// (its local APIC timer stays masked), and call_at()/cancel() panic there.
 #pragma once
 
 #include <cstdint>

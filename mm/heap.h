@@ -16,7 +16,11 @@
 // first page's tag, so a power-of-two size takes exactly a buddy block and no more.
 //
 // Locking: one SpinLock for the slab lists, never held across a page allocator call (a shrinker
-// run by the allocator may free heap memory).
+// run by the allocator may free heap memory). A real lock between CPUs: any CPU may allocate and
+// free, also objects another CPU allocated. Lock order: taken before nothing but the console's
+// (kprintf); the allocator's lock is never taken under it. Page tags (set_tag/tag) are read and
+// written outside it by the page's owner, whose ownership was handed over under this lock or the
+// allocator's.
 #pragma once
 
 #include <cstddef>

@@ -522,9 +522,10 @@ void PageAllocator::after_demand_round(bool asked, size_t freed) {
 template <typename Attempt>
 ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, Attempt attempt) {
   // attempt(honour_demand): one try under the lock, leaving the balloon's demand free or not.
-  // Interrupts masked means an interrupt handler or a SpinLock holder: a shrinker could deadlock
-  // on a lock held below us, and the balloon could not wait for the host. Fail fast instead, and
-  // do not make such a caller wait for a balloon demand it cannot help with.
+  // Interrupts masked means an interrupt handler, a SpinLock holder or a thread on an AP: a
+  // shrinker could deadlock on a lock held below us, the balloon could not wait for the host,
+  // and on an AP neither the shrinkers nor the balloon driver may run (they are the BSP's). Fail
+  // fast instead, and do not make such a caller wait for a balloon demand it cannot help with.
   if (!irqs_enabled()) flags = flags | kAllocNoReclaim;
   const bool can_reclaim = !(flags & kAllocNoReclaim);
   uint32_t idx = attempt(can_reclaim);

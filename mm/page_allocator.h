@@ -42,6 +42,11 @@
 // # Locking
 //
 // One SpinLock (interrupts masked in the guest) protects everything; every public method takes it.
+// It is a real lock between CPUs: any CPU may call any method at any time (issue 17; an AP's
+// thread allocates and frees beside the BSP's app, interrupt handlers and balloon work). Lock
+// order: the heap's lock is never held while calling in here (mm/heap.h); under this lock only the
+// state hook runs (the page-state array has no lock: its bytes are CAS'd with the host) and the
+// console's lock may be taken (kprintf from check_invariants, panic). Nothing else.
 // Hooks:
 //  - the state hook runs WITH the lock held and interrupts masked, inside every transition, so that
 //    the page-state array sees transitions in the order they happen (a hook run after unlocking
@@ -49,10 +54,12 @@
 //    not call the allocator.
 //  - shrinkers and the OOM handler run WITHOUT the lock, from the allocating context, with
 //    interrupts enabled; they may allocate, free and wait for devices. An allocation made with
-//    interrupts masked (an interrupt handler, a SpinLock holder) never reclaims: it behaves as if
-//    it passed kAllocNoReclaim.
+//    interrupts masked (an interrupt handler, a SpinLock holder, a thread on an AP: those run
+//    with interrupts masked, kernel/threads.h) never reclaims: it behaves as if it passed
+//    kAllocNoReclaim. So shrinkers, the OOM handler and the demand hook run only on the BSP,
+//    one reclaimer at a time per BSP stack, never on two CPUs at once.
 //  - the report hook runs WITHOUT the lock, from whatever context freed the memory (possibly an
-//    interrupt handler): it should only wake the reporting worker.
+//    interrupt handler, possibly on an AP): it should only wake the reporting worker.
 #pragma once
 
 #include <cstddef>

@@ -13,6 +13,7 @@
 #include "kernel/arch/io.h"
 #include "kernel/cmdline.h"
 #include "kernel/console.h"
+#include "kernel/percpu.h"
 #include "kernel/timer.h"
 #include "lib/irq.h"
 #include "mm/mm.h"
@@ -129,6 +130,8 @@ ErrorOr<void> Balloon::start() {
   if (cmdline::get_u64("balloon.floor", floor)) floor_pages_ = floor >> kBalloonPageShift;
   work_item_.fn = work_fn;
   work_item_.context = this;
+  report_hook_item_.fn = [](void* c) { on_report_hook(0, c); };
+  report_hook_item_.context = this;
 
   // The stats queue starts with one buffer the host returns whenever it wants fresh numbers.
   if (stats_vq_) stats_requested_ = true;
@@ -217,6 +220,10 @@ void Balloon::on_queue_used(virtio::Virtqueue&, void*) {}
 
 void Balloon::on_report_hook(uint64_t, void* ctx) {
   auto* b = static_cast<Balloon*>(ctx);
+  if (percpu::cpu_index() != 0) {
+    work::schedule(b->report_hook_item_);  // the BSP calls this again, from its work
+    return;
+  }
   IrqGuard guard;
   if (b->report_timer_armed_) return;
   b->report_timer_armed_ = true;

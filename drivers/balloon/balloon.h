@@ -13,6 +13,13 @@
 // the app computes. The OOM path (mm's OOM handler) runs in the allocating context. `busy_`
 // keeps the two from interleaving: one operation at a time, the other retries.
 //
+// # CPUs
+// The driver runs on the BSP only, and its exclusions (IrqGuard, `busy_`) assume it: its
+// interrupts are routed there, deferred work runs there, and the allocator calls its OOM handler
+// and cache-demand hook only from contexts that may reclaim, which an AP's thread (interrupts
+// masked) never is (kernel/threads.h). The one entry another CPU reaches is the report hook
+// (any CPU that frees memory): on an AP it hands itself to the BSP as deferred work.
+//
 // # State
 //   actual_    pages the host has been told about and acknowledged (written to config `actual`);
 //              after a reset whose re-telling failed, every page held (the guest does not use
@@ -201,6 +208,9 @@ class Balloon final : public mm::DeviceChannel {
   bool blimp_busy_ = false;
 
   work::WorkItem work_item_{};
+  // The allocator's report hook runs on whichever CPU freed the memory; on an AP it queues this,
+  // and the BSP runs the hook (the report timer is the BSP's: kernel/timer.h).
+  work::WorkItem report_hook_item_{};
   bool busy_ = false;
   bool config_changed_ = true;
   bool stats_requested_ = false;

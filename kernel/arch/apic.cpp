@@ -3,6 +3,7 @@
 #include "kernel/arch/cpu.h"
 #include "kernel/arch/io.h"
 #include "lib/atomic.h"
+#include "lib/irq.h"
 
 namespace blimp::arch::apic {
 namespace {
@@ -66,7 +67,9 @@ void init(uint64_t lapic_base) {
 void init_ap() {
   // IA32_APIC_BASE's global enable survives INIT, but set it anyway: it is this CPU's own MSR.
   wrmsr(0x1b, rdmsr(0x1b) | (1u << 11));
-  lapic_write(kRegTpr, 0xf0);  // priority class 15: no fixed interrupt is ever delivered
+  // Priority class 14 (SDM vol. 3A, 11.8.3.1): only vectors 0xf0-0xff get through, and of
+  // those only kWakeVector is ever sent (0xff is the spurious vector, never delivered as such).
+  lapic_write(kRegTpr, 0xe0);
   lapic_write(kRegLvtTimer, kLvtMasked);
   lapic_write(kRegLvtLint0, kLvtMasked);
   lapic_write(kRegLvtLint1, kLvtMasked);  // NMIs stay with the BSP
@@ -97,6 +100,12 @@ ErrorOr<void> send_init(uint32_t apic_id) { return send_ipi(apic_id, 0x4500); }
 // Delivery mode start-up (110b): the AP starts in real mode at vector * 4 KiB.
 ErrorOr<void> send_startup(uint32_t apic_id, uint8_t vector) {
   return send_ipi(apic_id, 0x4600 | vector);
+}
+
+ErrorOr<void> send_fixed(uint32_t apic_id, uint8_t vector) {
+  IrqGuard guard;
+  // Level "assert" (bit 14), which every mode but INIT de-assert must carry (11.6.1).
+  return send_ipi(apic_id, 0x4000u | vector);
 }
 
 void add_ioapic(uint64_t base, uint32_t gsi_base) {

@@ -12,12 +12,17 @@ constexpr uint8_t kTimerVector = 0x20;
 constexpr uint8_t kFirstDynamicVector = 0x30;
 constexpr uint8_t kLastDynamicVector = 0xdf;
 constexpr uint8_t kLegacyPicBase = 0xe0;  // 0xe0..0xef: masked 8259 leftovers, ignored
+// Wakes a CPU from its idle `hlt` (kernel/threads.h) and the BSP for deferred work queued by
+// another CPU (kernel/deferred_work.h). The only vector of priority class 15 besides the
+// spurious one: an AP's task priority lets that class through and nothing else.
+constexpr uint8_t kWakeVector = 0xf0;
 constexpr uint8_t kSpuriousVector = 0xff;
 
 void init(uint64_t lapic_base);
 // An application processor's own local APIC (same address as the BSP's: each CPU sees its own):
-// software-enabled, every local interrupt source masked and the task priority at its highest,
-// so that nothing is delivered to a CPU that must not take interrupts (its IF stays clear too).
+// software-enabled, every local interrupt source masked and the task priority at class 14, so
+// that of the fixed interrupts only class 15, i.e. kWakeVector, is ever delivered to it (and
+// only while its idle loop waits with IF set: kernel/threads.cpp).
 void init_ap();
 // Adds an I/O APIC (all its inputs masked). Up to four.
 void add_ioapic(uint64_t base, uint32_t gsi_base);
@@ -35,6 +40,10 @@ uint32_t timer_current();
 // Timeout if it never does, InvalidArgument for an APIC ID xAPIC cannot address (> 254).
 ErrorOr<void> send_init(uint32_t apic_id);
 ErrorOr<void> send_startup(uint32_t apic_id, uint8_t vector);
+// A fixed interrupt (delivery mode 000b, edge) to one CPU: the wake-up IPI. Same bounded wait
+// and errors; interrupts are masked around the two ICR writes, so that a handler on this CPU
+// cannot send between them.
+ErrorOr<void> send_fixed(uint32_t apic_id, uint8_t vector);
 
 bool ioapic_route(uint32_t gsi, uint8_t vector, bool level, bool active_low);
 

@@ -167,7 +167,8 @@ void init(DeviceChannel* channel) {
   std::memset(bytes, 0, array_pages * kPageSize);  // STABLE, also the tail past npages
   PageStateArray& a = detail::guest_array();
   {
-    // One CPU: with interrupts masked no allocation can slip between the sync and the hook.
+    // At boot, before the app: no AP runs a thread yet (kernel/threads.h), and with interrupts
+    // masked no allocation can slip between the sync and the hook.
     IrqGuard g;
     a.attach(bytes, 0, npages);
     a.sync_and_hook(pa);

@@ -57,7 +57,8 @@ class PageStateArray {
   // Describes PFNs [base_pfn, base_pfn + npages) with the bytes at `bytes`.
   void attach(uint8_t* bytes, uint64_t base_pfn, uint64_t npages);
   // Writes every byte from the allocator's current state, then installs the state hook. The
-  // caller keeps the allocator quiet meanwhile (init() masks interrupts; there is one CPU).
+  // caller keeps the allocator quiet meanwhile (init() masks interrupts, and runs at boot before
+  // the app, when the APs sit idle: no thread exists yet).
   void sync_and_hook(PageAllocator& pa);
   void unhook(PageAllocator& pa);
   // Page ages: `header` (clock) and one stamp per page of the array, or nullptr to stop stamping.
@@ -105,7 +106,8 @@ class PageStateArray {
   uint32_t* stamps_ = nullptr;
   uint64_t base_pfn_ = 0;
   uint64_t npages_ = 0;
-  // Under the allocator lock.
+  // Under the allocator lock (transition() runs under it, on whichever CPU made the change);
+  // stats() reads them without it: a snapshot, possibly a transition behind.
   uint64_t transitions_ = 0;
   uint64_t known_zero_ = 0;
   uint64_t waits_locked_ = 0;

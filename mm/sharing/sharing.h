@@ -19,6 +19,10 @@
 //        hints, as WRITABLE merge candidates, the kernel's .data/.bss and the page allocator's
 //        metadata: identical across VMs but written at run time, so never sealed
 //        (sharing.candidates=off leaves them out).
+//
+// CPUs: the BSP only. seal()/unseal() send hints through the balloon (a device: the BSP's,
+// kernel/threads.h), and the registry and batch have no lock (one app context, and a nested
+// call from the balloon's work returns Busy: seal.h). A thread on an AP must not call them.
 #pragma once
 
 #include <cstdint>

@@ -1,15 +1,26 @@
 #!/usr/bin/env python3
 """Application processors (kernel/smp.cpp): on q35, pc (PVH through qboot, and GRUB's multiboot2
-ISO) and microvm, every CPU QEMU gives comes online, announces itself once and parks, and the
-app still runs to its normal end on the BSP. smp=off keeps one CPU; microvm without ACPI (no
-MADT) says so and keeps one; a CPU that does not come up is reported and left out, never waited
-for without end (smp.test_late, the one test-only word). Behaviour only: nothing is timed."""
+ISO) and microvm, every CPU QEMU gives comes online, announces itself once and waits in its idle
+loop, and the app still runs to its normal end on the BSP. smp=off keeps one CPU; microvm without
+ACPI (no MADT) says so and keeps one; a CPU that does not come up is reported and left out, never
+waited for without end (smp.test_late, the one test-only word).
+
+Threads on the APs (kernel/threads.h): `integrity threads=N` verifies memory on N CPUs at once
+(MTTCG: every vCPU on its own host thread) while the host inflates and deflates the balloon and
+free page reporting runs, every CPU allocating and freeing (churn=); it must end with zero
+mismatches and the page allocator's invariants intact. `memhog threads=2` allocates, fills,
+verifies and frees on both CPUs of -smp 2 through balloon cycles with no page corrupted;
+`kvcache threads=4` serves requests on four CPUs from one cache that fills the guest while the
+balloon's demand shrinks it from the BSP, and verifies every hit. threads= beyond the CPUs online
+is a clear error for each app. Behaviour only: nothing is timed."""
 import os
 import re
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from blimp_vm import BlimpVM, TestRunner, check, requested_accel  # noqa: E402
+from blimp_vm import BlimpVM, TestRunner, check, requested_accel, wait_balloon  # noqa: E402
+from qmp import Qmp, QmpError  # noqa: E402
 
 t = TestRunner()
 
@@ -107,6 +118,167 @@ def test_ap_that_does_not_come_up(build):
     check("smp: cpu 2 (apic id 2) did not come up" in out, out)
     check(SUMMARY_RE.findall(out) == [("3", "4")], out)
     check(sorted(int(c) for c, _ in ONLINE_RE.findall(out)) == [1, 3], out)
+
+
+MiB = 1 << 20
+THREADS_RE = re.compile(r"^integrity: (\d+) threads, on cpus ([\d,]+)$", re.M)
+
+
+def integrity_threads_under_balloon(build, cpus):
+    """integrity threads=cpus on q35 -smp cpus (MTTCG), through balloon cycles with free page
+    reporting; stopped with the power button, it must pass and find the allocator consistent."""
+    accel = "tcg,thread=multi" if requested_accel() == "tcg" else None
+    props = ",deflate-on-oom=on,free-page-reporting=on"
+    args = [f"threads={cpus}", "size=256M", "pause=200ms", "churn=2", "invariants=1"]
+    with BlimpVM(build, app="integrity", args=args, machine="q35", memory="1G", qmp=True,
+                 accel=accel, limit=600, extra=["-smp", str(cpus), "-device",
+                                                f"virtio-balloon-pci,id=balloon0{props}"]) as vm:
+        vm.wait_for(r"integrity: round 1 ", 300)
+        m = THREADS_RE.search(vm.output)
+        check(m and m.group(1) == str(cpus) and m.group(2) == ",".join(map(str, range(cpus))),
+              f"expected {cpus} threads on cpus 0..{cpus - 1}\n{vm.output}")
+        q = Qmp.connect(vm.qmp_path)
+        for target in (560, 1024, 520, 1024):
+            q.execute("balloon", value=target * MiB)
+            wait_balloon(q, lambda a: abs(a - target * MiB) < 40 * MiB, timeout=120, vm=vm)
+            # Two full rounds after the balloon got there: every worker verified everything
+            # while its memory sat beside the moved balloon.
+            mark = len(vm.output)
+            vm.wait_for(r"integrity: round \d+ verified", 120, start=mark)
+            mark = len(vm.output)
+            vm.wait_for(r"integrity: round \d+ verified", 120, start=mark)
+        try:
+            q.execute("system_powerdown")
+        except (OSError, QmpError):
+            pass  # the guest may exit before the reply comes back; wait_exit decides
+        status = vm.wait_exit(240)
+        out = vm.output
+    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+    check("MISMATCH" not in out, out)
+    check("integrity: allocator invariants hold" in out, f"invariants not checked or broken\n{out}")
+    check(re.search(r"^integrity: PASS: 0 mismatches, 0 bad pages", out, re.M),
+          f"no PASS line\n{out}")
+    churn = re.search(r"^integrity: churned (\d+) regions", out, re.M)
+    check(churn and int(churn.group(1)) > 0, f"no region was churned\n{out}")
+    check(status == 0, f"integrity exited with {status}\n{out[-3000:]}")
+    return out
+
+
+@t.test
+def test_integrity_2_threads_under_balloon(build):
+    integrity_threads_under_balloon(build, 2)
+
+
+@t.test
+def test_integrity_4_threads_under_balloon(build):
+    integrity_threads_under_balloon(build, 4)
+
+
+@t.test
+def test_threads_beyond_online_cpus(build):
+    with BlimpVM(build, app="integrity", args=["threads=3", "size=8M", "rounds=1"], machine="q35",
+                 limit=180, extra=["-smp", "2"]) as vm:
+        status = vm.wait_exit(170)
+        out = vm.output
+    check(status == 2, f"integrity exited with {status}, expected 2\n{out}")
+    check("integrity: threads=3 but 2 CPUs are online (threads=1..2)" in out, out)
+    for app, args in (("memhog", ["threads=3", "steps=alloc:8M"]), ("kvcache", ["threads=3", "ops=10"])):
+        with BlimpVM(build, app=app, args=args, machine="q35", limit=180, extra=["-smp", "2"]) as vm:
+            status = vm.wait_exit(170)
+            out = vm.output
+        check(status == 2, f"{app} exited with {status}, expected 2\n{out}")
+        check(f"{app}: threads=3 but 2 CPUs are online (threads=1..2)" in out, out)
+
+
+MEMHOG_THREADS_RE = re.compile(r"^memhog: (\d+) threads, on cpus ([\d,]+)$", re.M)
+
+
+@t.test
+def test_memhog_2_threads_under_balloon(build):
+    """memhog threads=2 on q35 -smp 2 (MTTCG): both CPUs allocate, fill, verify and free their
+    share in every step while the host inflates and deflates the balloon; stopped with the power
+    button, everything still held is verified and freed, with no page corrupted."""
+    accel = "tcg,thread=multi" if requested_accel() == "tcg" else None
+    props = ",deflate-on-oom=on,free-page-reporting=on"
+    cycle = "alloc:64M,check:all,free:32M,check:all,free:32M,wait:500ms"
+    steps = ",".join(["alloc:128M", "check:all"] + [cycle] * 7 + ["wait:600s"])
+    last = steps.count(",") + 1  # the long wait the power button ends
+    with BlimpVM(build, app="memhog", args=["threads=2", f"steps={steps}"], machine="q35",
+                 memory="1G", qmp=True, accel=accel, limit=600,
+                 extra=["-smp", "2", "-device", f"virtio-balloon-pci,id=balloon0{props}"]) as vm:
+        vm.wait_for(r"memhog: step 2 checked", 300)
+        m = MEMHOG_THREADS_RE.search(vm.output)
+        check(m and m.groups() == ("2", "0,1"), f"expected 2 threads on cpus 0,1\n{vm.output}")
+        q = Qmp.connect(vm.qmp_path)
+        for target in (560, 1024, 520, 1024):
+            q.execute("balloon", value=target * MiB)
+            wait_balloon(q, lambda a: abs(a - target * MiB) < 40 * MiB, timeout=120, vm=vm)
+            # A step of every worker after the balloon got there, unless the steps are over (only
+            # the last wait is left): then the final verification covers it.
+            mark = len(vm.output)
+            deadline = time.monotonic() + 120
+            while not (re.search(r"^memhog: step \d+ (alloc|freed|checked)", vm.output[mark:], re.M)
+                       or f"memhog: step {last - 1} " in vm.output):
+                check(time.monotonic() < deadline, f"memhog made no progress\n{vm.output[-3000:]}")
+                time.sleep(0.1)
+        try:
+            q.execute("system_powerdown")
+        except (OSError, QmpError):
+            pass  # the guest may exit before the reply comes back; wait_exit decides
+        status = vm.wait_exit(240)
+        out = vm.output
+    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+    check("CORRUPTION" not in out, out)
+    per_cpu = re.findall(r"^memhog: cpu (\d+) verified (\d+) pages, (\d+) corrupted$", out, re.M)
+    check([c for c, _, _ in per_cpu] == ["0", "1"] and all(int(v) > 0 for _, v, _ in per_cpu),
+          f"both workers should have verified pages\n{out}")
+    check(re.search(r"^memhog: verified \d+ pages, 0 corrupted .*, 2 threads$", out, re.M),
+          f"no clean totals line\n{out}")
+    check(status == 0 and "memhog: done" in out, f"memhog exited with {status}\n{out[-3000:]}")
+
+
+@t.test
+def test_kvcache_4_threads_under_balloon(build):
+    """kvcache threads=4 on q35 -smp 4 (MTTCG): four CPUs look up and insert in one cache that
+    fills the guest, while the host inflates and deflates the balloon and the shrinker (on the
+    BSP) takes entries from under the other CPUs. Every hit is verified; stopped with the power
+    button it must report no corruption, work on every CPU and a cache shrunk for the balloon."""
+    accel = "tcg,thread=multi" if requested_accel() == "tcg" else None
+    props = ",deflate-on-oom=on,free-page-reporting=on"
+    # 400000 keys of 4 KiB is 1.6 GiB: more than the guest has, so the cache fills everything.
+    args = ["threads=4", "keys=400000", "work=200", "duration=600s", "report=500ms"]
+    with BlimpVM(build, app="kvcache", args=args, machine="q35", memory="1G", qmp=True,
+                 accel=accel, limit=600,
+                 extra=["-smp", "4", "-device", f"virtio-balloon-pci,id=balloon0{props}"]) as vm:
+        vm.wait_for(r"kvcache: t=", 300)
+        m = re.search(r"^kvcache: (\d+) threads, on cpus ([\d,]+)$", vm.output, re.M)
+        check(m and m.groups() == ("4", "0,1,2,3"), f"expected 4 threads on cpus 0..3\n{vm.output}")
+        deadline = time.monotonic() + 300
+        while max(map(int, re.findall(r"cache_mib=(\d+)", vm.output)), default=0) < 600:
+            check(time.monotonic() < deadline, f"the cache never filled memory\n{vm.output[-1500:]}")
+            time.sleep(0.5)
+        q = Qmp.connect(vm.qmp_path)
+        for target in (560, 1024, 520, 1024):
+            q.execute("balloon", value=target * MiB)
+            wait_balloon(q, lambda a: abs(a - target * MiB) < 40 * MiB, timeout=120, vm=vm)
+            # Two reports after the balloon got there: every CPU kept working beside it.
+            vm.wait_for(r"kvcache: t=", 120, start=len(vm.output))
+            vm.wait_for(r"kvcache: t=", 120, start=len(vm.output))
+        try:
+            q.execute("system_powerdown")
+        except (OSError, QmpError):
+            pass  # the guest may exit before the reply comes back; wait_exit decides
+        status = vm.wait_exit(240)
+        out = vm.output
+    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+    check("CORRUPTION" not in out, out)
+    per_cpu = re.findall(r"^kvcache: cpu (\d+) ops=(\d+) hits=(\d+) ", out, re.M)
+    check([c for c, _, _ in per_cpu] == ["0", "1", "2", "3"]
+          and all(int(o) > 0 and int(h) > 0 for _, o, h in per_cpu),
+          f"every CPU should have served requests and hits\n{out[-3000:]}")
+    done = re.search(r"^kvcache: done ops=\d+ .* shrunk=(\d+) .* threads=4 ok$", out, re.M)
+    check(done and int(done.group(1)) > 0, f"no clean done line, or nothing shrunk\n{out[-3000:]}")
+    check(status == 0, f"kvcache exited with {status}\n{out[-3000:]}")
 
 
 if __name__ == "__main__":

@@ -222,5 +222,125 @@ TEST(Stress, ConcurrentReclaimUnderPressure) {
   EXPECT_GT(ok_allocs.load(), 0u);
 }
 
+// What the page-state array would hold for an owner (mm/page_states: the free kinds and the
+// balloon read as unused, volatile as volatile, the rest as stable). Merging a reported half into
+// a free block changes its owner without a transition, so the test compares these classes.
+int state_class(Owner o) {
+  switch (o) {
+    case Owner::Free:
+    case Owner::Reported:
+    case Owner::Isolated:
+    case Owner::Balloon: return 0;
+    case Owner::Volatile: return 1;
+    default: return 2;
+  }
+}
+
+// Every CPU of an SMP guest at once (issue 17): four threads allocate, free, balloon and report
+// while a fifth checks the allocator's invariants over and over, each check a consistent view
+// under the lock. The state hook, which runs under the lock on whichever thread made the change,
+// keeps a shadow of every page's state: at the end it must agree with the allocator, i.e. no
+// transition reached the hook out of order.
+TEST(Stress, InvariantsAndStateHookHoldWhileThreadsWork) {
+  Fixture f(32 * kMiB);
+  PageAllocator& pa = *f.pa;
+  pa.set_reporting_reserve(256);
+  const PhysAddr base = f.arena.base();
+  const uint64_t npages = f.arena.size / kPageSize;
+  struct Shadow {
+    PhysAddr base;
+    std::vector<int> state;
+    uint64_t calls = 0;
+  } shadow{base, std::vector<int>(npages), 0};
+  for (uint64_t i = 0; i < npages; ++i)
+    shadow.state[i] = state_class(pa.owner_of(base + i * kPageSize));
+  pa.set_state_hook(
+      [](PhysAddr first, size_t count, Owner o, void* ctx) {
+        auto* sh = static_cast<Shadow*>(ctx);
+        for (size_t i = 0; i < count; ++i)
+          sh->state[(first - sh->base) / kPageSize + i] = state_class(o);
+        ++sh->calls;
+        return false;
+      },
+      &shadow);
+  auto shape = free_shape(pa);
+  std::atomic<bool> failed{false}, done{false};
+  std::atomic<uint64_t> checks{0};
+  std::thread checker([&] {
+    while (!done.load()) {
+      if (!pa.check_invariants()) failed = true;
+      ++checks;
+    }
+  });
+  auto worker = [&](unsigned id) {
+    std::mt19937_64 rng(4242 + id);
+    std::vector<std::pair<PhysAddr, uint64_t>> runs;  // alloc_run
+    std::vector<PageRun> balloon;
+    const uint64_t seed = 0x5151ull * (id + 1);
+    for (int step = 0; step < 3000 && !failed; ++step) {
+      switch (rng() % 6) {
+        case 0:
+        case 1: {
+          uint64_t pages = 1 + rng() % 40;
+          auto a = pa.alloc_run(pages, rng() % 4 ? Owner::App : Owner::Volatile, kAllocNoReclaim);
+          if (!a.is_error()) {
+            fill(a.value(), pages, seed);
+            runs.push_back({a.value(), pages});
+          }
+          break;
+        }
+        case 2:
+          if (!runs.empty()) {
+            size_t i = rng() % runs.size();
+            if (!check(runs[i].first, runs[i].second, seed)) failed = true;
+            pa.free_run(runs[i].first, runs[i].second);
+            runs[i] = runs.back();
+            runs.pop_back();
+          }
+          break;
+        case 3: {
+          PageRun r[4];
+          size_t n = pa.take_pages(1 + rng() % 600, Owner::Balloon, r, 4);
+          balloon.insert(balloon.end(), r, r + n);
+          break;
+        }
+        case 4:
+          if (!balloon.empty()) {
+            PageRun r = balloon.back();
+            balloon.pop_back();
+            pa.give_back(&r, 1, rng() % 2);
+          }
+          break;
+        case 5: {
+          PageRun r[8];
+          size_t n = pa.isolate_unreported(4, r, 8);
+          pa.return_isolated(r, n, rng() % 2);
+          break;
+        }
+      }
+    }
+    for (auto& r : runs) {
+      if (!check(r.first, r.second, seed)) failed = true;
+      pa.free_run(r.first, r.second);
+    }
+    pa.give_back(balloon.data(), balloon.size(), false);
+  };
+  std::vector<std::thread> threads;
+  for (unsigned i = 0; i < 4; ++i) threads.emplace_back(worker, i);
+  for (auto& t : threads) t.join();
+  done = true;
+  checker.join();
+  EXPECT_FALSE(failed.load()) << "an invariant broke mid-run, or a run's pattern was overwritten";
+  EXPECT_GT(checks.load(), 0u);
+  EXPECT_TRUE(pa.check_invariants());
+  EXPECT_EQ(free_shape(pa), shape);
+  EXPECT_GT(shadow.calls, 0u);
+  pa.set_state_hook(nullptr, nullptr);
+  uint64_t wrong = 0;
+  for (uint64_t i = 0; i < npages; ++i)
+    wrong += shadow.state[i] != state_class(pa.owner_of(base + i * kPageSize));
+  EXPECT_EQ(wrong, 0u) << "pages whose last transition the hook saw is not their state";
+}
+
 }  // namespace
 }  // namespace blimp::mm::test
