@@ -13,13 +13,19 @@ default); the balloon policy is off so that only sweeps reclaim. Checked from th
     it was asked for (per VM, summary.json), memory does come back, and the volatile cache's
     content is never wrong (lost entries are recomputed);
   - a budget the guests' free memory can meet: unused pages go first (QEMU patch 0011), the
-    cache loses no entry, and RSS comes under the budget.
+    cache loses no entry, and RSS comes under the budget;
+  - bench/page_states/fleet_budget.py --quick: the benchmark's three-VM fleet (volatile cache,
+    kvcache, memhog bursts) under one budget, balloon alone vs sweeps plus the balloon
+    (behaviour only, no timings).
 
     python3 tests/integration/test_hangar_sweeps.py --build-dir build [-k name]
 """
+import csv
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -118,6 +124,58 @@ def test_free_memory_goes_before_the_cache(build):
         check(s["page_state_sweeps"]["rounds"] > 0 and got["batch"] > 0, f"nothing swept: {s}")
         check(discards == 0 and lost == 0, f"the cache lost {discards} entries while free memory was left")
         check(h.get("end_rss_bytes", 1 << 40) <= 168 << 20, f"RSS did not come under the budget: {h}")
+
+
+@t.test
+def test_fleet_budget_quick(build):
+    """The benchmark's smoke run (bench/page_states/fleet_budget.py --quick): the same fleet under
+    the same budget, once with the balloon alone and once with pressure-driven sweeps plus the
+    balloon. Both bring the fleet to the budget the way each can: the balloon holds the guests'
+    memory (balloon `actual` summed) to it, and only sweeps can take QEMU's RSS under it (the
+    balloon cannot reach QEMU's own memory, tens of MiB per VM). Sweeps discard pages only in the
+    sweeps run, the guests there run with page states (and without them in the other), and no
+    app sees a wrong byte in either run."""
+    find_hangar(build)
+    if not os.access(patched_qemu_path(build), os.X_OK):
+        raise Skip("no patched QEMU (make build)")
+    script = os.path.join(HERE, "..", "..", "bench", "page_states", "fleet_budget.py")
+    out = tempfile.mkdtemp(prefix="fleet-budget-")
+    try:
+        r = subprocess.run(["timeout", "--kill-after=5", "600", sys.executable, script,
+                            "--build-dir", build, "--quick", "--out", out],
+                           capture_output=True, text=True)
+        check(r.returncode == 0, f"exit {r.returncode}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+        with open(os.path.join(out, "fleet_budget_quick.csv")) as f:
+            rows = {x["mode"]: x for x in csv.DictReader(f)}
+        with open(os.path.join(out, "fleet_budget_quick_rss.csv")) as f:
+            series = list(csv.DictReader(f))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    check(set(rows) == {"balloon", "sweeps"}, f"rows: {sorted(rows)}")
+    for mode, x in rows.items():
+        pts = [p for p in series if p["mode"] == mode]
+        budget = float(x["budget_mib"])
+        print(f"  {mode:8} RSS peak {x['rss_peak_mib']} MiB, end {x['rss_end_mib']} MiB, guest "
+              f"memory mean {x['guest_mean_mib']} MiB (budget {x['budget_mib']}); swept "
+              f"{x['swept_mib']} MiB, ballooned {x['balloon_inflated_mib']} MiB; corrupt "
+              f"{x['cache_corrupt_bytes']} / kv ok {x['kv_ok']} / {x['batch_corrupt_pages']}",
+              flush=True)
+        check(float(x["rss_peak_mib"]) > budget, f"{mode}: the fleet never needed the budget: {x}")
+        check(any(float(p["guest_memory_mib"]) <= budget for p in pts),
+              f"{mode}: the guests' memory never came within the budget")
+        check(x["cache_corrupt_bytes"] == "0" and x["kv_ok"] == "1" and
+              x["batch_corrupt_pages"] == "0", f"{mode}: an app saw wrong data: {x}")
+        check(float(x["balloon_inflated_mib"]) > 0, f"{mode}: no balloon inflated: {x}")
+    b, s = rows["balloon"], rows["sweeps"]
+    check(float(b["swept_mib"]) == 0 and b["sweep_rounds"] == "0" and
+          b["cache_page_states"] == "off", f"balloon alone swept or ran page states: {b}")
+    check(float(s["swept_mib"]) > 0 and int(s["sweep_rounds"]) > 0 and
+          s["cache_page_states"] == "on", f"sweeps discarded nothing: {s}")
+    check(float(s["swept_mib"]) <= float(s["swept_asked_mib"]),
+          f"sweeps discarded more than hangar asked for: {s}")
+    budget = float(s["budget_mib"])
+    check(any(float(p["fleet_rss_mib"]) <= budget for p in series if p["mode"] == "sweeps"),
+          "sweeps: the fleet's RSS never came under the budget")
 
 
 if __name__ == "__main__":
