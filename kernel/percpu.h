@@ -12,7 +12,8 @@
 //
 // Set up for the BSP first thing in kernel_main, for each AP in its entry (kernel/smp.cpp,
 // ap_main) before it touches anything shared. Reading it earlier faults on the null page.
-// Host builds (unit tests) have no GS: there every thread is CPU 0.
+// Host builds (unit tests) have no GS: there a thread is CPU 0 unless it says otherwise
+// (set_host_cpu_index), which lets tests drive per-CPU code from several threads.
 #pragma once
 
 #include <cstddef>
@@ -43,7 +44,9 @@ inline Cpu& current() {
 }
 inline size_t cpu_index() { return current().index; }
 #else
-inline size_t cpu_index() { return 0; }
+inline thread_local size_t t_host_cpu_index = 0;
+inline size_t cpu_index() { return t_host_cpu_index; }
+inline void set_host_cpu_index(size_t index) { t_host_cpu_index = index; }
 #endif
 
 }  // namespace blimp::percpu
