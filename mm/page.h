@@ -33,6 +33,12 @@ constexpr uint64_t kMaxOrderPages = uint64_t{1} << kMaxOrder;
 //                                         ──return_isolated(!reported)─► Free
 //   Reported ──alloc/take──► (owner)      Reported ⊕ Free buddies ──merge──► Free
 //   Reserved: never managed (allocator metadata); never changes.
+//
+// A page in a per-CPU cache (mm/page_allocator.h, "Per-CPU page caches") has no owner of its
+// own: it is an order-0 Kernel or App head tagged PageAllocator::kPcpTag, STABLE to the host and
+// free to the guest's counts. It enters and leaves the cache through the transitions above
+// (refill = alloc, drain = free, under the lock, seen by the state hook); popping and pushing it
+// in the cache are no transitions.
 enum class Owner : uint8_t {
   Free = 0,
   Kernel,

@@ -4,6 +4,7 @@
 
 #include "kernel/console.h"
 #include "kernel/panic.h"
+#include "kernel/percpu.h"
 
 namespace blimp::mm {
 
@@ -530,6 +531,12 @@ ErrorOr<PhysAddr> PageAllocator::with_reclaim(uint64_t pages, AllocFlags flags, 
   const bool can_reclaim = !(flags & kAllocNoReclaim);
   uint32_t idx = attempt(can_reclaim);
   if (idx != kNoPage) return addr_of(idx);
+  // Other CPUs' caches are free memory too: take them back before anything that costs the app
+  // its caches or deflates the balloon. Needs no reclaim, so an AP's allocation does it as well.
+  if (drain_percpu_caches() > 0) {
+    idx = attempt(can_reclaim);
+    if (idx != kNoPage) return addr_of(idx);
+  }
   if (can_reclaim) {
     // Free memory would do, only the balloon's demand is in the way: this stall is the balloon's.
     bool for_balloon;
@@ -621,6 +628,25 @@ void PageAllocator::reclaim_point() {
 ErrorOr<PhysAddr> PageAllocator::alloc_pages(unsigned order, Owner owner, AllocFlags flags) {
   if (!initialized_ || order > kMaxOrder || !is_allocatable_owner(owner))
     return Error::InvalidArgument;
+  if (order == 0 && !(flags & kAllocPreferCold) && pcp_usable()) {
+    const int stack = pcp_stack_of(owner);
+    if (stack >= 0) {
+      bool zero = false;
+      uint32_t idx = pcp_alloc(stack, owner, zero);
+      if (idx != kNoPage) {
+        if (flags & kAllocZero) {
+          if (zero) {
+            zero_skips_.fetch_add(1, MemoryOrder::Relaxed);
+          } else {
+            std::memset(phys_to_virt(addr_of(idx)), 0, kPageSize);
+            zero_fills_.fetch_add(1, MemoryOrder::Relaxed);
+          }
+        }
+        return addr_of(idx);
+      }
+      // Nothing free on the lists either: the global path drains the other caches, reclaims.
+    }
+  }
   auto attempt = [&](bool honour_demand) -> uint32_t {
     SpinLockGuard g(lock_);
     if (honour_demand && !demand_allows_locked(pages_of_order(order))) return kNoPage;
@@ -663,6 +689,7 @@ ErrorOr<PhysAddr> PageAllocator::alloc_run(uint64_t pages, Owner owner, AllocFla
 }
 
 void PageAllocator::free_pages(PhysAddr base, unsigned order) {
+  if (order == 0 && pcp_usable() && pcp_free(base)) return;
   bool fire;
   uint64_t unreported;
   {
@@ -721,6 +748,9 @@ bool PageAllocator::report_due_locked(uint64_t& unreported) {
 
 size_t PageAllocator::take_pages(size_t max_pages, Owner owner, PageRun* out, size_t max_runs) {
   if (!initialized_ || max_runs == 0 || max_pages == 0 || !is_allocatable_owner(owner)) return 0;
+  // The balloon hands these pages to the host: cached free pages first go back where it can
+  // take them.
+  drain_percpu_caches();
   SpinLockGuard g(lock_);
   size_t runs = 0;
   uint64_t left = max_pages;
@@ -785,6 +815,8 @@ void PageAllocator::give_back(const PageRun* runs, size_t n, bool content_zeroed
 size_t PageAllocator::isolate_unreported(unsigned min_order, PageRun* out, size_t max_runs) {
   if (!initialized_ || max_runs == 0) return 0;
   if (min_order > kMaxOrder) min_order = kMaxOrder;
+  // Cached pages back on the lists merge with their buddies into blocks worth reporting.
+  drain_percpu_caches();
   SpinLockGuard g(lock_);
   report_armed_ = true;
   size_t runs = 0;
@@ -869,11 +901,16 @@ uint64_t PageAllocator::unreported_free_pages(unsigned min_order) {
 // ---- hooks ----
 
 void PageAllocator::post_cache_demand(uint64_t free_pages_wanted, DemandHook hook, void* ctx) {
-  SpinLockGuard g(lock_);
-  demand_ = {free_pages_wanted, 0, CacheDemandOutcome::Pending};
-  demand_in_force_.store(true);
-  demand_hook_ = hook;
-  demand_ctx_ = ctx;
+  {
+    SpinLockGuard g(lock_);
+    demand_ = {free_pages_wanted, 0, CacheDemandOutcome::Pending};
+    demand_in_force_.store(true);
+    demand_hook_ = hook;
+    demand_ctx_ = ctx;
+  }
+  // From now on the caches are bypassed (pcp_usable), so the demand's free-memory checks under
+  // the global lock see every free page.
+  drain_percpu_caches();
 }
 
 CacheDemand PageAllocator::end_cache_demand() {
@@ -934,23 +971,197 @@ void PageAllocator::set_state_hook(StateHook fn, void* ctx) {
   state_ctx_ = ctx;
 }
 
+// ---- per-CPU caches ----
+
+PageAllocator::PcpCache& PageAllocator::pcp_mine() {
+  const size_t cpu = percpu::cpu_index();
+  // Published before the cache can hold a page, so a drainer that starts later looks at it.
+  uint32_t seen = pcp_cpus_.load(MemoryOrder::Relaxed);
+  while (seen <= cpu && !pcp_cpus_.compare_exchange(seen, static_cast<uint32_t>(cpu + 1))) {
+  }
+  return pcp_[cpu];
+}
+
+uint32_t PageAllocator::pcp_alloc(int stack, Owner owner, bool& zero) {
+  PcpCache& c = pcp_mine();
+  SpinLockGuard cg(c.lock);
+  PcpStack& st = c.stacks[stack];
+  if (st.count == 0) {
+    // Refill: the normal allocation's pick (warmest first) and page-state claim, for a batch.
+    uint32_t got[kPcpBatch];
+    uint64_t got_zero = 0;
+    uint32_t n = 0;
+    {
+      SpinLockGuard g(lock_);
+      while (n < kPcpBatch) {
+        uint32_t idx = grab_block_locked(0, Policy::Warm);
+        if (idx == kNoPage) break;
+        const bool was_zero = info_[idx].flags & kPageZeroed;
+        set_owner_locked(idx, owner);
+        if (notify_locked(idx, 1, owner) || was_zero) got_zero |= uint64_t{1} << n;
+        info_[idx].flags = kPageHead;
+        info_[idx].tag = kPcpTag;
+        got[n++] = idx;
+      }
+    }
+    // The warmest page on top of the stack.
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint32_t from = n - 1 - i;
+      st.idx[i] = got[from];
+      if (got_zero & (uint64_t{1} << from)) st.zero |= uint64_t{1} << i;
+    }
+    st.count = n;
+    if (n == 0) return kNoPage;
+  }
+  const uint32_t top = --st.count;
+  const uint32_t idx = st.idx[top];
+  const uint64_t bit = uint64_t{1} << top;
+  zero = st.zero & bit;
+  st.zero &= ~bit;
+  info_[idx].tag = 0;
+  ++c.allocations;
+  return idx;
+}
+
+bool PageAllocator::pcp_free(PhysAddr base) {
+  const uint32_t idx = index_of(base);
+  if (idx == kNoPage || (base & (kPageSize - 1))) return false;
+  // The caller owns the page, so nobody else writes its metadata now.
+  PageInfo& p = info_[idx];
+  const int stack = pcp_stack_of(p.owner);
+  if (!(p.flags & kPageHead) || p.order != 0 || stack < 0) return false;
+  if (p.tag == kPcpTag) {
+    panic("free_pages(%#llx, 0): double free (the page is in a per-CPU cache)",
+          (unsigned long long)base);
+  }
+  bool fire = false;
+  uint64_t unreported = 0;
+  PcpCache& c = pcp_mine();
+  {
+    SpinLockGuard cg(c.lock);
+    PcpStack& st = c.stacks[stack];
+    if (st.count == kPcpHigh) {
+      SpinLockGuard g(lock_);
+      pcp_drain_locked(st, kPcpHigh - kPcpLow);
+      fire = report_due_locked(unreported);
+    }
+    p.tag = kPcpTag;
+    st.zero &= ~(uint64_t{1} << st.count);
+    st.idx[st.count++] = idx;
+    ++c.frees;
+  }
+  if (fire) report_hook_(unreported, report_ctx_);
+  return true;
+}
+
+void PageAllocator::pcp_drain_locked(PcpStack& st, uint32_t n) {
+  if (n > st.count) n = st.count;
+  // Oldest first, so the most recently freed page ends up at the warm head of the list.
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t idx = st.idx[i];
+    // A page still zero since its claim was never handed out: the host backs it no more than
+    // before, so it goes back cold and zero, not warm.
+    const uint8_t flags = (st.zero >> i) & 1 ? kPageZeroed : kPageWarm;
+    info_[idx].tag = 0;
+    notify_locked(idx, 1, Owner::Free);
+    set_owner_locked(idx, Owner::Free);
+    free_block_locked(idx, 0, flags, Owner::Free);
+  }
+  for (uint32_t i = n; i < st.count; ++i) st.idx[i - n] = st.idx[i];
+  st.zero = n >= 64 ? 0 : st.zero >> n;
+  st.count -= n;
+}
+
+uint64_t PageAllocator::pcp_drain_cache(size_t cpu) {
+  PcpCache& c = pcp_[cpu];
+  uint64_t drained = 0;
+  bool fire = false;
+  uint64_t unreported = 0;
+  {
+    SpinLockGuard cg(c.lock);
+    uint32_t held = 0;
+    for (auto& st : c.stacks) held += st.count;
+    if (held == 0) return 0;
+    SpinLockGuard g(lock_);
+    for (auto& st : c.stacks) {
+      drained += st.count;
+      pcp_drain_locked(st, st.count);
+    }
+    fire = report_due_locked(unreported);
+  }
+  if (fire) report_hook_(unreported, report_ctx_);
+  return drained;
+}
+
+uint64_t PageAllocator::drain_percpu_caches() {
+  if (!initialized_) return 0;
+  uint64_t drained = 0;
+  const uint32_t n = pcp_cpus();
+  for (uint32_t cpu = 0; cpu < n; ++cpu) drained += pcp_drain_cache(cpu);
+  return drained;
+}
+
+void PageAllocator::set_percpu_caches(bool on) {
+  pcp_on_.store(on);
+  if (!on) drain_percpu_caches();
+}
+
+uint32_t PageAllocator::pcp_lock_all() {
+  // A CPU that uses its cache for the first time after this load was not holding pages before:
+  // it is left out, and so it is by pcp_unlock_all and the counts in between.
+  const uint32_t n = pcp_cpus();
+  for (uint32_t c = 0; c < n; ++c) pcp_[c].lock.lock();
+  return n;
+}
+
+void PageAllocator::pcp_unlock_all(uint32_t n) {
+  // In reverse, so that each lock restores the interrupt state it saved.
+  while (n > 0) pcp_[--n].lock.unlock();
+}
+
+uint64_t PageAllocator::pcp_cached_locked(Owner o, uint32_t n) const {
+  const int k = pcp_stack_of(o);
+  if (k < 0) return 0;
+  uint64_t total = 0;
+  for (uint32_t c = 0; c < n; ++c) total += pcp_[c].stacks[k].count;
+  return total;
+}
+
+uint64_t PageAllocator::percpu_cached_pages() {
+  const uint32_t n = pcp_lock_all();
+  uint64_t pages = pcp_cached_locked(Owner::Kernel, n) + pcp_cached_locked(Owner::App, n);
+  pcp_unlock_all(n);
+  return pages;
+}
+
 // ---- queries ----
 
 MemoryStats PageAllocator::stats() {
   MemoryStats s;
   auto bytes = [&](Owner o) { return owner_pages_[static_cast<unsigned>(o)] * kPageSize; };
+  const uint32_t ncpus = pcp_lock_all();
   {
     SpinLockGuard g(lock_);
     s = counters_;
-    s.free_bytes = bytes(Owner::Free) + bytes(Owner::Reported) + bytes(Owner::Isolated);
+    // Cached pages are counted under the owner they will be handed out as; they are free.
+    const uint64_t cached_kernel = pcp_cached_locked(Owner::Kernel, ncpus) * kPageSize;
+    const uint64_t cached_app = pcp_cached_locked(Owner::App, ncpus) * kPageSize;
+    s.percpu_bytes = cached_kernel + cached_app;
+    s.free_bytes =
+        bytes(Owner::Free) + bytes(Owner::Reported) + bytes(Owner::Isolated) + s.percpu_bytes;
     s.balloon_bytes = bytes(Owner::Balloon);
     s.reported_bytes = bytes(Owner::Reported);
     s.isolated_bytes = bytes(Owner::Isolated);
-    s.kernel_bytes = bytes(Owner::Kernel);
-    s.app_bytes = bytes(Owner::App);
+    s.kernel_bytes = bytes(Owner::Kernel) - cached_kernel;
+    s.app_bytes = bytes(Owner::App) - cached_app;
     s.volatile_bytes = bytes(Owner::Volatile);
     s.reserved_bytes = bytes(Owner::Reserved);
+    for (uint32_t c = 0; c < ncpus; ++c) {
+      s.allocations += pcp_[c].allocations;
+      s.frees += pcp_[c].frees;
+    }
   }
+  pcp_unlock_all(ncpus);
   s.zero_fills = zero_fills_.load(MemoryOrder::Relaxed);
   s.zero_skips = zero_skips_.load(MemoryOrder::Relaxed);
   uint64_t cache_pages = 0;
@@ -972,8 +1183,15 @@ MemoryStats PageAllocator::stats() {
 }
 
 uint64_t PageAllocator::free_pages_count() {
-  SpinLockGuard g(lock_);
-  return free_locked();
+  const uint32_t ncpus = pcp_lock_all();
+  uint64_t n;
+  {
+    SpinLockGuard g(lock_);
+    n = free_locked() + pcp_cached_locked(Owner::Kernel, ncpus) +
+        pcp_cached_locked(Owner::App, ncpus);
+  }
+  pcp_unlock_all(ncpus);
+  return n;
 }
 
 uint64_t PageAllocator::free_block_count(unsigned order) {
@@ -1013,7 +1231,17 @@ uint32_t PageAllocator::tag(PhysAddr page) const {
 }
 
 bool PageAllocator::check_invariants(bool verify_zeroed) {
-  SpinLockGuard g(lock_);
+  const uint32_t ncpus = pcp_lock_all();
+  bool ok;
+  {
+    SpinLockGuard g(lock_);
+    ok = check_invariants_locked(verify_zeroed, ncpus);
+  }
+  pcp_unlock_all(ncpus);
+  return ok;
+}
+
+bool PageAllocator::check_invariants_locked(bool verify_zeroed, uint32_t ncpus) {
 #define MM_CHECK(cond, ...)                      \
   do {                                           \
     if (!(cond)) {                               \
@@ -1071,6 +1299,32 @@ bool PageAllocator::check_invariants(bool verify_zeroed) {
   }
   MM_CHECK(tracked == unreported_tracked_, "unreported tracking %llu != %llu",
            (unsigned long long)tracked, (unsigned long long)unreported_tracked_);
+  // Cached pages: order-0 heads of the stack's owner, tagged, off the lists, each once.
+  uint64_t cached[kPcpStacks] = {};
+  for (uint32_t c = 0; c < ncpus; ++c) {
+    for (unsigned k = 0; k < kPcpStacks; ++k) {
+      const PcpStack& st = pcp_[c].stacks[k];
+      const Owner want = k == 0 ? Owner::Kernel : Owner::App;
+      MM_CHECK(st.count <= kPcpHigh, "cpu %u cache holds %u pages", c, st.count);
+      for (uint32_t i = 0; i < st.count; ++i) {
+        const uint32_t idx = st.idx[i];
+        MM_CHECK(idx < total_pages_ + reserved_pages_, "cpu %u caches bad index %u", c, idx);
+        const PageInfo& p = info_[idx];
+        MM_CHECK((p.flags & kPageHead) && p.order == 0 && p.owner == want && p.tag == kPcpTag &&
+                     p.next == kNoPage && p.prev == kNoPage,
+                 "cpu %u caches page %#llx as %s: owner %s order %u tag %#x", c,
+                 (unsigned long long)pfn_of(idx), owner_name(want), owner_name(p.owner), p.order,
+                 p.tag);
+        for (uint32_t j = 0; j < i; ++j)
+          MM_CHECK(st.idx[j] != idx, "cpu %u caches page %#llx twice", c,
+                   (unsigned long long)pfn_of(idx));
+      }
+      cached[k] += st.count;
+    }
+  }
+  MM_CHECK(cached[0] <= owner_pages_[static_cast<unsigned>(Owner::Kernel)] &&
+               cached[1] <= owner_pages_[static_cast<unsigned>(Owner::App)],
+           "more pages cached than owned");
   for (int rep = 0; rep < 2; ++rep) {
     for (unsigned o = 0; o <= kMaxOrder; ++o) {
       const List& l = rep ? reported_[o] : unreported_[o];

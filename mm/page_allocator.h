@@ -60,11 +60,56 @@
 //    one reclaimer at a time per BSP stack, never on two CPUs at once.
 //  - the report hook runs WITHOUT the lock, from whatever context freed the memory (possibly an
 //    interrupt handler, possibly on an AP): it should only wake the reporting worker.
+//
+// # Per-CPU page caches (issue 17)
+//
+// With every CPU allocating, the one lock above serialises them all. In front of it each CPU has
+// a small cache of order-0 pages, one stack per owner it serves (Kernel: the heap's slabs and
+// the drivers' pages; App: kvcache and the like). alloc_pages(0) and free_pages(.., 0) for those
+// owners pop and push there; the global lock is taken only to refill an empty stack (kPcpBatch
+// pages) or to drain a full one (kPcpHigh - kPcpLow of its oldest pages). Other orders, other
+// owners, kAllocPreferCold and everything while a balloon cache demand is in force take the
+// global path as before. Off by default here (host tests see the old allocator); the guest
+// turns them on unless booted with mm.pcp=off (set_percpu_caches).
+//
+// A cached page is free memory that one CPU has claimed in advance. Its state:
+//   - metadata: a Kernel or App order-0 head (the owner it will be handed out as), tag kPcpTag,
+//     no list links; counted in owner_pages_ under that owner. The fast path never writes
+//     PageInfo except the tag (which nothing under the global lock reads), so buddy merging,
+//     owner_of and check_invariants may read a cached page's metadata under the global lock
+//     while its CPU pops and pushes.
+//   - for the host: STABLE. The refill makes the same page-state claim (the state hook with the
+//     new owner, under the global lock) that a normal allocation makes, so a page the host may
+//     discard is never handed out unclaimed, and the host cannot discard a cached page under a
+//     CPU that is about to hand it out. Whether the claim found the page zero (discarded) is
+//     kept in the cache entry for kAllocZero.
+//   - to the guest's own accounting: free. stats() counts it in free_bytes (and percpu_bytes),
+//     not in kernel/app bytes; free_pages_count() includes it. It is neither reported nor
+//     unreported, and not counted towards the report threshold.
+//
+//   Free/Reported ──refill (global lock, hook)──► cached ──alloc (cache lock)──► Kernel/App
+//   Kernel/App ──free (cache lock)──► cached ──drain (cache lock + global lock, hook)──► Free
+//
+// Nothing hides from the host: whatever gives memory to the host or needs all free memory first
+// drains every CPU's cache back to the free lists (where the host sees UNUSED, warm pages):
+// take_pages (inflate), isolate_unreported (reporting and hinting), post_cache_demand, an
+// allocation that found no free block (before any reclaim or deflate-on-OOM, also on an AP),
+// and drain_percpu_caches() for callers (the balloon before its stats answer, so idle CPUs'
+// caches do not stay STABLE between host polls). A page freed into a cache after a drain began
+// was in use when it began.
+//
+// Locking: each cache has its own SpinLock (interrupts masked, so an interrupt handler on the
+// same CPU cannot re-enter it; an allocation from an interrupt handler is just another fast-path
+// call). Its CPU takes it on every pop/push (uncontended unless a drainer visits); a drainer
+// takes it from any CPU. Order: a cache lock before the global lock; never the global lock
+// before a cache lock; several cache locks only in index order (check_invariants, stats,
+// free_pages_count lock all of them, then the global lock, for an exact snapshot).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "kernel/percpu.h"
 #include "lib/atomic.h"
 #include "lib/error.h"
 #include "lib/spinlock.h"
@@ -208,6 +253,26 @@ class PageAllocator {
   void unregister_shrinker(Shrinker* s);
   void set_state_hook(StateHook fn, void* ctx = nullptr);
 
+  // ---- Per-CPU caches (see "Per-CPU page caches" above) ----
+
+  static constexpr uint32_t kPcpHigh = 64;   // a stack never holds more
+  static constexpr uint32_t kPcpLow = 32;    // a full stack is drained down to this
+  static constexpr uint32_t kPcpBatch = 16;  // pages an empty stack is refilled with
+  // PageInfo::tag of a cached page: freeing it again is a double free. Kind nibble 0xf, which
+  // the heap's tags (mm/heap.cpp) never use.
+  static constexpr uint32_t kPcpTag = 0xfcac0000u;
+
+  // Turning them off drains every cache. Meant for boot (mm.pcp=off) and for tests in a quiet
+  // moment: a CPU inside alloc/free while they are turned off may still push one page, which
+  // the next drain returns.
+  void set_percpu_caches(bool on);
+  bool percpu_caches() const { return pcp_on_.load(MemoryOrder::Relaxed); }
+  // Returns every CPU's cached pages to the free lists; the pages drained. Any context, any CPU;
+  // not with a cache lock or the allocator lock held (no caller outside mm can).
+  uint64_t drain_percpu_caches();
+  // Pages in all caches now (exact: every cache lock is taken).
+  uint64_t percpu_cached_pages();
+
   // ---- Queries ----
 
   MemoryStats stats();
@@ -243,6 +308,7 @@ class PageAllocator {
   // Walks all metadata and free lists; prints the first inconsistency and returns false.
   // `verify_zeroed` also reads every free block marked Zeroed (slow, and it touches memory the
   // host may have discarded: tests only).
+  // Every cache is checked too; a cached page counts under its owner (see above).
   bool check_invariants(bool verify_zeroed = false);
 
  private:
@@ -312,6 +378,50 @@ class PageAllocator {
     const uint64_t demand = demand_pages_locked();
     return demand == 0 || free_locked() >= demand + pages;
   }
+
+  // ---- per-CPU caches ----
+  struct PcpStack {
+    uint32_t count = 0;
+    uint64_t zero = 0;  // bit i: the page at idx[i] is known to read as zero
+    uint32_t idx[kPcpHigh] = {};
+  };
+  static constexpr unsigned kPcpStacks = 2;  // Kernel, App
+  struct alignas(64) PcpCache {
+    SpinLock lock;
+    PcpStack stacks[kPcpStacks];
+    uint64_t allocations = 0;  // served here; stats() adds them to the global counters
+    uint64_t frees = 0;
+  };
+  static_assert(kPcpHigh <= 64, "PcpStack::zero has one bit per entry");
+  static_assert(kPcpBatch <= kPcpHigh && kPcpLow < kPcpHigh);
+  static int pcp_stack_of(Owner o) { return o == Owner::Kernel ? 0 : o == Owner::App ? 1 : -1; }
+  bool pcp_usable() const {
+    return pcp_on_.load(MemoryOrder::Relaxed) && !demand_in_force_.load(MemoryOrder::Relaxed);
+  }
+  PcpCache& pcp_mine();
+  // Pops a page for `owner` (refilling under the global lock when empty); kNoPage when the free
+  // lists had nothing either. `zero`: the page is known to read as zero.
+  uint32_t pcp_alloc(int stack, Owner owner, bool& zero);
+  // Pushes an allocated order-0 page; false if it is not one this cache takes (the global path
+  // then reports the error).
+  bool pcp_free(PhysAddr base);
+  // Moves the `n` oldest entries of `s` back to the free lists; the global lock is held.
+  void pcp_drain_locked(PcpStack& s, uint32_t n);
+  // Drains cache `cpu` completely (its lock, then the global lock). Returns the pages.
+  uint64_t pcp_drain_cache(size_t cpu);
+  bool check_invariants_locked(bool verify_zeroed, uint32_t ncpus);
+  // Locks the caches of the CPUs that used theirs so far, in index order; returns how many, for
+  // pcp_unlock_all and the counts in between.
+  uint32_t pcp_lock_all();
+  void pcp_unlock_all(uint32_t n);
+  uint32_t pcp_cpus() const { return pcp_cpus_.load(MemoryOrder::Acquire); }
+  // Per owner (cached pages are counted there in owner_pages_) and in total; all cache locks held.
+  uint64_t pcp_cached_locked(Owner o, uint32_t ncpus) const;
+
+  PcpCache pcp_[percpu::kMaxCpus] = {};
+  Atomic<bool> pcp_on_{false};
+  // One more than the highest CPU index whose cache was ever used: drainers look no further.
+  Atomic<uint32_t> pcp_cpus_{0};
 
   SpinLock lock_;
   bool initialized_ = false;

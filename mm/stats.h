@@ -18,6 +18,7 @@ struct MemoryStats {
   uint64_t app_bytes;
   uint64_t volatile_bytes;
   uint64_t reserved_bytes;  // allocator metadata
+  uint64_t percpu_bytes;    // free pages in the per-CPU caches (part of free_bytes)
 
   uint64_t alloc_stalls;           // allocations that had to enter the reclaim slow path
   uint64_t oom_events;             // calls to the OOM handler
