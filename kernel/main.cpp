@@ -86,6 +86,12 @@ int build_argv(const char* app_name) {
 void init_memory(const BootInfo& boot) {
   mm::init(boot.ram, boot.ram_count, reinterpret_cast<PhysAddr>(__kernel_end));
   auto& pages = mm::pages();
+  // Per-CPU page caches (mm/page_allocator.h) unless mm.pcp=off: the old single-lock path stays
+  // bootable, for tests and for benchmarks to compare.
+  char pcp[8];
+  const bool pcp_off = cmdline::get("mm.pcp", pcp, sizeof pcp) && strcmp(pcp, "off") == 0;
+  pages.set_percpu_caches(!pcp_off);
+  kprintf("mm: per-CPU page caches %s\n", pcp_off ? "off (mm.pcp=off)" : "on");
   kprintf("memory: %lu MiB managed, %lu MiB free\n", (pages.total_pages() * kPageSize) >> 20,
           (pages.free_pages_count() * kPageSize) >> 20);
 }

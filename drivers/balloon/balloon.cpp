@@ -307,6 +307,9 @@ void Balloon::set_actual(uint64_t pages) {
 
 void Balloon::answer_stats() {
   stats_requested_ = false;
+  // The host polls these stats: a CPU that stopped allocating would otherwise keep its cached
+  // pages STABLE (unreportable, undiscardable) from one poll to the next.
+  mm::pages().drain_percpu_caches();
   size_t n = build_stats(mm::pages().stats(), g_buf.stats);
   virtio::Segment seg{virt_to_phys(g_buf.stats), uint32_t(n * sizeof(StatEntry))};
   auto r = post(*stats_vq_, std::span<const virtio::Segment>(&seg, 1), {}, tokens_.stats, 0, 0);
