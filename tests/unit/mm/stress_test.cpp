@@ -1,4 +1,6 @@
 // Several threads hammering the allocator through every entry point at once, under its SpinLock.
+// Each test runs twice: with the per-CPU page caches off and on (every thread then plays its own
+// CPU, so order-0 pages move through several caches while others drain them).
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -6,19 +8,32 @@
 #include <thread>
 
 #include "arena.h"
+#include "kernel/percpu.h"
 #include "mm/heap.h"
 
 namespace blimp::mm::test {
 namespace {
 
-TEST(Stress, ThreadsHammerAllocFreeTakeGiveBackReport) {
+class Stress : public ::testing::TestWithParam<bool> {
+ protected:
+  bool pcp() const { return GetParam(); }
+};
+
+INSTANTIATE_TEST_SUITE_P(Caches, Stress, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return i.param ? "PercpuOn" : "PercpuOff";
+                         });
+
+TEST_P(Stress, ThreadsHammerAllocFreeTakeGiveBackReport) {
   Fixture f(64 * kMiB);
   PageAllocator& pa = *f.pa;
+  pa.set_percpu_caches(pcp());
   pa.set_reporting_reserve(256);
   Heap heap(pa);
   auto shape = free_shape(pa);
   std::atomic<bool> failed{false};
   auto worker = [&](unsigned id) {
+    percpu::set_host_cpu_index(id);
     std::mt19937_64 rng(1000 + id);
     std::vector<std::pair<PhysAddr, unsigned>> live;
     std::vector<PageRun> balloon;
@@ -100,6 +115,8 @@ TEST(Stress, ThreadsHammerAllocFreeTakeGiveBackReport) {
   EXPECT_FALSE(failed.load()) << "a block's pattern was overwritten";
   heap.trim();
   EXPECT_TRUE(pa.check_invariants(true));
+  EXPECT_EQ(pa.free_pages_count(), pa.total_pages());  // cached pages are free
+  pa.drain_percpu_caches();
   EXPECT_EQ(pa.free_pages_count(), pa.total_pages());
   EXPECT_EQ(free_shape(pa), shape);
   EXPECT_EQ(pa.bad_give_back_pages(), 0u);
@@ -162,9 +179,10 @@ struct LockedBalloon {
   }
 };
 
-TEST(Stress, ConcurrentReclaimUnderPressure) {
+TEST_P(Stress, ConcurrentReclaimUnderPressure) {
   Fixture f(16 * kMiB);
   PageAllocator& pa = *f.pa;
+  pa.set_percpu_caches(pcp());
   auto shape = free_shape(pa);
   LockedCache cache(pa);
   LockedBalloon balloon{pa, {}, {}, {0}};
@@ -173,6 +191,7 @@ TEST(Stress, ConcurrentReclaimUnderPressure) {
   std::atomic<bool> failed{false};
   std::atomic<uint64_t> ok_allocs{0}, failed_allocs{0};
   auto worker = [&](unsigned id) {
+    percpu::set_host_cpu_index(id);
     std::mt19937_64 rng(77 + id);
     std::vector<std::pair<PhysAddr, unsigned>> live;
     const uint64_t seed = 0xabcdef00ull + id;
@@ -218,6 +237,7 @@ TEST(Stress, ConcurrentReclaimUnderPressure) {
   cache.scan_objects(SIZE_MAX);
   LockedBalloon::oom(SIZE_MAX, &balloon);
   EXPECT_TRUE(pa.check_invariants());
+  pa.drain_percpu_caches();
   EXPECT_EQ(free_shape(pa), shape);
   EXPECT_GT(ok_allocs.load(), 0u);
 }
@@ -241,9 +261,10 @@ int state_class(Owner o) {
 // under the lock. The state hook, which runs under the lock on whichever thread made the change,
 // keeps a shadow of every page's state: at the end it must agree with the allocator, i.e. no
 // transition reached the hook out of order.
-TEST(Stress, InvariantsAndStateHookHoldWhileThreadsWork) {
+TEST_P(Stress, InvariantsAndStateHookHoldWhileThreadsWork) {
   Fixture f(32 * kMiB);
   PageAllocator& pa = *f.pa;
+  pa.set_percpu_caches(pcp());
   pa.set_reporting_reserve(256);
   const PhysAddr base = f.arena.base();
   const uint64_t npages = f.arena.size / kPageSize;
@@ -273,6 +294,7 @@ TEST(Stress, InvariantsAndStateHookHoldWhileThreadsWork) {
     }
   });
   auto worker = [&](unsigned id) {
+    percpu::set_host_cpu_index(id);
     std::mt19937_64 rng(4242 + id);
     std::vector<std::pair<PhysAddr, uint64_t>> runs;  // alloc_run
     std::vector<PageRun> balloon;
@@ -333,8 +355,145 @@ TEST(Stress, InvariantsAndStateHookHoldWhileThreadsWork) {
   EXPECT_FALSE(failed.load()) << "an invariant broke mid-run, or a run's pattern was overwritten";
   EXPECT_GT(checks.load(), 0u);
   EXPECT_TRUE(pa.check_invariants());
+  pa.drain_percpu_caches();
   EXPECT_EQ(free_shape(pa), shape);
   EXPECT_GT(shadow.calls, 0u);
+  pa.set_state_hook(nullptr, nullptr);
+  uint64_t wrong = 0;
+  for (uint64_t i = 0; i < npages; ++i)
+    wrong += shadow.state[i] != state_class(pa.owner_of(base + i * kPageSize));
+  EXPECT_EQ(wrong, 0u) << "pages whose last transition the hook saw is not their state";
+}
+
+// Issue 17's allocator acceptance, on the host: CPUs allocate and free order-0 pages through
+// their caches (two threads share CPU 0, as an interrupt handler shares its CPU with the code it
+// interrupts), while a balloon-like thread inflates, deflates, reports and drains, and another
+// checks the invariants and that the stats add up. The state hook's shadow must end in agreement
+// with the allocator: a cached page is STABLE to the host from its refill to its drain, and no
+// transition reached the hook out of order.
+TEST_P(Stress, CachesDrainedUnderBalloonAndReporting) {
+  Fixture f(32 * kMiB);
+  PageAllocator& pa = *f.pa;
+  pa.set_percpu_caches(pcp());
+  pa.set_reporting_reserve(128);
+  Heap heap(pa);
+  const PhysAddr base = f.arena.base();
+  const uint64_t npages = f.arena.size / kPageSize;
+  struct Shadow {
+    PhysAddr base;
+    std::vector<int> state;
+  } shadow{base, std::vector<int>(npages)};
+  for (uint64_t i = 0; i < npages; ++i)
+    shadow.state[i] = state_class(pa.owner_of(base + i * kPageSize));
+  pa.set_state_hook(
+      [](PhysAddr first, size_t count, Owner o, void* ctx) {
+        auto* sh = static_cast<Shadow*>(ctx);
+        for (size_t i = 0; i < count; ++i)
+          sh->state[(first - sh->base) / kPageSize + i] = state_class(o);
+        return false;
+      },
+      &shadow);
+  auto shape = free_shape(pa);
+  std::atomic<bool> failed{false}, done{false};
+  std::atomic<uint64_t> balloon_rounds{0};
+  std::thread checker([&] {
+    percpu::set_host_cpu_index(7);
+    while (!done.load()) {
+      if (!pa.check_invariants()) failed = true;
+      MemoryStats s = pa.stats();
+      if (s.free_bytes + s.kernel_bytes + s.app_bytes + s.volatile_bytes + s.balloon_bytes !=
+          s.total_bytes)
+        failed = true;
+    }
+  });
+  std::thread balloon([&] {
+    percpu::set_host_cpu_index(5);
+    std::mt19937_64 rng(9);
+    std::vector<PageRun> held;
+    const uint64_t seed = 0xba11;
+    while (!done.load()) {
+      PageRun r[8];
+      size_t n = pa.take_pages(1 + rng() % 1024, Owner::Balloon, r, 8);
+      for (size_t i = 0; i < n; ++i) fill(r[i].base, r[i].pages, seed);
+      held.insert(held.end(), r, r + n);
+      if (held.size() > 16 || rng() % 2) {
+        const bool discarded = rng() % 2;
+        for (auto& h : held) {
+          if (!check(h.base, h.pages, seed)) failed = true;
+          if (discarded) std::memset(reinterpret_cast<void*>(h.base), 0, h.pages * kPageSize);
+        }
+        pa.give_back(held.data(), held.size(), discarded);
+        held.clear();
+      }
+      n = pa.isolate_unreported(2, r, 8);
+      for (size_t i = 0; i < n; ++i)
+        std::memset(reinterpret_cast<void*>(r[i].base), 0, r[i].pages * kPageSize);
+      pa.return_isolated(r, n, true);
+      pa.drain_percpu_caches();
+      ++balloon_rounds;
+    }
+    pa.give_back(held.data(), held.size(), false);
+  });
+  auto worker = [&](unsigned id) {
+    percpu::set_host_cpu_index(id == 3 ? 0 : id);
+    std::mt19937_64 rng(31337 + id);
+    std::vector<std::pair<PhysAddr, unsigned>> live;
+    std::vector<std::pair<void*, size_t>> objs;
+    const uint64_t seed = 0x77ull * (id + 1);
+    for (int step = 0; step < 6000 && !failed; ++step) {
+      unsigned r = rng() % 20;
+      if (r < 10) {
+        unsigned o = r < 9 ? 0 : 1 + rng() % 3;
+        Owner owner = rng() % 2 ? Owner::App : Owner::Kernel;
+        auto a =
+            pa.alloc_pages(o, owner, rng() % 4 ? kAllocNoReclaim : kAllocNoReclaim | kAllocZero);
+        if (!a.is_error()) {
+          fill(a.value(), pages_of_order(o), seed);
+          live.push_back({a.value(), o});
+        }
+      } else if (r < 18) {
+        if (!live.empty()) {
+          size_t i = rng() % live.size();
+          if (!check(live[i].first, pages_of_order(live[i].second), seed)) failed = true;
+          pa.free_pages(live[i].first, live[i].second);
+          live[i] = live.back();
+          live.pop_back();
+        }
+      } else if (objs.size() < 100 && rng() % 2) {
+        size_t size = 1 + rng() % 2000;
+        void* p = heap.alloc(size);
+        if (p) {
+          std::memset(p, static_cast<int>(id + 1), size);
+          objs.push_back({p, size});
+        }
+      } else if (!objs.empty()) {
+        auto [p, size] = objs.back();
+        objs.pop_back();
+        for (size_t k = 0; k < size; ++k)
+          if (static_cast<uint8_t*>(p)[k] != static_cast<uint8_t>(id + 1)) failed = true;
+        heap.free(p);
+      }
+    }
+    for (auto& l : live) {
+      if (!check(l.first, pages_of_order(l.second), seed)) failed = true;
+      pa.free_pages(l.first, l.second);
+    }
+    for (auto& o : objs) heap.free(o.first);
+  };
+  std::vector<std::thread> threads;
+  for (unsigned i = 0; i < 4; ++i) threads.emplace_back(worker, i);
+  for (auto& t : threads) t.join();
+  done = true;
+  balloon.join();
+  checker.join();
+  EXPECT_FALSE(failed.load()) << "a pattern was overwritten, an invariant broke or stats were off";
+  EXPECT_GT(balloon_rounds.load(), 0u);
+  heap.trim();
+  EXPECT_TRUE(pa.check_invariants(true));
+  EXPECT_EQ(pa.free_pages_count(), pa.total_pages());
+  pa.drain_percpu_caches();
+  EXPECT_EQ(pa.percpu_cached_pages(), 0u);
+  EXPECT_EQ(free_shape(pa), shape);
   pa.set_state_hook(nullptr, nullptr);
   uint64_t wrong = 0;
   for (uint64_t i = 0; i < npages; ++i)
