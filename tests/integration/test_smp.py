@@ -124,6 +124,19 @@ MiB = 1 << 20
 THREADS_RE = re.compile(r"^integrity: (\d+) threads, on cpus ([\d,]+)$", re.M)
 
 
+def power_off(vm, q):
+    """The power button, then the guest's exit status and its whole console."""
+    try:
+        q.execute("system_powerdown")
+    except (OSError, QmpError):
+        pass  # the guest may exit before the reply comes back; wait_exit decides
+    return vm.wait_exit(240), vm.output
+
+
+def check_balloon_moved(out):
+    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+
+
 def integrity_threads_under_balloon(build, cpus):
     """integrity threads=cpus on q35 -smp cpus (MTTCG), through balloon cycles with free page
     reporting; stopped with the power button, it must pass and find the allocator consistent."""
@@ -147,13 +160,8 @@ def integrity_threads_under_balloon(build, cpus):
             vm.wait_for(r"integrity: round \d+ verified", 120, start=mark)
             mark = len(vm.output)
             vm.wait_for(r"integrity: round \d+ verified", 120, start=mark)
-        try:
-            q.execute("system_powerdown")
-        except (OSError, QmpError):
-            pass  # the guest may exit before the reply comes back; wait_exit decides
-        status = vm.wait_exit(240)
-        out = vm.output
-    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+        status, out = power_off(vm, q)
+    check_balloon_moved(out)
     check("MISMATCH" not in out, out)
     check("integrity: allocator invariants hold" in out, f"invariants not checked or broken\n{out}")
     check(re.search(r"^integrity: PASS: 0 mismatches, 0 bad pages", out, re.M),
@@ -221,13 +229,8 @@ def test_memhog_2_threads_under_balloon(build):
                        or f"memhog: step {last - 1} " in vm.output):
                 check(time.monotonic() < deadline, f"memhog made no progress\n{vm.output[-3000:]}")
                 time.sleep(0.1)
-        try:
-            q.execute("system_powerdown")
-        except (OSError, QmpError):
-            pass  # the guest may exit before the reply comes back; wait_exit decides
-        status = vm.wait_exit(240)
-        out = vm.output
-    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+        status, out = power_off(vm, q)
+    check_balloon_moved(out)
     check("CORRUPTION" not in out, out)
     per_cpu = re.findall(r"^memhog: cpu (\d+) verified (\d+) pages, (\d+) corrupted$", out, re.M)
     check([c for c, _, _ in per_cpu] == ["0", "1"] and all(int(v) > 0 for _, v, _ in per_cpu),
@@ -264,13 +267,8 @@ def test_kvcache_4_threads_under_balloon(build):
             # Two reports after the balloon got there: every CPU kept working beside it.
             vm.wait_for(r"kvcache: t=", 120, start=len(vm.output))
             vm.wait_for(r"kvcache: t=", 120, start=len(vm.output))
-        try:
-            q.execute("system_powerdown")
-        except (OSError, QmpError):
-            pass  # the guest may exit before the reply comes back; wait_exit decides
-        status = vm.wait_exit(240)
-        out = vm.output
-    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+        status, out = power_off(vm, q)
+    check_balloon_moved(out)
     check("CORRUPTION" not in out, out)
     per_cpu = re.findall(r"^kvcache: cpu (\d+) ops=(\d+) hits=(\d+) ", out, re.M)
     check([c for c, _, _ in per_cpu] == ["0", "1", "2", "3"]
