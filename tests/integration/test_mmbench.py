@@ -7,13 +7,17 @@ The multi-CPU form (issue 17, bench/mm/smp_scaling.py): `mmbench threads=2` on q
 MTTCG runs a worker on each CPU against the one allocator, every block tagged and checked: one
 line per CPU and a total per run, no bad tag, no failed allocation, the allocator's invariants
 intact afterwards; also with 2 MiB blocks (order=9); threads= beyond the CPUs online is an error.
+The Linux anchor's counterpart (`mmscale 2 1` in image/linux's guest at -smp 2) prints the same
+kind of lines with every tag read back (skipped when the Linux guest is not built).
 Timings are printed, never asserted (TCG on a shared host)."""
 import os
 import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from blimp_vm import BlimpVM, TestRunner, check, requested_accel  # noqa: E402
+from blimp_vm import (STOCK_QEMU, BlimpVM, Skip, TestRunner, check,  # noqa: E402
+                      requested_accel)
+from linux_guest import LinuxGuest, guest_files  # noqa: E402
 
 t = TestRunner()
 
@@ -85,6 +89,33 @@ def test_mmbench_threads_beyond_online_cpus(build):
     status, out = mmbench_threads(build, 2, ["threads=3"])
     check(status == 2, f"mmbench threads=3 at -smp 2 exited with {status}\n{out}")
     check("mmbench: threads=3 but 2 CPUs are online (threads=1..2)" in out, out)
+
+
+@t.test
+def test_linux_anchor_mmscale_2(build):
+    files = guest_files(build)
+    if not files or not os.access(STOCK_QEMU, os.X_OK):
+        raise Skip("Linux guest or stock QEMU missing")
+    g = LinuxGuest(STOCK_QEMU, build, mem_mb=256, machine="q35", smp=2, accel="tcg,thread=multi",
+                   name="mmscale", timeout_s=300)
+    try:
+        g.start(ready_timeout=240)
+        start = len(g.lines)
+        m = g.command("mmscale 2 1", r"BLIMP-LINUX: (done mmscale rc=(\d+)|unknown command)",
+                      timeout=120)
+        if "unknown" in m.group(1):
+            raise Skip("this Linux guest has no mmscale command (image/linux/build.sh BUILD)")
+        out = "\n".join(g.lines[start:])
+    finally:
+        g.stop()
+    check(m.group(2) == "0", f"mmscale exited {m.group(2)}\n{out}")
+    rx = re.compile(r"BLIMP-LINUX: mmscale (cpu=(\d)|total procs=2) ops=(\d+) ns=\d+ "
+                    r"ops_per_s=(\d+) ns_per_op=[\d.]+ bad=(\d+)")
+    lines = rx.findall(out)
+    check(sorted(l[1] for l in lines if l[1]) == ["0", "1"], f"per-CPU lines wrong\n{out}")
+    check(len([l for l in lines if not l[1]]) == 1, f"no total line\n{out}")
+    check(all(int(l[2]) > 0 and l[4] == "0" for l in lines), f"no ops or bad tags\n{out}")
+    print(f"  linux total {[int(l[3]) for l in lines if not l[1]][0]} ops/s", flush=True)
 
 
 if __name__ == "__main__":
