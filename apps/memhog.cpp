@@ -11,6 +11,8 @@
 //             page first: a page that lost its content is reported as corruption
 // check:all   verify every page held, without freeing
 // wait:TIME   sleep (the guest halts) for TIME
+// spin:TIME   keep every worker's CPU busy for TIME (a loop that never halts): what the balloon,
+//             reporting and page states do beside a guest whose every CPU computes
 // verify=page (default) writes and verifies all 512 words of each page; verify=word only the
 // first word (the old, cheaper tag: for benchmarks that time the free path).
 // Each step prints one "memhog: step N ..." line when it completes. A corrupted page is printed
@@ -67,7 +69,7 @@ Atomic<uint64_t> g_reported{0};  // CORRUPTION lines printed, over all workers
 // "memhog" in ASCII: one salt per app, so one app's pages never decode as another's.
 constexpr uint64_t kSalt = 0x6d656d686f67ull;
 
-enum class Action { kAlloc, kFree, kCheck };
+enum class Action { kAlloc, kFree, kCheck, kSpin };
 
 // One worker's chunks (a stack: it frees its most recent first) and counts. Only its own CPU
 // touches it during a step (so it uses kprintf, never printf: kernel/threads.h); the BSP sets the
@@ -78,9 +80,9 @@ struct Worker {
   size_t capacity = 0, count = 0;
   // The step: what to do, to how many chunks; what came of it.
   Action action = Action::kCheck;
-  uint64_t amount = 0;
-  uint64_t done = 0;  // chunks allocated or freed
-  uint64_t bad = 0;   // corrupted pages seen
+  uint64_t amount = 0;  // chunks; for kSpin, the end in timer::now_ns()
+  uint64_t done = 0;    // chunks allocated or freed
+  uint64_t bad = 0;     // corrupted pages seen
   bool out_of_memory = false;
   // Over the whole run.
   uint64_t verified = 0, corrupt = 0;
@@ -158,6 +160,10 @@ void run_step(void* arg) {
       w.bad += check_chunk(w, w.count);
       free(w.chunks[w.count]);
     }
+  } else if (w.action == Action::kSpin) {
+    // Interrupts still reach the BSP (its balloon and reporting work runs on their way out); the
+    // power button ends the spin on every CPU.
+    while (timer::now_ns() < w.amount && !power::stop_requested()) cpu_relax();
   } else {
     for (size_t i = 0; i < w.count; i++) w.bad += check_chunk(w, i);
   }
@@ -311,8 +317,25 @@ int memhog_main(int argc, char** argv) {
         break;
       }
       printf("memhog: step %d waited %s\n", step, value);
+    } else if (strcmp(action, "spin") == 0) {
+      uint64_t ns;
+      if (!app_args::parse_duration(value, ns)) {
+        printf("memhog: step %d: bad duration '%s'\n", step, value);
+        return 2;
+      }
+      for (size_t i = 0; i < n; i++) {
+        g_workers[i].action = Action::kSpin;
+        g_workers[i].amount = t0 + ns;
+      }
+      if (!apps::run_on_workers("memhog", g_cpus, run_step, g_workers)) return 1;
+      if (power::stop_requested()) {
+        printf("memhog: step %d spin cut short: stop requested\n", step);
+        break;
+      }
+      printf("memhog: step %d spun %s on %zu cpus\n", step, value, n);
     } else {
-      printf("memhog: step %d: unknown action '%s' (alloc, free, check, wait)\n", step, action);
+      printf("memhog: step %d: unknown action '%s' (alloc, free, check, wait, spin)\n", step,
+             action);
       return 2;
     }
   }

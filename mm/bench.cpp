@@ -70,6 +70,49 @@ AllocBenchResult run_alloc_benchmark(PageAllocator& pa, BenchClock now_ns, unsig
   return r;
 }
 
+AllocWorkerFigures run_alloc_worker(PageAllocator& pa, BenchClock now_ns, unsigned order,
+                                    size_t batch, PhysAddr* scratch, uint64_t worker,
+                                    uint64_t end_ns) {
+  AllocWorkerFigures f = {};
+  const uint64_t last_word = pages_of_order(order) * kPageSize / sizeof(uint64_t) - 1;
+  // The worker in the top byte, the sequence below it, the address XORed over both: two workers
+  // never write the same tag into the same block, and neither does one worker twice in a row.
+  const uint64_t salt = worker << 56;
+  uint64_t seq = 0;
+  f.start_ns = now_ns();
+  uint64_t now = f.start_ns;
+  while (now < end_ns) {
+    const uint64_t first_seq = seq;
+    size_t got = 0;
+    for (; got < batch; ++got) {
+      auto a = pa.alloc_pages(order, Owner::App, kAllocNoReclaim);
+      if (a.is_error()) {
+        ++f.failed;
+        break;
+      }
+      scratch[got] = a.value();
+      uint64_t tag = salt ^ (seq++ << 12) ^ a.value();
+      auto* w = phys_to_virt<volatile uint64_t>(a.value());
+      w[0] = tag;
+      w[last_word] = ~tag;
+    }
+    for (size_t i = 0; i < got; ++i) {
+      uint64_t tag = salt ^ ((first_seq + i) << 12) ^ scratch[i];
+      auto* w = phys_to_virt<volatile uint64_t>(scratch[i]);
+      if (w[0] != tag || w[last_word] != ~tag) {
+        if (!f.bad_tags) f.first_bad = scratch[i];
+        ++f.bad_tags;
+      }
+      pa.free_pages(scratch[i], order);
+    }
+    f.ops += got;
+    now = now_ns();
+    if (!got) break;
+  }
+  f.end_ns = now;
+  return f;
+}
+
 void print_alloc_benchmark(const AllocBenchResult& r) {
   if (!r.ok) {
     kprintf("mm bench: no memory for the scratch array\n");

@@ -101,7 +101,7 @@ class KilledFromOutside(BenchError):
 class Guest:
     def __init__(self, kind, machine, mem_mb, build_dir, blimp_elf, balloon_props="",
                  memhog_steps="", firmware="default", blimp_words="", qemu=QEMU,
-                 variant="stock"):
+                 variant="stock", smp=1):
         self.kind = kind                    # "linux" | "blimp"
         self.machine = machine              # "q35" | "microvm"
         self.variant = variant              # key of VARIANTS, for messages only
@@ -110,10 +110,12 @@ class Guest:
         self.qmp_path = os.path.join(self.tmp, "qmp.sock")
         self.pidfile = os.path.join(self.tmp, "qemu.pid")
         dev = "virtio-balloon-device" if machine == "microvm" else "virtio-balloon-pci"
-        argv = ["timeout", "--kill-after=5", str(VM_LIMIT_S), qemu, "-accel", "tcg",
+        # Several vCPUs run one host thread each (MTTCG), as on KVM; one keeps the default.
+        accel = "tcg,thread=multi" if smp > 1 else "tcg"
+        argv = ["timeout", "--kill-after=5", str(VM_LIMIT_S), qemu, "-accel", accel,
                 # mem-merge=off: the host's KSM (others run it here) must not merge guest pages
                 # (Linux's fill writes zeros) and hide what the balloon returns.
-                "-M", f"{machine},mem-merge=off", "-m", str(mem_mb), "-smp", "1", "-display", "none",
+                "-M", f"{machine},mem-merge=off", "-m", str(mem_mb), "-smp", str(smp), "-display", "none",
                 "-serial", "stdio", "-monitor", "none", "-nodefaults", "-no-reboot",
                 "-pidfile", self.pidfile, "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                 "-device", f"{dev},id=balloon0" + (f",{balloon_props}" if balloon_props else "")]

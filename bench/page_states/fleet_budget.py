@@ -93,6 +93,8 @@ FIELDS = ["mode", "rep", "order", "budget_mib", "interval_s", "window_s",
           "rss_worst_excess_mib", "rss_first_over_s", "rss_back_under_s", "rss_under_at_end",
           # the guests' memory (balloon actual summed)
           "guest_mean_mib", "guest_over_s", "guest_worst_excess_mib", "guest_back_under_s",
+          "cache_guest_mean_mib", "kv_guest_mean_mib", "batch_guest_mean_mib",
+          "cache_rss_mean_mib", "kv_rss_mean_mib", "batch_rss_mean_mib",
           # memory moved
           "swept_mib", "swept_asked_mib", "sweep_rounds", "balloon_inflated_mib",
           "balloon_deflated_mib", "cache_swept_mib", "kv_swept_mib", "batch_swept_mib",
@@ -297,6 +299,15 @@ def run_once(build, mode, rep, order, a, series_out):
                    guest_worst_excess_mib=gb["worst_mib"],
                    guest_back_under_s="" if gb["back_under_s"] is None else gb["back_under_s"])
 
+        # Per VM, over the same samples: where the budget went (which guest the policy gave
+        # memory to, and which one's RSS the sweeps took).
+        shown = {t for t, _, _ in pts}
+        for n in VMS:
+            rows_n = [rows[n] for t, rows in series if t in shown]
+            for col, field in (("balloon_actual_bytes", "guest"), ("rss_bytes", "rss")):
+                row[f"{n}_{field}_mean_mib"] = round(
+                    sum(int(r[col]) for r in rows_n) / len(rows_n) / MiB, 1)
+
         swept = {n: vms[n].get("pstate_discarded_pages", 0) for n in VMS}
         asked = sum(vms[n].get("pstate_asked_pages", 0) for n in VMS)
         row.update(swept_mib=round(sum(swept.values()) * PAGE / MiB, 1),
@@ -357,6 +368,10 @@ def table(rows, a, cmd, load_before, load_after, date):
              ("first over the budget at (s)", "rss_first_over_s", "{}"),
              ("from first over until first under (s)", "rss_back_under_s", "{}"),
              ("guest memory (balloons' actual) mean (MiB)", "guest_mean_mib", "{}"),
+             ("guest memory mean (MiB): cache / kv / batch", ("cache_guest_mean_mib",
+              "kv_guest_mean_mib", "batch_guest_mean_mib"), "{} / {} / {}"),
+             ("RSS mean (MiB): cache / kv / batch", ("cache_rss_mean_mib", "kv_rss_mean_mib",
+              "batch_rss_mean_mib"), "{} / {} / {}"),
              ("guest memory above the budget (s)", "guest_over_s", "{}"),
              ("discarded by sweeps (MiB): cache / kv / batch", None, None),
              ("sweeps asked for (MiB), rounds", None, None),
@@ -408,7 +423,9 @@ def table(rows, a, cmd, load_before, load_after, date):
               else "") + ". Runs in the order they ran.", "",
            "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for label, key, fmt in lines:
-        cells = [special(label, r) if key is None else cell(r, key, fmt) for r in rows]
+        cells = [special(label, r) if key is None
+                 else fmt.format(*(cell(r, k) for k in key)) if isinstance(key, tuple)
+                 else cell(r, key, fmt) for r in rows]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out += ["", f"Host: {os.cpu_count()} cores, load average before the benchmark {load_before}, "
             f"after {load_after} (1, 5, 15 min)."]

@@ -21,7 +21,7 @@ DL="$OUT/debs"
 log() { echo "[linux-guest] $*"; }
 SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
 
-STAMP=$(cat "$HERE/build.sh" "$HERE/init" "$HERE/pstate_hammer.c" | sha256sum | cut -d' ' -f1)
+STAMP=$(cat "$HERE/build.sh" "$HERE/init" "$HERE/pstate_hammer.c" "$HERE/mm_scale.c" | sha256sum | cut -d' ' -f1)
 if [[ -f "$OUT/vmlinuz" && -f "$OUT/initramfs.cpio.gz" && "$(cat "$OUT/stamp" 2>/dev/null)" == "$STAMP" ]]; then
     log "up to date ($OUT)"
     exit 0
@@ -124,6 +124,13 @@ if command -v gcc >/dev/null && gcc -static -O2 -Wall -o "$R/bin/pstate-hammer" 
     log "built pstate-hammer"
 else
     log "pstate-hammer not built (no gcc / static libc): $(head -3 "$X/hammer.log" 2>/dev/null)"
+fi
+# The allocator scaling anchor (bench/mm/smp_scaling.py), static for the same reason.
+if command -v gcc >/dev/null && gcc -static -O2 -Wall -o "$R/bin/mm-scale" \
+        "$HERE/mm_scale.c" 2>"$X/mm-scale.log"; then
+    log "built mm-scale"
+else
+    log "mm-scale not built (no gcc / static libc): $(head -3 "$X/mm-scale.log" 2>/dev/null)"
 fi
 echo "$KVER" > "$R/etc/kernel-version"
 

@@ -11,7 +11,8 @@ free page reporting runs, every CPU allocating and freeing (churn=); it must end
 mismatches and the page allocator's invariants intact. `memhog threads=2` allocates, fills,
 verifies and frees on both CPUs of -smp 2 through balloon cycles with no page corrupted;
 `kvcache threads=4` serves requests on four CPUs from one cache that fills the guest while the
-balloon's demand shrinks it from the BSP, and verifies every hit. threads= beyond the CPUs online
+balloon's demand shrinks it from the BSP, and verifies every hit; with memhog `spin:` keeping
+both CPUs busy without a halt, the balloon still inflates and deflates. threads= beyond the CPUs online
 is a clear error for each app. Behaviour only: nothing is timed."""
 import os
 import re
@@ -124,6 +125,19 @@ MiB = 1 << 20
 THREADS_RE = re.compile(r"^integrity: (\d+) threads, on cpus ([\d,]+)$", re.M)
 
 
+def power_off(vm, q):
+    """The power button, then the guest's exit status and its whole console."""
+    try:
+        q.execute("system_powerdown")
+    except (OSError, QmpError):
+        pass  # the guest may exit before the reply comes back; wait_exit decides
+    return vm.wait_exit(240), vm.output
+
+
+def check_balloon_moved(out):
+    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+
+
 def integrity_threads_under_balloon(build, cpus):
     """integrity threads=cpus on q35 -smp cpus (MTTCG), through balloon cycles with free page
     reporting; stopped with the power button, it must pass and find the allocator consistent."""
@@ -147,13 +161,8 @@ def integrity_threads_under_balloon(build, cpus):
             vm.wait_for(r"integrity: round \d+ verified", 120, start=mark)
             mark = len(vm.output)
             vm.wait_for(r"integrity: round \d+ verified", 120, start=mark)
-        try:
-            q.execute("system_powerdown")
-        except (OSError, QmpError):
-            pass  # the guest may exit before the reply comes back; wait_exit decides
-        status = vm.wait_exit(240)
-        out = vm.output
-    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+        status, out = power_off(vm, q)
+    check_balloon_moved(out)
     check("MISMATCH" not in out, out)
     check("integrity: allocator invariants hold" in out, f"invariants not checked or broken\n{out}")
     check(re.search(r"^integrity: PASS: 0 mismatches, 0 bad pages", out, re.M),
@@ -221,17 +230,36 @@ def test_memhog_2_threads_under_balloon(build):
                        or f"memhog: step {last - 1} " in vm.output):
                 check(time.monotonic() < deadline, f"memhog made no progress\n{vm.output[-3000:]}")
                 time.sleep(0.1)
-        try:
-            q.execute("system_powerdown")
-        except (OSError, QmpError):
-            pass  # the guest may exit before the reply comes back; wait_exit decides
-        status = vm.wait_exit(240)
-        out = vm.output
-    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+        status, out = power_off(vm, q)
+    check_balloon_moved(out)
     check("CORRUPTION" not in out, out)
     per_cpu = re.findall(r"^memhog: cpu (\d+) verified (\d+) pages, (\d+) corrupted$", out, re.M)
     check([c for c, _, _ in per_cpu] == ["0", "1"] and all(int(v) > 0 for _, v, _ in per_cpu),
           f"both workers should have verified pages\n{out}")
+    check(re.search(r"^memhog: verified \d+ pages, 0 corrupted .*, 2 threads$", out, re.M),
+          f"no clean totals line\n{out}")
+    check(status == 0 and "memhog: done" in out, f"memhog exited with {status}\n{out[-3000:]}")
+
+
+@t.test
+def test_balloon_moves_while_every_cpu_spins(build):
+    """memhog threads=2 `spin:` on q35 -smp 2 (MTTCG): both CPUs compute without ever halting
+    while the host inflates and deflates the balloon. The balloon's work runs on the BSP on the
+    way out of its interrupts, so it must reach both targets; the power button ends the spin on
+    both CPUs and memhog verifies what it held (bench/balloon/smp.py times this)."""
+    accel = "tcg,thread=multi" if requested_accel() == "tcg" else None
+    with BlimpVM(build, app="memhog", args=["threads=2", "steps=alloc:128M,spin:600s"],
+                 machine="q35", memory="1G", qmp=True, accel=accel, limit=600,
+                 extra=["-smp", "2", "-device", "virtio-balloon-pci,id=balloon0"]) as vm:
+        vm.wait_for(r"memhog: step 1 alloc", 300)
+        q = Qmp.connect(vm.qmp_path)
+        for target in (384, 1024):
+            q.execute("balloon", value=target * MiB)
+            wait_balloon(q, lambda a: abs(a - target * MiB) < 8 * MiB, timeout=120, vm=vm)
+        check("memhog: step 2" not in vm.output, f"the spin ended early\n{vm.output[-2000:]}")
+        status, out = power_off(vm, q)
+    check_balloon_moved(out)
+    check("memhog: step 2 spin cut short: stop requested" in out, f"the spin did not stop\n{out}")
     check(re.search(r"^memhog: verified \d+ pages, 0 corrupted .*, 2 threads$", out, re.M),
           f"no clean totals line\n{out}")
     check(status == 0 and "memhog: done" in out, f"memhog exited with {status}\n{out[-3000:]}")
@@ -264,13 +292,8 @@ def test_kvcache_4_threads_under_balloon(build):
             # Two reports after the balloon got there: every CPU kept working beside it.
             vm.wait_for(r"kvcache: t=", 120, start=len(vm.output))
             vm.wait_for(r"kvcache: t=", 120, start=len(vm.output))
-        try:
-            q.execute("system_powerdown")
-        except (OSError, QmpError):
-            pass  # the guest may exit before the reply comes back; wait_exit decides
-        status = vm.wait_exit(240)
-        out = vm.output
-    check("balloon: inflated" in out and "balloon: deflated" in out, f"the balloon did not move\n{out}")
+        status, out = power_off(vm, q)
+    check_balloon_moved(out)
     check("CORRUPTION" not in out, out)
     per_cpu = re.findall(r"^kvcache: cpu (\d+) ops=(\d+) hits=(\d+) ", out, re.M)
     check([c for c, _, _ in per_cpu] == ["0", "1", "2", "3"]

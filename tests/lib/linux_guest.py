@@ -49,7 +49,7 @@ class GuestError(Exception):
 class LinuxGuest:
     def __init__(self, qemu, build_dir, mem_mb=512, balloon="", machine="pc",
                  workload="cmd", extra_args=(), timeout_s=600, name="linux", smp=1,
-                 transport="pci", wrapper=(), cmdline=""):
+                 transport="pci", wrapper=(), cmdline="", accel="tcg"):
         self.qemu = qemu
         self.build_dir = build_dir
         self.mem_mb = mem_mb
@@ -63,6 +63,7 @@ class LinuxGuest:
         self.transport = transport
         self.wrapper = list(wrapper)      # e.g. ["strace", "-f", "-c", ...]
         self.cmdline = cmdline            # extra kernel command line
+        self.accel = accel                # e.g. "tcg,thread=multi": each vCPU on a host thread
         self.tmp = tempfile.mkdtemp(prefix=f"blimp-{name}-")
         self.qmp_path = os.path.join(self.tmp, "qmp.sock")
         self.pidfile = os.path.join(self.tmp, "qemu.pid")
@@ -85,7 +86,7 @@ class LinuxGuest:
             # mem-merge=off: the anchor's RSS is what the tests and benches measure, and the
             # host's KSM (run by other users, or left on by a killed experiment) would merge the
             # zero pages its fill writes.
-            self.qemu, "-accel", "tcg", "-M", f"{self.machine},mem-merge=off", "-m", str(self.mem_mb),
+            self.qemu, "-accel", self.accel, "-M", f"{self.machine},mem-merge=off", "-m", str(self.mem_mb),
             "-smp", str(self.smp), "-display", "none", "-serial", "stdio", "-monitor", "none",
             "-no-reboot", "-nodefaults", "-pidfile", self.pidfile,
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",

@@ -4,11 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <mutex>
 #include <thread>
 
 #include "arena.h"
 #include "kernel/percpu.h"
+#include "mm/bench.h"
 #include "mm/heap.h"
 
 namespace blimp::mm::test {
@@ -120,6 +122,60 @@ TEST_P(Stress, ThreadsHammerAllocFreeTakeGiveBackReport) {
   EXPECT_EQ(pa.free_pages_count(), pa.total_pages());
   EXPECT_EQ(free_shape(pa), shape);
   EXPECT_EQ(pa.bad_give_back_pages(), 0u);
+}
+
+uint64_t steady_ns() {
+  return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now().time_since_epoch())
+                      .count());
+}
+
+// mmbench threads=N's loop, as every CPU runs it in the guest: four workers allocating and freeing
+// 4 KiB pages and 2 MiB blocks at once find every tag they wrote intact and leave the allocator
+// as they found it.
+TEST(Stress, BenchWorkersFindTheirTagsIntact) {
+  Fixture f(64 * kMiB);
+  PageAllocator& pa = *f.pa;
+  auto shape = free_shape(pa);
+  for (unsigned order : {0u, 9u}) {
+    const size_t batch = order ? 2 : 64;
+    std::vector<AllocWorkerFigures> figures(4);
+    std::vector<std::thread> threads;
+    const uint64_t end = steady_ns() + 200'000'000;
+    for (unsigned i = 0; i < 4; ++i)
+      threads.emplace_back([&, i] {
+        std::vector<PhysAddr> scratch(batch);
+        figures[i] = run_alloc_worker(pa, steady_ns, order, batch, scratch.data(), i, end);
+      });
+    for (auto& t : threads) t.join();
+    for (auto& w : figures) {
+      EXPECT_GT(w.ops, 0u) << "order " << order;
+      EXPECT_EQ(w.bad_tags, 0u) << "order " << order;
+      EXPECT_EQ(w.failed, 0u) << "order " << order;
+      EXPECT_GE(w.end_ns, w.start_ns);
+    }
+  }
+  EXPECT_TRUE(pa.check_invariants());
+  EXPECT_EQ(pa.free_pages_count(), pa.total_pages());
+  EXPECT_EQ(free_shape(pa), shape);
+}
+
+// A worker that finds the allocator empty counts the failure and stops instead of spinning.
+TEST(Stress, BenchWorkerStopsOnAnEmptyAllocator) {
+  Fixture f(8 * kMiB);
+  PageAllocator& pa = *f.pa;
+  std::vector<PhysAddr> held;
+  for (;;) {
+    auto a = pa.alloc_pages(0, Owner::App, kAllocNoReclaim);
+    if (a.is_error()) break;
+    held.push_back(a.value());
+  }
+  PhysAddr scratch[8];
+  auto w = run_alloc_worker(pa, steady_ns, 0, 8, scratch, 1, steady_ns() + 10'000'000'000ull);
+  EXPECT_EQ(w.ops, 0u);
+  EXPECT_EQ(w.failed, 1u);
+  EXPECT_EQ(w.bad_tags, 0u);
+  for (PhysAddr a : held) pa.free_pages(a, 0);
 }
 
 // Memory pressure from several threads at once: allocations that reclaim run shrinkers and the
