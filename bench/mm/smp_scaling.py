@@ -63,9 +63,12 @@ def loadavg():
     return os.getloadavg()[0]
 
 
-def run_blimp(build, n, a):
-    """Per run: dict(ops, ns, ops_per_s, per_cpu, bad, load)."""
+def run_blimp(build, n, a, pcp=True):
+    """Per run: dict(ops, ns, ops_per_s, per_cpu, bad, load). pcp=False boots with mm.pcp=off
+    (the allocator without its per-CPU caches: every alloc and free takes the one lock)."""
     args = [f"threads={n}", f"duration={a.seconds}s", f"repeat={a.runs}", "selftest=0"]
+    if not pcp:
+        args.append("mm.pcp=off")
     limit = 120 + a.runs * (a.seconds + 30)
     load0 = loadavg()
     with BlimpVM(build, app="mmbench", args=args, machine="q35", memory=f"{MEM_MB}M",
@@ -73,6 +76,9 @@ def run_blimp(build, n, a):
         status = vm.wait_exit(timeout=limit - 10)
         out = vm.output
     load = (load0 + loadavg()) / 2
+    want = "mm: per-CPU page caches " + ("on" if pcp else "off")
+    if want not in out:
+        raise RuntimeError(f"blimp: no '{want}' line:\n{out[-3000:]}")
     if status != 0 or "mmbench: PASS" not in out:
         raise RuntimeError(f"blimp mmbench threads={n} exited {status}:\n{out[-3000:]}")
     per_cpu = BLIMP_CPU_RE.findall(out)
@@ -124,6 +130,9 @@ def run_linux(build, n, a):
     return runs
 
 
+GUESTS = ("blimp", "blimp-nopcp", "linux")  # the table's column order
+
+
 def fmt_rate(v):
     return f"{v / 1e6:.3f} M" if v >= 1e6 else f"{v / 1e3:.0f} k"
 
@@ -141,7 +150,7 @@ def write_outputs(a, rows, started, host_cpus):
         return [r for r in rows if r["guest"] == guest and r["vcpus"] == n]
 
     med = {}
-    for guest in ("blimp", "linux"):
+    for guest in GUESTS:
         for n in a.vcpus:
             c = cell(guest, n)
             if c:
@@ -151,19 +160,20 @@ def write_outputs(a, rows, started, host_cpus):
         f"{started:%Y-%m-%d %H:%M} UTC): QEMU 7.2 (Debian's), q35, {MEM_MB} MiB, "
         f"`-accel {ACCEL}`, on a host with **{host_cpus} CPUs** shared with other work. "
         f"Medians of {a.reps} boots x {a.runs} runs of {a.seconds} s per cell (min-max in "
-        "brackets). Blimp: ops = 4 KiB `alloc_pages` + `free_pages` pairs (`mmbench threads=N`); "
+        "brackets). Blimp: ops = 4 KiB `alloc_pages` + `free_pages` pairs (`mmbench threads=N`), "
+        "with the per-CPU page caches (the default) and without them (`mm.pcp=off`); "
         "Linux 6.1: ops = 4 KiB anonymous pages faulted in (allocated, zeroed, mapped) and freed "
         "with `MADV_DONTNEED` (`mmscale N`, one process per vCPU). Scaling = ops/s at N over "
         "N x ops/s at 1 (1.00 = ideal).",
         "",
-        "| vCPUs | host CPUs | Blimp ops/s | Blimp scaling vs ideal | Linux ops/s "
-        "| Linux scaling vs ideal | host load average (1 min) |",
-        "|---|---|---|---|---|---|---|",
+        "| vCPUs | host CPUs | Blimp ops/s | Blimp scaling vs ideal | Blimp, mm.pcp=off, ops/s "
+        "| its scaling | Linux ops/s | Linux scaling vs ideal | host load average (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for n in a.vcpus:
         parts = [str(n) + (" (oversubscribed)" if n > host_cpus else ""), str(host_cpus)]
         loads = []
-        for guest in ("blimp", "linux"):
+        for guest in GUESTS:
             c = cell(guest, n)
             if not c:
                 parts += ["-", "-"]
@@ -178,10 +188,11 @@ def write_outputs(a, rows, started, host_cpus):
         parts.append(f"{statistics.mean(loads):.1f}" if loads else "-")
         lines.append("| " + " | ".join(parts) + " |")
     bad = sum(r["bad"] for r in rows)
-    lines += ["", f"Tags checked on every block and page: {bad} bad, "
-                  f"{len(rows)} runs. At {max(a.vcpus)} vCPUs the guest has more vCPUs than the "
-                  f"host has cores ({host_cpus}): its vCPU threads take turns, so that row "
-                  "measures sharing the cores as much as the allocator."]
+    lines += ["", f"Tags checked on every block and page: {bad} bad, {len(rows)} runs."]
+    if max(a.vcpus) > host_cpus:
+        lines[-1] += (f" At {max(a.vcpus)} vCPUs the guest has more vCPUs than the host has "
+                      f"cores ({host_cpus}): its vCPU threads take turns, so that row measures "
+                      "sharing the cores as much as the allocator.")
     with open(a.out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -194,6 +205,9 @@ def main():
     p.add_argument("--reps", type=int, default=3, help="boots per guest and vCPU count")
     p.add_argument("--runs", type=int, default=3, help="runs per boot")
     p.add_argument("--seconds", type=int, default=2, help="length of one run")
+    p.add_argument("--guests", default="blimp,blimp-nopcp,linux",
+                   help="blimp (per-CPU page caches on, the default), blimp-nopcp (mm.pcp=off), "
+                        "linux")
     p.add_argument("--out", default=os.path.join(HERE, "smp_scaling"),
                    help="output path without extension (.csv and .md are written)")
     a = p.parse_args()
@@ -207,13 +221,17 @@ def main():
             b"bin/mm-scale") < 0:
         sys.exit("the Linux guest's initramfs has no /bin/mm-scale: rebuild it "
                  f"(image/linux/build.sh {build})")
+    variants = {"blimp": run_blimp,
+                "blimp-nopcp": lambda b, n, x: run_blimp(b, n, x, pcp=False),
+                "linux": run_linux}
+    guests = [(g, variants[g]) for g in a.guests.split(",")]
     host_cpus = os.cpu_count()
     started = datetime.datetime.now(datetime.timezone.utc)
     rows = []
     failed = False
     for rep in range(a.reps):
         for n in a.vcpus:
-            for guest, fn in (("blimp", run_blimp), ("linux", run_linux)):
+            for guest, fn in guests:
                 log(f"rep {rep + 1}/{a.reps}: {guest} at -smp {n}")
                 try:
                     runs = fn(build, n, a)
