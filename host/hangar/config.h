@@ -39,6 +39,9 @@ struct VmSpec {
     uint64_t memory = 256ull << 20;
     uint64_t min_memory = 0;  // policy floor; 0 = the policy's default floor
     Machine machine = Machine::Microvm;
+    // vCPUs (-smp). Blimp brings up every one QEMU gives and runs an app's threads=N on them; under
+    // TCG more than one runs multi-threaded (one host thread per vCPU).
+    unsigned vcpus = 1;
     bool balloon = true;
     // Paused VMs hold their memory and never run the guest: a fleet member that stays up without
     // an app that waits (useful until `idle` exists, and for tests).

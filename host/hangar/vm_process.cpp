@@ -48,8 +48,10 @@ std::vector<std::string> build_qemu_argv(const VmSpec& vm, const LaunchPlan& pla
     std::string machine(to_string(vm.machine));
     // QEMU's own blind KSM (mem-merge) is on by default; other modes must switch it off.
     if (plan.ksm == KsmMode::Off || plan.ksm == KsmMode::Targeted) machine += ",mem-merge=off";
-    a.insert(a.end(), {"-M", machine, "-accel", plan.accel, "-m", mib_arg(vm.memory), "-smp", "1", "-nodefaults",
-                       "-no-user-config", "-display", "none", "-no-reboot",
+    // Several vCPUs under TCG: one host thread each (MTTCG), as they would run on KVM.
+    const std::string accel = vm.vcpus > 1 && plan.accel == "tcg" ? "tcg,thread=multi" : plan.accel;
+    a.insert(a.end(), {"-M", machine, "-accel", accel, "-m", mib_arg(vm.memory), "-smp", std::to_string(vm.vcpus),
+                       "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                        // Start stopped: hangar connects QMP and sets up stats before the guest runs.
                        "-S", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"});
     if (plan.pass_fds) {

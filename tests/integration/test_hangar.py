@@ -75,6 +75,22 @@ def test_three_vms_exit_and_statuses_reported(build):
 
 
 @t.test
+def test_vcpus_passed_and_every_cpu_used(build):
+    """`vcpus=N` starts the VM with N vCPUs (issue 17): the guest brings both up and memhog's two
+    workers allocate, fill, verify and free on them."""
+    with Run(build, ["--vm", "name=duo,app=memhog,machine=q35,vcpus=2,"
+                     "args=\"threads=2 steps=alloc:64M,check:all,free:all\""]) as r:
+        rc = r.wait()
+        s, vms = r.summary()
+        check(rc == 0 and vms["duo"]["ok"], f"exit {rc}: {vms.get('duo')}\n{r.stderr()}")
+        with open(vms["duo"]["serial_log"]) as f:
+            out = f.read()
+        check(re.search(r"^smp: 2 of 2 CPUs online", out, re.M), f"not 2 CPUs online\n{out}")
+        check("memhog: 2 threads, on cpus 0,1" in out and "memhog: done" in out,
+              f"memhog did not run on both CPUs\n{out}")
+
+
+@t.test
 def test_unknown_app_reported_others_complete(build):
     with Run(build, ["--vm", "name=good1,app=hello", "--vm", "name=bad,app=nope",
                      "--vm", "name=good2,app=hello,machine=pc"]) as r:

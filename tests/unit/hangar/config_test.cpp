@@ -55,6 +55,22 @@ TEST(ConfigVmFlag, ClearErrors) {
   EXPECT_TRUE(parse_vm_flag("").is_error());
 }
 
+TEST(ConfigVmFlag, Vcpus) {
+  EXPECT_EQ(parse_vm_flag("name=a").value().vcpus, 1u);
+  EXPECT_EQ(parse_vm_flag("name=a,vcpus=4").value().vcpus, 4u);
+  EXPECT_NE(error_text(parse_vm_flag("name=a,vcpus=0")).find("out of range (allowed: 1 to 64)"),
+            std::string::npos);
+  EXPECT_NE(error_text(parse_vm_flag("name=a,vcpus=65")).find("out of range"), std::string::npos);
+  EXPECT_NE(error_text(parse_vm_flag("name=a,vcpus=two")).find("positive integer"),
+            std::string::npos);
+  EXPECT_NE(error_text(parse_config_json(R"({"vms": [{"name": "a", "vcpus": "2"}]})", "f.json"))
+                .find("expected an integer from 1 to 64"),
+            std::string::npos);
+  EXPECT_EQ(
+      parse_config_json(R"({"vms": [{"name": "a", "vcpus": 2}]})", "f.json").value().vms[0].vcpus,
+      2u);
+}
+
 TEST(ConfigJson, FullFile) {
   Config c = parse_config_json(R"({
         // comments are allowed

@@ -42,6 +42,21 @@ TEST(QemuArgv, MicrovmWithBalloon) {
   EXPECT_TRUE(has(a, "unix:/r/a.qmp,server=on,wait=off"));
   EXPECT_TRUE(has(a, "file:/r/a.serial.log"));
   EXPECT_TRUE(has(a, "isa-debug-exit,iobase=0xf4,iosize=0x04"));
+  auto smp = std::find(a.begin(), a.end(), "-smp");
+  ASSERT_NE(smp, a.end());
+  EXPECT_EQ(*(smp + 1), "1");
+}
+
+TEST(QemuArgv, VcpusAndMultiThreadedTcg) {
+  VmSpec vm = parse_vm_flag("name=c,vcpus=4").value();
+  LaunchPlan plan{"q", true, "k", "s", "l", "tcg", KsmMode::Off};
+  auto a = build_qemu_argv(vm, plan);
+  auto smp = std::find(a.begin(), a.end(), "-smp");
+  ASSERT_NE(smp, a.end());
+  EXPECT_EQ(*(smp + 1), "4");
+  EXPECT_TRUE(has(a, "tcg,thread=multi"));
+  plan.accel = "kvm";
+  EXPECT_TRUE(has(build_qemu_argv(vm, plan), "kvm"));
 }
 
 TEST(QemuArgv, PciMachineKsmModesAndProps) {
