@@ -16,6 +16,19 @@
 namespace blimp::mm::test {
 namespace {
 
+// Checks the pattern of a random live block and frees it; false if the pattern was lost. Nothing
+// to do (true) when nothing is live.
+bool free_random_block(PageAllocator& pa, std::vector<std::pair<PhysAddr, unsigned>>& live,
+                       std::mt19937_64& rng, uint64_t seed) {
+  if (live.empty()) return true;
+  size_t i = rng() % live.size();
+  bool ok = check(live[i].first, pages_of_order(live[i].second), seed);
+  pa.free_pages(live[i].first, live[i].second);
+  live[i] = live.back();
+  live.pop_back();
+  return ok;
+}
+
 class Stress : public ::testing::TestWithParam<bool> {
  protected:
   bool pcp() const { return GetParam(); }
@@ -55,13 +68,7 @@ TEST_P(Stress, ThreadsHammerAllocFreeTakeGiveBackReport) {
           break;
         }
         case 3:
-          if (!live.empty()) {
-            size_t i = rng() % live.size();
-            if (!check(live[i].first, pages_of_order(live[i].second), seed)) failed = true;
-            pa.free_pages(live[i].first, live[i].second);
-            live[i] = live.back();
-            live.pop_back();
-          }
+          if (!free_random_block(pa, live, rng, seed)) failed = true;
           break;
         case 4: {
           PageRun r[4];
@@ -264,13 +271,7 @@ TEST_P(Stress, ConcurrentReclaimUnderPressure) {
           live.push_back({a.value(), o});
         }
       } else if (r < 8) {
-        if (!live.empty()) {
-          size_t i = rng() % live.size();
-          if (!check(live[i].first, pages_of_order(live[i].second), seed)) failed = true;
-          pa.free_pages(live[i].first, live[i].second);
-          live[i] = live.back();
-          live.pop_back();
-        }
+        if (!free_random_block(pa, live, rng, seed)) failed = true;
       } else if (r < 9) {
         cache.fill(1 + rng() % 64);
       } else {
@@ -508,13 +509,7 @@ TEST_P(Stress, CachesDrainedUnderBalloonAndReporting) {
           live.push_back({a.value(), o});
         }
       } else if (r < 18) {
-        if (!live.empty()) {
-          size_t i = rng() % live.size();
-          if (!check(live[i].first, pages_of_order(live[i].second), seed)) failed = true;
-          pa.free_pages(live[i].first, live[i].second);
-          live[i] = live.back();
-          live.pop_back();
-        }
+        if (!free_random_block(pa, live, rng, seed)) failed = true;
       } else if (objs.size() < 100 && rng() % 2) {
         size_t size = 1 + rng() % 2000;
         void* p = heap.alloc(size);
