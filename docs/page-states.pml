@@ -1,8 +1,18 @@
 /*
  * Promela model of the Blimp page-state protocol (docs/page-states.md,
- * docs/spec-virtio-balloon-blimp.md section 4), one page, guest and host.
- * The protocol is per byte and the two sides never act on two bytes at once,
- * so one page is the whole story; the sweep over many pages is many copies.
+ * docs/spec-virtio-balloon-blimp.md section 4), one page, two guest CPUs and
+ * the host. The protocol is per byte and the two sides never act on two bytes
+ * at once, so one page is the whole story; the sweep over many pages is many
+ * copies.
+ *
+ * Several guest CPUs (issue 17): the page travels between them the way the
+ * allocator and the volatile-memory API hand it over. Whoever holds it
+ * (`owner`) uses, frees or unpins it; a free, unpinned or cached page is
+ * taken under a lock (the allocator's, a per-CPU cache's, the volatile
+ * region's), modelled as the test-and-set of `owner`, by either CPU. A
+ * per-CPU page cache (mm/page_allocator.h) holds a page the refill already
+ * claimed STABLE: any CPU may hand it out without touching the byte, or drain
+ * it back to UNUSED, also a CPU other than the one that refilled it.
  *
  * What is checked (tests/unit/page_states/run_spin.py):
  *   safety (assertions, no invalid end state, i.e. no guest stuck forever):
@@ -31,6 +41,9 @@
  *   BUG_STORE      the guest pins with a plain store instead of a CAS
  *   BUG_FREE_STORE the guest frees an unpinned volatile page with a plain
  *                  store of UNUSED instead of going through STABLE by CAS
+ *   BUG_PCP_UNCLAIMED  a per-CPU cache is refilled without the page-state
+ *                  claim (the page stays UNUSED while cached), so the host
+ *                  may discard a page the cache then hands out
  *   TCG_NONATOMIC  the device pauses vCPUs to claim, but a guest cmpxchg is a
  *                  load + store in single-threaded TCG and a failed one writes
  *                  the old value back: a host publish inside that window is
@@ -59,7 +72,12 @@
 byte st = STABLE;        /* the shared byte */
 byte data = 7;           /* the page content; 0 = zeros (discarded) */
 bool guest_holds = true; /* ghost: the guest may touch the content */
-bool in_cmpxchg = false; /* TCG: a guest instruction is under way */
+byte in_cmpxchg = 0;     /* TCG: guest instructions under way (any CPU) */
+byte owner = 1;          /* the CPU holding the page (1, 2), 0: free, unpinned or cached */
+byte role = 0;           /* 0: held STABLE, 1: free (UNUSED), 2: volatile, unpinned,
+                            3: in a per-CPU cache (claimed STABLE, nobody uses it) */
+byte mine = 7, next = 1; /* ghost: what the page must hold, the next value to write */
+bool cached_zero = false;/* ghost: the refill found the page discarded (reads zero) */
 byte clock = 0;          /* the guest clock (age block header), wraps in the model */
 byte stamp = 0;          /* the page's age stamp: guest-written, host-read only */
 
@@ -71,19 +89,19 @@ byte stamp = 0;          /* the page's age stamp: guest-written, host-read only 
  * store (written back on failure) that the host's publish can interleave
  * with; a value other than `exp` sends the cmpxchg to a dummy byte. */
 #define CAS(exp, new, ok) \
-  atomic { in_cmpxchg = true; tmp = st }; \
+  atomic { in_cmpxchg++; tmp = st }; \
   if \
   :: tmp == exp -> \
        tmp = st; \
        if :: tmp == exp -> st = new; ok = true :: else -> st = tmp; ok = false fi \
   :: else -> ok = false \
   fi; \
-  in_cmpxchg = false
+  in_cmpxchg--
 #elif defined(TCG_NONATOMIC)
 #define CAS(exp, new, ok) \
-  atomic { in_cmpxchg = true; tmp = st }; \
+  atomic { in_cmpxchg++; tmp = st }; \
   atomic { if :: tmp == exp -> st = new; ok = true :: else -> st = tmp; ok = false fi; \
-           in_cmpxchg = false }
+           in_cmpxchg-- }
 #else
 #define CAS(exp, new, ok) \
   atomic { if :: st == exp -> st = new; ok = true :: else -> ok = false fi }
@@ -104,24 +122,23 @@ byte stamp = 0;          /* the page's age stamp: guest-written, host-read only 
 /* make_unused() from STABLE: a store (the host never writes a STABLE byte). */
 #define MAKE_UNUSED st = UNUSED
 
-active proctype guest() {
-  byte was, tmp, mine = 7, next = 1;
+active [2] proctype guest() {
+  byte was, tmp, me = _pid + 1;
   bool ok;
-  /* 0: holds it STABLE, 1: free (UNUSED), 2: volatile, unpinned */
-  byte role = 0;
   tmp = 0;
 end_idle:
   do
-  :: role == 0 ->                                   /* use it */
+  :: role == 0 && owner == me ->                    /* use it */
        assert(st == STABLE && guest_holds);
        assert(data == mine);                         /* no lost write */
        if
        :: data = next; mine = next; next = (next % 3) + 1   /* write */
        :: clock = (clock + 1) % 3                           /* a second passes */
-       :: guest_holds = false; stamp = clock; MAKE_UNUSED; role = 1   /* free */
-       :: guest_holds = false; stamp = clock; st = VOLATILE; role = 2 /* unpin */
+       :: guest_holds = false; stamp = clock; MAKE_UNUSED; role = 1; owner = 0   /* free */
+       :: guest_holds = false; stamp = clock; st = VOLATILE; role = 2; owner = 0 /* unpin */
+       :: guest_holds = false; cached_zero = false; role = 3; owner = 0 /* into a cache */
        fi
-  :: role == 1 ->                                   /* allocate */
+  :: atomic { role == 1 && owner == 0 -> owner = me };   /* allocate */
        MAKE_STABLE(was);
        guest_holds = true;
        assert(st == STABLE);
@@ -131,7 +148,26 @@ end_idle:
        fi;
        data = next; mine = next; next = (next % 3) + 1;
        role = 0
-  :: role == 2 ->                                   /* pin */
+  :: atomic { role == 1 && owner == 0 -> owner = me };   /* refill a per-CPU cache */
+#ifdef BUG_PCP_UNCLAIMED
+       was = UNUSED;
+#else
+       MAKE_STABLE(was);
+#endif
+       cached_zero = discarded(was);
+       role = 3; owner = 0
+  :: atomic { role == 3 && owner == 0 -> owner = me };   /* allocate from a cache */
+       assert(st == STABLE);                         /* the host cannot have it */
+       guest_holds = true;
+       if
+       :: cached_zero -> assert(data == 0)           /* the refill's zero bit */
+       :: else -> skip
+       fi;
+       data = next; mine = next; next = (next % 3) + 1;
+       role = 0
+  :: atomic { role == 3 && owner == 0 -> owner = me };   /* drain a cache (any CPU) */
+       stamp = clock; MAKE_UNUSED; role = 1; owner = 0
+  :: atomic { role == 2 && owner == 0 -> owner = me };   /* pin */
        MAKE_STABLE(was);
        guest_holds = true;
        assert(st == STABLE);
@@ -144,13 +180,13 @@ end_idle:
             assert(data == mine)
        fi;
        role = 0
-  :: role == 2 ->                                   /* free an unpinned volatile page */
+  :: atomic { role == 2 && owner == 0 -> owner = me };   /* free an unpinned volatile page */
 #ifdef BUG_FREE_STORE
        st = UNUSED;
 #else
        MAKE_STABLE(was); MAKE_UNUSED;                /* VOLATILE/DISCARDED -> STABLE -> UNUSED */
 #endif
-       role = 1
+       role = 1; owner = 0
   od
 }
 
@@ -164,7 +200,7 @@ end_sweep:
       * the stamp as read now (possibly stale: the guest writes it freely) */
      if :: min_age = 0 :: min_age = 1 :: min_age = 2 fi;
      age = (clock + 3 - stamp) % 3;
-     atomic { !in_cmpxchg && (st == UNUSED || st == VOLATILE) && age >= min_age ->
+     atomic { in_cmpxchg == 0 && (st == UNUSED || st == VOLATILE) && age >= min_age ->
        if :: st == UNUSED -> st = DISC_U :: else -> st = DISC_V fi; claimed = st };
      assert(!guest_holds);                           /* never a page the guest holds */
      if

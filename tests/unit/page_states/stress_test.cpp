@@ -56,7 +56,11 @@ struct HostResult {
 
 enum class Role : uint8_t { Free, Stable, Volatile };
 
-void guest_thread(Shared& sh, uint64_t seed, std::chrono::milliseconds duration, GuestResult& r) {
+// Guest CPU `cpu` of `cpus` owns the pages p with p % cpus == cpu (the allocator gives a page to
+// one CPU at a time), so with several CPUs their bytes sit side by side in the array's cache
+// lines, CAS'd by each CPU and by the host at once.
+void guest_thread(Shared& sh, uint64_t seed, std::chrono::milliseconds duration, GuestResult& r,
+                  uint64_t cpu = 0, uint64_t cpus = 1) {
   std::mt19937_64 rng(seed);
   std::vector<Role> role(sh.pages, Role::Stable);
   std::vector<uint64_t> gen(sh.pages, 0);
@@ -75,7 +79,7 @@ void guest_thread(Shared& sh, uint64_t seed, std::chrono::milliseconds duration,
     for (uint64_t i = 0; i < kWords; ++i) r.nonzero_after_discard += w[i] != 0;
   };
   // Start: every page stable with a pattern, then half of them freed, a quarter volatile.
-  for (uint64_t p = 0; p < sh.pages; ++p) {
+  for (uint64_t p = cpu; p < sh.pages; p += cpus) {
     write(p);
     if (p % 4 < 2) {
       make_unused(&sh.states[p]);
@@ -90,7 +94,7 @@ void guest_thread(Shared& sh, uint64_t seed, std::chrono::milliseconds duration,
     // Now and then leave the pages alone for a moment (the host gets whole sweeps in).
     if (rng() % 8 == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
     for (int k = 0; k < 64; ++k) {
-      uint64_t p = rng() % sh.pages;
+      uint64_t p = rng() % (sh.pages / cpus) * cpus + cpu;
       volatile uint8_t* b = &sh.states[p];
       ++r.ops;
       switch (role[p]) {
@@ -144,7 +148,7 @@ void guest_thread(Shared& sh, uint64_t seed, std::chrono::milliseconds duration,
     }
   }
   // Settle: pin everything that is ours and check once more.
-  for (uint64_t p = 0; p < sh.pages; ++p) {
+  for (uint64_t p = cpu; p < sh.pages; p += cpus) {
     if (role[p] == Role::Stable) verify(p);
     if (role[p] == Role::Volatile) {
       if (pin(&sh.states[p], &r.spins))
@@ -185,14 +189,30 @@ void host_thread(Shared& sh, uint64_t seed, HostResult& r) {
   }
 }
 
-void run(uint64_t pages, uint64_t seed, std::chrono::milliseconds duration) {
+void run(uint64_t pages, uint64_t seed, std::chrono::milliseconds duration, uint64_t cpus = 1) {
   Shared sh(pages);
-  GuestResult g;
+  std::vector<GuestResult> per_cpu(cpus);
   HostResult h;
   std::thread host([&] { host_thread(sh, seed * 7 + 1, h); });
-  guest_thread(sh, seed, duration, g);
+  std::vector<std::thread> others;
+  for (uint64_t c = 1; c < cpus; ++c)
+    others.emplace_back(
+        [&, c] { guest_thread(sh, seed + c * 1000, duration, per_cpu[c], c, cpus); });
+  guest_thread(sh, seed, duration, per_cpu[0], 0, cpus);
+  for (auto& t : others) t.join();
   sh.stop = true;
   host.join();
+  GuestResult g;
+  for (const GuestResult& r : per_cpu) {
+    g.ops += r.ops;
+    g.corrupt_words += r.corrupt_words;
+    g.nonzero_after_discard += r.nonzero_after_discard;
+    g.pins += r.pins;
+    g.pins_lost += r.pins_lost;
+    g.known_zero_allocs += r.known_zero_allocs;
+    g.frees += r.frees;
+    g.spins += r.spins;
+  }
   // The host never leaves a byte it claimed, and never writes anything but legal values.
   for (uint8_t s : sh.states) {
     EXPECT_TRUE(is_valid(s));
@@ -208,10 +228,11 @@ void run(uint64_t pages, uint64_t seed, std::chrono::milliseconds duration) {
   EXPECT_GT(g.known_zero_allocs, 0u);
   EXPECT_GT(g.pins, g.pins_lost);
   printf(
-      "pages=%lu guest ops=%lu pins=%lu lost=%lu known-zero allocs=%lu frees=%lu spins=%lu; "
+      "pages=%lu guest cpus=%lu ops=%lu pins=%lu lost=%lu known-zero allocs=%lu frees=%lu "
+      "spins=%lu; "
       "host sweeps=%lu claimed=%lu discarded unused=%lu volatile=%lu put back=%lu\n",
-      pages, g.ops, g.pins, g.pins_lost, g.known_zero_allocs, g.frees, g.spins, h.sweeps, h.claimed,
-      h.discarded_unused, h.discarded_volatile, h.put_back);
+      pages, cpus, g.ops, g.pins, g.pins_lost, g.known_zero_allocs, g.frees, g.spins, h.sweeps,
+      h.claimed, h.discarded_unused, h.discarded_volatile, h.put_back);
 }
 
 TEST(PageStateStress, FewPagesHeavyContention) { run(8, 1, std::chrono::milliseconds(1500)); }
@@ -219,6 +240,11 @@ TEST(PageStateStress, FewPagesHeavyContention) { run(8, 1, std::chrono::millisec
 TEST(PageStateStress, ManyPages) { run(256, 2, std::chrono::milliseconds(2000)); }
 
 TEST(PageStateStress, OnePage) { run(1, 3, std::chrono::milliseconds(1000)); }
+
+// Several guest CPUs (issue 17): each with its own pages, their state bytes interleaved.
+TEST(PageStateStress, TwoGuestCpusFewPages) { run(8, 4, std::chrono::milliseconds(1500), 2); }
+
+TEST(PageStateStress, FourGuestCpusManyPages) { run(256, 5, std::chrono::milliseconds(2000), 4); }
 
 }  // namespace
 }  // namespace blimp::mm::page_states
