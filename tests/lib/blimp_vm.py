@@ -106,6 +106,14 @@ def requested_accel(qemu=None):
     return "kvm" if ok else "tcg"
 
 
+def requested_smp():
+    """vCPUs for every VM whose test does not pass -smp itself: BLIMP_TEST_SMP (default 1)."""
+    want = os.environ.get("BLIMP_TEST_SMP", "1").strip() or "1"
+    if not want.isdigit() or not 1 <= int(want) <= 64:
+        raise VMError(f"BLIMP_TEST_SMP={want!r}: expected 1 to 64")
+    return int(want)
+
+
 class BlimpVM:
     def __init__(self, build_dir, app="hello", args=(), machine="microvm", memory="256M",
                  extra=(), iso=False, qmp=False, limit=600, qemu=None, kernel=None,
@@ -124,6 +132,13 @@ class BlimpVM:
         self.expect_host_faults = expect_host_faults
         self._faults_checked = False
         self.accel = accel or requested_accel(qemu)
+        # BLIMP_TEST_SMP=N: every VM a test does not size itself gets N vCPUs (multi-threaded
+        # under TCG), so the whole suite can be run on an SMP guest.
+        smp = requested_smp()
+        if smp > 1 and "-smp" not in extra:
+            extra = ["-smp", str(smp), *extra]
+            if self.accel == "tcg":
+                self.accel = "tcg,thread=multi"
         self.machine = machine
         self.tmp = tempfile.mkdtemp(prefix="blimp-vm-")
         self.qmp_path = os.path.join(self.tmp, "qmp.sock") if qmp else None
