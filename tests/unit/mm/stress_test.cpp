@@ -313,6 +313,34 @@ int state_class(Owner o) {
   }
 }
 
+// The page-state array as the state hook keeps it (one class per page, set from the allocator
+// at the start, then by every transition the hook is told of), to compare with the allocator.
+struct StateShadow {
+  StateShadow(PageAllocator& pa, PhysAddr base, uint64_t npages) : base(base), state(npages) {
+    for (uint64_t i = 0; i < npages; ++i) state[i] = state_class(pa.owner_of(base + i * kPageSize));
+    pa.set_state_hook(
+        [](PhysAddr first, size_t count, Owner o, void* ctx) {
+          auto* sh = static_cast<StateShadow*>(ctx);
+          for (size_t i = 0; i < count; ++i)
+            sh->state[(first - sh->base) / kPageSize + i] = state_class(o);
+          ++sh->calls;
+          return false;
+        },
+        this);
+  }
+  // Detaches the hook; returns the pages whose last transition it saw is not their state now.
+  uint64_t detach_and_count_wrong(PageAllocator& pa) {
+    pa.set_state_hook(nullptr, nullptr);
+    uint64_t wrong = 0;
+    for (uint64_t i = 0; i < state.size(); ++i)
+      wrong += state[i] != state_class(pa.owner_of(base + i * kPageSize));
+    return wrong;
+  }
+  PhysAddr base;
+  std::vector<int> state;
+  uint64_t calls = 0;  // written under the allocator's lock, read after the threads joined
+};
+
 // Every CPU of an SMP guest at once (issue 17): four threads allocate, free, balloon and report
 // while a fifth checks the allocator's invariants over and over, each check a consistent view
 // under the lock. The state hook, which runs under the lock on whichever thread made the change,
@@ -325,22 +353,7 @@ TEST_P(Stress, InvariantsAndStateHookHoldWhileThreadsWork) {
   pa.set_reporting_reserve(256);
   const PhysAddr base = f.arena.base();
   const uint64_t npages = f.arena.size / kPageSize;
-  struct Shadow {
-    PhysAddr base;
-    std::vector<int> state;
-    uint64_t calls = 0;
-  } shadow{base, std::vector<int>(npages), 0};
-  for (uint64_t i = 0; i < npages; ++i)
-    shadow.state[i] = state_class(pa.owner_of(base + i * kPageSize));
-  pa.set_state_hook(
-      [](PhysAddr first, size_t count, Owner o, void* ctx) {
-        auto* sh = static_cast<Shadow*>(ctx);
-        for (size_t i = 0; i < count; ++i)
-          sh->state[(first - sh->base) / kPageSize + i] = state_class(o);
-        ++sh->calls;
-        return false;
-      },
-      &shadow);
+  StateShadow shadow(pa, base, npages);
   auto shape = free_shape(pa);
   std::atomic<bool> failed{false}, done{false};
   std::atomic<uint64_t> checks{0};
@@ -415,11 +428,8 @@ TEST_P(Stress, InvariantsAndStateHookHoldWhileThreadsWork) {
   pa.drain_percpu_caches();
   EXPECT_EQ(free_shape(pa), shape);
   EXPECT_GT(shadow.calls, 0u);
-  pa.set_state_hook(nullptr, nullptr);
-  uint64_t wrong = 0;
-  for (uint64_t i = 0; i < npages; ++i)
-    wrong += shadow.state[i] != state_class(pa.owner_of(base + i * kPageSize));
-  EXPECT_EQ(wrong, 0u) << "pages whose last transition the hook saw is not their state";
+  EXPECT_EQ(shadow.detach_and_count_wrong(pa), 0u)
+      << "pages whose last transition the hook saw is not their state";
 }
 
 // Issue 17's allocator acceptance, on the host: CPUs allocate and free order-0 pages through
@@ -436,20 +446,7 @@ TEST_P(Stress, CachesDrainedUnderBalloonAndReporting) {
   Heap heap(pa);
   const PhysAddr base = f.arena.base();
   const uint64_t npages = f.arena.size / kPageSize;
-  struct Shadow {
-    PhysAddr base;
-    std::vector<int> state;
-  } shadow{base, std::vector<int>(npages)};
-  for (uint64_t i = 0; i < npages; ++i)
-    shadow.state[i] = state_class(pa.owner_of(base + i * kPageSize));
-  pa.set_state_hook(
-      [](PhysAddr first, size_t count, Owner o, void* ctx) {
-        auto* sh = static_cast<Shadow*>(ctx);
-        for (size_t i = 0; i < count; ++i)
-          sh->state[(first - sh->base) / kPageSize + i] = state_class(o);
-        return false;
-      },
-      &shadow);
+  StateShadow shadow(pa, base, npages);
   auto shape = free_shape(pa);
   std::atomic<bool> failed{false}, done{false};
   std::atomic<uint64_t> balloon_rounds{0};
@@ -545,11 +542,8 @@ TEST_P(Stress, CachesDrainedUnderBalloonAndReporting) {
   pa.drain_percpu_caches();
   EXPECT_EQ(pa.percpu_cached_pages(), 0u);
   EXPECT_EQ(free_shape(pa), shape);
-  pa.set_state_hook(nullptr, nullptr);
-  uint64_t wrong = 0;
-  for (uint64_t i = 0; i < npages; ++i)
-    wrong += shadow.state[i] != state_class(pa.owner_of(base + i * kPageSize));
-  EXPECT_EQ(wrong, 0u) << "pages whose last transition the hook saw is not their state";
+  EXPECT_EQ(shadow.detach_and_count_wrong(pa), 0u)
+      << "pages whose last transition the hook saw is not their state";
 }
 
 }  // namespace
