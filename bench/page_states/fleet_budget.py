@@ -373,17 +373,21 @@ def table(rows, a, cmd, load_before, load_after, date):
              ("RSS mean (MiB): cache / kv / batch", ("cache_rss_mean_mib", "kv_rss_mean_mib",
               "batch_rss_mean_mib"), "{} / {} / {}"),
              ("guest memory above the budget (s)", "guest_over_s", "{}"),
-             ("discarded by sweeps (MiB): cache / kv / batch", None, None),
-             ("sweeps asked for (MiB), rounds", None, None),
-             ("inflated by the balloons (MiB), deflated", None, None),
-             ("kv: ops/s, hit rate", None, None),
+             ("discarded by sweeps (MiB): cache / kv / batch", ("cache_swept_mib", "kv_swept_mib",
+              "batch_swept_mib"), "{} / {} / {}"),
+             ("sweeps asked for (MiB), rounds", ("swept_asked_mib", "sweep_rounds"), "{}, {}"),
+             ("inflated by the balloons (MiB), deflated", ("balloon_inflated_mib",
+              "balloon_deflated_mib"), "{}, {}"),
+             ("kv: ops/s, hit rate", ("kv_ops_per_s", "kv_hit_rate"), "{}, {}"),
              ("kv: ops per QEMU CPU-s", "kv_ops_per_cpu_s", "{}"),
-             ("cache: lookups/s, hit rate", None, None),
+             ("cache: lookups/s, hit rate", ("cache_lookups_per_s", "cache_hit_rate"), "{}, {}"),
              ("cache: lookups per QEMU CPU-s", "cache_lookups_per_cpu_s", "{}"),
              ("cache: entries found lost (recomputed)", "cache_discards", "{}"),
-             ("cache: cold entries the host took", None, None),
+             ("cache: cold entries the host took", ("cache_cold_lost", "cache_cold_entries"),
+              "{} of {}"),
              ("batch: burst allocation time (ms, all bursts)", "batch_alloc_ms", "{}"),
-             ("batch: MiB the bursts got / asked for", None, None),
+             ("batch: MiB the bursts got / asked for", ("batch_got_mib", "batch_burst_mib"),
+              "{} / {}"),
              ("host CPU: QEMUs + hangar (s)", "cpu_total_s", "{}"),
              ("host CPU: QEMU cache / kv / batch (s)", None, None),
              ("host CPU: hangar (s)", "cpu_hangar_s", "{}"),
@@ -392,20 +396,6 @@ def table(rows, a, cmd, load_before, load_after, date):
              ("load average before / after", None, None)]
 
     def special(label, r):
-        if label.startswith("discarded by sweeps"):
-            return f"{r['cache_swept_mib']} / {r['kv_swept_mib']} / {r['batch_swept_mib']}"
-        if label.startswith("sweeps asked"):
-            return f"{r['swept_asked_mib']}, {r['sweep_rounds']}"
-        if label.startswith("inflated by"):
-            return f"{r['balloon_inflated_mib']}, {r['balloon_deflated_mib']}"
-        if label.startswith("kv: ops/s"):
-            return f"{r['kv_ops_per_s']}, {r['kv_hit_rate']}"
-        if label.startswith("cache: lookups/s"):
-            return f"{r['cache_lookups_per_s']}, {r['cache_hit_rate']}"
-        if label.startswith("cache: cold"):
-            return f"{cell(r, 'cache_cold_lost')} of {cell(r, 'cache_cold_entries')}"
-        if label.startswith("batch: MiB"):
-            return f"{cell(r, 'batch_got_mib')} / {cell(r, 'batch_burst_mib')}"
         if label.startswith("host CPU: QEMU cache"):
             return " / ".join(cell(r, f"cpu_qemu_{n}_s", "{:.1f}") for n in VMS)
         if label.startswith("corrupt"):
