@@ -97,13 +97,7 @@ def measure(kind, vcpus, load, a):
     return r
 
 
-def fmt(vals, digits=0, scale=1.0):
-    vals = [v * scale for v in vals if v not in (None, "")]
-    if not vals:
-        return "n/a"
-    f = f"{{:.{digits}f}}"
-    m = f.format(statistics.median(vals))
-    return m if len(vals) == 1 else f"{m} ({f.format(min(vals))}-{f.format(max(vals))})"
+fmt = balloon.fmt  # median (min–max), as in run.py's tables
 
 
 def med(rows, key):
