@@ -19,6 +19,7 @@
 #include "kernel/power.h"
 #include "kernel/smp.h"
 #include "kernel/timer.h"
+#include "mm/background_churn.h"
 #include "mm/mm.h"
 #include "mm/page_states/page_states.h"
 #include "mm/sharing/sharing.h"
@@ -182,6 +183,7 @@ extern "C" [[noreturn]] void kernel_main(uint32_t protocol, uint32_t info_phys) 
   // Before interrupts are enabled: the APs are started with the BSP's interrupts off and wait in
   // their idle loops for threads (kernel/threads.h), which only apps start.
   smp::start(g_boot);
+  mm::start_background_load();  // smp.background=: idle work for the APs (tests)
   asm volatile("sti");
   // The composition root registers the drivers this image carries, then discovery binds them.
   balloon::Balloon::register_driver();

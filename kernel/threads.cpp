@@ -23,6 +23,7 @@ struct Mailbox {
   size_t joiner = 0;  // the CPU that started the thread: woken when it is done
 };
 constinit Mailbox g_mailboxes[percpu::kMaxCpus];
+constinit Atomic<IdleStep> g_idle_step{nullptr};
 
 void wake(size_t cpu) {
   // Fails only if the local APIC never reports the IPI sent; the waiter then waits for its next
@@ -74,8 +75,17 @@ ErrorOr<void> join(size_t cpu) {
   return {};
 }
 
+void set_idle_step(IdleStep step) {
+  g_idle_step.store(step, MemoryOrder::Release);
+  const size_t me = percpu::cpu_index();
+  for (size_t cpu = 1; cpu < smp::cpu_count() && cpu < percpu::kMaxCpus; cpu++) {
+    if (cpu != me && smp::is_online(cpu)) wake(cpu);
+  }
+}
+
 void idle_loop() {
-  Mailbox& m = g_mailboxes[percpu::cpu_index()];
+  const size_t cpu = percpu::cpu_index();
+  Mailbox& m = g_mailboxes[cpu];
   for (;;) {
     asm volatile("cli" ::: "memory");
     if (m.state.load(MemoryOrder::Acquire) == State::Posted) {
@@ -85,6 +95,13 @@ void idle_loop() {
       const size_t joiner = m.joiner;
       m.state.store(State::Done, MemoryOrder::Release);
       wake(joiner);
+      continue;
+    }
+    if (IdleStep step = g_idle_step.load(MemoryOrder::Acquire)) {
+      step(cpu);
+      // An interrupt window between steps: the wake-up IPI of a start() (and anything else sent
+      // here) is taken now instead of piling up while the loop never halts.
+      asm volatile("sti; nop; cli" ::: "memory");
       continue;
     }
     // sti; hlt: an IPI that arrived since the cli is pending and ends the hlt at once.

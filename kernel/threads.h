@@ -20,6 +20,13 @@
 // vCPU doing the work; a halted vCPU sleeps in QEMU until the IPI. An IPI costs the sender an
 // ICR write and the receiver one interrupt: nothing next to the work a thread is started for.
 //
+// # Idle work
+// set_idle_step() gives every AP something to do instead of halting while its mailbox is empty
+// (smp.background=, mm/background_churn.h): the idle loop then calls step(cpu) again and again,
+// with interrupts masked, opening an interrupt window and looking at the mailbox between two
+// calls, so a thread started there waits for at most one step. A step must be short (well under
+// a millisecond) and may do what a thread may do.
+//
 // # What a thread may do (on an AP)
 // A thread runs with interrupts masked (an AP takes no device interrupt: they all go to CPU 0),
 // on its CPU's 16 KiB stack. It may use: the page allocator and the heap (malloc/free/new), which
@@ -51,6 +58,12 @@ ErrorOr<void> start(size_t cpu, Fn fn, void* arg);
 // the CPU that started it (halting between interrupts when they are enabled, else spinning);
 // InvalidArgument if no thread was started there.
 ErrorOr<void> join(size_t cpu);
+
+// Work for idle APs (see "Idle work"); nullptr (the default) halts them again. From any CPU, at
+// any time: every online AP is sent the wake-up IPI, so a halted one picks the step up at once
+// and a busy one when its thread returns.
+using IdleStep = void (*)(size_t cpu);
+void set_idle_step(IdleStep step);
 
 // An AP's life after bring-up (kernel/smp.cpp calls it once it is online). Never returns.
 [[noreturn]] void idle_loop();

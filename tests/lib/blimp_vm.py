@@ -41,6 +41,9 @@ FAULT_STATUS = 125
 HOST_FAULT_RE = re.compile(
     r"^.*(?:host fault|did not return a buffer|queue disabled until device reset"
     r"|driver must recover|device reset by the host|is broken).*$", re.M)
+# smp.background=churn found a page changed under a CPU that held it (mm/background_churn.h): a
+# lost or corrupted page, which no test may provoke, host faults or not.
+CHURN_MISMATCH_RE = re.compile(r"^.*smp\.background=churn: .* changed while held.*$", re.M)
 # QEMU's own errors on stderr ("qemu-system-x86_64: -device foo: ..."), not its warnings.
 QEMU_ERROR_RE = re.compile(r"^qemu-system-[\w-]+: (?!warning:).*$", re.M)
 # What kernel_main prints before it powers off with the app's status.
@@ -114,6 +117,16 @@ def requested_smp():
     return int(want)
 
 
+def requested_background():
+    """Idle work for the APs of every VM booted with -kernel: BLIMP_TEST_BACKGROUND (off, spin
+    or churn; default off), passed as smp.background= (mm/background_churn.h). With
+    BLIMP_TEST_SMP=N it keeps every CPU busy while the test runs on the BSP."""
+    want = os.environ.get("BLIMP_TEST_BACKGROUND", "off").strip() or "off"
+    if want not in ("off", "spin", "churn"):
+        raise VMError(f"BLIMP_TEST_BACKGROUND={want!r}: expected off, spin or churn")
+    return want
+
+
 class BlimpVM:
     def __init__(self, build_dir, app="hello", args=(), machine="microvm", memory="256M",
                  extra=(), iso=False, qmp=False, limit=600, qemu=None, kernel=None,
@@ -140,6 +153,7 @@ class BlimpVM:
             if self.accel == "tcg":
                 self.accel = "tcg,thread=multi"
         self.machine = machine
+        self.background = "off"  # smp.background= this harness added (BLIMP_TEST_BACKGROUND)
         self.tmp = tempfile.mkdtemp(prefix="blimp-vm-")
         self.qmp_path = os.path.join(self.tmp, "qmp.sock") if qmp else None
         # qtest=True: a qtest socket beside TCG (tests/lib/qtest.py reads and writes guest
@@ -160,8 +174,13 @@ class BlimpVM:
         if iso:
             cmd += ["-cdrom", os.path.join(build_dir, "blimp.iso")]
         elif not image:
+            background = requested_background()
+            words = [f"app={app}", *args]
+            if background != "off" and not any(a.startswith("smp.background=") for a in args):
+                words.append(f"smp.background={background}")
+                self.background = background
             cmd += ["-kernel", kernel or os.path.join(build_dir, "blimp.elf"),
-                    "-append", " ".join([f"app={app}", *args])]
+                    "-append", " ".join(words)]
         if self.qmp_path:
             cmd += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         if self.qtest_path:
@@ -231,9 +250,22 @@ class BlimpVM:
         return HOST_FAULT_RE.findall(self.serial)
 
     def check_host_faults(self):
-        """Raises VMError quoting the host-fault lines, unless expect_host_faults. Runs once, at
-        wait_exit() or when the `with` block is left."""
-        if self.expect_host_faults or self._faults_checked:
+        """Raises VMError quoting the host-fault lines, unless expect_host_faults, and quoting
+        smp.background=churn's changed-page lines in any case. Runs once, at wait_exit() or when
+        the `with` block is left."""
+        if self._faults_checked:
+            return
+        if (self.background != "off" and "blimp: starting app" in self.serial
+                and f"smp: background {self.background} on" not in self.serial):
+            self._faults_checked = True
+            raise VMError(f"{self.name}: BLIMP_TEST_BACKGROUND={self.background} but the guest "
+                          f"did not start it\n--- output ---\n{self.output[-4000:]}")
+        lost = CHURN_MISMATCH_RE.findall(self.serial)
+        if lost:
+            self._faults_checked = True
+            raise VMError(f"{self.name}: a page changed while a CPU held it:\n  "
+                          + "\n  ".join(lost) + f"\n--- output ---\n{self.output[-4000:]}")
+        if self.expect_host_faults:
             return
         self._faults_checked = True
         lines = self.host_faults()

@@ -34,7 +34,8 @@ def sh_quote(s):
 class HarnessRules(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="harness-test-")
-        os.environ.pop("BLIMP_ACCEL", None)
+        for var in ("BLIMP_ACCEL", "BLIMP_TEST_SMP", "BLIMP_TEST_BACKGROUND"):
+            os.environ.pop(var, None)
 
     def tearDown(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -133,6 +134,46 @@ class HarnessRules(unittest.TestCase):
                 self.vm(stdout=EXIT_OK)
         finally:
             os.environ.pop("BLIMP_ACCEL", None)
+
+    def with_background(self, mode, fn):
+        os.environ["BLIMP_TEST_BACKGROUND"] = mode
+        try:
+            fn()
+        finally:
+            os.environ.pop("BLIMP_TEST_BACKGROUND", None)
+
+    def test_background_is_passed_and_must_have_started(self):
+        started = "blimp: starting app 'hello'\nsmp: background churn on 1 AP\n"
+
+        def run():
+            with self.vm(stdout=started + EXIT_OK + "\n") as vm:
+                self.assertIn("smp.background=churn", vm.cmd[vm.cmd.index("-append") + 1])
+                self.assertEqual(vm.wait_exit(10), 0)
+            # A kernel that ignored the option (no line) cannot pass for one that ran it.
+            with self.assertRaises(VMError) as ctx:
+                with self.vm(stdout="blimp: starting app 'hello'\n" + EXIT_OK + "\n") as vm:
+                    vm.wait_exit(10)
+            self.assertIn("did not start it", str(ctx.exception))
+        self.with_background("churn", run)
+
+    def test_changed_page_fails_even_when_host_faults_are_expected(self):
+        line = ("smp.background=churn: cpu 1: block 0x1234000 (order 0) changed while held: "
+                "word 3 is 0, was written 0xabc")
+        started = "blimp: starting app 'hello'\nsmp: background churn on 1 AP\n"
+
+        def run():
+            with self.assertRaises(VMError) as ctx:
+                with self.vm(stdout=f"{started}{line}\n{EXIT_OK}\n",
+                             expect_host_faults=True) as vm:
+                    vm.wait_exit(10)
+            self.assertIn(line, str(ctx.exception))
+        self.with_background("churn", run)
+
+    def test_bad_background_is_an_error(self):
+        def run():
+            with self.assertRaises(VMError):
+                self.vm(stdout=EXIT_OK)
+        self.with_background("busy", run)
 
 
 if __name__ == "__main__":
