@@ -8,14 +8,10 @@ unsigned BackgroundChurn::next_order() {
   // Five in eight blocks are single pages (the per-CPU caches' path), the rest orders 1..3 (the
   // buddy lists under the global lock, and splits and merges of larger blocks).
   switch (seq_ % 8) {
-    case 5:
-      return 1;
-    case 6:
-      return 2;
-    case 7:
-      return kMaxOrder;
-    default:
-      return 0;
+    case 5: return 1;
+    case 6: return 2;
+    case 7: return kMaxOrder;
+    default: return 0;
   }
 }
 

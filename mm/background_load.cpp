@@ -17,7 +17,7 @@ namespace {
 // Constructed in place on first use by its own CPU: a global with a constructor would need
 // the allocator's reference at static-initialisation time.
 alignas(BackgroundChurn) constinit unsigned char g_churn_storage[percpu::kMaxCpus]
-                                                              [sizeof(BackgroundChurn)] = {};
+                                                                [sizeof(BackgroundChurn)] = {};
 constinit BackgroundChurn* g_churn[percpu::kMaxCpus] = {};
 
 // A line each time a CPU's checked blocks reach 2^10, 2^12, 2^14, ...: proof in the log that the
@@ -30,9 +30,10 @@ void churn_step(size_t cpu) {
   ChurnMismatch bad;
   const uint64_t before = c->counters().checked;
   if (!c->step(bad)) {
-    panic("smp.background=churn: cpu %zu: block %#lx (order %u) changed while held: word %lu is "
-          "%#lx, was written %#lx",
-          cpu, bad.block, bad.order, bad.word, bad.found, bad.expected);
+    panic(
+        "smp.background=churn: cpu %zu: block %#lx (order %u) changed while held: word %lu is "
+        "%#lx, was written %#lx",
+        cpu, bad.block, bad.order, bad.word, bad.found, bad.expected);
   }
   const uint64_t after = c->counters().checked;
   if (after != before && after >= kFirstReport && (after & (after - 1)) == 0 &&
