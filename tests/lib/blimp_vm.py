@@ -19,6 +19,7 @@ The harness refuses silent host faults (docs/testing.md):
 
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -128,6 +129,8 @@ def requested_background():
 
 
 class BlimpVM:
+    PROMPT_WAIT = 0.2  # seconds a partial line waits before `output` takes it anyway
+
     def __init__(self, build_dir, app="hello", args=(), machine="microvm", memory="256M",
                  extra=(), iso=False, qmp=False, limit=600, qemu=None, kernel=None,
                  name=None, qtest=False, expect_host_faults=False, accel=None, image=None,
@@ -213,16 +216,36 @@ class BlimpVM:
         self.started = time.monotonic()
 
     def _read(self, pipe, is_stderr):
-        for raw in iter(lambda: pipe.read1(4096), b""):
+        # `output` takes whole lines from each stream: a QEMU warning that arrives while the
+        # guest is halfway through a line must not split that line (a test's pattern would no
+        # longer match it). A line left open for PROMPT_WAIT s (a firmware prompt, a countdown)
+        # goes in as it is. serial and stderr get the text as it comes.
+        fd = pipe.fileno()
+        partial = ""
+        while True:
+            if partial and not select.select([fd], [], [], self.PROMPT_WAIT)[0]:
+                with self._changed:
+                    self.output += partial
+                    partial = ""
+                    self._changed.notify_all()
+                continue
+            raw = os.read(fd, 4096)
+            if not raw:
+                break
             text = raw.decode("utf-8", "replace").replace("\r", "")
             with self._changed:
-                self.output += text
                 if is_stderr:
                     self.stderr += text
                 else:
                     self.serial += text
+                partial += text
+                cut = partial.rfind("\n") + 1
+                if cut:
+                    self.output += partial[:cut]
+                    partial = partial[cut:]
                 self._changed.notify_all()
         with self._changed:
+            self.output += partial
             self._changed.notify_all()
 
     def _readers_alive(self):

@@ -135,6 +135,32 @@ class HarnessRules(unittest.TestCase):
         finally:
             os.environ.pop("BLIMP_ACCEL", None)
 
+    def test_a_qemu_line_does_not_split_a_guest_line(self):
+        # QEMU's stderr warning arrives while the guest is halfway through a line: `output` keeps
+        # the guest's line whole (integration.adverse_host once missed "resetting the device").
+        path = os.path.join(self.tmp, "fake-qemu-split")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n"
+                    "printf 'balloon: host fault: queue 3 held a buffer'\n"
+                    "sleep 0.05\n"
+                    "printf 'qemu-system-x86_64: warning: dropped 2 notifies\\n' >&2\n"
+                    "sleep 0.05\n"
+                    "printf ' for 1005 ms; resetting the device\\n%s\\n' "
+                    + sh_quote(EXIT_OK) + "\nexit 1\n")
+        os.chmod(path, 0o755)
+        with BlimpVM(self.tmp, app="hello", qemu=path, limit=30, expect_host_faults=True) as vm:
+            vm.wait_for(r"host fault: queue 3 held a buffer for 1005 ms; resetting the device", 10)
+            self.assertEqual(vm.wait_exit(10), 0)
+            self.assertIn("qemu-system-x86_64: warning: dropped 2 notifies\n", vm.output)
+
+    def test_a_prompt_without_newline_still_reaches_output(self):
+        path = os.path.join(self.tmp, "fake-qemu-prompt")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\nprintf 'Press enter to boot'\nsleep 3\nexit 1\n")
+        os.chmod(path, 0o755)
+        with BlimpVM(self.tmp, app="hello", qemu=path, limit=30) as vm:
+            vm.wait_for(r"Press enter to boot", 2)
+
     def with_background(self, mode, fn):
         os.environ["BLIMP_TEST_BACKGROUND"] = mode
         try:
