@@ -231,7 +231,7 @@ class KvCache final : public mm::Shrinker {
   }
 
   uint64_t keys_ = 0, work_ = 0, max_entries_ = 0, buckets_ = 0;
-  SpinLock lock_;
+  SpinLock lock_{LockRank::kApp};
   Entry** table_ = nullptr;
   Entry* lru_head_ = nullptr;
   Entry* lru_tail_ = nullptr;

@@ -9,7 +9,7 @@ namespace blimp::work {
 namespace {
 
 // Lock order: g_queue_lock is a leaf (nothing is taken under it; work runs outside it).
-SpinLock g_queue_lock;
+constinit SpinLock g_queue_lock{LockRank::kDeferredWork};
 WorkItem* g_head = nullptr;  // the queue and every item's next/queued: under g_queue_lock
 WorkItem* g_tail = nullptr;
 bool g_running = false;  // the BSP's alone

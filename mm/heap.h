@@ -72,7 +72,7 @@ class Heap {
   void release_slab(Slab* s);
 
   PageAllocator& pages_;
-  SpinLock lock_;
+  SpinLock lock_{LockRank::kHeap};
   Slab* partial_[kNumClasses] = {};
   Slab* empty_[kNumClasses] = {};
   HeapStats stats_ = {};

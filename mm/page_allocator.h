@@ -387,7 +387,7 @@ class PageAllocator {
   };
   static constexpr unsigned kPcpStacks = 2;  // Kernel, App
   struct alignas(64) PcpCache {
-    SpinLock lock;
+    SpinLock lock{LockRank::kPageCache};
     PcpStack stacks[kPcpStacks];
     uint64_t allocations = 0;  // served here; stats() adds them to the global counters
     uint64_t frees = 0;
@@ -423,7 +423,7 @@ class PageAllocator {
   // One more than the highest CPU index whose cache was ever used: drainers look no further.
   Atomic<uint32_t> pcp_cpus_{0};
 
-  SpinLock lock_;
+  SpinLock lock_{LockRank::kPageAllocator};
   bool initialized_ = false;
   PageInfo* info_ = nullptr;
   Range ranges_[kMaxRanges] = {};

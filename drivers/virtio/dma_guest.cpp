@@ -59,7 +59,7 @@ class GuestDma final : public DmaAllocator {
   }
 
  private:
-  SpinLock lock_;
+  SpinLock lock_{LockRank::kDmaPool};
   alignas(4096) uint8_t pool_[kPoolPages][kPageSize];
   bool used_[kPoolPages] = {};
   uint16_t run_len_[kPoolPages] = {};

@@ -206,7 +206,7 @@ class Virtqueue {
   void init_free_list();
   void broken_locked(const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
-  SpinLock lock_;
+  SpinLock lock_{LockRank::kVirtqueue};
   char name_[32] = "virtio";
   DmaAllocator* dma_ = nullptr;
   DmaRegion ring_{};
