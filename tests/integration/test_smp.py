@@ -12,15 +12,18 @@ mismatches and the page allocator's invariants intact. `memhog threads=2` alloca
 verifies and frees on both CPUs of -smp 2 through balloon cycles with no page corrupted;
 `kvcache threads=4` serves requests on four CPUs from one cache that fills the guest while the
 balloon's demand shrinks it from the BSP, and verifies every hit; with memhog `spin:` keeping
-both CPUs busy without a halt, the balloon still inflates and deflates. threads= beyond the CPUs online
-is a clear error for each app. Behaviour only: nothing is timed."""
+both CPUs busy without a halt, the balloon still inflates and deflates; `integrity threads=2`
+also verifies through host page-state sweeps every 200 ms and a balloon that runs the guest out
+of memory (deflate on OOM from the BSP, failed allocations on the AP). threads= beyond the CPUs
+online is a clear error for each app. Behaviour only: nothing is timed."""
 import os
 import re
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from blimp_vm import BlimpVM, TestRunner, check, requested_accel, wait_balloon  # noqa: E402
+from blimp_vm import (BlimpVM, TestRunner, check, require_page_states,  # noqa: E402
+                      require_patched_qemu, requested_accel, wait_balloon)
 from qmp import Qmp, QmpError  # noqa: E402
 
 t = TestRunner()
@@ -302,6 +305,51 @@ def test_kvcache_4_threads_under_balloon(build):
     done = re.search(r"^kvcache: done ops=\d+ .* shrunk=(\d+) .* threads=4 ok$", out, re.M)
     check(done and int(done.group(1)) > 0, f"no clean done line, or nothing shrunk\n{out[-3000:]}")
     check(status == 0, f"kvcache exited with {status}\n{out[-3000:]}")
+
+
+@t.test
+def test_integrity_2_threads_under_sweeps_and_oom(build):
+    """integrity threads=2 (churn=, so both CPUs allocate and free) on q35 -smp 2 with page
+    states on and the host sweeping every 200 ms, free page reporting, and then a balloon target
+    below what integrity holds: the balloon takes every free page, the next allocation on the
+    BSP deflates it on out-of-memory, an allocation on the AP (which never reclaims) fails and is
+    counted. Through all of it no page may change: zero mismatches, invariants intact."""
+    accel = "tcg,thread=multi" if requested_accel() == "tcg" else None
+    props = (",deflate-on-oom=on,free-page-reporting=on,page-states=on"
+             ",page-states-interval-ms=200")
+    # balloon.floor=1M: inflation may take all but 1 MiB, so the next regions churned run out.
+    args = ["threads=2", "size=640M", "pause=100ms", "churn=4", "invariants=1", "balloon.floor=1M"]
+    with BlimpVM(build, app="integrity", args=args, machine="q35", memory="1G", qmp=True,
+                 accel=accel, limit=600, qemu=require_patched_qemu(build),
+                 extra=["-smp", "2", "-device", f"virtio-balloon-pci,id=balloon0{props}"]) as vm:
+        require_page_states(vm, 120)
+        vm.wait_for(r"integrity: round 1 verified", 300)
+        q = Qmp.connect(vm.qmp_path)
+        first = q.execute("x-blimp-balloon-info")
+        # 400 MiB asks for more than is free: the balloon runs the guest out of memory.
+        q.execute("balloon", value=400 * MiB)
+        deadline = time.monotonic() + 180
+        while "on out-of-memory" not in vm.output:
+            check(time.monotonic() < deadline, f"no deflate on out-of-memory\n{vm.output[-3000:]}")
+            time.sleep(0.5)
+        # Two full rounds after the first OOM deflate: every page verified since.
+        for _ in range(2):
+            vm.wait_for(r"integrity: round \d+ verified", 120, start=len(vm.output))
+        last = q.execute("x-blimp-balloon-info")
+        q.execute("balloon", value=1024 * MiB)
+        status, out = power_off(vm, q)
+    check_balloon_moved(out)
+    check("MISMATCH" not in out, out[-3000:])
+    check("integrity: allocator invariants hold" in out, f"invariants not checked or broken\n{out[-3000:]}")
+    check(re.search(r"^integrity: PASS: 0 mismatches, 0 bad pages", out, re.M),
+          f"no PASS line\n{out[-3000:]}")
+    sweeps = last["pstate-sweeps"] - first["pstate-sweeps"]
+    check(sweeps >= 10, f"only {sweeps} sweeps while integrity ran")
+    churn = re.search(r"^integrity: churned (\d+) regions \((\d+) allocations failed\)", out, re.M)
+    check(churn and int(churn.group(1)) > 0, f"no region was churned\n{out[-3000:]}")
+    check(status == 0, f"integrity exited with {status}\n{out[-3000:]}")
+    print(f"    {sweeps} sweeps, {churn.group(1)} regions churned, {churn.group(2)} allocations "
+          f"failed, {out.count('on out-of-memory')} OOM deflates, 0 mismatches")
 
 
 if __name__ == "__main__":
