@@ -352,5 +352,28 @@ def test_integrity_2_threads_under_sweeps_and_oom(build):
           f"failed, {out.count('on out-of-memory')} OOM deflates, 0 mismatches")
 
 
+@t.test
+def test_background_modes(build):
+    """smp.background= (mm/background_churn.h): churn checks blocks on the AP while the app runs
+    and says so; spin starts too; a bad value is named with the choices and the APs stay idle.
+    The app ends normally in every case."""
+    steps = "steps=alloc:64M,wait:4s,check:all,free:all"
+    cases = (("churn", r"smp: background churn on 1 AP"),
+             ("spin", r"smp: background spin on 1 AP"),
+             ("busy", r"smp: bad value smp.background=busy \(off, spin, churn\): APs stay idle"))
+    for mode, line in cases:
+        with BlimpVM(build, app="memhog", args=[steps, f"smp.background={mode}"], machine="q35",
+                     limit=180, extra=["-smp", "2"]) as vm:
+            status = vm.wait_exit(170)
+            out = vm.output
+        check(status == 0 and "memhog: done" in out, f"{mode}: memhog exited {status}\n{out}")
+        check(re.search(line, out), f"{mode}: no /{line}/\n{out}")
+        if mode == "churn":
+            m = re.search(r"^smp.background=churn: cpu 1: (\d+) blocks checked", out, re.M)
+            check(m, f"the churn checked no block (or did not say so)\n{out}")
+        else:
+            check("blocks checked" not in out, f"{mode}: the churn ran\n{out}")
+
+
 if __name__ == "__main__":
     t.main()
