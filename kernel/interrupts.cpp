@@ -7,6 +7,7 @@
 #include "kernel/deferred_work.h"
 #include "kernel/fault.h"
 #include "lib/irq.h"
+#include "lib/per_boot.h"
 
 namespace blimp::interrupts {
 namespace {
@@ -16,7 +17,8 @@ struct Slot {
   void* context;
 };
 Slot g_slots[256];
-uint64_t g_counts[256];
+// Timer interrupts alone make these differ in every VM (lib/per_boot.h).
+BLIMP_PER_BOOT uint64_t g_counts[256];
 
 }  // namespace
 

@@ -11,6 +11,7 @@
 #include "kernel/percpu.h"
 #include "lib/atomic.h"
 #include "lib/irq.h"
+#include "lib/per_boot.h"
 
 namespace blimp::interrupts {
 void set_fixed_handler(uint8_t vector, Handler handler, void* context);
@@ -20,9 +21,10 @@ namespace blimp::timer {
 namespace {
 
 constexpr uint64_t kPitHz = 1193182;  // the 8254's input clock
-uint64_t g_tsc_hz = 0;
-uint64_t g_tsc_base = 0;
-uint64_t g_lapic_ticks_per_ms = 0;
+// Calibrated at boot, so they differ in every VM (lib/per_boot.h).
+BLIMP_PER_BOOT uint64_t g_tsc_hz = 0;
+BLIMP_PER_BOOT uint64_t g_tsc_base = 0;
+BLIMP_PER_BOOT uint64_t g_lapic_ticks_per_ms = 0;
 
 struct Event {
   uint64_t deadline;
@@ -30,8 +32,9 @@ struct Event {
   void* context;
 };
 constexpr int kMaxEvents = 16;
-Event g_events[kMaxEvents];
-uint64_t g_wait_deadline = 0;  // the deadline of a wait_until in progress, 0 if none
+// Absolute deadlines: per boot as well.
+BLIMP_PER_BOOT Event g_events[kMaxEvents];
+BLIMP_PER_BOOT uint64_t g_wait_deadline = 0;  // the deadline of a wait_until in progress, or 0
 
 uint16_t pit_read() {
   arch::outb(0x43, 0x00);  // latch channel 0

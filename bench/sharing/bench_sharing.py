@@ -40,7 +40,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "lib"))
 from blimp_vm import BlimpVM, patched_qemu_path  # noqa: E402
-from ksm import KsmSession, ksm_frames, merging_pages, other_mergeable  # noqa: E402
+from ksm import KsmSession, ksm_frames, merging_pages, mergeable_vmas, other_mergeable  # noqa: E402
 
 MiB = 1 << 20
 
@@ -92,6 +92,28 @@ def launch(args, mode, i):
         gargs.append("sharing.candidates=off")
     return BlimpVM(args.build_dir, app="dataset", args=gargs, machine="q35", memory=args.memory,
                    qemu=qemu, extra=extra, name=f"{mode}{i}", limit=args.max_time + 600)
+
+
+def guest_page_map(args, pids):
+    """At the end of a mode (--map): per VM the guest pages KSM merged, and over the first
+    --map-pages guest pages (kernel image, .data/.bss, the page metadata) which are byte-identical
+    in every VM and which of those are zero, as (first, count) runs. A page identical in every VM
+    but not merged in one mode is one that mode's marking (or timing) missed; a page that differs
+    between the VMs can be merged by no mode."""
+    import ksm_map
+    from vm_count import mib
+    size = int(mib(args.memory) * MiB)
+    same, zero = ksm_map.alike(pids, size, 0, args.map_pages)
+    others = [ksm_map.outside_ram(p, size, mergeable_vmas(p)) for p in pids]
+    other_frames = {h for vm in others for _, hs in vm for h in hs}
+    return dict(ksm_runs=[ksm_map.runs(ksm_map.ksm_gpfns(p, size)) for p in pids],
+                low_pages=args.map_pages, alike_runs=ksm_map.runs(same),
+                zero_runs=ksm_map.runs(zero),
+                # mergeable memory beside guest RAM: per VM [bytes, KSM pages] per VMA, and
+                # the KSM pages and distinct KSM frames of all of them
+                other_vmas=[[(b, len(hs)) for b, hs in vm] for vm in others],
+                other_ksm_pages=sum(len(hs) for vm in others for _, hs in vm),
+                other_ksm_frames=len(other_frames))
 
 
 def run_mode(args, mode):
@@ -157,6 +179,7 @@ def run_mode(args, mode):
                 if settled or t >= args.max_time:
                     break
             own_mappings, own_frames = ksm_frames(pids)  # the VMs' own saving, exact
+            page_map = guest_page_map(args, pids) if getattr(args, "map", False) else None
             rss1 = sum(v.rss_kib() or 0 for v in vms)
             others_end = other_mergeable(exclude=set(pids))
             outputs_ok = all("MISMATCH" not in v.output for v in vms)
@@ -176,6 +199,8 @@ def run_mode(args, mode):
                others=[o[:2] for o in others_start + others_end], verified=outputs_ok,
                build_seal_ms=ready, guest_hash=hash_ms, candidate_pages=candidates,
                settings=settings, smart_scan=smart_scan_in_effect)
+    if page_map:
+        res["map"] = page_map
     # steady-state cost after convergence: ksmd CPU per minute over the last part of the run
     tail = [r for r in rows if r["t"] >= t95["t"]]
     if len(tail) > 2 and tail[-1]["t"] > tail[0]["t"]:
@@ -299,6 +324,11 @@ def main():
     ap.add_argument("--wait-alone", type=float, default=120,
                     help="wait up to this long for other mergeable processes to go away")
     add_smart_scan_arg(ap)
+    ap.add_argument("--map", action="store_true",
+                    help="at each mode's end, record which guest pages KSM merged and which low "
+                         "pages are identical in every VM (results JSON, 'map')")
+    ap.add_argument("--map-pages", type=lambda x: int(x, 0), default=0x800,
+                    help="guest pages from 0 whose content --map compares (default 8 MiB)")
     ap.add_argument("--report", action="store_true",
                     help="only print the table of results/*.json and redraw saving.png")
     args = ap.parse_args()

@@ -5,7 +5,8 @@ VM's RAM size: pc.ram / q35's ram, guest-physical address 0 at its start for VMs
 where all RAM sits below the PCI hole) and ksm_gpfns(pid, size) returns the guest page frame
 numbers whose host page is a KSM page. runs(pfns) folds them into (first, count) runs.
 
-Used by first_seconds.py (--map) to compare what blind and targeted KSM merge, page by page.
+Used by first_seconds.py and bench_sharing.py (--map) to compare what blind and targeted KSM merge,
+page by page, in guest RAM and beside it.
 """
 import re
 from array import array
@@ -37,7 +38,11 @@ def ksm_gpfns(pid, size):
         # QEMU splits the mapping into several VMAs when parts are madvised (targeted mode):
         # /proc/PID/maps then shows pieces, so fall back to the pieces' span.
         ram = _ram_from_pieces(pid, size)
-    start, end = ram
+    return [i for i, _ in ksm_frames_in(pid, *ram)]
+
+
+def ksm_frames_in(pid, start, end):
+    """[(page index from start, host PFN)] of the pages in [start, end) backed by a KSM page."""
     with open(f"/proc/{pid}/pagemap", "rb") as pm:
         pm.seek(start // PAGE * 8)
         ent = array("Q")
@@ -45,12 +50,46 @@ def ksm_gpfns(pid, size):
     present = [(i, e & _PFN_MASK) for i, e in enumerate(ent) if e >> 63 and e & _PFN_MASK]
     out = []
     with open("/proc/kpageflags", "rb") as kf:
-        for gpfn, hpfn in present:
+        for i, hpfn in present:
             kf.seek(hpfn * 8)
             fl = int.from_bytes(kf.read(8), "little")
             if fl & _KPF_KSM:
-                out.append(gpfn)
+                out.append((i, hpfn))
     return out
+
+
+def outside_ram(pid, size, vmas):
+    """The VMAs of `vmas` ([(start, end)], e.g. ksm.mergeable_vmas) that are not guest RAM, each
+    as (bytes, [host PFNs of its KSM pages]): under mem-merge=on QEMU marks every RAM block
+    mergeable, its ROMs too (firmware, ACPI tables and the fw_cfg blobs beside them)."""
+    ram = guest_ram(pid, size) or _ram_from_pieces(pid, size)
+    return [(e - s, [h for _, h in ksm_frames_in(pid, s, e)])
+            for s, e in vmas if e <= ram[0] or s >= ram[1]]
+
+
+def guest_pages(pid, size, first, count):
+    """The bytes of guest pages [first, first + count) of a running QEMU (/proc/PID/mem; root).
+    Pages the host never backed read as zeros, as the guest sees them."""
+    ram = guest_ram(pid, size) or _ram_from_pieces(pid, size)
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(ram[0] + first * PAGE)
+        return mem.read(count * PAGE)
+
+
+def alike(pids, size, first, count):
+    """Guest PFNs in [first, first + count) whose content is the same in every VM of `pids`,
+    and those of them that are all zero: ([pfn], [pfn]). Blind KSM can merge exactly the
+    former across the VMs; the pages that differ are what no hint could make shareable."""
+    images = [guest_pages(p, size, first, count) for p in pids]
+    same, zero = [], []
+    z = bytes(PAGE)
+    for i in range(count):
+        pages = {img[i * PAGE:(i + 1) * PAGE] for img in images}
+        if len(pages) == 1:
+            same.append(first + i)
+            if z in pages:
+                zero.append(first + i)
+    return same, zero
 
 
 def _ram_from_pieces(pid, size):

@@ -8,6 +8,14 @@ namespace {
 constexpr int kBusyRetries = 1000;
 constexpr uint32_t kMaxRun = 0xffffffffu;
 
+// Clears the entries of a request the device has answered. The answer ends the device's use of
+// them (a used buffer is the driver's again: virtio 1.2, section 2.7.8), and left in place they are
+// dead per-VM content (pfns, hashes of pages that differ between VMs) that keeps the buffer's pages
+// apart from every other VM's: zeroed, the pages are alike in every VM and the host merges them or,
+// in a split huge page, maps its zero page (docs/experiments.md, experiment 4). Not after a failed
+// send: a device that timed out may still read them (mm/device_channel.h).
+void scrub(void* entries, size_t bytes) { __builtin_memset(entries, 0, bytes); }
+
 uint32_t clamp_capacity(uint32_t c) {
   if (c == 0) return 1;
   return c > wire::kBlimpMaxEntries ? wire::kBlimpMaxEntries : c;
@@ -75,8 +83,10 @@ bool SealBatcher::flush() {
   if (count_ == 0) return true;
   uint64_t pages = 0;
   for (uint32_t i = 0; i < count_; i++) pages += buf_[i].npages;
+  const uint64_t answered = stats_.requests;
   bool ok = send_batch(send_, ctx_, wire::kBlimpSeal, buf_, count_, sizeof(BlimpSealEntry), pages,
                        stats_);
+  if (stats_.requests != answered) scrub(buf_, count_ * sizeof(BlimpSealEntry));
   count_ = 0;
   return ok;
 }
@@ -112,8 +122,10 @@ bool UnsealBatcher::flush() {
   if (count_ == 0) return true;
   uint64_t pages = 0;
   for (uint32_t i = 0; i < count_; i++) pages += buf_[i].npages;
+  const uint64_t answered = stats_.requests;
   bool ok = send_batch(send_, ctx_, wire::kBlimpUnseal, buf_, count_, sizeof(BlimpUnsealEntry),
                        pages, stats_);
+  if (stats_.requests != answered) scrub(buf_, count_ * sizeof(BlimpUnsealEntry));
   count_ = 0;
   return ok;
 }

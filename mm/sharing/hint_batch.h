@@ -54,7 +54,8 @@ class SealBatcher {
   void add_candidate(uint64_t pfn, uint64_t hash, bool zero, uint32_t npages = 1) {
     add_entry(pfn, hash, (zero ? wire::kBlimpSealZero : 0) | wire::kBlimpSealWritable, npages);
   }
-  // Sends what is pending. False if the request failed or was rejected in part.
+  // Sends what is pending, then zeroes the sent entries if the device answered. False if the
+  // request failed or was rejected in part.
   bool flush();
 
   uint32_t pending() const { return count_; }
@@ -77,7 +78,7 @@ class UnsealBatcher {
  public:
   UnsealBatcher(BlimpUnsealEntry* buf, uint32_t capacity, SendFn send, void* ctx);
   void add(uint64_t pfn, uint64_t npages);
-  bool flush();
+  bool flush();  // as SealBatcher::flush
   uint32_t pending() const { return count_; }
   const BatchStats& stats() const { return stats_; }
 

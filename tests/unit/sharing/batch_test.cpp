@@ -192,6 +192,46 @@ TEST(SealBatcher, RetriesWhileBusyAndCountsFailures) {
   EXPECT_EQ(batch.stats().dropped_pages, 5u);
 }
 
+namespace {
+bool all_zero(const void* p, size_t bytes) {
+  auto* c = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < bytes; i++)
+    if (c[i]) return false;
+  return true;
+}
+}  // namespace
+
+TEST(SealBatcher, ZeroesTheEntriesTheDeviceAnsweredAndKeepsUnansweredOnes) {
+  FakeDevice dev;
+  BlimpSealEntry buf[4] = {};
+  s::SealBatcher batch(buf, 4, FakeDevice::send, &dev);
+  for (uint64_t p = 0; p < 6; p++) batch.add(10 + 2 * p, 0x1234 + p, false);  // 6 disjoint
+  ASSERT_TRUE(batch.flush());  // a full batch of 4, then 2
+  ASSERT_EQ(dev.seals.size(), 6u);
+  EXPECT_EQ(dev.seals[5].pfn, 20u);  // the device saw the entries before they were cleared
+  EXPECT_EQ(dev.seals[5].hash, 0x1239u);
+  EXPECT_TRUE(all_zero(buf, sizeof buf));
+  // No answer: the device may still read them, so they stay.
+  dev.fail = true;
+  batch.add(50, 0x77, false);
+  EXPECT_FALSE(batch.flush());
+  EXPECT_EQ(buf[0].pfn, 50u);
+  EXPECT_EQ(buf[0].hash, 0x77u);
+}
+
+TEST(UnsealBatcher, ZeroesTheEntriesTheDeviceAnswered) {
+  FakeDevice dev;
+  BlimpUnsealEntry buf[2] = {};
+  s::UnsealBatcher batch(buf, 2, FakeDevice::send, &dev);
+  batch.add(100, 4);
+  batch.add(200, 1);
+  batch.add(300, 2);
+  ASSERT_TRUE(batch.flush());
+  ASSERT_EQ(dev.unseals.size(), 3u);
+  EXPECT_EQ(dev.unseals[2].pfn, 300u);
+  EXPECT_TRUE(all_zero(buf, sizeof buf));
+}
+
 TEST(UnsealBatcher, MergesAdjacentAndOverlappingRuns) {
   FakeDevice dev;
   BlimpUnsealEntry buf[8];
