@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 from blimp_vm import BlimpVM, Skip, TestRunner, check, require_patched_qemu  # noqa: E402
 from dataset import (DATA_PAGES, NONZERO_PAGES, PAGE, ZERO_PAGES, data_set_args,  # noqa: E402
                      last_verify as last_verify_in)
-from ksm import KsmSession, KsmUnavailable, merging_pages, other_mergeable  # noqa: E402
+from ksm import (KsmSession, KsmUnavailable, mergeable_bytes, merging_pages,  # noqa: E402
+                 other_mergeable)
 from qmp import Qmp  # noqa: E402
 
 t = TestRunner()
@@ -104,6 +105,32 @@ def candidate_runs(vm):
     """The guest's WRITABLE merge-candidate runs as [(first_pfn, end_pfn)], from its boot log."""
     return [(int(a, 16) >> 12, int(b, 16) >> 12) for a, b in
             re.findall(r"sharing: candidate run (0x[0-9a-f]+|0)-(0x[0-9a-f]+)", vm.output)]
+
+
+@t.test
+def test_share_roms_marks_qemu_read_only_blocks_and_nothing_else(build):
+    """host/qemu patch 0014: with share-hints=on (mem-merge=off) QEMU marks its own read-only RAM
+    blocks (the BIOS, the fw_cfg ACPI blobs) mergeable, which blind KSM merges and no guest hint
+    can reach; share-roms=off leaves them. With the guest hinting nothing (sharing=off) those
+    blocks are exactly what is mergeable."""
+    qemu = require_patched_qemu(build)
+    seen = {}
+    for props in ("", ",share-roms=off"):
+        with BlimpVM(build, app="memhog", args=["steps=wait:60s", "sharing=off"], machine="q35",
+                     memory="256M", qmp=True, qemu=qemu, limit=120,
+                     extra=["-machine", "mem-merge=off",
+                            "-device", f"virtio-balloon-pci,id=balloon0,share-hints=on{props}"]) as vm:
+            vm.wait_for(r"blimp: starting app", 60)
+            info = Qmp.connect(vm.qmp_path).execute("x-blimp-balloon-info")
+            seen[props] = (info["hint-rom-pages"], mergeable_bytes(vm.pid), info["hints"])
+    (rom, mg, hints), (rom_off, mg_off, _) = seen[""], seen[",share-roms=off"]
+    print(f"  share-roms on: {rom} ROM pages marked, {mg // PAGE} pages mergeable; off: {rom_off}, "
+          f"{mg_off // PAGE}", flush=True)
+    check(hints == 0, f"sharing=off hinted {hints} runs")
+    # qboot (16 pages), the table-loader and the ACPI tables and RSDP: a few dozen pages.
+    check(16 <= rom <= 1024, f"share-roms marked {rom} pages")
+    check(mg == rom * PAGE, f"mergeable {mg} bytes, ROM pages marked {rom}: something else is marked")
+    check(rom_off == 0 and mg_off == 0, f"share-roms=off still marked {rom_off} pages ({mg_off} bytes)")
 
 
 @t.test
