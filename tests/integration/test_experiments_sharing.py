@@ -14,8 +14,8 @@ Checked, from the outside:
     share every non-zero data page: the VMs' merged pages and their own saving (pagemap and
     kpageflags, exact whatever else merges on the host) grow with N, and so does the saved share
     of the memory they touched; blind's saving grows with N too; every guest verified its data;
-  - blind vs targeted: the VMs' own saving, targeted's within 2% of blind's and at least blind's
-    on guest RAM (bench_sharing.py --map: blind's saving on QEMU's ROM blocks taken out);
+  - blind vs targeted: the VMs' own saving, targeted's at least blind's (up to 8 pages per VM
+    that change with time), QEMU's ROM blocks included (share-roms; bench_sharing.py --map);
   - KSM is back as it was (run, pages_to_scan, sleep_millisecs, ...) and the save file is gone,
     read under the KSM lock.
 
@@ -158,22 +158,22 @@ def test_short_blind_vs_targeted_candidates_close_the_gap_to_blind(build):
         check(own["targeted-nocand"] >= NONZERO_PAGES, f"data pages not all saved: {own}")
         check(own["targeted-nocand"] < own["blind"], f"blind found nothing beyond the data? {own}")
         # Every page blind KSM merges in guest RAM lies in a hinted range (docs/experiments.md,
-        # experiment 4): the candidates must close most of the gap and leave targeted within 2%
-        # of blind. What blind saves beyond that is QEMU's ROM blocks (firmware, ACPI tables and
-        # fw_cfg blobs), which mem-merge=on marks mergeable and no guest hint can reach: on guest
-        # RAM alone targeted saves at least blind's, up to pages that change with time (a few
-        # pages per VM: allocator state, timing-dependent globals).
+        # experiment 4): the candidates must close most of the gap. What blind saves beside guest
+        # RAM is QEMU's read-only RAM blocks (firmware, ACPI tables and fw_cfg blobs), which no
+        # guest hint can reach; with share-hints the device marks them itself (host/qemu patch
+        # 0014, share-roms), so targeted saves at least blind's in all, up to pages that change
+        # with time (a few per VM: allocator state, timing-dependent globals).
         gap = own["blind"] - own["targeted-nocand"]
         check(own["targeted"] - own["targeted-nocand"] >= 0.75 * gap,
               f"candidates closed too little of the gap to blind: {own}")
-        check(own["targeted"] >= 0.98 * own["blind"], f"targeted saves less than blind: {own}")
-        bmap = results["blind"]["map"]
-        beside_ram = bmap["other_ksm_pages"] - bmap["other_ksm_frames"]
-        check(results["targeted"]["map"]["other_ksm_pages"] == 0,
-              "targeted: KSM pages outside guest RAM")
-        check(own["targeted"] >= own["blind"] - beside_ram - 8 * 2,
-              f"targeted saves less than blind on guest RAM: {own}, blind's saving beside guest "
-              f"RAM {beside_ram} ({bmap['other_vmas']})")
+        bmap, tmap = results["blind"]["map"], results["targeted"]["map"]
+        beside_ram = {m: r["map"]["other_ksm_pages"] - r["map"]["other_ksm_frames"]
+                      for m, r in (("blind", results["blind"]), ("targeted", results["targeted"]))}
+        check(beside_ram["targeted"] >= beside_ram["blind"],
+              f"targeted saves less than blind beside guest RAM (the ROM blocks): {beside_ram}, "
+              f"blind {bmap['other_vmas']}, targeted {tmap['other_vmas']}")
+        check(own["targeted"] >= own["blind"] - 8 * 2,
+              f"targeted saves less than blind: {own} (beside guest RAM {beside_ram})")
         with open(os.path.join(out, "saving-short.png"), "rb") as f:
             check(f.read(8) == b"\x89PNG\r\n\x1a\n", "saving-short.png is not a PNG")
     finally:

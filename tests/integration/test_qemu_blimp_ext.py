@@ -12,7 +12,8 @@ Checks:
     timer-driven sweeps; EBUSY, unregister, reset;
   * page ages (patch 0012): PSTATE_AGES validation, x-blimp-balloon-working-set's buckets,
     limited sweeps that take each kind oldest first, to the page; page-ages=off answers EUNSUPP;
-  * sharing hints: SEAL marks runs MADV_MERGEABLE (seen in /proc/PID/smaps), adjacent runs
+  * sharing hints (with share-roms=off: QEMU's own ROM blocks, patch 0014, are checked in
+    integration.sharing): SEAL marks runs MADV_MERGEABLE (seen in /proc/PID/smaps), adjacent runs
     merge, UNSEAL unmarks, query/filter QMP, hint-max-runs limit; a filter change madvises
     only the difference (patch 0006: added/removed pages, smaps, against a model of the runs);
   * coalesce-discard: inflate and deflate buffers (unsorted, duplicates, more PFNs than one
@@ -368,7 +369,7 @@ def bad_input_checks(vm, hints):
 def test_share_hints(build):
     qemu = require_patched_qemu(build)
     print("[share hints]")
-    vm = Vm(qemu, "share-hints=on", extra=["-machine", "mem-merge=off"])
+    vm = Vm(qemu, "share-hints=on,share-roms=off", extra=["-machine", "mem-merge=off"])
     dev = vm.dev
     try:
         feats = dev.init((1 << F_STATS) | (1 << F_VERSION_1) | (1 << F_SHARE_HINTS) |
@@ -466,7 +467,7 @@ def test_share_hints(build):
         vm.stop()
 
     print("[share hints limits]")
-    vm = Vm(qemu, "share-hints=on,hint-max-runs=4,hint-max-entries=8,hint-merge-gap=0",
+    vm = Vm(qemu, "share-hints=on,share-roms=off,hint-max-runs=4,hint-max-entries=8,hint-merge-gap=0",
             extra=["-machine", "mem-merge=off"])
     dev = vm.dev
     try:
@@ -509,7 +510,7 @@ def test_filter_incremental(build):
     """Patch 0006: a filter change madvises only the difference (spec section 6.3)."""
     qemu = require_patched_qemu(build)
     print("[share hints: incremental filter changes]")
-    vm = Vm(qemu, "share-hints=on", extra=["-machine", "mem-merge=off"])
+    vm = Vm(qemu, "share-hints=on,share-roms=off", extra=["-machine", "mem-merge=off"])
     dev = vm.dev
     try:
         dev.init((1 << F_STATS) | (1 << F_VERSION_1) | (1 << F_SHARE_HINTS))
@@ -597,7 +598,7 @@ def test_filter_incremental(build):
         vm.stop()
 
     print("[share hints: incremental filter changes at hint-max-runs]")
-    vm = Vm(qemu, "share-hints=on,hint-max-runs=3,hint-merge-gap=0",
+    vm = Vm(qemu, "share-hints=on,share-roms=off,hint-max-runs=3,hint-merge-gap=0",
             extra=["-machine", "mem-merge=off"])
     dev = vm.dev
     try:
