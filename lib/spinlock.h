@@ -122,7 +122,6 @@ class SpinLock {
 #endif
   }
   bool is_locked() const { return locked_.load(MemoryOrder::Relaxed); }
-  LockRank rank() const { return rank_; }
 
  private:
   Atomic<bool> locked_{false};

@@ -63,8 +63,7 @@ void start_background_load() {
     kprintf("smp: bad value smp.background=%s (off, spin, churn): APs stay idle\n", mode);
     return;
   }
-  size_t online = 0;
-  for (size_t i = 1; i < smp::cpu_count(); i++) online += smp::is_online(i) ? 1 : 0;
+  const size_t online = smp::online_count() - 1;  // the APs: the BSP runs the app
   threads::set_idle_step(step);
   kprintf("smp: background %s on %zu AP%s\n", mode, online, online == 1 ? "" : "s");
 }

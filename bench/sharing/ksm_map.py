@@ -31,14 +31,16 @@ def guest_ram(pid, size):
     return best
 
 
+def ram_span(pid, size):
+    """(start, end) of guest RAM in QEMU's address space. QEMU splits the mapping into several
+    VMAs when parts are madvised (targeted mode): /proc/PID/maps then shows pieces, so this falls
+    back to the pieces' span."""
+    return guest_ram(pid, size) or _ram_from_pieces(pid, size)
+
+
 def ksm_gpfns(pid, size):
     """Guest PFNs (of a VM with `size` bytes of RAM below 4 GiB) backed by a KSM page."""
-    ram = guest_ram(pid, size)
-    if ram is None:
-        # QEMU splits the mapping into several VMAs when parts are madvised (targeted mode):
-        # /proc/PID/maps then shows pieces, so fall back to the pieces' span.
-        ram = _ram_from_pieces(pid, size)
-    return [i for i, _ in ksm_frames_in(pid, *ram)]
+    return [i for i, _ in ksm_frames_in(pid, *ram_span(pid, size))]
 
 
 def ksm_frames_in(pid, start, end):
@@ -62,7 +64,7 @@ def outside_ram(pid, size, vmas):
     """The VMAs of `vmas` ([(start, end)], e.g. ksm.mergeable_vmas) that are not guest RAM, each
     as (bytes, [host PFNs of its KSM pages]): under mem-merge=on QEMU marks every RAM block
     mergeable, its ROMs too (firmware, ACPI tables and the fw_cfg blobs beside them)."""
-    ram = guest_ram(pid, size) or _ram_from_pieces(pid, size)
+    ram = ram_span(pid, size)
     return [(e - s, [h for _, h in ksm_frames_in(pid, s, e)])
             for s, e in vmas if e <= ram[0] or s >= ram[1]]
 
@@ -70,7 +72,7 @@ def outside_ram(pid, size, vmas):
 def guest_pages(pid, size, first, count):
     """The bytes of guest pages [first, first + count) of a running QEMU (/proc/PID/mem; root).
     Pages the host never backed read as zeros, as the guest sees them."""
-    ram = guest_ram(pid, size) or _ram_from_pieces(pid, size)
+    ram = ram_span(pid, size)
     with open(f"/proc/{pid}/mem", "rb") as mem:
         mem.seek(ram[0] + first * PAGE)
         return mem.read(count * PAGE)

@@ -278,19 +278,17 @@ class BlimpVM:
         the `with` block is left."""
         if self._faults_checked:
             return
+        self._faults_checked = True
         if (self.background != "off" and "blimp: starting app" in self.serial
                 and f"smp: background {self.background} on" not in self.serial):
-            self._faults_checked = True
             raise VMError(f"{self.name}: BLIMP_TEST_BACKGROUND={self.background} but the guest "
                           f"did not start it\n--- output ---\n{self.output[-4000:]}")
         lost = CHURN_MISMATCH_RE.findall(self.serial)
         if lost:
-            self._faults_checked = True
             raise VMError(f"{self.name}: a page changed while a CPU held it:\n  "
                           + "\n  ".join(lost) + f"\n--- output ---\n{self.output[-4000:]}")
         if self.expect_host_faults:
             return
-        self._faults_checked = True
         lines = self.host_faults()
         if lines:
             raise VMError(f"{self.name}: the guest reported host faults the test did not ask for "
