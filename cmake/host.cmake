@@ -6,7 +6,9 @@ find_package(Threads REQUIRED)
 set(BLIMP_SANITIZE "-fsanitize=address,undefined;-fno-sanitize-recover=all;-fno-omit-frame-pointer")
 
 add_library(blimp_host_flags INTERFACE)
-target_compile_definitions(blimp_host_flags INTERFACE BLIMP_HOST=1)
+# Tests check the lock ranks on every SpinLock::lock() (lib/spinlock.h); bench/mm, built without
+# these flags, measures the allocator without that bookkeeping, as the guest runs it.
+target_compile_definitions(blimp_host_flags INTERFACE BLIMP_HOST=1 BLIMP_LOCK_ORDER_CHECK=1)
 target_compile_options(blimp_host_flags INTERFACE -Wall -Wextra -Werror -g ${BLIMP_SANITIZE})
 target_link_options(blimp_host_flags INTERFACE ${BLIMP_SANITIZE})
 target_include_directories(blimp_host_flags INTERFACE ${CMAKE_SOURCE_DIR})
@@ -39,7 +41,7 @@ endfunction()
 # sources it needs (and the shims) itself with -fsanitize=thread; GoogleTest stays uninstrumented.
 set(BLIMP_TSAN "-fsanitize=thread;-fno-omit-frame-pointer")
 add_library(blimp_host_flags_tsan INTERFACE)
-target_compile_definitions(blimp_host_flags_tsan INTERFACE BLIMP_HOST=1)
+target_compile_definitions(blimp_host_flags_tsan INTERFACE BLIMP_HOST=1 BLIMP_LOCK_ORDER_CHECK=1)
 target_compile_options(blimp_host_flags_tsan INTERFACE -Wall -Wextra -Werror -g -O1 ${BLIMP_TSAN})
 target_link_options(blimp_host_flags_tsan INTERFACE ${BLIMP_TSAN})
 target_include_directories(blimp_host_flags_tsan INTERFACE ${CMAKE_SOURCE_DIR})

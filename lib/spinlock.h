@@ -8,16 +8,17 @@
 // "address-ordered" (the per-CPU page caches, taken in index order, which is address order) may
 // nest in increasing address order. Two CPUs can then never wait for each other in a cycle. The
 // rule is the one the Locking sections of mm/page_allocator.h, mm/heap.h, kernel/deferred_work.cpp
-// and the drivers describe, written down once. Host builds check it on every lock(): each thread
-// keeps the locks it holds, and a lock taken out of order aborts with both ranks named, so every
-// unit, stress and TSan test that reaches two locks checks their order. Guest builds do not pay
+// and the drivers describe, written down once. The host tests check it on every lock()
+// (BLIMP_LOCK_ORDER_CHECK, set by cmake/host.cmake): each thread keeps the locks it holds, and a
+// lock taken out of order aborts with both ranks named, so every unit, stress and TSan test that
+// reaches two locks checks their order. The guest and the host benchmark (bench/mm) do not pay
 // for it. The console's lock (kprintf, panic) is not a SpinLock and comes after every rank.
 #pragma once
 
 #include "lib/atomic.h"
 #include "lib/irq.h"
 
-#if defined(BLIMP_HOST)
+#if defined(BLIMP_LOCK_ORDER_CHECK)
 #include <cstdio>
 #include <cstdlib>
 #endif
@@ -51,7 +52,7 @@ constexpr const char* lock_rank_name(LockRank r) {
 // Ranks whose locks may nest among themselves, in increasing address order.
 constexpr bool lock_rank_address_ordered(LockRank r) { return r == LockRank::kPageCache; }
 
-#if defined(BLIMP_HOST)
+#if defined(BLIMP_LOCK_ORDER_CHECK)
 namespace lock_order {
 
 struct Held {
@@ -104,7 +105,7 @@ class SpinLock {
   SpinLock& operator=(const SpinLock&) = delete;
 
   void lock() {
-#if defined(BLIMP_HOST)
+#if defined(BLIMP_LOCK_ORDER_CHECK)
     lock_order::acquire(rank_, this);
 #endif
     uint64_t flags = irq_save();
@@ -117,7 +118,7 @@ class SpinLock {
     uint64_t flags = saved_flags_;
     locked_.store(false, MemoryOrder::Release);
     irq_restore(flags);
-#if defined(BLIMP_HOST)
+#if defined(BLIMP_LOCK_ORDER_CHECK)
     lock_order::release(this);
 #endif
   }
