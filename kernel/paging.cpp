@@ -66,10 +66,6 @@ bool map_mmio(PhysAddr base, uint64_t size) {
 
 namespace blimp::paging {
 
-namespace {
-uint64_t* g_null_pt = nullptr;  // the 4 KiB page table of the first 2 MiB, once split
-}  // namespace
-
 // Splits the first 2 MiB into 4 KiB pages and leaves page 0 unmapped, so that a null pointer
 // dereference faults instead of silently reading the real-mode IVT.
 bool protect_null_page() {
@@ -79,24 +75,7 @@ bool protect_null_page() {
   for (uint64_t i = 1; i < 512; i++) pt[i] = (i << 12) | kPresent | kWritable;
   boot_pd[0] = virt_to_phys(pt) | kPresent | kWritable;
   asm volatile("mov %%cr3, %%rax; mov %%rax, %%cr3" ::: "rax", "memory");
-  g_null_pt = pt;
   return true;
-}
-
-void copy_null_page(void* dst) {
-  // Page 0 is mapped read-only just for the copy. The copy is a string instruction, not memcpy:
-  // the compiler may treat a read through a null pointer as unreachable.
-  if (g_null_pt) {
-    g_null_pt[0] = kPresent;
-    asm volatile("invlpg (%0)" ::"r"(uint64_t{0}) : "memory");
-  }
-  void* d = dst;
-  uint64_t src = 0, n = 4096 / 8;
-  asm volatile("rep movsq" : "+D"(d), "+S"(src), "+c"(n) : : "memory");
-  if (g_null_pt) {
-    g_null_pt[0] = 0;
-    asm volatile("invlpg (%0)" ::"r"(uint64_t{0}) : "memory");
-  }
 }
 
 }  // namespace blimp::paging

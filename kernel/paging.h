@@ -9,8 +9,5 @@ namespace blimp::paging {
 
 bool map_ram(uint64_t base, uint64_t size);
 bool protect_null_page();
-// Copies physical page 0 (the real-mode IVT, unmapped by protect_null_page) into `dst` (4 KiB)
-// through a read-only mapping that exists only during the copy. Thread context, at boot.
-void copy_null_page(void* dst);
 
 }  // namespace blimp::paging

@@ -6,7 +6,6 @@
 #include "kernel/cmdline.h"
 #include "kernel/console.h"
 #include "kernel/memory.h"
-#include "kernel/paging.h"
 #include "kernel/timer.h"
 #include "lib/per_boot.h"
 #include "mm/device_channel.h"
@@ -20,6 +19,8 @@
 extern "C" char __kernel_start[];
 extern "C" char __init_array_start[];  // start of .data: everything below it is text/rodata
 extern "C" char __kernel_end[];        // end of .bss, page aligned
+extern "C" char boot_stack_top[];      // kernel/boot/entry.S: the BSP's stack, growing down
+extern "C" char __per_boot_end[];      // kernel/linker.ld: end of lib/per_boot.h's pages
 
 namespace blimp::mm::sharing {
 
@@ -30,8 +31,6 @@ constexpr uint32_t kBatch = wire::kBlimpMaxEntries;
 // Request buffers: in the kernel's bss (identity mapped, so the device reads them directly).
 alignas(4096) BlimpSealEntry g_seal_buf[kBatch];
 alignas(4096) BlimpUnsealEntry g_unseal_buf[kBatch];
-// Page 0 is unmapped (kernel/paging's null guard): it is hashed from a copy.
-alignas(16) uint8_t g_page0[kPageSize];
 
 // The device channel init() was handed (the balloon), or nullptr.
 DeviceChannel* g_channel = nullptr;
@@ -54,7 +53,19 @@ struct PfnRun {
 // that the kernel keeps writing, so it cannot be sealed. Blind KSM merges these; without them the
 // targeted saving stayed 5% below blind's (bench/sharing/RESULTS.md). Hinted once at init and
 // again after a device reset, never unsealed: the host's copy on write handles every write.
-constexpr size_t kMaxCandidateRuns = 4;
+//
+// No zero-filled page may be marked among the candidates. The candidates are the lowest guest
+// addresses, so they are the first nodes of KSM's unstable tree in every pass, near its root. In
+// host memory backed by transparent huge pages, KSM splits a huge page to merge a page of it,
+// and Linux maps the zero-filled subpages of a split huge page to the shared zero page; a tree
+// node whose page went that way is no longer anonymous, and Linux 6.18's unstable-tree walk
+// gives up every lookup that reaches it (mm/ksm.c unstable_tree_search_insert). One such node
+// near the root lost half the data set's merges of the second pass, the same half in every VM
+// (docs/experiments.md, "Why pass 3"). So: zero-filled candidates are left out (the same splits
+// map them to the zero page anyway, in blind KSM as here), and so is the RAM below 0xa0000,
+// where the firmware leaves five non-zero pages among zero ones and QEMU's hint-merge-gap (16
+// pages) would mark the zero pages between them too.
+constexpr size_t kMaxCandidateRuns = 5;
 
 struct State {
   bool initialized = false;
@@ -70,6 +81,7 @@ struct State {
   uint64_t unsealed_total = 0;
   uint64_t hashed_pages = 0;
   uint64_t twin_skipped = 0;
+  uint64_t zero_candidates = 0;  // zero-filled candidate pages left out (see above)
   uint64_t zero_hash = 0;
   SealRegistry registry;
   TwinTable twins;
@@ -123,7 +135,8 @@ void hint_range(uint64_t pfn, uint64_t pages) {
   g_hash_ns += timer::now_ns() - t0;
 }
 
-// Hashes each page of a candidate run and queues it as a WRITABLE hint (zero pages as ZERO runs).
+// Hashes each page of a candidate run and queues it as a WRITABLE hint; zero-filled pages are
+// left out (see kMaxCandidateRuns).
 void hint_candidates() {
   uint64_t t0 = timer::now_ns();
   for (size_t r = 0; r < g.candidate_runs; r++) {
@@ -131,13 +144,13 @@ void hint_candidates() {
       if (g.seals.stats().limit_reached) break;  // the device said ENOSPC: stop hashing
       uint64_t pfn = g.candidates[r].pfn + i;
       const void* page = phys_to_virt<const void>(pfn << kPageShift);
-      if (pfn == 0) {
-        paging::copy_null_page(g_page0);
-        page = g_page0;
-      }
       uint64_t hash = page_hash(page);
       g.hashed_pages++;
-      g.seals.add_candidate(pfn, hash, hash == g.zero_hash && page_is_zero(page));
+      if (hash == g.zero_hash && page_is_zero(page)) {
+        g.zero_candidates++;
+        continue;
+      }
+      g.seals.add_candidate(pfn, hash, false);
     }
   }
   g.seals.flush();
@@ -151,17 +164,20 @@ void add_candidate_run(uint64_t pfn, uint64_t pages) {
 
 // The kernel's writable image (.data, .bss: boot page tables, static buffers, the hint buffers
 // themselves), the page allocator's metadata array (one PageInfo per page: the entries of
-// blocks with the same allocation history are identical across VMs) and the RAM below 1 MiB the
-// kernel leaves to the firmware (IVT, BIOS data, the firmware's tables and shadowed code), minus
-// the legacy VGA window [0xa0000, 0xc0000), which is not RAM. These are the pages blind KSM
-// merged and the hints did not cover, found by a pagemap scan of blind VMs (docs/experiments.md,
-// experiment 4).
+// blocks with the same allocation history are identical across VMs) and the firmware's shadowed
+// code and tables in [0xc0000, 0x100000). These are the pages blind KSM merged and the hints did
+// not cover, found by a pagemap scan of blind VMs (docs/experiments.md, experiment 4); the RAM
+// below 0xa0000 is left out (see kMaxCandidateRuns). Left out of the image: the boot stack's top
+// page, which the idle loop and interrupts keep writing, and the per-boot values right above it
+// (lib/per_boot.h). Both change every second and differ in every VM, so no mode can merge them.
 void find_candidates() {
-  add_candidate_run(0, 0xa0000 >> kPageShift);
   add_candidate_run(0xc0000 >> kPageShift, (0x100000 - 0xc0000) >> kPageShift);
   uint64_t data = virt_to_phys(__init_array_start) & ~(kPageSize - 1);
   uint64_t end = (virt_to_phys(__kernel_end) + kPageSize - 1) & ~(kPageSize - 1);
-  if (end > data) add_candidate_run(data >> kPageShift, (end - data) >> kPageShift);
+  uint64_t live = virt_to_phys(boot_stack_top) - kPageSize;  // kernel/linker.ld: then per-boot
+  uint64_t live_end = virt_to_phys(__per_boot_end);
+  if (live > data) add_candidate_run(data >> kPageShift, (live - data) >> kPageShift);
+  if (end > live_end) add_candidate_run(live_end >> kPageShift, (end - live_end) >> kPageShift);
   add_candidate_run(pages().metadata_first_pfn(), pages().metadata_pages());
 }
 
@@ -254,9 +270,9 @@ void init(DeviceChannel* channel) {
   const BatchStats& s = g.seals.stats();
   kprintf("sharing: mode=%s, kernel image %#" PRIx64 "-%#" PRIx64 ": %" PRIu64
           " read-only pages hashed, %" PRIu64 " hinted; merge candidates (WRITABLE): %" PRIu64
-          " pages in %zu runs; %" PRIu64 " entries (status %u)\n",
+          " pages in %zu runs, %" PRIu64 " zero-filled left out; %" PRIu64 " entries (status %u)\n",
           mode_name(g.mode), start, end, g.kernel_pages, kernel_hinted, s.writable_pages,
-          g.candidate_runs, s.entries, s.last_status);
+          g.candidate_runs, g.zero_candidates, s.entries, s.last_status);
   for (size_t r = 0; r < g.candidate_runs; r++)
     kprintf("sharing: candidate run %#" PRIx64 "-%#" PRIx64 " (%" PRIu64 " pages)\n",
             g.candidates[r].pfn << kPageShift,

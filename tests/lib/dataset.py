@@ -63,6 +63,7 @@ def kernel_candidate_pages(build, memory_mib):
     """Pages a guest of `memory_mib` MiB hints as WRITABLE merge candidates with sharing=all
     (docs/sharing.md): its writable image (.data and .bss, the PT_LOAD segments with PF_W of
     build/blimp.elf), the page metadata (16 bytes a page, rounded up; a little more than the
-    managed pages need) and the 224 pages of RAM below 1 MiB outside the VGA window."""
+    managed pages need) and the 64 pages of firmware shadow in [0xc0000, 0x100000); an upper
+    bound, as the guest leaves the zero-filled ones out."""
     metadata = (memory_mib * 256 * 16 + PAGE - 1) // PAGE
-    return _load_pages(build, writable=True) + metadata + 224
+    return _load_pages(build, writable=True) + metadata + 64
