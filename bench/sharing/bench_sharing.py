@@ -41,6 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "lib"))
 from blimp_vm import BlimpVM, patched_qemu_path  # noqa: E402
 from ksm import KsmSession, ksm_frames, merging_pages, mergeable_vmas, other_mergeable  # noqa: E402
+import ksm_map  # noqa: E402
 
 MiB = 1 << 20
 
@@ -94,15 +95,19 @@ def launch(args, mode, i):
                    qemu=qemu, extra=extra, name=f"{mode}{i}", limit=args.max_time + 600)
 
 
+def ram_bytes(args):
+    """Guest RAM of each VM in bytes (--memory)."""
+    from vm_count import mib
+    return int(mib(args.memory) * MiB)
+
+
 def guest_page_map(args, pids):
     """At the end of a mode (--map): per VM the guest pages KSM merged, and over the first
     --map-pages guest pages (kernel image, .data/.bss, the page metadata) which are byte-identical
     in every VM and which of those are zero, as (first, count) runs. A page identical in every VM
     but not merged in one mode is one that mode's marking (or timing) missed; a page that differs
     between the VMs can be merged by no mode."""
-    import ksm_map
-    from vm_count import mib
-    size = int(mib(args.memory) * MiB)
+    size = ram_bytes(args)
     same, zero = ksm_map.alike(pids, size, 0, args.map_pages)
     others = [ksm_map.outside_ram(p, size, mergeable_vmas(p)) for p in pids]
     other_frames = {h for vm in others for _, hs in vm for h in hs}
@@ -152,6 +157,7 @@ def run_mode(args, mode):
             c0 = ksm.counters()
             cpu0 = ksm.ksmd_cpu_seconds()
             rss0 = sum(v.rss_kib() or 0 for v in vms)
+            zero0 = sum(ksm_map.zero_mapped(pids, ram_bytes(args)))
             t0 = time.monotonic()
             ksm.start()
             last_change_t, last_merging, scans_at_change = 0.0, -1, c0.get("full_scans", 0)
@@ -181,6 +187,7 @@ def run_mode(args, mode):
             own_mappings, own_frames = ksm_frames(pids)  # the VMs' own saving, exact
             page_map = guest_page_map(args, pids) if getattr(args, "map", False) else None
             rss1 = sum(v.rss_kib() or 0 for v in vms)
+            zero1 = sum(ksm_map.zero_mapped(pids, ram_bytes(args)))
             others_end = other_mergeable(exclude=set(pids))
             outputs_ok = all("MISMATCH" not in v.output for v in vms)
         finally:
@@ -194,6 +201,10 @@ def run_mode(args, mode):
                scanned_end=rows[-1]["scanned"], fullscans_end=rows[-1]["full_scans"],
                merging_end=rows[-1]["merging"], own_mappings=own_mappings,
                own_frames=own_frames, own_saving=own_mappings - own_frames,
+               # huge-page splits that mapped zero subpages to the host's zero page: saved
+               # memory too, in both modes, never in KSM's counters
+               own_zero_remapped=zero1 - zero0,
+               own_total=own_mappings - own_frames + zero1 - zero0,
                rss_before_mib=rss0 / 1024,
                rss_after_mib=rss1 / 1024, load_start=load_start, load_end=loadavg(),
                others=[o[:2] for o in others_start + others_end], verified=outputs_ok,
@@ -212,7 +223,8 @@ def run_mode(args, mode):
     return res, rows
 
 
-SUMMARY_FIELDS = ["mode", "own_saving_pages", "own_saving_mib", "host_pages_sharing", "merging_end",
+SUMMARY_FIELDS = ["mode", "own_saving_pages", "own_saving_mib", "own_zero_remapped_pages",
+                  "own_total_pages", "own_total_mib", "host_pages_sharing", "merging_end",
                   "candidate_pages_per_vm", "t95_s", "ksmd_cpu_t95_s", "pages_scanned_t95",
                   "full_scans_t95", "ksmd_cpu_per_min_after", "smart_scan", "load_start",
                   "load_end", "other_mergeable"]
@@ -226,6 +238,10 @@ def write_summary(path, results):
         for r in results:
             w.writerow(dict(mode=r["mode"], own_saving_pages=r["own_saving"],
                             own_saving_mib=round(r["own_saving"] * 4096 / MiB, 2),
+                            own_zero_remapped_pages=r.get("own_zero_remapped", ""),
+                            own_total_pages=r.get("own_total", ""),
+                            own_total_mib=round(r["own_total"] * 4096 / MiB, 2)
+                            if "own_total" in r else "",
                             host_pages_sharing=r["final_saving"], merging_end=r["merging_end"],
                             candidate_pages_per_vm=max(r.get("candidate_pages") or [0]),
                             t95_s=r["t95"], ksmd_cpu_t95_s=r["cpu95"],
@@ -273,11 +289,12 @@ def gnuplot_has(term):
 def table(out):
     """Markdown table of every results*.json under out/results."""
     import glob
-    lines = ["| run | mode | saved (MiB) | own saved (MiB) | VM pages merging | t95 (s) | "
+    lines = ["| run | mode | saved (MiB) | own saved (MiB) | own saved with zero remaps (MiB) | "
+             "VM pages merging | t95 (s) | "
              "t95 by VM merging (s) | ksmd CPU to t95 (s) | pages scanned to t95 | "
              "full scans to t95 | ksmd CPU/min after | smart scan | load (1/5/15 min) | "
              "other mergeable procs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(glob.glob(os.path.join(out, "results", "results*.json"))):
         tag = os.path.basename(path)[len("results"):-len(".json")] or "-rep1"
         for r in json.load(open(path))["results"]:
@@ -289,7 +306,9 @@ def table(out):
             final_m = int(samples[-1]["merging"])
             t95m = next(float(x["t"]) for x in samples if int(x["merging"]) >= 0.95 * final_m)
             own = f"{r['own_saving'] * 4096 / MiB:.1f}" if "own_saving" in r else "-"
+            total = f"{r['own_total'] * 4096 / MiB:.1f}" if "own_total" in r else "-"
             lines.append(f"| {tag[1:]} | {r['mode']} | {r['final_saving_mib']:.1f} | {own} | "
+                         f"{total} | "
                          f"{r['merging_end']} | {r['t95']:.1f} | {t95m:.1f} | {r['cpu95']:.2f} | "
                          f"{r['scanned95']} | {r['fullscans95']} | "
                          f"{r.get('cpu_per_min_after', float('nan')):.2f} | "

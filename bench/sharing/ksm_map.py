@@ -14,6 +14,7 @@ from array import array
 PAGE = 4096
 _PFN_MASK = (1 << 55) - 1
 _KPF_KSM = 1 << 21
+_KPF_ZERO_PAGE = 1 << 24  # the shared zero page or the huge zero page (kernel's kpageflags ABI)
 _MAP_RE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ (\d+)\s*(.*)$")
 
 
@@ -67,6 +68,36 @@ def outside_ram(pid, size, vmas):
     ram = ram_span(pid, size)
     return [(e - s, [h for _, h in ksm_frames_in(pid, s, e)])
             for s, e in vmas if e <= ram[0] or s >= ram[1]]
+
+
+def zero_mapped(pids, size):
+    """Per process of `pids`, how many guest RAM pages map the host's shared zero page (or the
+    huge zero page). A read of untouched memory maps it, and so does the split of a huge page:
+    its zero-filled subpages go back to the zero page and their memory is freed (Linux 6.12+),
+    which KSM's counters never show. The change of this count over a run is memory the run
+    saved beside KSM's merges."""
+    per_vm = []
+    for pid in pids:
+        start, end = ram_span(pid, size)
+        with open(f"/proc/{pid}/pagemap", "rb") as pm:
+            pm.seek(start // PAGE * 8)
+            ent = array("Q")
+            ent.frombytes(pm.read((end - start) // PAGE * 8))
+        pfns = {}
+        for e in ent:
+            if e >> 63 and e & _PFN_MASK:
+                p = e & _PFN_MASK
+                pfns[p] = pfns.get(p, 0) + 1
+        per_vm.append(pfns)
+    # The zero pages are mapped many times over: look up the flags of shared frames only.
+    shared = {p for vm in per_vm for p, n in vm.items() if n > 1}
+    zero = set()
+    with open("/proc/kpageflags", "rb") as kf:
+        for p in shared:
+            kf.seek(p * 8)
+            if int.from_bytes(kf.read(8), "little") & _KPF_ZERO_PAGE:
+                zero.add(p)
+    return [sum(n for p, n in vm.items() if p in zero) for vm in per_vm]
 
 
 def guest_pages(pid, size, first, count):
