@@ -37,6 +37,7 @@ bool send_batch(SendFn send, void* ctx, uint16_t type, const void* entries, uint
   if (r.is_error()) {
     stats.send_errors++;
     stats.dropped_pages += pages;
+    if (r.error() == Error::Timeout) stats.wedged = true;
     return false;
   }
   const BlimpResponse& resp = r.value();
@@ -55,7 +56,7 @@ SealBatcher::SealBatcher(BlimpSealEntry* buf, uint32_t capacity, SendFn send, vo
 
 void SealBatcher::add_entry(uint64_t pfn, uint64_t hash, uint32_t flags, uint32_t npages) {
   if (npages == 0) return;
-  if (stats_.limit_reached) {
+  if (!accepting()) {
     stats_.dropped_pages += npages;
     return;
   }
@@ -71,7 +72,7 @@ void SealBatcher::add_entry(uint64_t pfn, uint64_t hash, uint32_t flags, uint32_
   }
   if (count_ == capacity_) {
     flush();
-    if (stats_.limit_reached) {
+    if (!accepting()) {
       stats_.dropped_pages += npages;
       return;
     }
@@ -96,6 +97,10 @@ UnsealBatcher::UnsealBatcher(BlimpUnsealEntry* buf, uint32_t capacity, SendFn se
 
 void UnsealBatcher::add(uint64_t pfn, uint64_t npages) {
   while (npages) {
+    if (stats_.wedged) {
+      stats_.dropped_pages += npages;
+      return;
+    }
     uint32_t n = npages > kMaxRun ? kMaxRun : static_cast<uint32_t>(npages);
     bool merged = false;
     if (count_) {
@@ -110,7 +115,10 @@ void UnsealBatcher::add(uint64_t pfn, uint64_t npages) {
       }
     }
     if (!merged) {
-      if (count_ == capacity_) flush();
+      if (count_ == capacity_) {
+        flush();
+        if (stats_.wedged) continue;  // dropped at the top of the loop
+      }
       buf_[count_++] = BlimpUnsealEntry{pfn, n, 0};
     }
     pfn += n;

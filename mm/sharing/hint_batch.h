@@ -5,6 +5,11 @@
 // same flags extends that run instead of taking a new entry (runs longer than one page are for
 // pages with identical content, typically zero). UNSEAL runs merge when adjacent or overlapping.
 //
+// A request that timed out may still be read by the device (mm/device_channel.h), and its entries
+// are the batcher's buffer: so the batcher wedges, never writes the buffer again and drops (and
+// counts) every later hint, until device_reset() says a reset took the buffer back. Dropping is
+// safe because hints are advisory: the host re-checks every page's content before merging.
+//
 // The batchers are transport-agnostic: a SendFn carries one request (in the guest:
 // Balloon::blimp_request; in the unit tests: a fake device). Host-compilable.
 #pragma once
@@ -34,9 +39,12 @@ struct BatchStats {
   uint64_t accepted = 0;        // entries the device accepted
   uint64_t rejected = 0;        // entries the device rejected
   uint64_t send_errors = 0;     // requests that failed (no answer, unsupported, busy for too long)
-  uint64_t dropped_pages = 0;   // pages not sent: the device said ENOSPC earlier, or send failed
+  uint64_t dropped_pages = 0;   // pages not sent: ENOSPC or a timeout earlier, or send failed
   uint32_t last_status = 0;     // status of the last response
   bool limit_reached = false;   // ENOSPC seen: no more SEALs are sent
+  // A send timed out: the device may still read the buffer, so nothing more is written to it or
+  // sent until device_reset().
+  bool wedged = false;
 };
 
 class SealBatcher {
@@ -60,8 +68,14 @@ class SealBatcher {
 
   uint32_t pending() const { return count_; }
   const BatchStats& stats() const { return stats_; }
-  // The device was reset and forgot every hint: an ENOSPC it answered before no longer holds.
-  void device_reset() { stats_.limit_reached = false; }
+  // Whether add() still queues hints (no ENOSPC, not wedged): else hashing pages is wasted work.
+  bool accepting() const { return !stats_.limit_reached && !stats_.wedged; }
+  // The device was reset and forgot every hint: an ENOSPC it answered before no longer holds, and
+  // a device that completed a reset reads no request it was given before, so the buffer is ours.
+  void device_reset() {
+    stats_.limit_reached = false;
+    stats_.wedged = false;
+  }
 
  private:
   void add_entry(uint64_t pfn, uint64_t hash, uint32_t flags, uint32_t npages);
@@ -81,6 +95,7 @@ class UnsealBatcher {
   bool flush();  // as SealBatcher::flush
   uint32_t pending() const { return count_; }
   const BatchStats& stats() const { return stats_; }
+  void device_reset() { stats_.wedged = false; }  // as SealBatcher::device_reset
 
  private:
   BlimpUnsealEntry* buf_;
@@ -91,7 +106,8 @@ class UnsealBatcher {
   BatchStats stats_;
 };
 
-// Shared by both batchers: sends, retrying while the queue is busy, and accounts the answer.
+// Shared by both batchers: sends, retrying while the queue is busy, and accounts the answer
+// (a Timeout sets stats.wedged: the caller must leave `entries` alone until a device reset).
 bool send_batch(SendFn send, void* ctx, uint16_t type, const void* entries, uint32_t count,
                 size_t entry_size, uint64_t pages, BatchStats& stats);
 

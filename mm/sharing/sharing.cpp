@@ -125,7 +125,7 @@ void hint_page(uint64_t pfn) {
 void hint_range(uint64_t pfn, uint64_t pages) {
   uint64_t t0 = timer::now_ns();
   for (uint64_t i = 0; i < pages; i++) {
-    if (g.seals.stats().limit_reached) {  // the device said ENOSPC: no point hashing the rest
+    if (!g.seals.accepting()) {  // ENOSPC, or a device that timed out: no point hashing the rest
       g.seals.add(pfn + i, 0, false, static_cast<uint32_t>(pages - i));  // counted as dropped
       break;
     }
@@ -141,8 +141,12 @@ void hint_candidates() {
   uint64_t t0 = timer::now_ns();
   for (size_t r = 0; r < g.candidate_runs; r++) {
     for (uint64_t i = 0; i < g.candidates[r].pages; i++) {
-      if (g.seals.stats().limit_reached) break;  // the device said ENOSPC: stop hashing
       uint64_t pfn = g.candidates[r].pfn + i;
+      if (!g.seals.accepting()) {  // ENOSPC, or a device that timed out: stop hashing
+        uint32_t rest = static_cast<uint32_t>(g.candidates[r].pages - i);
+        g.seals.add_candidate(pfn, 0, false, rest);  // counted as dropped
+        break;
+      }
       const void* page = phys_to_virt<const void>(pfn << kPageShift);
       uint64_t hash = page_hash(page);
       g.hashed_pages++;
@@ -213,6 +217,7 @@ ResetListenerResult resend_hints(void*) {
   g.busy = true;
   const BatchStats before = g.seals.stats();
   g.seals.device_reset();
+  g.unseals.device_reset();
   if (g.mode == Mode::Vm) g.twins.clear();  // else every page would count as its own twin
   hint_range(g.kernel_first_pfn, g.kernel_pages);
   hint_candidates();
@@ -285,11 +290,11 @@ Mode mode() { return g.mode; }
 Stats stats() {
   const BatchStats& s = g.seals.stats();
   const BatchStats& u = g.unseals.stats();
-  return Stats{g.mode,         g.device,         g.kernel_pages,  g.registry.sealed_pages(),
-               g.sealed_total, g.unsealed_total, g.hashed_pages,  g_hash_ns,
-               s.requests,     s.entries,        s.pages,         s.zero_pages,
-               s.rejected,     s.dropped_pages,  g.twin_skipped,  u.requests,
-               u.entries,      s.limit_reached,  s.writable_pages};
+  return Stats{g.mode,         g.device,         g.kernel_pages,   g.registry.sealed_pages(),
+               g.sealed_total, g.unsealed_total, g.hashed_pages,   g_hash_ns,
+               s.requests,     s.entries,        s.pages,          s.zero_pages,
+               s.rejected,     s.dropped_pages,  g.twin_skipped,   u.requests,
+               u.entries,      s.limit_reached,  s.writable_pages, s.wedged || u.wedged};
 }
 
 void print_stats(const char* prefix) {
@@ -297,11 +302,12 @@ void print_stats(const char* prefix) {
   kprintf("%s: mode=%s device=%s kernel=%" PRIu64 " candidates=%" PRIu64 " sealed=%" PRIu64
           " hashed=%" PRIu64 " hash_ms=%" PRIu64 " hints: requests=%" PRIu64 " entries=%" PRIu64
           " pages=%" PRIu64 " zero=%" PRIu64 " rejected=%" PRIu64 " dropped=%" PRIu64
-          " twin_skipped=%" PRIu64 " unseal_requests=%" PRIu64 " unseal_entries=%" PRIu64 "%s\n",
+          " twin_skipped=%" PRIu64 " unseal_requests=%" PRIu64 " unseal_entries=%" PRIu64 "%s%s\n",
           prefix, mode_name(s.mode), s.device ? "yes" : "no", s.kernel_pages, s.candidate_pages,
           s.sealed_pages, s.hashed_pages, s.hash_ns / 1000000, s.hint_requests, s.hint_entries,
           s.hint_pages, s.hint_zero_pages, s.hint_rejected, s.hint_dropped, s.twin_skipped,
-          s.unseal_requests, s.unseal_entries, s.limit_reached ? " LIMIT-REACHED" : "");
+          s.unseal_requests, s.unseal_entries, s.limit_reached ? " LIMIT-REACHED" : "",
+          s.wedged ? " WEDGED" : "");
 }
 
 ErrorOr<uint64_t> seal(const void* ptr, size_t bytes) {

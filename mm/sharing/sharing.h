@@ -65,12 +65,13 @@ struct Stats {
   uint64_t hint_pages;       // pages covered by them
   uint64_t hint_zero_pages;  // of which zero pages
   uint64_t hint_rejected;    // entries the device rejected
-  uint64_t hint_dropped;     // pages not hinted (device limit reached, request failed)
+  uint64_t hint_dropped;     // pages not hinted (device limit reached, request failed, wedged)
   uint64_t twin_skipped;     // sharing=vm: pages not hinted because unique in this VM
   uint64_t unseal_requests;
   uint64_t unseal_entries;
   bool limit_reached;        // the device answered ENOSPC: hints stopped
   uint64_t candidate_pages;  // merge candidates hinted WRITABLE (kernel .data/.bss, metadata)
+  bool wedged;               // a request timed out: hints stopped until the device is reset
 };
 
 // Reads sharing= from the command line and, when `channel` (mm/device_channel.h: the balloon,

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "mm/sharing/hint_batch.h"
@@ -24,6 +25,12 @@ struct FakeDevice {
   uint64_t max_entries = ~0ull;  // ENOSPC beyond this many recorded seal entries
   int busy_answers = 0;          // answer Busy this many times first
   bool fail = false;
+  int timeouts = 0;  // answer Timeout this many times (after the Busy answers)
+  // A device that timed out still owns the buffer: on a Timeout the fake fills these bytes (the
+  // test's whole entry buffer) with kCanary, so any later write by the batcher shows.
+  void* canary = nullptr;
+  size_t canary_bytes = 0;
+  static constexpr unsigned char kCanary = 0xa5;
 
   static ErrorOr<BlimpResponse> send(uint16_t type, const void* entries, uint32_t count,
                                      size_t entry_size, void* ctx) {
@@ -31,6 +38,11 @@ struct FakeDevice {
     if (d->busy_answers > 0) {
       d->busy_answers--;
       return Error::Busy;
+    }
+    if (d->timeouts > 0) {
+      d->timeouts--;
+      if (d->canary) std::memset(d->canary, kCanary, d->canary_bytes);
+      return Error::Timeout;
     }
     if (d->fail) return Error::DeviceError;
     if (count < 1 || count > b::kBlimpMaxEntries)
@@ -258,4 +270,115 @@ TEST(UnsealBatcher, FlushesWhenFull) {
   ASSERT_TRUE(batch.flush());
   EXPECT_EQ(dev.request_sizes, (std::vector<uint32_t>{2, 2, 1}));
   EXPECT_EQ(dev.unseals.size(), 5u);
+}
+
+namespace {
+bool all_canary(const void* p, size_t bytes) {
+  auto* c = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < bytes; i++)
+    if (c[i] != FakeDevice::kCanary) return false;
+  return true;
+}
+}  // namespace
+
+TEST(SealBatcher, TimeoutWedgesTheBufferUntilADeviceReset) {
+  FakeDevice dev;
+  BlimpSealEntry buf[4] = {};
+  dev.canary = buf;
+  dev.canary_bytes = sizeof buf;
+  s::SealBatcher batch(buf, 4, FakeDevice::send, &dev);
+  batch.add(10, 0x10, false, 3);
+  batch.add(20, 0x20, true, 2);
+  dev.timeouts = 1;
+  EXPECT_FALSE(batch.flush());
+  EXPECT_TRUE(batch.stats().wedged);
+  EXPECT_FALSE(batch.accepting());
+  EXPECT_EQ(batch.stats().send_errors, 1u);
+  EXPECT_EQ(batch.stats().dropped_pages, 5u);
+  // More than a buffer's worth of disjoint entries, merges and candidates: before, the first of
+  // them went into buf[0] while the device might still be reading the request.
+  for (uint64_t p = 0; p < 10; p++) batch.add(100 + 2 * p, p, false);
+  batch.add(121, 7, false, 4);
+  batch.add_candidate(200, 0x93d7, true, 6);
+  EXPECT_EQ(batch.pending(), 0u);
+  EXPECT_TRUE(batch.flush());  // nothing pending, nothing sent
+  EXPECT_TRUE(all_canary(buf, sizeof buf));
+  EXPECT_TRUE(dev.request_sizes.empty());
+  EXPECT_EQ(batch.stats().send_errors, 1u);
+  EXPECT_EQ(batch.stats().dropped_pages, 5u + 10 + 4 + 6);
+  EXPECT_EQ(batch.stats().pages, 0u);
+  // A completed reset took the buffer back: hints flow again.
+  batch.device_reset();
+  EXPECT_FALSE(batch.stats().wedged);
+  EXPECT_TRUE(batch.accepting());
+  batch.add(300, 0x300, false, 2);
+  EXPECT_TRUE(batch.flush());
+  ASSERT_EQ(dev.seals.size(), 1u);
+  EXPECT_EQ(dev.seals[0].pfn, 300u);
+  EXPECT_EQ(dev.seals[0].npages, 2u);
+  EXPECT_EQ(batch.stats().pages, 2u);
+  EXPECT_EQ(batch.stats().dropped_pages, 25u);
+}
+
+TEST(SealBatcher, TimeoutOfTheFlushOfAFullBufferDropsThePageThatWaited) {
+  FakeDevice dev;
+  BlimpSealEntry buf[2] = {};
+  dev.canary = buf;
+  dev.canary_bytes = sizeof buf;
+  s::SealBatcher batch(buf, 2, FakeDevice::send, &dev);
+  batch.add(10, 1, false);
+  batch.add(20, 2, false);
+  dev.timeouts = 1;
+  batch.add(30, 3, false, 4);  // the buffer is full: add() flushes first, and that times out
+  EXPECT_TRUE(batch.stats().wedged);
+  EXPECT_EQ(batch.pending(), 0u);
+  EXPECT_TRUE(all_canary(buf, sizeof buf));
+  EXPECT_EQ(batch.stats().dropped_pages, 2u + 4);
+}
+
+TEST(SealBatcher, DeviceErrorDoesNotWedge) {
+  // The device was reset and forgot the request: it reads the buffer no more, so it is reused.
+  FakeDevice dev;
+  BlimpSealEntry buf[4] = {};
+  s::SealBatcher batch(buf, 4, FakeDevice::send, &dev);
+  dev.fail = true;
+  batch.add(10, 1, false, 3);
+  EXPECT_FALSE(batch.flush());
+  EXPECT_FALSE(batch.stats().wedged);
+  dev.fail = false;
+  batch.add(20, 2, false);
+  EXPECT_TRUE(batch.flush());
+  ASSERT_EQ(dev.seals.size(), 1u);
+  EXPECT_EQ(dev.seals[0].pfn, 20u);
+  EXPECT_EQ(batch.stats().dropped_pages, 3u);
+}
+
+TEST(UnsealBatcher, TimeoutWedgesTheBufferUntilADeviceReset) {
+  FakeDevice dev;
+  BlimpUnsealEntry buf[2] = {};
+  dev.canary = buf;
+  dev.canary_bytes = sizeof buf;
+  s::UnsealBatcher batch(buf, 2, FakeDevice::send, &dev);
+  batch.add(100, 4);
+  batch.add(200, 1);
+  dev.timeouts = 1;
+  batch.add(300, 2);  // full: the flush times out, and the new run is dropped with it
+  EXPECT_TRUE(batch.stats().wedged);
+  EXPECT_EQ(batch.stats().dropped_pages, 4u + 1 + 2);
+  batch.add(302, 3);  // would merge with the dropped run's entry if it had been written
+  batch.add(400, 1);
+  batch.add(500, 6);
+  EXPECT_TRUE(batch.flush());
+  EXPECT_EQ(batch.pending(), 0u);
+  EXPECT_TRUE(all_canary(buf, sizeof buf));
+  EXPECT_TRUE(dev.request_sizes.empty());
+  EXPECT_EQ(batch.stats().send_errors, 1u);
+  EXPECT_EQ(batch.stats().dropped_pages, 7u + 3 + 1 + 6);
+  batch.device_reset();
+  EXPECT_FALSE(batch.stats().wedged);
+  batch.add(600, 2);
+  EXPECT_TRUE(batch.flush());
+  ASSERT_EQ(dev.unseals.size(), 1u);
+  EXPECT_EQ(dev.unseals[0].pfn, 600u);
+  EXPECT_EQ(batch.stats().pages, 2u);
 }
