@@ -207,11 +207,16 @@ def test_reset_reregisters_page_states_and_hints(build):
               f"{unused * 4096 >> 20} MiB unused in buckets "
               f"{[(b['min-age-s'], b['unused']) for b in ws['buckets']]}", flush=True)
         check(ws["ages"] and unused * 4096 >= 300 * MiB, f"working set after the reset: {ws}")
-        # The same pages, hashed again: the merge candidates (.bss, page metadata) were written
-        # since boot, so their zero runs, hence the number of entries, may differ.
-        check(after["hint-pages"] == before["hint-pages"] and after["hints"] > 0 and
-              after["hint-marked-pages"] == before["hint-marked-pages"],
-              f"hints not re-sent as before: {before}\n{after}")
+        # The same pages, hashed again: but the merge candidates (.bss, page metadata) were
+        # written since boot, and the guest leaves the zero-filled ones out, so a candidate page
+        # that became zero or stopped being zero changes the count (by a handful, not by all).
+        m = re.search(r"merge candidates \(WRITABLE\): (\d+) pages in \d+ runs, (\d+) zero-filled",
+                      vm.output)
+        check(m, "no merge-candidate line in the boot log")
+        flip = int(m.group(1)) + int(m.group(2))
+        check(after["hints"] > 0 and abs(after["hint-pages"] - before["hint-pages"]) <= flip // 8 and
+              abs(after["hint-marked-pages"] - before["hint-marked-pages"]) <= flip // 8,
+              f"hints not re-sent as before (candidates {flip}): {before}\n{after}")
         check(after["req-ok"] >= before["req-ok"] + 2, f"{before}\n{after}")
 
         # The host uses the re-registered array: memhog's freed 400 MiB are unused pages.
