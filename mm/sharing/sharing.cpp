@@ -61,11 +61,16 @@ struct PfnRun {
 // node whose page went that way is no longer anonymous, and Linux 6.18's unstable-tree walk
 // gives up every lookup that reaches it (mm/ksm.c unstable_tree_search_insert). One such node
 // near the root lost half the data set's merges of the second pass, the same half in every VM
-// (docs/experiments.md, "Why pass 3"). So: zero-filled candidates are left out (the same splits
-// map them to the zero page anyway, in blind KSM as here), and so is the RAM below 0xa0000,
-// where the firmware leaves five non-zero pages among zero ones and QEMU's hint-merge-gap (16
-// pages) would mark the zero pages between them too.
+// (docs/experiments.md, "Why pass 3"). So zero-filled candidates are left out: the same splits
+// map them to the zero page anyway, in blind KSM as here. (QEMU, which marks the pages between
+// two hinted runs up to hint-merge-gap apart, leaves gaps with a zero page unmarked for the same
+// reason: host/qemu patch 0015.)
 constexpr size_t kMaxCandidateRuns = 5;
+// Candidate pages left out as zero-filled, by their index over the candidate runs (the first
+// 16384: 2 KiB of bitmap covers the metadata of a 4 GiB VM): seal() looks at them again, since
+// an app's setup fills some of them (its allocations' metadata, driver state) identically in
+// every VM, and blind KSM merges those.
+constexpr size_t kZeroTrackPages = 16384;
 
 struct State {
   bool initialized = false;
@@ -82,6 +87,7 @@ struct State {
   uint64_t hashed_pages = 0;
   uint64_t twin_skipped = 0;
   uint64_t zero_candidates = 0;  // zero-filled candidate pages left out (see above)
+  uint64_t zero_left[kZeroTrackPages / 64] = {};  // which of them (bit = candidate page index)
   uint64_t zero_hash = 0;
   SealRegistry registry;
   TwinTable twins;
@@ -139,8 +145,11 @@ void hint_range(uint64_t pfn, uint64_t pages) {
 // left out (see kMaxCandidateRuns).
 void hint_candidates() {
   uint64_t t0 = timer::now_ns();
+  g.zero_candidates = 0;
+  for (auto& w : g.zero_left) w = 0;
+  uint64_t index = 0;
   for (size_t r = 0; r < g.candidate_runs; r++) {
-    for (uint64_t i = 0; i < g.candidates[r].pages; i++) {
+    for (uint64_t i = 0; i < g.candidates[r].pages; i++, index++) {
       uint64_t pfn = g.candidates[r].pfn + i;
       if (!g.seals.accepting()) {  // ENOSPC, or a device that timed out: stop hashing
         uint32_t rest = static_cast<uint32_t>(g.candidates[r].pages - i);
@@ -152,9 +161,31 @@ void hint_candidates() {
       g.hashed_pages++;
       if (hash == g.zero_hash && page_is_zero(page)) {
         g.zero_candidates++;
+        if (index < kZeroTrackPages) g.zero_left[index / 64] |= uint64_t{1} << (index % 64);
         continue;
       }
       g.seals.add_candidate(pfn, hash, false);
+    }
+  }
+  g.seals.flush();
+  g_hash_ns += timer::now_ns() - t0;
+}
+
+// Hints the candidates hint_candidates() left out as zero-filled that are not any more.
+void hint_filled_candidates() {
+  uint64_t t0 = timer::now_ns();
+  uint64_t index = 0;
+  for (size_t r = 0; r < g.candidate_runs && index < kZeroTrackPages; r++) {
+    for (uint64_t i = 0; i < g.candidates[r].pages && index < kZeroTrackPages; i++, index++) {
+      uint64_t bit = uint64_t{1} << (index % 64);
+      if (!(g.zero_left[index / 64] & bit) || !g.seals.accepting()) continue;
+      uint64_t pfn = g.candidates[r].pfn + i;
+      const void* page = phys_to_virt<const void>(pfn << kPageShift);
+      if (page_is_zero(page)) continue;
+      g.zero_left[index / 64] &= ~bit;
+      g.zero_candidates--;
+      g.hashed_pages++;
+      g.seals.add_candidate(pfn, page_hash(page), false);
     }
   }
   g.seals.flush();
@@ -168,13 +199,16 @@ void add_candidate_run(uint64_t pfn, uint64_t pages) {
 
 // The kernel's writable image (.data, .bss: boot page tables, static buffers, the hint buffers
 // themselves), the page allocator's metadata array (one PageInfo per page: the entries of
-// blocks with the same allocation history are identical across VMs) and the firmware's shadowed
-// code and tables in [0xc0000, 0x100000). These are the pages blind KSM merged and the hints did
-// not cover, found by a pagemap scan of blind VMs (docs/experiments.md, experiment 4); the RAM
-// below 0xa0000 is left out (see kMaxCandidateRuns). Left out of the image: the boot stack's top
-// page, which the idle loop and interrupts keep writing, and the per-boot values right above it
-// (lib/per_boot.h). Both change every second and differ in every VM, so no mode can merge them.
+// blocks with the same allocation history are identical across VMs) and the RAM below 1 MiB the
+// kernel leaves to the firmware (BIOS data, the firmware's tables and shadowed code), minus the
+// legacy VGA window [0xa0000, 0xc0000), which is not RAM, and page 0 (the real-mode IVT, which
+// the null guard leaves unmapped). These are the pages blind KSM merged and the hints did not
+// cover, found by a pagemap scan of blind VMs (docs/experiments.md, experiment 4). Left out of the
+// image: the boot stack's top page, which the idle loop and interrupts keep writing, and the
+// per-boot values right above it (lib/per_boot.h). Both change every second and differ in every VM,
+// so no mode can merge them.
 void find_candidates() {
+  add_candidate_run(1, (0xa0000 >> kPageShift) - 1);
   add_candidate_run(0xc0000 >> kPageShift, (0x100000 - 0xc0000) >> kPageShift);
   uint64_t data = virt_to_phys(__init_array_start) & ~(kPageSize - 1);
   uint64_t end = (virt_to_phys(__kernel_end) + kPageSize - 1) & ~(kPageSize - 1);
@@ -329,7 +363,10 @@ ErrorOr<uint64_t> seal(const void* ptr, size_t bytes) {
     return r.error();
   }
   g.sealed_total += n;
-  if (hints_on()) hint_range(first, n);
+  if (hints_on()) {
+    hint_range(first, n);
+    hint_filled_candidates();
+  }
   g.busy = false;
   return n;
 }
