@@ -410,8 +410,8 @@ uint64_t blimp_pstate_finish(uint8_t *states, uint64_t first, uint64_t count, bo
 /* ---- sharing hints: marked runs -------------------------------------------------------- */
 
 size_t blimp_hints_to_runs(const BlimpSeal *hints, size_t n, uint64_t gap, size_t max_runs,
-                           BlimpHintPred eligible, void *opaque, BlimpRun *out,
-                           uint64_t *skipped, uint64_t *bad)
+                           BlimpHintPred eligible, BlimpGapPred bridgeable, void *opaque,
+                           BlimpRun *out, uint64_t *skipped, uint64_t *bad)
 {
     size_t i, k = 0;
     uint64_t end = 0;           /* end of out[k - 1] */
@@ -428,7 +428,8 @@ size_t blimp_hints_to_runs(const BlimpSeal *hints, size_t n, uint64_t gap, size_
         if (eligible && !eligible(opaque, h)) {
             continue;
         }
-        if (k && h->pfn - end <= gap) {
+        if (k && h->pfn - end <= gap &&
+            (h->pfn == end || !bridgeable || bridgeable(opaque, end, h->pfn))) {
             end = h->pfn + h->npages;                   /* join the previous run */
             out[k - 1].npages = end - out[k - 1].pfn;
             continue;

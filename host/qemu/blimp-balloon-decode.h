@@ -254,17 +254,20 @@ uint64_t blimp_pstate_claim_aged_from(uint8_t *states, uint64_t n, uint64_t *pos
  * The runs to mark MADV_MERGEABLE for a hint list, as the device's incremental marking builds
  * them when hints arrive in PFN order: walk @hints (@n of them, sorted by pfn, disjoint), keep
  * those for which @eligible(@opaque, hint) is true (every hint when @eligible is NULL), merge a
- * hint into the previous run when it starts at most @gap pages after that run's end, and open
- * at most @max_runs runs: a hint that would open one more is left out and counted in
- * *@skipped (a later hint within @gap of the last run still joins it). Hints with npages 0, a
- * pfn + npages that wraps, or out of order (starting before the last run's end) are left out
- * and counted in *@bad (either pointer may be NULL). @out needs room for min(@n, @max_runs)
- * runs. Returns the number of runs written: sorted, disjoint, more than @gap pages apart.
+ * hint into the previous run when it starts at most @gap pages after that run's end and
+ * @bridgeable(@opaque, end, hint's pfn) allows marking the pages between (always when
+ * @bridgeable is NULL; adjacent hints always join), and open at most @max_runs runs: a hint
+ * that would open one more is left out and counted in *@skipped (a later hint within @gap of
+ * the last run still joins it). Hints with npages 0, a pfn + npages that wraps, or out of order
+ * (starting before the last run's end) are left out and counted in *@bad (either pointer may be
+ * NULL). @out needs room for min(@n, @max_runs) runs. Returns the number of runs written:
+ * sorted, disjoint, more than @gap pages apart or with a gap @bridgeable refused.
  */
 typedef bool (*BlimpHintPred)(void *opaque, const BlimpSeal *hint);
+typedef bool (*BlimpGapPred)(void *opaque, uint64_t from, uint64_t to);
 size_t blimp_hints_to_runs(const BlimpSeal *hints, size_t n, uint64_t gap, size_t max_runs,
-                           BlimpHintPred eligible, void *opaque, BlimpRun *out,
-                           uint64_t *skipped, uint64_t *bad);
+                           BlimpHintPred eligible, BlimpGapPred bridgeable, void *opaque,
+                           BlimpRun *out, uint64_t *skipped, uint64_t *bad);
 
 /*
  * Difference of two run sets (each sorted by pfn and disjoint; adjacent runs allowed; runs

@@ -1,7 +1,9 @@
 /* libFuzzer target: the incremental re-marking of patch 0006 (blimp_hints_to_runs and
  * blimp_runs_diff), on hint lists and run sets built from the input, near pfn 0 and near 2^64.
  * Checks: the wanted runs are sorted, more than gap apart, at most max_runs, built of eligible
- * hints only and covering each of them unless a limit or a bad hint was counted; the diff
+ * hints only and covering each of them unless a limit or a bad hint was counted; with a gap
+ * predicate (patch 0015: no zero-filled gap is bridged) no run spans a gap it refused, and runs
+ * at most gap apart are apart because it refused; the diff
  * emits, in ascending order, maximal ranges exactly equal to old minus new (drops) and new
  * minus old (adds), so applying it to old gives new; unsorted or overlapping input is refused
  * with nothing emitted. */
@@ -67,6 +69,35 @@ static bool elig_a(void* o, const BlimpSeal* h) {
 static bool elig_b(void* o, const BlimpSeal* h) {
   (void)o;
   return h->hash & 2;
+}
+
+static bool bridge_even(void* o, uint64_t from, uint64_t to) {
+  (void)o;
+  assert(from < to);
+  return (from & 1) == 0; /* refuses the gaps that start on an odd page */
+}
+
+static void check_bridges(const BlimpSeal* h, size_t nh, BlimpHintPred el, uint64_t gap,
+                          const BlimpRun* r, size_t k, uint64_t base) {
+  uint8_t hint[DOM] = {0};
+  for (size_t j = 0; j < nh; j++) {
+    if (el(NULL, &h[j])) {
+      for (uint64_t p = h[j].pfn; p < h[j].pfn + h[j].npages; p++) hint[p - base] = 1;
+    }
+  }
+  for (size_t i = 0; i < k; i++) {
+    if (i) {
+      assert(r[i].pfn > rend(&r[i - 1]));
+      assert(r[i].pfn - rend(&r[i - 1]) > gap || !bridge_even(NULL, rend(&r[i - 1]), r[i].pfn));
+    }
+    for (uint64_t p = r[i].pfn; p < rend(&r[i]); p++) { /* a hole starts after a hinted page */
+      if (!hint[p - base] && hint[p - 1 - base]) {
+        uint64_t e = p;
+        while (!hint[e - base]) e++;
+        assert(bridge_even(NULL, p, e));
+      }
+    }
+  }
 }
 
 static void check_runs(const BlimpSeal* h, size_t nh, BlimpHintPred el, uint64_t gap,
@@ -141,8 +172,14 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   BlimpRun a[MAXH], b[MAXH];
   uint64_t sk_a = 0, bad_a = 0, sk_b = 0, bad_b = 0;
-  size_t ka = blimp_hints_to_runs(h, nh, gap, max_runs, elig_a, NULL, a, &sk_a, &bad_a);
-  size_t kb = blimp_hints_to_runs(h, nh, gap, max_runs, elig_b, NULL, b, &sk_b, &bad_b);
+  size_t ka = blimp_hints_to_runs(h, nh, gap, max_runs, elig_a, NULL, NULL, a, &sk_a, &bad_a);
+  size_t kb = blimp_hints_to_runs(h, nh, gap, max_runs, elig_b, NULL, NULL, b, &sk_b, &bad_b);
+  BlimpRun g[MAXH];
+  uint64_t sk_g = 0, bad_g = 0;
+  size_t kg =
+      blimp_hints_to_runs(h, nh, gap, max_runs, elig_a, bridge_even, NULL, g, &sk_g, &bad_g);
+  assert(bad_g == bad_a);
+  check_bridges(h, nh, elig_a, gap, g, kg, base);
   check_runs(h, nh, elig_a, gap, max_runs, a, ka, sk_a, bad_a, base);
   check_runs(h, nh, elig_b, gap, max_runs, b, kb, sk_b, bad_b, base);
   if (max_runs >= nh) {

@@ -378,6 +378,9 @@ def test_share_hints(build):
               "bit 57 offered and negotiated, 56 not offered")
         check(dev.blimpq == 3, "blimpq is queue 3")
         check(mergeable_bytes(vm.pid()) == 0, "nothing mergeable before hints (mem-merge=off)")
+        # Unhinted pages between hints are marked with them only when none is zero-filled
+        # (patch 0015; test_zero_gap_not_bridged): give the gaps below some data.
+        fill(vm.qt, DATA_PFN, 400, 0x5A)
         h1, h2, h3, hz = 0x1111222233334444, 0xFEDCBA9876543210, 0x5, 0xC0FFEE
         st, acc, rej, _ = seal(dev, [(DATA_PFN, 1, 0, h1), (DATA_PFN + 1, 1, 0, h2),
                                      (DATA_PFN + 2, 1, 0, h1), (DATA_PFN + 100, 64, 1, hz),
@@ -485,6 +488,42 @@ def test_share_hints(build):
         vm.stop()
 
 
+@t.test
+def test_zero_gap_not_bridged(build):
+    """Patch 0015: a gap between two hinted runs is marked with them only when none of its pages
+    is zero-filled, both when the hints arrive and when a filter change rebuilds the runs."""
+    qemu = require_patched_qemu(build)
+    print("[share hints: zero-filled gaps stay unmarked]")
+    vm = Vm(qemu, "share-hints=on,share-roms=off", extra=["-machine", "mem-merge=off"])
+    dev = vm.dev
+    try:
+        dev.init((1 << F_STATS) | (1 << F_VERSION_1) | (1 << F_SHARE_HINTS))
+        d = DATA_PFN
+        fill(vm.qt, d, 40, 0x5A)
+        fill(vm.qt, d + 23, 1, 0)  # one zero page in the second gap
+        # three hinted runs, 4-page gaps: d+10..d+13 all data, d+20..d+23 with a zero page
+        st, acc, *_ = seal(dev, [(d + 5, 5, 0, 0xA), (d + 14, 6, 0, 0xB), (d + 24, 6, 0, 0xC)])
+        check((st, acc) == (S_OK, 3), "3 hints sealed")
+        info = vm.qmp.execute("x-blimp-balloon-info")
+        check(info["hint-marked-runs"] == 2 and info["hint-marked-pages"] == 15 + 6,
+              f"the data gap bridged, the zero one not: 2 runs, 21 pages "
+              f"({info['hint-marked-runs']}, {info['hint-marked-pages']})")
+        check(mergeable_bytes(vm.pid()) == 21 * PAGE, "smaps: 21 pages MADV_MERGEABLE")
+        set_filter(vm, [])
+        r = set_filter(vm, [0xA, 0xB, 0xC])
+        check(r["marked-runs"] == 2 and r["marked-pages"] == 21,
+              f"a filter change rebuilds the same runs ({r})")
+        # the zero page filled since: a rebuild bridges the gap now
+        fill(vm.qt, d + 23, 1, 0x5A)
+        set_filter(vm, [])
+        r = set_filter(vm, [0xA, 0xB, 0xC])
+        check(r["marked-runs"] == 1 and r["marked-pages"] == 25,
+              f"gap filled with data: one run of 25 pages ({r})")
+        check(mergeable_bytes(vm.pid()) == 25 * PAGE, "smaps: 25 pages MADV_MERGEABLE")
+    finally:
+        vm.stop()
+
+
 def model_runs(hints, eligible, gap=16, max_runs=16384):
     """The device's wanted runs (spec 6.2/6.3): eligible hints in PFN order, joined when at most
     gap pages apart, at most max_runs runs. Returns (set of pages, number of runs, skipped)."""
@@ -516,6 +555,7 @@ def test_filter_incremental(build):
         dev.init((1 << F_STATS) | (1 << F_VERSION_1) | (1 << F_SHARE_HINTS))
         ha, hb, hc, hd = 0xA, 0xB, 0xC, 0xD
         d = DATA_PFN
+        fill(vm.qt, d, 7000, 0x5A)  # no zero-filled gap (patch 0015): the model bridges all
         hints = ([(d + i, 1, ha) for i in range(10)] + [(d + 100 + i, 1, hb) for i in range(10)] +
                  [(d + 200 + i, 1, hc) for i in range(10)] + [(d + 115, 1, hd)])
         st, acc, *_ = seal(dev, [(p, n, 0, h) for p, n, h in reversed(hints)])
