@@ -44,12 +44,18 @@ def ksm_gpfns(pid, size):
     return [i for i, _ in ksm_frames_in(pid, *ram_span(pid, size))]
 
 
-def ksm_frames_in(pid, start, end):
-    """[(page index from start, host PFN)] of the pages in [start, end) backed by a KSM page."""
+def _pagemap(pid, start, end):
+    """The pagemap entries of [start, end) of a process (root: PFNs are hidden otherwise)."""
     with open(f"/proc/{pid}/pagemap", "rb") as pm:
         pm.seek(start // PAGE * 8)
         ent = array("Q")
         ent.frombytes(pm.read((end - start) // PAGE * 8))
+    return ent
+
+
+def ksm_frames_in(pid, start, end):
+    """[(page index from start, host PFN)] of the pages in [start, end) backed by a KSM page."""
+    ent = _pagemap(pid, start, end)
     present = [(i, e & _PFN_MASK) for i, e in enumerate(ent) if e >> 63 and e & _PFN_MASK]
     out = []
     with open("/proc/kpageflags", "rb") as kf:
@@ -78,13 +84,8 @@ def zero_mapped(pids, size):
     saved beside KSM's merges."""
     per_vm = []
     for pid in pids:
-        start, end = ram_span(pid, size)
-        with open(f"/proc/{pid}/pagemap", "rb") as pm:
-            pm.seek(start // PAGE * 8)
-            ent = array("Q")
-            ent.frombytes(pm.read((end - start) // PAGE * 8))
         pfns = {}
-        for e in ent:
+        for e in _pagemap(pid, *ram_span(pid, size)):
             if e >> 63 and e & _PFN_MASK:
                 p = e & _PFN_MASK
                 pfns[p] = pfns.get(p, 0) + 1
