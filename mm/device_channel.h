@@ -34,7 +34,8 @@ class DeviceChannel {
   // answer in time, a broken queue, a short response: the device was reset, so it forgot the
   // request and everything the extensions registered), Timeout (the device could not even be
   // reset: it may still read `entries` and act on the request, so keep them and what they point
-  // at).
+  // at; every later request answers Timeout too, unsent, since the device may still act on
+  // anything registered before).
   virtual ErrorOr<wire::BlimpResponse> send(uint16_t type, const void* entries, uint32_t count,
                                             size_t entry_size) = 0;
 

@@ -14,6 +14,10 @@ ErrorOr<BlimpResponse> Balloon::blimp_request(uint16_t type, const void* entries
                                               size_t entry_size) {
   if (!blimp_vq_) return Error::Unsupported;
   if (count > kBlimpMaxEntries || (count && !entries)) return Error::InvalidArgument;
+  // A device that did not complete its reset forgot nothing: it may still act on earlier
+  // requests and on what they registered (the page-state array). Nothing more is lent to it, and
+  // the answer is the one that says so; DeviceError would tell the caller it forgot everything.
+  if (lost_) return Error::Timeout;
   {
     IrqGuard guard;
     if (blimp_busy_) return Error::Busy;

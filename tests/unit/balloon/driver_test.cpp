@@ -891,6 +891,22 @@ TEST_F(balloon_driver, LostDeviceBlimpqTimesOut) {
   check_step("after the failed reset");
 }
 
+// A lost device may still act on everything it was given, registrations included: a later
+// request is not sent to it, and its answer must not be the one that means "reset, forgot all".
+TEST_F(balloon_driver, LostDeviceRefusesLaterBlimpRequestsAsTimeout) {
+  settle();
+  fake_->script(QueueKind::Blimp, {Behaviour::never()});
+  fake_->reset_stuck = true;
+  ASSERT_TRUE(b_->blimp_request(kBlimpUnseal, &g_entry, 1, sizeof g_entry).is_error());
+  ASSERT_TRUE(Access::lost(*b_));
+  const size_t held = fake_->held(QueueKind::Blimp);
+  auto r = b_->blimp_request(kBlimpUnseal, &g_entry, 1, sizeof g_entry);
+  ASSERT_TRUE(r.is_error());
+  EXPECT_EQ(r.error(), Error::Timeout);
+  EXPECT_EQ(fake_->held(QueueKind::Blimp), held);  // nothing more lent to the lost device
+  check_step("after the request to the lost device");
+}
+
 // ---- Deflate on OOM with a slow host
 // ---------------------------------------------------------------------
 
