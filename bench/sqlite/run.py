@@ -39,6 +39,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -299,8 +300,7 @@ def plot(runs, png):
         return False
     cols = column_order(runs)
     tests = sorted({t for r in runs for t in r.get("tests_ms", {})})
-    tmp = os.path.join(os.path.dirname(png), ".plot-data")
-    os.makedirs(tmp, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="sqlite-plot-")
     panels = []
     for scenario in ("plain", "squeeze"):
         sc = [c for c in cols if c.endswith(" " + scenario)]
@@ -327,8 +327,10 @@ def plot(runs, png):
               "set ylabel 'seconds'\nset xlabel 'speedtest1 test number'\n"
               "set xtics rotate by -45\nset key top left\nset yrange [0:*]\n"
               + "".join(panels) + "unset multiplot\n")
-    r = subprocess.run(["timeout", "60", gp], input=script, text=True, capture_output=True)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        r = subprocess.run(["timeout", "60", gp], input=script, text=True, capture_output=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if r.returncode != 0 or not os.path.exists(png):
         print(f"bench/sqlite: gnuplot failed: {r.stderr[-800:]}", flush=True)
         return False
