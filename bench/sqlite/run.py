@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -195,10 +196,10 @@ def column(r):
     return f"{r['guest']}/{r['pcache']} {r['scenario']}"
 
 
-def med(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return None if n == 0 else (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2)
+def median_s(runs, test):
+    """Median time of `test` over `runs` in seconds, None when no run finished it."""
+    xs = [r["tests_ms"][test] for r in runs if test in r.get("tests_ms", {})]
+    return statistics.median(xs) / 1000 if xs else None
 
 
 def done_fields(r):
@@ -249,20 +250,17 @@ def markdown(meta, runs):
          "", "Times in seconds, median over the runs (speedtest1's own clock).", "",
          "| test | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
 
-    def ms_of(c, t):
-        return [r.get("tests_ms", {}).get(t) for r in by[c]]
-
     for t in tests:
         cells = []
         for c in cols:
-            xs = [x for x in ms_of(c, t) if x is not None]
-            cells.append(f"{med(xs) / 1000:.3f}" if xs else "-")
+            m = median_s(by[c], t)
+            cells.append(f"{m:.3f}" if m is not None else "-")
         L.append(f"| {t} {names.get(t, '')[:40]} | " + " | ".join(cells) + " |")
     tot = []
     spread = []
     for c in cols:
         xs = [r["total_ms"] for r in by[c] if r.get("total_ms")]
-        tot.append(f"**{med(xs) / 1000:.3f}**" if xs else "-")
+        tot.append(f"**{statistics.median(xs) / 1000:.3f}**" if xs else "-")
         spread.append(f"{min(xs) / 1000:.1f}-{max(xs) / 1000:.1f}" if xs else "-")
     L.append("| **TOTAL (s), median** | " + " | ".join(tot) + " |")
     L.append("| total, min-max | " + " | ".join(spread) + " |")
@@ -312,9 +310,8 @@ def plot(runs, png):
             for t in tests:
                 cells = []
                 for c in sc:
-                    xs = [r["tests_ms"].get(t) for r in runs if column(r) == c]
-                    xs = [x for x in xs if x is not None]
-                    cells.append(f"{med(xs) / 1000:.3f}" if xs else "NaN")
+                    m = median_s([r for r in runs if column(r) == c], t)
+                    cells.append(f"{m:.3f}" if m is not None else "NaN")
                 f.write(f"{t} " + " ".join(cells) + "\n")
         using = ", ".join(
             f"'{dat}' using {i + 2}:xtic(1) title columnheader({i + 2})" for i in range(len(sc)))

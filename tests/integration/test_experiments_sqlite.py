@@ -16,14 +16,12 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from blimp_vm import STOCK_QEMU, Skip, TestRunner, check  # noqa: E402
+from speedtest1 import MAIN_TESTS  # noqa: E402
 
 t = TestRunner()
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "bench", "sqlite", "run.py")
 MEM, SQUEEZE = 128, 48
-# speedtest1's main test set (SQLite 3.40.1), as in test_sqlite.py.
-MAIN_TESTS = [100, 110, 120, 130, 140, 142, 145, 150, 160, 161, 170, 180, 190, 200, 210, 230,
-              240, 250, 260, 270, 280, 290, 300, 310, 320, 400, 410, 500, 510, 520, 980, 990]
 COLUMNS = {(g, p, s) for s in ("plain", "squeeze")
            for g, p in (("blimp", "blimp"), ("linux", "sqlite"), ("blimp", "sqlite"))}
 

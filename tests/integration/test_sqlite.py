@@ -12,13 +12,11 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from blimp_vm import BlimpVM, TestRunner, check, wait_balloon  # noqa: E402
 from qmp import Qmp  # noqa: E402
+from speedtest1 import MAIN_TESTS  # noqa: E402
 
 t = TestRunner()
 MiB = 1 << 20
 
-# The main test set of speedtest1 (SQLite 3.40.1, Debian 12), in order.
-MAIN_TESTS = [100, 110, 120, 130, 140, 142, 145, 150, 160, 161, 170, 180, 190, 200, 210, 230,
-              240, 250, 260, 270, 280, 290, 300, 310, 320, 400, 410, 500, 510, 520, 980, 990]
 # A finished test: "NNN - description.....   1.234s" (speedtest1_end_test).
 TEST_LINE_RE = re.compile(r"^ *(\d+) - .*?\.*\s+(\d+)\.(\d{3})s$", re.M)
 KERNEL_LINE_RE = re.compile(r" ?\b(?:balloon|mm|page-states|virtio): [^\n]*\n")
